@@ -1,0 +1,75 @@
+//! Engine tunables. Defaults are what an operator gets without flags.
+
+/// What to do with a new flow when the flow table is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableFullPolicy {
+    /// New flows that need state (L7 ports) are refused; stateless L3/L4-allowed
+    /// new flows still pass; existing flows are kept. (Default.)
+    RefuseL7,
+    /// Refuse every new flow.
+    RefuseAll,
+    /// Evict the least recently used flow.
+    EvictOldest,
+}
+
+/// How a denied L7 request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DenyAction {
+    /// Protocol error reply (HTTP 403, memcached CLIENT_ERROR / status 0x0008); connection kept.
+    Reply,
+    /// TCP RST to both sides.
+    Reset,
+}
+
+/// How a TCP SYN denied by L3/L4 policy is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SynDenyAction {
+    Drop,
+    Reset,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_flows: usize,
+    pub table_full: TableFullPolicy,
+    /// Bytes of one direction's stream the engine may hold for an undecided request.
+    pub max_held_bytes: usize,
+    pub deny_action: DenyAction,
+    pub syn_deny: SynDenyAction,
+    /// ARP, ND and other non-IP frames pass (counted) when true.
+    pub pass_non_ip: bool,
+    pub tcp_established_timeout_ns: u64,
+    pub tcp_transitory_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub icmp_timeout_ns: u64,
+    /// Pending IP fragment reassemblies per engine, and their lifetime.
+    pub max_frag_queues: usize,
+    pub frag_timeout_ns: u64,
+    /// Initial retransmission timeout for bytes the engine injected.
+    pub inject_rto_ns: u64,
+}
+
+const SEC: u64 = 1_000_000_000;
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_flows: 65_536,
+            table_full: TableFullPolicy::RefuseL7,
+            max_held_bytes: 64 * 1024,
+            deny_action: DenyAction::Reply,
+            syn_deny: SynDenyAction::Drop,
+            pass_non_ip: true,
+            tcp_established_timeout_ns: 6 * 3600 * SEC,
+            tcp_transitory_timeout_ns: 60 * SEC,
+            udp_timeout_ns: 60 * SEC,
+            icmp_timeout_ns: 30 * SEC,
+            max_frag_queues: 1024,
+            frag_timeout_ns: 30 * SEC,
+            inject_rto_ns: 200_000_000,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Counters: everything dropped is counted, with its reason. Plain u64s owned
+//! by one worker; the shell aggregates snapshots across workers.
+
+use serde::Serialize;
+
+macro_rules! reasons {
+    ($($name:ident => $text:literal),* $(,)?) => {
+        /// Why a frame was dropped. `as_str` is the name used in logs and stats.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $($name),* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $(DropReason::$name => $text),* }
+            }
+        }
+    };
+}
+
+reasons! {
+    Malformed => "malformed",
+    NonIpDenied => "non-ip-denied",
+    PolicyDenied => "policy-denied",
+    DenyRule => "deny-rule",
+    NoFlow => "no-flow",
+    TableFull => "flow-table-full",
+    FragmentDropped => "fragment-dropped",
+    FragmentTableFull => "fragment-table-full",
+    TcpInvalid => "tcp-invalid",
+    L7Denied => "l7-denied",
+    L7HoldOverflow => "l7-hold-overflow",
+    L7OutOfWindow => "l7-out-of-window",
+    L7Duplicate => "l7-duplicate",
+    Unsupported => "unsupported",
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub frames_in: u64,
+    pub frames_forwarded: u64,
+    pub frames_emitted: u64,
+    pub frames_injected: u64,
+    pub non_ip_passed: u64,
+    pub flows_created: u64,
+    pub flows_expired: u64,
+    pub flows_active: u64,
+    pub l7_requests_allowed: u64,
+    pub l7_requests_denied: u64,
+    #[serde(skip)]
+    pub drops: [u64; 32],
+}
+
+impl Counters {
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Add another worker's counters (for totals).
+    pub fn merge(&mut self, o: &Counters) {
+        self.frames_in += o.frames_in;
+        self.frames_forwarded += o.frames_forwarded;
+        self.frames_emitted += o.frames_emitted;
+        self.frames_injected += o.frames_injected;
+        self.non_ip_passed += o.non_ip_passed;
+        self.flows_created += o.flows_created;
+        self.flows_expired += o.flows_expired;
+        self.flows_active += o.flows_active;
+        self.l7_requests_allowed += o.l7_requests_allowed;
+        self.l7_requests_denied += o.l7_requests_denied;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Counters as a JSON object, drops by name (zero ones omitted).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .filter(|r| self.dropped(**r) > 0)
+            .map(|r| (r.as_str().to_string(), self.dropped(*r).into()))
+            .collect();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("drops".into(), drops.into());
+        }
+        v
+    }
+}
