@@ -21,11 +21,15 @@ impl std::error::Error for ChunkError {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of a chunk size (`digits` seen so far).
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// Whitespace after the size, before `;` or CR.
     SizeWs,
     /// Inside chunk extensions, up to CR.
-    Ext { len: usize },
+    Ext {
+        len: usize,
+    },
     /// CR seen after the size line; LF must follow.
     SizeLf,
     Data,
@@ -33,7 +37,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    Trailer { len: usize },
+    Trailer {
+        len: usize,
+    },
     TrailerLf,
     FinalLf,
     Done,
@@ -56,7 +62,11 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        ChunkedDecoder { state: State::Size { digits: 0 }, remaining: 0, trailer_bytes: 0 }
+        ChunkedDecoder {
+            state: State::Size { digits: 0 },
+            remaining: 0,
+            trailer_bytes: 0,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -100,8 +110,12 @@ impl ChunkedDecoder {
                 },
                 State::Ext { len } => match c {
                     b'\r' => State::SizeLf,
-                    b'\t' | 0x20..=0x7e | 0x80..=0xff if len < MAX_LINE => State::Ext { len: len + 1 },
-                    b'\t' | 0x20..=0x7e | 0x80..=0xff => return self.fail("chunk extension too long"),
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff if len < MAX_LINE => {
+                        State::Ext { len: len + 1 }
+                    }
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => {
+                        return self.fail("chunk extension too long")
+                    }
                     _ => return self.fail("bad chunk extension"),
                 },
                 State::SizeLf => match c {
@@ -254,7 +268,10 @@ mod tests {
             assert!(d.feed(b"0\r\n\r\n").is_err(), "stays failed after {bad:?}");
         }
         let long_ext = [b"1;".as_slice(), &vec![b'a'; MAX_LINE + 1]].concat();
-        assert_eq!(whole(&long_ext), Err(ChunkError("chunk extension too long")));
+        assert_eq!(
+            whole(&long_ext),
+            Err(ChunkError("chunk extension too long"))
+        );
         let mut trailers = b"0\r\n".to_vec();
         for _ in 0..(MAX_TRAILERS / 5) {
             trailers.extend_from_slice(b"X: 123456\r\n");

@@ -170,7 +170,13 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(got, vec![(b"X-A".to_vec(), b"v w".to_vec()), (b"B".to_vec(), b"".to_vec())]);
+        assert_eq!(
+            got,
+            vec![
+                (b"X-A".to_vec(), b"v w".to_vec()),
+                (b"B".to_vec(), b"".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -180,7 +186,14 @@ mod tests {
         assert!(content_length(b"5, 5", &mut s).is_ok());
         assert_eq!(s, Some(5));
         assert!(content_length(b"6", &mut s).is_err());
-        for bad in [&b""[..], b"-1", b"1x", b"+1", b"99999999999999999999", b"1,"] {
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"1x",
+            b"+1",
+            b"99999999999999999999",
+            b"1,",
+        ] {
             assert!(content_length(bad, &mut None).is_err(), "{bad:?}");
         }
     }

@@ -101,7 +101,11 @@ impl Protocol for Http {
 
     fn subject(&self, req: &HttpRequest) -> Subject {
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        Subject::Http { method: s(req.method()), host: s(req.host()), path: s(req.path()) }
+        Subject::Http {
+            method: s(req.method()),
+            host: s(req.host()),
+            path: s(req.path()),
+        }
     }
 
     fn rule_matches(&self, req: &HttpRequest, rule: &L7Rule) -> bool {
@@ -141,7 +145,12 @@ mod tests {
         // The denial parses as one complete response of the advertised length.
         let d = h.deny_reply(&r).unwrap();
         match parse_response(&d, Some(&r)) {
-            Parse::Complete(ReplyHead { head_len, body: crate::l7::ReplyBody::Length(n), last: true, .. }) => {
+            Parse::Complete(ReplyHead {
+                head_len,
+                body: crate::l7::ReplyBody::Length(n),
+                last: true,
+                ..
+            }) => {
                 assert_eq!(head_len as u64 + n, d.len() as u64)
             }
             o => panic!("{o:?}"),
@@ -154,16 +163,32 @@ mod tests {
         let r = req("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\n\r\n");
         assert_eq!(
             h.subject(&r),
-            Subject::Http { method: "POST".into(), host: "deathstar".into(), path: "/v1/request-landing".into() }
+            Subject::Http {
+                method: "POST".into(),
+                host: "deathstar".into(),
+                path: "/v1/request-landing".into()
+            }
         );
         assert!(h.expects_reply(&r));
-        let spec = HttpRuleSpec { method: Some("POST".into()), ..Default::default() };
+        let spec = HttpRuleSpec {
+            method: Some("POST".into()),
+            ..Default::default()
+        };
         let http_rule = L7Rule::Http(HttpRule::compile(&spec).unwrap());
         assert!(h.rule_matches(&r, &http_rule));
-        let spec = HttpRuleSpec { method: Some("GET".into()), ..Default::default() };
+        let spec = HttpRuleSpec {
+            method: Some("GET".into()),
+            ..Default::default()
+        };
         assert!(!h.rule_matches(&r, &L7Rule::Http(HttpRule::compile(&spec).unwrap())));
         let mc = crate::l7::memcache::MemcacheRule::compile(&Default::default()).unwrap();
-        assert!(!h.rule_matches(&r, &L7Rule::Memcache(mc)), "a rule of another protocol never matches");
-        assert!(matches!(h.parse_reply(b"HTTP/1.1 200 OK\r\n\r\n", Some(&r)), Parse::Complete(_)));
+        assert!(
+            !h.rule_matches(&r, &L7Rule::Memcache(mc)),
+            "a rule of another protocol never matches"
+        );
+        assert!(matches!(
+            h.parse_reply(b"HTTP/1.1 200 OK\r\n\r\n", Some(&r)),
+            Parse::Complete(_)
+        ));
     }
 }

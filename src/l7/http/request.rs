@@ -57,11 +57,15 @@ impl HttpRequest {
         self.get(self.host)
     }
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.headers.iter().map(move |&(n, v)| (self.get(n), self.get(v)))
+        self.headers
+            .iter()
+            .map(move |&(n, v)| (self.get(n), self.get(v)))
     }
     /// Values of the headers called `name` (ASCII case-insensitive).
     pub fn header_values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
@@ -225,7 +229,10 @@ fn split_absolute(t: &[u8]) -> Result<(&[u8], &[u8]), Stop> {
         return Err(bad);
     }
     let rest = t[colon + 1..].strip_prefix(b"//").ok_or(bad)?;
-    let end = rest.iter().position(|&c| matches!(c, b'/' | b'?')).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|&c| matches!(c, b'/' | b'?'))
+        .unwrap_or(rest.len());
     let (auth, path) = rest.split_at(end);
     // Userinfo is deprecated for http(s) and a classic confusion vector; a
     // query right after the authority would need a synthesized "/".
@@ -263,8 +270,14 @@ mod tests {
         assert_eq!(h.req.host(), b"deathstar");
         assert_eq!(h.req.version, Version::Http11);
         let hs: Vec<_> = h.req.headers().collect();
-        assert_eq!(hs, vec![(&b"Host"[..], &b"deathstar"[..]), (b"User-Agent", b"curl")]);
-        assert_eq!(h.req.header_values(b"user-agent").collect::<Vec<_>>(), vec![b"curl"]);
+        assert_eq!(
+            hs,
+            vec![(&b"Host"[..], &b"deathstar"[..]), (b"User-Agent", b"curl")]
+        );
+        assert_eq!(
+            h.req.header_values(b"user-agent").collect::<Vec<_>>(),
+            vec![b"curl"]
+        );
     }
 
     #[test]
@@ -279,7 +292,11 @@ mod tests {
             let full = parse_request(s.as_bytes());
             assert!(matches!(full, Parse::Complete(_)), "{s:?}");
             for cut in 0..s.len() {
-                assert_eq!(parse_request(&s.as_bytes()[..cut]), Parse::NeedMore, "{s:?} @ {cut}");
+                assert_eq!(
+                    parse_request(&s.as_bytes()[..cut]),
+                    Parse::NeedMore,
+                    "{s:?} @ {cut}"
+                );
             }
             let mut longer = s.as_bytes().to_vec();
             longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
@@ -289,8 +306,14 @@ mod tests {
 
     #[test]
     fn body_framing() {
-        assert_eq!(ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").body, Body::Length(12));
-        assert_eq!(ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").body, Body::None);
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").body,
+            Body::Length(12)
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").body,
+            Body::None
+        );
         assert_eq!(
             ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n").body,
             Body::Length(3)
@@ -338,9 +361,18 @@ mod tests {
         invalid("GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET http://u@a/b HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("CONNECT /a HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(invalid("GET /a HTTP/1.1\r\nHost: a\r\n b\r\n\r\n"), "obs-fold or leading whitespace");
-        assert_eq!(invalid("GET / HTTP/1.1\r\nX: 1\r\n\r\n"), "HTTP/1.1 request without Host");
-        assert_eq!(invalid("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"), "repeated Host");
+        assert_eq!(
+            invalid("GET /a HTTP/1.1\r\nHost: a\r\n b\r\n\r\n"),
+            "obs-fold or leading whitespace"
+        );
+        assert_eq!(
+            invalid("GET / HTTP/1.1\r\nX: 1\r\n\r\n"),
+            "HTTP/1.1 request without Host"
+        );
+        assert_eq!(
+            invalid("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            "repeated Host"
+        );
         // Invalid is reported as soon as it is visible, without the full head.
         assert!(matches!(parse_request(b"GE\nT"), Parse::Invalid(_)));
     }
@@ -370,14 +402,19 @@ mod tests {
 
     #[test]
     fn expect_connection_and_upgrade() {
-        let h = ok("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        let h =
+            ok("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
         assert!(h.req.expect_continue);
         assert!(!h.req.connection_close);
         let h = ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n");
         assert!(h.req.connection_close);
-        let h = ok("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        let h =
+            ok("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(h.body, Body::None);
-        assert_eq!(h.req.header_values(b"upgrade").next(), Some(&b"websocket"[..]));
+        assert_eq!(
+            h.req.header_values(b"upgrade").next(),
+            Some(&b"websocket"[..])
+        );
     }
 
     #[test]

@@ -27,7 +27,10 @@ fn parse(buf: &[u8], req: Option<&HttpRequest>) -> Result<ReplyHead, Stop> {
         Some(_) => return Err(Stop::Invalid("unsupported HTTP version")),
     };
     let (i, _) = lift(tag(&b" "[..])(i), "bad status line")?;
-    let (i, code) = lift(take_while_m_n(3, 3, |c: u8| c.is_ascii_digit())(i), "bad status code")?;
+    let (i, code) = lift(
+        take_while_m_n(3, 3, |c: u8| c.is_ascii_digit())(i),
+        "bad status code",
+    )?;
     let status = code.iter().fold(0u16, |a, &d| a * 10 + u16::from(d - b'0'));
     // The reason phrase (and its leading SP) may be empty.
     let i = match i.first() {
@@ -72,7 +75,12 @@ fn parse(buf: &[u8], req: Option<&HttpRequest>) -> Result<ReplyHead, Stop> {
             None => (ReplyBody::UntilClose, true),
         },
     };
-    Ok(ReplyHead { head_len, body, last, unsolicited: false })
+    Ok(ReplyHead {
+        head_len,
+        body,
+        last,
+        unsolicited: false,
+    })
 }
 
 #[cfg(test)]
@@ -100,18 +108,40 @@ mod tests {
         let head = req("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
         let s = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
         let h = reply(s, Some(&get));
-        assert_eq!((h.head_len, h.body, h.last, h.unsolicited), (s.len(), ReplyBody::Length(12), true, false));
+        assert_eq!(
+            (h.head_len, h.body, h.last, h.unsolicited),
+            (s.len(), ReplyBody::Length(12), true, false)
+        );
         assert_eq!(reply(s, Some(&head)).body, ReplyBody::None);
         assert_eq!(reply(s, None).body, ReplyBody::Length(12));
         let c = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(reply(c, Some(&get)).body, ReplyBody::Chunked);
         let g = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(reply(g, Some(&get)).body, ReplyBody::UntilClose);
-        assert_eq!(reply("HTTP/1.0 200 OK\r\n\r\n", Some(&get)).body, ReplyBody::UntilClose);
-        assert_eq!(reply("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", Some(&get)).body, ReplyBody::None);
-        assert_eq!(reply("HTTP/1.1 304 Not Modified\r\n\r\n", Some(&get)).body, ReplyBody::None);
-        assert_eq!(reply("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", Some(&get)).body, ReplyBody::None);
-        assert_eq!(reply("HTTP/1.1 503\r\nContent-Length: 26\r\n\r\n", Some(&get)).body, ReplyBody::Length(26));
+        assert_eq!(
+            reply("HTTP/1.0 200 OK\r\n\r\n", Some(&get)).body,
+            ReplyBody::UntilClose
+        );
+        assert_eq!(
+            reply(
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                Some(&get)
+            )
+            .body,
+            ReplyBody::None
+        );
+        assert_eq!(
+            reply("HTTP/1.1 304 Not Modified\r\n\r\n", Some(&get)).body,
+            ReplyBody::None
+        );
+        assert_eq!(
+            reply("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", Some(&get)).body,
+            ReplyBody::None
+        );
+        assert_eq!(
+            reply("HTTP/1.1 503\r\nContent-Length: 26\r\n\r\n", Some(&get)).body,
+            ReplyBody::Length(26)
+        );
     }
 
     #[test]
@@ -119,14 +149,27 @@ mod tests {
         let get = req("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         let h = reply("HTTP/1.1 100 Continue\r\n\r\n", Some(&get));
         assert_eq!((h.body, h.last), (ReplyBody::None, false));
-        let h = reply("HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n", Some(&get));
+        let h = reply(
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n",
+            Some(&get),
+        );
         assert!(!h.last);
-        let h = reply("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", Some(&get));
+        let h = reply(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            Some(&get),
+        );
         assert_eq!((h.body, h.last), (ReplyBody::UntilClose, true));
         let conn = req("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
-        assert_eq!(reply("HTTP/1.1 200 OK\r\n\r\n", Some(&conn)).body, ReplyBody::UntilClose);
         assert_eq!(
-            reply("HTTP/1.1 407 Auth\r\nContent-Length: 3\r\n\r\n", Some(&conn)).body,
+            reply("HTTP/1.1 200 OK\r\n\r\n", Some(&conn)).body,
+            ReplyBody::UntilClose
+        );
+        assert_eq!(
+            reply(
+                "HTTP/1.1 407 Auth\r\nContent-Length: 3\r\n\r\n",
+                Some(&conn)
+            )
+            .body,
             ReplyBody::Length(3)
         );
     }
@@ -135,7 +178,11 @@ mod tests {
     fn split_and_invalid() {
         let s = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
         for cut in 0..s.len() {
-            assert_eq!(parse_response(&s[..cut], None), Parse::NeedMore, "cut {cut}");
+            assert_eq!(
+                parse_response(&s[..cut], None),
+                Parse::NeedMore,
+                "cut {cut}"
+            );
         }
         for bad in [
             &b"HTTP/2 200 OK\r\n\r\n"[..],
@@ -146,7 +193,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n",
         ] {
-            assert!(matches!(parse_response(bad, None), Parse::Invalid(_)), "{bad:?}");
+            assert!(
+                matches!(parse_response(bad, None), Parse::Invalid(_)),
+                "{bad:?}"
+            );
         }
     }
 }

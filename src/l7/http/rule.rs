@@ -35,7 +35,10 @@ impl HeaderTest {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> RuleError {
-    RuleError { field: field.into(), message: message.into() }
+    RuleError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 fn anchored(field: &str, re: &Option<String>) -> Result<Option<Regex>, RuleError> {
@@ -63,23 +66,36 @@ impl HttpRule {
                 Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
                 None => (h.trim(), None),
             };
-            headers.push(HeaderTest { name: header_name(&field, name)?, value });
+            headers.push(HeaderTest {
+                name: header_name(&field, name)?,
+                value,
+            });
         }
         let mut logged = Vec::new();
         for (k, m) in spec.header_matches.iter().enumerate() {
-            let HeaderMatchSpec { name, value, mismatch, secret } = m;
+            let HeaderMatchSpec {
+                name,
+                value,
+                mismatch,
+                secret,
+            } = m;
             let field = format!("headerMatches[{k}]");
             if secret.is_some() {
                 return Err(err(format!("{field}.secret"), "secrets are not supported"));
             }
-            let test = HeaderTest { name: header_name(&format!("{field}.name"), name)?, value: value.clone() };
+            let test = HeaderTest {
+                name: header_name(&format!("{field}.name"), name)?,
+                value: value.clone(),
+            };
             match mismatch.as_deref() {
                 None => headers.push(test),
                 Some("LOG") => logged.push(test),
                 Some(a @ ("ADD" | "DELETE" | "REPLACE")) => {
                     return Err(err(
                         format!("{field}.mismatch"),
-                        format!("mismatch action {a} is not supported (requests are not rewritten)"),
+                        format!(
+                            "mismatch action {a} is not supported (requests are not rewritten)"
+                        ),
                     ))
                 }
                 Some(other) => {
@@ -110,8 +126,14 @@ impl HttpRule {
 
     /// Names of `mismatch: LOG` header matches the request does not satisfy
     /// (for the verdict log; they never deny).
-    pub fn logged_mismatches<'a>(&'a self, req: &'a HttpRequest) -> impl Iterator<Item = &'a str> + 'a {
-        self.logged.iter().filter(|h| !h.passes(req)).map(|h| h.name.as_str())
+    pub fn logged_mismatches<'a>(
+        &'a self,
+        req: &'a HttpRequest,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.logged
+            .iter()
+            .filter(|h| !h.passes(req))
+            .map(|h| h.name.as_str())
     }
 }
 
@@ -139,7 +161,9 @@ mod tests {
     #[test]
     fn star_wars_rules() {
         let landing = rule("{method: POST, path: /v1/request-landing}");
-        let post = req("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n\r\n");
+        let post = req(
+            "POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n\r\n",
+        );
         let put = req("PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n");
         let post_q = req("POST /v1/request-landing?x HTTP/1.1\r\nHost: deathstar\r\n\r\n");
         let post_longer = req("POST /v1/request-landing/x HTTP/1.1\r\nHost: deathstar\r\n\r\n");
@@ -160,16 +184,24 @@ mod tests {
     #[test]
     fn host_and_headers() {
         let r = rule("{host: \"deathstar(:80)?\", headers: [\"X-Has-Force\", \"X-Org: empire\"]}");
-        let ok = req("GET / HTTP/1.1\r\nHost: deathstar:80\r\nx-has-force: yes\r\nX-Org: empire\r\n\r\n");
+        let ok = req(
+            "GET / HTTP/1.1\r\nHost: deathstar:80\r\nx-has-force: yes\r\nX-Org: empire\r\n\r\n",
+        );
         assert!(r.matches(&ok));
         let no_force = req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Org: empire\r\n\r\n");
         assert!(!r.matches(&no_force));
-        let wrong_org = req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Has-Force: 1\r\nX-Org: alliance\r\n\r\n");
+        let wrong_org =
+            req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Has-Force: 1\r\nX-Org: alliance\r\n\r\n");
         assert!(!r.matches(&wrong_org));
         let two_orgs =
             req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Has-Force: 1\r\nX-Org: alliance\r\nX-Org: empire\r\n\r\n");
-        assert!(r.matches(&two_orgs), "any header with that name may carry the value");
-        let wrong_host = req("GET / HTTP/1.1\r\nHost: deathstar.evil\r\nX-Has-Force: 1\r\nX-Org: empire\r\n\r\n");
+        assert!(
+            r.matches(&two_orgs),
+            "any header with that name may carry the value"
+        );
+        let wrong_host = req(
+            "GET / HTTP/1.1\r\nHost: deathstar.evil\r\nX-Has-Force: 1\r\nX-Org: empire\r\n\r\n",
+        );
         assert!(!r.matches(&wrong_host));
     }
 
@@ -178,12 +210,16 @@ mod tests {
         let r = rule(
             "headerMatches: [{name: X-Token, value: abc}, {name: X-Present}, {name: X-Audit, value: yes, mismatch: LOG}]",
         );
-        let full = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\nX-Present: \r\nX-Audit: yes\r\n\r\n");
+        let full =
+            req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\nX-Present: \r\nX-Audit: yes\r\n\r\n");
         assert!(r.matches(&full));
         assert_eq!(r.logged_mismatches(&full).count(), 0);
         let no_audit = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\nX-Present: 1\r\n\r\n");
         assert!(r.matches(&no_audit), "LOG mismatches are allowed");
-        assert_eq!(r.logged_mismatches(&no_audit).collect::<Vec<_>>(), vec!["X-Audit"]);
+        assert_eq!(
+            r.logged_mismatches(&no_audit).collect::<Vec<_>>(),
+            vec!["X-Audit"]
+        );
         let bad_token = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abd\r\nX-Present: 1\r\n\r\n");
         assert!(!r.matches(&bad_token));
         let no_present = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\n\r\n");
@@ -195,7 +231,10 @@ mod tests {
         assert_eq!(compile_err("{path: \"/v1/(\"}").field, "path");
         assert_eq!(compile_err("{method: \"[\"}").field, "method");
         assert_eq!(compile_err("{host: \"(\"}").field, "host");
-        assert_eq!(compile_err("{headers: [ok, \"bad name: v\"]}").field, "headers[1]");
+        assert_eq!(
+            compile_err("{headers: [ok, \"bad name: v\"]}").field,
+            "headers[1]"
+        );
         let e = compile_err("headerMatches: [{name: a}, {name: b, value: c, mismatch: REPLACE}]");
         assert_eq!(e.field, "headerMatches[1].mismatch");
         assert!(e.message.contains("not supported"), "{}", e.message);
@@ -203,8 +242,17 @@ mod tests {
             let e = compile_err(&format!("headerMatches: [{{name: b, mismatch: {a}}}]"));
             assert_eq!(e.field, "headerMatches[0].mismatch");
         }
-        assert_eq!(compile_err("headerMatches: [{name: b, mismatch: DROP}]").field, "headerMatches[0].mismatch");
-        assert_eq!(compile_err("headerMatches: [{name: \"\"}]").field, "headerMatches[0].name");
-        assert_eq!(compile_err("headerMatches: [{name: b, secret: {name: s}}]").field, "headerMatches[0].secret");
+        assert_eq!(
+            compile_err("headerMatches: [{name: b, mismatch: DROP}]").field,
+            "headerMatches[0].mismatch"
+        );
+        assert_eq!(
+            compile_err("headerMatches: [{name: \"\"}]").field,
+            "headerMatches[0].name"
+        );
+        assert_eq!(
+            compile_err("headerMatches: [{name: b, secret: {name: s}}]").field,
+            "headerMatches[0].secret"
+        );
     }
 }
