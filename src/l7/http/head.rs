@@ -119,6 +119,10 @@ pub struct TeState {
 }
 
 pub fn transfer_encoding(v: &[u8], te: &mut TeState) -> Result<(), Stop> {
+    // An empty value would leave the framing up to the next parser's taste.
+    if v.is_empty() {
+        return Err(Stop::Invalid("empty Transfer-Encoding"));
+    }
     for part in v.split(|&c| c == b',') {
         let part = trim_ows(part);
         if part.is_empty() {
@@ -215,5 +219,6 @@ mod tests {
         assert!(t.chunked_misplaced);
         assert!(te(&[b"Chunked"]).unwrap().chunked_last);
         assert!(te(&[b"chu nked"]).is_err());
+        assert!(te(&[b""]).is_err());
     }
 }
