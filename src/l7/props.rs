@@ -24,7 +24,9 @@ fn reply_len(p: &Parse<ReplyHead>) -> Option<usize> {
 
 /// Requests of every shape the parsers accept, with random tokens inside.
 fn http_request() -> impl Strategy<Value = Vec<u8>> {
-    let method = prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "X-CUSTOM"]);
+    let method = prop::sample::select(vec![
+        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "X-CUSTOM",
+    ]);
     let path = "/[a-z0-9/._-]{0,20}(\\?[a-z0-9=&]{0,10})?";
     let host = "[a-z]{1,10}(:[0-9]{1,5})?";
     let hdrs = prop::collection::vec(("[A-Za-z-]{1,12}", "[ -~]{0,20}"), 0..6);
@@ -53,8 +55,10 @@ fn mc_text_request() -> impl Strategy<Value = Vec<u8>> {
     let key = "[!-~]{1,40}";
     prop_oneof![
         prop::collection::vec(key, 1..5).prop_map(|ks| format!("get {}\r\n", ks.join(" "))),
-        (key, 0u32..1000, any::<bool>())
-            .prop_map(|(k, n, q)| format!("set {k} 0 0 {n}{}\r\n", if q { " noreply" } else { "" })),
+        (key, 0u32..1000, any::<bool>()).prop_map(|(k, n, q)| format!(
+            "set {k} 0 0 {n}{}\r\n",
+            if q { " noreply" } else { "" }
+        )),
         (key, any::<u64>()).prop_map(|(k, n)| format!("incr {k} {n}\r\n")),
         key.prop_map(|k| format!("mg {k} v f q\r\n")),
         (key, 0u32..100).prop_map(|(k, n)| format!("ms {k} {n} MA T0\r\n")),
@@ -83,10 +87,15 @@ fn mc_binary_request() -> impl Strategy<Value = Vec<u8>> {
 
 fn check_prefixes<P: Protocol>(mk: impl Fn() -> P, bytes: &[u8]) -> Result<(), TestCaseError> {
     let full = mk().parse_request(bytes);
-    let n = head_len(&full).ok_or_else(|| TestCaseError::fail(format!("not complete: {full:?}")))?;
+    let n =
+        head_len(&full).ok_or_else(|| TestCaseError::fail(format!("not complete: {full:?}")))?;
     prop_assert_eq!(n, bytes.len());
     for cut in 0..n {
-        prop_assert!(matches!(mk().parse_request(&bytes[..cut]), Parse::NeedMore), "cut {}", cut);
+        prop_assert!(
+            matches!(mk().parse_request(&bytes[..cut]), Parse::NeedMore),
+            "cut {}",
+            cut
+        );
     }
     let mut longer = bytes.to_vec();
     longer.extend_from_slice(b"GET /next HTTP/1.1\r\n");
