@@ -193,7 +193,9 @@ mod tests {
 
     #[test]
     fn every_known_opcode_with_its_shape() {
-        let cases: &[(u8, &[u8], &[u8], &[u8])] = &[
+        // (opcode, extras, key, value)
+        type Case = (u8, &'static [u8], &'static [u8], &'static [u8]);
+        let cases: &[Case] = &[
             (0x00, &[], b"k", &[]),
             (0x01, &[0; 8], b"k", b"v"),
             (0x02, &[0; 8], b"k", b"v"),

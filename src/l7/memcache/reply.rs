@@ -167,11 +167,7 @@ mod tests {
                 "{l}"
             );
         }
-        assert_eq!(
-            t("STORED\r\n", None).3,
-            true,
-            "no pending request: unsolicited"
-        );
+        assert!(t("STORED\r\n", None).3, "no pending request: unsolicited");
         assert_eq!(parse_text(b"STORED\r", Some(&set)), Parse::NeedMore);
         assert!(matches!(
             parse_text(b"VALUE a 0 x\r\n", Some(&get)),
@@ -190,27 +186,26 @@ mod tests {
     #[test]
     fn text_stats_and_meta() {
         let stats = treq("stats\r\n");
-        assert_eq!(t("STAT pid 1\r\n", Some(&stats)).2, false);
-        assert_eq!(t("END\r\n", Some(&stats)).2, true);
+        assert!(!t("STAT pid 1\r\n", Some(&stats)).2);
+        assert!(t("END\r\n", Some(&stats)).2);
         let mg = treq("mg a v\r\n");
         assert_eq!(
             t("VA 2 f0\r\nhi\r\n", Some(&mg)),
             (9, ReplyBody::Length(4), true, false)
         );
         for l in ["HD", "EN", "NF", "NS", "EX", "HD c123 k a"] {
-            assert_eq!(t(&format!("{l}\r\n"), Some(&mg)).2, true);
+            assert!(t(&format!("{l}\r\n"), Some(&mg)).2);
         }
         let mn = treq("mn\r\n");
         assert_eq!(t("MN\r\n", Some(&mn)), (4, ReplyBody::None, true, false));
-        assert_eq!(
+        assert!(
             t("VA 1 q\r\nx\r\n", Some(&mn)).3,
-            true,
             "a quiet mg's hit before MN"
         );
-        assert_eq!(t("HD\r\n", Some(&mn)).3, true);
+        assert!(t("HD\r\n", Some(&mn)).3);
         let lru = treq("lru_crawler metadump all\r\n");
-        assert_eq!(t("key=a exp=-1 la=1\r\n", Some(&lru)).2, false);
-        assert_eq!(t("END\r\n", Some(&lru)).2, true);
+        assert!(!t("key=a exp=-1 la=1\r\n", Some(&lru)).2);
+        assert!(t("END\r\n", Some(&lru)).2);
         let watch = treq("watch\r\n");
         assert_eq!(t("OK\r\n", Some(&watch)).1, ReplyBody::UntilClose);
     }

@@ -44,26 +44,21 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
     }
 }
 
+/// Space-separated tokens; runs of spaces are one separator (as memcached).
 struct Toks<'a> {
-    it: std::iter::Filter<std::slice::Split<'a, u8, fn(&u8) -> bool>, fn(&&'a [u8]) -> bool>,
+    rest: &'a [u8],
 }
 
 impl<'a> Toks<'a> {
     fn new(line: &'a [u8]) -> Self {
-        fn is_sp(c: &u8) -> bool {
-            *c == b' '
-        }
-        fn non_empty(s: &&[u8]) -> bool {
-            !s.is_empty()
-        }
-        Toks {
-            it: line
-                .split(is_sp as fn(&u8) -> bool)
-                .filter(non_empty as fn(&&[u8]) -> bool),
-        }
+        Toks { rest: line }
     }
     fn next(&mut self) -> Option<&'a [u8]> {
-        self.it.next()
+        let start = self.rest.iter().position(|&c| c != b' ')?;
+        let s = &self.rest[start..];
+        let end = s.iter().position(|&c| c == b' ').unwrap_or(s.len());
+        self.rest = &s[end..];
+        Some(&s[..end])
     }
     fn need(&mut self, what: &'static str) -> R<&'a [u8]> {
         self.next().ok_or(what)
