@@ -39,6 +39,10 @@ pub struct EngineConfig {
     pub max_held_bytes: usize,
     pub deny_action: DenyAction,
     pub syn_deny: SynDenyAction,
+    /// Adopt a TCP connection seen mid-stream (no SYN) when policy allows it
+    /// and it has no L7 rules, so an enforcer restart does not cut live
+    /// connections. False: drop such segments (`no-flow`), as Cilium does.
+    pub tcp_pickup: bool,
     /// ARP, ND and other non-IP frames pass (counted) when true.
     pub pass_non_ip: bool,
     pub tcp_established_timeout_ns: u64,
@@ -62,6 +66,7 @@ impl Default for EngineConfig {
             max_held_bytes: 64 * 1024,
             deny_action: DenyAction::Reply,
             syn_deny: SynDenyAction::Drop,
+            tcp_pickup: true,
             pass_non_ip: true,
             tcp_established_timeout_ns: 6 * 3600 * SEC,
             tcp_transitory_timeout_ns: 60 * SEC,
