@@ -829,3 +829,10 @@ fn next_state(s: ConnState, fwd: bool, flags: u8) -> ConnState {
         s => s,
     }
 }
+
+#[cfg(test)]
+#[path = "../../tests/common/mod.rs"]
+mod testkit;
+
+#[cfg(test)]
+mod tests;

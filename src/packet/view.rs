@@ -433,3 +433,231 @@ pub fn icmp_quoted(frame: &[u8], meta: &FrameMeta) -> Option<QuotedFlow> {
         icmp,
     })
 }
+
+#[cfg(test)]
+#[path = "../../tests/common/mod.rs"]
+mod testkit;
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tcp_v4_fields_and_offsets() {
+        let f = tcp(
+            ep("10.66.0.11", 40000),
+            ep("10.66.0.2", 80),
+            7,
+            9,
+            SYN | ACK,
+            b"hi",
+        );
+        let m = parse(&f).unwrap();
+        assert_eq!(
+            (m.l3_off, m.l4_off, m.payload_off, m.payload_end),
+            (14, 34, 54, 56)
+        );
+        assert_eq!(
+            (m.src, m.dst, m.proto, m.sport, m.dport),
+            (ip("10.66.0.11"), ip("10.66.0.2"), 6, 40000, 80)
+        );
+        let t = m.tcp().unwrap();
+        assert_eq!(
+            (t.seq, t.ack, t.flags, t.header_len),
+            (7, 9, TCP_SYN | TCP_ACK, 20)
+        );
+        assert_eq!(m.payload(&f), b"hi");
+        assert!(m.fragment.is_none());
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_payload() {
+        let mut f = udp(ep("10.66.0.11", 5000), ep("10.66.0.2", 53), b"q");
+        f.extend_from_slice(&[0u8; 20]);
+        let m = parse(&f).unwrap();
+        assert_eq!(m.payload(&f), b"q");
+        assert_eq!(m.l4, L4Meta::Udp);
+    }
+
+    #[test]
+    fn vlan_and_qinq() {
+        let f = tcp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), 0, 0, SYN, &[]);
+        let one = vlan_tag(&f, 0x8100, 5);
+        assert_eq!(parse(&one).unwrap().l3_off, 18);
+        let two = vlan_tag(&one, 0x88a8, 6);
+        let m = parse(&two).unwrap();
+        assert_eq!((m.l3_off, m.dport), (22, 2));
+        let three = vlan_tag(&two, 0x88a8, 7);
+        assert!(matches!(parse(&three), Err(ParseError::Malformed(_))));
+    }
+
+    #[test]
+    fn ipv4_options_are_skipped() {
+        let f = udp(ep("10.66.0.11", 5000), ep("10.66.0.2", 53), b"abc");
+        // Rebuild with 4 bytes of options (NOPs): IHL 6.
+        let mut g = f[..14].to_vec();
+        let mut h = f[14..34].to_vec();
+        h[0] = 0x46;
+        let total = u16::from_be_bytes([h[2], h[3]]) + 4;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        g.extend_from_slice(&h);
+        g.extend_from_slice(&[1, 1, 1, 1]);
+        g.extend_from_slice(&f[34..]);
+        let m = parse(&g).unwrap();
+        assert_eq!((m.l4_off, m.dport), (38, 53));
+        assert_eq!(m.payload(&g), b"abc");
+    }
+
+    #[test]
+    fn ipv6_with_extension_headers() {
+        let f = tcp(ep("fd66::11", 1234), ep("fd66::2", 80), 1, 0, SYN, &[]);
+        // Insert an 8-byte destination-options header.
+        let mut g = f[..54].to_vec();
+        g[14 + 6] = 60;
+        let plen = u16::from_be_bytes([g[18], g[19]]) + 8;
+        g[18..20].copy_from_slice(&plen.to_be_bytes());
+        g.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        g.extend_from_slice(&f[54..]);
+        let m = parse(&g).unwrap();
+        assert_eq!((m.proto, m.l4_off, m.dport), (6, 62, 80));
+        assert_eq!(m.src, ip("fd66::11"));
+    }
+
+    #[test]
+    fn fragments_carry_no_l4() {
+        let f = udp(ep("10.66.0.11", 5000), ep("10.66.0.2", 53), &[7u8; 40]);
+        let frags = fragment_evenly(&f, 99, 24);
+        let m0 = parse(&frags[0]).unwrap();
+        assert_eq!(
+            m0.fragment,
+            Some(FragmentMeta {
+                id: 99,
+                offset: 0,
+                more: true
+            })
+        );
+        assert_eq!(
+            (m0.l4, m0.sport, m0.payload_end - m0.l4_off),
+            (L4Meta::Other, 0, 24)
+        );
+        let m1 = parse(&frags[1]).unwrap();
+        assert_eq!(
+            m1.fragment,
+            Some(FragmentMeta {
+                id: 99,
+                offset: 24,
+                more: false
+            })
+        );
+
+        let f6 = udp(ep("fd66::11", 5000), ep("fd66::2", 53), &[7u8; 40]);
+        let frags6 = fragment_evenly(&f6, 0x1234_5678, 16);
+        let m = parse(&frags6[1]).unwrap();
+        assert_eq!(
+            m.fragment,
+            Some(FragmentMeta {
+                id: 0x1234_5678,
+                offset: 16,
+                more: true
+            })
+        );
+        assert_eq!((m.proto, m.l4_off), (17, 62));
+    }
+
+    #[test]
+    fn bad_lengths_are_malformed_not_ip_is_reported() {
+        let f = tcp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), 0, 0, SYN, b"data");
+        for cut in [0, 10, 14, 20, 33, 40, f.len() - 1] {
+            assert!(
+                matches!(parse(&f[..cut]), Err(ParseError::Malformed(_))),
+                "cut at {cut}"
+            );
+        }
+        let mut g = f.clone();
+        g[17] = 10; // total length below the header
+        assert!(matches!(parse(&g), Err(ParseError::Malformed(_))));
+        let mut g = f.clone();
+        g[14 + 20 + 12] = 0x40; // TCP data offset 4
+        assert!(matches!(parse(&g), Err(ParseError::Malformed(_))));
+        let u = udp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), b"x");
+        let mut g = u.clone();
+        g[14 + 20 + 5] = 50; // UDP length beyond the datagram
+        assert!(matches!(parse(&g), Err(ParseError::Malformed(_))));
+        assert_eq!(parse(&arp()), Err(ParseError::NotIp { ethertype: 0x0806 }));
+    }
+
+    #[test]
+    fn icmp_echo_and_quoted_flow() {
+        let e = echo("10.66.0.12", "10.66.0.2", 77, 1, true, b"ping");
+        let m = parse(&e).unwrap();
+        assert_eq!(
+            m.l4,
+            L4Meta::Icmp {
+                kind: 8,
+                code: 0,
+                id: 77
+            }
+        );
+        let e6 = echo("fd66::12", "fd66::2", 78, 1, false, b"pong");
+        assert_eq!(
+            parse(&e6).unwrap().l4,
+            L4Meta::Icmp {
+                kind: 129,
+                code: 0,
+                id: 78
+            }
+        );
+
+        let orig = udp(ep("10.66.0.11", 5000), ep("10.66.0.2", 53), b"q");
+        let err = unreachable("10.66.0.2", "10.66.0.11", &orig);
+        let m = parse(&err).unwrap();
+        assert!(icmp_is_error(m.proto, 3));
+        let q = icmp_quoted(&err, &m).unwrap();
+        assert_eq!(
+            (q.src, q.dst, q.proto, q.sport, q.dport),
+            (ip("10.66.0.11"), ip("10.66.0.2"), 17, 5000, 53)
+        );
+
+        let orig6 = tcp(ep("fd66::11", 4000), ep("fd66::2", 80), 0, 0, SYN, &[]);
+        let err6 = unreachable("fd66::2", "fd66::11", &orig6);
+        let m6 = parse(&err6).unwrap();
+        let q6 = icmp_quoted(&err6, &m6).unwrap();
+        assert_eq!((q6.proto, q6.sport, q6.dport), (6, 4000, 80));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(m) = parse(&bytes) {
+                prop_assert!(m.payload_off <= m.payload_end && m.payload_end <= bytes.len());
+                let _ = icmp_quoted(&bytes, &m);
+            }
+        }
+
+        #[test]
+        fn never_panics_on_mutated_frames(
+            kind in 0usize..4,
+            flips in proptest::collection::vec((0usize..120, any::<u8>()), 1..8),
+            cut in 0usize..130,
+        ) {
+            let mut f = match kind {
+                0 => tcp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), 0, 0, SYN, b"payload"),
+                1 => udp(ep("fd66::11", 1), ep("fd66::2", 2), b"payload"),
+                2 => unreachable("10.66.0.2", "10.66.0.11", &udp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), b"x")),
+                _ => fragment_evenly(&udp(ep("fd66::11", 1), ep("fd66::2", 2), &[0; 40]), 1, 16).remove(0),
+            };
+            for (i, b) in flips {
+                if let Some(x) = f.get_mut(i) {
+                    *x = b;
+                }
+            }
+            f.truncate(cut);
+            if let Ok(m) = parse(&f) {
+                prop_assert!(m.l4_off <= m.payload_off && m.payload_off <= m.payload_end && m.payload_end <= f.len());
+                let _ = icmp_quoted(&f, &m);
+            }
+        }
+    }
+}
