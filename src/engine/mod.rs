@@ -628,15 +628,17 @@ impl Engine {
                     self.counters.flows_untracked += 1;
                     return Some(NewFlow::Untracked);
                 }
-                out.events.push(self.event(now, cand.tuple(), &d));
                 let state = if flags & TCP_SYN != 0 {
                     ConnState::SynReceived
                 } else {
                     ConnState::Established
                 };
+                let ev = self.event(now, cand.tuple(), &d);
                 let r = self.admit(cand, cand.dport, d, state, now);
+                // Logged once per adopted flow; untracked segments would log each time.
                 if matches!(r, NewFlow::Tracked(_)) {
                     self.counters.flows_picked_up += 1;
+                    out.events.push(ev);
                 }
                 return Some(r);
             }
