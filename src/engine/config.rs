@@ -4,12 +4,18 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TableFullPolicy {
-    /// New flows that need state (L7 ports) are refused; stateless L3/L4-allowed
-    /// new flows still pass; existing flows are kept. (Default.)
+    /// Existing flows are kept. New flows that need state (L7 ports) are
+    /// refused; new L3/L4-only flows that policy allows still pass, untracked:
+    /// each of their packets is judged in its own direction (a TCP segment
+    /// like a SYN). Replies pass when policy allows them that way too
+    /// (commonly: clients not selected by any ingress rule), else they are
+    /// dropped until room frees up. Nothing policy denies ever passes.
+    /// (Default: a full table degrades to a stateless filter rather than an outage.)
     RefuseL7,
     /// Refuse every new flow.
     RefuseAll,
-    /// Evict the least recently used flow.
+    /// Evict a flow not used recently (CLOCK approximation of LRU); expired
+    /// flows are reclaimed first under every policy.
     EvictOldest,
 }
 

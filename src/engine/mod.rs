@@ -468,38 +468,22 @@ impl Engine {
                 Verdict::Drop(DropReason::PolicyDenied)
             };
         }
-        if may_create {
-            match self.new_flow(init, decide_dport, ConnState::Open, now, out) {
-                NewFlow::Tracked(_) | NewFlow::Untracked => {
-                    return Verdict::Forward(other(init.port))
-                }
-                NewFlow::Refused(Verdict::Drop(DropReason::PolicyDenied)) => {}
-                NewFlow::Refused(v) => return v,
-            }
+        if !may_create {
+            return Verdict::Drop(DropReason::NoFlow);
         }
-        // A reply whose flow could not be stored (table full): judge it as
-        // its request would have been.
-        if self.stateless_replies() {
-            let reverse_dport = if init.proto == IPPROTO_ICMP || init.proto == IPPROTO_ICMPV6 {
-                decide_dport
-            } else {
-                init.sport
-            };
-            let d = self.decide(init.dst, init.src, init.proto, reverse_dport);
-            if d.allowed && d.l7.is_none() {
-                return Verdict::Forward(other(init.port));
-            }
-        }
-        if may_create {
-            Verdict::Drop(DropReason::PolicyDenied)
-        } else {
-            Verdict::Drop(DropReason::NoFlow)
+        // Every datagram without a flow is judged in its own direction: an
+        // answer to an untracked flow (table full) passes only when policy
+        // would let it start a flow itself. Judging it as "the reply of the
+        // reverse flow" would let anyone in wherever the target's egress is open.
+        match self.new_flow(init, decide_dport, ConnState::Open, now, out) {
+            NewFlow::Tracked(_) | NewFlow::Untracked => Verdict::Forward(other(init.port)),
+            NewFlow::Refused(v) => v,
         }
     }
 
     /// With a full table under refuse-l7, allowed L4-only flows go untracked,
-    /// so their replies are judged statelessly instead of by the table.
-    fn stateless_replies(&self) -> bool {
+    /// and their later TCP segments are judged one by one.
+    fn untracked_mode(&self) -> bool {
         self.cfg.table_full == TableFullPolicy::RefuseL7 && self.flows.is_full()
     }
 
@@ -598,8 +582,12 @@ impl Engine {
     }
 
     /// A TCP segment with no flow and no SYN: adopt the connection when
-    /// policy allows it in either orientation and it needs no L7 state (an L7
-    /// stream cannot be joined mid-request). None: drop it.
+    /// policy allows the segment in its own direction (as it would a SYN) and
+    /// it needs no L7 state (an L7 stream cannot be joined mid-request).
+    /// The other direction is never tried: a stray ACK to a default-deny
+    /// server must not pass as the "reply" of a connection the server never
+    /// opened. Once either side's segment is adopted, the entry carries both.
+    /// None: drop it.
     fn pickup(
         &mut self,
         init: Initiator,
@@ -610,40 +598,31 @@ impl Engine {
         if flags & TCP_RST != 0 || flags & TCP_ACK == 0 {
             return None;
         }
-        if !self.cfg.tcp_pickup && !self.stateless_replies() {
+        let untracked = self.untracked_mode();
+        if !self.cfg.tcp_pickup && !untracked {
             return None;
         }
-        let reverse = Initiator {
-            src: init.dst,
-            sport: init.dport,
-            dst: init.src,
-            dport: init.sport,
-            proto: IPPROTO_TCP,
-            port: other(init.port),
-        };
-        for cand in [init, reverse] {
-            let d = self.decide(cand.src, cand.dst, IPPROTO_TCP, cand.dport);
-            if d.allowed && d.l7.is_none() {
-                if !self.cfg.tcp_pickup {
-                    self.counters.flows_untracked += 1;
-                    return Some(NewFlow::Untracked);
-                }
-                let state = if flags & TCP_SYN != 0 {
-                    ConnState::SynReceived
-                } else {
-                    ConnState::Established
-                };
-                let ev = self.event(now, cand.tuple(), &d);
-                let r = self.admit(cand, cand.dport, d, state, now);
-                // Logged once per adopted flow; untracked segments would log each time.
-                if matches!(r, NewFlow::Tracked(_)) {
-                    self.counters.flows_picked_up += 1;
-                    out.events.push(ev);
-                }
-                return Some(r);
-            }
+        let d = self.decide(init.src, init.dst, IPPROTO_TCP, init.dport);
+        if !d.allowed || d.l7.is_some() {
+            return None;
         }
-        None
+        if !self.cfg.tcp_pickup {
+            self.counters.flows_untracked += 1;
+            return Some(NewFlow::Untracked);
+        }
+        let state = if flags & TCP_SYN != 0 {
+            ConnState::SynReceived
+        } else {
+            ConnState::Established
+        };
+        let ev = self.event(now, init.tuple(), &d);
+        let r = self.admit(init, init.dport, d, state, now);
+        // Logged once per adopted flow; untracked segments would log each time.
+        if matches!(r, NewFlow::Tracked(_)) {
+            self.counters.flows_picked_up += 1;
+            out.events.push(ev);
+        }
+        Some(r)
     }
 
     fn reset_syn(

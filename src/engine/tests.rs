@@ -9,11 +9,19 @@ use super::testkit::*;
 use super::*;
 use crate::policy::{L7Policy, L7Proto};
 
-/// Server 10.66.0.2 / fd66::2 accepts TCP 80 and 11211 (L7) from a-wing
-/// (.11) and x-wing (.12), UDP 53 from anyone, ICMP echo from x-wing; the
-/// outsider .14 may reach nothing.
+/// Server 10.66.0.2 / fd66::2 is default-deny on ingress: it accepts TCP 80
+/// and 11211 (L7) from a-wing (.11) and x-wing (.12), UDP 53 from anyone,
+/// ICMP echo from x-wing. Nothing else is selected by policy, so traffic to
+/// other hosts is allowed (Cilium: unselected endpoints are default-allow).
 fn lab_decide(src: IpAddr, dst: IpAddr, proto: Proto, dport: u16) -> FlowDecision {
     let server = [ip("10.66.0.2"), ip("fd66::2")].contains(&dst);
+    if !server {
+        return FlowDecision {
+            allowed: true,
+            detail: "not selected".into(),
+            l7: None,
+        };
+    }
     let wing = ["10.66.0.11", "10.66.0.12", "fd66::11", "fd66::12"]
         .iter()
         .any(|a| ip(a) == src);
@@ -135,14 +143,22 @@ fn unsolicited_segments_without_flow() {
 fn pickup_adopts_allowed_l4_connections_only() {
     let mut e = engine();
     let mut out = Output::default();
-    // Server's segment seen first (enforcer restarted): adopted in reverse.
+    // Enforcer restarted mid-connection: the client's next segment is
+    // judged like its SYN was and the connection adopted.
     let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
     c.handshake();
-    assert_eq!(run(&mut e, 1, &c.server_data(b"reply"), 1, &mut out), BACK);
+    assert_eq!(run(&mut e, 0, &c.client_data(b"more"), 1, &mut out), FWD);
     assert_eq!(e.counters().flows_picked_up, 1);
-    assert_eq!(out.events[0].flow.dport, 80, "logged as the client's flow");
-    assert_eq!(run(&mut e, 0, &c.client_data(b"more"), 2, &mut out), FWD);
-    // Denied both ways: dropped.
+    assert_eq!(out.events[0].flow.dport, 80);
+    assert_eq!(run(&mut e, 1, &c.server_data(b"reply"), 2, &mut out), BACK);
+    // A stray ACK to a server port nobody may reach, although the server
+    // could have opened that connection itself: dropped.
+    let stray = tcp(ep("10.66.0.14", 443), ep("10.66.0.2", 22), 5, 5, ACK, b"x");
+    assert_eq!(
+        run(&mut e, 0, &stray, 3, &mut out),
+        Verdict::Drop(DropReason::NoFlow)
+    );
+    // Denied: dropped.
     let mut bad = Conn::new(ep("10.66.0.14", 40000), ep("10.66.0.2", 80));
     bad.handshake();
     assert_eq!(
@@ -178,10 +194,12 @@ fn udp_flow_and_reply() {
     let mut out = Output::default();
     let q = udp(ep("10.66.0.14", 5353), ep("10.66.0.2", 53), b"query");
     let a = udp(ep("10.66.0.2", 53), ep("10.66.0.14", 5353), b"answer");
+    // Looks like the answer to a query the server sent: it never did.
+    let fake = udp(ep("10.66.0.14", 53), ep("10.66.0.2", 5353), b"answer");
     assert_eq!(
-        run(&mut e, 1, &a, 0, &mut out),
+        run(&mut e, 0, &fake, 0, &mut out),
         Verdict::Drop(DropReason::PolicyDenied),
-        "no request yet"
+        "judged in its own direction"
     );
     assert_eq!(run(&mut e, 0, &q, 1, &mut out), FWD);
     assert_eq!(run(&mut e, 1, &a, 2, &mut out), BACK);
