@@ -35,6 +35,25 @@ pub fn other(port: Port) -> Port {
     port ^ 1
 }
 
+/// Which worker a frame belongs to, for shells with several engines: the
+/// same for both directions of a flow, for all fragments of a datagram and
+/// for ICMP errors about the flow (hashed on the quoted datagram). Hashes the
+/// address pair only, since fragments after the first carry no ports.
+/// Non-IP and malformed frames hash to 0.
+pub fn steering_hash(frame: &[u8]) -> u64 {
+    let Ok(m) = view::parse(frame) else { return 0 };
+    let (a, b) = match m.l4 {
+        L4Meta::Icmp { kind, .. } if view::icmp_is_error(m.proto, kind) => {
+            match view::icmp_quoted(frame, &m) {
+                Some(q) => (q.src, q.dst),
+                None => (m.src, m.dst),
+            }
+        }
+        _ => (m.src, m.dst),
+    };
+    FlowKey::new(a, 0, b, 0, 0).symmetric_hash()
+}
+
 /// What happens to the frame that was passed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

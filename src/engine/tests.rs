@@ -686,3 +686,89 @@ fn denied_syn_answered_with_rst_when_configured() {
         (TCP_RST | TCP_ACK, c.cseq + 1)
     );
 }
+
+#[test]
+fn steering_keeps_flows_fragments_and_errors_together() {
+    let q = udp(ep("10.66.0.14", 5353), ep("10.66.0.2", 53), &[1; 64]);
+    let a = udp(ep("10.66.0.2", 53), ep("10.66.0.14", 5353), b"a");
+    let h = steering_hash(&q);
+    assert_eq!(h, steering_hash(&a));
+    for f in fragment_evenly(&q, 1, 24) {
+        assert_eq!(h, steering_hash(&f));
+    }
+    // From a router, about the flow.
+    assert_eq!(
+        h,
+        steering_hash(&unreachable("10.66.0.1", "10.66.0.14", &q))
+    );
+    assert_ne!(
+        h,
+        steering_hash(&udp(ep("10.66.0.13", 5353), ep("10.66.0.2", 53), b"q"))
+    );
+    assert_eq!(steering_hash(&arp()), 0);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pool() -> Vec<Vec<u8>> {
+        let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+        let mut v = c.handshake();
+        v.push(c.client_data(b"GET / HTTP/1.1\r\n\r\n"));
+        v.push(c.server_fin());
+        let q = udp(ep("10.66.0.14", 5353), ep("10.66.0.2", 53), &[9; 80]);
+        v.extend(fragment_evenly(&q, 5, 24));
+        v.push(unreachable("10.66.0.2", "10.66.0.14", &q));
+        v.push(echo("fd66::12", "fd66::2", 1, 1, true, b"x"));
+        v.push(
+            fragment_evenly(
+                &tcp(ep("fd66::11", 1), ep("fd66::2", 80), 0, 0, SYN, &[0; 40]),
+                6,
+                16,
+            )
+            .remove(1),
+        );
+        v.push(vlan_tag(&q, 0x8100, 3));
+        v.push(arp());
+        v.push(q);
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn any_frame_sequence_is_safe_and_bounded(
+            steps in proptest::collection::vec(
+                (0usize..13, 0u8..2, proptest::collection::vec((0usize..100, any::<u8>()), 0..4), 0usize..200, 0u64..40),
+                1..60,
+            )
+        ) {
+            let cfg = EngineConfig { max_flows: 4, max_frag_queues: 2, ..EngineConfig::default() };
+            let mut e = engine_with(cfg);
+            let mut out = Output::default();
+            let pool = pool();
+            let mut now = 0u64;
+            for (pick, port, flips, cut, dt) in steps {
+                let mut f = pool[pick % pool.len()].clone();
+                for (i, b) in flips {
+                    if let Some(x) = f.get_mut(i) {
+                        *x = b;
+                    }
+                }
+                if cut < f.len() {
+                    f.truncate(cut);
+                }
+                now += dt * SECOND;
+                e.process(port, &mut f, now, &mut out);
+                if dt % 7 == 0 {
+                    e.tick(now, &mut out);
+                }
+                prop_assert!(e.flow_count() <= 4);
+                prop_assert!(e.frags.pending() <= 2);
+                prop_assert!(out.emits.iter().all(|x| x.port <= 1));
+                out.clear();
+            }
+        }
+    }
+}
