@@ -1,7 +1,6 @@
 //! The live shell: AF_XDP sockets (xsk-rs), UMEM, per-core workers and their
 //! poll loops, XDP program life cycle. Everything with syscalls lives here.
 
-mod flowhash;
 mod iface;
 mod worker;
 
@@ -16,7 +15,6 @@ use crate::engine::Counters;
 use crate::log::Event;
 use crate::policy::Policy;
 
-pub use flowhash::flow_hash;
 use iface::IfaceInfo;
 use worker::{Channels, DpCounters, QueueSpec, Shared, Waker, WorkerSpec, WorkerStats};
 

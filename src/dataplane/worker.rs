@@ -15,9 +15,8 @@ use serde::Serialize;
 use xsk_rs::config::{BindFlags, FrameSize, Interface, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use super::flowhash::flow_hash;
 use super::PollMode;
-use crate::engine::{Counters, Engine, EngineConfig, Output, Port, Verdict};
+use crate::engine::{steering_hash, Counters, Engine, EngineConfig, Output, Port, Verdict};
 use crate::log::Event;
 use crate::policy::Policy;
 
@@ -380,13 +379,13 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                 let mut data = unsafe { umem.data_mut(d) };
                 let frame = data.contents_mut();
                 if w.workers > 1 {
-                    if let Some(h) = flow_hash(frame) {
-                        let owner = (h % w.workers as u64) as usize;
-                        if owner != w.id as usize {
-                            w.hand_over(owner, port, frame);
-                            free.push(*d);
-                            continue;
-                        }
+                    // 0: non-IP or malformed, judged where it arrived.
+                    let h = steering_hash(frame);
+                    let owner = (h % w.workers as u64) as usize;
+                    if h != 0 && owner != w.id as usize {
+                        w.hand_over(owner, port, frame);
+                        free.push(*d);
+                        continue;
                     }
                 }
                 match w.proc.process(port, frame, now, &mut w.out) {
