@@ -56,9 +56,9 @@ down() {
   rm -rf "$STATE"
 }
 
-link() { # link NS_A DEV_A NS_B DEV_B [extra veth args]
+link() { # link NS_A DEV_A NS_B DEV_B [link args for both ends]
   local a=$1 da=$2 b=$3 db=$4; shift 4
-  ip -n "$(ns "$a")" link add "$da" "$@" type veth peer name "$db" netns "$(ns "$b")"
+  ip -n "$(ns "$a")" link add "$da" "$@" type veth peer name "$db" netns "$(ns "$b")" "$@"
   quiet_off "$a" "$da"
   quiet_off "$b" "$db"
 }
@@ -97,7 +97,6 @@ up() {
   # The enforcer's ports: multi-queue so that every worker gets a queue.
   link sw p-enf enf cli0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
   link enf srv0 server eth0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
-  ip -n "$(ns sw)" link set dev p-enf numrxqueues "$QUEUES" numtxqueues "$QUEUES" 2>/dev/null || true
   nsx sw ip link set p-enf master br0 up
   for d in cli0 srv0; do
     # A wire, not a host: no addresses, no IPv6 chatter of its own.

@@ -197,6 +197,18 @@ fn socket_err(q: &QueueSpec, what: impl std::fmt::Display) -> String {
     format!("AF_XDP socket on {} queue {}: {what}", q.iface, q.queue)
 }
 
+/// An error with its causes, for messages that must say why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn pin(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -237,8 +249,8 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let frames = NonZeroU32::new(spec.umem_frames).ok_or("--umem-frames must be positive")?;
-    let (umem, free) =
-        Umem::new(umem_cfg, frames, false).map_err(|e| format!("UMEM of {frames} frames: {e}"))?;
+    let (umem, free) = Umem::new(umem_cfg, frames, false)
+        .map_err(|e| format!("UMEM of {frames} frames: {}", chain(&e)))?;
     let sock_cfg = SocketConfig::builder()
         .rx_queue_size(ring)
         .tx_queue_size(ring)
@@ -253,7 +265,7 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
             // with a UMEM that has not been bound to it before.
             unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &ifname, q.queue) }
         };
-        let (tx, rx, rings) = created.map_err(|e| socket_err(q, e))?;
+        let (tx, rx, rings) = created.map_err(|e| socket_err(q, chain(&e)))?;
         let (fq, cq) = rings.ok_or_else(|| socket_err(q, "no fill/completion rings"))?;
         if spec.poll == PollMode::Busy && !set_busy_poll(rx.fd().as_raw_fd()) {
             eprintln!(
