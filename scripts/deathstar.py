@@ -52,8 +52,8 @@ LOG = None
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "deathstar"
-    sys_version = ""
+    def version_string(self):
+        return "deathstar"
 
     def log_message(self, fmt, *args):  # the JSON log below replaces it
         pass

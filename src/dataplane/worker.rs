@@ -249,8 +249,11 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let frames = NonZeroU32::new(spec.umem_frames).ok_or("--umem-frames must be positive")?;
-    let (umem, free) = Umem::new(umem_cfg, frames, false)
+    let (umem, mut free) = Umem::new(umem_cfg, frames, false)
         .map_err(|e| format!("UMEM of {frames} frames: {}", chain(&e)))?;
+    // Each fill ring gets its share as soon as its socket exists, so no frame
+    // arriving during setup finds an empty ring; the rest stays free for TX.
+    let share = (free.len() / (spec.queues.len() * 2).max(1)).min(RING_SIZE as usize);
     let sock_cfg = SocketConfig::builder()
         .rx_queue_size(ring)
         .tx_queue_size(ring)
@@ -266,7 +269,11 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
             unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &ifname, q.queue) }
         };
         let (tx, rx, rings) = created.map_err(|e| socket_err(q, chain(&e)))?;
-        let (fq, cq) = rings.ok_or_else(|| socket_err(q, "no fill/completion rings"))?;
+        let (mut fq, cq) = rings.ok_or_else(|| socket_err(q, "no fill/completion rings"))?;
+        let start = free.len() - share.min(free.len());
+        // SAFETY: the frames come from this UMEM and are owned by no ring.
+        let done = unsafe { fq.produce(&free[start..]) };
+        free.drain(start..start + done);
         if spec.poll == PollMode::Busy && !set_busy_poll(rx.fd().as_raw_fd()) {
             eprintln!(
                 "enforcer: worker {}: busy-poll socket options not supported on {}",
@@ -329,16 +336,6 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
     };
     // The TX socket of each port: the first one this worker has there.
     let tx_sock: [Option<usize>; 2] = [0u8, 1].map(|p| socks.iter().position(|s| s.port == p));
-
-    // Give every fill ring its share of the UMEM; the rest stays free for TX.
-    let share = (free.len() / (socks.len() * 2).max(1)).min(RING_SIZE as usize);
-    for s in socks.iter_mut() {
-        let n = share.min(free.len());
-        let start = free.len() - n;
-        // SAFETY: the frames come from this UMEM and are owned by no ring.
-        let done = unsafe { s.fq.produce(&free[start..]) };
-        free.drain(start..start + done);
-    }
 
     let t0 = Instant::now();
     let mut last_tick = t0;
