@@ -112,7 +112,7 @@ pub struct WorkerStats {
 /// policy) a wire that forwards every frame to the other port.
 enum Processor {
     Engine(Box<Engine>),
-    PassThrough(Counters),
+    PassThrough(Box<Counters>),
 }
 
 impl Processor {
@@ -134,7 +134,7 @@ impl Processor {
     fn counters(&self) -> Counters {
         match self {
             Processor::Engine(e) => e.counters().clone(),
-            Processor::PassThrough(c) => c.clone(),
+            Processor::PassThrough(c) => (**c).clone(),
         }
     }
 }
@@ -326,7 +326,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                 spec.engine.clone(),
                 spec.id,
             ))),
-            None => Processor::PassThrough(Counters::default()),
+            None => Processor::PassThrough(Box::default()),
         },
         out: Output::default(),
         pending: [Vec::with_capacity(BATCH * 2), Vec::with_capacity(BATCH * 2)],
@@ -377,10 +377,10 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
             work += n;
         }
 
-        for si in 0..socks.len() {
-            let port = socks[si].port;
+        for s in socks.iter_mut() {
+            let port = s.port;
             // SAFETY: the RX ring hands us frames of this UMEM.
-            let n = unsafe { socks[si].rx.consume(&mut rx_descs) };
+            let n = unsafe { s.rx.consume(&mut rx_descs) };
             work += n;
             w.dp.rx_frames += n as u64;
             for d in rx_descs.iter_mut().take(n) {
@@ -426,22 +426,24 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
         }
 
         // Transmit; what does not fit on the ring is counted and recycled.
-        for p in 0..2 {
-            if w.pending[p].is_empty() {
+        for (p, tx) in tx_sock.iter().enumerate() {
+            let pending = &mut w.pending[p];
+            if pending.is_empty() {
                 continue;
             }
-            let Some(si) = tx_sock[p] else {
-                w.dp.tx_ring_full += w.pending[p].len() as u64;
-                free.append(&mut w.pending[p]);
+            let Some(s) = tx.and_then(|i| socks.get_mut(i)) else {
+                w.dp.tx_ring_full += pending.len() as u64;
+                free.append(pending);
                 continue;
             };
-            let s = &mut socks[si];
+            // The ring takes a batch whole or not at all: offer what fits.
+            let room = (s.tx.nb_free(pending.len() as u32) as usize).min(pending.len());
             // SAFETY: pending frames are ours and hold the bytes to send.
-            let sent = unsafe { s.tx.produce(&w.pending[p]) };
+            let sent = unsafe { s.tx.produce(&pending[..room]) };
             s.in_flight += sent;
             w.dp.tx_frames += sent as u64;
-            w.dp.tx_ring_full += (w.pending[p].len() - sent) as u64;
-            free.extend(w.pending[p].drain(..).skip(sent));
+            w.dp.tx_ring_full += (pending.len() - sent) as u64;
+            free.extend(pending.drain(..).skip(sent));
             work += sent;
         }
         // Copy mode transmits only when kicked; kick while anything is in flight.
