@@ -198,7 +198,12 @@ fn restart_and_crash_recovery_keep_links_working() {
             assert!(ready.contains(want), "{ready}");
             let r = curl(&lab, "awing", "http://10.66.0.2/v1/healthz", &[]);
             assert_eq!(stdout(&r), "OK\n", "round {round}: {r:?}");
-            let st = lab.stop().unwrap();
+            let sig = if round == 0 {
+                libc::SIGTERM
+            } else {
+                libc::SIGINT
+            };
+            let st = lab.stop_with(sig).unwrap();
             assert_eq!(st.status.code(), Some(0), "round {round}: {st:?}");
             assert!(lab.xdp_links().is_empty());
         }

@@ -277,6 +277,11 @@ impl Lab {
         self.end(libc::SIGTERM)
     }
 
+    /// End the enforcer with `sig` (SIGINT, SIGTERM) and collect its output.
+    pub fn stop_with(&mut self, sig: libc::c_int) -> Option<Stopped> {
+        self.end(sig)
+    }
+
     /// SIGKILL the enforcer, as a crash would.
     pub fn kill(&mut self) -> Option<Stopped> {
         self.end(libc::SIGKILL)
