@@ -164,6 +164,7 @@ fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
         assert!(dp["tx_frames"].as_u64().unwrap() >= 20, "{c}");
         assert_eq!(dp["handoff_in"], dp["handoff_out"], "{c}");
         assert_eq!(dp["no_free_frame"], 0, "{c}");
+        assert_eq!(dp["umem_frames_unaccounted"], 0, "UMEM leak: {c}");
         assert!(
             lab.xdp_links().is_empty(),
             "XDP left: {:?}",
@@ -390,6 +391,10 @@ fn four_queues_four_workers_carry_parallel_flows() {
             "{c}"
         );
         assert_eq!(c["dataplane"]["handoff_full"], 0, "{c}");
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
     }
     assert_clean(prefix);
 }
@@ -408,6 +413,10 @@ fn one_gib_arrives_byte_exact_through_the_dataplane() {
         let st = lab.stop().unwrap();
         let c = st.counters().unwrap();
         assert_eq!(c["dataplane"]["no_free_frame"], 0, "{c}");
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
     }
     assert_clean(prefix);
 }

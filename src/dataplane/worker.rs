@@ -82,6 +82,8 @@ pub struct DpCounters {
     pub xdp_rx_ring_full: u64,
     pub xdp_fill_ring_empty: u64,
     pub xdp_invalid_descs: u64,
+    /// At exit: UMEM frames neither free nor on a ring (a leak if not 0).
+    pub umem_frames_unaccounted: u64,
 }
 
 impl DpCounters {
@@ -99,6 +101,7 @@ impl DpCounters {
         self.xdp_rx_ring_full += o.xdp_rx_ring_full;
         self.xdp_fill_ring_empty += o.xdp_fill_ring_empty;
         self.xdp_invalid_descs += o.xdp_invalid_descs;
+        self.umem_frames_unaccounted += o.umem_frames_unaccounted;
     }
 }
 
@@ -505,8 +508,45 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
             PollMode::Adaptive => std::hint::spin_loop(),
         }
     }
+    w.dp.umem_frames_unaccounted = account(&mut socks, &mut free, &mut cq_descs, spec.umem_frames);
     w.publish(&shared, &socks);
     // Sockets, rings and UMEM drop here: the kernel releases the queues.
+}
+
+/// Leak check at shutdown: every UMEM frame must be free, on a fill or RX
+/// ring, or in flight on a TX ring. Returns how many are not.
+fn account(
+    socks: &mut [Xsk],
+    free: &mut Vec<FrameDesc>,
+    cq_descs: &mut [FrameDesc],
+    total: u32,
+) -> u64 {
+    // Let copy-mode TX finish and collect its completions.
+    for _ in 0..50 {
+        let mut busy = false;
+        for s in socks.iter_mut() {
+            if s.in_flight == 0 {
+                continue;
+            }
+            busy = true;
+            let _ = s.tx.wakeup();
+            // SAFETY: completed descriptors are ours again.
+            let n = unsafe { s.cq.consume(cq_descs) };
+            s.in_flight = s.in_flight.saturating_sub(n);
+            free.extend_from_slice(&cq_descs[..n]);
+        }
+        if !busy {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut held = free.len() as u64;
+    for s in socks.iter_mut() {
+        held += s.in_flight as u64;
+        held += (RING_SIZE - s.fq.nb_free_exact().min(RING_SIZE)) as u64;
+        held += s.rx.nb_avail_exact() as u64;
+    }
+    (total as u64).saturating_sub(held) + held.saturating_sub(total as u64)
 }
 
 struct Worker {
