@@ -152,6 +152,7 @@ impl ConnState {
     }
 }
 
+/// An allowed flow (denied ones are never stored).
 pub struct FlowEntry {
     pub key: FlowKey,
     /// The initiator's side: frames whose (src, sport) equal these go forward.
@@ -162,7 +163,6 @@ pub struct FlowEntry {
     pub proto: u8,
     /// Port the initiator's frames arrive on.
     pub client_port: Port,
-    pub allowed: bool,
     /// Policy generation the decision was made under.
     pub policy_gen: u64,
     pub state: ConnState,
@@ -361,7 +361,6 @@ mod tests {
             resp_port: 80,
             proto: 6,
             client_port: 0,
-            allowed: true,
             policy_gen: 0,
             state: ConnState::Established,
             last_seen: now,

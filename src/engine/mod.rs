@@ -424,7 +424,6 @@ impl Engine {
             resp_port: decide_dport,
             proto: init.proto,
             client_port: init.port,
-            allowed: true,
             policy_gen: self.policy_gen,
             state,
             last_seen: now,
@@ -443,7 +442,8 @@ impl Engine {
     }
 
     /// Per-frame bookkeeping of an existing entry; re-decides after a policy
-    /// swap. Returns false when the flow is (now) denied.
+    /// swap. The table holds allowed flows only: a flow the new policy denies
+    /// is removed (logged once), and its later packets meet the no-flow path.
     fn touch(&mut self, idx: u32, now: u64, out: &mut Output) -> bool {
         let gen = self.policy_gen;
         let Some(e) = self.flows.get_mut(idx) else {
@@ -452,21 +452,24 @@ impl Engine {
         e.last_seen = now;
         e.referenced = true;
         if e.policy_gen == gen {
-            return e.allowed;
+            return true;
         }
-        let (tuple, was) = (e.tuple(), e.allowed);
+        let tuple = e.tuple();
         let d = self.decide(tuple.src, tuple.dst, tuple.proto, tuple.dport);
-        if d.allowed != was {
-            self.counters.flows_redecided += 1;
-            out.events.push(self.event(now, tuple, &d));
+        if d.allowed {
+            // A live connection keeps its L7 state (held bytes, seq offsets):
+            // replacing it mid-stream would break the connection.
+            if let Some(e) = self.flows.get_mut(idx) {
+                e.policy_gen = gen;
+            }
+            return true;
         }
-        // A live connection keeps its L7 state (held bytes, seq offsets):
-        // dropping it mid-stream would break the connection.
-        if let Some(e) = self.flows.get_mut(idx) {
-            e.policy_gen = gen;
-            e.allowed = d.allowed;
+        self.counters.flows_redecided += 1;
+        out.events.push(self.event(now, tuple, &d));
+        if let Some(e) = self.flows.remove(idx) {
+            self.forget(idx, &e);
         }
-        d.allowed
+        false
     }
 
     /// UDP, ICMP and other datagram protocols. `may_create`: this packet can
@@ -680,11 +683,11 @@ impl Engine {
             Some((_, id)) => FlowKey::new(q.src, id, q.dst, id, q.proto),
             None => FlowKey::new(q.src, q.sport, q.dst, q.dport, q.proto),
         };
-        match self.flows.find(&key).and_then(|i| self.flows.get(i)) {
-            // Stale verdicts are re-checked by the flow's own next frame;
-            // an error about a flow we carry is what the sender needs.
-            Some(e) if e.allowed => Verdict::Forward(other(port)),
-            _ => Verdict::Drop(DropReason::NoFlow),
+        // A verdict made stale by a policy swap is re-checked by the flow's
+        // own next frame; an error about a flow we carry is what its sender needs.
+        match self.flows.find(&key) {
+            Some(_) => Verdict::Forward(other(port)),
+            None => Verdict::Drop(DropReason::NoFlow),
         }
     }
 

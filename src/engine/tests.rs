@@ -628,9 +628,10 @@ fn policy_swap_redecides_lazily() {
         run(&mut e, 0, &c.client_data(b"b"), 2, &mut out),
         Verdict::Drop(DropReason::PolicyDenied)
     );
+    assert_eq!(e.flow_count(), 0, "denied flows leave the table");
     assert_eq!(
         run(&mut e, 1, &c.server_data(b"c"), 3, &mut out),
-        Verdict::Drop(DropReason::PolicyDenied)
+        Verdict::Drop(DropReason::NoFlow)
     );
     assert_eq!(e.counters().flows_redecided, 1);
     let last = out.events.last().unwrap();
