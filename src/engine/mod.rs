@@ -101,8 +101,11 @@ pub struct Engine {
     /// Slots of flows with L7 state, for their timers.
     l7_slots: Vec<u32>,
     #[cfg(test)]
-    decide_override: Option<Box<dyn Fn(IpAddr, IpAddr, Proto, u16) -> FlowDecision>>,
+    decide_override: Option<Box<DecideFn>>,
 }
+
+#[cfg(test)]
+type DecideFn = dyn Fn(IpAddr, IpAddr, Proto, u16) -> FlowDecision;
 
 /// Outcome of judging a packet that would start a flow.
 enum NewFlow {
@@ -709,7 +712,7 @@ impl Engine {
         let (payload, frags) =
             match self
                 .frags
-                .add(key, f, port, frame, meta.l4_off, meta.payload_end, now)
+                .add(key, f, port, frame, meta.l4_off..meta.payload_end, now)
             {
                 FragOutcome::Held => return Verdict::Consumed,
                 FragOutcome::Duplicate => return Verdict::Drop(DropReason::FragmentDropped),
@@ -832,10 +835,6 @@ fn next_state(s: ConnState, fwd: bool, flags: u8) -> ConnState {
         s => s,
     }
 }
-
-#[cfg(test)]
-#[path = "../../tests/common/mod.rs"]
-mod testkit;
 
 #[cfg(test)]
 mod tests;

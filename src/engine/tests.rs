@@ -5,8 +5,8 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::testkit::*;
 use super::*;
+use crate::packet::view::testkit::*;
 use crate::policy::{L7Policy, L7Proto};
 
 /// Server 10.66.0.2 / fd66::2 is default-deny on ingress: it accepts TCP 80
