@@ -586,6 +586,9 @@ impl Engine {
         };
         let fwd = e.from_initiator(meta.src, meta.sport);
         e.state = next_state(e.state, fwd, f);
+        if e.l7.is_none() {
+            return Verdict::Forward(other(port));
+        }
         let tuple = e.tuple();
         let Some(l7) = e.l7.as_mut() else {
             return Verdict::Forward(other(port));
