@@ -184,6 +184,8 @@ pub struct FlowEntry {
     /// Set on every frame, cleared by the CLOCK hand.
     pub referenced: bool,
     pub l7: Option<Box<L7Flow>>,
+    /// Index in the engine's list of L7 flows (when `l7` is set).
+    pub l7_pos: u32,
 }
 
 impl FlowEntry {
@@ -380,6 +382,7 @@ mod tests {
             last_seen: now,
             referenced: true,
             l7: None,
+            l7_pos: 0,
         }
     }
 

@@ -347,11 +347,32 @@ impl Engine {
         }
     }
 
+    /// Bookkeeping after an entry left the table.
     fn forget(&mut self, idx: u32, e: &FlowEntry) {
         if e.l7.is_some() {
-            self.l7_slots.retain(|&i| i != idx);
+            self.l7_unlink(idx, e.l7_pos as usize);
         }
         self.counters.flows_active = self.flows.len() as u64;
+    }
+
+    /// O(1) removal from the L7 timer list; the entry moved into the hole
+    /// learns its new position.
+    fn l7_unlink(&mut self, idx: u32, pos: usize) {
+        let pos = if self.l7_slots.get(pos) == Some(&idx) {
+            pos
+        } else {
+            // Only when several entries left at once and one moved another.
+            match self.l7_slots.iter().position(|&i| i == idx) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        self.l7_slots.swap_remove(pos);
+        if let Some(&moved) = self.l7_slots.get(pos) {
+            if let Some(m) = self.flows.get_mut(moved) {
+                m.l7_pos = pos as u32;
+            }
+        }
     }
 
     /// Judge a flow's first packet and insert it when allowed. `decide_dport`
@@ -432,6 +453,7 @@ impl Engine {
             last_seen: now,
             referenced: true,
             l7,
+            l7_pos: self.l7_slots.len() as u32,
         };
         let Some(idx) = self.flows.insert(entry) else {
             return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
@@ -773,15 +795,17 @@ impl Engine {
     /// Timers: idle-flow expiry, retransmission of injected bytes. Call at
     /// least every few milliseconds, also when no frames arrive.
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
-        let mut gone = Vec::new();
+        let mut gone = 0;
+        let mut gone_l7 = Vec::new();
         self.flows.expire(now_ns, &self.timeouts, |idx, e| {
-            gone.push((idx, e.l7.is_some()))
-        });
-        self.counters.flows_expired += gone.len() as u64;
-        for (idx, l7) in gone {
-            if l7 {
-                self.l7_slots.retain(|&i| i != idx);
+            gone += 1;
+            if e.l7.is_some() {
+                gone_l7.push((idx, e.l7_pos as usize));
             }
+        });
+        self.counters.flows_expired += gone;
+        for (idx, pos) in gone_l7 {
+            self.l7_unlink(idx, pos);
         }
         self.counters.flows_active = self.flows.len() as u64;
         let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);

@@ -773,3 +773,49 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn l7_timer_list_follows_the_table() {
+    let mut e = engine_with(EngineConfig {
+        max_flows: 64,
+        ..EngineConfig::default()
+    });
+    let l7 = Some(Arc::new(L7Policy {
+        proto: L7Proto::Http,
+        stages: vec![],
+    }));
+    for i in 0..40u16 {
+        let init = Initiator {
+            src: ip("10.66.0.11"),
+            sport: 1000 + i,
+            dst: ip("10.66.0.2"),
+            dport: 80,
+            proto: IPPROTO_TCP,
+            port: 0,
+        };
+        let d = FlowDecision {
+            allowed: true,
+            detail: String::new(),
+            l7: if i % 2 == 0 { l7.clone() } else { None },
+        };
+        // Every third flow stays busy; the others go idle.
+        let now = if i % 3 == 0 { 1_000 * SECOND } else { 0 };
+        assert!(matches!(
+            e.admit(init, 80, d, ConnState::Established, now),
+            NewFlow::Tracked(_)
+        ));
+    }
+    assert_eq!(e.l7_slots.len(), 20);
+    let mut out = Output::default();
+    e.tick(e.cfg.tcp_established_timeout_ns + 10, &mut out);
+    assert_eq!(e.flow_count(), 14);
+    let live_l7: Vec<u32> = (0..64)
+        .filter(|&i| e.flows.get(i).is_some_and(|f| f.l7.is_some()))
+        .collect();
+    let mut listed = e.l7_slots.clone();
+    listed.sort();
+    assert_eq!(listed, live_l7);
+    for (pos, &idx) in e.l7_slots.iter().enumerate() {
+        assert_eq!(e.flows.get(idx).unwrap().l7_pos as usize, pos);
+    }
+}
