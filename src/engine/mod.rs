@@ -553,14 +553,16 @@ impl Engine {
         let syn_only = syn && f & TCP_ACK == 0;
         let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
-        if let Some(i) = idx {
+        if let (true, Some(i)) = (syn_only, idx) {
+            // A SYN is a retransmission only while the handshake is under
+            // way; otherwise the 4-tuple carries a new connection (after a
+            // close, or after an end we did not see): judge it afresh, with
+            // fresh L7 state.
             let reuse = self.flows.get(i).is_some_and(|e| {
-                syn_only
-                    && e.from_initiator(meta.src, meta.sport)
-                    && matches!(e.state, ConnState::Closing { .. } | ConnState::Closed)
+                e.from_initiator(meta.src, meta.sport)
+                    && !matches!(e.state, ConnState::SynSent | ConnState::SynReceived)
             });
             if reuse {
-                // The 4-tuple is reused by a new connection: judge it afresh.
                 if let Some(e) = self.flows.remove(i) {
                     self.forget(i, &e);
                 }

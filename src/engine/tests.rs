@@ -600,6 +600,15 @@ fn closed_connection_tuple_reuse_is_judged_again() {
     assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Closed);
     assert_eq!(run(&mut e, 0, &c.syn(), 2, &mut out), FWD);
     assert_eq!(out.events.len(), 2, "the new connection is a new decision");
+    // A retransmitted SYN is not.
+    assert_eq!(run(&mut e, 0, &c.syn(), 3, &mut out), FWD);
+    assert_eq!(out.events.len(), 2);
+    // A SYN on an established connection whose end we missed: new decision.
+    let hs = c.handshake();
+    run(&mut e, 1, &hs[1], 4, &mut out);
+    run(&mut e, 0, &hs[2], 4, &mut out);
+    assert_eq!(run(&mut e, 0, &c.syn(), 5, &mut out), FWD);
+    assert_eq!(out.events.len(), 3);
 }
 
 #[test]
