@@ -1,6 +1,27 @@
 //! The sans-I/O engine: `(port, frame, now)` in, a verdict for that frame plus
 //! frames to emit and log events out. One `Engine` per worker; it owns that
 //! worker's flows. The policy is shared read-only (`Arc`) and swappable.
+//!
+//! Choices an operator may want to know:
+//! * The flow table holds allowed flows only. A new flow is judged once
+//!   (`Policy::decide`, one log event), by its first packet: a TCP SYN, any
+//!   UDP datagram, an ICMP echo request (keyed by echo id; policy sees the
+//!   ICMP type as the port). Replies and later packets of a stored flow pass.
+//!   Denied packets leave nothing behind, so they cannot fill the table.
+//! * TCP segments without a flow and without SYN (an enforcer restart
+//!   mid-connection) are adopted when policy allows them in their own
+//!   direction and the port has no L7 rules (`tcp_pickup`, default on);
+//!   conntrack in the Cilium style would drop them, cutting every live
+//!   connection on restart. L7 connections cannot be joined mid-stream and
+//!   are dropped (`no-flow`).
+//! * A packet is never judged as the "reply" of a flow that is not stored:
+//!   with default-open egress that would let anyone in.
+//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
+//! * A policy swap re-decides each flow on its next packet; a flow now
+//!   denied is removed (one event), an allowed one keeps its L7 state.
+//! * Fragments are held until their datagram is whole, judged on the
+//!   reassembled L4 header, then forwarded unchanged or dropped together.
+//!   TCP fragments to an L7 port are dropped (`unsupported`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
