@@ -234,3 +234,5 @@ impl Policy {
             .collect()
     }
 }
+#[cfg(test)]
+mod tests;
