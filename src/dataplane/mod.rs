@@ -218,12 +218,19 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         ));
     }
 
-    for info in [&a, &b] {
-        if iface::claim(info)? == iface::Existing::RemovedStale {
-            println!(
+    for (i, info) in [&a, &b].into_iter().enumerate() {
+        match iface::claim(info) {
+            Ok(iface::Existing::RemovedStale) => println!(
                 "removed a stale XDP program left on {} by an earlier run",
                 info.name
-            );
+            ),
+            Ok(iface::Existing::None) => {}
+            Err(e) => {
+                if i == 1 {
+                    let _ = iface::release(&a);
+                }
+                return Err(e);
+            }
         }
     }
     let release_all = || {
