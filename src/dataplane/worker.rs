@@ -546,6 +546,35 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
     // Sockets and rings drop here: the kernel releases the queues.
 }
 
+/// Keep a free list near half its quota: give a surplus (frames handed over
+/// by other workers pile up at their flow's owner) to the spare pool, take
+/// from it when running low. Returns (given, taken).
+fn rebalance(
+    free: &mut Vec<FrameDesc>,
+    quota: usize,
+    spare_tx: &Sender<FrameDesc>,
+    spare_rx: &Receiver<FrameDesc>,
+) -> (u64, u64) {
+    let (mut given, mut taken) = (0, 0);
+    if free.len() > quota * 3 / 4 {
+        while free.len() > quota / 2 {
+            let Some(d) = free.pop() else { break };
+            if let Err(e) = spare_tx.try_send(d) {
+                free.push(e.into_inner());
+                break;
+            }
+            given += 1;
+        }
+    } else if free.len() < quota / 8 {
+        while free.len() < quota / 4 {
+            let Ok(d) = spare_rx.try_recv() else { break };
+            free.push(d);
+            taken += 1;
+        }
+    }
+    (given, taken)
+}
+
 /// For the leak check at shutdown: the frames this worker holds, free, on a
 /// fill or RX ring, or in flight on a TX ring.
 fn account(socks: &mut [Xsk], free: &mut Vec<FrameDesc>, cq_descs: &mut [FrameDesc]) -> u64 {
@@ -619,30 +648,11 @@ impl Worker {
         }
     }
 
-    /// Keep the free list near half this worker's quota: give a surplus
-    /// (frames handed over by others pile up here) to the spare pool, take
-    /// from it when running low.
     fn rebalance(&mut self, free: &mut Vec<FrameDesc>, quota: usize) {
-        if self.workers < 2 {
-            return;
-        }
-        if free.len() > quota * 3 / 4 {
-            while free.len() > quota / 2 {
-                let Some(d) = free.pop() else { break };
-                if let Err(e) = self.ch.spare_tx.try_send(d) {
-                    free.push(e.into_inner());
-                    break;
-                }
-                self.dp.frames_to_spare += 1;
-            }
-        } else if free.len() < quota / 8 {
-            while free.len() < quota / 4 {
-                let Ok(d) = self.ch.spare_rx.try_recv() else {
-                    break;
-                };
-                free.push(d);
-                self.dp.frames_from_spare += 1;
-            }
+        if self.workers > 1 {
+            let (given, taken) = rebalance(free, quota, &self.ch.spare_tx, &self.ch.spare_rx);
+            self.dp.frames_to_spare += given;
+            self.dp.frames_from_spare += taken;
         }
     }
 
@@ -707,5 +717,45 @@ impl Worker {
             g.dp = dp;
             g.engine = self.proc.counters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(n: usize) -> Vec<FrameDesc> {
+        vec![FrameDesc::default(); n]
+    }
+
+    #[test]
+    fn surplus_goes_to_the_spare_pool_and_comes_back_to_who_runs_low() {
+        let (tx, rx) = crossbeam_channel::bounded(1000);
+        // Within the band: nothing moves.
+        let mut a = frames(600);
+        assert_eq!(rebalance(&mut a, 1000, &tx, &rx), (0, 0));
+        // Above 3/4: down to 1/2.
+        let mut a = frames(900);
+        assert_eq!(rebalance(&mut a, 1000, &tx, &rx), (400, 0));
+        assert_eq!((a.len(), rx.len()), (500, 400));
+        // Below 1/8: up to 1/4, from what the pool has.
+        let mut b = frames(100);
+        assert_eq!(rebalance(&mut b, 1000, &tx, &rx), (0, 150));
+        assert_eq!((b.len(), rx.len()), (250, 250));
+        // Frames are conserved.
+        assert_eq!(a.len() + b.len() + rx.len(), 1000);
+        // An empty pool leaves a starving list as it is.
+        let (tx2, rx2) = crossbeam_channel::bounded(10);
+        let mut c = frames(1);
+        assert_eq!(rebalance(&mut c, 1000, &tx2, &rx2), (0, 0));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_full_pool_keeps_the_frame() {
+        let (tx, rx) = crossbeam_channel::bounded(3);
+        let mut a = frames(100);
+        assert_eq!(rebalance(&mut a, 100, &tx, &rx), (3, 0));
+        assert_eq!(a.len() + rx.len(), 100);
     }
 }
