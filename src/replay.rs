@@ -310,4 +310,27 @@ mod tests {
         assert_eq!(sides.port_of(&v4(c2, s)), 0);
         assert_eq!(sides.port_of(b"junk"), 0);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_bytes_behind_a_capture_magic_read_without_panic(
+            ng in proptest::prelude::any::<bool>(),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x");
+            let mut bytes = if ng { vec![0x0a, 0x0d, 0x0d, 0x0a] } else { vec![0xd4, 0xc3, 0xb2, 0xa1] };
+            bytes.extend(body);
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(mut input) = Input::open(&path) {
+                for _ in 0..100 {
+                    match input.next() {
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
 }

@@ -11,26 +11,29 @@ use super::Port;
 use crate::stream::L7Flow;
 
 /// Both endpoints of a flow in a canonical order, so that A→B and B→A give
-/// the same key. For ICMP echo both "ports" are the echo id.
+/// the same key. For ICMP echo both "ports" are the echo id. Addresses are
+/// IPv6 numbers (IPv4 mapped), so ordering and hashing are integer work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
-    lo: [u8; 16],
-    hi: [u8; 16],
+    lo: u128,
+    hi: u128,
     lo_port: u16,
     hi_port: u16,
     proto: u8,
 }
 
-fn addr16(ip: IpAddr) -> [u8; 16] {
+#[inline]
+fn addr128(ip: IpAddr) -> u128 {
     match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => 0xffff_0000_0000 | u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
 impl FlowKey {
+    #[inline]
     pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-        let (a, b) = (addr16(src), addr16(dst));
+        let (a, b) = (addr128(src), addr128(dst));
         if (a, sport) <= (b, dport) {
             FlowKey {
                 lo: a,
@@ -53,40 +56,30 @@ impl FlowKey {
     /// Direction-independent hash with a fixed seed: the same on every
     /// worker, for steering both directions of a flow to one worker.
     pub fn symmetric_hash(&self) -> u64 {
-        let mut h = FlowHasher {
-            state: 0x243f_6a88_85a3_08d3,
-        };
-        self.hash(&mut h);
-        h.finish()
+        SeededState::FIXED.hash_one(self)
     }
 }
 
 impl Hash for FlowKey {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
-        let word = |b: &[u8; 16], i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i..i + 8]);
-            u64::from_ne_bytes(w)
-        };
-        h.write_u64(word(&self.lo, 0));
-        h.write_u64(word(&self.lo, 8));
-        h.write_u64(word(&self.hi, 0));
-        h.write_u64(word(&self.hi, 8));
+        h.write_u128(self.lo);
+        h.write_u128(self.hi);
         h.write_u64(
             u64::from(self.lo_port) | u64::from(self.hi_port) << 16 | u64::from(self.proto) << 32,
         );
     }
 }
 
-/// A fast multiply-fold hasher for fixed-size keys. Seeded per table from
-/// the standard library's random keys so that remote peers cannot aim for
-/// collisions.
+/// A fast multiply-fold hasher for fixed-size keys. Both words of every
+/// multiply are mixed with secret per-table keys (from the standard library's
+/// random keys), so remote peers cannot aim for collisions: a fold where one
+/// side is zero forgets the other, and only a secret key can make it zero.
 #[derive(Clone, Copy)]
 pub struct FlowHasher {
     state: u64,
+    key: u64,
 }
-
-const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
 #[inline]
 fn fold(a: u64, b: u64) -> u64 {
@@ -97,7 +90,12 @@ fn fold(a: u64, b: u64) -> u64 {
 impl Hasher for FlowHasher {
     #[inline]
     fn write_u64(&mut self, x: u64) {
-        self.state = fold(self.state ^ x, MUL);
+        self.state = fold(self.state ^ x, self.key);
+    }
+    /// One multiply for both halves: a flow key hashes in three.
+    #[inline]
+    fn write_u128(&mut self, x: u128) {
+        self.state = fold(self.state ^ x as u64, self.key ^ (x >> 64) as u64);
     }
     fn write(&mut self, bytes: &[u8]) {
         for c in bytes.chunks(8) {
@@ -108,23 +106,39 @@ impl Hasher for FlowHasher {
     }
     #[inline]
     fn finish(&self) -> u64 {
-        fold(self.state, 0x2d35_8dcc_aa6c_78a5).rotate_left(23)
+        fold(self.state, self.key.rotate_left(32) | 1).rotate_left(23)
     }
 }
 
 #[derive(Clone, Copy)]
-pub struct SeededState(u64);
+pub struct SeededState {
+    state: u64,
+    key: u64,
+}
 
 impl SeededState {
     pub fn random() -> SeededState {
-        SeededState(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1)
+        let r = std::collections::hash_map::RandomState::new();
+        SeededState {
+            state: r.hash_one(0x5eed_u64),
+            key: r.hash_one(0xbeef_u64) | 1,
+        }
     }
+
+    /// Fixed keys, for hashes that must agree across workers.
+    const FIXED: SeededState = SeededState {
+        state: 0x243f_6a88_85a3_08d3,
+        key: 0x9e37_79b9_7f4a_7c15,
+    };
 }
 
 impl BuildHasher for SeededState {
     type Hasher = FlowHasher;
     fn build_hasher(&self) -> FlowHasher {
-        FlowHasher { state: self.0 }
+        FlowHasher {
+            state: self.state,
+            key: self.key,
+        }
     }
 }
 
@@ -152,6 +166,7 @@ impl ConnState {
     }
 }
 
+/// An allowed flow (denied ones are never stored).
 pub struct FlowEntry {
     pub key: FlowKey,
     /// The initiator's side: frames whose (src, sport) equal these go forward.
@@ -162,7 +177,6 @@ pub struct FlowEntry {
     pub proto: u8,
     /// Port the initiator's frames arrive on.
     pub client_port: Port,
-    pub allowed: bool,
     /// Policy generation the decision was made under.
     pub policy_gen: u64,
     pub state: ConnState,
@@ -170,6 +184,8 @@ pub struct FlowEntry {
     /// Set on every frame, cleared by the CLOCK hand.
     pub referenced: bool,
     pub l7: Option<Box<L7Flow>>,
+    /// Index in the engine's list of L7 flows (when `l7` is set).
+    pub l7_pos: u32,
 }
 
 impl FlowEntry {
@@ -361,12 +377,12 @@ mod tests {
             resp_port: 80,
             proto: 6,
             client_port: 0,
-            allowed: true,
             policy_gen: 0,
             state: ConnState::Established,
             last_seen: now,
             referenced: true,
             l7: None,
+            l7_pos: 0,
         }
     }
 

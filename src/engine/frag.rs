@@ -91,21 +91,21 @@ impl Reassembler {
         self.bytes
     }
 
-    /// Add one fragment. `data` is `frame[data_off..data_end]`.
+    /// Add one fragment whose data is `frame[data]`.
     pub fn add(
         &mut self,
         key: FragKey,
         frag: FragmentMeta,
         port: Port,
         frame: &[u8],
-        data_off: usize,
-        data_end: usize,
+        data: std::ops::Range<usize>,
         now: u64,
     ) -> FragOutcome {
+        let (data_off, data_end) = (data.start, data.end);
         let start = frag.offset as usize;
         let len = data_end.saturating_sub(data_off);
         let end = start + len;
-        if end > MAX_DATAGRAM || (frag.more && len % 8 != 0) || (frag.more && len == 0) {
+        if end > MAX_DATAGRAM || (frag.more && !len.is_multiple_of(8)) || (frag.more && len == 0) {
             return FragOutcome::Malformed;
         }
         if self.bytes + frame.len() > MAX_FRAG_BYTES {
@@ -233,8 +233,7 @@ mod tests {
             },
             0,
             &frame,
-            4,
-            frame.len(),
+            4..frame.len(),
             now,
         )
     }
@@ -313,8 +312,7 @@ mod tests {
                 },
                 0,
                 &f,
-                4,
-                12,
+                4..12,
                 0
             ),
             FragOutcome::Full

@@ -1,6 +1,27 @@
 //! The sans-I/O engine: `(port, frame, now)` in, a verdict for that frame plus
 //! frames to emit and log events out. One `Engine` per worker; it owns that
 //! worker's flows. The policy is shared read-only (`Arc`) and swappable.
+//!
+//! Choices an operator may want to know:
+//! * The flow table holds allowed flows only. A new flow is judged once
+//!   (`Policy::decide`, one log event), by its first packet: a TCP SYN, any
+//!   UDP datagram, an ICMP echo request (keyed by echo id; policy sees the
+//!   ICMP type as the port). Replies and later packets of a stored flow pass.
+//!   Denied packets leave nothing behind, so they cannot fill the table.
+//! * TCP segments without a flow and without SYN (an enforcer restart
+//!   mid-connection) are adopted when policy allows them in their own
+//!   direction and the port has no L7 rules (`tcp_pickup`, default on);
+//!   conntrack in the Cilium style would drop them, cutting every live
+//!   connection on restart. L7 connections cannot be joined mid-stream and
+//!   are dropped (`no-flow`).
+//! * A packet is never judged as the "reply" of a flow that is not stored:
+//!   with default-open egress that would let anyone in.
+//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
+//! * A policy swap re-decides each flow on its next packet; a flow now
+//!   denied is removed (one event), an allowed one keeps its L7 state.
+//! * Fragments are held until their datagram is whole, judged on the
+//!   reassembled L4 header, then forwarded unchanged or dropped together.
+//!   TCP fragments to an L7 port are dropped (`unsupported`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -101,8 +122,11 @@ pub struct Engine {
     /// Slots of flows with L7 state, for their timers.
     l7_slots: Vec<u32>,
     #[cfg(test)]
-    decide_override: Option<Box<dyn Fn(IpAddr, IpAddr, Proto, u16) -> FlowDecision>>,
+    decide_override: Option<Box<DecideFn>>,
 }
+
+#[cfg(test)]
+type DecideFn = dyn Fn(IpAddr, IpAddr, Proto, u16) -> FlowDecision;
 
 /// Outcome of judging a packet that would start a flow.
 enum NewFlow {
@@ -344,11 +368,32 @@ impl Engine {
         }
     }
 
+    /// Bookkeeping after an entry left the table.
     fn forget(&mut self, idx: u32, e: &FlowEntry) {
         if e.l7.is_some() {
-            self.l7_slots.retain(|&i| i != idx);
+            self.l7_unlink(idx, e.l7_pos as usize);
         }
         self.counters.flows_active = self.flows.len() as u64;
+    }
+
+    /// O(1) removal from the L7 timer list; the entry moved into the hole
+    /// learns its new position.
+    fn l7_unlink(&mut self, idx: u32, pos: usize) {
+        let pos = if self.l7_slots.get(pos) == Some(&idx) {
+            pos
+        } else {
+            // Only when several entries left at once and one moved another.
+            match self.l7_slots.iter().position(|&i| i == idx) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        self.l7_slots.swap_remove(pos);
+        if let Some(&moved) = self.l7_slots.get(pos) {
+            if let Some(m) = self.flows.get_mut(moved) {
+                m.l7_pos = pos as u32;
+            }
+        }
     }
 
     /// Judge a flow's first packet and insert it when allowed. `decide_dport`
@@ -424,12 +469,12 @@ impl Engine {
             resp_port: decide_dport,
             proto: init.proto,
             client_port: init.port,
-            allowed: true,
             policy_gen: self.policy_gen,
             state,
             last_seen: now,
             referenced: true,
             l7,
+            l7_pos: self.l7_slots.len() as u32,
         };
         let Some(idx) = self.flows.insert(entry) else {
             return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
@@ -443,7 +488,8 @@ impl Engine {
     }
 
     /// Per-frame bookkeeping of an existing entry; re-decides after a policy
-    /// swap. Returns false when the flow is (now) denied.
+    /// swap. The table holds allowed flows only: a flow the new policy denies
+    /// is removed (logged once), and its later packets meet the no-flow path.
     fn touch(&mut self, idx: u32, now: u64, out: &mut Output) -> bool {
         let gen = self.policy_gen;
         let Some(e) = self.flows.get_mut(idx) else {
@@ -452,21 +498,24 @@ impl Engine {
         e.last_seen = now;
         e.referenced = true;
         if e.policy_gen == gen {
-            return e.allowed;
+            return true;
         }
-        let (tuple, was) = (e.tuple(), e.allowed);
+        let tuple = e.tuple();
         let d = self.decide(tuple.src, tuple.dst, tuple.proto, tuple.dport);
-        if d.allowed != was {
-            self.counters.flows_redecided += 1;
-            out.events.push(self.event(now, tuple, &d));
+        if d.allowed {
+            // A live connection keeps its L7 state (held bytes, seq offsets):
+            // replacing it mid-stream would break the connection.
+            if let Some(e) = self.flows.get_mut(idx) {
+                e.policy_gen = gen;
+            }
+            return true;
         }
-        // A live connection keeps its L7 state (held bytes, seq offsets):
-        // dropping it mid-stream would break the connection.
-        if let Some(e) = self.flows.get_mut(idx) {
-            e.policy_gen = gen;
-            e.allowed = d.allowed;
+        self.counters.flows_redecided += 1;
+        out.events.push(self.event(now, tuple, &d));
+        if let Some(e) = self.flows.remove(idx) {
+            self.forget(idx, &e);
         }
-        d.allowed
+        false
     }
 
     /// UDP, ICMP and other datagram protocols. `may_create`: this packet can
@@ -525,14 +574,16 @@ impl Engine {
         let syn_only = syn && f & TCP_ACK == 0;
         let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
-        if let Some(i) = idx {
+        if let (true, Some(i)) = (syn_only, idx) {
+            // A SYN is a retransmission only while the handshake is under
+            // way; otherwise the 4-tuple carries a new connection (after a
+            // close, or after an end we did not see): judge it afresh, with
+            // fresh L7 state.
             let reuse = self.flows.get(i).is_some_and(|e| {
-                syn_only
-                    && e.from_initiator(meta.src, meta.sport)
-                    && matches!(e.state, ConnState::Closing { .. } | ConnState::Closed)
+                e.from_initiator(meta.src, meta.sport)
+                    && !matches!(e.state, ConnState::SynSent | ConnState::SynReceived)
             });
             if reuse {
-                // The 4-tuple is reused by a new connection: judge it afresh.
                 if let Some(e) = self.flows.remove(i) {
                     self.forget(i, &e);
                 }
@@ -580,6 +631,9 @@ impl Engine {
         };
         let fwd = e.from_initiator(meta.src, meta.sport);
         e.state = next_state(e.state, fwd, f);
+        if e.l7.is_none() {
+            return Verdict::Forward(other(port));
+        }
         let tuple = e.tuple();
         let Some(l7) = e.l7.as_mut() else {
             return Verdict::Forward(other(port));
@@ -680,11 +734,11 @@ impl Engine {
             Some((_, id)) => FlowKey::new(q.src, id, q.dst, id, q.proto),
             None => FlowKey::new(q.src, q.sport, q.dst, q.dport, q.proto),
         };
-        match self.flows.find(&key).and_then(|i| self.flows.get(i)) {
-            // Stale verdicts are re-checked by the flow's own next frame;
-            // an error about a flow we carry is what the sender needs.
-            Some(e) if e.allowed => Verdict::Forward(other(port)),
-            _ => Verdict::Drop(DropReason::NoFlow),
+        // A verdict made stale by a policy swap is re-checked by the flow's
+        // own next frame; an error about a flow we carry is what its sender needs.
+        match self.flows.find(&key) {
+            Some(_) => Verdict::Forward(other(port)),
+            None => Verdict::Drop(DropReason::NoFlow),
         }
     }
 
@@ -706,7 +760,7 @@ impl Engine {
         let (payload, frags) =
             match self
                 .frags
-                .add(key, f, port, frame, meta.l4_off, meta.payload_end, now)
+                .add(key, f, port, frame, meta.l4_off..meta.payload_end, now)
             {
                 FragOutcome::Held => return Verdict::Consumed,
                 FragOutcome::Duplicate => return Verdict::Drop(DropReason::FragmentDropped),
@@ -764,15 +818,17 @@ impl Engine {
     /// Timers: idle-flow expiry, retransmission of injected bytes. Call at
     /// least every few milliseconds, also when no frames arrive.
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
-        let mut gone = Vec::new();
+        let mut gone = 0;
+        let mut gone_l7 = Vec::new();
         self.flows.expire(now_ns, &self.timeouts, |idx, e| {
-            gone.push((idx, e.l7.is_some()))
-        });
-        self.counters.flows_expired += gone.len() as u64;
-        for (idx, l7) in gone {
-            if l7 {
-                self.l7_slots.retain(|&i| i != idx);
+            gone += 1;
+            if e.l7.is_some() {
+                gone_l7.push((idx, e.l7_pos as usize));
             }
+        });
+        self.counters.flows_expired += gone;
+        for (idx, pos) in gone_l7 {
+            self.l7_unlink(idx, pos);
         }
         self.counters.flows_active = self.flows.len() as u64;
         let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);
@@ -829,10 +885,6 @@ fn next_state(s: ConnState, fwd: bool, flags: u8) -> ConnState {
         s => s,
     }
 }
-
-#[cfg(test)]
-#[path = "../../tests/common/mod.rs"]
-mod testkit;
 
 #[cfg(test)]
 mod tests;

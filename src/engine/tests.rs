@@ -5,8 +5,8 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::testkit::*;
 use super::*;
+use crate::packet::view::testkit::*;
 use crate::policy::{L7Policy, L7Proto};
 
 /// Server 10.66.0.2 / fd66::2 is default-deny on ingress: it accepts TCP 80
@@ -600,6 +600,15 @@ fn closed_connection_tuple_reuse_is_judged_again() {
     assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Closed);
     assert_eq!(run(&mut e, 0, &c.syn(), 2, &mut out), FWD);
     assert_eq!(out.events.len(), 2, "the new connection is a new decision");
+    // A retransmitted SYN is not.
+    assert_eq!(run(&mut e, 0, &c.syn(), 3, &mut out), FWD);
+    assert_eq!(out.events.len(), 2);
+    // A SYN on an established connection whose end we missed: new decision.
+    let hs = c.handshake();
+    run(&mut e, 1, &hs[1], 4, &mut out);
+    run(&mut e, 0, &hs[2], 4, &mut out);
+    assert_eq!(run(&mut e, 0, &c.syn(), 5, &mut out), FWD);
+    assert_eq!(out.events.len(), 3);
 }
 
 #[test]
@@ -628,9 +637,10 @@ fn policy_swap_redecides_lazily() {
         run(&mut e, 0, &c.client_data(b"b"), 2, &mut out),
         Verdict::Drop(DropReason::PolicyDenied)
     );
+    assert_eq!(e.flow_count(), 0, "denied flows leave the table");
     assert_eq!(
         run(&mut e, 1, &c.server_data(b"c"), 3, &mut out),
-        Verdict::Drop(DropReason::PolicyDenied)
+        Verdict::Drop(DropReason::NoFlow)
     );
     assert_eq!(e.counters().flows_redecided, 1);
     let last = out.events.last().unwrap();
@@ -770,5 +780,51 @@ mod fuzz {
                 out.clear();
             }
         }
+    }
+}
+
+#[test]
+fn l7_timer_list_follows_the_table() {
+    let mut e = engine_with(EngineConfig {
+        max_flows: 64,
+        ..EngineConfig::default()
+    });
+    let l7 = Some(Arc::new(L7Policy {
+        proto: L7Proto::Http,
+        stages: vec![],
+    }));
+    for i in 0..40u16 {
+        let init = Initiator {
+            src: ip("10.66.0.11"),
+            sport: 1000 + i,
+            dst: ip("10.66.0.2"),
+            dport: 80,
+            proto: IPPROTO_TCP,
+            port: 0,
+        };
+        let d = FlowDecision {
+            allowed: true,
+            detail: String::new(),
+            l7: if i % 2 == 0 { l7.clone() } else { None },
+        };
+        // Every third flow stays busy; the others go idle.
+        let now = if i % 3 == 0 { 1_000 * SECOND } else { 0 };
+        assert!(matches!(
+            e.admit(init, 80, d, ConnState::Established, now),
+            NewFlow::Tracked(_)
+        ));
+    }
+    assert_eq!(e.l7_slots.len(), 20);
+    let mut out = Output::default();
+    e.tick(e.cfg.tcp_established_timeout_ns + 10, &mut out);
+    assert_eq!(e.flow_count(), 14);
+    let live_l7: Vec<u32> = (0..64)
+        .filter(|&i| e.flows.get(i).is_some_and(|f| f.l7.is_some()))
+        .collect();
+    let mut listed = e.l7_slots.clone();
+    listed.sort();
+    assert_eq!(listed, live_l7);
+    for (pos, &idx) in e.l7_slots.iter().enumerate() {
+        assert_eq!(e.flows.get(idx).unwrap().l7_pos as usize, pos);
     }
 }

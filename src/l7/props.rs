@@ -157,3 +157,57 @@ proptest! {
         prop_assert_eq!((a + b, done_b), (end, true));
     }
 }
+
+/// Walk a pipelined byte stream the way the stream layer does: head, then
+/// body by its framing, then the next head.
+fn walk<P: Protocol>(p: &mut P, mut buf: &[u8]) -> Vec<String>
+where
+    P::Request: std::fmt::Debug,
+{
+    let mut seen = Vec::new();
+    while !buf.is_empty() {
+        let h = match p.parse_request(buf) {
+            Parse::Complete(h) => h,
+            o => panic!("{o:?} at {:?}", String::from_utf8_lossy(buf)),
+        };
+        seen.push(format!("{:?}", p.subject(&h.req)));
+        buf = &buf[h.head_len..];
+        let body = match h.body {
+            super::Body::None => 0,
+            super::Body::Length(n) => n as usize,
+            super::Body::Chunked => {
+                let (n, done) = ChunkedDecoder::new().feed(buf).unwrap();
+                assert!(done);
+                n
+            }
+        };
+        buf = &buf[body..];
+    }
+    seen
+}
+
+#[test]
+fn pipelined_http_with_bodies() {
+    let s = b"POST /a HTTP/1.1\r\nHost: d\r\nContent-Length: 5\r\n\r\nhello\
+PUT /b HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: d\r\n\r\n";
+    let seen = walk(&mut Http::new(), s);
+    assert_eq!(seen.len(), 3);
+    assert!(seen[0].contains("\"/a\"") && seen[1].contains("\"/b\"") && seen[2].contains("\"/c\""));
+}
+
+#[test]
+fn pipelined_memcache_text_and_binary() {
+    let s = b"set awing-coord 0 0 5\r\nhello\r\nget awing-coord xwing-coord\r\nms k 2 MA\r\nhi\r\nmn\r\n";
+    let seen = walk(&mut Memcache::new(), s);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[1].contains("xwing-coord") && seen[3].contains("mn"));
+    let mut b = binary::request(0x01, 1, &[0; 8], b"k", b"value");
+    b.extend(binary::request(0x09, 2, &[], b"k", &[]));
+    b.extend(binary::request(0x0a, 3, &[], &[], &[]));
+    let seen = walk(&mut Memcache::new(), &b);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0].contains("\"set\"") && seen[1].contains("\"getq\"") && seen[2].contains("\"noop\"")
+    );
+}

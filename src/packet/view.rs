@@ -434,9 +434,10 @@ pub fn icmp_quoted(frame: &[u8], meta: &FrameMeta) -> Option<QuotedFlow> {
     })
 }
 
+/// The frame builders of the integration tests, shared with unit tests.
 #[cfg(test)]
 #[path = "../../tests/common/mod.rs"]
-mod testkit;
+pub(crate) mod testkit;
 
 #[cfg(test)]
 mod tests {

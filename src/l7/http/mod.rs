@@ -91,7 +91,11 @@ impl Protocol for Http {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(DENY_BODY);
+        // A response to HEAD carries the length but never the body; sending
+        // it would desynchronise the client's framing of the next response.
+        if !req.is_head() {
+            out.extend_from_slice(DENY_BODY);
+        }
         Some(out)
     }
 
@@ -142,6 +146,20 @@ mod tests {
             assert!(d.windows(19).any(|w| w == b"Connection: close\r\n"));
             assert!(d.ends_with(b"\r\n\r\nAccess denied\r\n"));
         }
+        let head = req("HEAD /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        let d = h.deny_reply(&head).unwrap();
+        assert!(
+            d.ends_with(b"Content-Length: 15\r\n\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&d)
+        );
+        assert!(matches!(
+            parse_response(&d, Some(&head)),
+            Parse::Complete(ReplyHead {
+                body: crate::l7::ReplyBody::None,
+                ..
+            })
+        ));
         // The denial parses as one complete response of the advertised length.
         let d = h.deny_reply(&r).unwrap();
         match parse_response(&d, Some(&r)) {

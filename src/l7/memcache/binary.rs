@@ -100,6 +100,13 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
         Key::Forbidden if h.key_len != 0 => return Parse::Invalid("unexpected key"),
         _ => {}
     }
+    // memcached does not implement these: it answers "unknown command" and
+    // then skips the whole body although it already consumed extras and key,
+    // so its idea of where the request ends matches ours (and the spec's)
+    // only when both are empty. Anything else would desynchronise us.
+    if matches!(h.opcode, 0x1b | 0x30..=0x47) && (h.extras_len != 0 || h.key_len != 0) {
+        return Parse::Invalid("opcode memcached frames differently");
+    }
     if usize::from(h.key_len) > MAX_KEY {
         return Parse::Invalid("key too long");
     }
@@ -225,7 +232,6 @@ mod tests {
             (0x18, &[0; 4], &[], &[]),
             (0x19, &[], b"k", b"v"),
             (0x1a, &[], b"k", b"v"),
-            (0x1b, &[0; 4], &[], &[]),
             (0x1c, &[0; 4], b"k", &[]),
             (0x1d, &[0; 4], b"k", &[]),
             (0x1e, &[0; 4], b"k", &[]),
@@ -290,6 +296,22 @@ mod tests {
         let mut dt = request(0x00, 0, &[], b"k", &[]);
         dt[5] = 1;
         assert_eq!(parse(&dt), Parse::Invalid("unknown data type"));
+    }
+
+    #[test]
+    fn opcodes_memcached_does_not_implement_only_without_extras_or_key() {
+        // Spec-shaped verbosity carries 4 extras bytes; memcached 1.6 would
+        // then skip 4 bytes of the next request.
+        assert_eq!(
+            parse(&request(0x1b, 0, &[0; 4], &[], &[])),
+            Parse::Invalid("opcode memcached frames differently")
+        );
+        assert_eq!(
+            parse(&request(0x30, 0, &[], b"k", &[])),
+            Parse::Invalid("opcode memcached frames differently")
+        );
+        let h = ok(&request(0x31, 0, &[], &[], b"value"));
+        assert_eq!((h.head_len, h.body), (24, Body::Length(5)));
     }
 
     #[test]

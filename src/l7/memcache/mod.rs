@@ -361,6 +361,71 @@ mod tests {
         assert!(!m.rule_matches(&treq("get awing-coord\r\n"), &http));
     }
 
+    /// Walk a captured client→server and server→client transcript: every
+    /// request parses, every reply unit is framed, and each request that
+    /// expects a reply gets exactly its own.
+    fn replay(requests: &[u8], replies: &[u8]) -> (usize, usize) {
+        let mut m = Memcache::new();
+        let mut pending = std::collections::VecDeque::new();
+        let mut buf = requests;
+        let mut n = 0;
+        while !buf.is_empty() {
+            let h = parse(&mut m, buf);
+            n += 1;
+            let body = match h.body {
+                crate::l7::Body::Length(b) => b as usize,
+                _ => 0,
+            };
+            buf = &buf[h.head_len + body..];
+            if m.expects_reply(&h.req) {
+                pending.push_back(h.req);
+            }
+        }
+        let mut buf = replies;
+        let mut unsolicited = 0;
+        while !buf.is_empty() {
+            let h = match m.parse_reply(buf, pending.front()) {
+                Parse::Complete(h) => h,
+                o => panic!(
+                    "{o:?} at {:?} for {:?}",
+                    String::from_utf8_lossy(buf),
+                    pending.front()
+                ),
+            };
+            let body = match h.body {
+                crate::l7::ReplyBody::Length(b) => b as usize,
+                crate::l7::ReplyBody::None => 0,
+                o => panic!("{o:?}"),
+            };
+            buf = &buf[h.head_len + body..];
+            if h.unsolicited {
+                unsolicited += 1;
+            } else if h.last {
+                pending.pop_front();
+            }
+        }
+        assert!(pending.is_empty(), "unanswered: {pending:?}");
+        (n, unsolicited)
+    }
+
+    #[test]
+    fn real_server_transcripts() {
+        let (n, unsolicited) = replay(
+            include_bytes!("testdata/text_req.bin"),
+            include_bytes!("testdata/text_rep.bin"),
+        );
+        assert_eq!((n, unsolicited), (34, 0));
+        let (n, unsolicited) = replay(
+            include_bytes!("testdata/bin_req.bin"),
+            include_bytes!("testdata/bin_rep.bin"),
+        );
+        assert_eq!(
+            (n, unsolicited),
+            (18, 2),
+            "getq and getkq hits answer no pending request"
+        );
+    }
+
     #[test]
     fn replies_follow_the_connection_mode() {
         let mut m = Memcache::new();
