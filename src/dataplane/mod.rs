@@ -220,6 +220,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         ));
     }
 
+    // From here on a signal must not skip the cleanup below.
+    install_signals();
     for (i, info) in [&a, &b].into_iter().enumerate() {
         match iface::claim(info) {
             Ok(iface::Existing::RemovedStale) => println!(
@@ -254,7 +256,6 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         None => (None, None),
     };
 
-    install_signals();
     let wakers = match (0..workers)
         .map(|_| Waker::new())
         .collect::<Result<Vec<_>, _>>()
