@@ -103,7 +103,8 @@ fn assign_queues(ports: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
     out
 }
 
-fn totals(shared: &Shared) -> serde_json::Value {
+/// Counters of all workers; `unaccounted` is the UMEM leak check at exit.
+fn totals(shared: &Shared, unaccounted: Option<u64>) -> serde_json::Value {
     let mut dp = DpCounters::default();
     let mut eng = Counters::default();
     for s in &shared.stats {
@@ -111,6 +112,7 @@ fn totals(shared: &Shared) -> serde_json::Value {
         dp.merge(&g.dp);
         eng.merge(&g.engine);
     }
+    dp.umem_frames_unaccounted = unaccounted.unwrap_or(0);
     serde_json::json!({ "counters": { "dataplane": dp, "engine": eng.to_json() } })
 }
 
@@ -218,12 +220,21 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         ));
     }
 
-    for info in [&a, &b] {
-        if iface::claim(info)? == iface::Existing::RemovedStale {
-            println!(
+    // From here on a signal must not skip the cleanup below.
+    install_signals();
+    for (i, info) in [&a, &b].into_iter().enumerate() {
+        match iface::claim(info) {
+            Ok(iface::Existing::RemovedStale) => println!(
                 "removed a stale XDP program left on {} by an earlier run",
                 info.name
-            );
+            ),
+            Ok(iface::Existing::None) => {}
+            Err(e) => {
+                if i == 1 {
+                    let _ = iface::release(&a);
+                }
+                return Err(e);
+            }
         }
     }
     let release_all = || {
@@ -245,7 +256,6 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         None => (None, None),
     };
 
-    install_signals();
     let wakers = match (0..workers)
         .map(|_| Waker::new())
         .collect::<Result<Vec<_>, _>>()
@@ -263,9 +273,22 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             .collect(),
         wakers,
     });
+    let Some(total_frames) = umem_frames.checked_mul(workers as u32) else {
+        release_all();
+        return Err("--umem-frames times the worker count is too large".into());
+    };
+    let (umem, mut frames) = match worker::new_umem(total_frames) {
+        Ok(u) => u,
+        Err(e) => {
+            release_all();
+            return Err(e);
+        }
+    };
+    let (spare_tx, spare_rx) = crossbeam_channel::bounded(total_frames as usize);
     let (htx, hrx): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| crossbeam_channel::bounded(4096))
         .unzip();
+    let hrx_keep = hrx.clone();
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();
     for (id, (queues, handoff_rx)) in plan.into_iter().zip(hrx).enumerate() {
@@ -273,7 +296,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             id: id as u16,
             workers,
             queues,
-            umem_frames,
+            umem: umem.clone(),
+            frames: frames.split_off(frames.len().saturating_sub(umem_frames as usize)),
             poll,
             cpu: Some(id % ncpu),
             policy: policy.clone(),
@@ -282,6 +306,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         let ch = Channels {
             handoff_tx: htx.clone(),
             handoff_rx,
+            spare_tx: spare_tx.clone(),
+            spare_rx: spare_rx.clone(),
             events: events.clone(),
         };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
@@ -327,7 +353,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         while !STOP.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
             if DUMP.swap(false, Ordering::Relaxed) {
-                println!("{}", totals(&shared));
+                println!("{}", totals(&shared, None));
                 let _ = std::io::stdout().flush();
             }
             if handles.iter().any(|h| h.is_finished()) {
@@ -346,7 +372,20 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     if let Some(l) = logger {
         let _ = l.join();
     }
-    println!("{}", totals(&shared));
+    // Every frame is held by a worker, or waits in a hand-off or spare channel.
+    let held: u64 = shared
+        .stats
+        .iter()
+        .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).frames_held)
+        .sum::<u64>()
+        + hrx_keep
+            .iter()
+            .map(|r| r.try_iter().count() as u64)
+            .sum::<u64>()
+        + spare_rx.try_iter().count() as u64;
+    let unaccounted = (total_frames as u64).abs_diff(held);
+    drop(umem);
+    println!("{}", totals(&shared, Some(unaccounted)));
     let _ = std::io::stdout().flush();
     match failure {
         Some(e) => Err(e),
