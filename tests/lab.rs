@@ -479,7 +479,7 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
 
         // L4-only port: a-wing's connections and their replies pass, v4 and v6.
         let ns = lab.ns("server");
-        let _echo = std::process::Command::new("ip")
+        let mut echo_srv = std::process::Command::new("ip")
             .args(["netns", "exec", &ns, "python3", "-c", ECHO9000])
             .spawn()
             .unwrap();
@@ -511,6 +511,8 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
             assert_eq!(r.status.code(), Some(28), "{host} {url}: {r:?}");
         }
         assert!(lab.deathstar_log().is_empty(), "{:?}", lab.deathstar_log());
+        let _ = echo_srv.kill();
+        let _ = echo_srv.wait();
 
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0), "{st:?}");
