@@ -113,7 +113,14 @@ fn totals(shared: &Shared, unaccounted: Option<u64>) -> serde_json::Value {
         eng.merge(&g.engine);
     }
     dp.umem_frames_unaccounted = unaccounted.unwrap_or(0);
-    serde_json::json!({ "counters": { "dataplane": dp, "engine": eng.to_json() } })
+    let mut dpv = serde_json::to_value(&dp).unwrap_or_default();
+    if unaccounted.is_none() {
+        // Only meaningful once every worker has stopped cleanly.
+        if let Some(o) = dpv.as_object_mut() {
+            o.remove("umem_frames_unaccounted");
+        }
+    }
+    serde_json::json!({ "counters": { "dataplane": dpv, "engine": eng.to_json() } })
 }
 
 fn spawn_logger(
@@ -383,9 +390,11 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             .map(|r| r.try_iter().count() as u64)
             .sum::<u64>()
         + spare_rx.try_iter().count() as u64;
-    let unaccounted = (total_frames as u64).abs_diff(held);
+    let unaccounted = failure
+        .is_none()
+        .then(|| (total_frames as u64).abs_diff(held));
     drop(umem);
-    println!("{}", totals(&shared, Some(unaccounted)));
+    println!("{}", totals(&shared, unaccounted));
     let _ = std::io::stdout().flush();
     match failure {
         Some(e) => Err(e),
