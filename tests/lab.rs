@@ -132,6 +132,15 @@ fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
             memcache_roundtrip(&lab, "awing", "awing-coord", "4309.432,918.980"),
             "4309.432,918.980"
         );
+        // Binary protocol, as the memcached guide's ships speak it.
+        let script = format!(
+            "import bmemcached\n\
+             c = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
+             assert c.set('xwing-coord', '8893.34,234.3290', time=2400)\n\
+             print(c.get('xwing-coord'))\n"
+        );
+        let r = lab.exec("tracker", &["python3", "-c", &script]);
+        assert_eq!(stdout(&r).trim(), "8893.34,234.3290", "{r:?}");
         let r = lab.sh(
             "xwing",
             "printf 'get awing-coord\\r\\n' | nc -N -w 3 fd66::2 11211",
