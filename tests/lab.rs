@@ -500,3 +500,82 @@ fn one_gib_arrives_byte_exact_through_an_l4_rule() {
     }
     lab::assert_clean(prefix);
 }
+
+/// SIGHUP reloads the policy directory; a broken policy is refused and the
+/// running one kept.
+#[test]
+fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
+    let prefix = "hup";
+    {
+        let Some(mut lab) = Lab::up(prefix) else {
+            return;
+        };
+        let pol = lab::policy_dir(&[]);
+        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
+        let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
+        lab.wait_listen("server", 9000);
+        assert_eq!(
+            echo(&lab, "awing", SERVER4),
+            "",
+            "port 9000 open before the rule"
+        );
+
+        std::fs::copy(
+            repo("tests/fixtures/bulk-l4.yaml"),
+            pol.path().join("bulk-l4.yaml"),
+        )
+        .unwrap();
+        lab.signal(libc::SIGHUP);
+        assert!(
+            lab.wait_stdout("policy reloaded", 1),
+            "{:?}",
+            lab.enforcer_stdout()
+        );
+        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(&lab, "xwing", SERVER4), "");
+
+        std::fs::write(
+            pol.path().join("broken.yaml"),
+            "kind: CiliumNetworkPolicy\nspec: [\n",
+        )
+        .unwrap();
+        lab.signal(libc::SIGHUP);
+        let t = Instant::now();
+        while !lab.enforcer_stderr().contains("reload failed") {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{}",
+                lab.enforcer_stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            lab.enforcer_stderr().contains("broken.yaml"),
+            "{}",
+            lab.enforcer_stderr()
+        );
+        assert_eq!(
+            echo(&lab, "awing", SERVER4),
+            "echo:hello",
+            "the running policy was kept"
+        );
+
+        std::fs::remove_file(pol.path().join("broken.yaml")).unwrap();
+        std::fs::remove_file(pol.path().join("bulk-l4.yaml")).unwrap();
+        lab.signal(libc::SIGHUP);
+        assert!(
+            lab.wait_stdout("policy reloaded", 2),
+            "{:?}",
+            lab.enforcer_stdout()
+        );
+        assert_eq!(
+            echo(&lab, "awing", SERVER4),
+            "",
+            "rule removed, new connections denied"
+        );
+        let _ = echo_srv.kill();
+        let _ = echo_srv.wait();
+        assert_eq!(lab.stop().unwrap().status.code(), Some(0));
+    }
+    lab::assert_clean(prefix);
+}

@@ -13,7 +13,7 @@
 //! the lab; prefixes keep concurrent labs apart.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -266,9 +266,11 @@ impl Lab {
             }
         });
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(err).read_to_string(&mut s);
-            e.lock().unwrap().push_str(&s);
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = e.lock().unwrap();
+                g.push_str(&l);
+                g.push('\n');
+            }
         });
         let mut run = Running {
             child,
@@ -313,6 +315,33 @@ impl Lab {
             .as_ref()
             .map(|r| r.stdout.lock().unwrap().clone())
             .unwrap_or_default()
+    }
+
+    /// What the running enforcer wrote to stderr so far.
+    pub fn enforcer_stderr(&self) -> String {
+        self.enforcer
+            .as_ref()
+            .map(|r| r.stderr.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Wait (up to 5 s) until the running enforcer printed a stdout line
+    /// containing `needle`, and count such lines.
+    pub fn wait_stdout(&self, needle: &str, count: usize) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if self
+                .enforcer_stdout()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= count
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Send a signal to the running enforcer.
