@@ -55,10 +55,13 @@ pub struct RunArgs {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static DUMP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     if sig == libc::SIGUSR1 {
         DUMP.store(true, Ordering::Relaxed);
+    } else if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::Relaxed);
     } else {
         STOP.store(true, Ordering::Relaxed);
     }
@@ -70,6 +73,7 @@ fn install_signals() {
         libc::signal(libc::SIGINT, h);
         libc::signal(libc::SIGTERM, h);
         libc::signal(libc::SIGUSR1, h);
+        libc::signal(libc::SIGHUP, h);
     }
 }
 
@@ -101,6 +105,29 @@ fn assign_queues(ports: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
         }
     }
     out
+}
+
+/// SIGHUP: load the policy again and hand it to every worker; a policy with
+/// errors is refused and the running one kept.
+fn reload(shared: &Shared, path: &Path, passthrough: bool) {
+    if passthrough {
+        eprintln!("enforcer: SIGHUP ignored in pass-through mode");
+        return;
+    }
+    match Policy::load(path) {
+        Ok(p) => {
+            *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(p));
+            shared.policy_gen.fetch_add(1, Ordering::Release);
+            println!("policy reloaded from {}", path.display());
+        }
+        Err(errs) => {
+            eprintln!("enforcer: policy reload failed, keeping the running policy:");
+            for e in errs {
+                eprintln!("  {e}");
+            }
+        }
+    }
+    let _ = std::io::stdout().flush();
 }
 
 /// Counters of all workers; `unaccounted` is the UMEM leak check at exit.
@@ -279,6 +306,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             .map(|_| Mutex::new(WorkerStats::default()))
             .collect(),
         wakers,
+        policy: Mutex::new(None),
+        policy_gen: std::sync::atomic::AtomicU64::new(0),
     });
     let Some(total_frames) = umem_frames.checked_mul(workers as u32) else {
         release_all();
@@ -359,6 +388,9 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         let _ = std::io::stdout().flush();
         while !STOP.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if RELOAD.swap(false, Ordering::Relaxed) {
+                reload(&shared, &policy_path, passthrough);
+            }
             if DUMP.swap(false, Ordering::Relaxed) {
                 println!("{}", totals(&shared, None));
                 let _ = std::io::stdout().flush();

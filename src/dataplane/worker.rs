@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub stats: Vec<Mutex<WorkerStats>>,
     pub wakers: Vec<Waker>,
+    /// A reloaded policy, and its generation (workers compare it on ticks).
+    pub policy: Mutex<Option<Arc<Policy>>>,
+    pub policy_gen: AtomicU64,
 }
 
 /// Wakes a worker sleeping in poll() when another hands it a frame: an
@@ -365,6 +368,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
     let mut last_tick = t0;
     let mut last_publish = t0;
     let mut idle = 0u32;
+    let mut policy_gen = 0u64;
     let mut rx_descs: Vec<FrameDesc> = vec![FrameDesc::default(); BATCH];
     let mut cq_descs: Vec<FrameDesc> = vec![FrameDesc::default(); BATCH * 4];
     let mut pollfds: Vec<libc::pollfd> = socks
@@ -452,6 +456,18 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
 
         if now_i.duration_since(last_tick) >= TICK {
             last_tick = now_i;
+            let g = shared.policy_gen.load(Ordering::Acquire);
+            if g != policy_gen {
+                policy_gen = g;
+                let p = shared
+                    .policy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let (Some(p), Processor::Engine(e)) = (p, &mut w.proc) {
+                    e.set_policy(p);
+                }
+            }
             w.proc.tick(now, &mut w.out);
             w.drain_out(&umem, &mut free);
         }
