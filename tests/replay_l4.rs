@@ -543,3 +543,34 @@ fn l7_verdicts_and_injected_denials_reach_the_output_and_log() {
     assert_eq!(r.log[2]["keys"][0], "xwing-coord");
     assert_eq!(r.counters()["l7_requests_denied"], 1);
 }
+
+#[test]
+fn short_snap_length_capture_counts_cut_frames() {
+    use pcap_file::pcap::{PcapHeader, PcapWriter, RawPcapPacket};
+    let lab = Lab::new();
+    let c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
+    let syn = c.syn();
+    let arp_frame = arp();
+    let input = lab.path("snap.pcap");
+    let header = PcapHeader {
+        snaplen: 40,
+        ..Default::default()
+    };
+    let mut w = PcapWriter::with_header(std::fs::File::create(&input).unwrap(), header).unwrap();
+    for (i, f) in [&syn, &arp_frame].iter().enumerate() {
+        let cut = &f[..f.len().min(40)];
+        let raw = RawPcapPacket {
+            ts_sec: 1,
+            ts_frac: i as u32,
+            incl_len: cut.len() as u32,
+            orig_len: f.len() as u32,
+            data: std::borrow::Cow::Borrowed(cut),
+        };
+        w.write_raw_packet(&raw).unwrap();
+    }
+    drop(w);
+    let r = lab.replay(&lab.policies(), &input, &[]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.drops("malformed"), 1, "the cut TCP frame");
+    assert_eq!(r.out, vec![arp_frame[..40].to_vec()]);
+}
