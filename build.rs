@@ -12,7 +12,8 @@ fn main() {
     // libbpf-sys exports the directory holding <bpf/bpf_helpers.h>.
     let bpf_inc = env::var("DEP_BPF_INCLUDE").expect("libbpf-sys include directory");
     let mut cmd = Command::new(env::var("BPF_CLANG").unwrap_or_else(|_| "clang".into()));
-    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall"]).arg(format!("-I{bpf_inc}"));
+    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall"])
+        .arg(format!("-I{bpf_inc}"));
     // <asm/types.h> lives under the multiarch directory on Debian.
     if let Ok(o) = Command::new("cc").arg("-print-multiarch").output() {
         let arch = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -24,6 +25,8 @@ fn main() {
     match cmd.status() {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("clang failed to build {src} ({s}); install clang and linux-libc-dev"),
-        Err(e) => panic!("cannot run clang to build {src}: {e}; install clang (scripts/lib/deps.sh does)"),
+        Err(e) => {
+            panic!("cannot run clang to build {src}: {e}; install clang (scripts/lib/deps.sh does)")
+        }
     }
 }

@@ -26,8 +26,15 @@ pub struct FlowTuple {
 pub enum Subject {
     /// A new flow judged by L3/L4 policy.
     Flow,
-    Http { method: String, host: String, path: String },
-    Memcache { command: String, keys: Vec<String> },
+    Http {
+        method: String,
+        host: String,
+        path: String,
+    },
+    Memcache {
+        command: String,
+        keys: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

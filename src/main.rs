@@ -139,7 +139,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Some(Cmd::Check { path }) => policy::check::run(&path),
-        Some(Cmd::Replay { policy, input, output, log, engine }) => replay::run(&ReplayArgs {
+        Some(Cmd::Replay {
+            policy,
+            input,
+            output,
+            log,
+            engine,
+        }) => replay::run(&ReplayArgs {
             policy,
             input,
             output,

@@ -66,7 +66,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(policy: Arc<Policy>, cfg: EngineConfig, worker: u16) -> Self {
-        Engine { policy, cfg, counters: Counters::default(), worker }
+        Engine {
+            policy,
+            cfg,
+            counters: Counters::default(),
+            worker,
+        }
     }
 
     /// Swap in a new policy; flows re-evaluate lazily on their next frame.
@@ -92,7 +97,13 @@ impl Engine {
 
     /// Decide one frame received on `port` at `now_ns` (monotonic nanoseconds).
     /// `frame` may be rewritten in place (seq/ack after a denial).
-    pub fn process(&mut self, port: Port, frame: &mut [u8], now_ns: u64, out: &mut Output) -> Verdict {
+    pub fn process(
+        &mut self,
+        port: Port,
+        frame: &mut [u8],
+        now_ns: u64,
+        out: &mut Output,
+    ) -> Verdict {
         let _ = (port, frame, now_ns, out);
         todo!("engine::process")
     }

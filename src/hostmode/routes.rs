@@ -23,7 +23,11 @@ fn ip(args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -39,7 +43,10 @@ fn write_sysctl(key: &str, val: &str) -> Result<(), String> {
 }
 
 pub fn mac_str(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// What `setup` changed, to undo it.
@@ -54,8 +61,18 @@ impl HostRouting {
     /// Configure the TAP `tap` (MAC `tap_mac`) and route the host's traffic
     /// from `addrs` into it, towards a fake gateway whose MAC is `gw_mac`
     /// (the enforcer reads those frames from the TAP).
-    pub fn setup(tap: &str, tap_mac: [u8; 6], gw_mac: [u8; 6], addrs: &[IpAddr]) -> Result<HostRouting, String> {
-        let mut r = HostRouting { tap: tap.to_string(), addrs: addrs.to_vec(), sysctls: Vec::new(), done: false };
+    pub fn setup(
+        tap: &str,
+        tap_mac: [u8; 6],
+        gw_mac: [u8; 6],
+        addrs: &[IpAddr],
+    ) -> Result<HostRouting, String> {
+        let mut r = HostRouting {
+            tap: tap.to_string(),
+            addrs: addrs.to_vec(),
+            sysctls: Vec::new(),
+            done: false,
+        };
         if let Err(e) = r.apply(tap_mac, gw_mac) {
             r.teardown();
             return Err(e);
@@ -79,7 +96,15 @@ impl HostRouting {
         let prio = RULE_PRIORITY.to_string();
         // No link-local address, no DAD, no router solicitations on the TAP.
         ip(&["link", "set", "dev", &tap, "addrgenmode", "none"]).ok();
-        ip(&["link", "set", "dev", &tap, "address", &mac_str(tap_mac), "up"])?;
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &tap,
+            "address",
+            &mac_str(tap_mac),
+            "up",
+        ])?;
         // Re-entered frames come from remote addresses on a device that has
         // no route back to them: strict reverse-path filtering would drop them.
         self.set_sysctl(&format!("net.ipv4.conf.{tap}.rp_filter"), "0")?;
@@ -90,16 +115,53 @@ impl HostRouting {
         let has4 = self.addrs.iter().any(|a| a.is_ipv4());
         let has6 = self.addrs.iter().any(|a| a.is_ipv6());
         if has4 {
-            ip(&["-4", "neigh", "replace", GW4, "lladdr", &gw, "dev", &tap, "nud", "permanent"])?;
-            ip(&["-4", "route", "replace", "default", "via", GW4, "dev", &tap, "onlink", "table", &table])?;
+            ip(&[
+                "-4",
+                "neigh",
+                "replace",
+                GW4,
+                "lladdr",
+                &gw,
+                "dev",
+                &tap,
+                "nud",
+                "permanent",
+            ])?;
+            ip(&[
+                "-4", "route", "replace", "default", "via", GW4, "dev", &tap, "onlink", "table",
+                &table,
+            ])?;
         }
         if has6 {
-            ip(&["-6", "neigh", "replace", GW6, "lladdr", &gw, "dev", &tap, "nud", "permanent"])?;
-            ip(&["-6", "route", "replace", "default", "via", GW6, "dev", &tap, "table", &table])?;
+            ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                GW6,
+                "lladdr",
+                &gw,
+                "dev",
+                &tap,
+                "nud",
+                "permanent",
+            ])?;
+            ip(&[
+                "-6", "route", "replace", "default", "via", GW6, "dev", &tap, "table", &table,
+            ])?;
         }
         for a in self.addrs.clone() {
             let fam = if a.is_ipv4() { "-4" } else { "-6" };
-            ip(&[fam, "rule", "add", "from", &a.to_string(), "lookup", &table, "priority", &prio])?;
+            ip(&[
+                fam,
+                "rule",
+                "add",
+                "from",
+                &a.to_string(),
+                "lookup",
+                &table,
+                "priority",
+                &prio,
+            ])?;
         }
         Ok(())
     }
@@ -130,7 +192,9 @@ impl Drop for HostRouting {
 pub fn remove_rules() -> usize {
     let mut n = 0;
     for fam in ["-4", "-6"] {
-        let Ok(list) = ip(&[fam, "rule", "show", "table", &TABLE.to_string()]) else { continue };
+        let Ok(list) = ip(&[fam, "rule", "show", "table", &TABLE.to_string()]) else {
+            continue;
+        };
         for _ in list.lines().filter(|l| !l.trim().is_empty()) {
             if ip(&[fam, "rule", "del", "table", &TABLE.to_string()]).is_ok() {
                 n += 1;

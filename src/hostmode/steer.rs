@@ -49,14 +49,18 @@ impl Steering {
     /// Load the program (not yet attached).
     pub fn load(fail: FailMode) -> Result<Steering, String> {
         unsafe {
-            let obj = bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, ptr::null());
+            let obj =
+                bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, ptr::null());
             if obj.is_null() {
                 return Err("cannot open the steering program".into());
             }
             let rc = bpf::bpf_object__load(obj);
             if rc != 0 {
                 bpf::bpf_object__close(obj);
-                return Err(os_err("cannot load the steering program (is bpffs mounted, are we root?)", rc));
+                return Err(os_err(
+                    "cannot load the steering program (is bpffs mounted, are we root?)",
+                    rc,
+                ));
             }
             let name = CString::new(PROG_NAME).unwrap_or_default();
             let prog = bpf::bpf_object__find_program_by_name(obj, name.as_ptr());
@@ -66,7 +70,11 @@ impl Steering {
             };
             let s = Steering {
                 obj,
-                prog_fd: if prog.is_null() { -1 } else { bpf::bpf_program__fd(prog) },
+                prog_fd: if prog.is_null() {
+                    -1
+                } else {
+                    bpf::bpf_program__fd(prog)
+                },
                 xsks_fd: map("xsks"),
                 v4_fd: map("host_v4"),
                 v6_fd: map("host_v6"),
@@ -84,7 +92,12 @@ impl Steering {
                 FailMode::Closed => bpf::XDP_DROP,
             };
             let key = 0u32;
-            let rc = bpf::bpf_map_update_elem(cfg_fd, (&key as *const u32).cast(), (&fallback as *const u32).cast(), 0);
+            let rc = bpf::bpf_map_update_elem(
+                cfg_fd,
+                (&key as *const u32).cast(),
+                (&fallback as *const u32).cast(),
+                0,
+            );
             if rc != 0 {
                 return Err(os_err("cannot configure the steering program", rc));
             }
@@ -99,11 +112,21 @@ impl Steering {
             match ip {
                 IpAddr::V4(a) => {
                     let k = u32::from_ne_bytes(a.octets());
-                    bpf::bpf_map_update_elem(self.v4_fd, (&k as *const u32).cast(), (&one as *const u8).cast(), 0)
+                    bpf::bpf_map_update_elem(
+                        self.v4_fd,
+                        (&k as *const u32).cast(),
+                        (&one as *const u8).cast(),
+                        0,
+                    )
                 }
                 IpAddr::V6(a) => {
                     let k = a.octets();
-                    bpf::bpf_map_update_elem(self.v6_fd, k.as_ptr().cast(), (&one as *const u8).cast(), 0)
+                    bpf::bpf_map_update_elem(
+                        self.v6_fd,
+                        k.as_ptr().cast(),
+                        (&one as *const u8).cast(),
+                        0,
+                    )
                 }
             }
         };
@@ -117,10 +140,18 @@ impl Steering {
     pub fn bind_queue(&self, queue: u32, xsk_fd: RawFd) -> Result<(), String> {
         let fd = xsk_fd as u32;
         let rc = unsafe {
-            bpf::bpf_map_update_elem(self.xsks_fd, (&queue as *const u32).cast(), (&fd as *const u32).cast(), 0)
+            bpf::bpf_map_update_elem(
+                self.xsks_fd,
+                (&queue as *const u32).cast(),
+                (&fd as *const u32).cast(),
+                0,
+            )
         };
         if rc != 0 {
-            return Err(os_err(&format!("cannot bind queue {queue} to its socket"), rc));
+            return Err(os_err(
+                &format!("cannot bind queue {queue} to its socket"),
+                rc,
+            ));
         }
         Ok(())
     }
@@ -184,8 +215,13 @@ impl Drop for Steering {
 pub enum Attached {
     Nothing,
     /// A program of ours, left by a run that died (fail closed).
-    Ours { id: u32 },
-    Foreign { id: u32, name: String },
+    Ours {
+        id: u32,
+    },
+    Foreign {
+        id: u32,
+        name: String,
+    },
 }
 
 pub fn query(ifindex: i32) -> Result<Attached, String> {
@@ -217,7 +253,12 @@ fn prog_name(id: u32) -> Option<String> {
         if bpf::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) != 0 {
             return None;
         }
-        let raw: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        let raw: Vec<u8> = info
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
         Some(String::from_utf8_lossy(&raw).into_owned())
     }
 }

@@ -37,13 +37,23 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if rc < 0 {
-            return Err(format!("cannot create TAP {name}: {}", io::Error::last_os_error()));
+            return Err(format!(
+                "cannot create TAP {name}: {}",
+                io::Error::last_os_error()
+            ));
         }
-        Ok(Tap { file, name: name.to_string() })
+        Ok(Tap {
+            file,
+            name: name.to_string(),
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -18,7 +18,12 @@ pub struct SegmentSpec {
 }
 
 /// Build an Ethernet/IP/TCP frame carrying `payload` (no TCP options).
-pub fn tcp_segment(template: &[u8], meta: &FrameMeta, spec: &SegmentSpec, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_segment(
+    template: &[u8],
+    meta: &FrameMeta,
+    spec: &SegmentSpec,
+    payload: &[u8],
+) -> Vec<u8> {
     let _ = (template, meta, spec, payload);
     todo!("packet::build::tcp_segment")
 }

@@ -25,7 +25,11 @@ pub enum L4Meta {
     Tcp(TcpMeta),
     Udp,
     /// ICMP / ICMPv6 type and code; `id` is the echo identifier (0 for others).
-    Icmp { kind: u8, code: u8, id: u16 },
+    Icmp {
+        kind: u8,
+        code: u8,
+        id: u16,
+    },
     Other,
 }
 

@@ -86,12 +86,22 @@ impl L7Policy {
             match st.rules.iter().find(|r| matches(&r.rule)) {
                 Some(r) => names.push(r.name.as_str()),
                 None => {
-                    return L7Verdict { allowed: false, detail: "no L7 rule matches".into() };
+                    return L7Verdict {
+                        allowed: false,
+                        detail: "no L7 rule matches".into(),
+                    };
                 }
             }
         }
-        let detail = if names.is_empty() { "allow-all".into() } else { names.join(",") };
-        L7Verdict { allowed: true, detail }
+        let detail = if names.is_empty() {
+            "allow-all".into()
+        } else {
+            names.join(",")
+        };
+        L7Verdict {
+            allowed: true,
+            detail,
+        }
     }
 }
 

@@ -33,7 +33,10 @@ pub struct L7Flow {
 impl L7Flow {
     /// `client_port` is the port the connection's SYN arrived on.
     pub fn new(policy: Arc<L7Policy>, client_port: Port) -> Self {
-        L7Flow { policy, client_port }
+        L7Flow {
+            policy,
+            client_port,
+        }
     }
 
     pub fn on_segment(
@@ -45,7 +48,16 @@ impl L7Flow {
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
-        let _ = (&self.policy, self.client_port, ctx, in_port, frame, meta, now_ns, out);
+        let _ = (
+            &self.policy,
+            self.client_port,
+            ctx,
+            in_port,
+            frame,
+            meta,
+            now_ns,
+            out,
+        );
         todo!("stream::L7Flow::on_segment")
     }
 
