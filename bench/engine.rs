@@ -1,8 +1,147 @@
-use criterion::{criterion_group, criterion_main, Criterion};
+//! The engine alone on generated traffic: ns per frame for an established L4
+//! flow (the hot path), and for a mixed trace (new allowed flows with their
+//! handshakes and data, denied SYNs, UDP, ICMP).
 
-fn placeholder(c: &mut Criterion) {
-    c.bench_function("noop", |b| b.iter(|| 1 + 1));
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use enforcer::engine::{Engine, EngineConfig, Output, Verdict};
+use enforcer::policy::Policy;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+
+const POLICY: &str = r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {app: server}
+  addresses: ["10.66.0.2", "fd66::2"]
+- name: clients
+  labels: {app: client}
+  addresses: ["10.66.1.0/24"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "bench"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: server
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+      - port: "53"
+        protocol: UDP
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    icmps:
+    - fields:
+      - type: 8
+        family: IPv4
+"#;
+
+fn policy() -> Arc<Policy> {
+    match Policy::from_str("bench.yaml", POLICY) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("bench policy: {e:?}"),
+    }
 }
 
-criterion_group!(benches, placeholder);
+fn client(i: usize) -> String {
+    format!("10.66.1.{}", i % 250 + 1)
+}
+
+/// (port, frame) in arrival order: per round, an allowed TCP connection
+/// (handshake, 4 data segments each way, close), a denied SYN from outside,
+/// a UDP query/answer and a ping/pong.
+fn mixed_trace(rounds: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut t = Vec::new();
+    for i in 0..rounds {
+        let c = client(i);
+        let mut conn = Conn::new(ep(&c, 10_000 + i as u16), ep("10.66.0.2", 8080));
+        for (k, f) in conn.handshake().into_iter().enumerate() {
+            t.push(((k % 2) as u8, f));
+        }
+        for _ in 0..4 {
+            t.push((0, conn.client_data(&[0x61; 64])));
+            t.push((1, conn.server_data(&[0x62; 512])));
+        }
+        t.push((0, conn.client_fin()));
+        t.push((1, conn.server_fin()));
+        let outsider = Conn::new(ep("10.66.9.9", 20_000 + i as u16), ep("10.66.0.2", 22));
+        t.push((0, outsider.syn()));
+        t.push((
+            0,
+            udp(ep(&c, 30_000 + i as u16), ep("10.66.0.2", 53), b"query"),
+        ));
+        t.push((
+            1,
+            udp(ep("10.66.0.2", 53), ep(&c, 30_000 + i as u16), b"answer"),
+        ));
+        t.push((0, echo(&c, "10.66.0.2", i as u16, 1, true, b"ping")));
+        t.push((1, echo("10.66.0.2", &c, i as u16, 1, false, b"ping")));
+    }
+    t
+}
+
+fn bench(c: &mut Criterion) {
+    let policy = policy();
+
+    // Hot path: one data segment of an established, allowed L4 connection.
+    let mut e = Engine::new(policy.clone(), EngineConfig::default(), 0);
+    let mut out = Output::default();
+    let mut conn = Conn::new(ep("10.66.1.7", 40_000), ep("10.66.0.2", 8080));
+    for (k, f) in conn.handshake().iter_mut().enumerate() {
+        e.process((k % 2) as u8, f, 0, &mut out);
+    }
+    let mut seg = conn.client_data(&[0x61; 64]);
+    // Measure the path we mean to: an allowed, stored flow.
+    assert_eq!(e.process(0, &mut seg, 1, &mut out), Verdict::Forward(1));
+    assert_eq!(e.flow_count(), 1);
+    let mut now = 1u64;
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("established_l4_frame", |b| {
+        b.iter(|| {
+            now += 1;
+            let v = e.process(0, &mut seg, now, &mut out);
+            out.clear();
+            v
+        })
+    });
+
+    let trace = mixed_trace(200);
+    g.throughput(Throughput::Elements(trace.len() as u64));
+    g.bench_function("mixed_trace_per_frame", |b| {
+        b.iter_batched(
+            || {
+                (
+                    Engine::new(policy.clone(), EngineConfig::default(), 0),
+                    trace.clone(),
+                )
+            },
+            |(mut e, mut frames)| {
+                let mut out = Output::default();
+                for (i, (port, f)) in frames.iter_mut().enumerate() {
+                    e.process(*port, f, i as u64 * 1000, &mut out);
+                    out.clear();
+                }
+                e
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
 criterion_main!(benches);

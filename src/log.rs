@@ -63,3 +63,37 @@ impl Event {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_event_is_one_flat_json_line() {
+        let ev = Event {
+            time_ns: 5,
+            worker: 1,
+            flow: FlowTuple {
+                src: "10.66.0.11".parse().unwrap(),
+                dst: "fd66::2".parse().unwrap(),
+                proto: 6,
+                sport: 40000,
+                dport: 80,
+            },
+            src_identity: "a-wing".into(),
+            dst_identity: "server".into(),
+            subject: Subject::Flow,
+            verdict: Decision::Deny,
+            rule: None,
+            reason: Some("no rule".into()),
+        };
+        let line = ev.to_json_line();
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["kind"], "flow");
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["flow"]["dst"], "fd66::2");
+        assert_eq!(v["reason"], "no rule");
+        assert!(v.get("rule").is_none());
+    }
+}

@@ -68,6 +68,9 @@ struct RunOpts {
     /// Verdict log (JSON lines).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// UMEM frames (4 KiB each) per worker (default: 2048 per AF_XDP socket).
+    #[arg(long)]
+    umem_frames: Option<u32>,
     #[command(flatten)]
     engine: EngineOpts,
 }
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
                 workers: cli.run.workers,
                 poll: cli.run.poll,
                 log: cli.run.log.clone(),
+                umem_frames: cli.run.umem_frames,
                 engine: cli.run.engine.config(),
             })
         }

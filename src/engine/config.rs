@@ -4,12 +4,18 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TableFullPolicy {
-    /// New flows that need state (L7 ports) are refused; stateless L3/L4-allowed
-    /// new flows still pass; existing flows are kept. (Default.)
+    /// Existing flows are kept. New flows that need state (L7 ports) are
+    /// refused; new L3/L4-only flows that policy allows still pass, untracked:
+    /// each of their packets is judged in its own direction (a TCP segment
+    /// like a SYN). Replies pass when policy allows them that way too
+    /// (commonly: clients not selected by any ingress rule), else they are
+    /// dropped until room frees up. Nothing policy denies ever passes.
+    /// (Default: a full table degrades to a stateless filter rather than an outage.)
     RefuseL7,
     /// Refuse every new flow.
     RefuseAll,
-    /// Evict the least recently used flow.
+    /// Evict a flow not used recently (CLOCK approximation of LRU); expired
+    /// flows are reclaimed first under every policy.
     EvictOldest,
 }
 
@@ -39,6 +45,10 @@ pub struct EngineConfig {
     pub max_held_bytes: usize,
     pub deny_action: DenyAction,
     pub syn_deny: SynDenyAction,
+    /// Adopt a TCP connection seen mid-stream (no SYN) when policy allows it
+    /// and it has no L7 rules, so an enforcer restart does not cut live
+    /// connections. False: drop such segments (`no-flow`), as Cilium does.
+    pub tcp_pickup: bool,
     /// ARP, ND and other non-IP frames pass (counted) when true.
     pub pass_non_ip: bool,
     pub tcp_established_timeout_ns: u64,
@@ -62,6 +72,7 @@ impl Default for EngineConfig {
             max_held_bytes: 64 * 1024,
             deny_action: DenyAction::Reply,
             syn_deny: SynDenyAction::Drop,
+            tcp_pickup: true,
             pass_non_ip: true,
             tcp_established_timeout_ns: 6 * 3600 * SEC,
             tcp_transitory_timeout_ns: 60 * SEC,

@@ -28,6 +28,8 @@ reasons! {
     TableFull => "flow-table-full",
     FragmentDropped => "fragment-dropped",
     FragmentTableFull => "fragment-table-full",
+    FragmentOverlap => "fragment-overlap",
+    FragmentTimeout => "fragment-timeout",
     TcpInvalid => "tcp-invalid",
     L7Denied => "l7-denied",
     L7HoldOverflow => "l7-hold-overflow",
@@ -46,6 +48,14 @@ pub struct Counters {
     pub flows_created: u64,
     pub flows_expired: u64,
     pub flows_active: u64,
+    /// Allowed L4-only flows passed without an entry (table full, refuse-l7).
+    pub flows_untracked: u64,
+    /// TCP connections adopted mid-stream (no SYN seen, e.g. after a restart).
+    pub flows_picked_up: u64,
+    pub flows_evicted: u64,
+    /// Flows whose verdict changed after a policy swap.
+    pub flows_redecided: u64,
+    pub fragments_reassembled: u64,
     pub l7_requests_allowed: u64,
     pub l7_requests_denied: u64,
     #[serde(skip)]
@@ -72,6 +82,11 @@ impl Counters {
         self.flows_created += o.flows_created;
         self.flows_expired += o.flows_expired;
         self.flows_active += o.flows_active;
+        self.flows_untracked += o.flows_untracked;
+        self.flows_picked_up += o.flows_picked_up;
+        self.flows_evicted += o.flows_evicted;
+        self.flows_redecided += o.flows_redecided;
+        self.fragments_reassembled += o.fragments_reassembled;
         self.l7_requests_allowed += o.l7_requests_allowed;
         self.l7_requests_denied += o.l7_requests_denied;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

@@ -1,17 +1,50 @@
 //! The sans-I/O engine: `(port, frame, now)` in, a verdict for that frame plus
 //! frames to emit and log events out. One `Engine` per worker; it owns that
 //! worker's flows. The policy is shared read-only (`Arc`) and swappable.
+//!
+//! Choices an operator may want to know:
+//! * The flow table holds allowed flows only. A new flow is judged once
+//!   (`Policy::decide`, one log event), by its first packet: a TCP SYN, any
+//!   UDP datagram, an ICMP echo request (keyed by echo id; policy sees the
+//!   ICMP type as the port). Replies and later packets of a stored flow pass.
+//!   Denied packets leave nothing behind, so they cannot fill the table.
+//! * TCP segments without a flow and without SYN (an enforcer restart
+//!   mid-connection) are adopted when policy allows them in their own
+//!   direction and the port has no L7 rules (`tcp_pickup`, default on);
+//!   conntrack in the Cilium style would drop them, cutting every live
+//!   connection on restart. L7 connections cannot be joined mid-stream and
+//!   are dropped (`no-flow`).
+//! * A packet is never judged as the "reply" of a flow that is not stored:
+//!   with default-open egress that would let anyone in.
+//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
+//! * A policy swap re-decides each flow on its next packet; a flow now
+//!   denied is removed (one event), an allowed one keeps its L7 state.
+//! * Fragments are held until their datagram is whole, judged on the
+//!   reassembled L4 header, then forwarded unchanged or dropped together.
+//!   TCP fragments to an L7 port are dropped (`unsupported`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::log::Event;
-use crate::policy::Policy;
+use crate::log::{Decision, Event, FlowTuple, Subject};
+use crate::packet::build::{tcp_segment, SegmentSpec};
+use crate::packet::view::{self, FrameMeta, L4Meta, ParseError, TcpMeta};
+use crate::packet::view::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+use crate::policy::{FlowDecision, Policy, Proto};
+use crate::stream::{L7Flow, StreamCtx};
 
 pub mod config;
 pub mod counters;
+pub mod flow;
+pub mod frag;
 
 pub use config::EngineConfig;
+use config::{SynDenyAction, TableFullPolicy};
 pub use counters::{Counters, DropReason};
+use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
+use frag::{FragKey, FragOutcome, Reassembler};
 
 /// Port index: 0 is `--iface` (clients), 1 is `--peer` (servers). In host mode
 /// port 1 is the internal re-entry device.
@@ -21,6 +54,25 @@ pub type Port = u8;
 #[inline]
 pub fn other(port: Port) -> Port {
     port ^ 1
+}
+
+/// Which worker a frame belongs to, for shells with several engines: the
+/// same for both directions of a flow, for all fragments of a datagram and
+/// for ICMP errors about the flow (hashed on the quoted datagram). Hashes the
+/// address pair only, since fragments after the first carry no ports.
+/// Non-IP and malformed frames hash to 0.
+pub fn steering_hash(frame: &[u8]) -> u64 {
+    let Ok(m) = view::parse(frame) else { return 0 };
+    let (a, b) = match m.l4 {
+        L4Meta::Icmp { kind, .. } if view::icmp_is_error(m.proto, kind) => {
+            match view::icmp_quoted(frame, &m) {
+                Some(q) => (q.src, q.dst),
+                None => (m.src, m.dst),
+            }
+        }
+        _ => (m.src, m.dst),
+    };
+    FlowKey::new(a, 0, b, 0, 0).symmetric_hash()
 }
 
 /// What happens to the frame that was passed in.
@@ -59,24 +111,106 @@ impl Output {
 
 pub struct Engine {
     policy: Arc<Policy>,
+    /// Bumped by `set_policy`; entries decided under an older one re-decide.
+    policy_gen: u64,
     cfg: EngineConfig,
     counters: Counters,
     worker: u16,
+    flows: FlowTable,
+    timeouts: Timeouts,
+    frags: Reassembler,
+    /// Slots of flows with L7 state, for their timers.
+    l7_slots: Vec<u32>,
+    #[cfg(test)]
+    decide_override: Option<Box<DecideFn>>,
+}
+
+#[cfg(test)]
+type DecideFn = dyn Fn(IpAddr, IpAddr, Proto, u16) -> FlowDecision;
+
+/// Outcome of judging a packet that would start a flow.
+enum NewFlow {
+    Tracked(u32),
+    /// Allowed, but the table is full and the flow needs no state.
+    Untracked,
+    Refused(Verdict),
+}
+
+/// The initiator's view of a flow about to be created.
+#[derive(Clone, Copy)]
+struct Initiator {
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    proto: u8,
+    /// Port the initiator's frames arrive on.
+    port: Port,
+}
+
+impl Initiator {
+    fn tuple(&self) -> FlowTuple {
+        FlowTuple {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+        }
+    }
+}
+
+#[inline]
+fn is_echo_request(proto: u8, kind: u8) -> bool {
+    (proto == IPPROTO_ICMP && kind == 8) || (proto == IPPROTO_ICMPV6 && kind == 128)
+}
+
+#[inline]
+fn is_echo_reply(proto: u8, kind: u8) -> bool {
+    (proto == IPPROTO_ICMP && kind == 0) || (proto == IPPROTO_ICMPV6 && kind == 129)
+}
+
+/// IPv6 link-local signalling that belongs with ARP: MLD (130-132, 143) and
+/// neighbour discovery (133-137).
+#[inline]
+fn is_v6_link_control(meta: &FrameMeta) -> bool {
+    meta.proto == IPPROTO_ICMPV6
+        && matches!(
+            meta.l4,
+            L4Meta::Icmp {
+                kind: 130..=137 | 143,
+                ..
+            }
+        )
 }
 
 impl Engine {
     pub fn new(policy: Arc<Policy>, cfg: EngineConfig, worker: u16) -> Self {
+        let timeouts = Timeouts {
+            tcp_established: cfg.tcp_established_timeout_ns,
+            tcp_transitory: cfg.tcp_transitory_timeout_ns,
+            udp: cfg.udp_timeout_ns,
+            icmp: cfg.icmp_timeout_ns,
+        };
         Engine {
             policy,
+            policy_gen: 0,
+            flows: FlowTable::new(cfg.max_flows),
+            frags: Reassembler::new(cfg.max_frag_queues),
+            timeouts,
             cfg,
             counters: Counters::default(),
             worker,
+            l7_slots: Vec::new(),
+            #[cfg(test)]
+            decide_override: None,
         }
     }
 
     /// Swap in a new policy; flows re-evaluate lazily on their next frame.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.policy = policy;
+        self.policy_gen += 1;
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
@@ -95,8 +229,16 @@ impl Engine {
         self.worker
     }
 
+    /// Flows in the table now.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
     /// Decide one frame received on `port` at `now_ns` (monotonic nanoseconds).
     /// `frame` may be rewritten in place (seq/ack after a denial).
+    ///
+    /// Drop verdicts are counted here, once; whoever returns one (the stream
+    /// layer included) does not count it again.
     pub fn process(
         &mut self,
         port: Port,
@@ -104,13 +246,645 @@ impl Engine {
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
-        let _ = (port, frame, now_ns, out);
-        todo!("engine::process")
+        self.counters.frames_in += 1;
+        let emits_before = out.emits.len();
+        let v = self.classify(port, frame, now_ns, out);
+        match v {
+            Verdict::Forward(_) => self.counters.frames_forwarded += 1,
+            Verdict::Drop(r) => self.counters.drop(r),
+            Verdict::Consumed => {}
+        }
+        self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
+        v
+    }
+
+    fn classify(&mut self, port: Port, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+        let meta = match view::parse(frame) {
+            Ok(m) => m,
+            Err(ParseError::NotIp { .. }) => return self.non_ip(port),
+            Err(ParseError::Malformed(_)) => return Verdict::Drop(DropReason::Malformed),
+        };
+        if let Some(f) = meta.fragment {
+            return self.fragment(port, frame, &meta, f, now, out);
+        }
+        if is_v6_link_control(&meta) {
+            return self.non_ip(port);
+        }
+        self.l4(port, frame, &meta, now, out, true)
+    }
+
+    fn non_ip(&mut self, port: Port) -> Verdict {
+        if self.cfg.pass_non_ip {
+            self.counters.non_ip_passed += 1;
+            Verdict::Forward(other(port))
+        } else {
+            Verdict::Drop(DropReason::NonIpDenied)
+        }
+    }
+
+    /// `whole` is false for a reassembled datagram: `buf` then holds only the
+    /// IP payload and the verdict applies to its held fragments.
+    fn l4(
+        &mut self,
+        port: Port,
+        buf: &mut [u8],
+        meta: &FrameMeta,
+        now: u64,
+        out: &mut Output,
+        whole: bool,
+    ) -> Verdict {
+        match meta.l4 {
+            L4Meta::Tcp(t) => self.tcp(port, buf, meta, &t, now, out, whole),
+            L4Meta::Icmp { kind, .. } if view::icmp_is_error(meta.proto, kind) => {
+                self.icmp_error(port, buf, meta)
+            }
+            L4Meta::Icmp { kind, id, .. } => {
+                let init = Initiator {
+                    src: meta.src,
+                    sport: id,
+                    dst: meta.dst,
+                    dport: id,
+                    proto: meta.proto,
+                    port,
+                };
+                if is_echo_request(meta.proto, kind) {
+                    self.datagram(init, u16::from(kind), true, now, out)
+                } else if is_echo_reply(meta.proto, kind) {
+                    let request = if meta.proto == IPPROTO_ICMP { 8 } else { 128 };
+                    self.datagram(init, request, false, now, out)
+                } else {
+                    // Other informational ICMP: one flow per type, judged by type.
+                    self.datagram(
+                        Initiator {
+                            sport: 0,
+                            dport: 0,
+                            ..init
+                        },
+                        u16::from(kind),
+                        true,
+                        now,
+                        out,
+                    )
+                }
+            }
+            L4Meta::Udp | L4Meta::Other => {
+                let init = Initiator {
+                    src: meta.src,
+                    sport: meta.sport,
+                    dst: meta.dst,
+                    dport: meta.dport,
+                    proto: meta.proto,
+                    port,
+                };
+                self.datagram(init, meta.dport, true, now, out)
+            }
+        }
+    }
+
+    fn decide(&self, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> FlowDecision {
+        #[cfg(test)]
+        if let Some(f) = &self.decide_override {
+            return f(src, dst, Proto::from_ip_proto(proto), dport);
+        }
+        self.policy
+            .decide(src, dst, Proto::from_ip_proto(proto), dport)
+    }
+
+    fn event(&self, now: u64, tuple: FlowTuple, d: &FlowDecision) -> Event {
+        Event {
+            time_ns: now,
+            worker: self.worker,
+            flow: tuple,
+            src_identity: self.policy.identity(tuple.src).to_string(),
+            dst_identity: self.policy.identity(tuple.dst).to_string(),
+            subject: Subject::Flow,
+            verdict: if d.allowed {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            },
+            rule: d.allowed.then(|| d.detail.clone()),
+            reason: (!d.allowed).then(|| d.detail.clone()),
+        }
+    }
+
+    /// Bookkeeping after an entry left the table.
+    fn forget(&mut self, idx: u32, e: &FlowEntry) {
+        if e.l7.is_some() {
+            self.l7_unlink(idx, e.l7_pos as usize);
+        }
+        self.counters.flows_active = self.flows.len() as u64;
+    }
+
+    /// O(1) removal from the L7 timer list; the entry moved into the hole
+    /// learns its new position.
+    fn l7_unlink(&mut self, idx: u32, pos: usize) {
+        let pos = if self.l7_slots.get(pos) == Some(&idx) {
+            pos
+        } else {
+            // Only when several entries left at once and one moved another.
+            match self.l7_slots.iter().position(|&i| i == idx) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        self.l7_slots.swap_remove(pos);
+        if let Some(&moved) = self.l7_slots.get(pos) {
+            if let Some(m) = self.flows.get_mut(moved) {
+                m.l7_pos = pos as u32;
+            }
+        }
+    }
+
+    /// Judge a flow's first packet and insert it when allowed. `decide_dport`
+    /// is what policy sees as the port (ICMP: the type). Logs the decision.
+    fn new_flow(
+        &mut self,
+        init: Initiator,
+        decide_dport: u16,
+        state: ConnState,
+        now: u64,
+        out: &mut Output,
+    ) -> NewFlow {
+        let d = self.decide(init.src, init.dst, init.proto, decide_dport);
+        out.events.push(self.event(
+            now,
+            FlowTuple {
+                dport: decide_dport,
+                ..init.tuple()
+            },
+            &d,
+        ));
+        if !d.allowed {
+            return NewFlow::Refused(Verdict::Drop(DropReason::PolicyDenied));
+        }
+        self.admit(init, decide_dport, d, state, now)
+    }
+
+    /// Find room for an allowed flow and insert it (see `TableFullPolicy`).
+    fn admit(
+        &mut self,
+        init: Initiator,
+        decide_dport: u16,
+        d: FlowDecision,
+        state: ConnState,
+        now: u64,
+    ) -> NewFlow {
+        if self.flows.is_full() {
+            if let Some((idx, e)) = self.flows.reclaim_expired(now, &self.timeouts) {
+                self.counters.flows_expired += 1;
+                self.forget(idx, &e);
+            }
+        }
+        if self.flows.is_full() {
+            match self.cfg.table_full {
+                TableFullPolicy::RefuseAll => {
+                    return NewFlow::Refused(Verdict::Drop(DropReason::TableFull))
+                }
+                TableFullPolicy::RefuseL7 if d.l7.is_some() => {
+                    return NewFlow::Refused(Verdict::Drop(DropReason::TableFull))
+                }
+                TableFullPolicy::RefuseL7 => {
+                    self.counters.flows_untracked += 1;
+                    return NewFlow::Untracked;
+                }
+                TableFullPolicy::EvictOldest => {
+                    if let Some((idx, e)) = self.flows.evict_one() {
+                        self.counters.flows_evicted += 1;
+                        self.forget(idx, &e);
+                    }
+                }
+            }
+        }
+        let l7 = match (&d.l7, init.proto) {
+            (Some(p), IPPROTO_TCP) => Some(Box::new(L7Flow::new(p.clone(), init.port))),
+            _ => None,
+        };
+        let has_l7 = l7.is_some();
+        let entry = FlowEntry {
+            key: FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto),
+            init_src: init.src,
+            init_sport: init.sport,
+            resp: init.dst,
+            resp_port: decide_dport,
+            proto: init.proto,
+            client_port: init.port,
+            policy_gen: self.policy_gen,
+            state,
+            last_seen: now,
+            referenced: true,
+            l7,
+            l7_pos: self.l7_slots.len() as u32,
+        };
+        let Some(idx) = self.flows.insert(entry) else {
+            return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
+        };
+        if has_l7 {
+            self.l7_slots.push(idx);
+        }
+        self.counters.flows_created += 1;
+        self.counters.flows_active = self.flows.len() as u64;
+        NewFlow::Tracked(idx)
+    }
+
+    /// Per-frame bookkeeping of an existing entry; re-decides after a policy
+    /// swap. The table holds allowed flows only: a flow the new policy denies
+    /// is removed (logged once), and its later packets meet the no-flow path.
+    fn touch(&mut self, idx: u32, now: u64, out: &mut Output) -> bool {
+        let gen = self.policy_gen;
+        let Some(e) = self.flows.get_mut(idx) else {
+            return false;
+        };
+        e.last_seen = now;
+        e.referenced = true;
+        if e.policy_gen == gen {
+            return true;
+        }
+        let tuple = e.tuple();
+        let d = self.decide(tuple.src, tuple.dst, tuple.proto, tuple.dport);
+        if d.allowed {
+            // A live connection keeps its L7 state (held bytes, seq offsets):
+            // replacing it mid-stream would break the connection.
+            if let Some(e) = self.flows.get_mut(idx) {
+                e.policy_gen = gen;
+            }
+            return true;
+        }
+        self.counters.flows_redecided += 1;
+        out.events.push(self.event(now, tuple, &d));
+        if let Some(e) = self.flows.remove(idx) {
+            self.forget(idx, &e);
+        }
+        false
+    }
+
+    /// UDP, ICMP and other datagram protocols. `may_create`: this packet can
+    /// start a flow (not an echo reply).
+    fn datagram(
+        &mut self,
+        init: Initiator,
+        decide_dport: u16,
+        may_create: bool,
+        now: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let key = FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto);
+        if let Some(idx) = self.flows.find(&key) {
+            return if self.touch(idx, now, out) {
+                Verdict::Forward(other(init.port))
+            } else {
+                Verdict::Drop(DropReason::PolicyDenied)
+            };
+        }
+        if !may_create {
+            return Verdict::Drop(DropReason::NoFlow);
+        }
+        // Every datagram without a flow is judged in its own direction: an
+        // answer to an untracked flow (table full) passes only when policy
+        // would let it start a flow itself. Judging it as "the reply of the
+        // reverse flow" would let anyone in wherever the target's egress is open.
+        match self.new_flow(init, decide_dport, ConnState::Open, now, out) {
+            NewFlow::Tracked(_) | NewFlow::Untracked => Verdict::Forward(other(init.port)),
+            NewFlow::Refused(v) => v,
+        }
+    }
+
+    /// With a full table under refuse-l7, allowed L4-only flows go untracked,
+    /// and their later TCP segments are judged one by one.
+    fn untracked_mode(&self) -> bool {
+        self.cfg.table_full == TableFullPolicy::RefuseL7 && self.flows.is_full()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tcp(
+        &mut self,
+        port: Port,
+        buf: &mut [u8],
+        meta: &FrameMeta,
+        t: &TcpMeta,
+        now: u64,
+        out: &mut Output,
+        whole: bool,
+    ) -> Verdict {
+        let f = t.flags;
+        let syn = f & TCP_SYN != 0;
+        if syn && f & (TCP_RST | TCP_FIN) != 0 {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        let syn_only = syn && f & TCP_ACK == 0;
+        let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
+        let mut idx = self.flows.find(&key);
+        if let (true, Some(i)) = (syn_only, idx) {
+            // A SYN is a retransmission only while the handshake is under
+            // way; otherwise the 4-tuple carries a new connection (after a
+            // close, or after an end we did not see): judge it afresh, with
+            // fresh L7 state.
+            let reuse = self.flows.get(i).is_some_and(|e| {
+                e.from_initiator(meta.src, meta.sport)
+                    && !matches!(e.state, ConnState::SynSent | ConnState::SynReceived)
+            });
+            if reuse {
+                if let Some(e) = self.flows.remove(i) {
+                    self.forget(i, &e);
+                }
+                idx = None;
+            }
+        }
+        let init = Initiator {
+            src: meta.src,
+            sport: meta.sport,
+            dst: meta.dst,
+            dport: meta.dport,
+            proto: IPPROTO_TCP,
+            port,
+        };
+        let idx = match idx {
+            Some(i) => {
+                if !self.touch(i, now, out) {
+                    return Verdict::Drop(DropReason::PolicyDenied);
+                }
+                i
+            }
+            None if syn_only => match self.new_flow(init, meta.dport, ConnState::SynSent, now, out)
+            {
+                NewFlow::Tracked(i) => i,
+                NewFlow::Untracked => return Verdict::Forward(other(port)),
+                NewFlow::Refused(v) => {
+                    if v == Verdict::Drop(DropReason::PolicyDenied)
+                        && self.cfg.syn_deny == SynDenyAction::Reset
+                        && whole
+                    {
+                        self.reset_syn(port, buf, meta, t, out);
+                    }
+                    return v;
+                }
+            },
+            None => match self.pickup(init, f, now, out) {
+                Some(NewFlow::Tracked(i)) => i,
+                Some(NewFlow::Untracked) => return Verdict::Forward(other(port)),
+                Some(NewFlow::Refused(v)) => return v,
+                None => return Verdict::Drop(DropReason::NoFlow),
+            },
+        };
+        let Some(e) = self.flows.get_mut(idx) else {
+            return Verdict::Drop(DropReason::NoFlow);
+        };
+        let fwd = e.from_initiator(meta.src, meta.sport);
+        e.state = next_state(e.state, fwd, f);
+        if e.l7.is_none() {
+            return Verdict::Forward(other(port));
+        }
+        let tuple = e.tuple();
+        let Some(l7) = e.l7.as_mut() else {
+            return Verdict::Forward(other(port));
+        };
+        if !whole {
+            // The stream layer works on whole segments; fragmented TCP to an
+            // L7 port is refused rather than let through unparsed.
+            return Verdict::Drop(DropReason::Unsupported);
+        }
+        let mut ctx = StreamCtx {
+            cfg: &self.cfg,
+            counters: &mut self.counters,
+            worker: self.worker,
+            tuple,
+            src_identity: self.policy.identity(tuple.src),
+            dst_identity: self.policy.identity(tuple.dst),
+        };
+        l7.on_segment(&mut ctx, port, buf, meta, now, out)
+    }
+
+    /// A TCP segment with no flow and no SYN: adopt the connection when
+    /// policy allows the segment in its own direction (as it would a SYN) and
+    /// it needs no L7 state (an L7 stream cannot be joined mid-request).
+    /// The other direction is never tried: a stray ACK to a default-deny
+    /// server must not pass as the "reply" of a connection the server never
+    /// opened. Once either side's segment is adopted, the entry carries both.
+    /// None: drop it.
+    fn pickup(
+        &mut self,
+        init: Initiator,
+        flags: u8,
+        now: u64,
+        out: &mut Output,
+    ) -> Option<NewFlow> {
+        if flags & TCP_RST != 0 || flags & TCP_ACK == 0 {
+            return None;
+        }
+        let untracked = self.untracked_mode();
+        if !self.cfg.tcp_pickup && !untracked {
+            return None;
+        }
+        let d = self.decide(init.src, init.dst, IPPROTO_TCP, init.dport);
+        if !d.allowed || d.l7.is_some() {
+            return None;
+        }
+        if !self.cfg.tcp_pickup {
+            self.counters.flows_untracked += 1;
+            return Some(NewFlow::Untracked);
+        }
+        let state = if flags & TCP_SYN != 0 {
+            ConnState::SynReceived
+        } else {
+            ConnState::Established
+        };
+        let ev = self.event(now, init.tuple(), &d);
+        let r = self.admit(init, init.dport, d, state, now);
+        // Logged once per adopted flow; untracked segments would log each time.
+        if matches!(r, NewFlow::Tracked(_)) {
+            self.counters.flows_picked_up += 1;
+            out.events.push(ev);
+        }
+        Some(r)
+    }
+
+    fn reset_syn(
+        &mut self,
+        port: Port,
+        frame: &[u8],
+        meta: &FrameMeta,
+        t: &TcpMeta,
+        out: &mut Output,
+    ) {
+        let payload = meta.payload_end.saturating_sub(meta.payload_off) as u32;
+        let spec = SegmentSpec {
+            reverse: true,
+            seq: 0,
+            ack: t.seq.wrapping_add(1).wrapping_add(payload),
+            flags: TCP_RST | TCP_ACK,
+            window: 0,
+        };
+        out.emits.push(Emit {
+            port,
+            frame: tcp_segment(frame, meta, &spec, &[]),
+        });
+        self.counters.frames_injected += 1;
+    }
+
+    /// An ICMP error passes when the datagram it quotes belongs to a flow we
+    /// allow, and it is addressed to that datagram's sender.
+    fn icmp_error(&mut self, port: Port, buf: &[u8], meta: &FrameMeta) -> Verdict {
+        let Some(q) = view::icmp_quoted(buf, meta) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if q.src != meta.dst {
+            return Verdict::Drop(DropReason::NoFlow);
+        }
+        let key = match q.icmp {
+            Some((_, id)) => FlowKey::new(q.src, id, q.dst, id, q.proto),
+            None => FlowKey::new(q.src, q.sport, q.dst, q.dport, q.proto),
+        };
+        // A verdict made stale by a policy swap is re-checked by the flow's
+        // own next frame; an error about a flow we carry is what its sender needs.
+        match self.flows.find(&key) {
+            Some(_) => Verdict::Forward(other(port)),
+            None => Verdict::Drop(DropReason::NoFlow),
+        }
+    }
+
+    fn fragment(
+        &mut self,
+        port: Port,
+        frame: &[u8],
+        meta: &FrameMeta,
+        f: view::FragmentMeta,
+        now: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let key = FragKey {
+            src: meta.src,
+            dst: meta.dst,
+            proto: meta.proto,
+            id: f.id,
+        };
+        let (payload, frags) =
+            match self
+                .frags
+                .add(key, f, port, frame, meta.l4_off..meta.payload_end, now)
+            {
+                FragOutcome::Held => return Verdict::Consumed,
+                FragOutcome::Duplicate => return Verdict::Drop(DropReason::FragmentDropped),
+                FragOutcome::Overlap { dropped } => {
+                    self.counters.drops[DropReason::FragmentOverlap as usize] += dropped as u64;
+                    return Verdict::Drop(DropReason::FragmentOverlap);
+                }
+                FragOutcome::Malformed => return Verdict::Drop(DropReason::Malformed),
+                FragOutcome::Full => return Verdict::Drop(DropReason::FragmentTableFull),
+                FragOutcome::Complete { payload, frags } => (payload, frags),
+            };
+        self.counters.fragments_reassembled += 1;
+        let held_others = frags.len().saturating_sub(1) as u64;
+        let mut buf = payload;
+        let v = match view::parse_l4(meta.proto, &buf) {
+            Ok(h) => {
+                let m = FrameMeta {
+                    l3_off: 0,
+                    l4_off: 0,
+                    payload_off: h.header_len,
+                    payload_end: h.end,
+                    sport: h.sport,
+                    dport: h.dport,
+                    l4: h.meta,
+                    fragment: None,
+                    ..*meta
+                };
+                if is_v6_link_control(&m) {
+                    self.non_ip(port)
+                } else {
+                    self.l4(port, &mut buf, &m, now, out, false)
+                }
+            }
+            Err(_) => Verdict::Drop(DropReason::Malformed),
+        };
+        match v {
+            Verdict::Forward(_) => {
+                // Unchanged and in arrival order; the input is the last one.
+                for h in frags {
+                    out.emits.push(Emit {
+                        port: other(h.port),
+                        frame: h.frame,
+                    });
+                }
+                Verdict::Consumed
+            }
+            Verdict::Drop(r) => {
+                self.counters.drops[r as usize] += held_others;
+                Verdict::Drop(r)
+            }
+            Verdict::Consumed => Verdict::Drop(DropReason::Unsupported),
+        }
     }
 
     /// Timers: idle-flow expiry, retransmission of injected bytes. Call at
     /// least every few milliseconds, also when no frames arrive.
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
-        let _ = (now_ns, out);
+        let mut gone = 0;
+        let mut gone_l7 = Vec::new();
+        self.flows.expire(now_ns, &self.timeouts, |idx, e| {
+            gone += 1;
+            if e.l7.is_some() {
+                gone_l7.push((idx, e.l7_pos as usize));
+            }
+        });
+        self.counters.flows_expired += gone;
+        for (idx, pos) in gone_l7 {
+            self.l7_unlink(idx, pos);
+        }
+        self.counters.flows_active = self.flows.len() as u64;
+        let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);
+        self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out as u64;
+
+        for &idx in &self.l7_slots {
+            let Some(e) = self.flows.get_mut(idx) else {
+                continue;
+            };
+            let tuple = e.tuple();
+            let Some(l7) = e.l7.as_mut() else { continue };
+            let mut ctx = StreamCtx {
+                cfg: &self.cfg,
+                counters: &mut self.counters,
+                worker: self.worker,
+                tuple,
+                src_identity: self.policy.identity(tuple.src),
+                dst_identity: self.policy.identity(tuple.dst),
+            };
+            l7.on_tick(&mut ctx, now_ns, out);
+        }
     }
 }
+
+/// TCP connection tracking, loose: no window checks, just enough to pick
+/// the idle timeout and to know when a 4-tuple may start over.
+fn next_state(s: ConnState, fwd: bool, flags: u8) -> ConnState {
+    let (syn, ack, fin) = (
+        flags & TCP_SYN != 0,
+        flags & TCP_ACK != 0,
+        flags & TCP_FIN != 0,
+    );
+    if flags & TCP_RST != 0 {
+        return ConnState::Closed;
+    }
+    match s {
+        ConnState::SynSent if !fwd && syn && ack => ConnState::SynReceived,
+        ConnState::SynReceived if fwd && ack && !syn && !fin => ConnState::Established,
+        ConnState::SynReceived | ConnState::Established if fin => ConnState::Closing {
+            fin_init: fwd,
+            fin_resp: !fwd,
+        },
+        ConnState::Closing { fin_init, fin_resp } if fin => {
+            let (i, r) = (fin_init || fwd, fin_resp || !fwd);
+            if i && r {
+                ConnState::Closed
+            } else {
+                ConnState::Closing {
+                    fin_init: i,
+                    fin_resp: r,
+                }
+            }
+        }
+        s => s,
+    }
+}
+
+#[cfg(test)]
+mod tests;

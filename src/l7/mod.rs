@@ -4,6 +4,8 @@
 
 pub mod http;
 pub mod memcache;
+#[cfg(test)]
+mod props;
 
 /// Result of an incremental parse over the bytes available so far.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,22 @@
 //! HTTP/1.x: request parser (smuggling shapes refused), response framing,
 //! chunked decoding, Cilium's `rules.http` matching and the 403 reply.
 
+mod chunked;
+mod head;
+mod request;
+mod response;
+mod rule;
+
 use serde::Deserialize;
+
+pub use chunked::{ChunkError, ChunkedDecoder};
+pub use request::{parse_request, HttpRequest, Version};
+pub use response::parse_response;
+pub use rule::HttpRule;
+
+use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
+use crate::log::Subject;
+use crate::policy::L7Rule;
 
 /// `rules.http[]` item as written in a CiliumNetworkPolicy.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -26,10 +41,6 @@ pub struct HeaderMatchSpec {
     pub secret: Option<serde_yaml::Value>,
 }
 
-/// A compiled rule: regexes are anchored and compiled once.
-#[derive(Debug, Clone)]
-pub struct HttpRule {}
-
 /// Error in a rule; `field` is relative to the rule ("path", "headerMatches[0].mismatch").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleError {
@@ -37,9 +48,165 @@ pub struct RuleError {
     pub message: String,
 }
 
-impl HttpRule {
-    pub fn compile(spec: &HttpRuleSpec) -> Result<HttpRule, RuleError> {
-        let _ = spec;
-        todo!("HttpRule::compile")
+impl std::fmt::Display for RuleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// Body of the denial, as Cilium's Envoy filter sends it (its default
+/// `denied_403_body` "Access denied" with CRLF appended).
+pub const DENY_BODY: &[u8] = b"Access denied\r\n";
+
+/// HTTP/1.x on one connection. Stateless: the framing of a reply depends only
+/// on the request it answers, which the stream layer passes in.
+#[derive(Debug, Default, Clone)]
+pub struct Http {}
+
+impl Http {
+    pub fn new() -> Self {
+        Http {}
+    }
+}
+
+impl Protocol for Http {
+    type Request = HttpRequest;
+
+    fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<HttpRequest>> {
+        request::parse_request(buf)
+    }
+
+    fn parse_reply(&mut self, buf: &[u8], req: Option<&HttpRequest>) -> Parse<ReplyHead> {
+        response::parse_response(buf, req)
+    }
+
+    fn deny_reply(&self, req: &HttpRequest) -> Option<Vec<u8>> {
+        let close = req.version == Version::Http10 || req.connection_close;
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n");
+        out.extend_from_slice(format!("Content-Length: {}\r\n", DENY_BODY.len()).as_bytes());
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        // A response to HEAD carries the length but never the body; sending
+        // it would desynchronise the client's framing of the next response.
+        if !req.is_head() {
+            out.extend_from_slice(DENY_BODY);
+        }
+        Some(out)
+    }
+
+    fn expects_reply(&self, _req: &HttpRequest) -> bool {
+        true
+    }
+
+    fn subject(&self, req: &HttpRequest) -> Subject {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Subject::Http {
+            method: s(req.method()),
+            host: s(req.host()),
+            path: s(req.path()),
+        }
+    }
+
+    fn rule_matches(&self, req: &HttpRequest, rule: &L7Rule) -> bool {
+        match rule {
+            L7Rule::Http(r) => r.matches(req),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> HttpRequest {
+        match Http::new().parse_request(s.as_bytes()) {
+            Parse::Complete(h) => h.req,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn deny_reply_matches_envoy() {
+        let h = Http::new();
+        let r = req("PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        assert_eq!(
+            h.deny_reply(&r).unwrap(),
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n"
+        );
+        let r10 = req("GET / HTTP/1.0\r\n\r\n");
+        let close = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        for r in [r10, close] {
+            let d = h.deny_reply(&r).unwrap();
+            assert!(d.windows(19).any(|w| w == b"Connection: close\r\n"));
+            assert!(d.ends_with(b"\r\n\r\nAccess denied\r\n"));
+        }
+        let head = req("HEAD /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        let d = h.deny_reply(&head).unwrap();
+        assert!(
+            d.ends_with(b"Content-Length: 15\r\n\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&d)
+        );
+        assert!(matches!(
+            parse_response(&d, Some(&head)),
+            Parse::Complete(ReplyHead {
+                body: crate::l7::ReplyBody::None,
+                ..
+            })
+        ));
+        // The denial parses as one complete response of the advertised length.
+        let d = h.deny_reply(&r).unwrap();
+        match parse_response(&d, Some(&r)) {
+            Parse::Complete(ReplyHead {
+                head_len,
+                body: crate::l7::ReplyBody::Length(n),
+                last: true,
+                ..
+            }) => {
+                assert_eq!(head_len as u64 + n, d.len() as u64)
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn subject_and_dispatch() {
+        let mut h = Http::new();
+        let r = req("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        assert_eq!(
+            h.subject(&r),
+            Subject::Http {
+                method: "POST".into(),
+                host: "deathstar".into(),
+                path: "/v1/request-landing".into()
+            }
+        );
+        assert!(h.expects_reply(&r));
+        let spec = HttpRuleSpec {
+            method: Some("POST".into()),
+            ..Default::default()
+        };
+        let http_rule = L7Rule::Http(HttpRule::compile(&spec).unwrap());
+        assert!(h.rule_matches(&r, &http_rule));
+        let spec = HttpRuleSpec {
+            method: Some("GET".into()),
+            ..Default::default()
+        };
+        assert!(!h.rule_matches(&r, &L7Rule::Http(HttpRule::compile(&spec).unwrap())));
+        let mc = crate::l7::memcache::MemcacheRule::compile(&Default::default()).unwrap();
+        assert!(
+            !h.rule_matches(&r, &L7Rule::Memcache(mc)),
+            "a rule of another protocol never matches"
+        );
+        assert!(matches!(
+            h.parse_reply(b"HTTP/1.1 200 OK\r\n\r\n", Some(&r)),
+            Parse::Complete(_)
+        ));
     }
 }

@@ -1,9 +1,21 @@
 //! memcached text and binary protocols: request parsers, reply framing,
 //! Cilium's command groups and key rules, and the protocol's denials.
 
+pub mod binary;
+mod command;
+mod reply;
+mod rule;
+pub mod text;
+
 use serde::Deserialize;
 
 pub use crate::l7::http::RuleError;
+pub use command::{Command, TextCmd};
+pub use rule::MemcacheRule;
+
+use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
+use crate::log::Subject;
+use crate::policy::L7Rule;
 
 /// `rules.l7[]` item under `l7proto: memcache`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -15,13 +27,424 @@ pub struct MemcacheRuleSpec {
     pub key_regex: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct MemcacheRule {}
+/// One memcached request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McRequest {
+    pub command: Command,
+    /// Keys as sent (binary: the key field, if any).
+    pub keys: Vec<Vec<u8>>,
+    /// No reply expected: text `noreply`, meta `q`, binary quiet opcodes.
+    pub noreply: bool,
+    /// Binary only; echoed in the denial.
+    pub opaque: u32,
+}
 
-impl MemcacheRule {
-    /// Unknown command names and bad regexes are errors.
-    pub fn compile(spec: &MemcacheRuleSpec) -> Result<MemcacheRule, RuleError> {
-        let _ = spec;
-        todo!("MemcacheRule::compile")
+impl McRequest {
+    pub fn is_binary(&self) -> bool {
+        matches!(self.command, Command::Binary(_))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Text,
+    Binary,
+}
+
+/// memcached on one connection; the first byte the client sends picks the
+/// protocol (>= 0x80: binary) for the whole connection.
+#[derive(Debug, Default, Clone)]
+pub struct Memcache {
+    mode: Option<Mode>,
+}
+
+impl Memcache {
+    pub fn new() -> Self {
+        Memcache { mode: None }
+    }
+
+    pub fn mode(&self) -> Option<Mode> {
+        self.mode
+    }
+}
+
+pub const TEXT_DENIAL: &[u8] = b"CLIENT_ERROR access denied\r\n";
+
+impl Protocol for Memcache {
+    type Request = McRequest;
+
+    fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<McRequest>> {
+        let mode = match (self.mode, buf.first()) {
+            (Some(m), _) => m,
+            (None, None) => return Parse::NeedMore,
+            (None, Some(&b)) => {
+                *self
+                    .mode
+                    .insert(if b >= 0x80 { Mode::Binary } else { Mode::Text })
+            }
+        };
+        match mode {
+            Mode::Text => text::parse(buf),
+            Mode::Binary => binary::parse(buf),
+        }
+    }
+
+    fn parse_reply(&mut self, buf: &[u8], req: Option<&McRequest>) -> Parse<ReplyHead> {
+        let binary = match (req, self.mode) {
+            (Some(r), _) => r.is_binary(),
+            (None, Some(m)) => m == Mode::Binary,
+            (None, None) => buf.first().is_some_and(|&b| b >= 0x80),
+        };
+        if binary {
+            reply::parse_binary(buf, req)
+        } else {
+            reply::parse_text(buf, req)
+        }
+    }
+
+    fn deny_reply(&self, req: &McRequest) -> Option<Vec<u8>> {
+        if !self.expects_reply(req) {
+            return None;
+        }
+        match req.command {
+            Command::Binary(op) => Some(binary::deny_response(op, req.opaque)),
+            Command::Text(_) => Some(TEXT_DENIAL.to_vec()),
+        }
+    }
+
+    fn expects_reply(&self, req: &McRequest) -> bool {
+        // Text `quit` closes without a reply; binary `quit` answers first.
+        !req.noreply && req.command != Command::Text(TextCmd::Quit)
+    }
+
+    fn subject(&self, req: &McRequest) -> Subject {
+        Subject::Memcache {
+            command: req.command.name().to_string(),
+            keys: req
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect(),
+        }
+    }
+
+    fn rule_matches(&self, req: &McRequest, rule: &L7Rule) -> bool {
+        match rule {
+            L7Rule::Memcache(r) => r.matches(req),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        command: Option<&str>,
+        exact: Option<&str>,
+        prefix: Option<&str>,
+        regex: Option<&str>,
+    ) -> MemcacheRuleSpec {
+        MemcacheRuleSpec {
+            command: command.map(Into::into),
+            key_exact: exact.map(Into::into),
+            key_prefix: prefix.map(Into::into),
+            key_regex: regex.map(Into::into),
+        }
+    }
+    fn rule(command: &str, exact: &str) -> MemcacheRule {
+        MemcacheRule::compile(&spec(Some(command), Some(exact), None, None)).unwrap()
+    }
+    fn parse(m: &mut Memcache, b: &[u8]) -> RequestHead<McRequest> {
+        match m.parse_request(b) {
+            Parse::Complete(h) => h,
+            o => panic!("{b:?}: {o:?}"),
+        }
+    }
+    fn treq(s: &str) -> McRequest {
+        parse(&mut Memcache::new(), s.as_bytes()).req
+    }
+    fn breq(op: u8, key: &[u8], extras: &[u8], value: &[u8]) -> McRequest {
+        parse(
+            &mut Memcache::new(),
+            &binary::request(op, 0x1234, extras, key, value),
+        )
+        .req
+    }
+    /// Any rule of the list accepts the request (Cilium: rules are OR-ed).
+    fn allowed(rules: &[MemcacheRule], r: &McRequest) -> bool {
+        rules.iter().any(|x| x.matches(r))
+    }
+
+    #[test]
+    fn seed_policy_semantics() {
+        let awing = [rule("get", "awing-coord"), rule("set", "awing-coord")];
+        let xwing = [rule("get", "xwing-coord"), rule("set", "xwing-coord")];
+        let tracker = [rule("get", "awing-coord"), rule("get", "xwing-coord")];
+        assert!(allowed(&awing, &treq("get awing-coord\r\n")));
+        assert!(allowed(&awing, &treq("gets awing-coord\r\n")));
+        assert!(allowed(&awing, &treq("set awing-coord 0 1200 16\r\n")));
+        assert!(!allowed(&awing, &treq("get xwing-coord\r\n")));
+        assert!(!allowed(&awing, &treq("add awing-coord 0 0 1\r\n")));
+        assert!(!allowed(&awing, &treq("delete awing-coord\r\n")));
+        // No single rule accepts both keys, so the multi-get is denied.
+        assert!(!allowed(&awing, &treq("get awing-coord xwing-coord\r\n")));
+        assert!(!allowed(&tracker, &treq("get awing-coord xwing-coord\r\n")));
+        assert!(allowed(&tracker, &treq("get awing-coord awing-coord\r\n")));
+        assert!(!allowed(&tracker, &treq("set xwing-coord 0 0 1\r\n")));
+        assert!(allowed(&xwing, &treq("set xwing-coord 0 0 1 noreply\r\n")));
+        // Binary: get/getq/getk/getkq are "get"; set/setq are "set".
+        for op in [0x00, 0x09, 0x0c, 0x0d] {
+            assert!(
+                allowed(&awing, &breq(op, b"awing-coord", &[], &[])),
+                "{op:#x}"
+            );
+            assert!(
+                !allowed(&awing, &breq(op, b"xwing-coord", &[], &[])),
+                "{op:#x}"
+            );
+        }
+        assert!(allowed(
+            &awing,
+            &breq(0x01, b"awing-coord", &[0; 8], b"1,2")
+        ));
+        assert!(allowed(
+            &awing,
+            &breq(0x11, b"awing-coord", &[0; 8], b"1,2")
+        ));
+        assert!(!allowed(
+            &tracker,
+            &breq(0x01, b"awing-coord", &[0; 8], b"1,2")
+        ));
+        // quit is a command like any other.
+        assert!(!allowed(&awing, &treq("quit\r\n")));
+        assert!(!allowed(&awing, &treq("mn\r\n")));
+        assert!(allowed(&awing, &treq("mg awing-coord v\r\n")));
+    }
+
+    #[test]
+    fn key_tests_precedence_and_empty_rules() {
+        let prefix = MemcacheRule::compile(&spec(Some("get"), None, Some("awing"), None)).unwrap();
+        assert!(prefix.matches(&treq("get awing-coord awing-x\r\n")));
+        assert!(!prefix.matches(&treq("get awing-coord xwing-coord\r\n")));
+        let re =
+            MemcacheRule::compile(&spec(Some("writeGroup"), None, None, Some("coord$"))).unwrap();
+        assert!(re.matches(&treq("delete xwing-coord\r\n")));
+        assert!(
+            re.matches(&treq("touch a-coord 10\r\n")),
+            "unanchored at the start"
+        );
+        assert!(!re.matches(&treq("delete coordinates\r\n")));
+        assert!(!re.matches(&treq("get xwing-coord\r\n")));
+        // keyExact wins over keyPrefix, which wins over keyRegex.
+        let all =
+            MemcacheRule::compile(&spec(Some("get"), Some("a"), Some("b"), Some("c"))).unwrap();
+        assert!(all.matches(&treq("get a\r\n")) && !all.matches(&treq("get b\r\n")));
+        let pr = MemcacheRule::compile(&spec(Some("get"), Some(""), Some("b"), Some("c"))).unwrap();
+        assert!(pr.matches(&treq("get bx\r\n")) && !pr.matches(&treq("get c\r\n")));
+        // A command with no key test allows any keys; keyless commands pass key tests.
+        let stats = MemcacheRule::compile(&spec(Some("stats"), Some("x"), None, None)).unwrap();
+        assert!(stats.matches(&treq("stats\r\n")));
+        let any_get = MemcacheRule::compile(&spec(Some("get"), None, None, None)).unwrap();
+        assert!(any_get.matches(&treq("get a b c\r\n")));
+        let empty = MemcacheRule::compile(&MemcacheRuleSpec::default()).unwrap();
+        assert!(empty.matches(&treq("flush_all\r\n")));
+        assert!(empty.matches(&breq(0x07, b"", &[], &[])));
+    }
+
+    #[test]
+    fn compile_errors() {
+        let e = MemcacheRule::compile(&spec(Some("fetch"), None, None, None)).unwrap_err();
+        assert_eq!(e.field, "command");
+        let e = MemcacheRule::compile(&spec(None, Some("k"), None, None)).unwrap_err();
+        assert_eq!(e.field, "command");
+        let e = MemcacheRule::compile(&spec(Some("get"), None, None, Some("("))).unwrap_err();
+        assert_eq!(e.field, "keyRegex");
+        let y: MemcacheRuleSpec =
+            serde_yaml::from_str("{command: get, keyExact: awing-coord}").unwrap();
+        assert!(MemcacheRule::compile(&y).is_ok());
+        assert!(serde_yaml::from_str::<MemcacheRuleSpec>("{command: get, key: x}").is_err());
+    }
+
+    #[test]
+    fn mode_is_chosen_by_the_first_byte() {
+        let mut m = Memcache::new();
+        assert_eq!(m.parse_request(b""), Parse::NeedMore);
+        assert_eq!(m.mode(), None);
+        parse(&mut m, b"get a\r\n");
+        assert_eq!(m.mode(), Some(Mode::Text));
+        // A text connection never switches to binary.
+        assert!(matches!(
+            m.parse_request(&binary::request(0, 0, &[], b"k", &[])),
+            Parse::Invalid(_)
+        ));
+        let mut b = Memcache::new();
+        parse(&mut b, &binary::request(0, 0, &[], b"k", &[]));
+        assert_eq!(b.mode(), Some(Mode::Binary));
+        assert!(matches!(b.parse_request(b"get a\r\n"), Parse::Invalid(_)));
+    }
+
+    #[test]
+    fn denials_and_expected_replies() {
+        let m = Memcache::new();
+        let get = treq("get xwing-coord\r\n");
+        assert_eq!(
+            m.deny_reply(&get).unwrap(),
+            b"CLIENT_ERROR access denied\r\n"
+        );
+        assert!(m.expects_reply(&get));
+        for s in [
+            "set a 0 0 1 noreply\r\n",
+            "mg a v q\r\n",
+            "quit\r\n",
+            "delete a noreply\r\n",
+        ] {
+            let r = treq(s);
+            assert!(!m.expects_reply(&r), "{s:?}");
+            assert_eq!(m.deny_reply(&r), None, "{s:?}");
+        }
+        let bget = breq(0x00, b"k", &[], &[]);
+        let d = m.deny_reply(&bget).unwrap();
+        let h = binary::Header::read(&d).unwrap();
+        assert_eq!(
+            (h.magic, h.opcode, h.vbucket_or_status, h.opaque),
+            (0x81, 0x00, 0x0008, 0x1234)
+        );
+        assert_eq!(&d[24..], b"access denied");
+        let set = breq(0x01, b"k", &[0; 8], b"v");
+        assert_eq!(
+            binary::Header::read(&m.deny_reply(&set).unwrap())
+                .unwrap()
+                .opcode,
+            0x01
+        );
+        for op in [0x09, 0x0d, 0x17] {
+            let r = breq(op, if op == 0x17 { b"" } else { b"k" }, &[], &[]);
+            assert!(!m.expects_reply(&r));
+            assert_eq!(m.deny_reply(&r), None, "{op:#x}");
+        }
+        let quit = breq(0x07, b"", &[], &[]);
+        assert!(m.expects_reply(&quit) && m.deny_reply(&quit).is_some());
+    }
+
+    #[test]
+    fn subject_and_dispatch() {
+        let m = Memcache::new();
+        let r = treq("get awing-coord xwing-coord\r\n");
+        assert_eq!(
+            m.subject(&r),
+            Subject::Memcache {
+                command: "get".into(),
+                keys: vec!["awing-coord".into(), "xwing-coord".into()]
+            }
+        );
+        let b = breq(0x0d, b"k\xff", &[], &[]);
+        assert_eq!(
+            m.subject(&b),
+            Subject::Memcache {
+                command: "getkq".into(),
+                keys: vec!["k\u{fffd}".into()]
+            }
+        );
+        assert_eq!(
+            m.subject(&treq("ms k 1 MA\r\n")),
+            Subject::Memcache {
+                command: "ms".into(),
+                keys: vec!["k".into()]
+            }
+        );
+        let get = L7Rule::Memcache(rule("get", "awing-coord"));
+        assert!(m.rule_matches(&treq("get awing-coord\r\n"), &get));
+        assert!(!m.rule_matches(&treq("get xwing-coord\r\n"), &get));
+        let http = L7Rule::Http(crate::l7::http::HttpRule::compile(&Default::default()).unwrap());
+        assert!(!m.rule_matches(&treq("get awing-coord\r\n"), &http));
+    }
+
+    /// Walk a captured client→server and server→client transcript: every
+    /// request parses, every reply unit is framed, and each request that
+    /// expects a reply gets exactly its own.
+    fn replay(requests: &[u8], replies: &[u8]) -> (usize, usize) {
+        let mut m = Memcache::new();
+        let mut pending = std::collections::VecDeque::new();
+        let mut buf = requests;
+        let mut n = 0;
+        while !buf.is_empty() {
+            let h = parse(&mut m, buf);
+            n += 1;
+            let body = match h.body {
+                crate::l7::Body::Length(b) => b as usize,
+                _ => 0,
+            };
+            buf = &buf[h.head_len + body..];
+            if m.expects_reply(&h.req) {
+                pending.push_back(h.req);
+            }
+        }
+        let mut buf = replies;
+        let mut unsolicited = 0;
+        while !buf.is_empty() {
+            let h = match m.parse_reply(buf, pending.front()) {
+                Parse::Complete(h) => h,
+                o => panic!(
+                    "{o:?} at {:?} for {:?}",
+                    String::from_utf8_lossy(buf),
+                    pending.front()
+                ),
+            };
+            let body = match h.body {
+                crate::l7::ReplyBody::Length(b) => b as usize,
+                crate::l7::ReplyBody::None => 0,
+                o => panic!("{o:?}"),
+            };
+            buf = &buf[h.head_len + body..];
+            if h.unsolicited {
+                unsolicited += 1;
+            } else if h.last {
+                pending.pop_front();
+            }
+        }
+        assert!(pending.is_empty(), "unanswered: {pending:?}");
+        (n, unsolicited)
+    }
+
+    #[test]
+    fn real_server_transcripts() {
+        let (n, unsolicited) = replay(
+            include_bytes!("testdata/text_req.bin"),
+            include_bytes!("testdata/text_rep.bin"),
+        );
+        assert_eq!((n, unsolicited), (34, 0));
+        let (n, unsolicited) = replay(
+            include_bytes!("testdata/bin_req.bin"),
+            include_bytes!("testdata/bin_rep.bin"),
+        );
+        assert_eq!(
+            (n, unsolicited),
+            (18, 2),
+            "getq and getkq hits answer no pending request"
+        );
+    }
+
+    #[test]
+    fn replies_follow_the_connection_mode() {
+        let mut m = Memcache::new();
+        let get = parse(&mut m, b"get a\r\n").req;
+        assert!(matches!(
+            m.parse_reply(b"END\r\n", Some(&get)),
+            Parse::Complete(ReplyHead { last: true, .. })
+        ));
+        let mut b = Memcache::new();
+        let bget = parse(&mut b, &binary::request(0, 1, &[], b"k", &[])).req;
+        let mut resp = binary::request(0, 1, &[], &[], b"v");
+        resp[0] = 0x81;
+        assert!(matches!(
+            b.parse_reply(&resp, Some(&bget)),
+            Parse::Complete(ReplyHead { head_len: 24, .. })
+        ));
+        assert!(matches!(
+            b.parse_reply(b"END\r\n", Some(&bget)),
+            Parse::Invalid(_)
+        ));
     }
 }

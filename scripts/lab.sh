@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The veth lab: client namespaces on one L2 segment (a bridge in its own
+# namespace), the enforcer's namespace with two ports in the wire, and a
+# server running memcached (11211) and the deathstar HTTP API (80).
+#
+#   awing    10.66.0.11 fd66::11 ─┐
+#   xwing    10.66.0.12 fd66::12 ─┤
+#   tracker  10.66.0.13 fd66::13 ─┼─ sw (bridge) ─ cli0 [enf] srv0 ─ server 10.66.0.2 fd66::2
+#   outsider 10.66.0.14 fd66::14 ─┘
+#
+# Usage: scripts/lab.sh [-p PREFIX] [-q QUEUES] up|down|status|exec HOST CMD...
+#   PREFIX (default: $LAB_PREFIX or "lab") prefixes every namespace name
+#   (PREFIX-awing, ..., PREFIX-enf, PREFIX-server), so labs never collide.
+#   QUEUES (default: $LAB_QUEUES or 2) RX/TX queues of the enforcer's ports.
+# Needs root, iproute2, ethtool, memcached, python3.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PREFIX="${LAB_PREFIX:-lab}"
+QUEUES="${LAB_QUEUES:-2}"
+while getopts "p:q:" o; do
+  case $o in
+    p) PREFIX=$OPTARG ;;
+    q) QUEUES=$OPTARG ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[[ $PREFIX =~ ^[A-Za-z0-9_-]{1,20}$ ]] || { echo "lab: bad prefix $PREFIX" >&2; exit 2; }
+[[ $QUEUES =~ ^[0-9]+$ ]] && ((QUEUES >= 1 && QUEUES <= 64)) || { echo "lab: bad queue count $QUEUES" >&2; exit 2; }
+
+STATE="/run/enforcer-lab/$PREFIX"
+CLIENTS=(awing xwing tracker outsider)
+declare -A ID=([awing]=11 [xwing]=12 [tracker]=13 [outsider]=14)
+HOSTS=("${CLIENTS[@]}" sw enf server)
+
+ns() { echo "$PREFIX-$1"; }
+nsx() { local h=$1; shift; ip netns exec "$(ns "$h")" "$@"; }
+quiet_off() { nsx "$1" ethtool -K "$2" tx off tso off gso off gro off >/dev/null 2>&1 || true; }
+
+down() {
+  local h n
+  for h in "${HOSTS[@]}"; do
+    n=$(ns "$h")
+    ip netns list | awk '{print $1}' | grep -qx "$n" || continue
+    # Processes the lab started in its namespaces (servers, clients, enforcer).
+    for pid in $(ip netns pids "$n" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  for h in "${HOSTS[@]}"; do
+    n=$(ns "$h")
+    ip netns list | awk '{print $1}' | grep -qx "$n" || continue
+    for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$n" 2>/dev/null || true
+  done
+  rm -rf "$STATE"
+}
+
+link() { # link NS_A DEV_A NS_B DEV_B [link args for both ends]
+  local a=$1 da=$2 b=$3 db=$4; shift 4
+  ip -n "$(ns "$a")" link add "$da" "$@" type veth peer name "$db" netns "$(ns "$b")" "$@"
+  quiet_off "$a" "$da"
+  quiet_off "$b" "$db"
+}
+
+sysctls() {
+  nsx "$1" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+    net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 >/dev/null
+}
+
+up() {
+  [ "$(id -u)" -eq 0 ] || { echo "lab: needs root" >&2; exit 1; }
+  for h in "${HOSTS[@]}"; do
+    if ip netns list | awk '{print $1}' | grep -qx "$(ns "$h")"; then
+      echo "lab: $(ns "$h") exists; run: $0 -p $PREFIX down" >&2
+      exit 1
+    fi
+  done
+  trap 'echo "lab: setup failed, tearing down" >&2; down' ERR
+  mkdir -p "$STATE"
+  for h in "${HOSTS[@]}"; do
+    ip netns add "$(ns "$h")"
+    nsx "$h" ip link set lo up
+    sysctls "$h"
+  done
+
+  nsx sw ip link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+  nsx sw ip link set br0 up
+  for c in "${CLIENTS[@]}"; do
+    link "$c" eth0 sw "p-$c"
+    nsx sw ip link set "p-$c" master br0 up
+    nsx "$c" ip addr add "10.66.0.${ID[$c]}/24" dev eth0
+    nsx "$c" ip addr add "fd66::${ID[$c]}/64" dev eth0 nodad
+    nsx "$c" ip link set eth0 up
+  done
+
+  # The enforcer's ports: multi-queue so that every worker gets a queue.
+  link sw p-enf enf cli0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
+  link enf srv0 server eth0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
+  nsx sw ip link set p-enf master br0 up
+  for d in cli0 srv0; do
+    # A wire, not a host: no addresses, no IPv6 chatter of its own.
+    nsx enf sysctl -qw "net.ipv6.conf.$d.disable_ipv6=1"
+    nsx enf ip link set "$d" up
+  done
+
+  nsx server ip addr add 10.66.0.2/24 dev eth0
+  nsx server ip addr add fd66::2/64 dev eth0 nodad
+  nsx server ip link set eth0 up
+
+  nsx server memcached -u nobody -p 11211 -U 0 -l 0.0.0.0,:: -d -P "$STATE/memcached.pid"
+  nsx server python3 "$HERE/deathstar.py" --port 80 --log "$STATE/deathstar.log" \
+    >"$STATE/deathstar.out" 2>&1 &
+  # Ready when both listen.
+  for _ in $(seq 100); do
+    if nsx server ss -ltn 2>/dev/null | grep -q ':80 ' && nsx server ss -ltn | grep -q ':11211 '; then
+      break
+    fi
+    sleep 0.05
+  done
+  nsx server ss -ltn | grep -q ':80 ' || { echo "lab: deathstar did not start" >&2; cat "$STATE/deathstar.out" >&2; false; }
+  nsx server ss -ltn | grep -q ':11211 ' || { echo "lab: memcached did not start" >&2; false; }
+  trap - ERR
+  echo "lab $PREFIX up: enforcer ports cli0/srv0 in $(ns enf) ($QUEUES queues); state in $STATE"
+}
+
+status() {
+  local h n
+  for h in "${HOSTS[@]}"; do
+    n=$(ns "$h")
+    if ip netns list | awk '{print $1}' | grep -qx "$n"; then
+      echo "== $n"
+      ip -n "$n" -br addr | grep -v '^lo ' || true
+      ip -n "$n" -d -o link | awk '/prog\/xdp/ { for (i = 1; i <= NF; i++) if ($i == "name") print "   xdp on " $2 " " $(i + 1) }' || true
+    else
+      echo "== $n (absent)"
+    fi
+  done
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  exec)
+    h="${1:?exec needs HOST}"; shift
+    [[ " ${HOSTS[*]} " == *" $h "* ]] || { echo "lab: unknown host $h (${HOSTS[*]})" >&2; exit 2; }
+    nsx "$h" "$@"
+    ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+esac

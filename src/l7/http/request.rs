@@ -1,0 +1,426 @@
+//! HTTP/1.x request heads: request line, headers and body framing. Shapes
+//! that let two parsers disagree about where a request ends (smuggling) are
+//! refused rather than guessed.
+
+use nom::bytes::streaming::{tag, take_while1};
+
+use super::head::{
+    content_length, crlf, header_lines, lift, sp, token, transfer_encoding, Stop, TeState,
+};
+use crate::l7::{Body, Parse, RequestHead};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// Byte range into `HttpRequest::head`.
+type Span = (u32, u32);
+
+/// A parsed request head. It owns one copy of the head bytes; attributes are
+/// ranges into it, so a parse costs two allocations whatever the header count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    head: Vec<u8>,
+    method: Span,
+    path: Span,
+    /// Absolute-form target with an empty path: the path is "/".
+    root_path: bool,
+    host: Span,
+    headers: Vec<(Span, Span)>,
+    pub version: Version,
+    /// `Expect: 100-continue`: the client waits for a 100 (or a final reply) before the body.
+    pub expect_continue: bool,
+    /// `Connection: close` was sent.
+    pub connection_close: bool,
+}
+
+impl HttpRequest {
+    fn get(&self, s: Span) -> &[u8] {
+        self.head.get(s.0 as usize..s.1 as usize).unwrap_or(&[])
+    }
+    pub fn method(&self) -> &[u8] {
+        self.get(self.method)
+    }
+    /// Path and query as sent (for absolute-form, the part after the authority;
+    /// `*` for asterisk-form; empty for CONNECT).
+    pub fn path(&self) -> &[u8] {
+        if self.root_path {
+            b"/"
+        } else {
+            self.get(self.path)
+        }
+    }
+    /// Host header, or the authority of an absolute-form / CONNECT target.
+    pub fn host(&self) -> &[u8] {
+        self.get(self.host)
+    }
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers
+            .iter()
+            .map(move |&(n, v)| (self.get(n), self.get(v)))
+    }
+    /// Values of the headers called `name` (ASCII case-insensitive).
+    pub fn header_values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    pub fn is_head(&self) -> bool {
+        self.method() == b"HEAD"
+    }
+    pub fn is_connect(&self) -> bool {
+        self.method() == b"CONNECT"
+    }
+}
+
+/// Characters allowed in a request-target (visible ASCII; `#` is checked later).
+fn is_target_char(c: u8) -> bool {
+    (0x21..=0x7e).contains(&c)
+}
+
+fn span(base: &[u8], part: &[u8]) -> Span {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+/// Parse one request head from the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Parse<RequestHead<HttpRequest>> {
+    match parse(buf) {
+        Ok(h) => Parse::Complete(h),
+        Err(Stop::NeedMore) => Parse::NeedMore,
+        Err(Stop::Invalid(why)) => Parse::Invalid(why),
+    }
+}
+
+fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
+    // Heads are bounded by the stream layer; spans are u32.
+    if buf.len() > u32::MAX as usize / 2 {
+        return Err(Stop::Invalid("head too large"));
+    }
+    // RFC 9112 §2.2: empty lines before the request line are ignored.
+    let mut i = buf;
+    while let [b'\r' | b'\n', ..] = i {
+        i = crlf(i)?;
+    }
+    let (i, method) = lift(token(i), "bad method")?;
+    let (i, _) = lift(sp(i), "bad request line")?;
+    let (i, target) = lift(take_while1(is_target_char)(i), "bad request-target")?;
+    let (i, _) = lift(sp(i), "bad request line")?;
+    let (i, _) = lift(tag(&b"HTTP/1."[..])(i), "unsupported HTTP version")?;
+    let version = match i.first() {
+        None => return Err(Stop::NeedMore),
+        Some(b'0') => Version::Http10,
+        Some(b'1') => Version::Http11,
+        Some(_) => return Err(Stop::Invalid("unsupported HTTP version")),
+    };
+    let i = crlf(&i[1..])?;
+
+    let mut headers = Vec::new();
+    let mut host_hdr: Option<&[u8]> = None;
+    let mut cl = None;
+    let mut te = TeState::default();
+    let mut expect_continue = false;
+    let mut connection_close = false;
+    let rest = header_lines(i, |name, value| {
+        headers.push((span(buf, name), span(buf, value)));
+        if name.eq_ignore_ascii_case(b"host") {
+            if host_hdr.is_some() {
+                return Err(Stop::Invalid("repeated Host"));
+            }
+            if value.iter().any(|&c| c == b' ' || c == b'\t' || c == b'@') {
+                return Err(Stop::Invalid("bad Host"));
+            }
+            host_hdr = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            content_length(value, &mut cl)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding(value, &mut te)?;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection_close |= value
+                .split(|&c| c == b',')
+                .any(|t| super::head::trim_ows(t).eq_ignore_ascii_case(b"close"));
+        }
+        Ok(())
+    })?;
+    let head_len = buf.len() - rest.len();
+
+    // Request-target forms (RFC 9112 §3.2).
+    if target.contains(&b'#') {
+        return Err(Stop::Invalid("fragment in request-target"));
+    }
+    let mut path = target;
+    let mut root_path = false;
+    let mut authority: Option<&[u8]> = None;
+    if method == b"CONNECT" {
+        // authority-form: host:port, nothing else.
+        if target.iter().any(|&c| matches!(c, b'/' | b'?' | b'@')) || !target.contains(&b':') {
+            return Err(Stop::Invalid("CONNECT needs authority-form"));
+        }
+        authority = Some(target);
+        path = &target[..0];
+    } else if target == b"*" {
+        if method != b"OPTIONS" {
+            return Err(Stop::Invalid("asterisk-form outside OPTIONS"));
+        }
+    } else if target.first() != Some(&b'/') {
+        let (auth, p) = split_absolute(target)?;
+        authority = Some(auth);
+        path = p;
+        root_path = p.is_empty();
+    }
+
+    let host = match (authority, host_hdr) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
+            return Err(Stop::Invalid("Host differs from request-target authority"))
+        }
+        (Some(a), _) => a,
+        (None, Some(h)) => h,
+        (None, None) => &buf[..0],
+    };
+    if version == Version::Http11 && host_hdr.is_none() {
+        return Err(Stop::Invalid("HTTP/1.1 request without Host"));
+    }
+
+    let body = if te.present {
+        if cl.is_some() {
+            return Err(Stop::Invalid("both Content-Length and Transfer-Encoding"));
+        }
+        if version == Version::Http10 {
+            return Err(Stop::Invalid("Transfer-Encoding in HTTP/1.0"));
+        }
+        if !te.chunked_last || te.chunked_misplaced {
+            return Err(Stop::Invalid("Transfer-Encoding does not end with chunked"));
+        }
+        Body::Chunked
+    } else {
+        match cl {
+            Some(0) | None => Body::None,
+            Some(n) => Body::Length(n),
+        }
+    };
+
+    Ok(RequestHead {
+        head_len,
+        body,
+        req: HttpRequest {
+            head: buf[..head_len].to_vec(),
+            method: span(buf, method),
+            path: span(buf, path),
+            root_path,
+            host: span(buf, host),
+            headers,
+            version,
+            expect_continue,
+            connection_close,
+        },
+    })
+}
+
+/// absolute-form `scheme://authority[/path...]` → (authority, path+query).
+fn split_absolute(t: &[u8]) -> Result<(&[u8], &[u8]), Stop> {
+    let bad = Stop::Invalid("bad request-target");
+    let colon = t.iter().position(|&c| c == b':').ok_or(bad)?;
+    let scheme = &t[..colon];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Err(bad);
+    }
+    let rest = t[colon + 1..].strip_prefix(b"//").ok_or(bad)?;
+    let end = rest
+        .iter()
+        .position(|&c| matches!(c, b'/' | b'?'))
+        .unwrap_or(rest.len());
+    let (auth, path) = rest.split_at(end);
+    // Userinfo is deprecated for http(s) and a classic confusion vector; a
+    // query right after the authority would need a synthesized "/".
+    if auth.is_empty() || auth.contains(&b'@') || path.first() == Some(&b'?') {
+        return Err(bad);
+    }
+    Ok((auth, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> RequestHead<HttpRequest> {
+        match parse_request(s.as_bytes()) {
+            Parse::Complete(h) => h,
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+    fn invalid(s: &str) -> &'static str {
+        match parse_request(s.as_bytes()) {
+            Parse::Invalid(w) => w,
+            other => panic!("{s:?}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let s = "GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nUser-Agent: curl\r\n\r\nNEXT";
+        let h = ok(s);
+        assert_eq!(h.head_len, s.len() - 4);
+        assert_eq!(h.body, Body::None);
+        assert_eq!(h.req.method(), b"GET");
+        assert_eq!(h.req.path(), b"/v1/");
+        assert_eq!(h.req.host(), b"deathstar");
+        assert_eq!(h.req.version, Version::Http11);
+        let hs: Vec<_> = h.req.headers().collect();
+        assert_eq!(
+            hs,
+            vec![(&b"Host"[..], &b"deathstar"[..]), (b"User-Agent", b"curl")]
+        );
+        assert_eq!(
+            h.req.header_values(b"user-agent").collect::<Vec<_>>(),
+            vec![b"curl"]
+        );
+    }
+
+    #[test]
+    fn split_at_every_byte_needs_more_then_same_result() {
+        let cases = [
+            "POST /v1/request-landing?x=1 HTTP/1.1\r\nHost: d\r\nContent-Length: 7\r\n\r\n",
+            "PUT /p HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "\r\nGET http://d:80/a HTTP/1.0\r\n\r\n",
+            "OPTIONS * HTTP/1.0\r\n\r\n",
+        ];
+        for s in cases {
+            let full = parse_request(s.as_bytes());
+            assert!(matches!(full, Parse::Complete(_)), "{s:?}");
+            for cut in 0..s.len() {
+                assert_eq!(
+                    parse_request(&s.as_bytes()[..cut]),
+                    Parse::NeedMore,
+                    "{s:?} @ {cut}"
+                );
+            }
+            let mut longer = s.as_bytes().to_vec();
+            longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            assert_eq!(parse_request(&longer), full);
+        }
+    }
+
+    #[test]
+    fn body_framing() {
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").body,
+            Body::Length(12)
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").body,
+            Body::None
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n").body,
+            Body::Length(3)
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").body,
+            Body::Chunked
+        );
+        assert_eq!(
+            invalid("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            "conflicting Content-Length"
+        );
+        assert_eq!(
+            invalid("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "both Content-Length and Transfer-Encoding"
+        );
+        assert_eq!(
+            invalid("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            "Transfer-Encoding does not end with chunked"
+        );
+        assert_eq!(
+            invalid("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "Transfer-Encoding does not end with chunked"
+        );
+        assert_eq!(
+            invalid("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "Transfer-Encoding in HTTP/1.0"
+        );
+        invalid("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n");
+    }
+
+    #[test]
+    fn request_line_shapes() {
+        invalid("GET /a HTTP/1.1\nHost: a\r\n\r\n");
+        invalid("GET /a HTTP/1.1\r\nHost: a\n\r\n");
+        invalid("GET  /a HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("G(T /a HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("GET /a HTTP/2.0\r\nHost: a\r\n\r\n");
+        invalid("GET /a HTTP/1.2\r\nHost: a\r\n\r\n");
+        invalid("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("GET /\x7fa HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("GET /a HTTP/1.1 \r\nHost: a\r\n\r\n");
+        invalid("GET a HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("GET * HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("GET http://u@a/b HTTP/1.1\r\nHost: a\r\n\r\n");
+        invalid("CONNECT /a HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            invalid("GET /a HTTP/1.1\r\nHost: a\r\n b\r\n\r\n"),
+            "obs-fold or leading whitespace"
+        );
+        assert_eq!(
+            invalid("GET / HTTP/1.1\r\nX: 1\r\n\r\n"),
+            "HTTP/1.1 request without Host"
+        );
+        assert_eq!(
+            invalid("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            "repeated Host"
+        );
+        // Invalid is reported as soon as it is visible, without the full head.
+        assert!(matches!(parse_request(b"GE\nT"), Parse::Invalid(_)));
+    }
+
+    #[test]
+    fn target_forms_and_host() {
+        let h = ok("GET http://DeathStar:80/v1/x?y HTTP/1.1\r\nHost: deathstar:80\r\n\r\n");
+        assert_eq!(h.req.path(), b"/v1/x?y");
+        assert_eq!(h.req.host(), b"DeathStar:80");
+        let h = ok("GET http://deathstar HTTP/1.0\r\n\r\n");
+        assert_eq!(h.req.path(), b"/");
+        assert_eq!(h.req.host(), b"deathstar");
+        assert_eq!(
+            invalid("GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n"),
+            "Host differs from request-target authority"
+        );
+        let h = ok("CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n");
+        assert_eq!(h.req.path(), b"");
+        assert_eq!(h.req.host(), b"deathstar:443");
+        assert!(h.req.is_connect());
+        let h = ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.req.path(), b"*");
+        let h = ok("GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(h.req.host(), b"");
+        assert_eq!(h.req.version, Version::Http10);
+    }
+
+    #[test]
+    fn expect_connection_and_upgrade() {
+        let h =
+            ok("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(h.req.expect_continue);
+        assert!(!h.req.connection_close);
+        let h = ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert!(h.req.connection_close);
+        let h =
+            ok("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(h.body, Body::None);
+        assert_eq!(
+            h.req.header_values(b"upgrade").next(),
+            Some(&b"websocket"[..])
+        );
+    }
+
+    #[test]
+    fn leading_empty_lines_are_part_of_the_head() {
+        let s = "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(ok(s).head_len, s.len());
+        invalid("\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+}

@@ -1,0 +1,258 @@
+//! Cilium's `rules.http` semantics: regexes over the whole method, path and
+//! host; header presence / equality; `headerMatches` with mismatch actions.
+
+use regex::bytes::Regex;
+
+use super::request::HttpRequest;
+use super::{HeaderMatchSpec, HttpRuleSpec, RuleError};
+
+/// A compiled rule: regexes are anchored and compiled once.
+#[derive(Debug, Clone)]
+pub struct HttpRule {
+    method: Option<Regex>,
+    path: Option<Regex>,
+    host: Option<Regex>,
+    headers: Vec<HeaderTest>,
+    /// `headerMatches` with `mismatch: LOG`: reported, never denying.
+    logged: Vec<HeaderTest>,
+}
+
+#[derive(Debug, Clone)]
+struct HeaderTest {
+    name: String,
+    /// None: the header must be present.
+    value: Option<String>,
+}
+
+impl HeaderTest {
+    fn passes(&self, req: &HttpRequest) -> bool {
+        let mut vals = req.header_values(self.name.as_bytes());
+        match &self.value {
+            None => vals.next().is_some(),
+            Some(want) => vals.any(|v| v == want.as_bytes()),
+        }
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> RuleError {
+    RuleError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn anchored(field: &str, re: &Option<String>) -> Result<Option<Regex>, RuleError> {
+    match re {
+        None => Ok(None),
+        Some(s) => Regex::new(&format!("^(?:{s})$"))
+            .map(Some)
+            .map_err(|e| err(field, format!("invalid regular expression: {e}"))),
+    }
+}
+
+fn header_name(field: &str, name: &str) -> Result<String, RuleError> {
+    if name.is_empty() || !name.bytes().all(super::head::is_tchar) {
+        return Err(err(field, format!("invalid header name {name:?}")));
+    }
+    Ok(name.to_string())
+}
+
+impl HttpRule {
+    pub fn compile(spec: &HttpRuleSpec) -> Result<HttpRule, RuleError> {
+        let mut headers = Vec::new();
+        for (k, h) in spec.headers.iter().enumerate() {
+            let field = format!("headers[{k}]");
+            let (name, value) = match h.split_once(':') {
+                Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
+                None => (h.trim(), None),
+            };
+            headers.push(HeaderTest {
+                name: header_name(&field, name)?,
+                value,
+            });
+        }
+        let mut logged = Vec::new();
+        for (k, m) in spec.header_matches.iter().enumerate() {
+            let HeaderMatchSpec {
+                name,
+                value,
+                mismatch,
+                secret,
+            } = m;
+            let field = format!("headerMatches[{k}]");
+            if secret.is_some() {
+                return Err(err(format!("{field}.secret"), "secrets are not supported"));
+            }
+            let test = HeaderTest {
+                name: header_name(&format!("{field}.name"), name)?,
+                value: value.clone(),
+            };
+            match mismatch.as_deref() {
+                None => headers.push(test),
+                Some("LOG") => logged.push(test),
+                Some(a @ ("ADD" | "DELETE" | "REPLACE")) => {
+                    return Err(err(
+                        format!("{field}.mismatch"),
+                        format!(
+                            "mismatch action {a} is not supported (requests are not rewritten)"
+                        ),
+                    ))
+                }
+                Some(other) => {
+                    return Err(err(
+                        format!("{field}.mismatch"),
+                        format!("unknown mismatch action {other:?} (LOG, ADD, DELETE, REPLACE)"),
+                    ))
+                }
+            }
+        }
+        Ok(HttpRule {
+            method: anchored("method", &spec.method)?,
+            path: anchored("path", &spec.path)?,
+            host: anchored("host", &spec.host)?,
+            headers,
+            logged,
+        })
+    }
+
+    /// True when every field given in the rule matches the request.
+    pub fn matches(&self, req: &HttpRequest) -> bool {
+        let re = |r: &Option<Regex>, v: &[u8]| r.as_ref().is_none_or(|r| r.is_match(v));
+        re(&self.method, req.method())
+            && re(&self.path, req.path())
+            && re(&self.host, req.host())
+            && self.headers.iter().all(|h| h.passes(req))
+    }
+
+    /// Names of `mismatch: LOG` header matches the request does not satisfy
+    /// (for the verdict log; they never deny).
+    pub fn logged_mismatches<'a>(
+        &'a self,
+        req: &'a HttpRequest,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.logged
+            .iter()
+            .filter(|h| !h.passes(req))
+            .map(|h| h.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l7::http::request::parse_request;
+    use crate::l7::{Parse, RequestHead};
+
+    fn req(s: &str) -> HttpRequest {
+        match parse_request(s.as_bytes()) {
+            Parse::Complete(RequestHead { req, .. }) => req,
+            o => panic!("{o:?}"),
+        }
+    }
+    fn rule(y: &str) -> HttpRule {
+        let spec: HttpRuleSpec = serde_yaml::from_str(y).unwrap();
+        HttpRule::compile(&spec).unwrap()
+    }
+    fn compile_err(y: &str) -> RuleError {
+        let spec: HttpRuleSpec = serde_yaml::from_str(y).unwrap();
+        HttpRule::compile(&spec).unwrap_err()
+    }
+
+    #[test]
+    fn star_wars_rules() {
+        let landing = rule("{method: POST, path: /v1/request-landing}");
+        let post = req(
+            "POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n\r\n",
+        );
+        let put = req("PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        let post_q = req("POST /v1/request-landing?x HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        let post_longer = req("POST /v1/request-landing/x HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        assert!(landing.matches(&post));
+        assert!(!landing.matches(&put));
+        assert!(!landing.matches(&post_q), "the whole path+query must match");
+        assert!(!landing.matches(&post_longer), "anchored at the end");
+        let any_v1 = rule("{method: GET, path: \"/v1/.*\"}");
+        assert!(any_v1.matches(&req("GET /v1/healthz HTTP/1.1\r\nHost: d\r\n\r\n")));
+        assert!(!any_v1.matches(&req("GET /v2/ HTTP/1.1\r\nHost: d\r\n\r\n")));
+        // Alternation stays inside the anchors.
+        let alt = rule("{method: GET|HEAD}");
+        assert!(alt.matches(&req("HEAD / HTTP/1.1\r\nHost: d\r\n\r\n")));
+        assert!(!alt.matches(&req("XGET / HTTP/1.1\r\nHost: d\r\n\r\n")));
+        assert!(rule("{}").matches(&put), "an empty rule matches everything");
+    }
+
+    #[test]
+    fn host_and_headers() {
+        let r = rule("{host: \"deathstar(:80)?\", headers: [\"X-Has-Force\", \"X-Org: empire\"]}");
+        let ok = req(
+            "GET / HTTP/1.1\r\nHost: deathstar:80\r\nx-has-force: yes\r\nX-Org: empire\r\n\r\n",
+        );
+        assert!(r.matches(&ok));
+        let no_force = req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Org: empire\r\n\r\n");
+        assert!(!r.matches(&no_force));
+        let wrong_org =
+            req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Has-Force: 1\r\nX-Org: alliance\r\n\r\n");
+        assert!(!r.matches(&wrong_org));
+        let two_orgs =
+            req("GET / HTTP/1.1\r\nHost: deathstar\r\nX-Has-Force: 1\r\nX-Org: alliance\r\nX-Org: empire\r\n\r\n");
+        assert!(
+            r.matches(&two_orgs),
+            "any header with that name may carry the value"
+        );
+        let wrong_host = req(
+            "GET / HTTP/1.1\r\nHost: deathstar.evil\r\nX-Has-Force: 1\r\nX-Org: empire\r\n\r\n",
+        );
+        assert!(!r.matches(&wrong_host));
+    }
+
+    #[test]
+    fn header_matches_and_log() {
+        let r = rule(
+            "headerMatches: [{name: X-Token, value: abc}, {name: X-Present}, {name: X-Audit, value: yes, mismatch: LOG}]",
+        );
+        let full =
+            req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\nX-Present: \r\nX-Audit: yes\r\n\r\n");
+        assert!(r.matches(&full));
+        assert_eq!(r.logged_mismatches(&full).count(), 0);
+        let no_audit = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\nX-Present: 1\r\n\r\n");
+        assert!(r.matches(&no_audit), "LOG mismatches are allowed");
+        assert_eq!(
+            r.logged_mismatches(&no_audit).collect::<Vec<_>>(),
+            vec!["X-Audit"]
+        );
+        let bad_token = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abd\r\nX-Present: 1\r\n\r\n");
+        assert!(!r.matches(&bad_token));
+        let no_present = req("GET / HTTP/1.1\r\nHost: d\r\nX-Token: abc\r\n\r\n");
+        assert!(!r.matches(&no_present));
+    }
+
+    #[test]
+    fn compile_errors_name_the_field() {
+        assert_eq!(compile_err("{path: \"/v1/(\"}").field, "path");
+        assert_eq!(compile_err("{method: \"[\"}").field, "method");
+        assert_eq!(compile_err("{host: \"(\"}").field, "host");
+        assert_eq!(
+            compile_err("{headers: [ok, \"bad name: v\"]}").field,
+            "headers[1]"
+        );
+        let e = compile_err("headerMatches: [{name: a}, {name: b, value: c, mismatch: REPLACE}]");
+        assert_eq!(e.field, "headerMatches[1].mismatch");
+        assert!(e.message.contains("not supported"), "{}", e.message);
+        for a in ["ADD", "DELETE"] {
+            let e = compile_err(&format!("headerMatches: [{{name: b, mismatch: {a}}}]"));
+            assert_eq!(e.field, "headerMatches[0].mismatch");
+        }
+        assert_eq!(
+            compile_err("headerMatches: [{name: b, mismatch: DROP}]").field,
+            "headerMatches[0].mismatch"
+        );
+        assert_eq!(
+            compile_err("headerMatches: [{name: \"\"}]").field,
+            "headerMatches[0].name"
+        );
+        assert_eq!(
+            compile_err("headerMatches: [{name: b, secret: {name: s}}]").field,
+            "headerMatches[0].secret"
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! End-to-end harness: a veth lab (`scripts/lab.sh`) per test and the real
+//! `enforcer` binary inside it. Shared by every `tests/lab*.rs`:
+//!
+//! ```ignore
+//! mod lab;
+//! let Some(mut lab) = lab::Lab::up("l7http") else { return }; // skipped: not root
+//! lab.start(lab::Mode::Policy(&lab::repo("policies")), &[]).unwrap();
+//! let out = lab.exec("xwing", &["curl", "-s", "http://10.66.0.2/v1/"]);
+//! ```
+//!
+//! Without root (or tools) the lab tests skip with a message, except under
+//! `CI=true`, where that is a failure. `Drop` stops the enforcer and removes
+//! the lab; prefixes keep concurrent labs apart.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SERVER4: &str = "10.66.0.2";
+pub const SERVER6: &str = "fd66::2";
+pub const BIN: &str = env!("CARGO_BIN_EXE_enforcer");
+
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What the lab needs, or why it cannot run.
+pub fn prerequisites() -> Result<(), String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("lab tests need root (network namespaces, XDP)".into());
+    }
+    let mut missing = Vec::new();
+    for (tool, args) in [
+        ("ip", &["-V"][..]),
+        ("ethtool", &["--version"][..]),
+        ("memcached", &["-V"][..]),
+        ("curl", &["--version"][..]),
+        ("nc", &["-h"][..]),
+        ("ping", &["-V"][..]),
+        ("python3", &["-c", "import bmemcached, pymemcache"][..]),
+    ] {
+        if !have(tool, args) {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing for the lab: {} (scripts/lib/deps.sh installs them)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// True when lab tests should run; prints why not otherwise. Panics under CI.
+pub fn available() -> bool {
+    match prerequisites() {
+        Ok(()) => true,
+        Err(e) if in_ci() => panic!("CI=true and the lab cannot run: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            false
+        }
+    }
+}
+
+/// How the enforcer decides frames.
+pub enum Mode<'a> {
+    /// The real engine with this policy file or directory.
+    Policy(&'a Path),
+    /// The dataplane's private bring-up switch: every frame to the other port.
+    PassThrough,
+}
+
+pub struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// An enforcer run that has ended.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Stopped {
+    /// The last counters line printed (on exit).
+    pub fn counters(&self) -> Option<serde_json::Value> {
+        self.stdout
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v.get("counters").cloned())
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    enforcer: Option<Running>,
+    pub log: PathBuf,
+}
+
+fn lab_sh(prefix: &str, queues: u32, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(repo("scripts/lab.sh"))
+        .args(["-p", prefix, "-q", &queues.to_string()])
+        .args(args)
+        .output()
+        .expect("run scripts/lab.sh")
+}
+
+impl Lab {
+    /// Bring a lab up with 2 queues per enforcer port; `None` when skipped.
+    pub fn up(prefix: &str) -> Option<Lab> {
+        Lab::up_with(prefix, 2)
+    }
+
+    pub fn up_with(prefix: &str, queues: u32) -> Option<Lab> {
+        if !available() {
+            return None;
+        }
+        // A previous aborted run may have left this prefix behind.
+        lab_sh(prefix, queues, &["down"]);
+        let out = lab_sh(prefix, queues, &["up"]);
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Lab {
+            prefix: prefix.into(),
+            enforcer: None,
+            log: PathBuf::from(format!("/run/enforcer-lab/{prefix}/verdicts.jsonl")),
+        })
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// Run a command on a lab host.
+    pub fn exec(&self, host: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Run a shell script on a lab host.
+    pub fn sh(&self, host: &str, script: &str) -> Output {
+        self.exec(host, &["bash", "-c", script])
+    }
+
+    /// Start a long-running command on a lab host (killed by `lab.sh down`
+    /// at the latest).
+    pub fn spawn(&self, host: &str, cmd: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ip netns exec")
+    }
+
+    /// Wait until something listens on TCP `port` on `host`.
+    pub fn wait_listen(&self, host: &str, port: u16) {
+        let t = Instant::now();
+        let pat = format!(":{port} ");
+        while !stdout(&self.exec(host, &["ss", "-ltn"])).contains(&pat) {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "nothing listens on {host}:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `curl -s -m 3 -g EXTRA URL` on a host.
+    pub fn curl(&self, host: &str, url: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["curl", "-s", "-m", "3", "-g"];
+        args.extend_from_slice(extra);
+        args.push(url);
+        self.exec(host, &args)
+    }
+
+    /// Two pings; true when answered.
+    pub fn ping(&self, host: &str, dst: &str) -> bool {
+        ok(&self.exec(host, &["ping", "-c", "2", "-i", "0.2", "-W", "2", dst]))
+    }
+
+    /// `set` then `get` with pymemcache (text protocol); the value read back.
+    pub fn memcache_roundtrip(&self, host: &str, key: &str, value: &str) -> String {
+        let script = format!(
+            "from pymemcache.client.base import Client\n\
+             c = Client(('{SERVER4}', 11211), connect_timeout=3, timeout=3)\n\
+             c.set('{key}', '{value}')\n\
+             print(c.get('{key}').decode())\n"
+        );
+        stdout(&self.exec(host, &["python3", "-c", &script]))
+            .trim()
+            .to_string()
+    }
+
+    /// Start the enforcer on cli0/srv0 and wait for its `ready` line.
+    pub fn start(&mut self, mode: Mode<'_>, extra: &[&str]) -> Result<(), String> {
+        assert!(self.enforcer.is_none(), "enforcer already running");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns("enf"),
+            BIN,
+            "--iface",
+            "cli0",
+            "--peer",
+            "srv0",
+        ]);
+        match mode {
+            Mode::Policy(p) => {
+                cmd.arg("--policy").arg(p);
+            }
+            Mode::PassThrough => {
+                cmd.args(["--policy", repo("policies").to_str().unwrap_or("policies")]);
+                cmd.env("ENFORCER_PASSTHROUGH", "1");
+            }
+        }
+        cmd.arg("--log").arg(&self.log);
+        cmd.args(extra);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn enforcer: {e}"))?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (o, e) = (stdout.clone(), stderr.clone());
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                o.lock().unwrap().push(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = e.lock().unwrap();
+                g.push_str(&l);
+                g.push('\n');
+            }
+        });
+        let mut run = Running {
+            child,
+            stdout,
+            stderr,
+        };
+        let t = Instant::now();
+        loop {
+            if run
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("ready "))
+            {
+                self.enforcer = Some(run);
+                return Ok(());
+            }
+            if let Ok(Some(_)) = run.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!(
+                    "enforcer exited before ready:\nstdout: {:?}\nstderr: {}",
+                    run.stdout.lock().unwrap(),
+                    run.stderr.lock().unwrap()
+                ));
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = run.child.kill();
+                return Err("enforcer not ready within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn enforcer_pid(&self) -> Option<u32> {
+        self.enforcer.as_ref().map(|r| r.child.id())
+    }
+
+    /// Lines the running enforcer printed so far.
+    pub fn enforcer_stdout(&self) -> Vec<String> {
+        self.enforcer
+            .as_ref()
+            .map(|r| r.stdout.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// What the running enforcer wrote to stderr so far.
+    pub fn enforcer_stderr(&self) -> String {
+        self.enforcer
+            .as_ref()
+            .map(|r| r.stderr.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Wait (up to 5 s) until the running enforcer printed a stdout line
+    /// containing `needle`, and count such lines.
+    pub fn wait_stdout(&self, needle: &str, count: usize) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if self
+                .enforcer_stdout()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= count
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Send a signal to the running enforcer.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.enforcer_pid() {
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// SIGTERM the enforcer and collect what it printed.
+    pub fn stop(&mut self) -> Option<Stopped> {
+        self.end(libc::SIGTERM)
+    }
+
+    /// End the enforcer with `sig` (SIGINT, SIGTERM) and collect its output.
+    pub fn stop_with(&mut self, sig: libc::c_int) -> Option<Stopped> {
+        self.end(sig)
+    }
+
+    /// SIGKILL the enforcer, as a crash would.
+    pub fn kill(&mut self) -> Option<Stopped> {
+        self.end(libc::SIGKILL)
+    }
+
+    fn end(&mut self, sig: libc::c_int) -> Option<Stopped> {
+        let mut run = self.enforcer.take()?;
+        unsafe { libc::kill(run.child.id() as i32, sig) };
+        let t = Instant::now();
+        let status = loop {
+            if let Ok(Some(s)) = run.child.try_wait() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                let _ = run.child.kill();
+                break run.child.wait().expect("wait enforcer");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let stdout = run.stdout.lock().unwrap().clone();
+        let stderr = run.stderr.lock().unwrap().clone();
+        Some(Stopped {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// XDP programs attached in the enforcer's namespace (`ip -o link` lines).
+    pub fn xdp_links(&self) -> Vec<String> {
+        let out = self.exec("enf", &["ip", "-o", "link"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("xdp"))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Requests the deathstar app saw, one JSON object each.
+    pub fn deathstar_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(format!("/run/enforcer-lab/{}/deathstar.log", self.prefix))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The verdict log written so far.
+    pub fn verdicts(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        lab_sh(&self.prefix, 1, &["down"]);
+    }
+}
+
+/// Panics when namespaces of the prefix are left (call after the lab dropped).
+pub fn assert_clean(prefix: &str) {
+    let left = leftover_namespaces(prefix);
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+}
+
+/// A temporary policy directory: `policies/*.yaml` plus `extra` files
+/// (paths relative to the repository), e.g. a test fixture.
+pub fn policy_dir(extra: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("policies"))
+        .expect("policies/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.extend(extra.iter().map(|e| repo(e)));
+    for p in files {
+        let name = p.file_name().expect("file name").to_owned();
+        std::fs::copy(&p, dir.path().join(name)).expect("copy policy");
+    }
+    dir
+}
+
+/// Namespaces of a prefix still present (should be none after a test).
+pub fn leftover_namespaces(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(String::from)
+        .collect()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn ok(o: &Output) -> bool {
+    o.status.success()
+}
