@@ -558,3 +558,30 @@ fn rst_from_either_side_ends_the_flow_cleanly() {
     assert!(lab.server.rst, "the RST reaches the server");
     assert_eq!(lab.server.got.len(), 0, "the partial head never does");
 }
+
+#[test]
+fn a_policy_reload_applies_to_the_next_request_of_a_live_connection() {
+    let mut lab = Lab::new("10.66.0.12", 80, EngineConfig::default());
+    lab.client_sends(PUT.as_bytes(), 1500);
+    assert!(lab.client_got().starts_with(FORBIDDEN));
+    let eps = std::fs::read_to_string("policies/endpoints.yaml").unwrap();
+    let open_port = std::fs::read_to_string("policies/sw-deathstar-http.yaml")
+        .unwrap()
+        .replace(
+            "          headers:\n          - \"X-Has-Force: true\"\n",
+            "",
+        );
+    let p = Policy::from_sources(&[
+        ("endpoints.yaml".into(), eps),
+        ("sw.yaml".into(), open_port),
+    ])
+    .unwrap();
+    lab.engine.set_policy(Arc::new(p));
+    lab.client_sends(PUT.as_bytes(), 1500);
+    assert_eq!(
+        lab.server_got(),
+        PUT,
+        "the same connection, judged by the new rules"
+    );
+    lab.healthy();
+}

@@ -163,6 +163,10 @@ impl<P: Protocol> Stream<P> {
         }
     }
 
+    pub fn set_policy(&mut self, policy: Arc<L7Policy>) {
+        self.policy = policy;
+    }
+
     fn mapped(&self) -> bool {
         !(self.c2s.is_identity() && self.s2c.is_identity())
     }

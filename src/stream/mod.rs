@@ -73,6 +73,29 @@ impl L7Flow {
         }
     }
 
+    /// Rules changed (policy reload): later requests are judged by `policy`
+    /// (None: the port no longer has L7 rules, every request passes). False
+    /// when the new rules speak another protocol: the connection must end.
+    pub fn set_policy(&mut self, policy: Option<Arc<L7Policy>>) -> bool {
+        let proto = match self {
+            L7Flow::Http(_) => L7Proto::Http,
+            L7Flow::Memcache(_) => L7Proto::Memcache,
+        };
+        let p = match policy {
+            Some(p) if p.proto != proto => return false,
+            Some(p) => p,
+            None => Arc::new(L7Policy {
+                proto,
+                stages: Vec::new(),
+            }),
+        };
+        match self {
+            L7Flow::Http(s) => s.set_policy(p),
+            L7Flow::Memcache(s) => s.set_policy(p),
+        }
+        true
+    }
+
     /// Bytes held for this connection now.
     pub fn held_bytes(&self) -> usize {
         match self {
