@@ -97,15 +97,26 @@ impl Input {
 
     fn next(&mut self) -> Result<Option<Frame>, String> {
         match self {
-            Input::Pcap(r) => match guarded("pcap", || r.next_packet())? {
-                None => Ok(None),
-                Some(Err(e)) => Err(e.to_string()),
-                Some(Ok(p)) => Ok(Some(Frame {
-                    ts_ns: u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX),
-                    port: None,
-                    data: p.data.into_owned(),
-                })),
-            },
+            // Raw records: the checked reader refuses captures taken with a
+            // short snap length (orig_len > snaplen); their cut frames are
+            // the engine's to count as malformed, not a reason to stop.
+            Input::Pcap(r) => {
+                let frac_ns = match r.header().ts_resolution {
+                    TsResolution::MicroSecond => 1_000,
+                    TsResolution::NanoSecond => 1,
+                };
+                match guarded("pcap", || {
+                    r.next_raw_packet().map(|p| p.map(|p| p.into_owned()))
+                })? {
+                    None => Ok(None),
+                    Some(Err(e)) => Err(e.to_string()),
+                    Some(Ok(p)) => Ok(Some(Frame {
+                        ts_ns: u64::from(p.ts_sec) * 1_000_000_000 + u64::from(p.ts_frac) * frac_ns,
+                        port: None,
+                        data: p.data.into_owned(),
+                    })),
+                }
+            }
             Input::PcapNg { r, ports_known } => loop {
                 let block = match guarded("pcapng", || r.next_block())? {
                     None => return Ok(None),

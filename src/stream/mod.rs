@@ -7,11 +7,20 @@
 //! The engine hands every TCP segment of such a flow, both directions, to
 //! `L7Flow::on_segment`.
 
+mod conn;
+pub mod reasm;
+pub mod seqmap;
+
 use std::sync::Arc;
 
 use crate::engine::{EngineConfig, Output, Port, Verdict};
+use crate::l7::http::Http;
+use crate::l7::memcache::Memcache;
 use crate::packet::FrameMeta;
 use crate::policy::L7Policy;
+use crate::policy::L7Proto;
+
+pub use conn::Stream;
 
 /// Per-flow context the engine lends to the stream layer for one call.
 pub struct StreamCtx<'a> {
@@ -25,17 +34,19 @@ pub struct StreamCtx<'a> {
 
 /// L7 state of one TCP connection. Boxed in the flow entry; its memory is
 /// bounded by `EngineConfig::max_held_bytes` per direction.
-pub struct L7Flow {
-    policy: Arc<L7Policy>,
-    client_port: Port,
+pub enum L7Flow {
+    Http(Stream<Http>),
+    Memcache(Stream<Memcache>),
 }
 
 impl L7Flow {
     /// `client_port` is the port the connection's SYN arrived on.
     pub fn new(policy: Arc<L7Policy>, client_port: Port) -> Self {
-        L7Flow {
-            policy,
-            client_port,
+        match policy.proto {
+            L7Proto::Http => L7Flow::Http(Stream::new(Http::new(), policy, client_port)),
+            L7Proto::Memcache => {
+                L7Flow::Memcache(Stream::new(Memcache::new(), policy, client_port))
+            }
         }
     }
 
@@ -48,21 +59,25 @@ impl L7Flow {
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
-        let _ = (
-            &self.policy,
-            self.client_port,
-            ctx,
-            in_port,
-            frame,
-            meta,
-            now_ns,
-            out,
-        );
-        todo!("stream::L7Flow::on_segment")
+        match self {
+            L7Flow::Http(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
+            L7Flow::Memcache(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
+        }
     }
 
     /// Retransmit injected bytes not yet acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
-        let _ = (ctx, now_ns, out);
+        match self {
+            L7Flow::Http(s) => s.on_tick(ctx, now_ns, out),
+            L7Flow::Memcache(s) => s.on_tick(ctx, now_ns, out),
+        }
+    }
+
+    /// Bytes held for this connection now.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            L7Flow::Http(s) => s.held_bytes(),
+            L7Flow::Memcache(s) => s.held_bytes(),
+        }
     }
 }
