@@ -830,6 +830,7 @@ impl Engine {
     /// Timers: idle-flow expiry, retransmission of injected bytes. Call at
     /// least every few milliseconds, also when no frames arrive.
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
+        let emits_before = out.emits.len();
         let mut gone = 0;
         let mut gone_l7 = Vec::new();
         self.flows.expire(now_ns, &self.timeouts, |idx, e| {
@@ -862,6 +863,7 @@ impl Engine {
             };
             l7.on_tick(&mut ctx, now_ns, out);
         }
+        self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
     }
 }
 
