@@ -50,7 +50,6 @@ http {
 }
 NGINX
 nsx server nginx -c "$STATE/nginx.conf"
-printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
 
 http_rps() { # prints "req/s errors"
   local out rps err
@@ -72,17 +71,19 @@ nsx enf ip link set cli0 master br0
 nsx enf ip link set srv0 master br0
 nsx enf ip link set br0 up
 sleep 1
+printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
 read -r B_HTTP B_HTTP_ERR < <(http_rps)
 read -r B_MC B_MC_ERR < <(mc_ops)
 nsx enf ip link del br0
 sleep 0.5
 
-echo "enforcer: AF_XDP inline, adaptive poll, policies/" >&2
-nsx enf "$BIN" --iface cli0 --peer srv0 --policy policies --poll adaptive >"$STATE/enforcer.out" 2>&1 &
+echo "enforcer: AF_XDP inline, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
+# shellcheck disable=SC2086
+ip netns exec "$P-enf" "$BIN" --iface cli0 --peer srv0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
+  >"$STATE/enforcer.out" 2>&1 &
 ENF_PID=$!
 for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
 grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
-# the enforcer's own process (ip netns exec execs it)
 EPID=$ENF_PID
 T0=$(cpu_ticks "$EPID")
 read -r E_HTTP E_HTTP_ERR < <(http_rps)

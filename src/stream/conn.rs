@@ -240,51 +240,38 @@ impl<P: Protocol> Stream<P> {
         self.s2c.unmap(self.c_ack)
     }
 
-    /// Send client bytes `[seq, seq+len)` (client space) to the server.
-    fn emit_to_server(&self, seq: u32, bytes: &[u8], ctx: &mut StreamCtx<'_>, out: &mut Output) {
-        let mss = self.c_mss.max(536);
-        let mut off = 0;
-        while off < bytes.len() {
-            let n = (bytes.len() - off).min(mss);
-            let s = self.c2s.map(seq.wrapping_add(off as u32));
-            if let Some(f) = self.build(
-                true,
-                s,
+    /// Send stream bytes starting at `seq` (the sender's space) on, cut to
+    /// the sender's segment size: client bytes to the server or server
+    /// bytes to the client.
+    fn emit_data(
+        &self,
+        to_server: bool,
+        seq: u32,
+        bytes: &[u8],
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+    ) {
+        let (mss, map, ack, port) = if to_server {
+            (
+                self.c_mss,
+                &self.c2s,
                 self.ack_for_server(),
-                TCP_ACK | TCP_PSH,
-                &bytes[off..off + n],
-            ) {
-                out.emits.push(Emit {
-                    port: self.server_port(),
-                    frame: f,
-                });
-                ctx.counters.frames_emitted += 1;
-            }
-            off += n;
-        }
-    }
-
-    /// Send server bytes starting at server seq `seq` to the client.
-    fn emit_to_client(&self, seq: u32, bytes: &[u8], ctx: &mut StreamCtx<'_>, out: &mut Output) {
-        let mss = self.s_mss.max(536);
-        let mut off = 0;
-        while off < bytes.len() {
-            let n = (bytes.len() - off).min(mss);
-            let s = self.s2c.map(seq.wrapping_add(off as u32));
-            if let Some(f) = self.build(
-                false,
-                s,
+                self.server_port(),
+            )
+        } else {
+            (
+                self.s_mss,
+                &self.s2c,
                 self.ack_for_client(),
-                TCP_ACK | TCP_PSH,
-                &bytes[off..off + n],
-            ) {
-                out.emits.push(Emit {
-                    port: self.client_port,
-                    frame: f,
-                });
+                self.client_port,
+            )
+        };
+        for (i, chunk) in bytes.chunks(mss.max(536)).enumerate() {
+            let s = map.map(seq.wrapping_add((i * mss.max(536)) as u32));
+            if let Some(frame) = self.build(to_server, s, ack, TCP_ACK | TCP_PSH, chunk) {
+                out.emits.push(Emit { port, frame });
                 ctx.counters.frames_emitted += 1;
             }
-            off += n;
         }
     }
 
@@ -730,7 +717,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Forward(self.server_port());
         }
         for (seq, bytes) in &release {
-            self.emit_to_server(*seq, bytes, ctx, out);
+            self.emit_data(true, *seq, bytes, ctx, out);
         }
         if fin_ready {
             self.send_fin_to_server(ctx, out);
@@ -845,7 +832,7 @@ impl<P: Protocol> Stream<P> {
                     self.rewrite(frame, meta, false);
                     Verdict::Forward(self.client_port)
                 } else {
-                    self.emit_to_client(start, &bytes, ctx, out);
+                    self.emit_data(false, start, &bytes, ctx, out);
                     if fin {
                         let fin_seq = self.s2c.map(start.wrapping_add(bytes.len() as u32));
                         if let Some(f) = self.build(
@@ -881,7 +868,7 @@ impl<P: Protocol> Stream<P> {
         if !self.c_buf.is_empty() && !self.denial_waiting() {
             self.drain_client(ctx, now, release, out);
             for (seq, bytes) in release.iter() {
-                self.emit_to_server(*seq, bytes, ctx, out);
+                self.emit_data(true, *seq, bytes, ctx, out);
             }
         }
         if self.c_fin.is_some()
