@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::reasm::{Insert, Reasm};
-use super::seqmap::{seq_ge, SeqMap};
+use super::seqmap::{seq_ge, seq_gt, SeqMap};
 use super::StreamCtx;
 use crate::engine::config::DenyAction;
 use crate::engine::{other, DropReason, Emit, Output, Port, Verdict};
@@ -666,11 +666,23 @@ impl<P: Protocol> Stream<P> {
                 }
                 // Released but unacknowledged: the server may have lost them.
                 let released_end = self.c_buf_seq;
-                let linear =
-                    self.c2s.map(end).wrapping_sub(self.c2s.map(t.seq)) == payload.len() as u32;
-                if seq_ge(released_end, end) && linear && !fin {
+                // Held bytes past `released_end` are not the server's yet.
+                let n = if seq_ge(released_end, end) {
+                    payload.len()
+                } else if seq_gt(released_end, t.seq) {
+                    (released_end.wrapping_sub(t.seq) as usize).min(payload.len())
+                } else {
+                    0
+                };
+                let pieces = self.c2s.pieces(t.seq, n);
+                if n == payload.len() && !fin && pieces == [(0, n)] {
                     self.rewrite(frame, meta, true);
                     return Verdict::Forward(self.server_port());
+                }
+                // Resend only what the server may see, each part in its place.
+                for (o, l) in pieces {
+                    let bytes = payload.get(o..o + l).unwrap_or_default();
+                    self.emit_data(true, t.seq.wrapping_add(o as u32), bytes, ctx, out);
                 }
                 return Verdict::Consumed;
             }
@@ -806,8 +818,18 @@ impl<P: Protocol> Stream<P> {
         };
         match ins {
             Insert::Duplicate => {
-                self.rewrite(frame, meta, false);
-                Verdict::Forward(self.client_port)
+                let pieces = self.s2c.pieces(t.seq, payload.len());
+                if pieces == [(0, payload.len())] {
+                    self.rewrite(frame, meta, false);
+                    return Verdict::Forward(self.client_port);
+                }
+                // A retransmission across an injected denial: each side of it
+                // goes to its own place in the client's stream.
+                for (o, l) in pieces {
+                    let bytes = payload.get(o..o + l).unwrap_or_default();
+                    self.emit_data(false, t.seq.wrapping_add(o as u32), bytes, ctx, out);
+                }
+                Verdict::Consumed
             }
             Insert::Stored => Verdict::Consumed,
             Insert::Overflow => Verdict::Drop(DropReason::L7OutOfWindow),

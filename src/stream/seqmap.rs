@@ -22,6 +22,8 @@ struct Shift {
     /// delta before and after `at`: target = source + delta.
     before: u32,
     after: u32,
+    /// Bytes `[at - removed, at)` of the source were dropped.
+    removed: u32,
 }
 
 /// Maps one direction's sequence numbers from the sender's space to the
@@ -97,6 +99,7 @@ impl SeqMap {
             at: to,
             before,
             after: before.wrapping_sub(n),
+            removed: n,
         });
     }
 
@@ -110,6 +113,7 @@ impl SeqMap {
             at,
             before,
             after: before.wrapping_add(n),
+            removed: 0,
         });
     }
 
@@ -118,6 +122,36 @@ impl SeqMap {
             self.base = self.shifts.remove(0).after;
         }
         self.shifts.push(s);
+    }
+
+    /// The parts of source bytes `[seq, seq + len)` that still exist for the
+    /// receiver, each mapping linearly (`map` of its first byte places it),
+    /// as (offset, length). A retransmission that spans a shift must be cut
+    /// here: mapped whole, its later bytes would land on inserted bytes or
+    /// resurrect removed ones.
+    pub fn pieces(&self, seq: u32, len: usize) -> Vec<(usize, usize)> {
+        let mut out = vec![(0usize, len)];
+        if len == 0 {
+            return out;
+        }
+        // Offset of a sequence number relative to `seq`, clamped to the segment.
+        let off = |s: u32| -> usize { (s.wrapping_sub(seq) as i32).clamp(0, len as i32) as usize };
+        for sh in &self.shifts {
+            let at = off(sh.at);
+            let gone = off(sh.at.wrapping_sub(sh.removed));
+            let mut next = Vec::with_capacity(out.len() + 1);
+            for (o, l) in out {
+                let e = o + l;
+                // Keep what lies outside [gone, at), cut at `at`.
+                for (a, b) in [(o, e.min(gone)), (o.max(at), e)] {
+                    if a < b {
+                        next.push((a, b - a));
+                    }
+                }
+            }
+            out = next;
+        }
+        out
     }
 
     /// Fold shifts that no segment at or after `s` (source) can need.
@@ -131,6 +165,28 @@ impl SeqMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retransmissions_are_cut_at_shifts_and_skip_removed_bytes() {
+        let mut m = SeqMap::default();
+        assert_eq!(m.pieces(100, 50), vec![(0, 50)]);
+        m.remove(110, 120);
+        m.insert(130, 5);
+        assert_eq!(m.pieces(100, 50), vec![(0, 10), (20, 10), (30, 20)]);
+        // Each piece maps linearly and the pieces stay contiguous for the receiver.
+        assert_eq!(m.map(100), 100);
+        assert_eq!(m.map(120), 110);
+        assert_eq!(m.map(130), 125);
+        // Segments that touch no shift are whole.
+        assert_eq!(m.pieces(140, 10), vec![(0, 10)]);
+        assert_eq!(m.pieces(90, 10), vec![(0, 10)]);
+        // Entirely removed bytes leave nothing.
+        assert_eq!(m.pieces(112, 5), vec![]);
+        // Across wraparound.
+        let mut w = SeqMap::default();
+        w.insert(3, 7);
+        assert_eq!(w.pieces(u32::MAX - 1, 10), vec![(0, 5), (5, 5)]);
+    }
 
     #[test]
     fn removal_shifts_later_bytes_and_acks_skip_the_hole() {
