@@ -17,19 +17,300 @@ pub struct SegmentSpec {
     pub window: u16,
 }
 
+const TCP_MIN_HEADER: usize = 20;
+
+fn is_v4(meta: &FrameMeta) -> bool {
+    meta.src.is_ipv4()
+}
+
 /// Build an Ethernet/IP/TCP frame carrying `payload` (no TCP options).
+/// `template` must be a frame `meta` was parsed from (only its headers up to
+/// `meta.l4_off` and the TCP ports are read).
 pub fn tcp_segment(
     template: &[u8],
     meta: &FrameMeta,
     spec: &SegmentSpec,
     payload: &[u8],
 ) -> Vec<u8> {
-    let _ = (template, meta, spec, payload);
-    todo!("packet::build::tcp_segment")
+    let l4 = meta.l4_off;
+    let mut f = Vec::with_capacity(l4 + TCP_MIN_HEADER + payload.len());
+    f.extend_from_slice(template.get(..l4).unwrap_or_default());
+    f.resize(l4, 0);
+    let l3 = meta.l3_off.min(l4);
+    let ip_hlen = l4 - l3;
+    let l4_len = TCP_MIN_HEADER + payload.len();
+    if spec.reverse && f.len() >= 12 {
+        let (dst, src) = f.split_at_mut(6);
+        dst[..6].swap_with_slice(&mut src[..6]);
+    }
+    if is_v4(meta) && ip_hlen >= 20 {
+        let ip = &mut f[l3..l4];
+        let total = (ip_hlen + l4_len).min(usize::from(u16::MAX)) as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        // Keep DF, clear MF and the offset: this is a whole datagram.
+        ip[6] &= 0x40;
+        ip[7] = 0;
+        if spec.reverse {
+            let (a, b) = ip[12..20].split_at_mut(4);
+            a.swap_with_slice(b);
+        }
+        ip[10] = 0;
+        ip[11] = 0;
+        let c = fold(sum(0, ip));
+        ip[10..12].copy_from_slice(&(!c).to_be_bytes());
+    } else if !is_v4(meta) && ip_hlen >= 40 {
+        let ip = &mut f[l3..l4];
+        let plen = (ip_hlen - 40 + l4_len).min(usize::from(u16::MAX)) as u16;
+        ip[4..6].copy_from_slice(&plen.to_be_bytes());
+        if spec.reverse {
+            let (a, b) = ip[8..40].split_at_mut(16);
+            a.swap_with_slice(b);
+        }
+    }
+    let (sport, dport) = if spec.reverse {
+        (meta.dport, meta.sport)
+    } else {
+        (meta.sport, meta.dport)
+    };
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&spec.seq.to_be_bytes());
+    f.extend_from_slice(&spec.ack.to_be_bytes());
+    f.push((TCP_MIN_HEADER as u8 / 4) << 4);
+    f.push(spec.flags);
+    f.extend_from_slice(&spec.window.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    let csum = tcp_checksum(&f, meta, l3, l4);
+    f[l4 + 16..l4 + 18].copy_from_slice(&csum.to_be_bytes());
+    f
 }
 
 /// Rewrite seq and ack of a TCP frame in place and fix the checksum.
 pub fn set_seq_ack(frame: &mut [u8], meta: &FrameMeta, seq: u32, ack: u32) {
-    let _ = (frame, meta, seq, ack);
-    todo!("packet::build::set_seq_ack")
+    let l4 = meta.l4_off;
+    let Some(h) = frame.get_mut(l4..l4 + TCP_MIN_HEADER) else {
+        return;
+    };
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[8..12].copy_from_slice(&ack.to_be_bytes());
+    fix_tcp_checksum(frame, meta);
+}
+
+/// Replace every SACK-permitted and SACK option by NOPs (the peer's view of
+/// the stream differs from ours once bytes were removed or inserted, so its
+/// SACK blocks would be wrong). Returns true when something changed; the
+/// caller fixes the checksum (`set_seq_ack` does).
+pub fn strip_sack(frame: &mut [u8], meta: &FrameMeta) -> bool {
+    let Some(t) = meta.tcp() else { return false };
+    let start = meta.l4_off + TCP_MIN_HEADER;
+    let end = (meta.l4_off + t.header_len).min(frame.len());
+    let mut i = start;
+    let mut changed = false;
+    while i < end {
+        match frame[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let Some(&len) = frame.get(i + 1) else { break };
+                let len = usize::from(len);
+                if len < 2 || i + len > end {
+                    break;
+                }
+                if kind == 4 || kind == 5 {
+                    frame[i..i + len].fill(1);
+                    changed = true;
+                }
+                i += len;
+            }
+        }
+    }
+    changed
+}
+
+/// Recompute the TCP checksum of a frame in place.
+pub fn fix_tcp_checksum(frame: &mut [u8], meta: &FrameMeta) {
+    let (l3, l4, end) = (meta.l3_off, meta.l4_off, meta.payload_end);
+    if end > frame.len() || l4 + TCP_MIN_HEADER > end || l3 > l4 {
+        return;
+    }
+    frame[l4 + 16] = 0;
+    frame[l4 + 17] = 0;
+    let c = tcp_checksum(&frame[..end], meta, l3, l4);
+    frame[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Checksum of the TCP segment `frame[l4..]` (checksum field zero) with the
+/// pseudo-header taken from the IP header at `l3`.
+fn tcp_checksum(frame: &[u8], meta: &FrameMeta, l3: usize, l4: usize) -> u16 {
+    let seg = frame.get(l4..).unwrap_or_default();
+    let len = seg.len() as u32;
+    let mut s: u32 = 0;
+    if is_v4(meta) {
+        s = sum(s, frame.get(l3 + 12..l3 + 20).unwrap_or_default());
+    } else {
+        s = sum(s, frame.get(l3 + 8..l3 + 40).unwrap_or_default());
+    }
+    s = s
+        .wrapping_add(6)
+        .wrapping_add(len >> 16)
+        .wrapping_add(len & 0xffff);
+    s = sum(s, seg);
+    !fold(s)
+}
+
+fn sum(mut s: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        s = s.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+        if s > 0x7fff_ffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+    }
+    if let [b] = chunks.remainder() {
+        s = s.wrapping_add(u32::from(*b) << 8);
+    }
+    s
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::view::{parse, TCP_ACK, TCP_PSH};
+
+    fn v4_frame(payload: &[u8]) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1234, 80, 1000, 4096)
+            .ack(77);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn v6_frame(payload: &[u8]) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv6([1; 16], [2; 16], 64)
+            .tcp(1234, 80, 1000, 4096)
+            .ack(77);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn check_valid(frame: &[u8]) -> etherparse::SlicedPacket<'_> {
+        let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+        let ok = match (&p.net, &p.transport) {
+            (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(t))) => {
+                let h = ip.header().to_header();
+                assert_eq!(h.header_checksum, h.calc_header_checksum());
+                t.calc_checksum_ipv4(h.source, h.destination).unwrap() == t.checksum()
+            }
+            (Some(etherparse::NetSlice::Ipv6(ip)), Some(etherparse::TransportSlice::Tcp(t))) => {
+                let h = ip.header().to_header();
+                t.calc_checksum_ipv6(h.source, h.destination).unwrap() == t.checksum()
+            }
+            _ => false,
+        };
+        assert!(ok, "bad checksum");
+        p
+    }
+
+    #[test]
+    fn segment_v4_forward_and_reverse() {
+        let t = v4_frame(b"hello");
+        let m = parse(&t).unwrap();
+        let spec = SegmentSpec {
+            reverse: false,
+            seq: 5,
+            ack: 6,
+            flags: TCP_ACK | TCP_PSH,
+            window: 100,
+        };
+        let f = tcp_segment(&t, &m, &spec, b"abcdefg");
+        check_valid(&f);
+        let m2 = parse(&f).unwrap();
+        assert_eq!(m2.payload(&f), b"abcdefg");
+        assert_eq!((m2.sport, m2.dport), (1234, 80));
+        assert_eq!(m2.tcp().unwrap().seq, 5);
+        let r = tcp_segment(
+            &t,
+            &m,
+            &SegmentSpec {
+                reverse: true,
+                ..spec
+            },
+            b"",
+        );
+        check_valid(&r);
+        let m3 = parse(&r).unwrap();
+        assert_eq!((m3.sport, m3.dport), (80, 1234));
+        assert_eq!(m3.src, m.dst);
+        assert_eq!(&r[0..6], &[1; 6]);
+        assert_eq!(m3.payload(&r), b"");
+    }
+
+    #[test]
+    fn segment_v6_odd_payload() {
+        let t = v6_frame(b"x");
+        let m = parse(&t).unwrap();
+        let spec = SegmentSpec {
+            reverse: true,
+            seq: u32::MAX,
+            ack: 1,
+            flags: TCP_ACK,
+            window: 1,
+        };
+        let f = tcp_segment(&t, &m, &spec, b"abc");
+        check_valid(&f);
+        let m2 = parse(&f).unwrap();
+        assert_eq!(m2.payload(&f), b"abc");
+        assert_eq!(m2.dst, m.src);
+    }
+
+    #[test]
+    fn seq_ack_rewrite_keeps_checksum_valid() {
+        let mut f = v4_frame(b"some bytes");
+        let m = parse(&f).unwrap();
+        set_seq_ack(&mut f, &m, 0xdead_beef, 42);
+        check_valid(&f);
+        let m2 = parse(&f).unwrap();
+        assert_eq!(m2.tcp().unwrap().seq, 0xdead_beef);
+        assert_eq!(m2.tcp().unwrap().ack, 42);
+        let mut g = v6_frame(b"odd");
+        let m = parse(&g).unwrap();
+        set_seq_ack(&mut g, &m, 1, 2);
+        check_valid(&g);
+    }
+
+    #[test]
+    fn sack_is_replaced_by_nops() {
+        use etherparse::TcpOptionElement::*;
+        let b = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1, 2, 3, 4)
+            .ack(1)
+            .options(&[
+                Noop,
+                Noop,
+                SelectiveAcknowledgement((10, 20), [None, None, None]),
+            ])
+            .unwrap();
+        let mut f = Vec::new();
+        b.write(&mut f, b"p").unwrap();
+        let m = parse(&f).unwrap();
+        assert!(strip_sack(&mut f, &m));
+        fix_tcp_checksum(&mut f, &m);
+        check_valid(&f);
+        let hl = m.tcp().unwrap().header_len;
+        assert!(f[m.l4_off + 20..m.l4_off + hl].iter().all(|&b| b == 1));
+        assert!(!strip_sack(&mut f, &m));
+    }
 }
