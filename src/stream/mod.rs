@@ -5,13 +5,23 @@
 //! seq/ack (and SACK) between the two sides' views of the connection.
 //!
 //! The engine hands every TCP segment of such a flow, both directions, to
-//! `L7Flow::on_segment`.
+//! `L7Flow::on_segment`. See docs/stream.md.
+
+mod conn;
+mod reassembly;
+mod reply;
+mod seqmap;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
 use crate::engine::{EngineConfig, Output, Port, Verdict};
+use crate::l7::http::Http;
+use crate::l7::memcache::Memcache;
 use crate::packet::FrameMeta;
-use crate::policy::L7Policy;
+use crate::policy::{L7Policy, L7Proto};
+use conn::Stream;
 
 /// Per-flow context the engine lends to the stream layer for one call.
 pub struct StreamCtx<'a> {
@@ -23,20 +33,25 @@ pub struct StreamCtx<'a> {
     pub dst_identity: &'a str,
 }
 
+enum Inner {
+    Http(Stream<Http>),
+    Memcache(Stream<Memcache>),
+}
+
 /// L7 state of one TCP connection. Boxed in the flow entry; its memory is
 /// bounded by `EngineConfig::max_held_bytes` per direction.
 pub struct L7Flow {
-    policy: Arc<L7Policy>,
-    client_port: Port,
+    inner: Inner,
 }
 
 impl L7Flow {
     /// `client_port` is the port the connection's SYN arrived on.
     pub fn new(policy: Arc<L7Policy>, client_port: Port) -> Self {
-        L7Flow {
-            policy,
-            client_port,
-        }
+        let inner = match policy.proto {
+            L7Proto::Http => Inner::Http(Stream::new(Http::new(), policy, client_port)),
+            L7Proto::Memcache => Inner::Memcache(Stream::new(Memcache::new(), policy, client_port)),
+        };
+        L7Flow { inner }
     }
 
     pub fn on_segment(
@@ -48,21 +63,17 @@ impl L7Flow {
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
-        let _ = (
-            &self.policy,
-            self.client_port,
-            ctx,
-            in_port,
-            frame,
-            meta,
-            now_ns,
-            out,
-        );
-        todo!("stream::L7Flow::on_segment")
+        match &mut self.inner {
+            Inner::Http(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
+            Inner::Memcache(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
+        }
     }
 
     /// Retransmit injected bytes not yet acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
-        let _ = (ctx, now_ns, out);
+        match &mut self.inner {
+            Inner::Http(s) => s.on_tick(ctx, now_ns, out),
+            Inner::Memcache(s) => s.on_tick(ctx, now_ns, out),
+        }
     }
 }
