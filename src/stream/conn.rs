@@ -396,7 +396,7 @@ impl<P: Protocol> Stream<P> {
         // lost what we sent), mapped into the server's offsets.
         let mut old: Vec<(u64, usize, usize)> = Vec::new();
         let old_end = e.min(decided_before as i64);
-        if len > 0 && s < old_end {
+        if len > 0 && s < old_end && old_end > 0 {
             for (a, b) in self.removed.kept(s.max(0) as u64, old_end as u64) {
                 let off = (a as i64 - s) as usize;
                 old.push((self.removed.to_server(a), off, (b - a) as usize));
@@ -442,11 +442,16 @@ impl<P: Protocol> Stream<P> {
         }
 
         let mut rel = Vec::new();
+        let mark = out.emits.len();
         let denied = self.process(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
 
         if self.closed {
-            // Reset while deciding: release nothing after the RSTs.
+            // Reset while deciding: what was allowed before goes out ahead
+            // of the RSTs.
+            let resets = out.emits.split_off(mark.min(out.emits.len()));
+            self.send_released(ctx, out, cabs, out_before, &rel, false);
+            out.emits.extend(resets);
             return Verdict::Consumed;
         }
         let fast = !self.modified()
@@ -476,19 +481,7 @@ impl<P: Protocol> Stream<P> {
             self.emit(ctx, out, true, f);
             sent = true;
         }
-        let chunk = self.c_max_seg.max(MIN_SEG);
-        let pieces = rel.len().div_ceil(chunk);
-        for (k, piece) in rel.chunks(chunk).enumerate() {
-            let at = out_before + (k * chunk) as u64;
-            let flags = if fin_now && k + 1 == pieces {
-                TCP_PSH | TCP_FIN
-            } else {
-                TCP_PSH
-            };
-            let f = self.seg(true, cabs.seq(at), flags, piece);
-            self.emit(ctx, out, true, f);
-            sent = true;
-        }
+        sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
         if fin_now && rel.is_empty() {
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
             self.emit(ctx, out, true, f);
@@ -565,6 +558,7 @@ impl<P: Protocol> Stream<P> {
                             }
                         }
                         Err(_) => {
+                            self.c_buf.drain(..off);
                             let subj = self.unparsed_subject();
                             self.log(ctx, out, now, subj, false, "malformed chunked body".into());
                             self.reset(ctx, out);
@@ -579,6 +573,7 @@ impl<P: Protocol> Stream<P> {
                     match self.proto.parse_request(avail) {
                         Parse::NeedMore => {
                             if avail.len() > ctx.cfg.max_held_bytes {
+                                self.c_buf.drain(..off);
                                 ctx.counters.drop(DropReason::L7HoldOverflow);
                                 let subj = self.unparsed_subject();
                                 self.log(
@@ -596,6 +591,7 @@ impl<P: Protocol> Stream<P> {
                         }
                         Parse::Invalid(why) => {
                             // Nothing says where the next request starts.
+                            self.c_buf.drain(..off);
                             let subj = self.unparsed_subject();
                             self.log(
                                 ctx,
@@ -699,18 +695,7 @@ impl<P: Protocol> Stream<P> {
         if self.closed {
             return;
         }
-        let chunk = self.c_max_seg.max(MIN_SEG);
-        let pieces = rel.len().div_ceil(chunk);
-        for (k, piece) in rel.chunks(chunk).enumerate() {
-            let at = out_before + (k * chunk) as u64;
-            let flags = if fin_now && k + 1 == pieces {
-                TCP_PSH | TCP_FIN
-            } else {
-                TCP_PSH
-            };
-            let f = self.seg(true, cabs.seq(at), flags, piece);
-            self.emit(ctx, out, true, f);
-        }
+        self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
         if fin_now && rel.is_empty() {
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
             self.emit(ctx, out, true, f);
@@ -718,6 +703,31 @@ impl<P: Protocol> Stream<P> {
         if denied {
             self.ack_client(ctx, out);
         }
+    }
+
+    /// Segments carrying released bytes `rel` from server offset `at`.
+    fn send_released(
+        &self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        cabs: Abs,
+        at: u64,
+        rel: &[u8],
+        fin: bool,
+    ) -> bool {
+        let chunk = self.c_max_seg.max(MIN_SEG);
+        let pieces = rel.len().div_ceil(chunk);
+        for (k, piece) in rel.chunks(chunk).enumerate() {
+            let seq = cabs.seq(at + (k * chunk) as u64);
+            let flags = if fin && k + 1 == pieces {
+                TCP_PSH | TCP_FIN
+            } else {
+                TCP_PSH
+            };
+            let f = self.seg(true, seq, flags, piece);
+            self.emit(ctx, out, true, f);
+        }
+        pieces > 0
     }
 
     /// Retransmit injected bytes the client has not acknowledged.
