@@ -131,7 +131,7 @@ status() {
     if ip netns list | awk '{print $1}' | grep -qx "$n"; then
       echo "== $n"
       ip -n "$n" -br addr | grep -v '^lo ' || true
-      ip -n "$n" -o link | grep -o '[^ ]* .*xdp[^ ]*' | awk '{print "   xdp on", $2}' || true
+      ip -n "$n" -d -o link | awk '/prog\/xdp/ { for (i = 1; i <= NF; i++) if ($i == "name") print "   xdp on " $2 " " $(i + 1) }' || true
     else
       echo "== $n (absent)"
     fi

@@ -12,4 +12,5 @@ pub mod policy;
 pub mod stream;
 
 pub mod dataplane;
+pub mod hostmode;
 pub mod replay;

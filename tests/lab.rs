@@ -5,46 +5,10 @@
 #[path = "lab/mod.rs"]
 mod lab;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::{leftover_namespaces, ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
-
-fn super_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn assert_clean(prefix: &str) {
-    assert!(
-        leftover_namespaces(prefix).is_empty(),
-        "namespaces left: {:?}",
-        leftover_namespaces(prefix)
-    );
-}
-
-fn curl(lab: &Lab, host: &str, url: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["curl", "-s", "-m", "3", "-g"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    lab.exec(host, &args)
-}
-
-fn ping(lab: &Lab, host: &str, dst: &str) -> bool {
-    ok(&lab.exec(host, &["ping", "-c", "2", "-i", "0.2", "-W", "2", dst]))
-}
-
-/// `set` then `get` with pymemcache (text protocol); the value read back.
-fn memcache_roundtrip(lab: &Lab, host: &str, key: &str, value: &str) -> String {
-    let script = format!(
-        "from pymemcache.client.base import Client\n\
-         c = Client(('{SERVER4}', 11211), connect_timeout=3, timeout=3)\n\
-         c.set('{key}', '{value}')\n\
-         print(c.get('{key}').decode())\n"
-    );
-    stdout(&lab.exec(host, &["python3", "-c", &script]))
-        .trim()
-        .to_string()
-}
+use lab::{ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
 
 /// Stream `bytes` of random data from awing to the server's port 9000 and
 /// compare sha256 on both ends. Returns the elapsed time.
@@ -52,19 +16,8 @@ fn bulk(lab: &Lab, bytes: u64) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
-    let ns = lab.ns("server");
-    let mut srv = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "bash", "-c", &server])
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !stdout(&lab.exec("server", &["ss", "-ltn"])).contains(":9000 ") {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "bulk listener did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut srv = lab.spawn("server", &["bash", "-c", &server]);
+    lab.wait_listen("server", 9000);
     let t = Instant::now();
     let client = format!(
         "set -o pipefail; head -c {bytes} /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
@@ -110,28 +63,36 @@ fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
         };
         // Without the enforcer the wire is open: nothing crosses.
         assert!(
-            !ping(&lab, "awing", SERVER4),
+            !lab.ping("awing", SERVER4),
             "traffic crossed without the enforcer"
         );
         // Forget the failed resolution so the next ping starts afresh.
         assert!(ok(&lab.exec("awing", &["ip", "neigh", "flush", "all"])));
         lab.start(Mode::PassThrough, &[]).unwrap();
         assert_eq!(lab.xdp_links().len(), 2, "XDP on cli0 and srv0");
-        assert!(ping(&lab, "awing", SERVER4));
-        assert!(ping(&lab, "outsider", SERVER6));
-        let r = curl(&lab, "xwing", "http://10.66.0.2/v1/", &[]);
+        assert!(lab.ping("awing", SERVER4));
+        assert!(lab.ping("outsider", SERVER6));
+        let r = lab.curl("xwing", "http://10.66.0.2/v1/", &[]);
         assert!(stdout(&r).contains("\"name\": \"Death Star\""), "{r:?}");
-        let r = curl(
-            &lab,
+        let r = lab.curl(
             "tracker",
             "http://[fd66::2]/v1/request-landing",
             &["-XPOST"],
         );
         assert_eq!(stdout(&r), "Ship landed\n");
         assert_eq!(
-            memcache_roundtrip(&lab, "awing", "awing-coord", "4309.432,918.980"),
+            lab.memcache_roundtrip("awing", "awing-coord", "4309.432,918.980"),
             "4309.432,918.980"
         );
+        // Binary protocol, as the memcached guide's ships speak it.
+        let script = format!(
+            "import bmemcached\n\
+             c = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
+             assert c.set('xwing-coord', '8893.34,234.3290', time=2400)\n\
+             print(c.get('xwing-coord'))\n"
+        );
+        let r = lab.exec("tracker", &["python3", "-c", &script]);
+        assert_eq!(stdout(&r).trim(), "8893.34,234.3290", "{r:?}");
         let r = lab.sh(
             "xwing",
             "printf 'get awing-coord\\r\\n' | nc -N -w 3 fd66::2 11211",
@@ -171,11 +132,11 @@ fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
             lab.xdp_links()
         );
         assert!(
-            !ping(&lab, "awing", SERVER4),
+            !lab.ping("awing", SERVER4),
             "traffic crossed after the enforcer stopped"
         );
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
 }
 
 #[test]
@@ -197,7 +158,7 @@ fn restart_and_crash_recovery_keep_links_working() {
                 .find(|l| l.starts_with("ready "))
                 .unwrap();
             assert!(ready.contains(want), "{ready}");
-            let r = curl(&lab, "awing", "http://10.66.0.2/v1/healthz", &[]);
+            let r = lab.curl("awing", "http://10.66.0.2/v1/healthz", &[]);
             assert_eq!(stdout(&r), "OK\n", "round {round}: {r:?}");
             let sig = if round == 0 {
                 libc::SIGTERM
@@ -224,13 +185,13 @@ fn restart_and_crash_recovery_keep_links_working() {
             "{:?}",
             lab.enforcer_stdout()
         );
-        let r = curl(&lab, "xwing", "http://[fd66::2]/v1/healthz", &[]);
+        let r = lab.curl("xwing", "http://[fd66::2]/v1/healthz", &[]);
         assert_eq!(stdout(&r), "OK\n", "{r:?}");
-        assert!(ping(&lab, "tracker", SERVER4));
+        assert!(lab.ping("tracker", SERVER4));
         assert_eq!(lab.stop().unwrap().status.code(), Some(0));
         assert!(lab.xdp_links().is_empty());
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
 }
 
 /// Run the enforcer once in the lab's enforcer namespace; (exit ok, stderr).
@@ -340,14 +301,14 @@ fn refuses_unsafe_setups_with_clear_messages() {
                     .any(|w| w == b"foreign_pass"));
                 assert!(ok(&lab.sh("enf", "ip link set dev srv0 xdpgeneric off")));
             }
-            Ok(o) if super_ci() => panic!(
+            Ok(o) if lab::in_ci() => panic!(
                 "clang -target bpf failed: {}",
                 String::from_utf8_lossy(&o.stderr)
             ),
             _ => eprintln!("clang -target bpf unavailable: foreign-program check not run"),
         }
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
 }
 
 #[test]
@@ -396,7 +357,7 @@ fn four_queues_four_workers_carry_parallel_flows() {
             "UMEM leak: {c}"
         );
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
 }
 
 /// 1 GiB through the dataplane, sha256 compared on both ends.
@@ -418,108 +379,203 @@ fn one_gib_arrives_byte_exact_through_the_dataplane() {
             "UMEM leak: {c}"
         );
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
 }
 
-fn policy_with_fixture() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(repo("policies")).unwrap() {
-        let p: PathBuf = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "yaml") {
-            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::copy(
-        repo("tests/fixtures/bulk-l4.yaml"),
-        dir.path().join("bulk-l4.yaml"),
-    )
-    .unwrap();
-    dir
+/// A dual-stack TCP echo server on the server's port 9000 (the fixture's
+/// L4-only port): answers `echo:` + what it read, then closes.
+const ECHO9000: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 9000))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"echo:" + c.recv(100))
+    c.close()
+"#;
+
+fn echo(lab: &Lab, host: &str, dst: &str) -> String {
+    let script = format!("printf hello | nc -N -w 3 {dst} 9000");
+    stdout(&lab.sh(host, &script))
 }
 
+/// L3/L4 through the engine with the seed policies plus an L4-only fixture
+/// port. (Allowed connections to the L7 ports 80 and 11211 are the L7
+/// tests' business.)
 #[test]
-#[ignore = "needs Policy::load (policy room) on main"]
 fn l34_policy_allows_spaceships_and_denies_the_rest() {
     let prefix = "l34";
     {
         let Some(mut lab) = Lab::up(prefix) else {
             return;
         };
-        let pol = policy_with_fixture();
+        let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         // ICMP: the icmps rule lets spaceships ping, nobody else.
-        assert!(ping(&lab, "xwing", SERVER4));
-        assert!(ping(&lab, "awing", SERVER6));
-        assert!(!ping(&lab, "outsider", SERVER4));
-        assert!(!ping(&lab, "outsider", SERVER6));
-        assert!(!ping(&lab, "tracker", SERVER4));
-        // HTTP port: spaceships only; a denied SYN is dropped (curl times out).
-        let r = curl(&lab, "xwing", "http://10.66.0.2/v1/", &[]);
-        assert!(stdout(&r).contains("Death Star"), "{r:?}");
-        let r = curl(
-            &lab,
-            "awing",
-            "http://[fd66::2]/v1/request-landing",
-            &["-XPOST"],
-        );
-        assert_eq!(stdout(&r), "Ship landed\n");
+        assert!(lab.ping("xwing", SERVER4));
+        assert!(lab.ping("awing", SERVER6));
+        assert!(!lab.ping("outsider", SERVER4));
+        assert!(!lab.ping("outsider", SERVER6));
+        assert!(!lab.ping("tracker", SERVER4));
+        assert!(!lab.ping("tracker", SERVER6));
+
+        // L4-only port: a-wing's connections and their replies pass, v4 and v6.
+        let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
+        lab.wait_listen("server", 9000);
+        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(&lab, "awing", SERVER6), "echo:hello");
+        // Nobody else has a rule for it: their SYNs are dropped.
+        for host in ["xwing", "tracker", "outsider"] {
+            assert_eq!(echo(&lab, host, SERVER4), "", "{host} v4");
+            assert_eq!(echo(&lab, host, SERVER6), "", "{host} v6");
+        }
+
+        // The HTTP port is for spaceships only: a denied SYN is dropped
+        // (curl times out) and nothing reaches the server.
         for (host, url) in [
             ("outsider", "http://10.66.0.2/v1/"),
+            ("outsider", "http://[fd66::2]/v1/"),
+            ("tracker", "http://10.66.0.2/v1/"),
             ("tracker", "http://[fd66::2]/v1/"),
         ] {
-            let r = curl(&lab, host, url, &[]);
+            let r = lab.curl(host, url, &[]);
             assert_eq!(r.status.code(), Some(28), "{host} {url}: {r:?}");
         }
-        assert!(!lab.deathstar_log().iter().any(|e| {
-            let c = e["client"].as_str().unwrap_or("");
-            c.ends_with("10.66.0.14")
-                || c.ends_with("::14")
-                || c.ends_with("10.66.0.13")
-                || c.ends_with("::13")
-        }));
-        // L4-only fixture port: a-wing yes, x-wing no.
-        let listen = lab.sh("server", "timeout 8 nc -l 9000 >/dev/null & sleep 0.3");
-        assert!(ok(&listen));
-        assert!(ok(
-            &lab.exec("awing", &["nc", "-z", "-w", "3", SERVER4, "9000"])
-        ));
-        assert!(!ok(
-            &lab.exec("xwing", &["nc", "-z", "-w", "3", SERVER4, "9000"])
-        ));
-        // Memcached: replies of an allowed connection come back.
-        assert_eq!(
-            memcache_roundtrip(&lab, "awing", "awing-coord", "4309.432,918.980"),
-            "4309.432,918.980"
-        );
+        assert!(lab.deathstar_log().is_empty(), "{:?}", lab.deathstar_log());
+        let _ = echo_srv.kill();
+        let _ = echo_srv.wait();
+
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0), "{st:?}");
-        let v = lab.verdicts();
+        let c = st.counters().unwrap();
         assert!(
-            v.iter().any(|e| e["verdict"] == "deny"),
-            "no deny in the verdict log"
+            c["engine"]["drops"]["policy-denied"].as_u64().unwrap_or(0) > 0,
+            "{c}"
+        );
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
+        let v = lab.verdicts();
+        let from = |e: &serde_json::Value, ip: &str| e["flow"]["src"] == ip;
+        assert!(
+            v.iter()
+                .any(|e| e["verdict"] == "deny" && from(e, "10.66.0.14")),
+            "no deny for outsider in the verdict log: {v:?}"
         );
         assert!(
-            v.iter().any(|e| e["verdict"] == "allow"),
-            "no allow in the verdict log"
+            v.iter()
+                .any(|e| e["verdict"] == "allow" && from(e, "10.66.0.11")),
+            "no allow for a-wing in the verdict log: {v:?}"
         );
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
 }
 
 #[test]
-#[ignore = "needs Policy::load (policy room) on main"]
 fn one_gib_arrives_byte_exact_through_an_l4_rule() {
     let prefix = "l4bulk";
     {
         let Some(mut lab) = Lab::up(prefix) else {
             return;
         };
-        let pol = policy_with_fixture();
+        let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         let took = bulk(&lab, 1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0));
+        let c = st.counters().unwrap();
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
+        assert!(
+            c["engine"]["frames_forwarded"].as_u64().unwrap() > 700_000,
+            "{c}"
+        );
     }
-    assert_clean(prefix);
+    lab::assert_clean(prefix);
+}
+
+/// SIGHUP reloads the policy directory; a broken policy is refused and the
+/// running one kept.
+#[test]
+fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
+    let prefix = "hup";
+    {
+        let Some(mut lab) = Lab::up(prefix) else {
+            return;
+        };
+        let pol = lab::policy_dir(&[]);
+        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
+        let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
+        lab.wait_listen("server", 9000);
+        assert_eq!(
+            echo(&lab, "awing", SERVER4),
+            "",
+            "port 9000 open before the rule"
+        );
+
+        std::fs::copy(
+            repo("tests/fixtures/bulk-l4.yaml"),
+            pol.path().join("bulk-l4.yaml"),
+        )
+        .unwrap();
+        lab.signal(libc::SIGHUP);
+        assert!(
+            lab.wait_stdout("policy reloaded", 1),
+            "{:?}",
+            lab.enforcer_stdout()
+        );
+        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(&lab, "xwing", SERVER4), "");
+
+        std::fs::write(
+            pol.path().join("broken.yaml"),
+            "kind: CiliumNetworkPolicy\nspec: [\n",
+        )
+        .unwrap();
+        lab.signal(libc::SIGHUP);
+        let t = Instant::now();
+        while !lab.enforcer_stderr().contains("reload failed") {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{}",
+                lab.enforcer_stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            lab.enforcer_stderr().contains("broken.yaml"),
+            "{}",
+            lab.enforcer_stderr()
+        );
+        assert_eq!(
+            echo(&lab, "awing", SERVER4),
+            "echo:hello",
+            "the running policy was kept"
+        );
+
+        std::fs::remove_file(pol.path().join("broken.yaml")).unwrap();
+        std::fs::remove_file(pol.path().join("bulk-l4.yaml")).unwrap();
+        lab.signal(libc::SIGHUP);
+        assert!(
+            lab.wait_stdout("policy reloaded", 2),
+            "{:?}",
+            lab.enforcer_stdout()
+        );
+        assert_eq!(
+            echo(&lab, "awing", SERVER4),
+            "",
+            "rule removed, new connections denied"
+        );
+        let _ = echo_srv.kill();
+        let _ = echo_srv.wait();
+        assert_eq!(lab.stop().unwrap().status.code(), Some(0));
+    }
+    lab::assert_clean(prefix);
 }

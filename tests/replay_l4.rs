@@ -181,7 +181,6 @@ fn v(s: &str, d: &str, port: u64, verdict: &str) -> (String, String, u64, String
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn allowed_by_identity_with_replies() {
     let lab = Lab::new();
     let mut c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
@@ -201,7 +200,6 @@ fn allowed_by_identity_with_replies() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn denied_by_identity_and_world() {
     let lab = Lab::new();
     let tracker = Conn::new(ep(TRACKER, 40000), ep(SERVER, 8080));
@@ -220,7 +218,6 @@ fn denied_by_identity_and_world() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn denied_by_port() {
     let lab = Lab::new();
     let ok = Conn::new(ep(AWING, 40001), ep(SERVER, 8080));
@@ -237,7 +234,6 @@ fn denied_by_port() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn udp_allowed_by_cidr_only() {
     let lab = Lab::new();
     let q = udp(ep(OUTSIDER, 5353), ep(SERVER, 53), b"query");
@@ -255,7 +251,6 @@ fn udp_allowed_by_cidr_only() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn unsolicited_inbound_to_default_deny_endpoint_is_dropped() {
     let lab = Lab::new();
     // Mid-connection segments and a fake "answer" to a query the server never sent.
@@ -276,7 +271,6 @@ fn unsolicited_inbound_to_default_deny_endpoint_is_dropped() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn icmp_follows_l3_icmps_rules_of_the_seed_policy() {
     let lab = Lab::new();
     let xwing = "10.66.0.12";
@@ -307,7 +301,6 @@ fn icmp_follows_l3_icmps_rules_of_the_seed_policy() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn ipv6_from_pcapng_interfaces() {
     let lab = Lab::new();
     let mut c = Conn::new(ep("fd66::11", 40000), ep("fd66::2", 8080));
@@ -351,7 +344,6 @@ fn ipv6_from_pcapng_interfaces() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn fragments_allowed_denied_overlapping_and_timed_out() {
     let lab = Lab::new();
     let ms = 1_000_000;
@@ -388,7 +380,6 @@ fn fragments_allowed_denied_overlapping_and_timed_out() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn flow_table_full() {
     let lab = Lab::new();
     let conns: Vec<_> = (0..3)
@@ -410,7 +401,6 @@ fn flow_table_full() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn non_ip_passes_unless_told_otherwise() {
     let lab = Lab::new();
     let r = lab.pcap(&[arp()], &[]);
@@ -422,7 +412,6 @@ fn non_ip_passes_unless_told_otherwise() {
 }
 
 #[test]
-#[ignore = "needs Policy::load/decide from the policy module"]
 fn truncated_and_bad_length_frames_are_counted() {
     let lab = Lab::new();
     let mut c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
@@ -468,7 +457,6 @@ fn garbage_capture_is_a_clear_error() {
 }
 
 #[test]
-#[ignore = "needs Policy::load from the policy module"]
 fn cut_capture_is_an_error_after_the_frames_it_had() {
     let lab = Lab::new();
     // A valid header, then a record claiming more bytes than there are.

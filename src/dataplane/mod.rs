@@ -55,10 +55,13 @@ pub struct RunArgs {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static DUMP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     if sig == libc::SIGUSR1 {
         DUMP.store(true, Ordering::Relaxed);
+    } else if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::Relaxed);
     } else {
         STOP.store(true, Ordering::Relaxed);
     }
@@ -70,6 +73,7 @@ fn install_signals() {
         libc::signal(libc::SIGINT, h);
         libc::signal(libc::SIGTERM, h);
         libc::signal(libc::SIGUSR1, h);
+        libc::signal(libc::SIGHUP, h);
     }
 }
 
@@ -103,7 +107,31 @@ fn assign_queues(ports: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
     out
 }
 
-fn totals(shared: &Shared) -> serde_json::Value {
+/// SIGHUP: load the policy again and hand it to every worker; a policy with
+/// errors is refused and the running one kept.
+fn reload(shared: &Shared, path: &Path, passthrough: bool) {
+    if passthrough {
+        eprintln!("enforcer: SIGHUP ignored in pass-through mode");
+        return;
+    }
+    match Policy::load(path) {
+        Ok(p) => {
+            *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(p));
+            shared.policy_gen.fetch_add(1, Ordering::Release);
+            println!("policy reloaded from {}", path.display());
+        }
+        Err(errs) => {
+            eprintln!("enforcer: policy reload failed, keeping the running policy:");
+            for e in errs {
+                eprintln!("  {e}");
+            }
+        }
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// Counters of all workers; `unaccounted` is the UMEM leak check at exit.
+fn totals(shared: &Shared, unaccounted: Option<u64>) -> serde_json::Value {
     let mut dp = DpCounters::default();
     let mut eng = Counters::default();
     for s in &shared.stats {
@@ -111,7 +139,15 @@ fn totals(shared: &Shared) -> serde_json::Value {
         dp.merge(&g.dp);
         eng.merge(&g.engine);
     }
-    serde_json::json!({ "counters": { "dataplane": dp, "engine": eng.to_json() } })
+    dp.umem_frames_unaccounted = unaccounted.unwrap_or(0);
+    let mut dpv = serde_json::to_value(&dp).unwrap_or_default();
+    if unaccounted.is_none() {
+        // Only meaningful once every worker has stopped cleanly.
+        if let Some(o) = dpv.as_object_mut() {
+            o.remove("umem_frames_unaccounted");
+        }
+    }
+    serde_json::json!({ "counters": { "dataplane": dpv, "engine": eng.to_json() } })
 }
 
 fn spawn_logger(
@@ -218,12 +254,21 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         ));
     }
 
-    for info in [&a, &b] {
-        if iface::claim(info)? == iface::Existing::RemovedStale {
-            println!(
+    // From here on a signal must not skip the cleanup below.
+    install_signals();
+    for (i, info) in [&a, &b].into_iter().enumerate() {
+        match iface::claim(info) {
+            Ok(iface::Existing::RemovedStale) => println!(
                 "removed a stale XDP program left on {} by an earlier run",
                 info.name
-            );
+            ),
+            Ok(iface::Existing::None) => {}
+            Err(e) => {
+                if i == 1 {
+                    let _ = iface::release(&a);
+                }
+                return Err(e);
+            }
         }
     }
     let release_all = || {
@@ -245,7 +290,6 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         None => (None, None),
     };
 
-    install_signals();
     let wakers = match (0..workers)
         .map(|_| Waker::new())
         .collect::<Result<Vec<_>, _>>()
@@ -262,10 +306,25 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             .map(|_| Mutex::new(WorkerStats::default()))
             .collect(),
         wakers,
+        policy: Mutex::new(None),
+        policy_gen: std::sync::atomic::AtomicU64::new(0),
     });
+    let Some(total_frames) = umem_frames.checked_mul(workers as u32) else {
+        release_all();
+        return Err("--umem-frames times the worker count is too large".into());
+    };
+    let (umem, mut frames) = match worker::new_umem(total_frames) {
+        Ok(u) => u,
+        Err(e) => {
+            release_all();
+            return Err(e);
+        }
+    };
+    let (spare_tx, spare_rx) = crossbeam_channel::bounded(total_frames as usize);
     let (htx, hrx): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| crossbeam_channel::bounded(4096))
         .unzip();
+    let hrx_keep = hrx.clone();
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();
     for (id, (queues, handoff_rx)) in plan.into_iter().zip(hrx).enumerate() {
@@ -273,7 +332,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             id: id as u16,
             workers,
             queues,
-            umem_frames,
+            umem: umem.clone(),
+            frames: frames.split_off(frames.len().saturating_sub(umem_frames as usize)),
             poll,
             cpu: Some(id % ncpu),
             policy: policy.clone(),
@@ -282,6 +342,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         let ch = Channels {
             handoff_tx: htx.clone(),
             handoff_rx,
+            spare_tx: spare_tx.clone(),
+            spare_rx: spare_rx.clone(),
             events: events.clone(),
         };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
@@ -326,8 +388,11 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         let _ = std::io::stdout().flush();
         while !STOP.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if RELOAD.swap(false, Ordering::Relaxed) {
+                reload(&shared, &policy_path, passthrough);
+            }
             if DUMP.swap(false, Ordering::Relaxed) {
-                println!("{}", totals(&shared));
+                println!("{}", totals(&shared, None));
                 let _ = std::io::stdout().flush();
             }
             if handles.iter().any(|h| h.is_finished()) {
@@ -346,7 +411,22 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     if let Some(l) = logger {
         let _ = l.join();
     }
-    println!("{}", totals(&shared));
+    // Every frame is held by a worker, or waits in a hand-off or spare channel.
+    let held: u64 = shared
+        .stats
+        .iter()
+        .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).frames_held)
+        .sum::<u64>()
+        + hrx_keep
+            .iter()
+            .map(|r| r.try_iter().count() as u64)
+            .sum::<u64>()
+        + spare_rx.try_iter().count() as u64;
+    let unaccounted = failure
+        .is_none()
+        .then(|| (total_frames as u64).abs_diff(held));
+    drop(umem);
+    println!("{}", totals(&shared, unaccounted));
     let _ = std::io::stdout().flush();
     match failure {
         Some(e) => Err(e),

@@ -1,12 +1,12 @@
-//! One worker: a UMEM shared by its AF_XDP sockets (one per owned RX queue of
-//! each port), its own engine and flows, and the poll loop. Frames move from
-//! RX to TX inside the UMEM without copies; only emitted frames and frames
-//! handed over from another worker are copied in.
+//! One worker: its AF_XDP sockets (one per owned RX queue of each port) on
+//! the UMEM all workers share, its own engine and flows, and the poll loop.
+//! Frames move from RX to TX inside the UMEM without copies, also when handed
+//! to the worker that owns their flow; only emitted frames are copied in.
 
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,9 @@ const SO_BUSY_POLL: libc::c_int = 46;
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
 const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 
-/// A frame handed to the worker that owns its flow.
-pub type Handoff = (Port, Vec<u8>);
+/// A frame handed to the worker that owns its flow: the descriptor moves,
+/// the bytes stay in the shared UMEM.
+pub type Handoff = (Port, FrameDesc);
 
 /// Libxdp loads or updates the interface's XDP program while a socket is
 /// created; keep that one at a time.
@@ -53,7 +54,9 @@ pub struct WorkerSpec {
     pub id: u16,
     pub workers: usize,
     pub queues: Vec<QueueSpec>,
-    pub umem_frames: u32,
+    pub umem: Umem,
+    /// This worker's initial share of the UMEM's frames.
+    pub frames: Vec<FrameDesc>,
     pub poll: PollMode,
     pub cpu: Option<usize>,
     pub policy: Option<Arc<Policy>>,
@@ -82,6 +85,10 @@ pub struct DpCounters {
     pub xdp_rx_ring_full: u64,
     pub xdp_fill_ring_empty: u64,
     pub xdp_invalid_descs: u64,
+    /// Frames given to / taken from the spare pool that rebalances the
+    /// shared UMEM between workers.
+    pub frames_to_spare: u64,
+    pub frames_from_spare: u64,
     /// At exit: UMEM frames neither free nor on a ring (a leak if not 0).
     pub umem_frames_unaccounted: u64,
 }
@@ -101,6 +108,8 @@ impl DpCounters {
         self.xdp_rx_ring_full += o.xdp_rx_ring_full;
         self.xdp_fill_ring_empty += o.xdp_fill_ring_empty;
         self.xdp_invalid_descs += o.xdp_invalid_descs;
+        self.frames_to_spare += o.frames_to_spare;
+        self.frames_from_spare += o.frames_from_spare;
         self.umem_frames_unaccounted += o.umem_frames_unaccounted;
     }
 }
@@ -109,6 +118,8 @@ impl DpCounters {
 pub struct WorkerStats {
     pub dp: DpCounters,
     pub engine: Counters,
+    /// At exit: UMEM frames this worker holds (free list and rings).
+    pub frames_held: u64,
 }
 
 /// What decides frames: the engine, or (private switch for bring-up without a
@@ -156,6 +167,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub stats: Vec<Mutex<WorkerStats>>,
     pub wakers: Vec<Waker>,
+    /// A reloaded policy, and its generation (workers compare it on ticks).
+    pub policy: Mutex<Option<Arc<Policy>>>,
+    pub policy_gen: AtomicU64,
 }
 
 /// Wakes a worker sleeping in poll() when another hands it a frame: an
@@ -238,12 +252,12 @@ fn set_busy_poll(fd: libc::c_int) -> bool {
 }
 
 struct Setup {
-    umem: Umem,
     socks: Vec<Xsk>,
     free: Vec<FrameDesc>,
 }
 
-fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
+/// The UMEM all workers share, and its frames.
+pub fn new_umem(frames: u32) -> Result<(Umem, Vec<FrameDesc>), String> {
     let ring = QueueSize::new(RING_SIZE).map_err(|e| e.to_string())?;
     let umem_cfg = UmemConfig::builder()
         .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| e.to_string())?)
@@ -251,9 +265,14 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
         .comp_queue_size(ring)
         .build()
         .map_err(|e| e.to_string())?;
-    let frames = NonZeroU32::new(spec.umem_frames).ok_or("--umem-frames must be positive")?;
-    let (umem, mut free) = Umem::new(umem_cfg, frames, false)
-        .map_err(|e| format!("UMEM of {frames} frames: {}", chain(&e)))?;
+    let n = NonZeroU32::new(frames).ok_or("--umem-frames must be positive")?;
+    Umem::new(umem_cfg, n, false).map_err(|e| format!("UMEM of {frames} frames: {}", chain(&e)))
+}
+
+fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
+    let ring = QueueSize::new(RING_SIZE).map_err(|e| e.to_string())?;
+    let umem = &spec.umem;
+    let mut free = spec.frames.clone();
     // Each fill ring gets its share as soon as its socket exists, so no frame
     // arriving during setup finds an empty ring; the rest stays free for TX.
     let share = (free.len() / (spec.queues.len() * 2).max(1)).min(RING_SIZE as usize);
@@ -267,9 +286,9 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
         let ifname: Interface = q.iface.parse().map_err(|e| socket_err(q, e))?;
         let created = {
             let _g = SOCKET_SETUP.lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: each (interface, queue) is bound once, by this worker,
-            // with a UMEM that has not been bound to it before.
-            unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &ifname, q.queue) }
+            // SAFETY: each (interface, queue) is bound once in the process,
+            // so the shared UMEM is never bound twice to one pair.
+            unsafe { xsk_rs::Socket::new(sock_cfg, umem, &ifname, q.queue) }
         };
         let (tx, rx, rings) = created.map_err(|e| socket_err(q, chain(&e)))?;
         let (mut fq, cq) = rings.ok_or_else(|| socket_err(q, "no fill/completion rings"))?;
@@ -292,12 +311,16 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
             in_flight: 0,
         });
     }
-    Ok(Setup { umem, socks, free })
+    Ok(Setup { socks, free })
 }
 
 pub struct Channels {
     pub handoff_tx: Vec<Sender<Handoff>>,
     pub handoff_rx: Receiver<Handoff>,
+    /// Free frames in transit between workers: frames handed over pile up at
+    /// their owner, which gives its surplus here for the others to take.
+    pub spare_tx: Sender<FrameDesc>,
+    pub spare_rx: Receiver<FrameDesc>,
     pub events: Option<Sender<Event>>,
 }
 
@@ -306,8 +329,9 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
     if let Some(cpu) = spec.cpu {
         pin(cpu);
     }
+    let umem = spec.umem.clone();
+    let quota = spec.frames.len();
     let Setup {
-        umem,
         mut socks,
         mut free,
     } = match setup(&spec) {
@@ -344,6 +368,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
     let mut last_tick = t0;
     let mut last_publish = t0;
     let mut idle = 0u32;
+    let mut policy_gen = 0u64;
     let mut rx_descs: Vec<FrameDesc> = vec![FrameDesc::default(); BATCH];
     let mut cq_descs: Vec<FrameDesc> = vec![FrameDesc::default(); BATCH * 4];
     let mut pollfds: Vec<libc::pollfd> = socks
@@ -395,8 +420,9 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                     let h = steering_hash(frame);
                     let owner = (h % w.workers as u64) as usize;
                     if h != 0 && owner != w.id as usize {
-                        w.hand_over(owner, port, frame);
-                        free.push(*d);
+                        if !w.hand_over(owner, port, *d) {
+                            free.push(*d);
+                        }
                         continue;
                     }
                 }
@@ -411,19 +437,37 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
 
         // Frames of our flows received by other workers.
         for _ in 0..BATCH {
-            let Ok((port, mut buf)) = w.ch.handoff_rx.try_recv() else {
+            let Ok((port, mut d)) = w.ch.handoff_rx.try_recv() else {
                 break;
             };
             work += 1;
             w.dp.handoff_in += 1;
-            if let Verdict::Forward(p) = w.proc.process(port, &mut buf, now, &mut w.out) {
-                w.copy_out(&umem, &mut free, p, &buf);
+            let v = {
+                // SAFETY: the sender gave this frame up; only we refer to it.
+                let mut data = unsafe { umem.data_mut(&mut d) };
+                w.proc.process(port, data.contents_mut(), now, &mut w.out)
+            };
+            match v {
+                Verdict::Forward(p) if (p as usize) < 2 => w.pending[p as usize].push(d),
+                _ => free.push(d),
             }
             w.drain_out(&umem, &mut free);
         }
 
         if now_i.duration_since(last_tick) >= TICK {
             last_tick = now_i;
+            let g = shared.policy_gen.load(Ordering::Acquire);
+            if g != policy_gen {
+                policy_gen = g;
+                let p = shared
+                    .policy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let (Some(p), Processor::Engine(e)) = (p, &mut w.proc) {
+                    e.set_policy(p);
+                }
+            }
             w.proc.tick(now, &mut w.out);
             w.drain_out(&umem, &mut free);
         }
@@ -470,6 +514,8 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
             }
         }
 
+        w.rebalance(&mut free, quota);
+
         if now_i.duration_since(last_publish) >= PUBLISH {
             last_publish = now_i;
             w.publish(&shared, &socks);
@@ -508,19 +554,46 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
             PollMode::Adaptive => std::hint::spin_loop(),
         }
     }
-    w.dp.umem_frames_unaccounted = account(&mut socks, &mut free, &mut cq_descs, spec.umem_frames);
+    let held = account(&mut socks, &mut free, &mut cq_descs);
     w.publish(&shared, &socks);
-    // Sockets, rings and UMEM drop here: the kernel releases the queues.
+    if let Some(slot) = shared.stats.get(w.id as usize) {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).frames_held = held;
+    }
+    // Sockets and rings drop here: the kernel releases the queues.
 }
 
-/// Leak check at shutdown: every UMEM frame must be free, on a fill or RX
-/// ring, or in flight on a TX ring. Returns how many are not.
-fn account(
-    socks: &mut [Xsk],
+/// Keep a free list near half its quota: give a surplus (frames handed over
+/// by other workers pile up at their flow's owner) to the spare pool, take
+/// from it when running low. Returns (given, taken).
+fn rebalance(
     free: &mut Vec<FrameDesc>,
-    cq_descs: &mut [FrameDesc],
-    total: u32,
-) -> u64 {
+    quota: usize,
+    spare_tx: &Sender<FrameDesc>,
+    spare_rx: &Receiver<FrameDesc>,
+) -> (u64, u64) {
+    let (mut given, mut taken) = (0, 0);
+    if free.len() > quota * 3 / 4 {
+        while free.len() > quota / 2 {
+            let Some(d) = free.pop() else { break };
+            if let Err(e) = spare_tx.try_send(d) {
+                free.push(e.into_inner());
+                break;
+            }
+            given += 1;
+        }
+    } else if free.len() < quota / 8 {
+        while free.len() < quota / 4 {
+            let Ok(d) = spare_rx.try_recv() else { break };
+            free.push(d);
+            taken += 1;
+        }
+    }
+    (given, taken)
+}
+
+/// For the leak check at shutdown: the frames this worker holds, free, on a
+/// fill or RX ring, or in flight on a TX ring.
+fn account(socks: &mut [Xsk], free: &mut Vec<FrameDesc>, cq_descs: &mut [FrameDesc]) -> u64 {
     // Let copy-mode TX finish and collect its completions.
     for _ in 0..50 {
         let mut busy = false;
@@ -546,7 +619,7 @@ fn account(
         held += (RING_SIZE - s.fq.nb_free_exact().min(RING_SIZE)) as u64;
         held += s.rx.nb_avail_exact() as u64;
     }
-    (total as u64).saturating_sub(held) + held.saturating_sub(total as u64)
+    held
 }
 
 struct Worker {
@@ -572,18 +645,30 @@ impl Worker {
         }
     }
 
-    fn hand_over(&mut self, owner: usize, port: Port, frame: &[u8]) {
+    /// Give a frame to its flow's owner; false when it could not be (the
+    /// frame is then still ours, and dropped).
+    fn hand_over(&mut self, owner: usize, port: Port, d: FrameDesc) -> bool {
         let Some(tx) = self.ch.handoff_tx.get(owner) else {
-            return;
+            return false;
         };
-        match tx.try_send((port, frame.to_vec())) {
+        match tx.try_send((port, d)) {
             Ok(()) => {
                 self.dp.handoff_out += 1;
                 self.to_wake |= 1u64 << (owner % 64);
+                true
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dp.handoff_full += 1
+                self.dp.handoff_full += 1;
+                false
             }
+        }
+    }
+
+    fn rebalance(&mut self, free: &mut Vec<FrameDesc>, quota: usize) {
+        if self.workers > 1 {
+            let (given, taken) = rebalance(free, quota, &self.ch.spare_tx, &self.ch.spare_rx);
+            self.dp.frames_to_spare += given;
+            self.dp.frames_from_spare += taken;
         }
     }
 
@@ -648,5 +733,45 @@ impl Worker {
             g.dp = dp;
             g.engine = self.proc.counters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(n: usize) -> Vec<FrameDesc> {
+        vec![FrameDesc::default(); n]
+    }
+
+    #[test]
+    fn surplus_goes_to_the_spare_pool_and_comes_back_to_who_runs_low() {
+        let (tx, rx) = crossbeam_channel::bounded(1000);
+        // Within the band: nothing moves.
+        let mut a = frames(600);
+        assert_eq!(rebalance(&mut a, 1000, &tx, &rx), (0, 0));
+        // Above 3/4: down to 1/2.
+        let mut a = frames(900);
+        assert_eq!(rebalance(&mut a, 1000, &tx, &rx), (400, 0));
+        assert_eq!((a.len(), rx.len()), (500, 400));
+        // Below 1/8: up to 1/4, from what the pool has.
+        let mut b = frames(100);
+        assert_eq!(rebalance(&mut b, 1000, &tx, &rx), (0, 150));
+        assert_eq!((b.len(), rx.len()), (250, 250));
+        // Frames are conserved.
+        assert_eq!(a.len() + b.len() + rx.len(), 1000);
+        // An empty pool leaves a starving list as it is.
+        let (tx2, rx2) = crossbeam_channel::bounded(10);
+        let mut c = frames(1);
+        assert_eq!(rebalance(&mut c, 1000, &tx2, &rx2), (0, 0));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_full_pool_keeps_the_frame() {
+        let (tx, rx) = crossbeam_channel::bounded(3);
+        let mut a = frames(100);
+        assert_eq!(rebalance(&mut a, 100, &tx, &rx), (3, 0));
+        assert_eq!(a.len() + rx.len(), 100);
     }
 }

@@ -670,7 +670,6 @@ fn vlan_tagged_flows_work() {
 }
 
 #[test]
-#[ignore = "needs packet::build::tcp_segment (implemented in the stream module's branch)"]
 fn denied_syn_answered_with_rst_when_configured() {
     let mut e = engine_with(EngineConfig {
         syn_deny: SynDenyAction::Reset,

@@ -3,6 +3,11 @@
 //! immutable `Policy` that workers share read-only.
 
 pub mod check;
+pub mod compile;
+pub mod load;
+pub mod locate;
+pub mod selector;
+pub mod spec;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -116,9 +121,30 @@ pub struct FlowDecision {
 }
 
 /// A compiled policy set. Immutable; share it with `Arc`.
-#[derive(Debug, Default)]
 pub struct Policy {
-    // filled by compile
+    model: compile::Model,
+    warnings: Vec<PolicyError>,
+    rule_files: Vec<String>,
+}
+
+impl Default for Policy {
+    /// No endpoints, no rules: nothing is enforced.
+    fn default() -> Self {
+        Policy {
+            model: compile::Model::new(Vec::new(), Vec::new()),
+            warnings: Vec::new(),
+            rule_files: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("endpoints", &self.model.endpoints.len())
+            .field("rules", &self.model.rules.len())
+            .finish()
+    }
 }
 
 /// A load/validation error that says where.
@@ -147,28 +173,66 @@ impl std::fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl Policy {
+    fn from_loaded(l: load::Loaded) -> Policy {
+        Policy {
+            model: l.model,
+            warnings: l.warnings,
+            rule_files: l.rule_files,
+        }
+    }
+
     /// Load a YAML file or a directory of them (multi-document YAML accepted).
     pub fn load(path: &Path) -> Result<Policy, Vec<PolicyError>> {
-        let _ = path;
-        todo!("policy::load")
+        load::load_path(path).map(Policy::from_loaded)
     }
 
     /// Load from text; `file` names it in errors.
     pub fn from_str(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
-        let _ = (file, text);
-        todo!("policy::from_str")
+        load::load_sources(&[(file.to_string(), text.to_string())]).map(Policy::from_loaded)
     }
 
-    /// L3/L4 verdict for a new flow `src → dst` on `proto`/`dport` (dport is 0
-    /// for ICMP). Cilium semantics: ingress at dst, egress at src, deny wins.
+    /// Load several named texts as one set (endpoints in one, policies in another).
+    pub fn from_sources(sources: &[(String, String)]) -> Result<Policy, Vec<PolicyError>> {
+        load::load_sources(sources).map(Policy::from_loaded)
+    }
+
+    /// L3/L4 verdict for a new flow `src → dst` on `proto`/`dport` (the ICMP
+    /// type for ICMP). Cilium semantics: ingress at dst, egress at src, deny wins.
     pub fn decide(&self, src: IpAddr, dst: IpAddr, proto: Proto, dport: u16) -> FlowDecision {
-        let _ = (src, dst, proto, dport);
-        todo!("policy::decide")
+        self.model.decide(src, dst, proto, dport)
     }
 
     /// Endpoint name of an address for logs ("world" when no endpoint has it).
     pub fn identity(&self, ip: IpAddr) -> &str {
-        let _ = ip;
-        "world"
+        match self.model.ident(ip) {
+            Some(i) => &self.model.endpoints[i].name,
+            None => "world",
+        }
+    }
+
+    /// Warnings found while loading (selectors that select nothing, ...).
+    pub fn warnings(&self) -> &[PolicyError] {
+        &self.warnings
+    }
+
+    pub fn model(&self) -> &compile::Model {
+        &self.model
+    }
+
+    /// The file each compiled rule came from (parallel to `model().rules`).
+    pub fn rule_files(&self) -> &[String] {
+        &self.rule_files
+    }
+
+    /// Addresses of the host endpoint (host mode protects them).
+    pub fn host_addresses(&self) -> Vec<ipnet::IpNet> {
+        self.model
+            .endpoints
+            .iter()
+            .filter(|e| e.host)
+            .flat_map(|e| e.nets.iter().copied())
+            .collect()
     }
 }
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@
 //! the lab; prefixes keep concurrent labs apart.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
@@ -174,6 +174,56 @@ impl Lab {
         self.exec(host, &["bash", "-c", script])
     }
 
+    /// Start a long-running command on a lab host (killed by `lab.sh down`
+    /// at the latest).
+    pub fn spawn(&self, host: &str, cmd: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ip netns exec")
+    }
+
+    /// Wait until something listens on TCP `port` on `host`.
+    pub fn wait_listen(&self, host: &str, port: u16) {
+        let t = Instant::now();
+        let pat = format!(":{port} ");
+        while !stdout(&self.exec(host, &["ss", "-ltn"])).contains(&pat) {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "nothing listens on {host}:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `curl -s -m 3 -g EXTRA URL` on a host.
+    pub fn curl(&self, host: &str, url: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["curl", "-s", "-m", "3", "-g"];
+        args.extend_from_slice(extra);
+        args.push(url);
+        self.exec(host, &args)
+    }
+
+    /// Two pings; true when answered.
+    pub fn ping(&self, host: &str, dst: &str) -> bool {
+        ok(&self.exec(host, &["ping", "-c", "2", "-i", "0.2", "-W", "2", dst]))
+    }
+
+    /// `set` then `get` with pymemcache (text protocol); the value read back.
+    pub fn memcache_roundtrip(&self, host: &str, key: &str, value: &str) -> String {
+        let script = format!(
+            "from pymemcache.client.base import Client\n\
+             c = Client(('{SERVER4}', 11211), connect_timeout=3, timeout=3)\n\
+             c.set('{key}', '{value}')\n\
+             print(c.get('{key}').decode())\n"
+        );
+        stdout(&self.exec(host, &["python3", "-c", &script]))
+            .trim()
+            .to_string()
+    }
+
     /// Start the enforcer on cli0/srv0 and wait for its `ready` line.
     pub fn start(&mut self, mode: Mode<'_>, extra: &[&str]) -> Result<(), String> {
         assert!(self.enforcer.is_none(), "enforcer already running");
@@ -216,9 +266,11 @@ impl Lab {
             }
         });
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(err).read_to_string(&mut s);
-            e.lock().unwrap().push_str(&s);
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = e.lock().unwrap();
+                g.push_str(&l);
+                g.push('\n');
+            }
         });
         let mut run = Running {
             child,
@@ -263,6 +315,33 @@ impl Lab {
             .as_ref()
             .map(|r| r.stdout.lock().unwrap().clone())
             .unwrap_or_default()
+    }
+
+    /// What the running enforcer wrote to stderr so far.
+    pub fn enforcer_stderr(&self) -> String {
+        self.enforcer
+            .as_ref()
+            .map(|r| r.stderr.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Wait (up to 5 s) until the running enforcer printed a stdout line
+    /// containing `needle`, and count such lines.
+    pub fn wait_stdout(&self, needle: &str, count: usize) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if self
+                .enforcer_stdout()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= count
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Send a signal to the running enforcer.
@@ -345,6 +424,29 @@ impl Drop for Lab {
         let _ = self.stop();
         lab_sh(&self.prefix, 1, &["down"]);
     }
+}
+
+/// Panics when namespaces of the prefix are left (call after the lab dropped).
+pub fn assert_clean(prefix: &str) {
+    let left = leftover_namespaces(prefix);
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+}
+
+/// A temporary policy directory: `policies/*.yaml` plus `extra` files
+/// (paths relative to the repository), e.g. a test fixture.
+pub fn policy_dir(extra: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("policies"))
+        .expect("policies/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.extend(extra.iter().map(|e| repo(e)));
+    for p in files {
+        let name = p.file_name().expect("file name").to_owned();
+        std::fs::copy(&p, dir.path().join(name)).expect("copy policy");
+    }
+    dir
 }
 
 /// Namespaces of a prefix still present (should be none after a test).

@@ -1,0 +1,226 @@
+//! MAC addresses in host mode. Frames re-entering the kernel get the TAP's
+//! MAC as destination; frames the host sends get `--iface`'s MAC as source
+//! and the next hop's MAC as destination: learned from the peer's own frames
+//! (the client of an inbound connection), else the kernel's neighbour table
+//! (a snapshot refreshed by the control thread), else the default gateway's.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+pub type Mac = [u8; 6];
+
+/// Bounded: a full table is cleared wholesale (it refills from traffic).
+const MAX_LEARNED: usize = 65_536;
+
+#[derive(Debug, Default, Clone)]
+pub struct Neighbors {
+    pub by_ip: HashMap<IpAddr, Mac>,
+    pub gateway: Option<Mac>,
+}
+
+pub struct L2 {
+    iface_mac: Mac,
+    tap_mac: Mac,
+    learned: HashMap<IpAddr, Mac>,
+}
+
+fn src_ip(frame: &[u8]) -> Option<IpAddr> {
+    let (et, off) = ethertype(frame)?;
+    ip_at(frame, et, off, true)
+}
+
+fn dst_ip(frame: &[u8]) -> Option<IpAddr> {
+    let (et, off) = ethertype(frame)?;
+    ip_at(frame, et, off, false)
+}
+
+fn ethertype(frame: &[u8]) -> Option<(u16, usize)> {
+    let mut off = 12;
+    let mut et = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    while et == 0x8100 || et == 0x88a8 {
+        off += 4;
+        et = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    }
+    Some((et, off + 2))
+}
+
+fn ip_at(frame: &[u8], et: u16, off: usize, src: bool) -> Option<IpAddr> {
+    match et {
+        0x0800 => {
+            let at = off + if src { 12 } else { 16 };
+            let b: [u8; 4] = frame.get(at..at + 4)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        0x86dd => {
+            let at = off + if src { 8 } else { 24 };
+            let b: [u8; 16] = frame.get(at..at + 16)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+impl L2 {
+    pub fn new(iface_mac: Mac, tap_mac: Mac) -> L2 {
+        L2 {
+            iface_mac,
+            tap_mac,
+            learned: HashMap::new(),
+        }
+    }
+
+    /// Remember who sent a frame that arrived on `--iface`.
+    pub fn learn(&mut self, frame: &[u8]) {
+        let (Some(ip), Some(mac)) = (src_ip(frame), frame.get(6..12)) else {
+            return;
+        };
+        let Ok(mac) = Mac::try_from(mac) else { return };
+        if self.learned.get(&ip) == Some(&mac) {
+            return;
+        }
+        if self.learned.len() >= MAX_LEARNED {
+            self.learned.clear();
+        }
+        self.learned.insert(ip, mac);
+    }
+
+    /// Address a frame to the kernel through the TAP.
+    pub fn to_host(&self, frame: &mut [u8]) {
+        if frame.len() >= 6 {
+            frame[..6].copy_from_slice(&self.tap_mac);
+        }
+    }
+
+    /// Address a frame the host sent to its next hop on `--iface`; false when
+    /// no next hop is known yet (the frame is dropped and counted; the kernel
+    /// retransmits, and by then the neighbour snapshot usually has it).
+    pub fn to_wire(&self, frame: &mut [u8], neighbors: &Neighbors) -> bool {
+        let Some(dst) = dst_ip(frame) else {
+            return false;
+        };
+        let mac = self
+            .learned
+            .get(&dst)
+            .or_else(|| neighbors.by_ip.get(&dst))
+            .copied()
+            .or(neighbors.gateway);
+        match mac {
+            Some(m) if frame.len() >= 12 => {
+                frame[..6].copy_from_slice(&m);
+                frame[6..12].copy_from_slice(&self.iface_mac);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Read the kernel's neighbours and default gateway of `iface` (control
+/// thread only: it runs iproute2).
+pub fn read_neighbors(iface: &str) -> Neighbors {
+    let mut n = Neighbors::default();
+    let run = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = std::process::Command::new("ip").args(args).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let mut gw_ip = None;
+    for fam in ["-4", "-6"] {
+        if let Some(serde_json::Value::Array(list)) =
+            run(&["-j", fam, "neigh", "show", "dev", iface])
+        {
+            for e in list {
+                let ip = e
+                    .get("dst")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse::<IpAddr>().ok());
+                let mac = e.get("lladdr").and_then(|v| v.as_str()).and_then(parse_mac);
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    n.by_ip.insert(ip, mac);
+                }
+            }
+        }
+        if gw_ip.is_none() {
+            if let Some(serde_json::Value::Array(list)) =
+                run(&["-j", fam, "route", "show", "default", "dev", iface])
+            {
+                gw_ip = list
+                    .first()
+                    .and_then(|e| e.get("gateway"))
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse::<IpAddr>().ok());
+            }
+        }
+    }
+    n.gateway = gw_ip.and_then(|g| n.by_ip.get(&g).copied());
+    n
+}
+
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut m = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in m.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn frame(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv4(src, dst, 64)
+            .udp(1, 2)
+            .write(&mut v, b"x")
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn replies_go_to_the_learned_client_mac() {
+        let iface = [2, 0, 0, 0, 0, 1];
+        let tap = [2, 0, 0, 0, 0, 2];
+        let client = [2, 0, 0, 0, 0, 9];
+        let mut l2 = L2::new(iface, tap);
+        let mut inbound = frame(client, iface, [10, 0, 0, 9], [10, 0, 0, 1]);
+        l2.learn(&inbound);
+        l2.to_host(&mut inbound);
+        assert_eq!(&inbound[..6], &tap);
+        let mut reply = frame(tap, [2, 0xe7, 0, 0, 0, 0], [10, 0, 0, 1], [10, 0, 0, 9]);
+        assert!(l2.to_wire(&mut reply, &Neighbors::default()));
+        assert_eq!(&reply[..6], &client);
+        assert_eq!(&reply[6..12], &iface);
+    }
+
+    #[test]
+    fn unknown_next_hop_uses_neighbours_then_gateway_then_fails() {
+        let l2 = L2::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut f = frame([0; 6], [0; 6], [10, 0, 0, 1], [10, 0, 0, 7]);
+        assert!(!l2.to_wire(&mut f, &Neighbors::default()));
+        let mut n = Neighbors::default();
+        n.by_ip
+            .insert("10.0.0.7".parse().unwrap(), [2, 0, 0, 0, 0, 7]);
+        assert!(l2.to_wire(&mut f, &n));
+        assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 7]);
+        let n = Neighbors {
+            by_ip: HashMap::new(),
+            gateway: Some([2, 0, 0, 0, 0, 0xfe]),
+        };
+        assert!(l2.to_wire(&mut f, &n));
+        assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 0xfe]);
+    }
+
+    #[test]
+    fn garbage_frames_are_ignored() {
+        let mut l2 = L2::new([0; 6], [0; 6]);
+        l2.learn(&[1, 2, 3]);
+        let mut short = [0u8; 4];
+        l2.to_host(&mut short);
+        assert!(!l2.to_wire(&mut short, &Neighbors::default()));
+        assert_eq!(parse_mac("02:00:00:00:00:0g"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:01"), Some([2, 0, 0, 0, 0, 1]));
+    }
+}

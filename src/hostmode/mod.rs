@@ -1,0 +1,11 @@
+//! Host mode (`--iface` alone): the enforcer protects this host's own
+//! addresses. Inbound IP frames for them are steered to AF_XDP by our XDP
+//! program; what the engine forwards re-enters the kernel through a TAP
+//! device the enforcer owns; the host's own traffic from those addresses is
+//! policy-routed into the same TAP, so both directions of every flow pass
+//! the engine, then leave on `--iface` with the flow's MAC addresses.
+
+pub mod l2;
+pub mod routes;
+pub mod steer;
+pub mod tap;

@@ -1,0 +1,277 @@
+//! The host-mode XDP program: load, fill its maps, attach, detach.
+//!
+//! `--fail open` attaches through a BPF link owned by this process, so the
+//! kernel detaches the program when the process dies (kill -9 included) and
+//! the host is reachable directly. `--fail closed` attaches through netlink,
+//! so the program outlives the process and, with no socket bound, drops the
+//! host's IP traffic until a restart cleans it up.
+
+use std::ffi::CString;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use libbpf_sys as bpf;
+
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
+/// The kernel keeps the first 15 bytes of a program's name.
+const PROG_NAME: &str = "enforcer_steer";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailMode {
+    /// A dead enforcer lets the host's traffic reach it unenforced.
+    Open,
+    /// A dead enforcer leaves the host's IP traffic dropped until restarted.
+    Closed,
+}
+
+pub struct Steering {
+    obj: *mut bpf::bpf_object,
+    prog_fd: RawFd,
+    xsks_fd: RawFd,
+    v4_fd: RawFd,
+    v6_fd: RawFd,
+    ifindex: i32,
+    fail: FailMode,
+    link: Option<OwnedFd>,
+    netlink_flags: Option<u32>,
+}
+
+// The object is only touched from the thread that owns `Steering`.
+unsafe impl Send for Steering {}
+
+fn os_err(what: &str, rc: i32) -> String {
+    let e = std::io::Error::from_raw_os_error(rc.abs());
+    format!("{what}: {e}")
+}
+
+impl Steering {
+    /// Load the program (not yet attached).
+    pub fn load(fail: FailMode) -> Result<Steering, String> {
+        unsafe {
+            let obj =
+                bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, ptr::null());
+            if obj.is_null() {
+                return Err("cannot open the steering program".into());
+            }
+            let rc = bpf::bpf_object__load(obj);
+            if rc != 0 {
+                bpf::bpf_object__close(obj);
+                return Err(os_err(
+                    "cannot load the steering program (is bpffs mounted, are we root?)",
+                    rc,
+                ));
+            }
+            let name = CString::new(PROG_NAME).unwrap_or_default();
+            let prog = bpf::bpf_object__find_program_by_name(obj, name.as_ptr());
+            let map = |n: &str| {
+                let c = CString::new(n).unwrap_or_default();
+                bpf::bpf_object__find_map_fd_by_name(obj, c.as_ptr())
+            };
+            let s = Steering {
+                obj,
+                prog_fd: if prog.is_null() {
+                    -1
+                } else {
+                    bpf::bpf_program__fd(prog)
+                },
+                xsks_fd: map("xsks"),
+                v4_fd: map("host_v4"),
+                v6_fd: map("host_v6"),
+                ifindex: 0,
+                fail,
+                link: None,
+                netlink_flags: None,
+            };
+            let cfg_fd = map("config");
+            if s.prog_fd < 0 || s.xsks_fd < 0 || s.v4_fd < 0 || s.v6_fd < 0 || cfg_fd < 0 {
+                return Err("steering program is missing a map or its entry point".into());
+            }
+            let fallback: u32 = match fail {
+                FailMode::Open => bpf::XDP_PASS,
+                FailMode::Closed => bpf::XDP_DROP,
+            };
+            let key = 0u32;
+            let rc = bpf::bpf_map_update_elem(
+                cfg_fd,
+                (&key as *const u32).cast(),
+                (&fallback as *const u32).cast(),
+                0,
+            );
+            if rc != 0 {
+                return Err(os_err("cannot configure the steering program", rc));
+            }
+            Ok(s)
+        }
+    }
+
+    /// The addresses whose IP frames go to the enforcer.
+    pub fn add_host_addr(&self, ip: IpAddr) -> Result<(), String> {
+        let one = 1u8;
+        let rc = unsafe {
+            match ip {
+                IpAddr::V4(a) => {
+                    let k = u32::from_ne_bytes(a.octets());
+                    bpf::bpf_map_update_elem(
+                        self.v4_fd,
+                        (&k as *const u32).cast(),
+                        (&one as *const u8).cast(),
+                        0,
+                    )
+                }
+                IpAddr::V6(a) => {
+                    let k = a.octets();
+                    bpf::bpf_map_update_elem(
+                        self.v6_fd,
+                        k.as_ptr().cast(),
+                        (&one as *const u8).cast(),
+                        0,
+                    )
+                }
+            }
+        };
+        if rc != 0 {
+            return Err(os_err(&format!("cannot add host address {ip}"), rc));
+        }
+        Ok(())
+    }
+
+    /// Steer queue `queue`'s frames to the AF_XDP socket `xsk_fd`.
+    pub fn bind_queue(&self, queue: u32, xsk_fd: RawFd) -> Result<(), String> {
+        let fd = xsk_fd as u32;
+        let rc = unsafe {
+            bpf::bpf_map_update_elem(
+                self.xsks_fd,
+                (&queue as *const u32).cast(),
+                (&fd as *const u32).cast(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(os_err(
+                &format!("cannot bind queue {queue} to its socket"),
+                rc,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Attach to `ifindex`: native mode when the driver has it, else generic.
+    pub fn attach(&mut self, ifindex: i32) -> Result<(), String> {
+        self.ifindex = ifindex;
+        let mut last = 0;
+        for mode in [bpf::XDP_FLAGS_DRV_MODE, bpf::XDP_FLAGS_SKB_MODE] {
+            let flags = mode | bpf::XDP_FLAGS_UPDATE_IF_NOEXIST;
+            unsafe {
+                match self.fail {
+                    FailMode::Open => {
+                        let mut opts: bpf::bpf_link_create_opts = std::mem::zeroed();
+                        opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
+                        opts.flags = mode;
+                        let fd = bpf::bpf_link_create(self.prog_fd, ifindex, bpf::BPF_XDP, &opts);
+                        if fd >= 0 {
+                            self.link = Some(OwnedFd::from_raw_fd(fd));
+                            return Ok(());
+                        }
+                        last = fd;
+                    }
+                    FailMode::Closed => {
+                        let rc = bpf::bpf_xdp_attach(ifindex, self.prog_fd, flags, ptr::null());
+                        if rc == 0 {
+                            self.netlink_flags = Some(mode);
+                            return Ok(());
+                        }
+                        last = rc;
+                    }
+                }
+            }
+        }
+        Err(os_err("cannot attach the steering program", last))
+    }
+
+    pub fn detach(&mut self) {
+        self.link = None;
+        if let Some(mode) = self.netlink_flags.take() {
+            unsafe {
+                bpf::bpf_xdp_detach(self.ifindex, mode, ptr::null());
+            }
+        }
+    }
+
+    pub fn link_fd(&self) -> Option<RawFd> {
+        self.link.as_ref().map(|l| l.as_raw_fd())
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        self.detach();
+        unsafe { bpf::bpf_object__close(self.obj) };
+    }
+}
+
+/// What is attached to an interface now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    Nothing,
+    /// A program of ours, left by a run that died (fail closed).
+    Ours {
+        id: u32,
+    },
+    Foreign {
+        id: u32,
+        name: String,
+    },
+}
+
+pub fn query(ifindex: i32) -> Result<Attached, String> {
+    let mut id = 0u32;
+    let rc = unsafe { bpf::bpf_xdp_query_id(ifindex, 0, &mut id) };
+    if rc != 0 {
+        return Err(os_err("cannot query XDP programs", rc));
+    }
+    if id == 0 {
+        return Ok(Attached::Nothing);
+    }
+    let name = prog_name(id).unwrap_or_default();
+    if PROG_NAME.starts_with(&name) && !name.is_empty() {
+        Ok(Attached::Ours { id })
+    } else {
+        Ok(Attached::Foreign { id, name })
+    }
+}
+
+fn prog_name(id: u32) -> Option<String> {
+    unsafe {
+        let fd = bpf::bpf_prog_get_fd_by_id(id);
+        if fd < 0 {
+            return None;
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut info: bpf::bpf_prog_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<bpf::bpf_prog_info>() as u32;
+        if bpf::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) != 0 {
+            return None;
+        }
+        let raw: Vec<u8> = info
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        Some(String::from_utf8_lossy(&raw).into_owned())
+    }
+}
+
+/// Remove a program a dead run of ours left on `ifindex` (any mode).
+pub fn remove_stale(ifindex: i32) -> Result<bool, String> {
+    match query(ifindex)? {
+        Attached::Ours { .. } => {
+            for mode in [bpf::XDP_FLAGS_DRV_MODE, bpf::XDP_FLAGS_SKB_MODE] {
+                unsafe { bpf::bpf_xdp_detach(ifindex, mode, ptr::null()) };
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
