@@ -111,24 +111,25 @@ impl<P: Protocol> Stream<P> {
             let view_start = self.inserted.add(pos, bytes.len() as u64);
             blocks.push((pos, view_start, bytes));
         }
-        let inside = blocks
-            .iter()
-            .any(|(p, ..)| (*p as i64) > s && (*p as i64) < e);
-        let verdict = if !inside {
-            let seq = sabs.seq(self.inserted.to_view(s.max(0) as u64));
-            // A block at the start of a data segment goes before it.
-            let mut before = false;
-            for (p, vs, bytes) in &blocks {
-                if *p as i64 == s && len > 0 {
-                    let f = self.seg(false, sabs.seq(*vs), TCP_PSH, bytes);
-                    self.emit(ctx, out, false, f);
-                    before = true;
-                }
+        // Every block strictly inside the segment, old or new, cuts it.
+        let (lo, hi) = (s.max(0) as u64, e.max(0) as u64);
+        let cuts = self.inserted.cuts(lo, hi);
+        // New blocks at the start of a data segment go before it.
+        let mut before = false;
+        for (p, vs, bytes) in &blocks {
+            if *p == lo && len > 0 {
+                let f = self.seg(false, sabs.seq(*vs), TCP_PSH, bytes);
+                self.emit(ctx, out, false, f);
+                before = true;
             }
+        }
+        let verdict = if cuts.is_empty() {
+            let seq = sabs.seq(self.inserted.to_view(lo));
             build::strip_sack(frame, meta);
             let ack = self.ack_to_client();
             build::set_seq_ack(frame, meta, seq, ack);
             if before {
+                // The frame must follow what was emitted before it.
                 out.emits.push(crate::engine::Emit {
                     port: to_client,
                     frame: frame.to_vec(),
@@ -138,23 +139,21 @@ impl<P: Protocol> Stream<P> {
                 Verdict::Forward(to_client)
             }
         } else {
-            // Split the segment around the blocks inside it.
-            let mut cur = s.max(0) as u64;
-            for (p, vs, bytes) in &blocks {
-                if (*p as i64) > s && (*p as i64) < e && *p > cur {
-                    let a = (cur as i64 - s) as usize;
-                    let b = (*p as i64 - s) as usize;
-                    let seq = sabs.seq(self.inserted.to_view(cur));
-                    let f = self.seg(false, seq, TCP_PSH, &payload[a..b]);
-                    self.emit(ctx, out, false, f);
-                    cur = *p;
+            let mut cur = lo;
+            for p in cuts {
+                let (a, b) = ((cur - lo) as usize, (p - lo) as usize);
+                let seq = sabs.seq(self.inserted.to_view(cur));
+                let f = self.seg(false, seq, TCP_PSH, &payload[a..b]);
+                self.emit(ctx, out, false, f);
+                for (bp, vs, bytes) in &blocks {
+                    if *bp == p {
+                        let f = self.seg(false, sabs.seq(*vs), TCP_PSH, bytes);
+                        self.emit(ctx, out, false, f);
+                    }
                 }
-                if (*p as i64) >= s && (*p as i64) < e {
-                    let f = self.seg(false, sabs.seq(*vs), TCP_PSH, bytes);
-                    self.emit(ctx, out, false, f);
-                }
+                cur = p;
             }
-            let a = (cur as i64 - s) as usize;
+            let a = (cur - lo) as usize;
             let seq = sabs.seq(self.inserted.to_view(cur));
             let f = self.seg(false, seq, t.flags & (TCP_PSH | TCP_FIN), &payload[a..]);
             self.emit(ctx, out, false, f);
@@ -162,7 +161,7 @@ impl<P: Protocol> Stream<P> {
         };
         // Blocks at the segment's end follow it.
         for (p, vs, bytes) in &blocks {
-            if *p as i64 >= e && !(*p as i64 == s && len > 0) {
+            if *p >= hi && !(*p == lo && len > 0) {
                 let f = self.seg(false, sabs.seq(*vs), TCP_PSH, bytes);
                 self.emit(ctx, out, false, f);
             }

@@ -185,6 +185,18 @@ impl Inserted {
         v.saturating_sub(cum)
     }
 
+    /// Positions of blocks strictly inside server range `(a, b)`.
+    pub fn cuts(&self, a: u64, b: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .blocks
+            .iter()
+            .map(|&(p, _)| p)
+            .filter(|&p| p > a && p < b)
+            .collect();
+        v.dedup();
+        v
+    }
+
     /// Fold blocks the client acknowledged (view offset `acked`).
     pub fn prune(&mut self, acked: u64) {
         while self.blocks.len() > KEEP {

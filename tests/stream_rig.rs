@@ -1,0 +1,266 @@
+//! Real TCP stacks (smoltcp) through the engine, with faults on the links:
+//! memcached requests from the x-wing under the shipped seed policy. The
+//! server reads exactly the allowed requests, the client reads every reply
+//! and denial in order, and both connections end healthy (established,
+//! nothing left unacknowledged).
+
+mod rig;
+
+use enforcer::engine::EngineConfig;
+use proptest::prelude::*;
+use rig::{Faults, Rig};
+use smoltcp::socket::tcp;
+
+const XWING: [u8; 4] = [10, 66, 0, 12];
+const DENIAL: &[u8] = b"CLIENT_ERROR access denied\r\n";
+
+#[derive(Debug, Clone, Copy)]
+enum Req {
+    GetAllowed,
+    GetDenied,
+    SetAllowed,
+    SetDenied,
+    SetQuietAllowed,
+    SetQuietDenied,
+}
+
+impl Req {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Req::GetAllowed => b"get xwing-coord\r\n",
+            Req::GetDenied => b"get awing-coord\r\n",
+            Req::SetAllowed => b"set xwing-coord 0 0 5\r\nhello\r\n",
+            Req::SetDenied => b"set awing-coord 0 0 5\r\nhello\r\n",
+            Req::SetQuietAllowed => b"set xwing-coord 0 0 3 noreply\r\nabc\r\n",
+            Req::SetQuietDenied => b"set awing-coord 0 0 3 noreply\r\nabc\r\n",
+        }
+    }
+    fn allowed(self) -> bool {
+        matches!(
+            self,
+            Req::GetAllowed | Req::SetAllowed | Req::SetQuietAllowed
+        )
+    }
+    /// What the client reads for it.
+    fn reply(self) -> &'static [u8] {
+        match self {
+            Req::GetAllowed => b"VALUE xwing-coord 0 1\r\nv\r\nEND\r\n",
+            Req::SetAllowed => b"STORED\r\n",
+            Req::GetDenied | Req::SetDenied => DENIAL,
+            Req::SetQuietAllowed | Req::SetQuietDenied => b"",
+        }
+    }
+}
+
+/// A tiny memcached: answers complete requests in `got[*done..]`.
+fn serve(rig: &mut Rig, done: &mut usize) {
+    loop {
+        let rest = &rig.server_got[*done..];
+        let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return;
+        };
+        let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
+        let words: Vec<&str> = line.split(' ').collect();
+        let (used, reply): (usize, Vec<u8>) = match words.first().copied() {
+            Some("get") => {
+                let mut r = Vec::new();
+                for k in &words[1..] {
+                    r.extend_from_slice(format!("VALUE {k} 0 1\r\nv\r\n").as_bytes());
+                }
+                r.extend_from_slice(b"END\r\n");
+                (nl + 2, r)
+            }
+            Some("set") => {
+                let n: usize = words.get(4).and_then(|w| w.parse().ok()).unwrap_or(0);
+                let need = nl + 2 + n + 2;
+                if rest.len() < need {
+                    return;
+                }
+                let quiet = words.get(5) == Some(&"noreply");
+                (
+                    need,
+                    if quiet {
+                        vec![]
+                    } else {
+                        b"STORED\r\n".to_vec()
+                    },
+                )
+            }
+            _ => panic!("server got garbage: {line:?}"),
+        };
+        *done += used;
+        rig.server_send(&reply);
+    }
+}
+
+fn run(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64) {
+    let mut rig = Rig::new(XWING, 11211, EngineConfig::default(), faults, seed);
+    assert!(
+        // The client's first data completes the server's side.
+        rig.run_until(120_000, |r| r.client().state() == tcp::State::Established),
+        "handshake did not complete"
+    );
+    let mut served = 0;
+    let want_server: Vec<u8> = reqs
+        .iter()
+        .filter(|r| r.allowed())
+        .flat_map(|r| r.bytes().to_vec())
+        .collect();
+    let want_client: Vec<u8> = reqs.iter().flat_map(|r| r.reply().to_vec()).collect();
+    if pipelined {
+        let all: Vec<u8> = reqs.iter().flat_map(|r| r.bytes().to_vec()).collect();
+        rig.client_send(&all);
+    } else {
+        let mut expect = 0;
+        for r in reqs {
+            rig.client_send(r.bytes());
+            expect += r.reply().len();
+            let ok = rig.run_until(120_000, |g| {
+                serve(g, &mut served);
+                g.client_got.len() >= expect
+            });
+            assert!(
+                ok,
+                "no reply to {r:?}: client got {:?}",
+                String::from_utf8_lossy(&rig.client_got)
+            );
+        }
+    }
+    let ok = rig.run_until(300_000, |g| {
+        serve(g, &mut served);
+        g.client_got.len() >= want_client.len()
+            && g.server_got.len() >= want_server.len()
+            && g.quiet()
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&rig.server_got),
+        String::from_utf8_lossy(&want_server),
+        "server must read exactly the allowed requests"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&rig.client_got),
+        String::from_utf8_lossy(&want_client),
+        "client must read every reply and denial in order"
+    );
+    assert!(ok, "did not settle (unacknowledged data left)");
+    assert!(rig.established(), "connection not healthy");
+    // Still usable after everything: one more allowed round trip.
+    let before = rig.client_got.len();
+    rig.client_send(Req::GetAllowed.bytes());
+    let ok = rig.run_until(120_000, |g| {
+        serve(g, &mut served);
+        g.client_got.len() >= before + Req::GetAllowed.reply().len()
+    });
+    assert!(ok, "connection stopped working");
+    assert!(rig.client_got.ends_with(Req::GetAllowed.reply()));
+    let c = rig.engine.counters();
+    let denied = reqs.iter().filter(|r| !r.allowed()).count() as u64;
+    assert_eq!(c.l7_requests_denied, denied, "each request decided once");
+    assert_eq!(c.l7_requests_allowed, reqs.len() as u64 - denied + 1);
+    if std::env::var("RIG_DEBUG").is_ok() {
+        eprintln!(
+            "faults {faults:?} lost {} counters {}",
+            rig.lost,
+            c.to_json()
+        );
+    }
+}
+
+use Req::*;
+
+#[test]
+fn lossy_handshake_regression() {
+    let f = Faults {
+        drop: 15,
+        dup: 1,
+        reorder: 6,
+        split: 1,
+    };
+    run(&[GetAllowed], false, f, 14293879913119795383);
+}
+
+#[test]
+fn pipelined_with_faults_regression() {
+    let f = Faults {
+        drop: 2,
+        dup: 1,
+        reorder: 1,
+        split: 1,
+    };
+    run(
+        &[GetAllowed, GetDenied, GetAllowed, SetDenied, SetAllowed],
+        true,
+        f,
+        11110009223952567921,
+    );
+}
+
+#[test]
+fn seed_sequence_without_faults() {
+    run(
+        &[GetAllowed, GetDenied, GetAllowed],
+        false,
+        Faults::default(),
+        1,
+    );
+}
+
+#[test]
+fn pipelined_mix_without_faults() {
+    run(
+        &[
+            GetAllowed,
+            GetDenied,
+            SetAllowed,
+            SetQuietDenied,
+            SetDenied,
+            GetAllowed,
+        ],
+        true,
+        Faults::default(),
+        2,
+    );
+}
+
+#[test]
+fn seed_sequence_over_a_lossy_link() {
+    let f = Faults {
+        drop: 10,
+        dup: 5,
+        reorder: 10,
+        split: 10,
+    };
+    run(
+        &[GetAllowed, GetDenied, GetAllowed, SetDenied, SetAllowed],
+        false,
+        f,
+        3,
+    );
+}
+
+fn req() -> impl Strategy<Value = Req> {
+    prop_oneof![
+        Just(GetAllowed),
+        Just(GetDenied),
+        Just(SetAllowed),
+        Just(SetDenied),
+        Just(SetQuietAllowed),
+        Just(SetQuietDenied),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #[test]
+    fn random_mixes_and_faults(
+        reqs in proptest::collection::vec(req(), 1..12),
+        pipelined in any::<bool>(),
+        drop in 0u32..15,
+        dup in 0u32..10,
+        reorder in 0u32..30,
+        split in 0u32..30,
+        seed in any::<u64>(),
+    ) {
+        run(&reqs, pipelined, Faults { drop, dup, reorder, split }, seed);
+    }
+}
