@@ -131,6 +131,7 @@ fn run(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64) {
         g.client_got.len() >= want_client.len()
             && g.server_got.len() >= want_server.len()
             && g.quiet()
+            && g.established()
     });
     assert_eq!(
         String::from_utf8_lossy(&rig.server_got),
@@ -193,6 +194,17 @@ fn pipelined_with_faults_regression() {
         f,
         11110009223952567921,
     );
+}
+
+#[test]
+fn reordered_handshake_regression() {
+    let f = Faults {
+        drop: 14,
+        dup: 4,
+        reorder: 24,
+        split: 1,
+    };
+    run(&[GetAllowed], false, f, 7820477270912778129);
 }
 
 #[test]

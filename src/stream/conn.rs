@@ -358,6 +358,12 @@ impl<P: Protocol> Stream<P> {
             self.tpl_c = Some(Template::of(frame, meta));
         }
         self.c_win = t.window;
+        if t.flags & TCP_ACK != 0 && self.s_abs.is_none() && !self.modified() {
+            // The SYN-ACK went by before this state existed (the engine
+            // restarts a flow on a late duplicate SYN): the client's ack is
+            // the server's next byte.
+            self.s_abs = Some(Abs { base: t.ack });
+        }
         if t.flags & TCP_ACK != 0 {
             if let Some(sabs) = self.s_abs {
                 let view_next =

@@ -48,6 +48,10 @@ impl<P: Protocol> Stream<P> {
             }
             return Verdict::Forward(to_client);
         }
+        if self.s_abs.is_none() && !self.modified() {
+            // As in `from_client`: join the server's stream where it is.
+            self.s_abs = Some(Abs { base: t.seq });
+        }
         let (Some(sabs), Some(cabs)) = (self.s_abs, self.c_abs) else {
             return Verdict::Drop(DropReason::L7OutOfWindow);
         };
