@@ -471,6 +471,11 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Forward(fwd);
         }
         let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
+        if pure && self.removed.ends_at(self.decided()) {
+            // Only we can acknowledge removed bytes at the end of the
+            // stream; our earlier ACK may have been lost.
+            self.ack_client(ctx, out);
+        }
         if pure {
             // A bare ACK / window update: rewrite in place.
             let seq = cabs.seq(self.c_out());
@@ -519,8 +524,8 @@ impl<P: Protocol> Stream<P> {
     ) -> bool {
         let mut off = 0usize;
         let mut denied = false;
-        let base = self.decided();
         while !self.closed {
+            let base = self.decided();
             let avail = &self.c_buf[off..];
             match &mut self.req {
                 ReqState::Pass => {
@@ -647,6 +652,10 @@ impl<P: Protocol> Stream<P> {
                                 },
                             };
                             if !v.allowed {
+                                // Decided bytes leave the buffer first: the
+                                // denial acknowledges up to them.
+                                self.c_buf.drain(..off);
+                                off = 0;
                                 self.flush_denials(ctx, now, out);
                             }
                         }

@@ -61,6 +61,11 @@ impl Removed {
         self.ranges.push_back((start, len));
     }
 
+    /// The latest removed range ends at client offset `c`.
+    pub fn ends_at(&self, c: u64) -> bool {
+        self.ranges.back().is_some_and(|&(s, l)| s + l == c)
+    }
+
     /// Server offset of client byte `c` (a removed byte maps to where its
     /// range was cut out).
     pub fn to_server(&self, c: u64) -> u64 {

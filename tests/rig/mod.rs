@@ -278,16 +278,22 @@ impl Rig {
             self.lost += 1;
             return;
         }
+        // A SYN delayed past the handshake makes the engine start the flow
+        // over (its L7 state with it); SYNs are not reordered or duplicated.
+        let syn = parse(&f)
+            .ok()
+            .and_then(|m| m.tcp().map(|t| t.flags & 0x02 != 0))
+            .unwrap_or(false);
         let mut frames = vec![f];
         if self.rng.pct(self.faults.split) {
             frames = split(&frames[0]);
         }
         for f in frames {
             let mut delay = 0;
-            if self.rng.pct(self.faults.reorder) {
+            if !syn && self.rng.pct(self.faults.reorder) {
                 delay = STEP_MS * (1 + (self.rng.next() % 3) as i64);
             }
-            if self.rng.pct(self.faults.dup) {
+            if !syn && self.rng.pct(self.faults.dup) {
                 self.wire.push((at + STEP_MS, hop, f.clone()));
             }
             self.wire.push((at + delay, hop, f));
