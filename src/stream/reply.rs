@@ -127,8 +127,15 @@ impl<P: Protocol> Stream<P> {
                 before = true;
             }
         }
+        // Denials injected at the server's FIN go before it.
+        let fin_after = fin && blocks.iter().any(|(p, ..)| *p >= hi);
         let verdict = if cuts.is_empty() {
             let seq = sabs.seq(self.inserted.to_view(lo));
+            if fin_after {
+                if let Some(b) = frame.get_mut(meta.l4_off + 13) {
+                    *b &= !TCP_FIN;
+                }
+            }
             build::strip_sack(frame, meta);
             let ack = self.ack_to_client();
             build::set_seq_ack(frame, meta, seq, ack);
@@ -159,7 +166,11 @@ impl<P: Protocol> Stream<P> {
             }
             let a = (cur - lo) as usize;
             let seq = sabs.seq(self.inserted.to_view(cur));
-            let f = self.seg(false, seq, t.flags & (TCP_PSH | TCP_FIN), &payload[a..]);
+            let mut flags = t.flags & (TCP_PSH | TCP_FIN);
+            if fin_after {
+                flags &= !TCP_FIN;
+            }
+            let f = self.seg(false, seq, flags, &payload[a..]);
             self.emit(ctx, out, false, f);
             Verdict::Consumed
         };
@@ -169,6 +180,10 @@ impl<P: Protocol> Stream<P> {
                 let f = self.seg(false, sabs.seq(*vs), TCP_PSH, bytes);
                 self.emit(ctx, out, false, f);
             }
+        }
+        if fin_after {
+            let f = self.seg(false, sabs.seq(self.inserted.to_view(hi)), TCP_FIN, &[]);
+            self.emit(ctx, out, false, f);
         }
         let injected = !blocks.is_empty();
         for (_, vs, bytes) in blocks {

@@ -687,6 +687,47 @@ fn fin_with_incomplete_head_denies_it() {
 }
 
 #[test]
+fn server_fin_with_a_pending_denial_comes_after_it() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nDENY b\n");
+    r.deliver();
+    let f = frame(
+        false,
+        r.server.snd_nxt,
+        r.server.rcv_nxt,
+        TCP_ACK | TCP_FIN,
+        b"A",
+    );
+    r.server.snd_nxt += 2;
+    r.input(SERVER, f);
+    r.deliver();
+    assert_eq!(r.client.data, b"Adenied b\n");
+    assert!(r.client.fin);
+    r.assert_healthy();
+}
+
+#[test]
+fn client_rst_is_passed_mapped() {
+    let mut r = toy();
+    r.client_send(b"DENY a\nALLOW b\n");
+    r.deliver();
+    let f = frame(
+        true,
+        r.client.snd_nxt,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_RST,
+        b"",
+    );
+    assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
+    r.deliver();
+    assert!(r.server.rst && r.server.rst_in_window);
+    assert_eq!(
+        r.client_send(b"ALLOW c\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+}
+
+#[test]
 fn fin_after_complete_requests_passes_on_fast_path() {
     let mut r = toy();
     let f = frame(
