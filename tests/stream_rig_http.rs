@@ -1,0 +1,198 @@
+//! Real TCP stacks (smoltcp) through the engine, with faults on the links:
+//! HTTP/1.1 keep-alive from the a-wing to the deathstar under the shipped
+//! Star Wars policy. The server reads exactly the allowed requests, the
+//! client reads every response and 403 in order, the connection stays usable.
+
+mod rig;
+
+use enforcer::engine::EngineConfig;
+use proptest::prelude::*;
+use rig::{Faults, Rig};
+use smoltcp::socket::tcp;
+
+const AWING: [u8; 4] = [10, 66, 0, 11];
+const DENY_403: &[u8] =
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n";
+const CHUNKED_OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+const LANDED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nShip landed";
+const PANIC: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\n\r\npanic";
+
+#[derive(Debug, Clone, Copy)]
+enum Req {
+    Get,
+    Land,
+    ExhaustWithForce,
+    Exhaust,
+    Secret,
+    ChunkedPost,
+}
+
+use Req::*;
+
+impl Req {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Get => b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n",
+            Land => b"POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 6\r\n\r\nx-wing",
+            ExhaustWithForce => b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\nX-Has-Force: true\r\nContent-Length: 4\r\n\r\nboom",
+            Exhaust => b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 4\r\n\r\nboom",
+            Secret => b"GET /v1/secret HTTP/1.1\r\nHost: deathstar\r\n\r\n",
+            ChunkedPost => b"POST /v1/request-landing/x HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        }
+    }
+    fn allowed(self) -> bool {
+        matches!(self, Get | Land | ExhaustWithForce)
+    }
+    fn reply(self) -> &'static [u8] {
+        match self {
+            Get => CHUNKED_OK,
+            Land => LANDED,
+            ExhaustWithForce => PANIC,
+            Exhaust | Secret | ChunkedPost => DENY_403,
+        }
+    }
+}
+
+/// A tiny deathstar: answers complete requests in `server_got[*done..]`.
+fn serve(rig: &mut Rig, done: &mut usize) {
+    loop {
+        let rest = &rig.server_got[*done..];
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        assert!(
+            !head.contains("Transfer-Encoding"),
+            "a denied chunked request reached the server"
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let need = end + 4 + len;
+        if rest.len() < need {
+            return;
+        }
+        let reply = match head.split(' ').take(2).collect::<Vec<_>>()[..] {
+            ["GET", "/v1/"] => CHUNKED_OK,
+            ["POST", "/v1/request-landing"] => LANDED,
+            ["PUT", "/v1/exhaust-port"] => PANIC,
+            _ => panic!("server got a request it should not: {head:?}"),
+        };
+        *done += need;
+        rig.server_send(reply);
+    }
+}
+
+fn run(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64) {
+    let mut rig = Rig::new(AWING, 80, EngineConfig::default(), faults, seed);
+    assert!(
+        rig.run_until(120_000, |r| r.client().state() == tcp::State::Established),
+        "handshake did not complete"
+    );
+    let mut served = 0;
+    let want_server: Vec<u8> = reqs
+        .iter()
+        .filter(|r| r.allowed())
+        .flat_map(|r| r.bytes().to_vec())
+        .collect();
+    let want_client: Vec<u8> = reqs.iter().flat_map(|r| r.reply().to_vec()).collect();
+    if pipelined {
+        let all: Vec<u8> = reqs.iter().flat_map(|r| r.bytes().to_vec()).collect();
+        rig.client_send(&all);
+    } else {
+        let mut expect = 0;
+        for r in reqs {
+            rig.client_send(r.bytes());
+            expect += r.reply().len();
+            let ok = rig.run_until(600_000, |g| {
+                serve(g, &mut served);
+                g.client_got.len() >= expect
+            });
+            assert!(ok, "no reply to {r:?}");
+        }
+    }
+    let ok = rig.run_until(900_000, |g| {
+        serve(g, &mut served);
+        g.client_got.len() >= want_client.len()
+            && g.server_got.len() >= want_server.len()
+            && g.quiet()
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&rig.server_got),
+        String::from_utf8_lossy(&want_server),
+        "server must read exactly the allowed requests"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&rig.client_got),
+        String::from_utf8_lossy(&want_client),
+        "client must read every response and denial in order"
+    );
+    assert!(ok, "did not settle");
+    let before = rig.client_got.len();
+    rig.client_send(Get.bytes());
+    let ok = rig.run_until(600_000, |g| {
+        serve(g, &mut served);
+        g.client_got.len() >= before + CHUNKED_OK.len() && g.quiet() && g.established()
+    });
+    assert!(ok, "connection stopped working");
+    assert!(rig.client_got.ends_with(CHUNKED_OK));
+    let c = rig.engine.counters();
+    let denied = reqs.iter().filter(|r| !r.allowed()).count() as u64;
+    assert_eq!(c.l7_requests_denied, denied);
+}
+
+#[test]
+fn curl_next_200_403_200() {
+    run(&[Get, Exhaust, Get], false, Faults::default(), 1);
+}
+
+#[test]
+fn pipelined_with_bodies_and_chunked_denial() {
+    run(
+        &[Land, ChunkedPost, Get, Exhaust, ExhaustWithForce, Secret],
+        true,
+        Faults::default(),
+        2,
+    );
+}
+
+#[test]
+fn pipelined_over_a_lossy_link() {
+    let f = Faults {
+        drop: 10,
+        dup: 5,
+        reorder: 10,
+        split: 20,
+    };
+    run(&[Get, Secret, Land, Exhaust, Get], true, f, 3);
+}
+
+fn req() -> impl Strategy<Value = Req> {
+    prop_oneof![
+        Just(Get),
+        Just(Land),
+        Just(ExhaustWithForce),
+        Just(Exhaust),
+        Just(Secret),
+        Just(ChunkedPost),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn random_mixes_and_faults(
+        reqs in proptest::collection::vec(req(), 1..10),
+        pipelined in any::<bool>(),
+        drop in 0u32..15,
+        dup in 0u32..10,
+        reorder in 0u32..30,
+        split in 0u32..30,
+        seed in any::<u64>(),
+    ) {
+        run(&reqs, pipelined, Faults { drop, dup, reorder, split }, seed);
+    }
+}
