@@ -160,7 +160,10 @@ impl<P: Protocol> Stream<P> {
 
     /// A denial waits for earlier replies: later requests are held.
     pub(super) fn waiting(&self) -> bool {
+        // Unacknowledged denials are bounded too: a client that does not
+        // read them gets no further requests through.
         self.queue.len() >= MAX_PENDING
+            || self.inj.len() >= MAX_PENDING
             || self.queue.iter().any(|p| matches!(p, Pending::Denial(_)))
     }
 
@@ -325,13 +328,13 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Drop(DropReason::L7Denied);
         }
         if in_port == self.client_port {
-            self.from_client(ctx, frame, meta, &t, now, out)
+            self.client_segment(ctx, frame, meta, &t, now, out)
         } else {
-            self.from_server(ctx, frame, meta, &t, now, out)
+            self.server_segment(ctx, frame, meta, &t, now, out)
         }
     }
 
-    fn from_client(
+    fn client_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         frame: &mut [u8],

@@ -28,7 +28,7 @@ pub(super) enum ReplyState {
 }
 
 impl<P: Protocol> Stream<P> {
-    pub(super) fn from_server(
+    pub(super) fn server_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         frame: &mut [u8],
@@ -49,7 +49,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Forward(to_client);
         }
         if self.s_abs.is_none() && !self.modified() {
-            // As in `from_client`: join the server's stream where it is.
+            // As in `client_segment`: join the server's stream where it is.
             self.s_abs = Some(Abs { base: t.seq });
         }
         let (Some(sabs), Some(cabs)) = (self.s_abs, self.c_abs) else {

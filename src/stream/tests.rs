@@ -745,8 +745,10 @@ fn fin_after_complete_requests_passes_on_fast_path() {
 
 #[test]
 fn oversized_head_is_denied_with_resets() {
-    let mut cfg = EngineConfig::default();
-    cfg.max_held_bytes = 64;
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
     let mut r = Rig::new(Toy, toy_policy(), cfg);
     r.client_send(&[b'A'; 40]);
     r.client_send(&[b'A'; 40]);
@@ -773,8 +775,10 @@ fn invalid_request_resets_both_sides() {
 
 #[test]
 fn deny_action_reset() {
-    let mut cfg = EngineConfig::default();
-    cfg.deny_action = DenyAction::Reset;
+    let cfg = EngineConfig {
+        deny_action: DenyAction::Reset,
+        ..EngineConfig::default()
+    };
     let mut r = Rig::new(Toy, toy_policy(), cfg);
     r.client_send(b"ALLOW a\nDENY b\n");
     r.deliver();
@@ -786,8 +790,10 @@ fn deny_action_reset() {
 
 #[test]
 fn bodies_flow_or_vanish_without_being_held() {
-    let mut cfg = EngineConfig::default();
-    cfg.max_held_bytes = 32;
+    let cfg = EngineConfig {
+        max_held_bytes: 32,
+        ..EngineConfig::default()
+    };
     let mut r = Rig::new(Toy, toy_policy(), cfg);
     r.client_send(b"BODY 100\n");
     for _ in 0..10 {
@@ -813,8 +819,10 @@ fn bodies_flow_or_vanish_without_being_held() {
 
 #[test]
 fn held_requests_beyond_the_limit_are_dropped_for_resend() {
-    let mut cfg = EngineConfig::default();
-    cfg.max_held_bytes = 16;
+    let cfg = EngineConfig {
+        max_held_bytes: 16,
+        ..EngineConfig::default()
+    };
     let mut r = Rig::new(Toy, toy_policy(), cfg);
     r.client_send(b"ALLOW a\nDENY b\n");
     let f1 = r.client_seg(b"ALLOW c\nALLOW d\n");
