@@ -966,3 +966,54 @@ fn memcached_get_allowed_denied_allowed() {
     assert_eq!(r.client.data, want);
     r.assert_healthy();
 }
+
+#[test]
+fn http_upgrade_turns_the_connection_into_a_tunnel() {
+    let mut r = http_rig();
+    r.client_send(
+        b"GET /public HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    r.deliver();
+    r.server_send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    r.deliver();
+    // Not HTTP any more, both ways.
+    r.client_send(b"\x81\x05hello");
+    r.server_send(b"\x81\x02hi");
+    r.deliver();
+    assert!(r.server.data.ends_with(b"\x81\x05hello"));
+    assert!(r.client.data.ends_with(b"\x81\x02hi"));
+    assert!(!r.server.rst && !r.client.rst);
+    assert_eq!(r.counters.l7_requests_allowed, 1);
+    r.assert_healthy();
+}
+
+#[test]
+fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
+    let mut r = toy();
+    r.client_send(b"DENY a\n");
+    r.deliver();
+    // The server closes its window; its ACK reaches the client mapped.
+    let f = frame(false, r.server.snd_nxt, r.server.rcv_nxt, TCP_ACK, b"");
+    let mut f = f;
+    let m = parse(&f).unwrap();
+    f[m.l4_off + 14] = 0;
+    f[m.l4_off + 15] = 0;
+    crate::packet::build::fix_tcp_checksum(&mut f, &m);
+    r.input(SERVER, f);
+    let to_client = r.to_client.last().cloned().unwrap();
+    let mc = parse(&to_client).unwrap();
+    assert_eq!(mc.tcp().unwrap().window, 0);
+    r.deliver();
+    // The client probes anyway; the server drops what does not fit and the
+    // client's retransmission gets it there later.
+    let probe = r.client_seg(b"ALLOW b\n");
+    r.input(CLIENT, probe.clone());
+    r.to_server.clear();
+    r.input(CLIENT, probe);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW b\n");
+    r.server_send(b"B\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"denied a\nB\n");
+    r.assert_healthy();
+}
