@@ -7,7 +7,8 @@
 //! like a learning bridge, by host: the sender of the first frame between two
 //! unknown hosts is on port 0 and its peer on port 1, a host first seen
 //! talking to a known one is on the other side of it, and everything not IP
-//! counts as port 0. Time is the capture's timestamps; timers run as the
+//! counts as port 0. Time is the capture's timestamps (pcapng: in the
+//! interface's `if_tsresol` units); timers run as the
 //! capture's clock advances.
 
 use std::collections::HashMap;
@@ -20,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, TsResolution};
 
@@ -97,17 +101,30 @@ impl Input {
 
     fn next(&mut self) -> Result<Option<Frame>, String> {
         match self {
-            Input::Pcap(r) => match guarded("pcap", || r.next_packet())? {
-                None => Ok(None),
-                Some(Err(e)) => Err(e.to_string()),
-                Some(Ok(p)) => Ok(Some(Frame {
-                    ts_ns: u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX),
-                    port: None,
-                    data: p.data.into_owned(),
-                })),
-            },
+            // Raw records: the checked reader refuses captures taken with a
+            // short snap length (orig_len > snaplen); their cut frames are
+            // the engine's to count as malformed, not a reason to stop.
+            Input::Pcap(r) => {
+                let frac_ns = match r.header().ts_resolution {
+                    TsResolution::MicroSecond => 1_000,
+                    TsResolution::NanoSecond => 1,
+                };
+                match guarded("pcap", || {
+                    r.next_raw_packet().map(|p| p.map(|p| p.into_owned()))
+                })? {
+                    None => Ok(None),
+                    Some(Err(e)) => Err(e.to_string()),
+                    Some(Ok(p)) => Ok(Some(Frame {
+                        ts_ns: u64::from(p.ts_sec) * 1_000_000_000 + u64::from(p.ts_frac) * frac_ns,
+                        port: None,
+                        data: p.data.into_owned(),
+                    })),
+                }
+            }
             Input::PcapNg { r, ports_known } => loop {
-                let block = match guarded("pcapng", || r.next_block())? {
+                let block = match guarded("pcapng", || {
+                    r.next_block().map(|b| b.map(|b| b.into_owned()))
+                })? {
                     None => return Ok(None),
                     Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(b)) => b,
@@ -124,8 +141,12 @@ impl Input {
                             0 | 1 if *ports_known => Some(p.interface_id as Port),
                             _ => None,
                         };
+                        let per_sec = r.packet_interface(&p).map_or(1_000_000, ticks_per_second);
+                        // The reader hands the raw tick count over as nanoseconds.
+                        let ticks = p.timestamp.as_nanos();
+                        let ns = ticks.saturating_mul(1_000_000_000) / u128::from(per_sec);
                         return Ok(Some(Frame {
-                            ts_ns: u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX),
+                            ts_ns: u64::try_from(ns).unwrap_or(u64::MAX),
                             port,
                             data: p.data.into_owned(),
                         }));
@@ -142,6 +163,19 @@ impl Input {
             },
         }
     }
+}
+
+/// Timestamp units of a pcapng interface (`if_tsresol`; microseconds when absent).
+fn ticks_per_second(idb: &InterfaceDescriptionBlock) -> u64 {
+    let resol = idb.options.iter().find_map(|o| match o {
+        InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+        _ => None,
+    });
+    match resol.unwrap_or(6) {
+        r if r & 0x80 != 0 => 1u64.checked_shl(u32::from(r & 0x7f)).unwrap_or(u64::MAX),
+        r => 10u64.checked_pow(u32::from(r)).unwrap_or(u64::MAX),
+    }
+    .max(1)
 }
 
 /// Learns which side each host is on (see the module docs).
@@ -309,6 +343,18 @@ mod tests {
         );
         assert_eq!(sides.port_of(&v4(c2, s)), 0);
         assert_eq!(sides.port_of(b"junk"), 0);
+    }
+
+    #[test]
+    fn pcapng_timestamp_units() {
+        let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65535);
+        assert_eq!(ticks_per_second(&idb), 1_000_000, "microseconds by default");
+        idb.options.push(InterfaceDescriptionOption::IfTsResol(9));
+        assert_eq!(ticks_per_second(&idb), 1_000_000_000);
+        idb.options[0] = InterfaceDescriptionOption::IfTsResol(0x8a);
+        assert_eq!(ticks_per_second(&idb), 1024);
+        idb.options[0] = InterfaceDescriptionOption::IfTsResol(0xff);
+        assert_eq!(ticks_per_second(&idb), u64::MAX);
     }
 
     proptest::proptest! {

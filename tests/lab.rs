@@ -445,6 +445,16 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
             assert_eq!(r.status.code(), Some(28), "{host} {url}: {r:?}");
         }
         assert!(lab.deathstar_log().is_empty(), "{:?}", lab.deathstar_log());
+
+        // Whatever the L7 layer makes of a request, the wire stays up.
+        let _ = lab.curl("xwing", "http://10.66.0.2/v1/healthz", &[]);
+        let _ = lab.memcache_roundtrip("awing", "awing-coord", "1.0,2.0");
+        assert!(
+            lab.ping("xwing", SERVER4),
+            "the enforcer went down on L7 traffic"
+        );
+        assert_eq!(echo(&lab, "awing", SERVER6), "echo:hello");
+
         let _ = echo_srv.kill();
         let _ = echo_srv.wait();
 

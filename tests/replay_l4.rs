@@ -481,3 +481,96 @@ fn cut_capture_is_an_error_after_the_frames_it_had() {
     let r = lab.replay(&lab.policies(), &ng, &[]);
     assert!(!r.ok, "{}", r.stderr);
 }
+
+/// TCP payloads of the output frames, with their destination address.
+fn payloads(frames: &[Vec<u8>]) -> Vec<(std::net::IpAddr, Vec<u8>)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let m = enforcer::packet::parse(f).ok()?;
+            let p = m.payload(f);
+            (!p.is_empty()).then(|| (m.dst, p.to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn l7_verdicts_and_injected_denials_reach_the_output_and_log() {
+    let lab = Lab::new();
+    let mut c = Conn::new(ep(AWING, 40000), ep(SERVER, 11211));
+    let mut frames = c.handshake();
+    frames.push(c.client_data(b"get awing-coord\r\n"));
+    frames.push(c.server_data(b"VALUE awing-coord 0 2\r\nok\r\nEND\r\n"));
+    frames.push(c.client_data(b"get xwing-coord\r\n"));
+    let input = lab.path("memcd.pcap");
+    let recs: Vec<_> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| rec(i as u64 * 1_000_000, 0, f.clone()))
+        .collect();
+    write_pcap(&input, &recs);
+    let r = lab.replay(&repo().join("policies"), &input, &[]);
+    assert!(r.ok, "{}", r.stderr);
+    let server = ip(SERVER);
+    let client = ip(AWING);
+    assert_eq!(
+        payloads(&r.out),
+        vec![
+            (server, b"get awing-coord\r\n".to_vec()),
+            (client, b"VALUE awing-coord 0 2\r\nok\r\nEND\r\n".to_vec()),
+            (client, b"CLIENT_ERROR access denied\r\n".to_vec()),
+        ],
+        "the denied request never reaches the server; its denial reaches the client"
+    );
+    let kinds: Vec<_> = r
+        .log
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or("").to_string(),
+                e["verdict"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("flow".into(), "allow".into()),
+            ("memcache".into(), "allow".into()),
+            ("memcache".into(), "deny".into())
+        ]
+    );
+    assert_eq!(r.log[2]["keys"][0], "xwing-coord");
+    assert_eq!(r.counters()["l7_requests_denied"], 1);
+}
+
+#[test]
+fn short_snap_length_capture_counts_cut_frames() {
+    use pcap_file::pcap::{PcapHeader, PcapWriter, RawPcapPacket};
+    let lab = Lab::new();
+    let c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
+    let syn = c.syn();
+    let arp_frame = arp();
+    let input = lab.path("snap.pcap");
+    let header = PcapHeader {
+        snaplen: 40,
+        ..Default::default()
+    };
+    let mut w = PcapWriter::with_header(std::fs::File::create(&input).unwrap(), header).unwrap();
+    for (i, f) in [&syn, &arp_frame].iter().enumerate() {
+        let cut = &f[..f.len().min(40)];
+        let raw = RawPcapPacket {
+            ts_sec: 1,
+            ts_frac: i as u32,
+            incl_len: cut.len() as u32,
+            orig_len: f.len() as u32,
+            data: std::borrow::Cow::Borrowed(cut),
+        };
+        w.write_raw_packet(&raw).unwrap();
+    }
+    drop(w);
+    let r = lab.replay(&lab.policies(), &input, &[]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.drops("malformed"), 1, "the cut TCP frame");
+    assert_eq!(r.out, vec![arp_frame[..40].to_vec()]);
+}

@@ -67,6 +67,21 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
+/// Report the first few panics in full, then only count them (a broken
+/// frame pattern could otherwise flood stderr at line rate).
+fn quiet_repeated_panics() {
+    static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let n = SEEN.fetch_add(1, Ordering::Relaxed);
+        if n < 3 {
+            default(info);
+        } else if n == 3 {
+            eprintln!("enforcer: further panics are only counted (engine_panics)");
+        }
+    }));
+}
+
 fn install_signals() {
     let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     unsafe {
@@ -256,6 +271,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
 
     // From here on a signal must not skip the cleanup below.
     install_signals();
+    quiet_repeated_panics();
     for (i, info) in [&a, &b].into_iter().enumerate() {
         match iface::claim(info) {
             Ok(iface::Existing::RemovedStale) => println!(

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,6 +90,8 @@ pub struct DpCounters {
     /// shared UMEM between workers.
     pub frames_to_spare: u64,
     pub frames_from_spare: u64,
+    /// Engine panics survived (frame dropped, worker's engine replaced).
+    pub engine_panics: u64,
     /// At exit: UMEM frames neither free nor on a ring (a leak if not 0).
     pub umem_frames_unaccounted: u64,
 }
@@ -110,6 +113,7 @@ impl DpCounters {
         self.xdp_invalid_descs += o.xdp_invalid_descs;
         self.frames_to_spare += o.frames_to_spare;
         self.frames_from_spare += o.frames_from_spare;
+        self.engine_panics += o.engine_panics;
         self.umem_frames_unaccounted += o.umem_frames_unaccounted;
     }
 }
@@ -125,14 +129,36 @@ pub struct WorkerStats {
 /// What decides frames: the engine, or (private switch for bring-up without a
 /// policy) a wire that forwards every frame to the other port.
 enum Processor {
-    Engine(Box<Engine>),
+    Engine {
+        engine: Box<Engine>,
+        /// Counters of engines replaced after a panic.
+        carried: Box<Counters>,
+        panics: u64,
+    },
     PassThrough(Box<Counters>),
 }
 
 impl Processor {
+    fn engine(e: Engine) -> Processor {
+        Processor::Engine {
+            engine: Box::new(e),
+            carried: Box::default(),
+            panics: 0,
+        }
+    }
+
     fn process(&mut self, port: Port, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
         match self {
-            Processor::Engine(e) => e.process(port, frame, now, out),
+            Processor::Engine { engine, .. } => {
+                let r = catch_unwind(AssertUnwindSafe(|| engine.process(port, frame, now, out)));
+                match r {
+                    Ok(v) => v,
+                    Err(_) => {
+                        self.recover(out);
+                        Verdict::Consumed
+                    }
+                }
+            }
             Processor::PassThrough(c) => {
                 c.frames_in += 1;
                 c.frames_forwarded += 1;
@@ -140,14 +166,53 @@ impl Processor {
             }
         }
     }
+
     fn tick(&mut self, now: u64, out: &mut Output) {
-        if let Processor::Engine(e) = self {
-            e.tick(now, out)
+        if let Processor::Engine { engine, .. } = self {
+            if catch_unwind(AssertUnwindSafe(|| engine.tick(now, out))).is_err() {
+                self.recover(out);
+            }
         }
     }
+
+    /// A bug in the core must not take the wire down: the frame that hit it
+    /// is dropped and the worker goes on with a fresh engine (this worker's
+    /// flows are forgotten, so they fail closed or are picked up again).
+    fn recover(&mut self, out: &mut Output) {
+        out.clear();
+        if let Processor::Engine {
+            engine,
+            carried,
+            panics,
+        } = self
+        {
+            *panics += 1;
+            carried.merge(engine.counters());
+            let fresh = Engine::new(
+                engine.policy().clone(),
+                engine.config().clone(),
+                engine.worker(),
+            );
+            **engine = fresh;
+        }
+    }
+
+    fn panics(&self) -> u64 {
+        match self {
+            Processor::Engine { panics, .. } => *panics,
+            Processor::PassThrough(_) => 0,
+        }
+    }
+
     fn counters(&self) -> Counters {
         match self {
-            Processor::Engine(e) => e.counters().clone(),
+            Processor::Engine {
+                engine, carried, ..
+            } => {
+                let mut c = (**carried).clone();
+                c.merge(engine.counters());
+                c
+            }
             Processor::PassThrough(c) => (**c).clone(),
         }
     }
@@ -348,11 +413,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
         id: spec.id,
         workers: spec.workers,
         proc: match &spec.policy {
-            Some(p) => Processor::Engine(Box::new(Engine::new(
-                p.clone(),
-                spec.engine.clone(),
-                spec.id,
-            ))),
+            Some(p) => Processor::engine(Engine::new(p.clone(), spec.engine.clone(), spec.id)),
             None => Processor::PassThrough(Box::default()),
         },
         out: Output::default(),
@@ -464,8 +525,8 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                if let (Some(p), Processor::Engine(e)) = (p, &mut w.proc) {
-                    e.set_policy(p);
+                if let (Some(p), Processor::Engine { engine, .. }) = (p, &mut w.proc) {
+                    engine.set_policy(p);
                 }
             }
             w.proc.tick(now, &mut w.out);
@@ -720,6 +781,7 @@ impl Worker {
 
     fn publish(&mut self, shared: &Shared, socks: &[Xsk]) {
         let mut dp = self.dp.clone();
+        dp.engine_panics = self.proc.panics();
         for s in socks {
             if let Ok(st) = s.rx.fd().xdp_statistics() {
                 dp.xdp_rx_dropped += st.rx_dropped();

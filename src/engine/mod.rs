@@ -18,7 +18,9 @@
 //!   with default-open egress that would let anyone in.
 //! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
 //! * A policy swap re-decides each flow on its next packet; a flow now
-//!   denied is removed (one event), an allowed one keeps its L7 state.
+//!   denied is removed (one event), an allowed one keeps its L7 state. A TCP
+//!   connection whose port gained L7 rules is ended the same way (it cannot
+//!   be parsed from mid-stream); the client reconnects under the new rules.
 //! * Fragments are held until their datagram is whole, judged on the
 //!   reassembled L4 header, then forwarded unchanged or dropped together.
 //!   TCP fragments to an L7 port are dropped (`unsupported`).
@@ -500,15 +502,25 @@ impl Engine {
         if e.policy_gen == gen {
             return true;
         }
-        let tuple = e.tuple();
-        let d = self.decide(tuple.src, tuple.dst, tuple.proto, tuple.dport);
-        if d.allowed {
-            // A live connection keeps its L7 state (held bytes, seq offsets):
-            // replacing it mid-stream would break the connection.
+        let (tuple, had_l7) = (e.tuple(), e.l7.is_some());
+        let mut d = self.decide(tuple.src, tuple.dst, tuple.proto, tuple.dport);
+        if d.allowed && (had_l7 || d.l7.is_none() || tuple.proto != IPPROTO_TCP) {
+            // A live L7 connection keeps its L7 state (held bytes, seq
+            // offsets): replacing it mid-stream would break the connection.
             if let Some(e) = self.flows.get_mut(idx) {
                 e.policy_gen = gen;
             }
             return true;
+        }
+        if d.allowed {
+            // The port gained L7 rules. A stream cannot be parsed from the
+            // middle and must not go on unchecked: end it, the client
+            // reconnects under the new rules.
+            d = FlowDecision {
+                allowed: false,
+                detail: "port gained L7 rules; connection must restart".into(),
+                l7: None,
+            };
         }
         self.counters.flows_redecided += 1;
         out.events.push(self.event(now, tuple, &d));
@@ -818,6 +830,7 @@ impl Engine {
     /// Timers: idle-flow expiry, retransmission of injected bytes. Call at
     /// least every few milliseconds, also when no frames arrive.
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
+        let emits_before = out.emits.len();
         let mut gone = 0;
         let mut gone_l7 = Vec::new();
         self.flows.expire(now_ns, &self.timeouts, |idx, e| {
@@ -850,6 +863,7 @@ impl Engine {
             };
             l7.on_tick(&mut ctx, now_ns, out);
         }
+        self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
     }
 }
 

@@ -827,3 +827,44 @@ fn l7_timer_list_follows_the_table() {
         assert_eq!(e.flows.get(idx).unwrap().l7_pos as usize, pos);
     }
 }
+
+#[test]
+fn policy_swap_adding_l7_rules_ends_live_l4_connections() {
+    let l7 = Rc::new(Cell::new(false));
+    let flag = l7.clone();
+    let mut e = Engine::new(Arc::new(Policy::default()), EngineConfig::default(), 0);
+    e.decide_override = Some(Box::new(move |_, _, _, _| FlowDecision {
+        allowed: true,
+        detail: "x".into(),
+        l7: flag.get().then(|| {
+            Arc::new(L7Policy {
+                proto: L7Proto::Http,
+                stages: vec![],
+            })
+        }),
+    }));
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    let u = udp(ep("10.66.0.11", 5000), ep("10.66.0.2", 53), b"q");
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    assert_eq!(run(&mut e, 0, &u, 0, &mut out), FWD);
+    l7.set(true);
+    e.set_policy(Arc::new(Policy::default()));
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(b"GET /"), 1, &mut out),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    assert_eq!(out.events.last().unwrap().verdict, Decision::Deny);
+    // Its next segment cannot be adopted either (an L7 port): no way around the rules.
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(b"GET /"), 2, &mut out),
+        Verdict::Drop(DropReason::NoFlow)
+    );
+    assert_eq!(
+        run(&mut e, 0, &u, 3, &mut out),
+        FWD,
+        "datagram flows are not affected"
+    );
+}

@@ -361,14 +361,18 @@ pub fn write_pcap(path: &Path, recs: &[Rec]) {
 /// Write a pcapng with two Ethernet interfaces; `Rec::port` is the interface id.
 pub fn write_pcapng(path: &Path, recs: &[Rec]) {
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
-    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+    use pcap_file::pcapng::blocks::interface_description::{
+        InterfaceDescriptionBlock, InterfaceDescriptionOption,
+    };
     use pcap_file::pcapng::PcapNgWriter;
     use pcap_file::DataLink;
     let f = std::fs::File::create(path).expect("create pcapng");
     let mut w = PcapNgWriter::new(f).expect("pcapng header");
     for _ in 0..2 {
-        w.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65535))
-            .expect("idb");
+        let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65535);
+        // Timestamps below are nanoseconds (the default unit is microseconds).
+        idb.options.push(InterfaceDescriptionOption::IfTsResol(9));
+        w.write_pcapng_block(idb).expect("idb");
     }
     for r in recs {
         let b = EnhancedPacketBlock {

@@ -139,6 +139,7 @@ impl Lab {
         if !available() {
             return None;
         }
+        let prefix = &unique(prefix);
         // A previous aborted run may have left this prefix behind.
         lab_sh(prefix, queues, &["down"]);
         let out = lab_sh(prefix, queues, &["up"]);
@@ -426,9 +427,15 @@ impl Drop for Lab {
     }
 }
 
+/// The namespace prefix a test's `prefix` gets in this process: the pid
+/// keeps concurrent test runs (other worktrees, CI) from sharing a lab.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id())
+}
+
 /// Panics when namespaces of the prefix are left (call after the lab dropped).
 pub fn assert_clean(prefix: &str) {
-    let left = leftover_namespaces(prefix);
+    let left = leftover_namespaces(&unique(prefix));
     assert!(left.is_empty(), "namespaces left: {left:?}");
 }
 
