@@ -150,12 +150,12 @@ impl<P: Protocol> Stream<P> {
 
     /// Client offset up to which every byte is decided.
     pub(super) fn decided(&self) -> u64 {
-        self.c_next - self.c_buf.len() as u64
+        self.c_next.saturating_sub(self.c_buf.len() as u64)
     }
 
     /// Server offset of the next byte the server expects from us.
     pub(super) fn c_out(&self) -> u64 {
-        self.decided() - self.removed.total + u64::from(self.c_fin_sent)
+        self.decided().saturating_sub(self.removed.total) + u64::from(self.c_fin_sent)
     }
 
     /// A denial waits for earlier replies: later requests are held.

@@ -211,7 +211,7 @@ impl<P: Protocol> Stream<P> {
         if matches!(self.reply, ReplyState::Tunnel) {
             return;
         }
-        let buf_start = start - self.r_buf.len() as u64;
+        let buf_start = start.saturating_sub(self.r_buf.len() as u64);
         self.r_buf.extend_from_slice(bytes);
         let mut off = 0usize;
         loop {
