@@ -40,8 +40,8 @@ pub(super) enum ReqState {
 
 /// A request in reply order.
 pub(super) enum Pending<R> {
-    /// Forwarded; its reply is on the way.
-    Awaiting(R),
+    /// Forwarded; its reply is on the way. With the head length it keeps.
+    Awaiting(R, usize),
     /// Denied; its denial goes to the client once earlier replies are done.
     Denial(Vec<u8>),
 }
@@ -107,6 +107,10 @@ pub(crate) struct Stream<P: Protocol> {
     pub(super) inserted: Inserted,
     pub(super) inj: VecDeque<Injected>,
     pub(super) tpl_s: Option<Template>,
+    /// Head bytes kept by requests awaiting replies, bounded by `limit`.
+    pub(super) pending_bytes: usize,
+    /// `max_held_bytes`, as of the latest call.
+    pub(super) limit: usize,
 }
 
 impl<P: Protocol> Stream<P> {
@@ -140,6 +144,8 @@ impl<P: Protocol> Stream<P> {
             inserted: Inserted::default(),
             inj: VecDeque::new(),
             tpl_s: None,
+            pending_bytes: 0,
+            limit: usize::MAX,
         }
     }
 
@@ -163,6 +169,7 @@ impl<P: Protocol> Stream<P> {
         // Unacknowledged denials are bounded too: a client that does not
         // read them gets no further requests through.
         self.queue.len() >= MAX_PENDING
+            || self.pending_bytes >= self.limit
             || self.inj.len() >= MAX_PENDING
             || self.queue.iter().any(|p| matches!(p, Pending::Denial(_)))
     }
@@ -263,6 +270,7 @@ impl<P: Protocol> Stream<P> {
         self.r_buf = Vec::new();
         self.ooo.clear();
         self.queue.clear();
+        self.pending_bytes = 0;
         self.inj.clear();
     }
 
@@ -327,6 +335,7 @@ impl<P: Protocol> Stream<P> {
         if self.closed {
             return Verdict::Drop(DropReason::L7Denied);
         }
+        self.limit = ctx.cfg.max_held_bytes;
         if in_port == self.client_port {
             self.client_segment(ctx, frame, meta, &t, now, out)
         } else {
@@ -627,7 +636,8 @@ impl<P: Protocol> Stream<P> {
                             if v.allowed {
                                 rel.extend_from_slice(&avail[..head_len]);
                                 if self.proto.expects_reply(&h.req) {
-                                    self.queue.push_back(Pending::Awaiting(h.req));
+                                    self.pending_bytes += head_len;
+                                    self.queue.push_back(Pending::Awaiting(h.req, head_len));
                                 }
                             } else {
                                 denied = true;

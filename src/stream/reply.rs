@@ -185,7 +185,6 @@ impl<P: Protocol> Stream<P> {
             let f = self.seg(false, sabs.seq(self.inserted.to_view(hi)), TCP_FIN, &[]);
             self.emit(ctx, out, false, f);
         }
-        let injected = !blocks.is_empty();
         for (_, vs, bytes) in blocks {
             self.inj.push_back(Injected {
                 view_start: vs,
@@ -194,9 +193,9 @@ impl<P: Protocol> Stream<P> {
                 rto_ns: ctx.cfg.inject_rto_ns,
             });
         }
-        if injected {
-            self.release_held(ctx, now, out);
-        }
+        // Held requests go on once their wait is over (a denial injected,
+        // or replies freed room in the pending budget).
+        self.release_held(ctx, now, out);
         verdict
     }
 
@@ -262,7 +261,7 @@ impl<P: Protocol> Stream<P> {
                         break;
                     }
                     let req = match self.queue.front() {
-                        Some(Pending::Awaiting(r)) => Some(r),
+                        Some(Pending::Awaiting(r, _)) => Some(r),
                         _ => None,
                     };
                     match self.proto.parse_reply(avail, req) {
@@ -318,8 +317,11 @@ impl<P: Protocol> Stream<P> {
 
     /// A reply unit ended at server offset `at`.
     fn unit_done(&mut self, completes: bool, at: u64, inj: &mut Vec<(u64, Vec<u8>)>) {
-        if completes && matches!(self.queue.front(), Some(Pending::Awaiting(_))) {
-            self.queue.pop_front();
+        if completes {
+            if let Some(Pending::Awaiting(_, n)) = self.queue.front() {
+                self.pending_bytes = self.pending_bytes.saturating_sub(*n);
+                self.queue.pop_front();
+            }
         }
         while let Some(Pending::Denial(_)) = self.queue.front() {
             if let Some(Pending::Denial(b)) = self.queue.pop_front() {
@@ -333,6 +335,7 @@ impl<P: Protocol> Stream<P> {
     pub(super) fn give_up(&mut self, at: u64, inj: &mut Vec<(u64, Vec<u8>)>) {
         self.reply = ReplyState::Tunnel;
         self.r_buf = Vec::new();
+        self.pending_bytes = 0;
         for p in self.queue.drain(..) {
             if let Pending::Denial(b) = p {
                 inj.push((at, b));

@@ -832,10 +832,15 @@ fn held_requests_beyond_the_limit_are_dropped_for_resend() {
     assert!(r.counters.dropped(DropReason::L7HoldOverflow) >= 1);
     r.deliver();
     r.server_send(b"A\n");
-    r.input(CLIENT, f2);
+    r.input(CLIENT, f2.clone());
+    r.deliver();
+    // c and d await replies: their 16 head bytes fill the pending budget.
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
+    // Their replies free the budget: e goes on without a retransmission.
+    r.server_send(b"C\nD\n");
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\nALLOW e\n");
-    r.server_send(b"C\nD\nE\n");
+    r.server_send(b"E\n");
     r.deliver();
     assert_eq!(r.client.data, b"A\ndenied b\nC\nD\nE\n");
     r.assert_healthy();
