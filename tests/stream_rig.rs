@@ -94,7 +94,11 @@ fn serve(rig: &mut Rig, done: &mut usize) {
 }
 
 fn run(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64) {
-    let mut rig = Rig::new(XWING, 11211, EngineConfig::default(), faults, seed);
+    run_with(reqs, pipelined, faults, seed, EngineConfig::default());
+}
+
+fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: EngineConfig) {
+    let mut rig = Rig::new(XWING, 11211, cfg, faults, seed);
     assert!(
         // The client's first data completes the server's side.
         rig.run_until(120_000, |r| r.client().state() == tcp::State::Established),
@@ -266,6 +270,24 @@ fn seed_sequence_over_a_lossy_link() {
     );
 }
 
+#[test]
+fn many_pipelined_requests_with_a_small_hold_budget() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mix = [GetAllowed, GetDenied, SetAllowed, SetQuietDenied, SetDenied];
+    let reqs: Vec<Req> = (0..40).map(|i| mix[i * 7 % mix.len()]).collect();
+    run_with(&reqs, true, Faults::default(), 4, cfg.clone());
+    let f = Faults {
+        drop: 5,
+        dup: 5,
+        reorder: 10,
+        split: 10,
+    };
+    run_with(&reqs, true, f, 5, cfg);
+}
+
 fn req() -> impl Strategy<Value = Req> {
     prop_oneof![
         Just(GetAllowed),
@@ -288,7 +310,12 @@ proptest! {
         reorder in 0u32..30,
         split in 0u32..30,
         seed in any::<u64>(),
+        small in any::<bool>(),
     ) {
-        run(&reqs, pipelined, Faults { drop, dup, reorder, split }, seed);
+        let cfg = EngineConfig {
+            max_held_bytes: if small { 64 } else { 64 * 1024 },
+            ..EngineConfig::default()
+        };
+        run_with(&reqs, pipelined, Faults { drop, dup, reorder, split }, seed, cfg);
     }
 }
