@@ -8,10 +8,11 @@
 #   tracker  10.66.0.13 fd66::13 ─┼─ sw (bridge) ─ cli0 [enf] srv0 ─ server 10.66.0.2 fd66::2
 #   outsider 10.66.0.14 fd66::14 ─┘
 #
-# Usage: scripts/lab.sh [-p PREFIX] [-q QUEUES] up|down|status|exec HOST CMD...
+# Usage: scripts/lab.sh [-p PREFIX] [-q QUEUES] up|down|status|gc|exec HOST CMD...
 #   PREFIX (default: $LAB_PREFIX or "lab") prefixes every namespace name
 #   (PREFIX-awing, ..., PREFIX-enf, PREFIX-server), so labs never collide.
 #   QUEUES (default: $LAB_QUEUES or 2) RX/TX queues of the enforcer's ports.
+#   gc removes every lab whose owner (the process that ran `up`) is gone.
 # Needs root, iproute2, ethtool, memcached, python3.
 set -euo pipefail
 
@@ -78,6 +79,8 @@ up() {
   done
   trap 'echo "lab: setup failed, tearing down" >&2; down' ERR
   mkdir -p "$STATE"
+  # Whoever asked for the lab owns it; `gc` removes labs of dead owners.
+  echo "${LAB_OWNER:-$PPID}" >"$STATE/owner"
   for h in "${HOSTS[@]}"; do
     ip netns add "$(ns "$h")"
     nsx "$h" ip link set lo up
@@ -138,12 +141,25 @@ status() {
   done
 }
 
+gc() {
+  local d owner
+  for d in /run/enforcer-lab/*/; do
+    [ -f "$d/owner" ] || continue
+    owner=$(cat "$d/owner")
+    if ! kill -0 "$owner" 2>/dev/null; then
+      echo "lab: removing $(basename "$d") (owner $owner is gone)"
+      PREFIX=$(basename "$d") STATE="${d%/}" down
+    fi
+  done
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
   up) up ;;
   down) down ;;
   status) status ;;
+  gc) gc ;;
   exec)
     h="${1:?exec needs HOST}"; shift
     [[ " ${HOSTS[*]} " == *" $h "* ]] || { echo "lab: unknown host $h (${HOSTS[*]})" >&2; exit 2; }

@@ -589,3 +589,163 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
     }
     lab::assert_clean(prefix);
 }
+
+/// Run Python with bmemcached on a host: each line of `calls` is evaluated
+/// and printed (value or `ERR <status>`), like the guide's interpreter.
+fn bmemcached(lab: &Lab, host: &str, calls: &[&str]) -> Vec<String> {
+    let script = format!(
+        "import bmemcached, sys\n\
+         client = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
+         for line in sys.argv[1:]:\n\
+         \x20   try:\n\
+         \x20       r = eval(line)\n\
+         \x20       print(r.decode() if isinstance(r, bytes) else r)\n\
+         \x20   except bmemcached.exceptions.MemcachedException as e:\n\
+         \x20       print('ERR', e.code)\n"
+    );
+    let mut args = vec!["python3", "-c", &script];
+    args.extend_from_slice(calls);
+    stdout(&lab.exec(host, &args))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The seed scenarios' key steps through the real enforcer with `policies/`
+/// (what `scripts/demo.sh` shows): per-request memcached and HTTP decisions,
+/// denials in the protocols' own words, denied requests never at the server.
+#[test]
+fn seed_scenarios_end_to_end() {
+    let prefix = "seed";
+    {
+        let Some(mut lab) = Lab::up(prefix) else {
+            return;
+        };
+        lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
+        let nc = |host: &str, text: &str| {
+            stdout(&lab.sh(
+                host,
+                &format!("printf '{text}' | nc -N -w 2 {SERVER4} 11211"),
+            ))
+        };
+
+        // Memcached guide.
+        assert_eq!(
+            bmemcached(
+                &lab,
+                "awing",
+                &[
+                    "client.set('awing-coord','4309.432,918.980',time=2400)",
+                    "client.get('awing-coord')"
+                ]
+            ),
+            ["True", "4309.432,918.980"]
+        );
+        assert_eq!(
+            nc(
+                "xwing",
+                "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
+            ),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            nc("xwing", "get xwing-coord\\r\\n"),
+            "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
+        );
+        assert_eq!(
+            nc("xwing", "get awing-coord\\r\\n"),
+            "CLIENT_ERROR access denied\r\n"
+        );
+        // Denied, then allowed again on the same connection.
+        assert_eq!(
+            bmemcached(
+                &lab,
+                "awing",
+                &[
+                    "client.get('xwing-coord')",
+                    "client.set('xwing-coord','0.0,0.0',time=2400)",
+                    "client.get('awing-coord')"
+                ]
+            ),
+            ["ERR 8", "ERR 8", "4309.432,918.980"]
+        );
+        assert_eq!(
+            bmemcached(
+                &lab,
+                "tracker",
+                &[
+                    "client.get('xwing-coord')",
+                    "client.set('awing-coord','0.0,0.0',time=1200)"
+                ]
+            ),
+            ["8893.34,234.3290", "ERR 8"]
+        );
+        // Nothing denied changed a value.
+        assert_eq!(
+            lab.memcache_roundtrip("awing", "awing-coord", "9852.542,892.1318"),
+            "9852.542,892.1318"
+        );
+        assert_eq!(
+            nc("tracker", "get xwing-coord\\r\\n"),
+            "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
+        );
+
+        // Star Wars demo.
+        let r = lab.curl("awing", "http://10.66.0.2/v1/request-landing", &["-XPOST"]);
+        assert_eq!(stdout(&r), "Ship landed\n");
+        assert!(lab.ping("xwing", SERVER4));
+        let r = lab.curl("xwing", "http://[fd66::2]/v1/", &[]);
+        assert!(stdout(&r).contains("\"name\": \"Death Star\""), "{r:?}");
+        let r = lab.curl(
+            "xwing",
+            "http://10.66.0.2/v1/exhaust-port",
+            &["-i", "-XPUT"],
+        );
+        let out = stdout(&r);
+        assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+        assert!(out.contains("\r\n\r\nAccess denied"), "{out}");
+        let r = lab.curl(
+            "xwing",
+            "http://10.66.0.2/v1/exhaust-port",
+            &["-i", "-XPUT", "-H", "X-Has-Force: true"],
+        );
+        let out = stdout(&r);
+        assert!(
+            out.starts_with("HTTP/1.1 503") && out.contains("Panic: deathstar exploded"),
+            "{out}"
+        );
+        let r = lab.curl("outsider", "http://10.66.0.2/v1/", &[]);
+        assert_eq!(r.status.code(), Some(28));
+
+        // The server saw the forceful PUT only.
+        let puts: Vec<_> = lab
+            .deathstar_log()
+            .into_iter()
+            .filter(|e| e["path"] == "/v1/exhaust-port")
+            .collect();
+        assert_eq!(puts.len(), 1, "{puts:?}");
+        assert_eq!(puts[0]["x_has_force"], "true");
+
+        let st = lab.stop().unwrap();
+        assert_eq!(st.status.code(), Some(0), "{st:?}");
+        let c = st.counters().unwrap();
+        assert_eq!(c["dataplane"]["engine_panics"], 0, "{c}");
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
+        assert!(
+            c["engine"]["l7_requests_denied"].as_u64().unwrap() >= 5,
+            "{c}"
+        );
+        assert!(lab
+            .verdicts()
+            .iter()
+            .any(|e| e["kind"] == "memcache" && e["verdict"] == "deny"));
+        assert!(lab
+            .verdicts()
+            .iter()
+            .any(|e| e["kind"] == "http" && e["verdict"] == "deny"));
+    }
+    lab::assert_clean(prefix);
+}

@@ -259,3 +259,66 @@ fn malformed_frames_and_requests_never_crash_the_replay() {
         "{events:?}"
     );
 }
+
+fn bin(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80, opcode];
+    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    v.push(extras.len() as u8);
+    v.extend_from_slice(&[0, 0, 0]);
+    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&opaque.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(extras);
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v
+}
+
+#[test]
+fn memcached_binary_quiet_split_and_pipelined() {
+    let c = ep("10.66.0.11", 40003);
+    let s = ep(SERVER, 11211);
+    let mut conv = Conn::new(c, s);
+    let mut recs: Vec<Rec> = conv
+        .handshake()
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
+        .collect();
+    // a-wing: getq of its own key (allowed, quiet), getq of x-wing's (denied,
+    // quiet: no reply), setq of x-wing's (denied, quiet), a noop (no key: the
+    // seed policy has no rule for it, denied with a reply), a get of its own key
+    // split byte by byte.
+    let getq_ok = bin(0x09, 1, b"awing-coord", &[], &[]);
+    let getq_no = bin(0x09, 2, b"xwing-coord", &[], &[]);
+    let setq_no = bin(0x11, 3, b"xwing-coord", &[0; 8], b"0.0,0.0");
+    let noop = bin(0x0a, 4, b"", &[], &[]);
+    let pipelined = [getq_ok.clone(), getq_no, setq_no, noop].concat();
+    recs.push(rec(10, 0, conv.client_data(&pipelined)));
+    let get = bin(0x00, 5, b"awing-coord", &[], &[]);
+    for (i, b) in get.iter().enumerate() {
+        recs.push(rec(20 + i as u64, 0, conv.client_data(&[*b])));
+    }
+    let (out, events) = replay(&recs, &[]);
+    let (to_server, _) = stream_to(&out, SERVER);
+    assert_eq!(
+        to_server,
+        [getq_ok, get].concat(),
+        "only a-wing's own key reaches the server"
+    );
+    let (to_client, _) = stream_to(&out, "10.66.0.11");
+    // Exactly one denial answered: the noop (opcode 0x0a, opaque 4, status 8).
+    assert_eq!(
+        to_client.len(),
+        24 + b"access denied".len(),
+        "{to_client:?}"
+    );
+    assert_eq!((to_client[0], to_client[1]), (0x81, 0x0a));
+    assert_eq!(&to_client[6..8], &[0, 8]);
+    assert_eq!(&to_client[12..16], &4u32.to_be_bytes());
+    let denied = events
+        .iter()
+        .filter(|e| e["kind"] == "memcache" && e["verdict"] == "deny")
+        .count();
+    assert_eq!(denied, 3);
+}

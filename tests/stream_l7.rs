@@ -519,3 +519,69 @@ fn fin_after_an_incomplete_head_does_not_pass_the_fragment() {
     assert_eq!(lab.server.got.len(), 0);
     assert!(lab.server.fin, "the close itself goes through");
 }
+
+#[test]
+fn zero_window_probes_and_window_updates_pass_through() {
+    let mut lab = Lab::new("10.66.0.12", 80, EngineConfig::default());
+    // The server closes its window; the client probes one byte at a time.
+    let mut zero = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4([10, 66, 0, 2], [10, 66, 0, 12], 64)
+        .tcp(80, 40_000, lab.server.snd, 0)
+        .ack(lab.server.rcv)
+        .write(&mut zero, &[])
+        .unwrap();
+    lab.send(SERVER_PORT, zero);
+    lab.run();
+    lab.client_sends(&GET.as_bytes()[..1], 1);
+    lab.client_sends(&GET.as_bytes()[1..], 1500);
+    assert_eq!(lab.server_got(), GET);
+    lab.server_sends(OK.as_bytes());
+    assert_eq!(lab.client_got(), OK);
+    lab.healthy();
+}
+
+#[test]
+fn rst_from_either_side_ends_the_flow_cleanly() {
+    let mut lab = Lab::new("10.66.0.12", 80, EngineConfig::default());
+    lab.client_sends(b"GET /v1/ HTT", 1500);
+    let rst = tcp(
+        lab.client.me,
+        lab.client.peer,
+        lab.client.snd,
+        lab.client.rcv,
+        0x04 | ACK,
+        &[],
+    );
+    lab.send(CLIENT_PORT, rst);
+    lab.run();
+    assert!(lab.server.rst, "the RST reaches the server");
+    assert_eq!(lab.server.got.len(), 0, "the partial head never does");
+}
+
+#[test]
+fn a_policy_reload_applies_to_the_next_request_of_a_live_connection() {
+    let mut lab = Lab::new("10.66.0.12", 80, EngineConfig::default());
+    lab.client_sends(PUT.as_bytes(), 1500);
+    assert!(lab.client_got().starts_with(FORBIDDEN));
+    let eps = std::fs::read_to_string("policies/endpoints.yaml").unwrap();
+    let open_port = std::fs::read_to_string("policies/sw-deathstar-http.yaml")
+        .unwrap()
+        .replace(
+            "          headers:\n          - \"X-Has-Force: true\"\n",
+            "",
+        );
+    let p = Policy::from_sources(&[
+        ("endpoints.yaml".into(), eps),
+        ("sw.yaml".into(), open_port),
+    ])
+    .unwrap();
+    lab.engine.set_policy(Arc::new(p));
+    lab.client_sends(PUT.as_bytes(), 1500);
+    assert_eq!(
+        lab.server_got(),
+        PUT,
+        "the same connection, judged by the new rules"
+    );
+    lab.healthy();
+}

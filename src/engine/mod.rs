@@ -506,13 +506,24 @@ impl Engine {
         let mut d = self.decide(tuple.src, tuple.dst, tuple.proto, tuple.dport);
         if d.allowed && (had_l7 || d.l7.is_none() || tuple.proto != IPPROTO_TCP) {
             // A live L7 connection keeps its L7 state (held bytes, seq
-            // offsets): replacing it mid-stream would break the connection.
+            // offsets) and takes the new rules for its next request.
             if let Some(e) = self.flows.get_mut(idx) {
                 e.policy_gen = gen;
+                if let Some(l7) = e.l7.as_mut() {
+                    if !l7.set_policy(d.l7.take()) {
+                        d = FlowDecision {
+                            allowed: false,
+                            detail: "port changed L7 protocol; connection must restart".into(),
+                            l7: None,
+                        };
+                    }
+                }
             }
-            return true;
+            if d.allowed {
+                return true;
+            }
         }
-        if d.allowed {
+        if d.allowed && !had_l7 {
             // The port gained L7 rules. A stream cannot be parsed from the
             // middle and must not go on unchecked: end it, the client
             // reconnects under the new rules.

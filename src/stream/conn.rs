@@ -149,6 +149,13 @@ impl<P: Protocol> Stream<P> {
         }
     }
 
+    pub fn held_bytes(&self) -> usize {
+        self.c_buf.len()
+            + self.ooo.bytes
+            + self.r_buf.len()
+            + self.inj.iter().map(|b| b.bytes.len()).sum::<usize>()
+    }
+
     /// Once bytes were removed or inserted, both directions need mapping.
     pub(super) fn modified(&self) -> bool {
         !self.removed.is_empty() || !self.inserted.is_empty()

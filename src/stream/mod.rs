@@ -69,6 +69,38 @@ impl L7Flow {
         }
     }
 
+    /// Rules changed (policy reload): later requests are judged by `policy`
+    /// (None: the port no longer has L7 rules, every request passes). False
+    /// when the new rules speak another protocol: the connection must end.
+    pub fn set_policy(&mut self, policy: Option<Arc<L7Policy>>) -> bool {
+        let proto = match &self.inner {
+            Inner::Http(_) => L7Proto::Http,
+            Inner::Memcache(_) => L7Proto::Memcache,
+        };
+        let p = match policy {
+            Some(p) if p.proto != proto => return false,
+            Some(p) => p,
+            None => Arc::new(L7Policy {
+                proto,
+                stages: Vec::new(),
+            }),
+        };
+        match &mut self.inner {
+            Inner::Http(s) => s.policy = p,
+            Inner::Memcache(s) => s.policy = p,
+        }
+        true
+    }
+
+    /// Bytes held for this connection now (undecided and out-of-order
+    /// client bytes, an unfinished reply head, unacknowledged denials).
+    pub fn held_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::Http(s) => s.held_bytes(),
+            Inner::Memcache(s) => s.held_bytes(),
+        }
+    }
+
     /// Retransmit injected bytes not yet acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
         match &mut self.inner {

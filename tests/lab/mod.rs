@@ -140,8 +140,8 @@ impl Lab {
             return None;
         }
         let prefix = &unique(prefix);
-        // A previous aborted run may have left this prefix behind.
-        lab_sh(prefix, queues, &["down"]);
+        // Labs of runs that died without tearing down (owner gone).
+        lab_sh(prefix, queues, &["gc"]);
         let out = lab_sh(prefix, queues, &["up"]);
         assert!(
             out.status.success(),
