@@ -483,6 +483,8 @@ impl<P: Protocol> Stream<P> {
             && !modified_before
             && len > 0
             && s == next_before as i64
+            && s == decided_before as i64
+            && self.decided() as i64 == e
             && old.is_empty()
             && rel.len() == payload.len()
             && fin == fin_now;

@@ -450,6 +450,22 @@ fn allowed_requests_take_the_fast_path() {
 }
 
 #[test]
+fn held_prefix_never_lets_the_original_frame_through() {
+    let mut r = toy();
+    r.client_send(b"ALL");
+    // As long as the segment: the bytes released are not this segment's.
+    let v = r.client_send(b"OW a\nALL");
+    assert_ne!(v, Verdict::Forward(SERVER));
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    let frames_to_server: usize = r.to_server.len();
+    assert_eq!(frames_to_server, 0);
+    r.client_send(b"OW b\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW b\n");
+}
+
+#[test]
 fn split_request_is_held_until_complete() {
     let mut r = toy();
     for b in b"ALLOW split\n".chunks(3) {
