@@ -111,6 +111,12 @@ pub(crate) struct Stream<P: Protocol> {
     pub(super) pending_bytes: usize,
     /// `max_held_bytes`, as of the latest call.
     pub(super) limit: usize,
+    /// Released bytes the server has not acknowledged, from server offset
+    /// `sent_base`: retransmissions are served from here, never from the
+    /// client's retransmitted frame (whose bytes could differ from the ones
+    /// judged).
+    pub(super) sent: VecDeque<u8>,
+    pub(super) sent_base: u64,
 }
 
 impl<P: Protocol> Stream<P> {
@@ -146,11 +152,14 @@ impl<P: Protocol> Stream<P> {
             tpl_s: None,
             pending_bytes: 0,
             limit: usize::MAX,
+            sent: VecDeque::new(),
+            sent_base: 0,
         }
     }
 
     pub fn held_bytes(&self) -> usize {
         self.c_buf.len()
+            + self.sent.len()
             + self.ooo.bytes
             + self.r_buf.len()
             + self.inj.iter().map(|b| b.bytes.len()).sum::<usize>()
@@ -278,6 +287,7 @@ impl<P: Protocol> Stream<P> {
         self.ooo.clear();
         self.queue.clear();
         self.pending_bytes = 0;
+        self.sent = VecDeque::new();
         self.inj.clear();
     }
 
@@ -434,7 +444,9 @@ impl<P: Protocol> Stream<P> {
             if s <= self.c_next as i64 {
                 let skip = (self.c_next as i64 - s) as usize;
                 let fresh = &payload[skip..];
-                if self.waiting() && self.c_buf.len() + fresh.len() > ctx.cfg.max_held_bytes {
+                if (self.waiting() && self.c_buf.len() + fresh.len() > ctx.cfg.max_held_bytes)
+                    || self.sent.len() >= self.sent_limit()
+                {
                     overflow = true;
                 } else {
                     self.c_buf.extend_from_slice(fresh);
@@ -508,8 +520,19 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Forward(fwd);
         }
         let mut sent = false;
-        for (at, off, n) in old {
-            let f = self.seg(true, cabs.seq(at), TCP_PSH, &payload[off..off + n]);
+        for (at, _, n) in old {
+            // Only what we released, as we released it.
+            let lo = at.max(self.sent_base);
+            let hi = (at + n as u64).min(self.sent_base + self.sent.len() as u64);
+            if lo >= hi {
+                continue;
+            }
+            let bytes: Vec<u8> = self
+                .sent
+                .range((lo - self.sent_base) as usize..(hi - self.sent_base) as usize)
+                .copied()
+                .collect();
+            let f = self.seg(true, cabs.seq(lo), TCP_PSH, &bytes);
             self.emit(ctx, out, true, f);
             sent = true;
         }
@@ -545,6 +568,7 @@ impl<P: Protocol> Stream<P> {
     ) -> bool {
         let mut off = 0usize;
         let mut denied = false;
+        let rel_start = rel.len();
         while !self.closed {
             let base = self.decided();
             let avail = &self.c_buf[off..];
@@ -688,7 +712,23 @@ impl<P: Protocol> Stream<P> {
         if !self.closed {
             self.c_buf.drain(..off.min(self.c_buf.len()));
         }
+        self.sent.extend(&rel[rel_start..]);
         denied
+    }
+
+    /// Bytes in flight to the server, at most: beyond it new client data is
+    /// dropped (and retransmitted by the client later).
+    fn sent_limit(&self) -> usize {
+        self.limit.saturating_mul(4)
+    }
+
+    /// The server acknowledged up to server offset `acked`.
+    pub(super) fn trim_sent(&mut self, acked: u64) {
+        let n = acked
+            .saturating_sub(self.sent_base)
+            .min(self.sent.len() as u64);
+        self.sent.drain(..n as usize);
+        self.sent_base += n;
     }
 
     /// The client's FIN goes out once every byte before it is decided; an

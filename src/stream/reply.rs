@@ -64,6 +64,7 @@ impl<P: Protocol> Stream<P> {
             let a = cabs.abs(t.ack, c_out);
             if a > self.s_ack as i64 && a <= c_out as i64 {
                 self.s_ack = a as u64;
+                self.trim_sent(self.s_ack);
                 let acked = self.removed.to_client_ack(self.s_ack);
                 self.removed.prune(acked);
             }

@@ -621,6 +621,35 @@ fn released_bytes_lost_on_the_way_are_resent_from_retransmission() {
 }
 
 #[test]
+fn retransmission_with_other_bytes_cannot_smuggle() {
+    let mut r = toy();
+    let seq = r.client.snd_nxt;
+    r.client_send(b"ALLOW a\n");
+    // The server never got it (full receive buffer, lost frame...).
+    r.to_server.clear();
+    // Same range, different bytes: the server gets what was judged.
+    let evil = frame(true, seq, r.client.rcv_nxt, TCP_ACK | TCP_PSH, b"DENY  z\n");
+    r.input(CLIENT, evil);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    // After a denial too (rebuilt segments).
+    r.server_send(b"A\n");
+    r.deliver();
+    r.client_send(b"DENY b\n");
+    let seq = r.client.snd_nxt;
+    r.client_send(b"ALLOW c\n");
+    r.to_server.clear();
+    let evil = frame(true, seq, r.client.rcv_nxt, TCP_ACK | TCP_PSH, b"DENY  y\n");
+    r.input(CLIENT, evil);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
+    r.server_send(b"C\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\nC\n");
+    r.assert_healthy();
+}
+
+#[test]
 fn injected_denial_is_retransmitted_until_acked() {
     let mut r = toy();
     r.client_send(b"DENY a\n");
