@@ -31,6 +31,11 @@ enum Cmd {
         /// Policy file or directory.
         path: PathBuf,
     },
+    /// Print a 2017-format (JSON) policy as CiliumNetworkPolicy YAML.
+    Convert {
+        /// Legacy policy file.
+        path: PathBuf,
+    },
     /// Run the engine over a capture: frames that would leave the enforcer and the verdict log.
     Replay {
         #[arg(long)]
@@ -142,6 +147,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Some(Cmd::Check { path }) => policy::check::run(&path),
+        Some(Cmd::Convert { path }) => {
+            policy::legacy::convert_file(&path).map(|yaml| print!("{yaml}"))
+        }
         Some(Cmd::Replay {
             policy,
             input,

@@ -170,9 +170,21 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyEr
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut rule_files = Vec::new();
     for (d, kind) in &docs {
-        match kind.as_deref() {
+        let ix = LineIndex::build(d.text);
+        // A 2017 legacy document converts into CiliumNetworkPolicy documents;
+        // errors found after conversion point at the legacy document.
+        let mut legacy = false;
+        let parsed: Vec<PolicyDoc> = match kind.as_deref() {
             Some("Endpoints") => continue,
-            Some("CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {}
+            Some("CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                match serde_yaml::from_str::<PolicyDoc>(d.text) {
+                    Ok(doc) => vec![doc],
+                    Err(e) => {
+                        errors.push(yaml_error(d, &e));
+                        continue;
+                    }
+                }
+            }
             Some(other) => {
                 errors.push(PolicyError {
                     file: d.file.to_string(),
@@ -184,79 +196,89 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyEr
                 });
                 continue;
             }
-            None => {
-                errors.push(PolicyError {
-                    file: d.file.to_string(),
-                    line: Some(d.first_line),
-                    field: Some("kind".into()),
-                    message: "missing kind".into(),
-                });
+            None => match legacy_docs(d, &ix) {
+                Ok(Some(docs)) => {
+                    legacy = true;
+                    docs
+                }
+                Ok(None) => {
+                    errors.push(PolicyError {
+                        file: d.file.to_string(),
+                        line: Some(d.first_line),
+                        field: Some("kind".into()),
+                        message: "missing kind".into(),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            },
+        };
+        for doc in parsed {
+            if !doc.api_version.starts_with("cilium.io/") {
+                errors.push(located(
+                    d,
+                    &ix,
+                    CompileError {
+                        field: "apiVersion".into(),
+                        message: format!(
+                            "unsupported apiVersion {:?} (cilium.io/v2)",
+                            doc.api_version
+                        ),
+                    },
+                ));
                 continue;
             }
-        }
-        let doc = match serde_yaml::from_str::<PolicyDoc>(d.text) {
-            Ok(doc) => doc,
-            Err(e) => {
-                errors.push(yaml_error(d, &e));
-                continue;
+            let name = if doc.metadata.name.is_empty() {
+                format!("{}:{}", d.file, d.first_line)
+            } else {
+                doc.metadata.name.clone()
+            };
+            let mut specs = Vec::new();
+            if let Some(s) = &doc.spec {
+                specs.push(("spec".to_string(), s));
             }
-        };
-        let ix = LineIndex::build(d.text);
-        if !doc.api_version.starts_with("cilium.io/") {
-            errors.push(located(
-                d,
-                &ix,
-                CompileError {
-                    field: "apiVersion".into(),
-                    message: format!(
-                        "unsupported apiVersion {:?} (cilium.io/v2)",
-                        doc.api_version
-                    ),
-                },
-            ));
-            continue;
-        }
-        let name = if doc.metadata.name.is_empty() {
-            format!("{}:{}", d.file, d.first_line)
-        } else {
-            doc.metadata.name.clone()
-        };
-        let mut specs = Vec::new();
-        if let Some(s) = &doc.spec {
-            specs.push(("spec".to_string(), s));
-        }
-        for (i, s) in doc.specs.iter().flatten().enumerate() {
-            specs.push((format!("specs[{i}]"), s));
-        }
-        if specs.is_empty() {
-            errors.push(located(
-                d,
-                &ix,
-                CompileError {
-                    field: "spec".into(),
-                    message: "a policy needs spec or specs".into(),
-                },
-            ));
-        }
-        for (at, s) in specs {
-            match compile_rule(s, &at, &name, &endpoints) {
-                Ok(r) => {
-                    if r.subject_ids.is_empty() {
-                        let sel = r
-                            .subject
-                            .as_ref()
-                            .map(|s| s.describe())
-                            .unwrap_or_else(|| "nodeSelector".into());
-                        warnings.push(located(d, &ix, CompileError {
+            for (i, s) in doc.specs.iter().flatten().enumerate() {
+                specs.push((format!("specs[{i}]"), s));
+            }
+            if specs.is_empty() {
+                errors.push(located(
+                    d,
+                    &ix,
+                    CompileError {
+                        field: "spec".into(),
+                        message: "a policy needs spec or specs".into(),
+                    },
+                ));
+            }
+            for (at, s) in specs {
+                match compile_rule(s, &at, &name, &endpoints) {
+                    Ok(r) => {
+                        if r.subject_ids.is_empty() {
+                            let sel = r
+                                .subject
+                                .as_ref()
+                                .map(|s| s.describe())
+                                .unwrap_or_else(|| "nodeSelector".into());
+                            warnings.push(located(d, &ix, CompileError {
                             field: format!("{at}.endpointSelector"),
                             message: format!("selects no endpoint ({sel}): no Endpoints entry has these labels"),
                         }));
+                        }
+                        warn_empty_peers(d, &ix, &at, &r, &mut warnings);
+                        rule_files.push(d.file.to_string());
+                        rules.push(r);
                     }
-                    warn_empty_peers(d, &ix, &at, &r, &mut warnings);
-                    rule_files.push(d.file.to_string());
-                    rules.push(r);
+                    Err(ce) if legacy => errors.push(PolicyError {
+                        file: d.file.to_string(),
+                        line: Some(d.first_line),
+                        field: Some(format!("(converted) {}", ce.field)),
+                        message: ce.message,
+                    }),
+                    Err(ce) => errors.push(located(d, &ix, ce)),
                 }
-                Err(ce) => errors.push(located(d, &ix, ce)),
             }
         }
     }
@@ -268,6 +290,40 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyEr
         warnings,
         rule_files,
     })
+}
+
+/// The documents a legacy (2017) document converts into; None when `d` is
+/// not one.
+fn legacy_docs(d: &Doc<'_>, ix: &LineIndex) -> Result<Option<Vec<PolicyDoc>>, PolicyError> {
+    use super::legacy;
+    let looks =
+        serde_yaml::from_str::<serde_yaml::Value>(d.text).is_ok_and(|v| legacy::looks_legacy(&v));
+    if !looks {
+        return Ok(None);
+    }
+    let doc: legacy::LegacyDoc = serde_yaml::from_str(d.text).map_err(|e| yaml_error(d, &e))?;
+    let converted = legacy::convert(&doc).map_err(|e| {
+        located(
+            d,
+            ix,
+            CompileError {
+                field: e.field,
+                message: e.message,
+            },
+        )
+    })?;
+    converted
+        .into_iter()
+        .map(|v| {
+            serde_yaml::from_value::<PolicyDoc>(v).map_err(|e| PolicyError {
+                file: d.file.to_string(),
+                line: Some(d.first_line),
+                field: None,
+                message: format!("converted policy: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 fn warn_empty_peers(

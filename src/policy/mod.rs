@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod compile;
+pub mod legacy;
 pub mod load;
 pub mod locate;
 pub mod selector;

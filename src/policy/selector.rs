@@ -102,7 +102,13 @@ impl CompiledSelector {
         let mut parts: Vec<String> = self
             .labels
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
             .collect();
         for (k, op, vals) in &self.exprs {
             parts.push(match op {
