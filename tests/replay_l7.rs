@@ -1,324 +1,285 @@
-//! `enforcer replay` at L7: generated captures (reordered, duplicated and
-//! overlapping segments, pipelined requests, denials) through the real
-//! binary with the shipped policies; the assertions are on the exact bytes
-//! each side would receive from the frames in OUT.
+//! `enforcer replay` at L7: captures of the seed conversations through the
+//! real binary with the shipped policies. The capture holds what each side
+//! sends as it would live (the server never sees denied requests, the
+//! client acknowledges the injected denial); the test reassembles what the
+//! enforcer wrote towards each side and checks the exact bytes.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 use enforcer::packet::view::parse;
 
 const SERVER: &str = "10.66.0.2";
+const AWING: &str = "10.66.0.11";
+const XWING: &str = "10.66.0.12";
+const DENY_403: &[u8] =
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n";
+const MC_DENY: &[u8] = b"CLIENT_ERROR access denied\r\n";
 
-/// Run replay over `recs` (pcapng, interface = port); the frames that leave.
-fn replay(recs: &[Rec], extra: &[&str]) -> (Vec<Vec<u8>>, Vec<serde_json::Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.pcapng");
-    let output = dir.path().join("out.pcap");
+struct Run {
+    out: Vec<Vec<u8>>,
+    log: Vec<serde_json::Value>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn replay(frames: &[Vec<u8>], extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.pcap");
+    let out = dir.path().join("out.pcap");
     let log = dir.path().join("log.jsonl");
-    write_pcapng(&input, recs);
-    let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args(["replay", "--policy", "policies"])
+    let recs: Vec<_> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| rec(i as u64 * 1_000_000, 0, f.clone()))
+        .collect();
+    write_pcap(&input, &recs);
+    let o = Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .arg("replay")
+        .arg("--policy")
+        .arg(repo().join("policies"))
         .arg(&input)
         .arg("-w")
-        .arg(&output)
+        .arg(&out)
         .arg("--log")
         .arg(&log)
         .args(extra)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (read_pcap(&output), events)
+        .expect("run enforcer");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "replay failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Run {
+        out: read_pcap(&out),
+        log: std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("log line is JSON"))
+            .collect(),
+    }
 }
 
-/// The byte stream towards `to` (by seq, first copy wins), from its first
-/// data byte on, and the seqs where each payload started.
-fn stream_to(frames: &[Vec<u8>], to: &str) -> (Vec<u8>, Vec<u32>) {
-    let mut segs: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-    let mut starts = Vec::new();
-    for f in frames {
-        let m = parse(f).unwrap();
-        if m.dst != ip(to) || m.proto != 6 {
+/// The byte stream (and whether a FIN / RST came) the enforcer sent to
+/// `dst`, reassembled from `start` as a receiver would, checking that
+/// every copy of a byte carries the same value.
+fn stream_to(r: &Run, dst: &str, start: u32) -> (Vec<u8>, bool, bool) {
+    let mut bytes: BTreeMap<u32, u8> = BTreeMap::new();
+    let (mut fin, mut rst) = (None, false);
+    for f in &r.out {
+        let m = parse(f).expect("enforcer wrote an unparsable frame");
+        if m.dst != ip(dst) {
+            continue;
+        }
+        let t = m.tcp().expect("tcp");
+        if t.flags & RST != 0 {
+            rst = true;
+        }
+        if t.flags & SYN != 0 {
             continue;
         }
         let p = m.payload(f);
-        if p.is_empty() {
-            continue;
+        for (i, b) in p.iter().enumerate() {
+            let off = t.seq.wrapping_add(i as u32).wrapping_sub(start);
+            if let Some(old) = bytes.insert(off, *b) {
+                assert_eq!(old, *b, "two different bytes at offset {off} to {dst}");
+            }
         }
-        let seq = m.tcp().unwrap().seq;
-        starts.push(seq);
-        segs.entry(seq).or_insert_with(|| p.to_vec());
+        if t.flags & FIN != 0 {
+            fin = Some(t.seq.wrapping_add(p.len() as u32).wrapping_sub(start));
+        }
     }
     let mut out = Vec::new();
-    let Some((&first, _)) = segs.iter().next() else {
-        return (out, starts);
-    };
-    let mut next = first;
-    for (s, d) in segs {
-        if s > next {
-            break; // a gap: the receiver would stop here
-        }
-        let skip = (next - s) as usize;
-        if skip < d.len() {
-            out.extend_from_slice(&d[skip..]);
-            next = s + d.len() as u32;
-        }
+    while let Some(b) = bytes.get(&(out.len() as u32)) {
+        out.push(*b);
     }
-    (out, starts)
+    assert_eq!(out.len(), bytes.len(), "gap in the stream to {dst}");
+    let fin = fin == Some(out.len() as u32);
+    (out, fin, rst)
 }
 
-const GET: &[u8] = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n";
-const PUT: &[u8] = b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n";
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+fn l7_verdicts(r: &Run) -> Vec<String> {
+    r.log
+        .iter()
+        .filter(|e| e["kind"] != "flow")
+        .map(|e| e["verdict"].as_str().unwrap_or("").to_string())
+        .collect()
+}
 
-#[test]
-fn http_reordered_overlapping_and_denied_segments() {
-    let c = ep("10.66.0.12", 40000);
-    let s = ep(SERVER, 80);
-    let (c0, s0) = (1001u32, 50_001u32);
-    let mut recs = vec![
-        rec(1, 0, tcp(c, s, c0 - 1, 0, SYN, &[])),
-        rec(2, 1, tcp(s, c, s0 - 1, c0, SYN | ACK, &[])),
-        rec(3, 0, tcp(c, s, c0, s0, ACK, &[])),
-    ];
-    // GET in three pieces, out of order, with a duplicate and an overlap.
-    let (a, rest) = GET.split_at(10);
-    let (b, d) = rest.split_at(10);
-    recs.push(rec(4, 0, tcp(c, s, c0 + 10, s0, ACK | PSH, b)));
-    recs.push(rec(5, 0, tcp(c, s, c0, s0, ACK | PSH, a)));
-    recs.push(rec(6, 0, tcp(c, s, c0, s0, ACK | PSH, a)));
-    recs.push(rec(7, 0, tcp(c, s, c0 + 5, s0, ACK | PSH, &GET[5..25])));
-    recs.push(rec(8, 0, tcp(c, s, c0 + 20, s0, ACK | PSH, d)));
-    let c1 = c0 + GET.len() as u32;
-    recs.push(rec(9, 1, tcp(s, c, s0, c1, ACK | PSH, OK)));
-    // The denied PUT; the client then acknowledges the 200 and the 403.
-    recs.push(rec(
-        10,
-        0,
-        tcp(c, s, c1, s0 + OK.len() as u32, ACK | PSH, PUT),
-    ));
-    let c2 = c1 + PUT.len() as u32;
-    // A second GET; the server (which never saw the PUT) answers it.
-    recs.push(rec(
-        11,
-        0,
-        tcp(c, s, c2, s0 + OK.len() as u32, ACK | PSH, GET),
-    ));
-    recs.push(rec(
-        12,
-        1,
-        tcp(
-            s,
+/// A conversation where each side sends with its own seq and acks what it
+/// received (the client's view includes injected denials, the server's
+/// excludes denied requests).
+struct Talk {
+    c: Ep,
+    s: Ep,
+    /// Next seq each side sends.
+    c_snd: u32,
+    s_snd: u32,
+    /// What each side received so far (its next expected seq).
+    c_rcv: u32,
+    s_rcv: u32,
+    frames: Vec<Vec<u8>>,
+}
+
+const C_ISN: u32 = 1000;
+const S_ISN: u32 = 50_000;
+
+impl Talk {
+    fn new(client: &str, port: u16) -> Talk {
+        let (c, s) = (ep(client, 40_000), ep(SERVER, port));
+        let frames = vec![
+            tcp(c, s, C_ISN, 0, SYN, &[]),
+            tcp(s, c, S_ISN, C_ISN + 1, SYN | ACK, &[]),
+            tcp(c, s, C_ISN + 1, S_ISN + 1, ACK, &[]),
+        ];
+        Talk {
             c,
-            s0 + OK.len() as u32,
-            c1 + GET.len() as u32,
+            s,
+            c_snd: C_ISN + 1,
+            s_snd: S_ISN + 1,
+            c_rcv: S_ISN + 1,
+            s_rcv: C_ISN + 1,
+            frames,
+        }
+    }
+
+    /// A request the server receives.
+    fn allowed(&mut self, req: &[u8], reply: &[u8]) {
+        self.frames
+            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, ACK | PSH, req));
+        self.c_snd += req.len() as u32;
+        self.s_rcv += req.len() as u32;
+        self.frames.push(tcp(
+            self.s,
+            self.c,
+            self.s_snd,
+            self.s_rcv,
             ACK | PSH,
-            OK,
-        ),
-    ));
-    let (out, events) = replay(&recs, &[]);
-
-    let (to_server, _) = stream_to(&out, SERVER);
-    assert_eq!(
-        to_server,
-        [GET, GET].concat(),
-        "exactly the allowed requests, byte for byte"
-    );
-    let (to_client, starts) = stream_to(&out, "10.66.0.12");
-    let text = String::from_utf8_lossy(&to_client).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
-    let i403 = text.find("HTTP/1.1 403 Forbidden").expect("403 injected");
-    assert_eq!(
-        i403,
-        OK.len(),
-        "the denial sits right after the first reply"
-    );
-    assert!(text.ends_with("\r\n\r\nok"), "{text}");
-    // the second 200 comes after the injected bytes in the client's space
-    let denial_len = (text.len() - 2 * OK.len()) as u32;
-    assert_eq!(*starts.last().unwrap(), s0 + OK.len() as u32 + denial_len);
-
-    let l7: Vec<_> = events.iter().filter(|e| e["kind"] == "http").collect();
-    let verdicts: Vec<_> = l7
-        .iter()
-        .map(|e| {
-            (
-                e["method"].as_str().unwrap(),
-                e["verdict"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        verdicts,
-        [("GET", "allow"), ("PUT", "deny"), ("GET", "allow")]
-    );
-    assert!(l7[0]["rule"].as_str().unwrap().contains("deathstar-http"));
-}
-
-#[test]
-fn memcached_every_family_from_the_tracker() {
-    let c = ep("10.66.0.13", 40001);
-    let s = ep(SERVER, 11211);
-    let mut conv = Conn::new(c, s);
-    let mut recs: Vec<Rec> = conv
-        .handshake()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
-        .collect();
-    // One request per family the tracker may not use, then one it may.
-    let reqs: &[&[u8]] = &[
-        b"set awing-coord 0 0 3\r\nabc\r\n",
-        b"add awing-coord 0 0 3 noreply\r\nabc\r\n",
-        b"cas awing-coord 0 0 3 99\r\nabc\r\n",
-        b"delete awing-coord\r\n",
-        b"incr awing-coord 1\r\n",
-        b"touch awing-coord 10\r\n",
-        b"gat 10 awing-coord\r\n",
-        b"flush_all\r\n",
-        b"stats\r\n",
-        b"version\r\n",
-        b"get awing-coord xwing-coord\r\n",
-    ];
-    let mut t = 10;
-    for r in reqs {
-        t += 1;
-        recs.push(rec(t, 0, conv.client_data(r)));
+            reply,
+        ));
+        self.s_snd += reply.len() as u32;
+        self.c_rcv += reply.len() as u32;
+        self.client_ack();
     }
-    // Allowed: a meta get (the `get` group) and a plain get of a tracked key.
-    recs.push(rec(t + 1, 0, conv.client_data(b"mg awing-coord v\r\n")));
-    recs.push(rec(t + 2, 0, conv.client_data(b"get xwing-coord\r\n")));
-    let (out, events) = replay(&recs, &[]);
-    let (to_server, _) = stream_to(&out, SERVER);
-    assert_eq!(
-        String::from_utf8_lossy(&to_server),
-        "mg awing-coord v\r\nget xwing-coord\r\n",
-        "exactly the allowed requests reach the server"
-    );
-    let denied = events
-        .iter()
-        .filter(|e| e["kind"] == "memcache" && e["verdict"] == "deny")
-        .count();
-    assert_eq!(denied, reqs.len(), "{events:?}");
-    let (to_client, _) = stream_to(&out, "10.66.0.13");
-    let text = String::from_utf8_lossy(&to_client).into_owned();
-    // one CLIENT_ERROR per denied request that expects a reply (not the noreply add)
-    assert_eq!(
-        text.matches("CLIENT_ERROR access denied\r\n").count(),
-        reqs.len() - 1,
-        "{text}"
-    );
-}
 
-#[test]
-fn malformed_frames_and_requests_never_crash_the_replay() {
-    let c = ep("10.66.0.11", 40002);
-    let s = ep(SERVER, 80);
-    let mut conv = Conn::new(c, s);
-    let mut recs: Vec<Rec> = conv
-        .handshake()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
-        .collect();
-    let mut junk = tcp(
-        c,
-        s,
-        conv.cseq,
-        conv.sseq,
-        ACK | PSH,
-        b"GET /v1/ HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
-    junk.truncate(40);
-    recs.push(rec(10, 0, junk));
-    recs.push(rec(
-        11,
-        0,
-        conv.client_data(b"GET /v1/ HTTP/1.1\nHost: bare-lf\n\n"),
-    ));
-    let (out, events) = replay(&recs, &[]);
-    let (to_server, _) = stream_to(&out, SERVER);
-    assert!(to_server.is_empty());
-    assert!(
-        events
-            .iter()
-            .any(|e| e["verdict"] == "deny"
-                && e["reason"].as_str().unwrap_or("").contains("invalid")),
-        "{events:?}"
-    );
-}
-
-fn bin(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x80, opcode];
-    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    v.push(extras.len() as u8);
-    v.extend_from_slice(&[0, 0, 0]);
-    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
-    v.extend_from_slice(&opaque.to_be_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(extras);
-    v.extend_from_slice(key);
-    v.extend_from_slice(value);
-    v
-}
-
-#[test]
-fn memcached_binary_quiet_split_and_pipelined() {
-    let c = ep("10.66.0.11", 40003);
-    let s = ep(SERVER, 11211);
-    let mut conv = Conn::new(c, s);
-    let mut recs: Vec<Rec> = conv
-        .handshake()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
-        .collect();
-    // a-wing: getq of its own key (allowed, quiet), getq of x-wing's (denied,
-    // quiet: no reply), setq of x-wing's (denied, quiet), a noop (no key: the
-    // seed policy has no rule for it, denied with a reply), a get of its own key
-    // split byte by byte.
-    let getq_ok = bin(0x09, 1, b"awing-coord", &[], &[]);
-    let getq_no = bin(0x09, 2, b"xwing-coord", &[], &[]);
-    let setq_no = bin(0x11, 3, b"xwing-coord", &[0; 8], b"0.0,0.0");
-    let noop = bin(0x0a, 4, b"", &[], &[]);
-    let pipelined = [getq_ok.clone(), getq_no, setq_no, noop].concat();
-    recs.push(rec(10, 0, conv.client_data(&pipelined)));
-    let get = bin(0x00, 5, b"awing-coord", &[], &[]);
-    for (i, b) in get.iter().enumerate() {
-        recs.push(rec(20 + i as u64, 0, conv.client_data(&[*b])));
+    /// A request the enforcer answers with `denial`.
+    fn denied(&mut self, req: &[u8], denial: &[u8]) {
+        self.frames
+            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, ACK | PSH, req));
+        self.c_snd += req.len() as u32;
+        self.c_rcv += denial.len() as u32;
+        self.client_ack();
     }
-    let (out, events) = replay(&recs, &[]);
-    let (to_server, _) = stream_to(&out, SERVER);
+
+    fn client_ack(&mut self) {
+        self.frames
+            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, ACK, &[]));
+    }
+
+    fn close(&mut self) {
+        self.frames
+            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, FIN | ACK, &[]));
+        self.c_snd += 1;
+        self.s_rcv += 1;
+        self.frames
+            .push(tcp(self.s, self.c, self.s_snd, self.s_rcv, FIN | ACK, &[]));
+        self.s_snd += 1;
+        self.c_rcv += 1;
+        self.client_ack();
+    }
+}
+
+#[test]
+fn memcached_get_allowed_denied_allowed_on_one_connection() {
+    let mut t = Talk::new(XWING, 11211);
+    let v1: &[u8] = b"VALUE xwing-coord 0 3\r\nabc\r\nEND\r\n";
+    t.allowed(b"get xwing-coord\r\n", v1);
+    t.denied(b"get awing-coord\r\n", MC_DENY);
+    t.allowed(b"get xwing-coord\r\n", b"END\r\n");
+    t.close();
+    let r = replay(&t.frames, &[]);
+    let (srv, srv_fin, srv_rst) = stream_to(&r, SERVER, C_ISN + 1);
+    assert_eq!(srv, b"get xwing-coord\r\nget xwing-coord\r\n");
+    assert!(srv_fin && !srv_rst);
+    let (cli, cli_fin, cli_rst) = stream_to(&r, XWING, S_ISN + 1);
+    let mut want = v1.to_vec();
+    want.extend_from_slice(MC_DENY);
+    want.extend_from_slice(b"END\r\n");
+    assert_eq!(cli, want);
+    assert!(cli_fin && !cli_rst);
+    assert_eq!(l7_verdicts(&r), ["allow", "deny", "allow"]);
+}
+
+#[test]
+fn http_200_403_200_like_curl_next() {
+    let mut t = Talk::new(AWING, 80);
+    let get: &[u8] =
+        b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n";
+    let ok: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    let put: &[u8] =
+        b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 4\r\n\r\nboom";
+    t.allowed(get, ok);
+    t.denied(put, DENY_403);
+    t.allowed(get, ok);
+    t.close();
+    let r = replay(&t.frames, &[]);
+    let (srv, srv_fin, _) = stream_to(&r, SERVER, C_ISN + 1);
     assert_eq!(
-        to_server,
-        [getq_ok, get].concat(),
-        "only a-wing's own key reaches the server"
+        srv,
+        [get, get].concat(),
+        "the server reads exactly the two GETs"
     );
-    let (to_client, _) = stream_to(&out, "10.66.0.11");
-    // Exactly one denial answered: the noop (opcode 0x0a, opaque 4, status 8).
-    assert_eq!(
-        to_client.len(),
-        24 + b"access denied".len(),
-        "{to_client:?}"
-    );
-    assert_eq!((to_client[0], to_client[1]), (0x81, 0x0a));
-    assert_eq!(&to_client[6..8], &[0, 8]);
-    assert_eq!(&to_client[12..16], &4u32.to_be_bytes());
-    let denied = events
-        .iter()
-        .filter(|e| e["kind"] == "memcache" && e["verdict"] == "deny")
-        .count();
-    assert_eq!(denied, 3);
+    assert!(srv_fin);
+    let (cli, cli_fin, _) = stream_to(&r, AWING, S_ISN + 1);
+    assert_eq!(cli, [ok, DENY_403, ok].concat());
+    assert!(cli_fin);
+    assert_eq!(l7_verdicts(&r), ["allow", "deny", "allow"]);
+}
+
+#[test]
+fn http_pipelined_denial_between_replies() {
+    let mut t = Talk::new(AWING, 80);
+    let get: &[u8] = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n";
+    let bad: &[u8] = b"GET /v1/secret HTTP/1.1\r\nHost: deathstar\r\n\r\n";
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+    let all = [get, bad, get].concat();
+    t.frames
+        .push(tcp(t.c, t.s, t.c_snd, t.c_rcv, ACK | PSH, &all));
+    t.c_snd += all.len() as u32;
+    // The server first sees only the first GET...
+    t.s_rcv += get.len() as u32;
+    t.frames
+        .push(tcp(t.s, t.c, t.s_snd, t.s_rcv, ACK | PSH, ok));
+    t.s_snd += ok.len() as u32;
+    // ...then the third, released once the 403 is in place.
+    t.s_rcv += get.len() as u32;
+    t.frames
+        .push(tcp(t.s, t.c, t.s_snd, t.s_rcv, ACK | PSH, ok));
+    t.s_snd += ok.len() as u32;
+    t.c_rcv += (2 * ok.len() + DENY_403.len()) as u32;
+    t.client_ack();
+    let r = replay(&t.frames, &[]);
+    let (srv, ..) = stream_to(&r, SERVER, C_ISN + 1);
+    assert_eq!(srv, [get, get].concat());
+    let (cli, ..) = stream_to(&r, AWING, S_ISN + 1);
+    assert_eq!(cli, [ok, DENY_403, ok].concat());
+}
+
+#[test]
+fn deny_action_reset_resets_both_sides() {
+    let mut t = Talk::new(XWING, 11211);
+    t.allowed(b"get xwing-coord\r\n", b"END\r\n");
+    t.denied(b"get awing-coord\r\n", b"");
+    let r = replay(&t.frames, &["--deny-action", "reset"]);
+    let (srv, _, srv_rst) = stream_to(&r, SERVER, C_ISN + 1);
+    assert_eq!(srv, b"get xwing-coord\r\n");
+    let (cli, _, cli_rst) = stream_to(&r, XWING, S_ISN + 1);
+    assert_eq!(cli, b"END\r\n");
+    assert!(srv_rst && cli_rst);
 }

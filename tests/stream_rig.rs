@@ -322,6 +322,8 @@ proptest! {
 
 #[test]
 fn pipelined_denials_with_a_lost_first_segment_regression() {
+    // The first released request is lost; the client then retransmits one
+    // segment that spans it, a denied request and held requests.
     let f = Faults {
         drop: 3,
         dup: 1,
@@ -337,4 +339,24 @@ fn pipelined_denials_with_a_lost_first_segment_regression() {
         f,
         13644194148088256702,
     );
+}
+
+#[test]
+fn many_pipelined_requests_over_a_lossy_link_regression() {
+    // Server retransmissions coalesce replies across injected denials.
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mix = [GetAllowed, GetDenied, SetAllowed, SetQuietDenied, SetDenied];
+    let reqs: Vec<Req> = (0..40).map(|i| mix[i * 7 % mix.len()]).collect();
+    for seed in 5..9 {
+        let f = Faults {
+            drop: 5,
+            dup: 5,
+            reorder: 10,
+            split: 10,
+        };
+        run_with(&reqs, true, f, seed, cfg.clone());
+    }
 }

@@ -1,135 +1,122 @@
-//! One L7 connection, generic over the protocol: the client→server stream
-//! is reassembled and cut into requests; each request is decided before its
-//! bytes reach the server; denials are injected into the server→client
-//! stream where the reply to that request belongs; from the first change on,
-//! every segment of both directions is rewritten through the seq maps.
-//!
-//! Ordering rule that keeps injection simple: while a denial waits for the
-//! replies of earlier requests, later requests are held (not sent to the
-//! server), so the server's bytes never need splitting around a denial.
+//! One L7-enforced TCP connection, generic over the protocol: state, the
+//! client→server path (reassembly, hold, decide, release) and the emitters.
+//! The server→client path (reply framing, injection) is in `reply.rs`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::reasm::{Insert, Reasm};
-use super::seqmap::{seq_ge, seq_gt, SeqMap};
+use super::reassembly::Ooo;
+use super::seqmap::{Abs, Inserted, Removed};
 use super::StreamCtx;
 use crate::engine::config::DenyAction;
 use crate::engine::{other, DropReason, Emit, Output, Port, Verdict};
 use crate::l7::http::ChunkedDecoder;
-use crate::l7::{Body, Parse, Protocol, ReplyBody};
+use crate::l7::{Body, Parse, Protocol};
 use crate::log::{Decision, Event, Subject};
-use crate::packet::build::{set_seq_ack, strip_sack, tcp_segment, SegmentSpec};
+use crate::packet::build::{self, SegmentSpec};
 use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use crate::packet::FrameMeta;
 use crate::policy::L7Policy;
 
-/// Server bytes buffered while a reply head is incomplete.
-const MAX_REPLY_HEAD: usize = 64 * 1024;
-/// Give up retransmitting an injected denial after this many tries.
-const MAX_RETRIES: u32 = 12;
+/// Requests forwarded and still awaiting a reply, at most; later ones wait.
+const MAX_PENDING: usize = 256;
+/// Segment size for rebuilt segments before the client showed a larger one.
+const MIN_SEG: usize = 536;
 
-#[derive(Debug)]
-enum Pending<R> {
-    Allowed { req: R, expects: bool },
-    Denied { reply: Option<Vec<u8>> },
-}
-
-enum BodyLeft {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-}
-
-enum ReqState {
-    Head,
-    Body { allowed: bool, left: BodyLeft },
-}
-
-enum ReplyState {
+/// Where the client stream is between requests.
+pub(super) enum ReqState {
     Head,
     Body {
-        left: BodyLeft,
-        last: bool,
-        unsolicited: bool,
+        allowed: bool,
+        left: u64,
     },
-    /// The connection became a tunnel (HTTP upgrade, CONNECT) or the replies
-    /// can no longer be followed: no more reply tracking.
-    Untracked,
+    Chunked {
+        allowed: bool,
+        dec: ChunkedDecoder,
+    },
+    /// After a tunnel was set up: bytes pass unparsed.
+    Pass,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// Requests are no longer parsed: bytes pass both ways through the maps.
-    Tunnel,
-    Closed,
+/// A request in reply order.
+pub(super) enum Pending<R> {
+    /// Forwarded; its reply is on the way. With the head length it keeps.
+    Awaiting(R, usize),
+    /// Denied; its denial goes to the client once earlier replies are done.
+    Denial(Vec<u8>),
 }
 
-struct Injected {
-    /// Client-space sequence number of the first byte.
-    seq: u32,
-    bytes: Vec<u8>,
-    sent_at: u64,
-    tries: u32,
+/// Injected bytes the client has not acknowledged yet.
+pub(super) struct Injected {
+    pub view_start: u64,
+    pub bytes: Vec<u8>,
+    pub sent_ns: u64,
+    pub rto_ns: u64,
 }
 
-/// Headers of a frame of this flow, for building segments.
-struct Template {
-    hdr: Vec<u8>,
-    meta: FrameMeta,
+/// Headers of a frame of the flow, to build segments from.
+pub(super) struct Template {
+    pub frame: Vec<u8>,
+    pub meta: FrameMeta,
 }
 
-pub struct Stream<P: Protocol> {
-    proto: P,
-    policy: Arc<L7Policy>,
-    client_port: Port,
-    phase: Phase,
-
-    c_rx: Option<Reasm>,
-    /// Client bytes received in order but not yet released or removed.
-    c_buf: Vec<u8>,
-    c_buf_seq: u32,
-    req: ReqState,
-    c2s: SeqMap,
-    c_fin: Option<u32>,
-    c_fin_sent: bool,
-    /// Latest ack (client space) and window the client sent.
-    c_ack: u32,
-    c_win: u16,
-    c_mss: usize,
-
-    s_rx: Option<Reasm>,
-    s_buf: Vec<u8>,
-    reply: ReplyState,
-    s2c: SeqMap,
-    /// Latest ack (server space) and window the server sent.
-    s_ack: u32,
-    s_win: u16,
-    s_mss: usize,
-
-    pending: VecDeque<Pending<P::Request>>,
-    injected: VecDeque<Injected>,
-    tmpl_c: Option<Template>,
-    tmpl_s: Option<Template>,
-}
-
-fn template(frame: &[u8], meta: &FrameMeta) -> Template {
-    let end = (meta.l4_off + 20).min(frame.len());
-    Template {
-        hdr: frame[..end].to_vec(),
-        meta: *meta,
-    }
-}
-
-fn drain_body(left: &mut BodyLeft, buf: &[u8]) -> Result<(usize, bool), &'static str> {
-    match left {
-        BodyLeft::Length(n) => {
-            let take = (*n).min(buf.len() as u64);
-            *n -= take;
-            Ok((take as usize, *n == 0))
+impl Template {
+    pub(super) fn of(frame: &[u8], meta: &FrameMeta) -> Self {
+        let end = meta.payload_off.min(frame.len());
+        let mut meta = *meta;
+        meta.payload_end = meta.payload_off;
+        Template {
+            frame: frame[..end].to_vec(),
+            meta,
         }
-        BodyLeft::Chunked(d) => d.feed(buf).map_err(|_| "invalid chunked body"),
     }
+}
+
+pub(crate) struct Stream<P: Protocol> {
+    pub(super) proto: P,
+    pub(super) policy: Arc<L7Policy>,
+    pub(super) client_port: Port,
+    pub(super) closed: bool,
+    // client → server
+    pub(super) c_abs: Option<Abs>,
+    /// Every client byte before this offset arrived.
+    pub(super) c_next: u64,
+    /// Undecided client bytes, ending at `c_next`.
+    pub(super) c_buf: Vec<u8>,
+    pub(super) ooo: Ooo,
+    pub(super) ooo_fin: Option<u64>,
+    pub(super) c_fin: Option<u64>,
+    pub(super) c_fin_sent: bool,
+    pub(super) req: ReqState,
+    pub(super) removed: Removed,
+    pub(super) c_max_seg: usize,
+    pub(super) c_win: u16,
+    /// Latest client ack of the server stream, client view.
+    pub(super) c_ack_view: u64,
+    pub(super) tpl_c: Option<Template>,
+    // server → client
+    pub(super) s_abs: Option<Abs>,
+    pub(super) s_next: u64,
+    pub(super) s_fin: Option<u64>,
+    pub(super) s_win: u16,
+    /// Latest server ack of the client stream, server offsets.
+    pub(super) s_ack: u64,
+    pub(super) r_buf: Vec<u8>,
+    pub(super) reply: super::reply::ReplyState,
+    pub(super) queue: VecDeque<Pending<P::Request>>,
+    pub(super) inserted: Inserted,
+    pub(super) inj: VecDeque<Injected>,
+    pub(super) tpl_s: Option<Template>,
+    /// Head bytes kept by requests awaiting replies, bounded by `limit`.
+    pub(super) pending_bytes: usize,
+    /// `max_held_bytes`, as of the latest call.
+    pub(super) limit: usize,
+    /// Released bytes the server has not acknowledged, from server offset
+    /// `sent_base`: retransmissions are served from here, never from the
+    /// client's retransmitted frame (whose bytes could differ from the ones
+    /// judged).
+    pub(super) sent: VecDeque<u8>,
+    pub(super) sent_base: u64,
 }
 
 impl<P: Protocol> Stream<P> {
@@ -138,178 +125,173 @@ impl<P: Protocol> Stream<P> {
             proto,
             policy,
             client_port,
-            phase: Phase::Open,
-            c_rx: None,
+            closed: false,
+            c_abs: None,
+            c_next: 0,
             c_buf: Vec::new(),
-            c_buf_seq: 0,
-            req: ReqState::Head,
-            c2s: SeqMap::default(),
+            ooo: Ooo::default(),
+            ooo_fin: None,
             c_fin: None,
             c_fin_sent: false,
-            c_ack: 0,
+            req: ReqState::Head,
+            removed: Removed::default(),
+            c_max_seg: MIN_SEG,
             c_win: 0,
-            c_mss: 536,
-            s_rx: None,
-            s_buf: Vec::new(),
-            reply: ReplyState::Head,
-            s2c: SeqMap::default(),
-            s_ack: 0,
+            c_ack_view: 0,
+            tpl_c: None,
+            s_abs: None,
+            s_next: 0,
+            s_fin: None,
             s_win: 0,
-            s_mss: 536,
-            pending: VecDeque::new(),
-            injected: VecDeque::new(),
-            tmpl_c: None,
-            tmpl_s: None,
+            s_ack: 0,
+            r_buf: Vec::new(),
+            reply: super::reply::ReplyState::Head,
+            queue: VecDeque::new(),
+            inserted: Inserted::default(),
+            inj: VecDeque::new(),
+            tpl_s: None,
+            pending_bytes: 0,
+            limit: usize::MAX,
+            sent: VecDeque::new(),
+            sent_base: 0,
         }
     }
 
-    pub fn set_policy(&mut self, policy: Arc<L7Policy>) {
-        self.policy = policy;
-    }
-
-    fn mapped(&self) -> bool {
-        !(self.c2s.is_identity() && self.s2c.is_identity())
-    }
-
-    /// Bytes the stream holds now (for bounds and counters).
     pub fn held_bytes(&self) -> usize {
         self.c_buf.len()
-            + self.s_buf.len()
-            + self.c_rx.as_ref().map_or(0, |r| r.waiting_bytes())
-            + self.s_rx.as_ref().map_or(0, |r| r.waiting_bytes())
+            + self.sent.len()
+            + self.ooo.bytes
+            + self.r_buf.len()
+            + self.inj.iter().map(|b| b.bytes.len()).sum::<usize>()
     }
 
-    pub fn on_segment(
-        &mut self,
-        ctx: &mut StreamCtx<'_>,
-        in_port: Port,
-        frame: &mut [u8],
-        meta: &FrameMeta,
-        now: u64,
-        out: &mut Output,
-    ) -> Verdict {
-        if self.phase == Phase::Closed {
-            return Verdict::Drop(DropReason::L7Denied);
-        }
-        if in_port == self.client_port {
-            self.from_client(ctx, frame, meta, now, out)
-        } else {
-            self.from_server(ctx, frame, meta, now, out)
-        }
+    /// Once bytes were removed or inserted, both directions need mapping.
+    pub(super) fn modified(&self) -> bool {
+        !self.removed.is_empty() || !self.inserted.is_empty()
     }
 
-    // ---- building -------------------------------------------------------
+    /// Client offset up to which every byte is decided.
+    pub(super) fn decided(&self) -> u64 {
+        self.c_next.saturating_sub(self.c_buf.len() as u64)
+    }
 
-    /// A segment towards the server (`to_server`) or the client.
-    fn build(
+    /// Server offset of the next byte the server expects from us.
+    pub(super) fn c_out(&self) -> u64 {
+        self.decided().saturating_sub(self.removed.total) + u64::from(self.c_fin_sent)
+    }
+
+    /// A denial waits for earlier replies: later requests are held.
+    pub(super) fn waiting(&self) -> bool {
+        // Unacknowledged denials are bounded too: a client that does not
+        // read them gets no further requests through.
+        self.queue.len() >= MAX_PENDING
+            || self.pending_bytes >= self.limit
+            || self.inj.len() >= MAX_PENDING
+            || self.queue.iter().any(|p| matches!(p, Pending::Denial(_)))
+    }
+
+    /// Ack (client seq space) to put on segments towards the client.
+    pub(super) fn ack_to_client(&self) -> u32 {
+        let Some(c) = self.c_abs else { return 0 };
+        let limit = self.decided() + u64::from(self.c_fin_sent);
+        c.seq(self.removed.to_client_ack(self.s_ack).min(limit))
+    }
+
+    /// Ack (server seq space) to put on segments towards the server.
+    pub(super) fn ack_to_server(&self) -> u32 {
+        let Some(s) = self.s_abs else { return 0 };
+        let limit = self.s_next + u64::from(self.s_fin.is_some());
+        s.seq(self.inserted.to_server_ack(self.c_ack_view).min(limit))
+    }
+
+    /// Build a segment towards the server (client template) or the client.
+    pub(super) fn seg(
         &self,
         to_server: bool,
         seq: u32,
-        ack: u32,
         flags: u8,
         payload: &[u8],
     ) -> Option<Vec<u8>> {
-        let (own, rev) = if to_server {
-            (&self.tmpl_c, &self.tmpl_s)
+        let (tpl, reverse, ack, window) = if to_server {
+            match (&self.tpl_c, &self.tpl_s) {
+                (Some(t), _) => (t, false, self.ack_to_server(), self.c_win),
+                (None, Some(t)) => (t, true, self.ack_to_server(), self.c_win),
+                _ => return None,
+            }
         } else {
-            (&self.tmpl_s, &self.tmpl_c)
+            match (&self.tpl_s, &self.tpl_c) {
+                (Some(t), _) => (t, false, self.ack_to_client(), self.s_win),
+                (None, Some(t)) => (t, true, self.ack_to_client(), self.s_win),
+                _ => return None,
+            }
         };
-        let (t, reverse) = match (own, rev) {
-            (Some(t), _) => (t, false),
-            (None, Some(t)) => (t, true),
-            (None, None) => return None,
-        };
-        let window = if to_server { self.c_win } else { self.s_win };
         let spec = SegmentSpec {
             reverse,
             seq,
             ack,
-            flags,
+            flags: flags | TCP_ACK,
             window,
         };
-        Some(tcp_segment(&t.hdr, &t.meta, &spec, payload))
+        Some(build::tcp_segment(&tpl.frame, &tpl.meta, &spec, payload))
     }
 
-    fn server_port(&self) -> Port {
-        other(self.client_port)
-    }
-
-    /// Client-space ack to give the client: what the server acknowledged,
-    /// with removed (denied) bytes counted as received.
-    fn ack_for_client(&self) -> u32 {
-        self.c2s.unmap(self.s_ack)
-    }
-
-    fn ack_for_server(&self) -> u32 {
-        self.s2c.unmap(self.c_ack)
-    }
-
-    /// Send stream bytes starting at `seq` (the sender's space) on, cut to
-    /// the sender's segment size: client bytes to the server or server
-    /// bytes to the client.
-    fn emit_data(
+    pub(super) fn emit(
         &self,
-        to_server: bool,
-        seq: u32,
-        bytes: &[u8],
         ctx: &mut StreamCtx<'_>,
         out: &mut Output,
+        to_server: bool,
+        frame: Option<Vec<u8>>,
     ) {
-        let (mss, map, ack, port) = if to_server {
-            (
-                self.c_mss,
-                &self.c2s,
-                self.ack_for_server(),
-                self.server_port(),
-            )
-        } else {
-            (
-                self.s_mss,
-                &self.s2c,
-                self.ack_for_client(),
-                self.client_port,
-            )
-        };
-        for (i, chunk) in bytes.chunks(mss.max(536)).enumerate() {
-            let s = map.map(seq.wrapping_add((i * mss.max(536)) as u32));
-            if let Some(frame) = self.build(to_server, s, ack, TCP_ACK | TCP_PSH, chunk) {
-                out.emits.push(Emit { port, frame });
-                ctx.counters.frames_emitted += 1;
-            }
-        }
-    }
-
-    fn pure_ack_to_client(&self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
-        let Some(s_rx) = &self.s_rx else { return };
-        let seq = self.s2c.map(s_rx.next());
-        if let Some(f) = self.build(false, seq, self.ack_for_client(), TCP_ACK, &[]) {
-            out.emits.push(Emit {
-                port: self.client_port,
-                frame: f,
-            });
+        if let Some(frame) = frame {
+            let port = if to_server {
+                other(self.client_port)
+            } else {
+                self.client_port
+            };
             ctx.counters.frames_injected += 1;
+            out.emits.push(Emit { port, frame });
         }
     }
 
-    /// In-place rewrite of a frame we forward.
-    fn rewrite(&self, frame: &mut [u8], meta: &FrameMeta, from_client: bool) {
-        if !self.mapped() {
+    /// Pure ACK to the client (e.g. for denied bytes nothing else acknowledges).
+    pub(super) fn ack_client(&self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
+        let Some(s) = self.s_abs else { return };
+        let seq = s.seq(self.inserted.to_view(self.s_next) + u64::from(self.s_fin.is_some()));
+        let f = self.seg(false, seq, 0, &[]);
+        self.emit(ctx, out, false, f);
+    }
+
+    pub(super) fn ack_server(&self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
+        let Some(c) = self.c_abs else { return };
+        let f = self.seg(true, c.seq(self.c_out()), 0, &[]);
+        self.emit(ctx, out, true, f);
+    }
+
+    /// RST to both sides, each in its own sequence space; the flow is dead.
+    pub(super) fn reset(&mut self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
+        if self.closed {
             return;
         }
-        let Some(t) = meta.tcp() else { return };
-        let (seq, ack) = if from_client {
-            (self.c2s.map(t.seq), self.s2c.unmap(t.ack))
-        } else {
-            (self.s2c.map(t.seq), self.c2s.unmap(t.ack))
-        };
-        let ack = if t.flags & TCP_ACK != 0 { ack } else { t.ack };
-        set_seq_ack(frame, meta, seq, ack);
-        strip_sack(frame, meta);
+        if let Some(c) = self.c_abs {
+            let f = self.seg(true, c.seq(self.c_out()), TCP_RST, &[]);
+            self.emit(ctx, out, true, f);
+        }
+        if let Some(s) = self.s_abs {
+            let seq = s.seq(self.inserted.to_view(self.s_next) + u64::from(self.s_fin.is_some()));
+            let f = self.seg(false, seq, TCP_RST, &[]);
+            self.emit(ctx, out, false, f);
+        }
+        self.closed = true;
+        self.c_buf = Vec::new();
+        self.r_buf = Vec::new();
+        self.ooo.clear();
+        self.queue.clear();
+        self.pending_bytes = 0;
+        self.sent = VecDeque::new();
+        self.inj.clear();
     }
 
-    // ---- decisions ------------------------------------------------------
-
-    fn log(
+    pub(super) fn log(
         &self,
         ctx: &mut StreamCtx<'_>,
         out: &mut Output,
@@ -318,11 +300,12 @@ impl<P: Protocol> Stream<P> {
         allowed: bool,
         detail: String,
     ) {
-        let (rule, reason) = if allowed {
-            (Some(detail), None)
+        if allowed {
+            ctx.counters.l7_requests_allowed += 1;
         } else {
-            (None, Some(detail))
-        };
+            ctx.counters.l7_requests_denied += 1;
+            ctx.counters.drop(DropReason::L7Denied);
+        }
         out.events.push(Event {
             time_ns: now,
             worker: ctx.worker,
@@ -335,191 +318,390 @@ impl<P: Protocol> Stream<P> {
             } else {
                 Decision::Deny
             },
-            rule,
-            reason,
+            rule: allowed.then(|| detail.clone()),
+            reason: (!allowed).then_some(detail),
         });
     }
 
-    /// RST to both sides; the flow is dead from here on.
-    fn reset_both(&mut self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
-        let c_next = self.c_rx.as_ref().map_or(0, |r| r.next());
-        let s_next = self.s_rx.as_ref().map_or(0, |r| r.next());
-        if let Some(f) = self.build(
-            true,
-            self.c2s.map(self.c_buf_seq),
-            s_next,
-            TCP_RST | TCP_ACK,
-            &[],
-        ) {
-            out.emits.push(Emit {
-                port: self.server_port(),
-                frame: f,
-            });
-            ctx.counters.frames_injected += 1;
+    fn unparsed_subject(&self) -> Subject {
+        match self.policy.proto {
+            crate::policy::L7Proto::Http => Subject::Http {
+                method: String::new(),
+                host: String::new(),
+                path: String::new(),
+            },
+            crate::policy::L7Proto::Memcache => Subject::Memcache {
+                command: String::new(),
+                keys: Vec::new(),
+            },
         }
-        if let Some(f) = self.build(false, self.s2c.map(s_next), c_next, TCP_RST | TCP_ACK, &[]) {
-            out.emits.push(Emit {
-                port: self.client_port,
-                frame: f,
-            });
-            ctx.counters.frames_injected += 1;
+    }
+
+    pub fn on_segment(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        in_port: Port,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        now: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let Some(t) = meta.tcp().copied() else {
+            return Verdict::Drop(DropReason::Unsupported);
+        };
+        if self.closed {
+            return Verdict::Drop(DropReason::L7Denied);
         }
-        self.phase = Phase::Closed;
-        self.c_buf.clear();
-        self.s_buf.clear();
-        self.injected.clear();
-        self.pending.clear();
+        self.limit = ctx.cfg.max_held_bytes;
+        if in_port == self.client_port {
+            self.client_segment(ctx, frame, meta, &t, now, out)
+        } else {
+            self.server_segment(ctx, frame, meta, &t, now, out)
+        }
     }
 
-    fn remove(&mut self, n: usize) {
-        let from = self.c_buf_seq;
-        let to = from.wrapping_add(n as u32);
-        self.c2s.remove(from, to);
-        self.c_buf.drain(..n);
-        self.c_buf_seq = to;
+    fn client_segment(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        t: &crate::packet::TcpMeta,
+        now: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let fwd = other(self.client_port);
+        if t.flags & TCP_SYN != 0 {
+            if self.c_abs.is_none() || self.c_next == 0 {
+                self.c_abs = Some(Abs {
+                    base: t.seq.wrapping_add(1),
+                });
+                self.tpl_c = Some(Template::of(frame, meta));
+                self.c_win = t.window;
+            }
+            return Verdict::Forward(fwd);
+        }
+        let Some(cabs) = self.c_abs else {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        };
+        if self.tpl_c.is_none() {
+            self.tpl_c = Some(Template::of(frame, meta));
+        }
+        self.c_win = t.window;
+        if t.flags & TCP_ACK != 0 && self.s_abs.is_none() && !self.modified() {
+            // The SYN-ACK went by before this state existed (the engine
+            // restarts a flow on a late duplicate SYN): the client's ack is
+            // the server's next byte.
+            self.s_abs = Some(Abs { base: t.ack });
+        }
+        if t.flags & TCP_ACK != 0 {
+            if let Some(sabs) = self.s_abs {
+                let view_next =
+                    self.inserted.to_view(self.s_next) + u64::from(self.s_fin.is_some());
+                let a = sabs.abs(t.ack, view_next);
+                if a > self.c_ack_view as i64 && a <= view_next as i64 {
+                    self.c_ack_view = a as u64;
+                }
+                let acked = self.c_ack_view;
+                self.inj
+                    .retain(|b| b.view_start + b.bytes.len() as u64 > acked);
+                self.inserted.prune(acked);
+            }
+        }
+        let payload = meta.payload(frame);
+        let len = payload.len() as u64;
+        let modified_before = self.modified();
+        let s = cabs.abs(t.seq, self.c_next);
+        if t.flags & TCP_RST != 0 {
+            let seq = cabs.seq(self.removed.to_server(s.max(0) as u64));
+            let ack = self.ack_to_server();
+            if modified_before {
+                build::set_seq_ack(frame, meta, seq, ack);
+            }
+            self.closed = true;
+            return Verdict::Forward(fwd);
+        }
+        self.c_max_seg = self.c_max_seg.max(payload.len());
+        let e = s + len as i64;
+        let fin = t.flags & TCP_FIN != 0;
+        let next_before = self.c_next;
+        let decided_before = self.decided();
+        let out_before = self.c_out();
+
+        // Bytes already decided: resend the kept ones (the server may have
+        // lost what we sent), mapped into the server's offsets.
+        let mut old: Vec<(u64, usize, usize)> = Vec::new();
+        let old_end = e.min(decided_before as i64);
+        if len > 0 && s < old_end && old_end > 0 {
+            for (a, b) in self.removed.kept(s.max(0) as u64, old_end as u64) {
+                let off = (a as i64 - s) as usize;
+                old.push((self.removed.to_server(a), off, (b - a) as usize));
+            }
+        }
+
+        // New bytes.
+        let mut overflow = false;
+        if len > 0 && e > self.c_next as i64 {
+            if s <= self.c_next as i64 {
+                let skip = (self.c_next as i64 - s) as usize;
+                let fresh = &payload[skip..];
+                if (self.waiting() && self.c_buf.len() + fresh.len() > ctx.cfg.max_held_bytes)
+                    || self.sent.len() >= self.sent_limit()
+                {
+                    overflow = true;
+                } else {
+                    self.c_buf.extend_from_slice(fresh);
+                    self.c_next = e as u64;
+                    self.c_next = self.ooo.take(self.c_next, &mut self.c_buf);
+                }
+            } else if self.ooo.bytes + self.c_buf.len() + payload.len() <= ctx.cfg.max_held_bytes {
+                self.ooo.insert(s as u64, payload);
+            } else {
+                overflow = true;
+            }
+        }
+        if fin && !overflow {
+            if e <= self.c_next as i64 && e >= decided_before as i64 {
+                self.c_fin.get_or_insert(e as u64);
+            } else if e > self.c_next as i64 {
+                self.ooo_fin = Some(e as u64);
+            }
+        }
+        if let Some(f) = self.ooo_fin {
+            if f <= self.c_next {
+                self.c_fin.get_or_insert(self.c_next);
+                self.ooo_fin = None;
+            }
+        }
+        if overflow {
+            ctx.counters.drop(DropReason::L7HoldOverflow);
+        } else if len > 0 && e <= next_before as i64 && old.is_empty() {
+            ctx.counters.drop(DropReason::L7Duplicate);
+        }
+
+        let mut rel = Vec::new();
+        let mark = out.emits.len();
+        let denied = self.process(ctx, now, out, &mut rel);
+        let fin_now = self.fin_ready(ctx, now, out);
+
+        if self.closed {
+            // Reset while deciding: what was allowed before goes out ahead
+            // of the RSTs.
+            let resets = out.emits.split_off(mark.min(out.emits.len()));
+            self.send_released(ctx, out, cabs, out_before, &rel, false);
+            out.emits.extend(resets);
+            return Verdict::Consumed;
+        }
+        let fast = !self.modified()
+            && !modified_before
+            && len > 0
+            && s == next_before as i64
+            && s == decided_before as i64
+            && self.decided() as i64 == e
+            && old.is_empty()
+            && rel.len() == payload.len()
+            && fin == fin_now;
+        if fast {
+            return Verdict::Forward(fwd);
+        }
+        let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
+        if pure && self.removed.ends_at(self.decided()) {
+            // Only we can acknowledge removed bytes at the end of the
+            // stream; our earlier ACK may have been lost.
+            self.ack_client(ctx, out);
+        }
+        if pure {
+            // A bare ACK / window update: rewrite in place.
+            let seq = cabs.seq(self.c_out());
+            let ack = self.ack_to_server();
+            if self.modified() {
+                build::strip_sack(frame, meta);
+            }
+            build::set_seq_ack(frame, meta, seq, ack);
+            return Verdict::Forward(fwd);
+        }
+        let mut sent = false;
+        for (at, _, n) in old {
+            // Only what we released, as we released it.
+            let lo = at.max(self.sent_base);
+            let hi = (at + n as u64).min(self.sent_base + self.sent.len() as u64);
+            if lo >= hi {
+                continue;
+            }
+            let bytes: Vec<u8> = self
+                .sent
+                .range((lo - self.sent_base) as usize..(hi - self.sent_base) as usize)
+                .copied()
+                .collect();
+            let f = self.seg(true, cabs.seq(lo), TCP_PSH, &bytes);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        }
+        sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        if fin_now && rel.is_empty() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        } else if fin && self.c_fin_sent && !fin_now && e <= decided_before as i64 {
+            // Retransmitted FIN.
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        }
+        if !sent {
+            // The ack and window it carried still matter to the server.
+            self.ack_server(ctx, out);
+        }
+        if denied || (len > 0 && e <= decided_before as i64) {
+            self.ack_client(ctx, out);
+        }
+        Verdict::Consumed
     }
 
-    fn denial_waiting(&self) -> bool {
-        self.pending
-            .iter()
-            .any(|p| matches!(p, Pending::Denied { .. }))
-    }
-
-    /// Cut the buffered client bytes into requests. Released bytes are
-    /// appended to `release` as (client seq, bytes).
-    fn drain_client(
+    /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
+    /// `rel`; returns true when something was denied.
+    fn process(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         now: u64,
-        release: &mut Vec<(u32, Vec<u8>)>,
         out: &mut Output,
-    ) {
-        loop {
-            if self.phase == Phase::Tunnel {
-                if !self.c_buf.is_empty() {
-                    let n = self.c_buf.len();
-                    self.release(n, release);
-                }
-                return;
-            }
-            if self.phase != Phase::Open {
-                return;
-            }
+        rel: &mut Vec<u8>,
+    ) -> bool {
+        let mut off = 0usize;
+        let mut denied = false;
+        let rel_start = rel.len();
+        while !self.closed {
+            let base = self.decided();
+            let avail = &self.c_buf[off..];
             match &mut self.req {
+                ReqState::Pass => {
+                    rel.extend_from_slice(avail);
+                    off = self.c_buf.len();
+                    break;
+                }
                 ReqState::Body { allowed, left } => {
-                    if self.c_buf.is_empty() {
-                        return;
+                    let n = (*left).min(avail.len() as u64) as usize;
+                    if n == 0 {
+                        break;
+                    }
+                    if *allowed {
+                        rel.extend_from_slice(&avail[..n]);
+                    } else {
+                        self.removed.add(base + off as u64, n as u64);
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.req = ReqState::Head;
+                    }
+                    off += n;
+                }
+                ReqState::Chunked { allowed, dec } => {
+                    if avail.is_empty() {
+                        break;
                     }
                     let allowed = *allowed;
-                    match drain_body(left, &self.c_buf) {
+                    match dec.feed(avail) {
                         Ok((n, done)) => {
                             if allowed {
-                                self.release(n, release);
+                                rel.extend_from_slice(&avail[..n]);
                             } else {
-                                self.remove(n);
+                                self.removed.add(base + off as u64, n as u64);
                             }
+                            off += n;
                             if done {
                                 self.req = ReqState::Head;
                             } else if n == 0 {
-                                return;
+                                break;
                             }
                         }
-                        Err(why) => {
-                            self.log(
-                                ctx,
-                                out,
-                                now,
-                                Subject::Flow,
-                                false,
-                                format!("invalid request body: {why}"),
-                            );
-                            ctx.counters.l7_requests_denied += 1;
-                            self.reset_both(ctx, out);
-                            return;
+                        Err(_) => {
+                            self.c_buf.drain(..off);
+                            let subj = self.unparsed_subject();
+                            self.log(ctx, out, now, subj, false, "malformed chunked body".into());
+                            self.reset(ctx, out);
+                            return true;
                         }
                     }
                 }
                 ReqState::Head => {
-                    if self.c_buf.is_empty() || self.denial_waiting() {
-                        return;
+                    if avail.is_empty() || self.waiting() {
+                        break;
                     }
-                    match self.proto.parse_request(&self.c_buf) {
+                    match self.proto.parse_request(avail) {
                         Parse::NeedMore => {
-                            if self.c_buf.len() > ctx.cfg.max_held_bytes {
+                            if avail.len() > ctx.cfg.max_held_bytes {
+                                self.c_buf.drain(..off);
                                 ctx.counters.drop(DropReason::L7HoldOverflow);
-                                ctx.counters.l7_requests_denied += 1;
-                                let why = format!(
-                                    "request head larger than {} bytes",
-                                    ctx.cfg.max_held_bytes
+                                let subj = self.unparsed_subject();
+                                self.log(
+                                    ctx,
+                                    out,
+                                    now,
+                                    subj,
+                                    false,
+                                    "request head exceeds max-held-bytes".into(),
                                 );
-                                self.log(ctx, out, now, Subject::Flow, false, why);
-                                self.reset_both(ctx, out);
+                                self.reset(ctx, out);
+                                return true;
                             }
-                            return;
+                            break;
                         }
                         Parse::Invalid(why) => {
-                            ctx.counters.l7_requests_denied += 1;
-                            ctx.counters.drop(DropReason::L7Denied);
+                            // Nothing says where the next request starts.
+                            self.c_buf.drain(..off);
+                            let subj = self.unparsed_subject();
                             self.log(
                                 ctx,
                                 out,
                                 now,
-                                Subject::Flow,
+                                subj,
                                 false,
                                 format!("invalid request: {why}"),
                             );
-                            // Nothing says where the next request would start.
-                            self.reset_both(ctx, out);
-                            return;
+                            self.reset(ctx, out);
+                            return true;
                         }
                         Parse::Complete(h) => {
-                            let v = {
-                                let proto = &self.proto;
-                                let req = &h.req;
-                                self.policy.decide(|r| proto.rule_matches(req, r))
-                            };
+                            let head_len = h.head_len.min(avail.len());
+                            let proto = &self.proto;
+                            let v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
                             let subject = self.proto.subject(&h.req);
-                            let body = match h.body {
-                                Body::None => None,
-                                Body::Length(0) => None,
-                                Body::Length(n) => Some(BodyLeft::Length(n)),
-                                Body::Chunked => Some(BodyLeft::Chunked(ChunkedDecoder::new())),
-                            };
-                            let head_len = h.head_len.min(self.c_buf.len());
+                            self.log(ctx, out, now, subject, v.allowed, v.detail);
                             if v.allowed {
-                                ctx.counters.l7_requests_allowed += 1;
-                                self.log(ctx, out, now, subject, true, v.detail);
-                                let expects = self.proto.expects_reply(&h.req);
-                                self.pending.push_back(Pending::Allowed {
-                                    req: h.req,
-                                    expects,
-                                });
-                                self.release(head_len, release);
-                                self.req = match body {
-                                    None => ReqState::Head,
-                                    Some(left) => ReqState::Body {
-                                        allowed: true,
-                                        left,
-                                    },
-                                };
-                            } else {
-                                ctx.counters.l7_requests_denied += 1;
-                                ctx.counters.drop(DropReason::L7Denied);
-                                self.log(ctx, out, now, subject, false, v.detail);
-                                if ctx.cfg.deny_action == DenyAction::Reset {
-                                    self.reset_both(ctx, out);
-                                    return;
+                                rel.extend_from_slice(&avail[..head_len]);
+                                if self.proto.expects_reply(&h.req) {
+                                    self.pending_bytes += head_len;
+                                    self.queue.push_back(Pending::Awaiting(h.req, head_len));
                                 }
-                                let reply = self.proto.deny_reply(&h.req);
-                                self.remove(head_len);
-                                self.pending.push_back(Pending::Denied { reply });
-                                self.req = match body {
-                                    None => ReqState::Head,
-                                    Some(left) => ReqState::Body {
-                                        allowed: false,
-                                        left,
-                                    },
-                                };
+                            } else {
+                                denied = true;
+                                self.removed.add(base + off as u64, head_len as u64);
+                                if ctx.cfg.deny_action == DenyAction::Reset {
+                                    self.c_buf.drain(..off + head_len);
+                                    self.reset(ctx, out);
+                                    return true;
+                                }
+                                if let Some(r) = self.proto.deny_reply(&h.req) {
+                                    self.queue.push_back(Pending::Denial(r));
+                                }
+                            }
+                            off += head_len;
+                            self.req = match h.body {
+                                Body::None => ReqState::Head,
+                                Body::Length(0) => ReqState::Head,
+                                Body::Length(n) => ReqState::Body {
+                                    allowed: v.allowed,
+                                    left: n,
+                                },
+                                Body::Chunked => ReqState::Chunked {
+                                    allowed: v.allowed,
+                                    dec: ChunkedDecoder::new(),
+                                },
+                            };
+                            if !v.allowed {
+                                // Decided bytes leave the buffer first: the
+                                // denial acknowledges up to them.
+                                self.c_buf.drain(..off);
+                                off = 0;
                                 self.flush_denials(ctx, now, out);
                             }
                         }
@@ -527,525 +709,124 @@ impl<P: Protocol> Stream<P> {
                 }
             }
         }
+        if !self.closed {
+            self.c_buf.drain(..off.min(self.c_buf.len()));
+        }
+        self.sent.extend(&rel[rel_start..]);
+        denied
     }
 
-    fn release(&mut self, n: usize, release: &mut Vec<(u32, Vec<u8>)>) {
-        if n == 0 {
-            return;
-        }
-        let seq = self.c_buf_seq;
-        let bytes: Vec<u8> = self.c_buf.drain(..n).collect();
-        self.c_buf_seq = seq.wrapping_add(n as u32);
-        match release.last_mut() {
-            Some((s, b)) if s.wrapping_add(b.len() as u32) == seq => b.extend_from_slice(&bytes),
-            _ => release.push((seq, bytes)),
-        }
+    /// Bytes in flight to the server, at most: beyond it new client data is
+    /// dropped (and retransmitted by the client later).
+    fn sent_limit(&self) -> usize {
+        self.limit.saturating_mul(4)
     }
 
-    /// Inject the denials at the head of the queue; the server stream
-    /// stands at a reply boundary when this is called.
-    fn flush_denials(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
-        loop {
-            match self.pending.front() {
-                Some(Pending::Allowed { expects: false, .. }) => {
-                    self.pending.pop_front();
-                }
-                Some(Pending::Denied { .. }) => {
-                    let Some(Pending::Denied { reply }) = self.pending.pop_front() else {
-                        break;
-                    };
-                    match reply {
-                        Some(bytes) => self.inject(bytes, ctx, now, out),
-                        // Nothing to say, but the removed bytes must be acknowledged.
-                        None => self.pure_ack_to_client(ctx, out),
-                    }
-                }
-                _ => break,
-            }
-        }
+    /// The server acknowledged up to server offset `acked`.
+    pub(super) fn trim_sent(&mut self, acked: u64) {
+        let n = acked
+            .saturating_sub(self.sent_base)
+            .min(self.sent.len() as u64);
+        self.sent.drain(..n as usize);
+        self.sent_base += n;
     }
 
-    fn inject(&mut self, bytes: Vec<u8>, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
-        let Some(s_rx) = &self.s_rx else { return };
-        let at = s_rx.next();
-        let seq = self.s2c.map(at);
-        if let Some(f) = self.build(false, seq, self.ack_for_client(), TCP_ACK | TCP_PSH, &bytes) {
-            out.emits.push(Emit {
-                port: self.client_port,
-                frame: f,
-            });
-            ctx.counters.frames_injected += 1;
+    /// The client's FIN goes out once every byte before it is decided; an
+    /// incomplete request head at the FIN is denied.
+    fn fin_ready(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) -> bool {
+        let Some(f) = self.c_fin else { return false };
+        if self.c_fin_sent || self.closed || f != self.c_next {
+            return false;
         }
-        self.s2c.insert(at, bytes.len() as u32);
-        self.injected.push_back(Injected {
-            seq,
-            bytes,
-            sent_at: now,
-            tries: 1,
-        });
-    }
-
-    // ---- client → server ------------------------------------------------
-
-    fn from_client(
-        &mut self,
-        ctx: &mut StreamCtx<'_>,
-        frame: &mut [u8],
-        meta: &FrameMeta,
-        now: u64,
-        out: &mut Output,
-    ) -> Verdict {
-        let Some(t) = meta.tcp().copied() else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
-        if t.flags & TCP_SYN != 0 {
-            if self.c_rx.is_none() || self.tmpl_c.is_none() {
-                self.c_rx = Some(Reasm::new(t.seq.wrapping_add(1)));
-                self.c_buf_seq = t.seq.wrapping_add(1);
-                self.tmpl_c = Some(template(frame, meta));
+        if !self.c_buf.is_empty() {
+            if self.waiting() || !matches!(self.req, ReqState::Head) {
+                return false;
             }
-            self.c_win = t.window;
-            return Verdict::Forward(self.server_port());
-        }
-        if self.c_rx.is_none() {
-            // Joined mid-stream: nothing to parse from; pass it mapped.
-            self.rewrite(frame, meta, true);
-            return Verdict::Forward(self.server_port());
-        }
-        if t.flags & TCP_ACK != 0 {
-            self.c_ack = t.ack;
-            while let Some(j) = self.injected.front() {
-                if seq_ge(t.ack, j.seq.wrapping_add(j.bytes.len() as u32)) {
-                    self.injected.pop_front();
-                } else {
-                    break;
-                }
-            }
-        }
-        self.c_win = t.window;
-        if t.flags & TCP_RST != 0 {
-            self.rewrite(frame, meta, true);
-            self.phase = Phase::Closed;
-            return Verdict::Forward(self.server_port());
-        }
-        let payload = meta.payload(frame);
-        let fin = t.flags & TCP_FIN != 0;
-        if payload.is_empty() && !fin {
-            self.rewrite(frame, meta, true);
-            return Verdict::Forward(self.server_port());
-        }
-        if !payload.is_empty() {
-            self.c_mss = self.c_mss.max(payload.len());
-            if self.tmpl_c.is_none() {
-                self.tmpl_c = Some(template(frame, meta));
-            }
-        }
-        let cap = ctx.cfg.max_held_bytes;
-        let ins = match &mut self.c_rx {
-            Some(r) if !payload.is_empty() => r.insert(t.seq, payload, cap),
-            _ => Insert::Duplicate,
-        };
-        let end = t.seq.wrapping_add(payload.len() as u32);
-        let mut release = Vec::new();
-        match ins {
-            Insert::New(bytes) => {
-                self.c_buf.extend_from_slice(&bytes);
-                self.drain_client(ctx, now, &mut release, out);
-            }
-            Insert::Stored => {
-                return Verdict::Consumed;
-            }
-            Insert::Overflow => return Verdict::Drop(DropReason::L7OutOfWindow),
-            Insert::Duplicate if !payload.is_empty() => {
-                ctx.counters.drop(DropReason::L7Duplicate);
-                // Bytes the server acknowledged (or that we removed) but the
-                // client did not hear about: tell it again.
-                if seq_ge(self.ack_for_client(), end) {
-                    self.pure_ack_to_client(ctx, out);
-                    return Verdict::Consumed;
-                }
-                // Released but unacknowledged: the server may have lost them.
-                let released_end = self.c_buf_seq;
-                // Held bytes past `released_end` are not the server's yet.
-                let n = if seq_ge(released_end, end) {
-                    payload.len()
-                } else if seq_gt(released_end, t.seq) {
-                    (released_end.wrapping_sub(t.seq) as usize).min(payload.len())
-                } else {
-                    0
-                };
-                let pieces = self.c2s.pieces(t.seq, n);
-                if n == payload.len() && !fin && pieces == [(0, n)] {
-                    self.rewrite(frame, meta, true);
-                    return Verdict::Forward(self.server_port());
-                }
-                // Resend only what the server may see, each part in its place.
-                for (o, l) in pieces {
-                    let bytes = payload.get(o..o + l).unwrap_or_default();
-                    self.emit_data(true, t.seq.wrapping_add(o as u32), bytes, ctx, out);
-                }
-                return Verdict::Consumed;
-            }
-            Insert::Duplicate => {}
-        }
-        if self.phase == Phase::Closed {
-            return Verdict::Consumed;
-        }
-        // FIN: once every byte before it is in, it ends the request stream.
-        if fin {
-            if let Some(r) = &mut self.c_rx {
-                if r.next() == end && self.c_fin.is_none() {
-                    self.c_fin = Some(end);
-                    r.skip(1);
-                }
-            }
-        }
-        if self.c_fin.is_some()
-            && !self.c_fin_sent
-            && matches!(self.req, ReqState::Head)
-            && !self.denial_waiting()
-            && !self.c_buf.is_empty()
-        {
-            // A request cut short by the close never reaches the server.
-            let n = self.c_buf.len();
-            ctx.counters.l7_requests_denied += 1;
+            let subj = self.unparsed_subject();
             self.log(
                 ctx,
                 out,
                 now,
-                Subject::Flow,
+                subj,
                 false,
-                "incomplete request at close".into(),
+                "request incomplete at FIN".into(),
             );
-            self.remove(n);
-        }
-        // Fast path: this very segment is exactly what is released.
-        let fin_ready = self.c_fin.is_some() && !self.c_fin_sent && self.c_buf.is_empty();
-        if release.len() == 1
-            && release[0].0 == t.seq
-            && release[0].1.len() == payload.len()
-            && (!fin || fin_ready)
-        {
-            if fin {
-                self.c_fin_sent = true;
-            }
-            self.rewrite(frame, meta, true);
-            return Verdict::Forward(self.server_port());
-        }
-        for (seq, bytes) in &release {
-            self.emit_data(true, *seq, bytes, ctx, out);
-        }
-        if fin_ready {
-            self.send_fin_to_server(ctx, out);
-        }
-        Verdict::Consumed
-    }
-
-    fn send_fin_to_server(&mut self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
-        let Some(fin_seq) = self.c_fin else { return };
-        if let Some(f) = self.build(
-            true,
-            self.c2s.map(fin_seq),
-            self.ack_for_server(),
-            TCP_FIN | TCP_ACK,
-            &[],
-        ) {
-            out.emits.push(Emit {
-                port: self.server_port(),
-                frame: f,
-            });
-            ctx.counters.frames_emitted += 1;
+            let at = self.decided();
+            self.removed.add(at, self.c_buf.len() as u64);
+            self.c_buf.clear();
         }
         self.c_fin_sent = true;
+        true
     }
 
-    // ---- server → client ------------------------------------------------
-
-    fn from_server(
-        &mut self,
-        ctx: &mut StreamCtx<'_>,
-        frame: &mut [u8],
-        meta: &FrameMeta,
-        now: u64,
-        out: &mut Output,
-    ) -> Verdict {
-        let Some(t) = meta.tcp().copied() else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
-        if self.tmpl_s.is_none() {
-            self.tmpl_s = Some(template(frame, meta));
-        }
-        self.s_win = t.window;
-        if t.flags & TCP_ACK != 0 {
-            self.s_ack = t.ack;
-            self.c2s.forget_before(t.ack);
-        }
-        if t.flags & TCP_SYN != 0 {
-            if self.s_rx.is_none() {
-                self.s_rx = Some(Reasm::new(t.seq.wrapping_add(1)));
-            }
-            self.rewrite(frame, meta, false);
-            return Verdict::Forward(self.client_port);
-        }
-        if t.flags & TCP_RST != 0 || self.s_rx.is_none() {
-            if t.flags & TCP_RST != 0 {
-                self.phase = Phase::Closed;
-            }
-            self.rewrite(frame, meta, false);
-            return Verdict::Forward(self.client_port);
-        }
-        let payload = meta.payload(frame);
-        let fin = t.flags & TCP_FIN != 0;
-        if payload.is_empty() {
-            if fin {
-                if let Some(r) = &mut self.s_rx {
-                    if r.next() == t.seq {
-                        r.skip(1);
-                    }
-                }
-            }
-            self.rewrite(frame, meta, false);
-            let mut release = Vec::new();
-            // The server's ack may be what a held request was waiting for.
-            self.after_server(ctx, now, &mut release, out);
-            return Verdict::Forward(self.client_port);
-        }
-        self.s_mss = self.s_mss.max(payload.len());
-        let cap = ctx.cfg.max_held_bytes;
-        let ins = match &mut self.s_rx {
-            Some(r) => r.insert(t.seq, payload, cap),
-            None => Insert::Duplicate,
-        };
-        match ins {
-            Insert::Duplicate => {
-                let pieces = self.s2c.pieces(t.seq, payload.len());
-                if pieces == [(0, payload.len())] {
-                    self.rewrite(frame, meta, false);
-                    return Verdict::Forward(self.client_port);
-                }
-                // A retransmission across an injected denial: each side of it
-                // goes to its own place in the client's stream.
-                for (o, l) in pieces {
-                    let bytes = payload.get(o..o + l).unwrap_or_default();
-                    self.emit_data(false, t.seq.wrapping_add(o as u32), bytes, ctx, out);
-                }
-                Verdict::Consumed
-            }
-            Insert::Stored => Verdict::Consumed,
-            Insert::Overflow => Verdict::Drop(DropReason::L7OutOfWindow),
-            Insert::New(bytes) => {
-                let start = self
-                    .s_rx
-                    .as_ref()
-                    .map_or(0, |r| r.next())
-                    .wrapping_sub(bytes.len() as u32);
-                let exact = start == t.seq && bytes.len() == payload.len();
-                if fin {
-                    if let Some(r) = &mut self.s_rx {
-                        if r.next() == t.seq.wrapping_add(payload.len() as u32) {
-                            r.skip(1);
-                        }
-                    }
-                }
-                self.track_replies(&bytes);
-                // Denials go after these bytes: forward first, then inject.
-                let mut tail = Output::default();
-                self.flush_denials(ctx, now, &mut tail);
-                let mut release = Vec::new();
-                self.after_server(ctx, now, &mut release, &mut tail);
-                // Injections sit after these bytes: their seq maps as before.
-                let verdict = if exact {
-                    self.rewrite(frame, meta, false);
-                    Verdict::Forward(self.client_port)
-                } else {
-                    self.emit_data(false, start, &bytes, ctx, out);
-                    if fin {
-                        let fin_seq = self.s2c.map(start.wrapping_add(bytes.len() as u32));
-                        if let Some(f) = self.build(
-                            false,
-                            fin_seq,
-                            self.ack_for_client(),
-                            TCP_FIN | TCP_ACK,
-                            &[],
-                        ) {
-                            out.emits.push(Emit {
-                                port: self.client_port,
-                                frame: f,
-                            });
-                        }
-                    }
-                    Verdict::Consumed
-                };
-                out.emits.extend(tail.emits);
-                out.events.extend(tail.events);
-                verdict
-            }
-        }
-    }
-
-    /// After server bytes or acks: held client requests may go now.
-    fn after_server(
-        &mut self,
-        ctx: &mut StreamCtx<'_>,
-        now: u64,
-        release: &mut Vec<(u32, Vec<u8>)>,
-        out: &mut Output,
-    ) {
-        if !self.c_buf.is_empty() && !self.denial_waiting() {
-            self.drain_client(ctx, now, release, out);
-            for (seq, bytes) in release.iter() {
-                self.emit_data(true, *seq, bytes, ctx, out);
-            }
-        }
-        if self.c_fin.is_some()
-            && !self.c_fin_sent
-            && self.c_buf.is_empty()
-            && !self.denial_waiting()
-        {
-            self.send_fin_to_server(ctx, out);
-        }
-    }
-
-    /// Follow reply framing over new in-order server bytes, completing the
-    /// oldest pending request at each final reply unit.
-    fn track_replies(&mut self, bytes: &[u8]) {
-        if matches!(self.reply, ReplyState::Untracked) {
+    /// Held requests may go on after a denial was injected.
+    pub(super) fn release_held(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        let Some(cabs) = self.c_abs else { return };
+        if self.c_buf.is_empty() || self.closed {
             return;
         }
-        self.s_buf.extend_from_slice(bytes);
-        loop {
-            match &mut self.reply {
-                ReplyState::Untracked => {
-                    self.s_buf.clear();
-                    return;
-                }
-                ReplyState::Body {
-                    left,
-                    last,
-                    unsolicited,
-                } => {
-                    if self.s_buf.is_empty() {
-                        return;
-                    }
-                    let (last, unsolicited) = (*last, *unsolicited);
-                    match drain_body(left, &self.s_buf) {
-                        Ok((n, done)) => {
-                            self.s_buf.drain(..n);
-                            if done {
-                                self.reply = ReplyState::Head;
-                                self.unit_done(last, unsolicited);
-                            } else {
-                                return;
-                            }
-                        }
-                        Err(_) => {
-                            self.reply = ReplyState::Untracked;
-                        }
-                    }
-                }
-                ReplyState::Head => {
-                    if self.s_buf.is_empty() {
-                        return;
-                    }
-                    let req = self.pending.iter().find_map(|p| match p {
-                        Pending::Allowed { req, expects: true } => Some(req),
-                        _ => None,
-                    });
-                    match self.proto.parse_reply(&self.s_buf, req) {
-                        Parse::NeedMore => {
-                            if self.s_buf.len() > MAX_REPLY_HEAD {
-                                self.reply = ReplyState::Untracked;
-                            }
-                            return;
-                        }
-                        Parse::Invalid(_) => {
-                            // Replies can no longer be told apart: stop
-                            // following them (denials then go out at once).
-                            self.reply = ReplyState::Untracked;
-                            self.pending.retain(|p| matches!(p, Pending::Denied { .. }));
-                        }
-                        Parse::Complete(h) => {
-                            let n = h.head_len.min(self.s_buf.len());
-                            self.s_buf.drain(..n);
-                            match h.body {
-                                ReplyBody::None | ReplyBody::Length(0) => {
-                                    self.unit_done(h.last, h.unsolicited)
-                                }
-                                ReplyBody::Length(len) => {
-                                    self.reply = ReplyState::Body {
-                                        left: BodyLeft::Length(len),
-                                        last: h.last,
-                                        unsolicited: h.unsolicited,
-                                    }
-                                }
-                                ReplyBody::Chunked => {
-                                    self.reply = ReplyState::Body {
-                                        left: BodyLeft::Chunked(ChunkedDecoder::new()),
-                                        last: h.last,
-                                        unsolicited: h.unsolicited,
-                                    }
-                                }
-                                ReplyBody::UntilClose => {
-                                    // Upgrade or CONNECT: a tunnel from here on.
-                                    self.unit_done(h.last, h.unsolicited);
-                                    self.reply = ReplyState::Untracked;
-                                    self.phase = Phase::Tunnel;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        let out_before = self.c_out();
+        let mut rel = Vec::new();
+        let denied = self.process(ctx, now, out, &mut rel);
+        let fin_now = self.fin_ready(ctx, now, out);
+        if self.closed {
+            return;
+        }
+        self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        if fin_now && rel.is_empty() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+        }
+        if denied {
+            self.ack_client(ctx, out);
         }
     }
 
-    fn unit_done(&mut self, last: bool, unsolicited: bool) {
-        if !last || unsolicited {
-            return;
+    /// Segments carrying released bytes `rel` from server offset `at`.
+    fn send_released(
+        &self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        cabs: Abs,
+        at: u64,
+        rel: &[u8],
+        fin: bool,
+    ) -> bool {
+        let chunk = self.c_max_seg.max(MIN_SEG);
+        let pieces = rel.len().div_ceil(chunk);
+        for (k, piece) in rel.chunks(chunk).enumerate() {
+            let seq = cabs.seq(at + (k * chunk) as u64);
+            let flags = if fin && k + 1 == pieces {
+                TCP_PSH | TCP_FIN
+            } else {
+                TCP_PSH
+            };
+            let f = self.seg(true, seq, flags, piece);
+            self.emit(ctx, out, true, f);
         }
-        // Quiet requests before it got no reply: they are done too.
-        while let Some(Pending::Allowed { expects: false, .. }) = self.pending.front() {
-            self.pending.pop_front();
-        }
-        if let Some(Pending::Allowed { .. }) = self.pending.front() {
-            self.pending.pop_front();
-        }
+        pieces > 0
     }
 
     /// Retransmit injected bytes the client has not acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
-        if self.phase == Phase::Closed || self.injected.is_empty() {
+        let Some(sabs) = self.s_abs else { return };
+        if self.closed {
             return;
         }
-        let rto = ctx.cfg.inject_rto_ns;
-        let ack = self.ack_for_client();
-        let mut give_up = false;
         let mut frames = Vec::new();
-        for j in self.injected.iter_mut() {
-            let wait = rto.saturating_mul(1 << j.tries.min(6).saturating_sub(1));
-            if now.saturating_sub(j.sent_at) < wait {
-                continue;
+        for b in self.inj.iter_mut() {
+            if now.saturating_sub(b.sent_ns) >= b.rto_ns {
+                b.sent_ns = now;
+                b.rto_ns = b
+                    .rto_ns
+                    .saturating_mul(2)
+                    .min(ctx.cfg.inject_rto_ns.saturating_mul(64));
+                frames.push((b.view_start, b.bytes.clone()));
             }
-            if j.tries >= MAX_RETRIES {
-                give_up = true;
-                break;
-            }
-            j.tries += 1;
-            j.sent_at = now;
-            frames.push((j.seq, j.bytes.clone()));
         }
-        if give_up {
-            self.reset_both(ctx, out);
-            return;
-        }
-        for (seq, bytes) in frames {
-            if let Some(f) = self.build(false, seq, ack, TCP_ACK | TCP_PSH, &bytes) {
-                out.emits.push(Emit {
-                    port: self.client_port,
-                    frame: f,
-                });
-                ctx.counters.frames_injected += 1;
-            }
+        for (at, bytes) in frames {
+            let f = self.seg(false, sabs.seq(at), TCP_PSH, &bytes);
+            self.emit(ctx, out, false, f);
         }
     }
 }

@@ -5,11 +5,14 @@
 //! seq/ack (and SACK) between the two sides' views of the connection.
 //!
 //! The engine hands every TCP segment of such a flow, both directions, to
-//! `L7Flow::on_segment`.
+//! `L7Flow::on_segment`. See docs/stream.md.
 
 mod conn;
-pub mod reasm;
-pub mod seqmap;
+mod reassembly;
+mod reply;
+mod seqmap;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -17,10 +20,8 @@ use crate::engine::{EngineConfig, Output, Port, Verdict};
 use crate::l7::http::Http;
 use crate::l7::memcache::Memcache;
 use crate::packet::FrameMeta;
-use crate::policy::L7Policy;
-use crate::policy::L7Proto;
-
-pub use conn::Stream;
+use crate::policy::{L7Policy, L7Proto};
+use conn::Stream;
 
 /// Per-flow context the engine lends to the stream layer for one call.
 pub struct StreamCtx<'a> {
@@ -32,22 +33,25 @@ pub struct StreamCtx<'a> {
     pub dst_identity: &'a str,
 }
 
-/// L7 state of one TCP connection. Boxed in the flow entry; its memory is
-/// bounded by `EngineConfig::max_held_bytes` per direction.
-pub enum L7Flow {
+enum Inner {
     Http(Stream<Http>),
     Memcache(Stream<Memcache>),
+}
+
+/// L7 state of one TCP connection. Boxed in the flow entry; its memory is
+/// bounded by `EngineConfig::max_held_bytes` per direction.
+pub struct L7Flow {
+    inner: Inner,
 }
 
 impl L7Flow {
     /// `client_port` is the port the connection's SYN arrived on.
     pub fn new(policy: Arc<L7Policy>, client_port: Port) -> Self {
-        match policy.proto {
-            L7Proto::Http => L7Flow::Http(Stream::new(Http::new(), policy, client_port)),
-            L7Proto::Memcache => {
-                L7Flow::Memcache(Stream::new(Memcache::new(), policy, client_port))
-            }
-        }
+        let inner = match policy.proto {
+            L7Proto::Http => Inner::Http(Stream::new(Http::new(), policy, client_port)),
+            L7Proto::Memcache => Inner::Memcache(Stream::new(Memcache::new(), policy, client_port)),
+        };
+        L7Flow { inner }
     }
 
     pub fn on_segment(
@@ -59,17 +63,9 @@ impl L7Flow {
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
-        match self {
-            L7Flow::Http(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
-            L7Flow::Memcache(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
-        }
-    }
-
-    /// Retransmit injected bytes not yet acknowledged.
-    pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
-        match self {
-            L7Flow::Http(s) => s.on_tick(ctx, now_ns, out),
-            L7Flow::Memcache(s) => s.on_tick(ctx, now_ns, out),
+        match &mut self.inner {
+            Inner::Http(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
+            Inner::Memcache(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
         }
     }
 
@@ -77,9 +73,9 @@ impl L7Flow {
     /// (None: the port no longer has L7 rules, every request passes). False
     /// when the new rules speak another protocol: the connection must end.
     pub fn set_policy(&mut self, policy: Option<Arc<L7Policy>>) -> bool {
-        let proto = match self {
-            L7Flow::Http(_) => L7Proto::Http,
-            L7Flow::Memcache(_) => L7Proto::Memcache,
+        let proto = match &self.inner {
+            Inner::Http(_) => L7Proto::Http,
+            Inner::Memcache(_) => L7Proto::Memcache,
         };
         let p = match policy {
             Some(p) if p.proto != proto => return false,
@@ -89,18 +85,27 @@ impl L7Flow {
                 stages: Vec::new(),
             }),
         };
-        match self {
-            L7Flow::Http(s) => s.set_policy(p),
-            L7Flow::Memcache(s) => s.set_policy(p),
+        match &mut self.inner {
+            Inner::Http(s) => s.policy = p,
+            Inner::Memcache(s) => s.policy = p,
         }
         true
     }
 
-    /// Bytes held for this connection now.
+    /// Bytes held for this connection now (undecided and out-of-order
+    /// client bytes, an unfinished reply head, unacknowledged denials).
     pub fn held_bytes(&self) -> usize {
-        match self {
-            L7Flow::Http(s) => s.held_bytes(),
-            L7Flow::Memcache(s) => s.held_bytes(),
+        match &self.inner {
+            Inner::Http(s) => s.held_bytes(),
+            Inner::Memcache(s) => s.held_bytes(),
+        }
+    }
+
+    /// Retransmit injected bytes not yet acknowledged.
+    pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
+        match &mut self.inner {
+            Inner::Http(s) => s.on_tick(ctx, now_ns, out),
+            Inner::Memcache(s) => s.on_tick(ctx, now_ns, out),
         }
     }
 }

@@ -1,163 +1,219 @@
-//! Sequence-number maps between the two sides' views of one byte stream.
-//! Client→server bytes the enforcer removed (denied requests) and
-//! server→client bytes it inserted (denials) shift every later sequence
-//! number; each shift starts at a boundary, and both sides' segments are
-//! rewritten through these maps from then on.
+//! Stream positions and the maps between the two sides' views of them.
+//!
+//! Internally every byte of a direction has an absolute offset (u64, 0 = the
+//! byte after the SYN), so nothing below wraps; `Abs` converts at the edges.
+//! `Removed` maps the client's stream to what the server saw (denied bytes
+//! removed); `Inserted` maps the server's stream to what the client saw
+//! (denials injected).
 
-/// `a` is at or after `b` in sequence space (RFC 1982 style).
-#[inline]
-pub fn seq_ge(a: u32, b: u32) -> bool {
-    a.wrapping_sub(b) as i32 >= 0
-}
+use std::collections::VecDeque;
 
-#[inline]
-pub fn seq_gt(a: u32, b: u32) -> bool {
-    a.wrapping_sub(b) as i32 > 0
-}
-
+/// Converts 32-bit sequence numbers to absolute offsets near a known one.
 #[derive(Debug, Clone, Copy)]
-struct Shift {
-    /// First sequence number (source side) the new delta applies to.
-    at: u32,
-    /// delta before and after `at`: target = source + delta.
-    before: u32,
-    after: u32,
-    /// Bytes `[at - removed, at)` of the source were dropped.
-    removed: u32,
+pub struct Abs {
+    /// Sequence number of offset 0.
+    pub base: u32,
 }
 
-/// Maps one direction's sequence numbers from the sender's space to the
-/// receiver's. Bounded: shifts older than what both sides acknowledged are
-/// folded away.
-#[derive(Debug, Clone, Default)]
-pub struct SeqMap {
-    shifts: Vec<Shift>,
-    base: u32,
+impl Abs {
+    pub fn seq(self, abs: u64) -> u32 {
+        self.base.wrapping_add(abs as u32)
+    }
+
+    /// Offset of `seq`, taking the one closest to `near` (may be negative for
+    /// bytes before the stream start).
+    pub fn abs(self, seq: u32, near: u64) -> i64 {
+        let d = seq.wrapping_sub(self.seq(near)) as i32;
+        near as i64 + i64::from(d)
+    }
 }
 
-/// Keep this many shifts at most; beyond it the oldest go (a retransmission
-/// from that far back is answered from the newest mapping).
-const MAX_SHIFTS: usize = 256;
+/// Most ranges/blocks kept before fully acknowledged ones are folded away.
+const KEEP: usize = 64;
 
-impl SeqMap {
-    pub fn is_identity(&self) -> bool {
-        self.shifts.is_empty() && self.base == 0
+/// Client bytes removed from the server's stream: (client offset, length).
+#[derive(Debug, Default)]
+pub struct Removed {
+    ranges: VecDeque<(u64, u64)>,
+    /// Bytes removed in ranges folded away, all below `floor`.
+    base: u64,
+    /// Client offset below which nothing can be mapped any more.
+    pub floor: u64,
+    pub total: u64,
+}
+
+impl Removed {
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
     }
 
-    fn delta_at(&self, s: u32) -> u32 {
-        let mut d = self.base;
-        for sh in &self.shifts {
-            if seq_ge(s, sh.at) {
-                d = sh.after;
-            } else {
-                break;
-            }
-        }
-        d
-    }
-
-    pub fn delta(&self) -> u32 {
-        self.shifts.last().map_or(self.base, |s| s.after)
-    }
-
-    /// Source → target.
-    pub fn map(&self, s: u32) -> u32 {
-        s.wrapping_add(self.delta_at(s))
-    }
-
-    /// Target → source, for acknowledgments travelling back. A number that
-    /// falls inside inserted bytes maps to where they were inserted; one at
-    /// the point where bytes were removed maps past them (they count as
-    /// consumed).
-    pub fn unmap(&self, t: u32) -> u32 {
-        let mut r = t.wrapping_sub(self.base);
-        for sh in &self.shifts {
-            let start = sh.at.wrapping_add(sh.before);
-            let end = sh.at.wrapping_add(sh.after);
-            if seq_ge(t, start) || seq_ge(t, end) {
-                if seq_gt(end, start) && seq_gt(end, t) && seq_ge(t, start) {
-                    r = sh.at;
-                } else {
-                    r = t.wrapping_sub(sh.after);
-                }
-            } else {
-                break;
-            }
-        }
-        r
-    }
-
-    /// Bytes `[from, to)` of the source are dropped: sources from `to` on map
-    /// `to - from` lower.
-    pub fn remove(&mut self, from: u32, to: u32) {
-        let n = to.wrapping_sub(from);
-        if n == 0 {
-            return;
-        }
-        let before = self.delta();
-        self.push(Shift {
-            at: to,
-            before,
-            after: before.wrapping_sub(n),
-            removed: n,
-        });
-    }
-
-    /// `n` bytes are inserted before source byte `at`.
-    pub fn insert(&mut self, at: u32, n: u32) {
-        if n == 0 {
-            return;
-        }
-        let before = self.delta();
-        self.push(Shift {
-            at,
-            before,
-            after: before.wrapping_add(n),
-            removed: 0,
-        });
-    }
-
-    fn push(&mut self, s: Shift) {
-        if self.shifts.len() >= MAX_SHIFTS {
-            self.base = self.shifts.remove(0).after;
-        }
-        self.shifts.push(s);
-    }
-
-    /// The parts of source bytes `[seq, seq + len)` that still exist for the
-    /// receiver, each mapping linearly (`map` of its first byte places it),
-    /// as (offset, length). A retransmission that spans a shift must be cut
-    /// here: mapped whole, its later bytes would land on inserted bytes or
-    /// resurrect removed ones.
-    pub fn pieces(&self, seq: u32, len: usize) -> Vec<(usize, usize)> {
-        let mut out = vec![(0usize, len)];
+    pub fn add(&mut self, start: u64, len: u64) {
         if len == 0 {
-            return out;
+            return;
         }
-        // Offset of a sequence number relative to `seq`, clamped to the segment.
-        let off = |s: u32| -> usize { (s.wrapping_sub(seq) as i32).clamp(0, len as i32) as usize };
-        for sh in &self.shifts {
-            let at = off(sh.at);
-            let gone = off(sh.at.wrapping_sub(sh.removed));
-            let mut next = Vec::with_capacity(out.len() + 1);
-            for (o, l) in out {
-                let e = o + l;
-                // Keep what lies outside [gone, at), cut at `at`.
-                for (a, b) in [(o, e.min(gone)), (o.max(at), e)] {
-                    if a < b {
-                        next.push((a, b - a));
-                    }
-                }
+        self.total += len;
+        if let Some(last) = self.ranges.back_mut() {
+            if last.0 + last.1 == start {
+                last.1 += len;
+                return;
             }
-            out = next;
+        }
+        self.ranges.push_back((start, len));
+    }
+
+    /// The latest removed range ends at client offset `c`.
+    pub fn ends_at(&self, c: u64) -> bool {
+        self.ranges.back().is_some_and(|&(s, l)| s + l == c)
+    }
+
+    /// Server offset of client byte `c` (a removed byte maps to where its
+    /// range was cut out).
+    pub fn to_server(&self, c: u64) -> u64 {
+        let mut cum = self.base;
+        for &(s, l) in &self.ranges {
+            if c >= s + l {
+                cum += l;
+            } else if c > s {
+                return s - cum;
+            } else {
+                break;
+            }
+        }
+        c.saturating_sub(cum)
+    }
+
+    /// Client offset acknowledged by a server ack of server offset `s`:
+    /// removed bytes right at the ack point count as acknowledged.
+    pub fn to_client_ack(&self, s: u64) -> u64 {
+        let mut cum = self.base;
+        for &(start, l) in &self.ranges {
+            if start - cum <= s {
+                cum += l;
+            } else {
+                break;
+            }
+        }
+        s + cum
+    }
+
+    /// Pieces of client range `[a, b)` that were not removed.
+    pub fn kept(&self, a: u64, b: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut cur = a.max(self.floor);
+        for &(s, l) in &self.ranges {
+            if cur >= b {
+                break;
+            }
+            if s + l <= cur {
+                continue;
+            }
+            if s > cur {
+                out.push((cur, s.min(b)));
+            }
+            cur = cur.max(s + l);
+        }
+        if cur < b {
+            out.push((cur, b));
         }
         out
     }
 
-    /// Fold shifts that no segment at or after `s` (source) can need.
-    pub fn forget_before(&mut self, s: u32) {
-        while self.shifts.len() > 1 && seq_ge(s, self.shifts[1].at) {
-            self.base = self.shifts.remove(0).after;
+    /// Fold ranges the client already had acknowledged (`acked` client offset).
+    pub fn prune(&mut self, acked: u64) {
+        while self.ranges.len() > KEEP {
+            match self.ranges.front() {
+                Some(&(s, l)) if s + l <= acked => {
+                    self.base += l;
+                    self.floor = s + l;
+                    self.ranges.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Bytes inserted into the client's view of the server stream:
+/// (server offset they precede, length).
+#[derive(Debug, Default)]
+pub struct Inserted {
+    blocks: VecDeque<(u64, u64)>,
+    base: u64,
+    /// Server offset below which nothing can be mapped any more.
+    pub floor: u64,
+    pub total: u64,
+}
+
+impl Inserted {
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Client-view offset where a block inserted now at `pos` starts.
+    pub fn add(&mut self, pos: u64, len: u64) -> u64 {
+        let start = self.to_view(pos);
+        self.total += len;
+        match self.blocks.back_mut() {
+            Some(last) if last.0 == pos => last.1 += len,
+            _ => self.blocks.push_back((pos, len)),
+        }
+        start
+    }
+
+    /// Client-view offset of server byte `s` (after blocks inserted at `s`).
+    pub fn to_view(&self, s: u64) -> u64 {
+        let mut cum = self.base;
+        for &(p, l) in &self.blocks {
+            if p <= s {
+                cum += l;
+            } else {
+                break;
+            }
+        }
+        s + cum
+    }
+
+    /// Server offset acknowledged by a client ack of view offset `v`: an ack
+    /// inside or at the end of a block acknowledges server bytes up to it.
+    pub fn to_server_ack(&self, v: u64) -> u64 {
+        let mut cum = self.base;
+        for &(p, l) in &self.blocks {
+            let start = p + cum;
+            if v >= start + l {
+                cum += l;
+            } else if v > start {
+                return p;
+            } else {
+                break;
+            }
+        }
+        v.saturating_sub(cum)
+    }
+
+    /// Positions of blocks strictly inside server range `(a, b)`.
+    pub fn cuts(&self, a: u64, b: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .blocks
+            .iter()
+            .map(|&(p, _)| p)
+            .filter(|&p| p > a && p < b)
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// Fold blocks the client acknowledged (view offset `acked`).
+    pub fn prune(&mut self, acked: u64) {
+        while self.blocks.len() > KEEP {
+            let Some(&(p, l)) = self.blocks.front() else {
+                break;
+            };
+            if p + self.base + l > acked {
+                break;
+            }
+            self.base += l;
+            self.floor = p;
+            self.blocks.pop_front();
         }
     }
 }
@@ -167,68 +223,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retransmissions_are_cut_at_shifts_and_skip_removed_bytes() {
-        let mut m = SeqMap::default();
-        assert_eq!(m.pieces(100, 50), vec![(0, 50)]);
-        m.remove(110, 120);
-        m.insert(130, 5);
-        assert_eq!(m.pieces(100, 50), vec![(0, 10), (20, 10), (30, 20)]);
-        // Each piece maps linearly and the pieces stay contiguous for the receiver.
-        assert_eq!(m.map(100), 100);
-        assert_eq!(m.map(120), 110);
-        assert_eq!(m.map(130), 125);
-        // Segments that touch no shift are whole.
-        assert_eq!(m.pieces(140, 10), vec![(0, 10)]);
-        assert_eq!(m.pieces(90, 10), vec![(0, 10)]);
-        // Entirely removed bytes leave nothing.
-        assert_eq!(m.pieces(112, 5), vec![]);
-        // Across wraparound.
-        let mut w = SeqMap::default();
-        w.insert(3, 7);
-        assert_eq!(w.pieces(u32::MAX - 1, 10), vec![(0, 5), (5, 5)]);
+    fn abs_wraps() {
+        let a = Abs { base: u32::MAX - 1 };
+        assert_eq!(a.seq(3), 1);
+        assert_eq!(a.abs(1, 0), 3);
+        assert_eq!(a.abs(u32::MAX - 3, 0), -2);
+        assert_eq!(a.abs(a.seq(5_000_000_000), 4_999_999_000), 5_000_000_000);
     }
 
     #[test]
-    fn removal_shifts_later_bytes_and_acks_skip_the_hole() {
-        let mut m = SeqMap::default();
-        assert!(m.is_identity());
-        m.remove(110, 130); // client bytes 110..130 denied
-        assert_eq!(m.map(100), 100);
-        assert_eq!(m.map(130), 110);
-        assert_eq!(m.map(140), 120);
-        // server acks 110 (everything before the hole): the client sees 130
-        assert_eq!(m.unmap(110), 130);
-        assert_eq!(m.unmap(105), 105);
-        assert_eq!(m.unmap(120), 140);
+    fn removed_maps_both_ways() {
+        let mut r = Removed::default();
+        r.add(10, 5); // client 10..15 removed
+        r.add(20, 3); // client 20..23 removed
+        assert_eq!(r.to_server(5), 5);
+        assert_eq!(r.to_server(12), 10);
+        assert_eq!(r.to_server(15), 10);
+        assert_eq!(r.to_server(23), 15);
+        assert_eq!(r.to_client_ack(9), 9);
+        assert_eq!(r.to_client_ack(10), 15);
+        assert_eq!(r.to_client_ack(14), 19);
+        assert_eq!(r.to_client_ack(15), 23);
+        assert_eq!(r.kept(0, 30), vec![(0, 10), (15, 20), (23, 30)]);
+        assert_eq!(r.kept(11, 14), vec![]);
+        assert_eq!(r.kept(12, 21), vec![(15, 20)]);
     }
 
     #[test]
-    fn insertion_shifts_later_bytes_and_acks_inside_clamp() {
-        let mut m = SeqMap::default();
-        m.insert(500, 15); // 15 injected bytes before server byte 500
-        assert_eq!(m.map(499), 499);
-        assert_eq!(m.map(500), 515);
-        assert_eq!(m.unmap(500), 500);
-        assert_eq!(m.unmap(507), 500, "inside the injected bytes");
-        assert_eq!(m.unmap(515), 500);
-        assert_eq!(m.unmap(520), 505);
+    fn inserted_maps_both_ways() {
+        let mut i = Inserted::default();
+        assert_eq!(i.add(10, 4), 10);
+        assert_eq!(i.add(20, 2), 24);
+        assert_eq!(i.to_view(9), 9);
+        assert_eq!(i.to_view(10), 14);
+        assert_eq!(i.to_view(20), 26);
+        assert_eq!(i.to_server_ack(10), 10);
+        assert_eq!(i.to_server_ack(12), 10);
+        assert_eq!(i.to_server_ack(14), 10);
+        assert_eq!(i.to_server_ack(20), 16);
+        assert_eq!(i.to_server_ack(25), 20);
+        assert_eq!(i.to_server_ack(27), 21);
     }
 
     #[test]
-    fn several_shifts_and_wraparound() {
-        let mut m = SeqMap::default();
-        let b = u32::MAX - 10;
-        m.insert(b, 5);
-        m.insert(b.wrapping_add(20), 7);
-        assert_eq!(m.map(b.wrapping_add(1)), b.wrapping_add(6));
-        assert_eq!(m.map(b.wrapping_add(21)), b.wrapping_add(33));
-        assert_eq!(m.unmap(b.wrapping_add(33)), b.wrapping_add(21));
-        assert_eq!(
-            m.unmap(b.wrapping_add(27)),
-            b.wrapping_add(20),
-            "inside the second insertion"
-        );
-        m.forget_before(b.wrapping_add(25));
-        assert_eq!(m.map(b.wrapping_add(21)), b.wrapping_add(33));
+    fn pruning_keeps_mapping_of_later_bytes() {
+        let mut r = Removed::default();
+        let mut i = Inserted::default();
+        for k in 0..200u64 {
+            r.add(k * 10, 2);
+            i.add(k * 10, 3);
+        }
+        let (s, v) = (r.to_server(1995), i.to_view(1995));
+        r.prune(1_000_000);
+        i.prune(1_000_000);
+        assert!(r.floor > 0 && i.floor > 0);
+        assert_eq!(r.to_server(1995), s);
+        assert_eq!(i.to_view(1995), v);
+        assert_eq!(r.to_client_ack(r.to_server(1995)), 1995);
     }
 }

@@ -1,0 +1,1140 @@
+//! Stream layer tests over a toy line protocol and the real ones, with
+//! frames built by etherparse and two minimal TCP endpoints that accept
+//! bytes only in order (as a real receiver's application sees them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::conn::Stream;
+use super::StreamCtx;
+use crate::engine::config::DenyAction;
+use crate::engine::{Counters, DropReason, EngineConfig, Output, Port, Verdict};
+use crate::l7::http::{Http, HttpRule, HttpRuleSpec};
+use crate::l7::memcache::{Memcache, MemcacheRule, MemcacheRuleSpec};
+use crate::l7::{Body, Parse, Protocol, ReplyBody, ReplyHead, RequestHead};
+use crate::log::{Decision, FlowTuple, Subject};
+use crate::packet::view::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use crate::policy::{L7Policy, L7Proto, L7Rule, L7Stage, NamedL7Rule};
+
+/// "ALLOW x\n" / "DENY x\n" requests, answered by one line each; "QALLOW" /
+/// "QDENY" expect no reply; "BODY n\n" is followed by n body bytes (allowed);
+/// "DBODY n\n" likewise, denied. Anything else is invalid.
+#[derive(Debug)]
+struct ToyReq {
+    allow: bool,
+    quiet: bool,
+    name: String,
+}
+
+struct Toy;
+
+impl Protocol for Toy {
+    type Request = ToyReq;
+
+    fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<ToyReq>> {
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            return Parse::NeedMore;
+        };
+        let Ok(line) = std::str::from_utf8(&buf[..nl]) else {
+            return Parse::Invalid("utf8");
+        };
+        let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+        let (allow, quiet, body) = match verb {
+            "ALLOW" => (true, false, Body::None),
+            "DENY" => (false, false, Body::None),
+            "QALLOW" => (true, true, Body::None),
+            "QDENY" => (false, true, Body::None),
+            "BODY" | "DBODY" => match arg.parse() {
+                Ok(n) => (verb == "BODY", false, Body::Length(n)),
+                Err(_) => return Parse::Invalid("length"),
+            },
+            _ => return Parse::Invalid("verb"),
+        };
+        Parse::Complete(RequestHead {
+            head_len: nl + 1,
+            body,
+            req: ToyReq {
+                allow,
+                quiet,
+                name: arg.to_string(),
+            },
+        })
+    }
+
+    fn parse_reply(&mut self, buf: &[u8], req: Option<&ToyReq>) -> Parse<ReplyHead> {
+        match buf.iter().position(|&b| b == b'\n') {
+            None => Parse::NeedMore,
+            Some(nl) => Parse::Complete(ReplyHead {
+                head_len: nl + 1,
+                body: ReplyBody::None,
+                last: true,
+                unsolicited: req.is_none(),
+            }),
+        }
+    }
+
+    fn deny_reply(&self, req: &ToyReq) -> Option<Vec<u8>> {
+        (!req.quiet).then(|| format!("denied {}\n", req.name).into_bytes())
+    }
+
+    fn expects_reply(&self, req: &ToyReq) -> bool {
+        !req.quiet
+    }
+
+    fn subject(&self, req: &ToyReq) -> Subject {
+        Subject::Memcache {
+            command: "toy".into(),
+            keys: vec![req.name.clone()],
+        }
+    }
+
+    fn rule_matches(&self, req: &ToyReq, _rule: &L7Rule) -> bool {
+        req.allow
+    }
+}
+
+fn policy(proto: L7Proto, rules: Vec<L7Rule>) -> Arc<L7Policy> {
+    Arc::new(L7Policy {
+        proto,
+        stages: vec![L7Stage {
+            allow_all: false,
+            rules: rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, rule)| NamedL7Rule {
+                    name: format!("test/rule[{i}]"),
+                    rule,
+                })
+                .collect(),
+        }],
+    })
+}
+
+fn toy_policy() -> Arc<L7Policy> {
+    let any = HttpRule::compile(&HttpRuleSpec::default()).unwrap();
+    policy(L7Proto::Memcache, vec![L7Rule::Http(any)])
+}
+
+const CLIENT: Port = 0;
+const SERVER: Port = 1;
+const C_ISN: u32 = 0xffff_fff0; // wraps during the tests
+const S_ISN: u32 = 5000;
+
+/// A TCP endpoint that keeps the bytes it received in order.
+#[derive(Default)]
+struct Peer {
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    data: Vec<u8>,
+    ooo: BTreeMap<u32, Vec<u8>>,
+    fin: bool,
+    rst: bool,
+    /// An RST arrived exactly at the next expected seq (acceptable per RFC 5961).
+    rst_in_window: bool,
+    /// Highest ack it got.
+    acked: u32,
+}
+
+impl Peer {
+    fn receive(&mut self, frame: &[u8]) {
+        let m = parse(frame).expect("enforcer emitted an unparsable frame");
+        let t = *m.tcp().unwrap();
+        if t.flags & TCP_RST != 0 {
+            self.rst = true;
+            self.rst_in_window = t.seq == self.rcv_nxt;
+            return;
+        }
+        if t.flags & TCP_ACK != 0 && (t.ack.wrapping_sub(self.acked) as i32) > 0 {
+            self.acked = t.ack;
+        }
+        if t.flags & TCP_SYN != 0 {
+            return;
+        }
+        let p = m.payload(frame).to_vec();
+        if !p.is_empty() || t.flags & TCP_FIN != 0 {
+            self.ooo.insert(t.seq, p.clone());
+            if t.flags & TCP_FIN != 0 {
+                self.ooo
+                    .insert(t.seq.wrapping_add(p.len() as u32), b"\0FIN".to_vec());
+            }
+        }
+        loop {
+            let mut progressed = false;
+            let keys: Vec<u32> = self.ooo.keys().copied().collect();
+            for k in keys {
+                let d = self.ooo[&k].clone();
+                let off = self.rcv_nxt.wrapping_sub(k) as i32;
+                if d == b"\0FIN" {
+                    if off == 0 && !self.fin {
+                        self.fin = true;
+                        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+                        progressed = true;
+                    }
+                    if off >= 0 {
+                        self.ooo.remove(&k);
+                    }
+                    continue;
+                }
+                if off >= 0 {
+                    self.ooo.remove(&k);
+                    if (off as usize) < d.len() {
+                        self.data.extend_from_slice(&d[off as usize..]);
+                        self.rcv_nxt = self.rcv_nxt.wrapping_add((d.len() - off as usize) as u32);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+struct Rig<P: Protocol> {
+    s: Stream<P>,
+    cfg: EngineConfig,
+    counters: Counters,
+    out: Output,
+    client: Peer,
+    server: Peer,
+    now: u64,
+    /// Verdicts of the frames sent, in order.
+    verdicts: Vec<Verdict>,
+    events: Vec<crate::log::Event>,
+    /// Frames to the server / the client, not yet delivered.
+    to_server: Vec<Vec<u8>>,
+    to_client: Vec<Vec<u8>>,
+}
+
+fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let (a, b, sp, dp) = if from_client {
+        ([10, 0, 0, 1], [10, 0, 0, 2], 40000, 11211)
+    } else {
+        ([10, 0, 0, 2], [10, 0, 0, 1], 11211, 40000)
+    };
+    let mut tcp = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+        .ipv4(a, b, 64)
+        .tcp(sp, dp, seq, 65535);
+    if flags & TCP_ACK != 0 {
+        tcp = tcp.ack(ack);
+    }
+    if flags & TCP_SYN != 0 {
+        tcp = tcp.syn();
+    }
+    if flags & TCP_FIN != 0 {
+        tcp = tcp.fin();
+    }
+    if flags & TCP_RST != 0 {
+        tcp = tcp.rst();
+    }
+    if flags & TCP_PSH != 0 {
+        tcp = tcp.psh();
+    }
+    let mut v = Vec::new();
+    tcp.write(&mut v, payload).unwrap();
+    v
+}
+
+impl<P: Protocol> Rig<P> {
+    fn new(proto: P, policy: Arc<L7Policy>, cfg: EngineConfig) -> Self {
+        let mut r = Rig {
+            s: Stream::new(proto, policy, CLIENT),
+            cfg,
+            counters: Counters::default(),
+            out: Output::default(),
+            client: Peer::default(),
+            server: Peer::default(),
+            now: 0,
+            verdicts: Vec::new(),
+            events: Vec::new(),
+            to_server: Vec::new(),
+            to_client: Vec::new(),
+        };
+        // Handshake.
+        let syn = frame(true, C_ISN.wrapping_sub(1), 0, TCP_SYN, b"");
+        r.input(CLIENT, syn);
+        let synack = frame(false, S_ISN - 1, C_ISN, TCP_SYN | TCP_ACK, b"");
+        r.input(SERVER, synack);
+        r.client = Peer {
+            snd_nxt: C_ISN,
+            rcv_nxt: S_ISN,
+            acked: C_ISN,
+            ..Peer::default()
+        };
+        r.server = Peer {
+            snd_nxt: S_ISN,
+            rcv_nxt: C_ISN,
+            acked: S_ISN,
+            ..Peer::default()
+        };
+        r.to_server.clear();
+        r.to_client.clear();
+        r
+    }
+
+    fn input(&mut self, port: Port, mut f: Vec<u8>) -> Verdict {
+        let meta = parse(&f).unwrap();
+        let mut ctx = StreamCtx {
+            cfg: &self.cfg,
+            counters: &mut self.counters,
+            worker: 0,
+            tuple: FlowTuple {
+                src: meta.src,
+                dst: meta.dst,
+                proto: 6,
+                sport: 40000,
+                dport: 11211,
+            },
+            src_identity: "client",
+            dst_identity: "server",
+        };
+        let v = self
+            .s
+            .on_segment(&mut ctx, port, &mut f, &meta, self.now, &mut self.out);
+        match v {
+            Verdict::Forward(p) => self.route(p, f),
+            Verdict::Drop(r) => self.counters.drop(r),
+            Verdict::Consumed => {}
+        }
+        self.drain();
+        self.verdicts.push(v);
+        v
+    }
+
+    fn drain(&mut self) {
+        for e in std::mem::take(&mut self.out.emits) {
+            self.route(e.port, e.frame);
+        }
+        self.events.append(&mut self.out.events);
+    }
+
+    fn route(&mut self, port: Port, f: Vec<u8>) {
+        if port == SERVER {
+            self.to_server.push(f);
+        } else {
+            self.to_client.push(f);
+        }
+    }
+
+    fn tick(&mut self, dt: u64) {
+        self.now += dt;
+        let mut ctx = StreamCtx {
+            cfg: &self.cfg,
+            counters: &mut self.counters,
+            worker: 0,
+            tuple: FlowTuple {
+                src: "10.0.0.1".parse().unwrap(),
+                dst: "10.0.0.2".parse().unwrap(),
+                proto: 6,
+                sport: 40000,
+                dport: 11211,
+            },
+            src_identity: "client",
+            dst_identity: "server",
+        };
+        self.s.on_tick(&mut ctx, self.now, &mut self.out);
+        self.drain();
+    }
+
+    /// Client sends bytes as one segment (not yet processed).
+    fn client_seg(&mut self, data: &[u8]) -> Vec<u8> {
+        let f = frame(
+            true,
+            self.client.snd_nxt,
+            self.client.rcv_nxt,
+            TCP_ACK | TCP_PSH,
+            data,
+        );
+        self.client.snd_nxt = self.client.snd_nxt.wrapping_add(data.len() as u32);
+        f
+    }
+
+    fn server_seg(&mut self, data: &[u8]) -> Vec<u8> {
+        let f = frame(
+            false,
+            self.server.snd_nxt,
+            self.server.rcv_nxt,
+            TCP_ACK | TCP_PSH,
+            data,
+        );
+        self.server.snd_nxt = self.server.snd_nxt.wrapping_add(data.len() as u32);
+        f
+    }
+
+    fn client_send(&mut self, data: &[u8]) -> Verdict {
+        let f = self.client_seg(data);
+        self.input(CLIENT, f)
+    }
+
+    fn server_send(&mut self, data: &[u8]) -> Verdict {
+        let f = self.server_seg(data);
+        self.input(SERVER, f)
+    }
+
+    /// Deliver everything in flight to the endpoints.
+    fn deliver(&mut self) {
+        for f in std::mem::take(&mut self.to_server) {
+            self.server.receive(&f);
+        }
+        for f in std::mem::take(&mut self.to_client) {
+            self.client.receive(&f);
+        }
+    }
+
+    /// Both endpoints acknowledge what they have.
+    fn acks(&mut self) {
+        let f = frame(true, self.client.snd_nxt, self.client.rcv_nxt, TCP_ACK, b"");
+        self.input(CLIENT, f);
+        let f = frame(
+            false,
+            self.server.snd_nxt,
+            self.server.rcv_nxt,
+            TCP_ACK,
+            b"",
+        );
+        self.input(SERVER, f);
+        self.deliver();
+    }
+
+    fn decisions(&self) -> Vec<(Decision, String)> {
+        self.events
+            .iter()
+            .map(|e| {
+                let name = match &e.subject {
+                    Subject::Memcache { keys, .. } => keys.join(","),
+                    Subject::Http { path, .. } => path.clone(),
+                    Subject::Flow => String::new(),
+                };
+                (e.verdict, name)
+            })
+            .collect()
+    }
+
+    /// After everything settled, each side has acknowledged all the other sent.
+    fn assert_healthy(&mut self) {
+        self.acks();
+        self.acks();
+        assert_eq!(
+            self.server.acked, self.server.snd_nxt,
+            "server data not all acked by client"
+        );
+        assert_eq!(
+            self.client.acked, self.client.snd_nxt,
+            "client data not all acked by server"
+        );
+        assert!(!self.client.rst && !self.server.rst);
+    }
+}
+
+fn toy() -> Rig<Toy> {
+    Rig::new(Toy, toy_policy(), EngineConfig::default())
+}
+
+#[test]
+fn allowed_requests_take_the_fast_path() {
+    let mut r = toy();
+    assert_eq!(r.client_send(b"ALLOW a\n"), Verdict::Forward(SERVER));
+    assert_eq!(
+        r.client_send(b"ALLOW b\nALLOW c\n"),
+        Verdict::Forward(SERVER)
+    );
+    r.deliver();
+    assert_eq!(r.server_send(b"A\nB\nC\n"), Verdict::Forward(CLIENT));
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW b\nALLOW c\n");
+    assert_eq!(r.client.data, b"A\nB\nC\n");
+    assert_eq!(r.counters.l7_requests_allowed, 3);
+    assert!(r.out.emits.is_empty());
+    r.assert_healthy();
+}
+
+#[test]
+fn held_prefix_never_lets_the_original_frame_through() {
+    let mut r = toy();
+    r.client_send(b"ALL");
+    // As long as the segment: the bytes released are not this segment's.
+    let v = r.client_send(b"OW a\nALL");
+    assert_ne!(v, Verdict::Forward(SERVER));
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    let frames_to_server: usize = r.to_server.len();
+    assert_eq!(frames_to_server, 0);
+    r.client_send(b"OW b\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW b\n");
+}
+
+#[test]
+fn split_request_is_held_until_complete() {
+    let mut r = toy();
+    for b in b"ALLOW split\n".chunks(3) {
+        r.client_send(b);
+        r.deliver();
+        if r.client.snd_nxt.wrapping_sub(C_ISN) < 12 {
+            assert!(r.server.data.is_empty(), "partial head reached the server");
+        }
+    }
+    assert_eq!(r.server.data, b"ALLOW split\n");
+    r.server_send(b"ok\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"ok\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn pipelined_allow_deny_allow_keeps_reply_order() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nDENY b\nALLOW c\n");
+    r.deliver();
+    // c waits until b's denial is in place.
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    r.server_send(b"A\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
+    assert_eq!(r.client.data, b"A\ndenied b\n");
+    r.server_send(b"C\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\nC\n");
+    assert_eq!(
+        r.decisions(),
+        vec![
+            (Decision::Allow, "a".into()),
+            (Decision::Deny, "b".into()),
+            (Decision::Allow, "c".into())
+        ]
+    );
+    assert_eq!(r.counters.l7_requests_denied, 1);
+    assert_eq!(r.counters.dropped(DropReason::L7Denied), 1);
+    r.assert_healthy();
+    // The connection stays usable both ways.
+    r.client_send(b"ALLOW d\n");
+    r.deliver();
+    r.server_send(b"D\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
+    assert_eq!(r.client.data, b"A\ndenied b\nC\nD\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn denial_with_nothing_pending_is_injected_at_once() {
+    let mut r = toy();
+    r.client_send(b"DENY x\n");
+    r.deliver();
+    assert!(r.server.data.is_empty());
+    assert_eq!(r.client.data, b"denied x\n");
+    assert_eq!(
+        r.client.acked, r.client.snd_nxt,
+        "denied bytes must be acknowledged"
+    );
+    r.client_send(b"ALLOW y\n");
+    r.deliver();
+    r.server_send(b"Y\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW y\n");
+    assert_eq!(r.client.data, b"denied x\nY\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn sequential_allow_deny_allow_like_curl_next() {
+    let mut r = toy();
+    r.client_send(b"ALLOW 1\n");
+    r.deliver();
+    r.server_send(b"R1\n");
+    r.deliver();
+    r.acks();
+    r.client_send(b"DENY 2\n");
+    r.deliver();
+    r.acks();
+    r.client_send(b"ALLOW 3\n");
+    r.deliver();
+    r.server_send(b"R3\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW 1\nALLOW 3\n");
+    assert_eq!(r.client.data, b"R1\ndenied 2\nR3\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn quiet_denial_is_only_acknowledged() {
+    let mut r = toy();
+    r.client_send(b"QDENY q\n");
+    r.deliver();
+    assert!(r.server.data.is_empty());
+    assert!(r.client.data.is_empty());
+    assert_eq!(r.client.acked, r.client.snd_nxt);
+    r.client_send(b"QALLOW z\nALLOW w\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"QALLOW z\nALLOW w\n");
+    r.server_send(b"W\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"W\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn out_of_order_and_duplicate_client_segments() {
+    let mut r = toy();
+    let a = r.client_seg(b"ALLOW a\nDE");
+    let b = r.client_seg(b"NY b\nALL");
+    let c = r.client_seg(b"OW c\n");
+    r.input(CLIENT, c.clone());
+    r.input(CLIENT, b.clone());
+    r.deliver();
+    assert!(r.server.data.is_empty());
+    r.input(CLIENT, a.clone());
+    r.input(CLIENT, b);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    r.server_send(b"A\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
+    // Retransmissions of decided bytes: nothing new reaches the server.
+    r.input(CLIENT, a);
+    r.input(CLIENT, c);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
+    r.server_send(b"C\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\nC\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn released_bytes_lost_on_the_way_are_resent_from_retransmission() {
+    let mut r = toy();
+    r.client_send(b"DENY a\n");
+    r.deliver();
+    let f = r.client_seg(b"ALLOW b\n");
+    r.input(CLIENT, f.clone());
+    // The rebuilt segment to the server is lost.
+    r.to_server.clear();
+    r.input(CLIENT, f);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW b\n");
+    r.server_send(b"B\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"denied a\nB\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn retransmission_with_other_bytes_cannot_smuggle() {
+    let mut r = toy();
+    let seq = r.client.snd_nxt;
+    r.client_send(b"ALLOW a\n");
+    // The server never got it (full receive buffer, lost frame...).
+    r.to_server.clear();
+    // Same range, different bytes: the server gets what was judged.
+    let evil = frame(true, seq, r.client.rcv_nxt, TCP_ACK | TCP_PSH, b"DENY  z\n");
+    r.input(CLIENT, evil);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    // After a denial too (rebuilt segments).
+    r.server_send(b"A\n");
+    r.deliver();
+    r.client_send(b"DENY b\n");
+    let seq = r.client.snd_nxt;
+    r.client_send(b"ALLOW c\n");
+    r.to_server.clear();
+    let evil = frame(true, seq, r.client.rcv_nxt, TCP_ACK | TCP_PSH, b"DENY  y\n");
+    r.input(CLIENT, evil);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
+    r.server_send(b"C\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\nC\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn injected_denial_is_retransmitted_until_acked() {
+    let mut r = toy();
+    r.client_send(b"DENY a\n");
+    r.to_client.clear(); // lost
+    r.tick(r.cfg.inject_rto_ns / 2);
+    assert!(r.to_client.is_empty());
+    r.tick(r.cfg.inject_rto_ns);
+    r.deliver();
+    assert_eq!(r.client.data, b"denied a\n");
+    r.acks();
+    r.tick(r.cfg.inject_rto_ns * 100);
+    assert!(r.to_client.is_empty(), "acked denial sent again");
+    r.assert_healthy();
+}
+
+#[test]
+fn server_retransmission_after_injection_is_mapped() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nDENY b\n");
+    r.deliver();
+    let f = r.server_seg(b"A\n");
+    r.input(SERVER, f.clone());
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\n");
+    r.input(SERVER, f);
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn out_of_order_server_data_is_dropped_for_resend() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nALLOW b\n");
+    r.deliver();
+    let a = r.server_seg(b"A\n");
+    let b = r.server_seg(b"B\n");
+    assert_eq!(
+        r.input(SERVER, b.clone()),
+        Verdict::Drop(DropReason::L7OutOfWindow)
+    );
+    r.input(SERVER, a);
+    r.input(SERVER, b);
+    r.deliver();
+    assert_eq!(r.client.data, b"A\nB\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn fin_with_incomplete_head_denies_it() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nALLOW unfinish");
+    let f = frame(
+        true,
+        r.client.snd_nxt,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_FIN,
+        b"ed",
+    );
+    r.client.snd_nxt = r.client.snd_nxt.wrapping_add(3);
+    r.input(CLIENT, f);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    assert!(r.server.fin, "FIN must reach the server");
+    assert_eq!(r.decisions().last().unwrap().0, Decision::Deny);
+    r.server_send(b"A\n");
+    let f = frame(
+        false,
+        r.server.snd_nxt,
+        r.server.rcv_nxt,
+        TCP_ACK | TCP_FIN,
+        b"",
+    );
+    r.server.snd_nxt += 1;
+    r.input(SERVER, f);
+    r.deliver();
+    assert!(r.client.fin);
+    assert_eq!(r.client.data, b"A\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn server_fin_with_a_pending_denial_comes_after_it() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nDENY b\n");
+    r.deliver();
+    let f = frame(
+        false,
+        r.server.snd_nxt,
+        r.server.rcv_nxt,
+        TCP_ACK | TCP_FIN,
+        b"A",
+    );
+    r.server.snd_nxt += 2;
+    r.input(SERVER, f);
+    r.deliver();
+    assert_eq!(r.client.data, b"Adenied b\n");
+    assert!(r.client.fin);
+    r.assert_healthy();
+}
+
+#[test]
+fn client_rst_is_passed_mapped() {
+    let mut r = toy();
+    r.client_send(b"DENY a\nALLOW b\n");
+    r.deliver();
+    let f = frame(
+        true,
+        r.client.snd_nxt,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_RST,
+        b"",
+    );
+    assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
+    r.deliver();
+    assert!(r.server.rst && r.server.rst_in_window);
+    assert_eq!(
+        r.client_send(b"ALLOW c\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+}
+
+#[test]
+fn fin_after_complete_requests_passes_on_fast_path() {
+    let mut r = toy();
+    let f = frame(
+        true,
+        r.client.snd_nxt,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_FIN,
+        b"ALLOW a\n",
+    );
+    r.client.snd_nxt = r.client.snd_nxt.wrapping_add(9);
+    assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
+    r.deliver();
+    assert!(r.server.fin);
+}
+
+#[test]
+fn oversized_head_is_denied_with_resets() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    r.client_send(&[b'A'; 40]);
+    r.client_send(&[b'A'; 40]);
+    r.deliver();
+    assert!(r.server.data.is_empty());
+    assert!(r.server.rst && r.client.rst);
+    assert_eq!(r.counters.dropped(DropReason::L7HoldOverflow), 1);
+    assert_eq!(
+        r.client_send(b"ALLOW\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+}
+
+#[test]
+fn invalid_request_resets_both_sides() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\nGARBAGE\nALLOW b\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    assert!(r.server.rst && r.client.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+    assert_eq!(r.decisions().last().unwrap().0, Decision::Deny);
+}
+
+#[test]
+fn deny_action_reset() {
+    let cfg = EngineConfig {
+        deny_action: DenyAction::Reset,
+        ..EngineConfig::default()
+    };
+    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    r.client_send(b"ALLOW a\nDENY b\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    assert!(r.server.rst && r.client.rst);
+    // Each RST is in its receiver's sequence space.
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+}
+
+#[test]
+fn bodies_flow_or_vanish_without_being_held() {
+    let cfg = EngineConfig {
+        max_held_bytes: 32,
+        ..EngineConfig::default()
+    };
+    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    r.client_send(b"BODY 100\n");
+    for _ in 0..10 {
+        r.client_send(b"0123456789");
+    }
+    r.deliver();
+    assert_eq!(r.server.data.len(), 9 + 100);
+    r.server_send(b"ok\n");
+    r.client_send(b"DBODY 50\n");
+    for _ in 0..5 {
+        r.client_send(b"abcdefghij");
+    }
+    r.client_send(b"ALLOW z\n");
+    r.deliver();
+    r.server_send(b"Z\n");
+    r.deliver();
+    assert_eq!(r.server.data.len(), 9 + 100 + 8);
+    assert!(r.server.data.ends_with(b"0123456789ALLOW z\n"));
+    assert_eq!(r.client.data, b"ok\ndenied 50\nZ\n");
+    assert_eq!(r.counters.dropped(DropReason::L7HoldOverflow), 0);
+    r.assert_healthy();
+}
+
+#[test]
+fn held_requests_beyond_the_limit_are_dropped_for_resend() {
+    let cfg = EngineConfig {
+        max_held_bytes: 16,
+        ..EngineConfig::default()
+    };
+    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    r.client_send(b"ALLOW a\nDENY b\n");
+    let f1 = r.client_seg(b"ALLOW c\nALLOW d\n");
+    let f2 = r.client_seg(b"ALLOW e\n");
+    r.input(CLIENT, f1);
+    r.input(CLIENT, f2.clone());
+    assert!(r.counters.dropped(DropReason::L7HoldOverflow) >= 1);
+    r.deliver();
+    r.server_send(b"A\n");
+    r.input(CLIENT, f2.clone());
+    r.deliver();
+    // c and d await replies: their 16 head bytes fill the pending budget.
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
+    // Their replies free the budget: e goes on without a retransmission.
+    r.server_send(b"C\nD\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\nALLOW e\n");
+    r.server_send(b"E\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\nC\nD\nE\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn random_bytes_and_flags_never_panic() {
+    fuzz(
+        toy,
+        &[b"ALLOW x\n", b"DENY y\n", b"BODY 3\n", b"QDENY\n", b"x\n"],
+    );
+}
+
+/// Random segments around both sides' sequence numbers, built from random
+/// bytes and protocol fragments, with random flags and acks: nothing
+/// panics, whatever the order.
+fn fuzz<P: Protocol>(mk: impl Fn() -> Rig<P>, pieces: &[&[u8]]) {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::default();
+    let seg = (
+        any::<bool>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u8>(),
+        proptest::collection::vec(any::<u8>(), 0..40),
+        proptest::collection::vec(any::<usize>(), 0..4),
+    );
+    runner
+        .run(&proptest::collection::vec(seg, 0..40), |segs| {
+            let mut r = mk();
+            for (c, seq, ack, flags, junk, picks) in segs {
+                let near = if c {
+                    r.client.snd_nxt
+                } else {
+                    r.server.snd_nxt
+                };
+                let seq = near.wrapping_add(seq % 256).wrapping_sub(64);
+                let far = if c {
+                    r.client.rcv_nxt
+                } else {
+                    r.server.rcv_nxt
+                };
+                let ack = if ack % 4 == 0 {
+                    ack
+                } else {
+                    far.wrapping_add(ack % 64)
+                };
+                let mut data = Vec::new();
+                for p in picks {
+                    data.extend_from_slice(pieces[p % pieces.len()]);
+                }
+                if data.is_empty() {
+                    data = junk;
+                }
+                let f = frame(c, seq, ack, flags | TCP_ACK, &data);
+                r.input(if c { CLIENT } else { SERVER }, f);
+                r.tick(50_000_000);
+                r.deliver();
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn random_http_segments_never_panic() {
+    fuzz(
+        http_rig,
+        &[
+            b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST /public HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"\r\n",
+        ],
+    );
+}
+
+#[test]
+fn random_memcached_segments_never_panic() {
+    fuzz(
+        || {
+            let spec = MemcacheRuleSpec {
+                command: Some("get".into()),
+                key_prefix: Some("public".into()),
+                ..MemcacheRuleSpec::default()
+            };
+            let p = policy(
+                L7Proto::Memcache,
+                vec![L7Rule::Memcache(MemcacheRule::compile(&spec).unwrap())],
+            );
+            Rig::new(Memcache::new(), p, EngineConfig::default())
+        },
+        &[
+            b"get public1\r\n",
+            b"get secret\r\n",
+            b"set k 0 0 3 noreply\r\nabc\r\n",
+            b"VALUE public1 0 1\r\na\r\n",
+            b"END\r\n",
+            b"STORED\r\n",
+            b"\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00k",
+        ],
+    );
+}
+
+// Real protocols.
+
+fn http_rig() -> Rig<Http> {
+    let spec = HttpRuleSpec {
+        method: Some("GET".into()),
+        path: Some("/public".into()),
+        ..HttpRuleSpec::default()
+    };
+    let p = policy(
+        L7Proto::Http,
+        vec![L7Rule::Http(HttpRule::compile(&spec).unwrap())],
+    );
+    Rig::new(Http::new(), p, EngineConfig::default())
+}
+
+const DENY_403: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n";
+
+#[test]
+fn http_200_403_200_on_one_connection() {
+    let mut r = http_rig();
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    r.client_send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.deliver();
+    r.server_send(ok);
+    r.deliver();
+    r.acks();
+    r.client_send(b"PUT /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
+    r.deliver();
+    r.acks();
+    r.client_send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.deliver();
+    r.server_send(ok);
+    r.deliver();
+    assert_eq!(
+        r.server.data,
+        b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /public HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let mut want = ok.to_vec();
+    want.extend_from_slice(DENY_403);
+    want.extend_from_slice(ok);
+    assert_eq!(r.client.data, want);
+    r.assert_healthy();
+}
+
+#[test]
+fn http_pipelined_denial_waits_for_earlier_chunked_reply() {
+    let mut r = http_rig();
+    r.client_send(
+        b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /secret HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    r.deliver();
+    r.server_send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    r.deliver();
+    assert!(!r.client.data.ends_with(DENY_403));
+    r.server_send(b"0\r\n\r\n");
+    r.deliver();
+    assert!(r.client.data.ends_with(b"0\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n"));
+    r.assert_healthy();
+}
+
+#[test]
+fn memcached_get_allowed_denied_allowed() {
+    let spec = MemcacheRuleSpec {
+        command: Some("get".into()),
+        key_prefix: Some("public".into()),
+        ..MemcacheRuleSpec::default()
+    };
+    let p = policy(
+        L7Proto::Memcache,
+        vec![L7Rule::Memcache(MemcacheRule::compile(&spec).unwrap())],
+    );
+    let mut r = Rig::new(Memcache::new(), p, EngineConfig::default());
+    // Pipelined, as `nc` sends them.
+    r.client_send(b"get public1\r\nget secret\r\nget public2\r\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"get public1\r\n");
+    r.server_send(b"VALUE public1 0 1\r\na\r\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"get public1\r\n");
+    r.server_send(b"END\r\n");
+    r.deliver();
+    assert_eq!(r.server.data, b"get public1\r\nget public2\r\n");
+    r.server_send(b"END\r\n");
+    r.deliver();
+    let deny = Memcache::new().deny_reply(&match Memcache::new().parse_request(b"get k\r\n") {
+        Parse::Complete(h) => h.req,
+        _ => unreachable!(),
+    });
+    let mut want = b"VALUE public1 0 1\r\na\r\nEND\r\n".to_vec();
+    want.extend_from_slice(&deny.unwrap());
+    want.extend_from_slice(b"END\r\n");
+    assert_eq!(r.client.data, want);
+    r.assert_healthy();
+}
+
+#[test]
+fn http_upgrade_turns_the_connection_into_a_tunnel() {
+    let mut r = http_rig();
+    r.client_send(
+        b"GET /public HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    r.deliver();
+    r.server_send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    r.deliver();
+    // Not HTTP any more, both ways.
+    r.client_send(b"\x81\x05hello");
+    r.server_send(b"\x81\x02hi");
+    r.deliver();
+    assert!(r.server.data.ends_with(b"\x81\x05hello"));
+    assert!(r.client.data.ends_with(b"\x81\x02hi"));
+    assert!(!r.server.rst && !r.client.rst);
+    assert_eq!(r.counters.l7_requests_allowed, 1);
+    r.assert_healthy();
+}
+
+#[test]
+fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
+    let mut r = toy();
+    r.client_send(b"DENY a\n");
+    r.deliver();
+    // The server closes its window; its ACK reaches the client mapped.
+    let f = frame(false, r.server.snd_nxt, r.server.rcv_nxt, TCP_ACK, b"");
+    let mut f = f;
+    let m = parse(&f).unwrap();
+    f[m.l4_off + 14] = 0;
+    f[m.l4_off + 15] = 0;
+    crate::packet::build::fix_tcp_checksum(&mut f, &m);
+    r.input(SERVER, f);
+    let to_client = r.to_client.last().cloned().unwrap();
+    let mc = parse(&to_client).unwrap();
+    assert_eq!(mc.tcp().unwrap().window, 0);
+    r.deliver();
+    // The client probes anyway; the server drops what does not fit and the
+    // client's retransmission gets it there later.
+    let probe = r.client_seg(b"ALLOW b\n");
+    r.input(CLIENT, probe.clone());
+    r.to_server.clear();
+    r.input(CLIENT, probe);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW b\n");
+    r.server_send(b"B\n");
+    r.deliver();
+    assert_eq!(r.client.data, b"denied a\nB\n");
+    r.assert_healthy();
+}
