@@ -809,6 +809,51 @@ impl Model {
         }
     }
 
+    /// Items that put http and memcache on the same port of one endpoint
+    /// (across rules): `(rule index, item name, endpoint name, port)`, one per
+    /// clashing pair, reported at the later item. `decide` would deny such
+    /// flows; load refuses them instead.
+    pub fn l7_conflicts(&self) -> Vec<(usize, String, String, u16)> {
+        let mut out = Vec::new();
+        for (ep, rules) in self.by_subject.iter().enumerate() {
+            for ingress in [true, false] {
+                let mut seen: Vec<(usize, &Item, PortRange, L7Proto)> = Vec::new();
+                for &ri in rules {
+                    let r = &self.rules[ri];
+                    let items = if ingress { &r.ingress } else { &r.egress };
+                    for it in items {
+                        for g in it.ports.iter().flatten() {
+                            let Some(l7) = &g.l7 else { continue };
+                            for &pr in &g.ports {
+                                let clash = seen.iter().find(|(_, _, q, p)| {
+                                    *p != l7.proto
+                                        && q.lo <= pr.hi
+                                        && pr.lo <= q.hi
+                                        && (q.proto.is_none()
+                                            || pr.proto.is_none()
+                                            || q.proto == pr.proto)
+                                });
+                                if let Some((_, _, q, _)) = clash {
+                                    out.push((
+                                        ri,
+                                        it.name.clone(),
+                                        self.endpoints[ep].name.clone(),
+                                        pr.lo.max(q.lo),
+                                    ));
+                                } else {
+                                    seen.push((ri, it, pr, l7.proto));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The endpoint owning `ip`: the most specific address match.
     pub fn ident(&self, ip: IpAddr) -> Option<usize> {
         let mut best: Option<(usize, u8)> = None;

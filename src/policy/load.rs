@@ -285,8 +285,20 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyEr
     if !errors.is_empty() {
         return Err(errors);
     }
+    let model = Model::new(endpoints, rules);
+    for (ri, item, ep, port) in model.l7_conflicts() {
+        errors.push(PolicyError {
+            file: rule_files.get(ri).cloned().unwrap_or_default(),
+            line: None,
+            field: Some(item),
+            message: format!("http and memcache rules on port {port} of endpoint {ep}"),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(Loaded {
-        model: Model::new(endpoints, rules),
+        model,
         warnings,
         rule_files,
     })

@@ -351,3 +351,42 @@ fn host_policies_that_cut_ssh_are_flagged() {
     ));
     assert!(super::check::extra_warnings(&p).is_empty());
 }
+
+#[test]
+fn named_ports_other_l7protos_and_mixed_l7_are_errors() {
+    let e = errors(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: http\n"
+    ));
+    assert!(
+        e[0].starts_with("p.yaml:9: spec.ingress[0].toPorts[0].ports[0].port: named port"),
+        "{e:?}"
+    );
+    let e = errors(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: '9092'}}]\n      rules:\n        l7proto: kafka\n        l7: []\n"));
+    assert!(
+        e[0].starts_with("p.yaml:10: spec.ingress[0].toPorts[0].rules.l7proto: unknown l7proto"),
+        "{e:?}"
+    );
+    let e = errors(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: '80'}}]\n      rules:\n        http: []\n        l7proto: memcache\n"));
+    assert!(
+        e[0].starts_with("p.yaml:9: spec.ingress[0].toPorts[0].rules: http and l7proto"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn http_and_memcache_on_one_port_across_rules_is_an_error() {
+    let http = format!("{HEAD}spec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: '80'}}]\n      rules:\n        http: [{{method: GET}}]\n");
+    let mc = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: q}\nspec:\n  endpointSelector: {matchLabels: {tier: back}}\n  ingress:\n  - toPorts:\n    - ports: [{port: '70', endPort: 90, protocol: TCP}]\n      rules:\n        l7proto: memcache\n        l7: [{command: get}]\n";
+    let e = errors(&format!("{http}---\n{mc}"));
+    assert_eq!(
+        e,
+        vec!["p.yaml: q/spec.ingress[0]: http and memcache rules on port 80 of endpoint server"],
+    );
+    // Different ports on the same endpoint are fine.
+    let mc_other = mc.replace("endPort: 90", "endPort: 79");
+    let p = Policy::from_sources(&[
+        ("eps.yaml".into(), EPS.into()),
+        ("p.yaml".into(), format!("{http}---\n{mc_other}")),
+    ]);
+    assert!(p.is_ok(), "{:?}", p.err());
+}
