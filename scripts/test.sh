@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
 install_deps
 
-# Lab tests bring up namespaces and the enforcer: one at a time.
-cargo test --lib --bins --tests --no-fail-fast -- --test-threads=1
 # Benchmarks once each in test mode: they must build and run, not be timed.
 cargo test --benches --no-fail-fast
+# Lab tests bring up namespaces and the enforcer: one at a time.
+cargo test --lib --bins --tests --no-fail-fast -- --test-threads=1
