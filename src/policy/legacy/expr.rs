@@ -85,51 +85,29 @@ fn name(i: &str) -> IResult<&str, &str> {
 
 impl<'a> P<'a> {
     fn or(&self, i: &'a str) -> Result<(&'a str, Expr), ExprError> {
-        let (mut i, first) = self.and(i)?;
-        let mut v = vec![first];
-        loop {
-            let r: IResult<&str, &str> = ws(tag("||")).parse(i);
-            match r {
-                Ok((rest, _)) => {
-                    let (rest, e) = self.and(rest)?;
-                    v.push(e);
-                    i = rest;
-                }
-                Err(_) => break,
-            }
-        }
-        Ok((
-            i,
-            if v.len() == 1 {
-                v.remove(0)
-            } else {
-                Expr::Or(v)
-            },
-        ))
+        self.chain(i, "||", Self::and, Expr::Or)
     }
 
     fn and(&self, i: &'a str) -> Result<(&'a str, Expr), ExprError> {
-        let (mut i, first) = self.unary(i)?;
+        self.chain(i, "&&", Self::unary, Expr::And)
+    }
+
+    /// `operand { op operand }`, one node when there is a single operand.
+    fn chain(
+        &self,
+        i: &'a str,
+        op: &'static str,
+        operand: fn(&Self, &'a str) -> Result<(&'a str, Expr), ExprError>,
+        node: fn(Vec<Expr>) -> Expr,
+    ) -> Result<(&'a str, Expr), ExprError> {
+        let (mut i, first) = operand(self, i)?;
         let mut v = vec![first];
-        loop {
-            let r: IResult<&str, &str> = ws(tag("&&")).parse(i);
-            match r {
-                Ok((rest, _)) => {
-                    let (rest, e) = self.unary(rest)?;
-                    v.push(e);
-                    i = rest;
-                }
-                Err(_) => break,
-            }
+        while let Ok((rest, _)) = ws(tag::<&str, &str, nom::error::Error<&str>>(op)).parse(i) {
+            let (rest, e) = operand(self, rest)?;
+            v.push(e);
+            i = rest;
         }
-        Ok((
-            i,
-            if v.len() == 1 {
-                v.remove(0)
-            } else {
-                Expr::And(v)
-            },
-        ))
+        Ok((i, if v.len() == 1 { v.remove(0) } else { node(v) }))
     }
 
     fn unary(&self, i: &'a str) -> Result<(&'a str, Expr), ExprError> {
