@@ -671,8 +671,7 @@ impl Engine {
             counters: &mut self.counters,
             worker: self.worker,
             tuple,
-            src_identity: self.policy.identity(tuple.src),
-            dst_identity: self.policy.identity(tuple.dst),
+            policy: &self.policy,
         };
         l7.on_segment(&mut ctx, port, buf, meta, now, out)
     }
@@ -869,8 +868,7 @@ impl Engine {
                 counters: &mut self.counters,
                 worker: self.worker,
                 tuple,
-                src_identity: self.policy.identity(tuple.src),
-                dst_identity: self.policy.identity(tuple.dst),
+                policy: &self.policy,
             };
             l7.on_tick(&mut ctx, now_ns, out);
         }

@@ -310,8 +310,8 @@ impl<P: Protocol> Stream<P> {
             time_ns: now,
             worker: ctx.worker,
             flow: ctx.tuple,
-            src_identity: ctx.src_identity.to_string(),
-            dst_identity: ctx.dst_identity.to_string(),
+            src_identity: ctx.policy.identity(ctx.tuple.src).to_string(),
+            dst_identity: ctx.policy.identity(ctx.tuple.dst).to_string(),
             subject,
             verdict: if allowed {
                 Decision::Allow

@@ -29,8 +29,9 @@ pub struct StreamCtx<'a> {
     pub counters: &'a mut crate::engine::Counters,
     pub worker: u16,
     pub tuple: crate::log::FlowTuple,
-    pub src_identity: &'a str,
-    pub dst_identity: &'a str,
+    /// Names endpoints in log events; looked up only when an event is made,
+    /// not on every segment.
+    pub policy: &'a crate::policy::Policy,
 }
 
 enum Inner {

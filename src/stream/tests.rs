@@ -195,6 +195,7 @@ struct Rig<P: Protocol> {
     s: Stream<P>,
     cfg: EngineConfig,
     counters: Counters,
+    policy: crate::policy::Policy,
     out: Output,
     client: Peer,
     server: Peer,
@@ -239,6 +240,7 @@ fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Ve
 impl<P: Protocol> Rig<P> {
     fn new(proto: P, policy: Arc<L7Policy>, cfg: EngineConfig) -> Self {
         let mut r = Rig {
+            policy: crate::policy::Policy::default(),
             s: Stream::new(proto, policy, CLIENT),
             cfg,
             counters: Counters::default(),
@@ -286,8 +288,7 @@ impl<P: Protocol> Rig<P> {
                 sport: 40000,
                 dport: 11211,
             },
-            src_identity: "client",
-            dst_identity: "server",
+            policy: &self.policy,
         };
         let v = self
             .s
@@ -330,8 +331,7 @@ impl<P: Protocol> Rig<P> {
                 sport: 40000,
                 dport: 11211,
             },
-            src_identity: "client",
-            dst_identity: "server",
+            policy: &self.policy,
         };
         self.s.on_tick(&mut ctx, self.now, &mut self.out);
         self.drain();
