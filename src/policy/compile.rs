@@ -261,22 +261,16 @@ fn compile_ports(
                     ));
                 }
                 if has_http {
-                    let mut rules = Vec::new();
-                    let texts = r.http.iter().flatten().map(describe_http).collect();
-                    for (k, h) in r.http.iter().flatten().enumerate() {
-                        let hr = HttpRule::compile(h).map_err(|e| {
-                            err(format!("{pat}.rules.http[{k}].{}", e.field), e.message)
-                        })?;
-                        rules.push(NamedL7Rule {
-                            name: format!("{rule_name}/{pat}/http[{k}]"),
-                            rule: L7Rule::Http(hr),
-                        });
-                    }
-                    Some(L7Set {
-                        proto: L7Proto::Http,
-                        rules,
-                        texts,
-                    })
+                    let specs = r.http.as_deref().unwrap_or_default();
+                    Some(l7_set(
+                        L7Proto::Http,
+                        specs,
+                        &pat,
+                        "http",
+                        rule_name,
+                        describe_http,
+                        |h| HttpRule::compile(h).map(L7Rule::Http),
+                    )?)
                 } else if has_mc {
                     match r.l7proto.as_deref() {
                         Some("memcache") => {}
@@ -290,22 +284,16 @@ fn compile_ports(
                             return Err(err(format!("{pat}.rules.l7"), "l7 rules need l7proto"))
                         }
                     }
-                    let mut rules = Vec::new();
-                    let texts = r.l7.iter().flatten().map(describe_memcache).collect();
-                    for (k, m) in r.l7.iter().flatten().enumerate() {
-                        let mr = MemcacheRule::compile(m).map_err(|e| {
-                            err(format!("{pat}.rules.l7[{k}].{}", e.field), e.message)
-                        })?;
-                        rules.push(NamedL7Rule {
-                            name: format!("{rule_name}/{pat}/l7[{k}]"),
-                            rule: L7Rule::Memcache(mr),
-                        });
-                    }
-                    Some(L7Set {
-                        proto: L7Proto::Memcache,
-                        rules,
-                        texts,
-                    })
+                    let specs = r.l7.as_deref().unwrap_or_default();
+                    Some(l7_set(
+                        L7Proto::Memcache,
+                        specs,
+                        &pat,
+                        "l7",
+                        rule_name,
+                        describe_memcache,
+                        |m| MemcacheRule::compile(m).map(L7Rule::Memcache),
+                    )?)
                 } else {
                     None
                 }
@@ -323,6 +311,33 @@ fn compile_ports(
         groups.push(PortGroup { ports, l7 });
     }
     Ok(groups)
+}
+
+/// Compile one port's L7 rule list (`rules.<field>[k]`), naming each rule
+/// and keeping its text for `check`.
+fn l7_set<S>(
+    proto: L7Proto,
+    specs: &[S],
+    pat: &str,
+    field: &str,
+    rule_name: &str,
+    describe: fn(&S) -> String,
+    compile: impl Fn(&S) -> Result<L7Rule, crate::l7::http::RuleError>,
+) -> Result<L7Set, CompileError> {
+    let mut rules = Vec::new();
+    for (k, spec) in specs.iter().enumerate() {
+        let rule = compile(spec)
+            .map_err(|e| err(format!("{pat}.rules.{field}[{k}].{}", e.field), e.message))?;
+        rules.push(NamedL7Rule {
+            name: format!("{rule_name}/{pat}/{field}[{k}]"),
+            rule,
+        });
+    }
+    Ok(L7Set {
+        proto,
+        rules,
+        texts: specs.iter().map(describe).collect(),
+    })
 }
 
 fn describe_http(h: &crate::l7::http::HttpRuleSpec) -> String {
