@@ -121,6 +121,47 @@ pub struct Loaded {
 }
 
 pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyError>> {
+    load_sources_on(sources, None)
+}
+
+/// Host mode: the endpoint that claims one of `host` (this machine's
+/// addresses, most specific match) is the host endpoint, so `nodeSelector`
+/// and the `host` entity select it; when none claims any, an endpoint
+/// named "host" with exactly these addresses stands for it.
+fn mark_host(endpoints: &mut Vec<Endpoint>, host: &[std::net::IpAddr]) {
+    let mut claimed = false;
+    for ip in host {
+        let mut best: Option<(usize, u8)> = None;
+        for (i, e) in endpoints.iter().enumerate() {
+            for n in &e.nets {
+                if n.contains(ip) && best.is_none_or(|(_, l)| n.prefix_len() > l) {
+                    best = Some((i, n.prefix_len()));
+                }
+            }
+        }
+        if let Some((i, _)) = best {
+            claimed = true;
+            let e = &mut endpoints[i];
+            e.host = true;
+            e.labels.insert("reserved:host".into(), String::new());
+        }
+    }
+    if !claimed && !host.is_empty() {
+        let mut labels = super::selector::Labels::new();
+        labels.insert("reserved:host".into(), String::new());
+        endpoints.push(Endpoint {
+            name: "host".into(),
+            labels,
+            nets: host.iter().map(|&a| ipnet::IpNet::from(a)).collect(),
+            host: true,
+        });
+    }
+}
+
+pub fn load_sources_on(
+    sources: &[(String, String)],
+    host: Option<&[std::net::IpAddr]>,
+) -> Result<Loaded, Vec<PolicyError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut docs = Vec::new();
@@ -166,6 +207,9 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyEr
                 }
             }
         }
+    }
+    if let Some(h) = host {
+        mark_host(&mut endpoints, h);
     }
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut rule_files = Vec::new();
@@ -376,6 +420,13 @@ fn warn_empty_peers(
 }
 
 pub fn load_path(path: &Path) -> Result<Loaded, Vec<PolicyError>> {
+    load_path_on(path, None)
+}
+
+pub fn load_path_on(
+    path: &Path,
+    host: Option<&[std::net::IpAddr]>,
+) -> Result<Loaded, Vec<PolicyError>> {
     let mut sources = Vec::new();
     for f in files(path).map_err(|e| vec![e])? {
         let name = f.display().to_string();
@@ -391,5 +442,5 @@ pub fn load_path(path: &Path) -> Result<Loaded, Vec<PolicyError>> {
             }
         }
     }
-    load_sources(&sources)
+    load_sources_on(&sources, host)
 }

@@ -187,6 +187,27 @@ impl Policy {
         load::load_path(path).map(Policy::from_loaded)
     }
 
+    /// Load for host mode on a machine with addresses `host`: the endpoint
+    /// claiming them is the host endpoint (see `host_endpoint`).
+    pub fn load_on_host(path: &Path, host: &[IpAddr]) -> Result<Policy, Vec<PolicyError>> {
+        load::load_path_on(path, Some(host)).map(Policy::from_loaded)
+    }
+
+    /// `from_sources` for host mode.
+    pub fn from_sources_on_host(
+        sources: &[(String, String)],
+        host: &[IpAddr],
+    ) -> Result<Policy, Vec<PolicyError>> {
+        load::load_sources_on(sources, Some(host)).map(Policy::from_loaded)
+    }
+
+    /// The host endpoint's index and whether any rule selects it.
+    pub fn host_endpoint(&self) -> Option<(usize, bool)> {
+        let i = self.model.endpoints.iter().position(|e| e.host)?;
+        let selected = self.model.rules.iter().any(|r| r.subject_ids.contains(&i));
+        Some((i, selected))
+    }
+
     /// Load from text; `file` names it in errors.
     pub fn from_str(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         load::load_sources(&[(file.to_string(), text.to_string())]).map(Policy::from_loaded)
