@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 use xsk_rs::FrameDesc;
 
-use crate::engine::Port;
-use crate::log::Event;
+use super::worker::Logged;
+use crate::verdict::Side;
 
 /// A frame handed to the worker that owns its flow.
-pub type Handoff = (Port, FrameDesc);
+pub type Handoff = (Side, FrameDesc);
 
 pub struct Channels {
     pub handoff_tx: Vec<Sender<Handoff>>,
@@ -20,7 +20,7 @@ pub struct Channels {
     /// their owner, which gives its surplus here for the others to take.
     pub spare_tx: Sender<FrameDesc>,
     pub spare_rx: Receiver<FrameDesc>,
-    pub events: Option<Sender<Event>>,
+    pub events: Option<Sender<Logged>>,
     /// Host mode: next hops a worker could not address (the control thread
     /// asks the kernel to resolve them).
     pub misses: Option<Sender<std::net::IpAddr>>,
@@ -35,6 +35,7 @@ pub struct Waker {
 
 impl Waker {
     pub fn new() -> Result<Waker, String> {
+        // SAFETY: plain syscall; the fd is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
@@ -48,18 +49,21 @@ impl Waker {
     pub fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
             let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to the eventfd this Waker owns.
             unsafe { libc::write(self.fd, &one as *const u64 as *const libc::c_void, 8) };
         }
     }
 
     pub fn drain(&self) {
         let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from the eventfd this Waker owns.
         unsafe { libc::read(self.fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
     }
 }
 
 impl Drop for Waker {
     fn drop(&mut self) {
+        // SAFETY: the eventfd is owned by this Waker and closed only here.
         unsafe { libc::close(self.fd) };
     }
 }

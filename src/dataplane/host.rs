@@ -102,6 +102,7 @@ fn state_file(iface: &str) -> PathBuf {
 }
 
 fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 

@@ -18,9 +18,9 @@ use xsk_rs::{FrameDesc, Umem};
 
 use super::stats::DpCounters;
 use super::xsk::{Xsk, BATCH};
-use crate::engine::Port;
 use crate::hostmode::l2::{Mac, Neighbors, L2};
 use crate::hostmode::tap::Tap;
+use crate::verdict::Side;
 
 enum Io {
     Xsk(Xsk),
@@ -39,23 +39,23 @@ pub enum Rewrite {
 }
 
 pub struct Link {
-    pub port: Port,
+    pub side: Side,
     io: Io,
     rewrite: Rewrite,
 }
 
 impl Link {
-    pub fn xsk(port: Port, x: Xsk, rewrite: Rewrite) -> Link {
+    pub fn xsk(side: Side, x: Xsk, rewrite: Rewrite) -> Link {
         Link {
-            port,
+            side,
             io: Io::Xsk(x),
             rewrite,
         }
     }
 
-    pub fn tap(port: Port, t: Tap, rewrite: Rewrite) -> Link {
+    pub fn tap(side: Side, t: Tap, rewrite: Rewrite) -> Link {
         Link {
-            port,
+            side,
             io: Io::Tap(t),
             rewrite,
         }

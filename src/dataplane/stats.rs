@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::engine::Counters;
+use crate::counters::Counters;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DpCounters {

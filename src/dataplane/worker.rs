@@ -1,5 +1,5 @@
 //! One worker: its links (inline: an AF_XDP socket per owned RX queue of
-//! each port; host mode: AF_XDP sockets on `--iface` and a TAP queue), its
+//! each side; host mode: AF_XDP sockets on `--iface` and a TAP queue), its
 //! own engine and flows, and the loop. Frames move from RX to TX inside the
 //! shared UMEM without copies, also when handed to the worker that owns
 //! their flow; only emitted frames are copied in.
@@ -22,10 +22,14 @@ use super::link::{Link, Rewrite};
 use super::stats::{DpCounters, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
 use super::PollMode;
-use crate::engine::{steering_hash, Counters, Engine, EngineConfig, Output, Port, Verdict};
+use crate::config::EngineConfig;
+use crate::counters::Counters;
+use crate::engine::{steering_hash, Engine};
 use crate::hostmode::l2::{Mac, Neighbors, L2};
 use crate::hostmode::tap::Tap;
+use crate::log::Event;
 use crate::policy::Policy;
+use crate::verdict::{other, Output, Side, Verdict};
 
 const TICK: Duration = Duration::from_millis(1);
 const PUBLISH: Duration = Duration::from_millis(100);
@@ -34,7 +38,7 @@ const IDLE_SPINS: u32 = 200;
 
 pub enum LinkSpec {
     Queue(QueueSpec),
-    /// Host mode: this worker's queue of the re-entry TAP (port 1).
+    /// Host mode: this worker's queue of the re-entry TAP (side 1).
     Tap(Tap),
 }
 
@@ -60,6 +64,10 @@ pub struct WorkerSpec {
     pub host: Option<HostMacs>,
 }
 
+/// An event on its way to the log writer, with the policy it was decided
+/// under: the writer names its endpoints from that policy (see `log`).
+pub type Logged = (Event, Arc<Policy>);
+
 pub struct Shared {
     pub stop: AtomicBool,
     pub stats: Vec<Mutex<WorkerStats>>,
@@ -73,8 +81,8 @@ pub struct Shared {
 }
 
 /// What decides frames: the engine, or (private switch for bring-up without a
-/// policy) a wire that forwards every frame to the other port.
-enum Processor {
+/// policy) a wire that forwards every frame to the other side.
+enum Judge {
     Engine {
         engine: Box<Engine>,
         /// Counters of engines replaced after a panic.
@@ -84,19 +92,19 @@ enum Processor {
     PassThrough(Box<Counters>),
 }
 
-impl Processor {
-    fn engine(e: Engine) -> Processor {
-        Processor::Engine {
+impl Judge {
+    fn engine(e: Engine) -> Judge {
+        Judge::Engine {
             engine: Box::new(e),
             carried: Box::default(),
             panics: 0,
         }
     }
 
-    fn process(&mut self, port: Port, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+    fn on_frame(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
         match self {
-            Processor::Engine { engine, .. } => {
-                let r = catch_unwind(AssertUnwindSafe(|| engine.process(port, frame, now, out)));
+            Judge::Engine { engine, .. } => {
+                let r = catch_unwind(AssertUnwindSafe(|| engine.on_frame(side, frame, now, out)));
                 match r {
                     Ok(v) => v,
                     Err(_) => {
@@ -105,16 +113,16 @@ impl Processor {
                     }
                 }
             }
-            Processor::PassThrough(c) => {
+            Judge::PassThrough(c) => {
                 c.frames_in += 1;
                 c.frames_forwarded += 1;
-                Verdict::Forward(crate::engine::other(port))
+                Verdict::Forward(other(side))
             }
         }
     }
 
     fn tick(&mut self, now: u64, out: &mut Output) {
-        if let Processor::Engine { engine, .. } = self {
+        if let Judge::Engine { engine, .. } = self {
             if catch_unwind(AssertUnwindSafe(|| engine.tick(now, out))).is_err() {
                 self.recover(out);
             }
@@ -126,7 +134,7 @@ impl Processor {
     /// flows are forgotten, so they fail closed or are picked up again).
     fn recover(&mut self, out: &mut Output) {
         out.clear();
-        if let Processor::Engine {
+        if let Judge::Engine {
             engine,
             carried,
             panics,
@@ -145,26 +153,28 @@ impl Processor {
 
     fn panics(&self) -> u64 {
         match self {
-            Processor::Engine { panics, .. } => *panics,
-            Processor::PassThrough(_) => 0,
+            Judge::Engine { panics, .. } => *panics,
+            Judge::PassThrough(_) => 0,
         }
     }
 
     fn counters(&self) -> Counters {
         match self {
-            Processor::Engine {
+            Judge::Engine {
                 engine, carried, ..
             } => {
                 let mut c = (**carried).clone();
                 c.merge(engine.counters());
                 c
             }
-            Processor::PassThrough(c) => (**c).clone(),
+            Judge::PassThrough(c) => (**c).clone(),
         }
     }
 }
 
 fn pin(cpu: usize) {
+    // SAFETY: `cpu_set_t` is plain old data (zeros = empty set); the call
+    // reads `set` for its stated size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -198,13 +208,13 @@ fn open_links(
                 let busy = spec.poll == PollMode::Busy;
                 let x = Xsk::open(&spec.umem, &q, spec.steer, busy, free, share)?;
                 let rewrite = match spec.host {
-                    Some(m) if q.port == 0 => Rewrite::ToWire {
+                    Some(m) if q.side == 0 => Rewrite::ToWire {
                         l2: L2::new(m.iface, m.tap),
                         neighbors: neighbors.clone(),
                     },
                     _ => Rewrite::None,
                 };
-                links.push(Link::xsk(q.port, x, rewrite));
+                links.push(Link::xsk(q.side, x, rewrite));
             }
             LinkSpec::Tap(t) => {
                 let mac = spec.host.map(|m| m.tap).unwrap_or([0xff; 6]);
@@ -237,15 +247,15 @@ pub fn run(
             return;
         }
     };
-    // The link each port transmits on: the first one this worker has there.
-    let tx_link: [Option<usize>; 2] = [0u8, 1].map(|p| links.iter().position(|l| l.port == p));
+    // The link each side transmits on: the first one this worker has there.
+    let tx_link: [Option<usize>; 2] = [0u8, 1].map(|p| links.iter().position(|l| l.side == p));
     let mut w = Worker {
         id: spec.id,
         workers: spec.workers,
         umem: spec.umem.clone(),
-        proc: match &spec.policy {
-            Some(p) => Processor::engine(Engine::new(p.clone(), spec.engine.clone(), spec.id)),
-            None => Processor::PassThrough(Box::default()),
+        judge: match &spec.policy {
+            Some(p) => Judge::engine(Engine::new(p.clone(), spec.engine.clone(), spec.id)),
+            None => Judge::PassThrough(Box::default()),
         },
         out: Output::default(),
         pending: [Vec::with_capacity(BATCH * 2), Vec::with_capacity(BATCH * 2)],
@@ -294,7 +304,7 @@ pub fn run(
         if now_i.duration_since(last_tick) >= TICK {
             last_tick = now_i;
             w.follow_control(&shared);
-            w.proc.tick(now, &mut w.out);
+            w.judge.tick(now, &mut w.out);
             w.drain_out();
         }
         work += w.transmit();
@@ -324,6 +334,7 @@ pub fn run(
                     wk.sleeping.store(true, Ordering::SeqCst);
                 }
                 if w.ch.handoff_rx.is_empty() {
+                    // SAFETY: `pollfds` is a live array of its stated length.
                     unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1) };
                 }
                 if let Some(wk) = me {
@@ -347,9 +358,9 @@ struct Worker {
     id: u16,
     workers: usize,
     umem: Umem,
-    proc: Processor,
+    judge: Judge,
     out: Output,
-    /// Frames to transmit, per port.
+    /// Frames to transmit, per side.
     pending: [Vec<FrameDesc>; 2],
     dp: DpCounters,
     ch: Channels,
@@ -380,7 +391,7 @@ impl Worker {
     fn receive(&mut self, now: u64) -> usize {
         let mut work = 0;
         for li in 0..self.links.len() {
-            let port = self.links[li].port;
+            let side = self.links[li].side;
             let n = self.links[li].recv(&self.umem, &mut self.free, &mut self.rx_descs);
             work += n;
             self.dp.rx_frames += n as u64;
@@ -392,13 +403,13 @@ impl Worker {
                     // 0: non-IP or malformed, judged where it arrived.
                     let owner = (h % self.workers as u64) as usize;
                     if h != 0 && owner != self.id as usize {
-                        if !self.hand_over(owner, port, d) {
+                        if !self.hand_over(owner, side, d) {
                             self.free.push(d);
                         }
                         continue;
                     }
                 }
-                self.judge(port, &mut d, now);
+                self.judge(side, &mut d, now);
             }
         }
         work
@@ -408,28 +419,28 @@ impl Worker {
     fn take_handoffs(&mut self, now: u64) -> usize {
         let mut n = 0;
         for _ in 0..BATCH {
-            let Ok((port, mut d)) = self.ch.handoff_rx.try_recv() else {
+            let Ok((side, mut d)) = self.ch.handoff_rx.try_recv() else {
                 break;
             };
             n += 1;
             self.dp.handoff_in += 1;
-            if let Some(l) = self.tx_link[port as usize & 1].and_then(|i| self.links.get_mut(i)) {
+            if let Some(l) = self.tx_link[side as usize & 1].and_then(|i| self.links.get_mut(i)) {
                 // SAFETY: the sender gave this frame up; only we refer to it.
                 l.observe(unsafe { self.umem.data(&d) }.contents());
             }
-            self.judge(port, &mut d, now);
+            self.judge(side, &mut d, now);
         }
         n
     }
 
     /// The engine's verdict on one frame: queue it for TX or free it, then
     /// whatever the engine emitted.
-    fn judge(&mut self, port: Port, d: &mut FrameDesc, now: u64) {
+    fn judge(&mut self, side: Side, d: &mut FrameDesc, now: u64) {
         let v = {
             // SAFETY: the frame is ours (received or handed over).
             let mut data = unsafe { self.umem.data_mut(d) };
-            self.proc
-                .process(port, data.contents_mut(), now, &mut self.out)
+            self.judge
+                .on_frame(side, data.contents_mut(), now, &mut self.out)
         };
         match v {
             Verdict::Forward(p) if (p as usize) < 2 => self.pending[p as usize].push(*d),
@@ -448,7 +459,7 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            if let (Some(p), Processor::Engine { engine, .. }) = (p, &mut self.proc) {
+            if let (Some(p), Judge::Engine { engine, .. }) = (p, &mut self.judge) {
                 engine.set_policy(p);
             }
         }
@@ -466,7 +477,7 @@ impl Worker {
         }
     }
 
-    /// Send what is pending on each port's link; kick copy-mode TX.
+    /// Send what is pending on each side's link; kick copy-mode TX.
     fn transmit(&mut self) -> usize {
         let mut work = 0;
         for p in 0..2 {
@@ -514,11 +525,11 @@ impl Worker {
 
     /// Give a frame to its flow's owner; false when it could not be (the
     /// frame is then still ours, and dropped).
-    fn hand_over(&mut self, owner: usize, port: Port, d: FrameDesc) -> bool {
+    fn hand_over(&mut self, owner: usize, side: Side, d: FrameDesc) -> bool {
         let Some(tx) = self.ch.handoff_tx.get(owner) else {
             return false;
         };
-        match tx.try_send((port, d)) {
+        match tx.try_send((side, d)) {
             Ok(()) => {
                 self.dp.handoff_out += 1;
                 self.to_wake |= 1u64 << (owner % 64);
@@ -544,9 +555,9 @@ impl Worker {
         }
     }
 
-    /// Copy bytes into a free UMEM frame queued for TX on `port`.
-    fn copy_out(&mut self, port: Port, bytes: &[u8]) {
-        if port > 1 {
+    /// Copy bytes into a free UMEM frame queued for TX on `side`.
+    fn copy_out(&mut self, side: Side, bytes: &[u8]) {
+        if side > 1 {
             return;
         }
         if bytes.len() > FRAME_DATA as usize {
@@ -568,7 +579,7 @@ impl Worker {
                 return;
             }
         }
-        self.pending[port as usize].push(d);
+        self.pending[side as usize].push(d);
     }
 
     fn drain_out(&mut self) {
@@ -577,13 +588,17 @@ impl Worker {
         }
         let emits = std::mem::take(&mut self.out.emits);
         for e in &emits {
-            self.copy_out(e.port, &e.frame);
+            self.copy_out(e.side, &e.frame);
         }
         self.out.emits = emits;
         self.out.emits.clear();
+        let policy = match &self.judge {
+            Judge::Engine { engine, .. } => Some(engine.policy()),
+            Judge::PassThrough(_) => None,
+        };
         for ev in self.out.events.drain(..) {
-            if let Some(tx) = &self.ch.events {
-                if tx.try_send(ev).is_err() {
+            if let (Some(tx), Some(p)) = (&self.ch.events, policy) {
+                if tx.try_send((ev, p.clone())).is_err() {
                     self.dp.events_dropped += 1;
                 }
             }
@@ -592,14 +607,14 @@ impl Worker {
 
     fn publish(&mut self, shared: &Shared) {
         let mut dp = self.dp.clone();
-        dp.engine_panics = self.proc.panics();
+        dp.engine_panics = self.judge.panics();
         for l in &self.links {
             l.stats(&mut dp);
         }
         if let Some(slot) = shared.stats.get(self.id as usize) {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
             g.dp = dp;
-            g.engine = self.proc.counters();
+            g.engine = self.judge.counters();
         }
     }
 

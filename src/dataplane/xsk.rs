@@ -12,7 +12,7 @@ use xsk_rs::config::{
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::stats::DpCounters;
-use crate::engine::Port;
+use crate::verdict::Side;
 
 pub const FRAME_SIZE: u32 = 4096;
 /// Data room of a UMEM frame: the frame minus the kernel's XDP headroom.
@@ -31,7 +31,7 @@ static SOCKET_SETUP: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
-    pub port: Port,
+    pub side: Side,
     pub iface: String,
     pub queue: u32,
 }
@@ -66,6 +66,7 @@ pub fn new_umem(frames: u32) -> Result<(Umem, Vec<FrameDesc>), String> {
 }
 
 fn set_busy_poll(fd: libc::c_int) -> bool {
+    // SAFETY: `val` lives across the call and its size is passed with it.
     let set = |opt, val: libc::c_int| unsafe {
         libc::setsockopt(
             fd,
