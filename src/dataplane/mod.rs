@@ -419,7 +419,7 @@ fn run_host(
                     policy_path.display()
                 ))
             };
-            match p.host_endpoint() {
+            match p.host_endpoint(&addrs) {
                 Some((i, true)) => p.model().endpoints[i].name.clone(),
                 _ => return refuse("no policy selects this host"),
             }

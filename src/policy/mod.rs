@@ -275,9 +275,13 @@ impl Policy {
         load::load_sources_on(sources, Some(host)).map(Policy::from_loaded)
     }
 
-    /// The host endpoint's index and whether any rule selects it.
-    pub fn host_endpoint(&self) -> Option<(usize, bool)> {
-        let i = self.model.endpoints.iter().position(|e| e.host)?;
+    /// The host endpoint owning one of `addrs` (this machine's addresses),
+    /// and whether any rule selects it.
+    pub fn host_endpoint(&self, addrs: &[IpAddr]) -> Option<(usize, bool)> {
+        let i = addrs
+            .iter()
+            .filter_map(|a| self.model.ident(*a))
+            .find(|&i| self.model.endpoints[i].host)?;
         let selected = self.model.rules.iter().any(|r| r.subject_ids.contains(&i));
         Some((i, selected))
     }
