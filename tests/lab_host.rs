@@ -568,6 +568,11 @@ fn host_firewall_form_and_refusals() {
             "",
             "11211 closed"
         );
+        // A reload keeps the host endpoint (nodeSelector still selects it).
+        lab.signal(libc::SIGHUP);
+        assert!(lab.wait_stdout("policy reloaded", 1));
+        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
         // SSH is cut by this policy: said at start.
         assert!(
             lab.enforcer_stderr().contains("TCP/22"),

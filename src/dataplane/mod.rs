@@ -136,12 +136,17 @@ fn assign_queues(ifaces: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
 
 /// SIGHUP: load the policy again and hand it to every worker; a policy with
 /// errors is refused and the running one kept.
-fn reload(shared: &Shared, path: &Path, passthrough: bool) {
-    if passthrough {
+fn reload(shared: &Shared, src: &PolicySource) {
+    if src.passthrough {
         eprintln!("enforcer: SIGHUP ignored in pass-through mode");
         return;
     }
-    match Policy::load(path) {
+    let path = &src.path;
+    let loaded = match &src.host {
+        Some(h) => Policy::load_on_host(path, h),
+        None => Policy::load(path),
+    };
+    match loaded {
         Ok(p) => {
             *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(p));
             shared.policy_gen.fetch_add(1, Ordering::Release);
@@ -207,6 +212,14 @@ fn spawn_logger(
         })
         .map_err(|e| format!("logger thread: {e}"))?;
     Ok((tx, h))
+}
+
+/// Where the policy comes from, for SIGHUP: the same path, loaded the same
+/// way (host mode marks this host's endpoint).
+struct PolicySource {
+    path: PathBuf,
+    passthrough: bool,
+    host: Option<Vec<std::net::IpAddr>>,
 }
 
 /// Everything that differs between the modes, decided before workers start.
@@ -363,10 +376,14 @@ fn run_inline(
         poll.name(),
         if passthrough { " (pass-through)" } else { "" }
     );
+    let src = PolicySource {
+        path: policy_path.to_path_buf(),
+        passthrough,
+        host: None,
+    };
     serve(
         args,
-        policy_path,
-        passthrough,
+        &src,
         policy,
         plan,
         workers,
@@ -496,10 +513,14 @@ fn run_host(
         },
         if passthrough { " (pass-through)" } else { "" }
     );
+    let src = PolicySource {
+        path: policy_path.to_path_buf(),
+        passthrough,
+        host: Some(hm.addrs.clone()),
+    };
     serve(
         args,
-        policy_path,
-        passthrough,
+        &src,
         policy,
         plan,
         workers,
@@ -536,8 +557,7 @@ trait Hooks {
 #[allow(clippy::too_many_arguments)]
 fn serve(
     args: &RunArgs,
-    policy_path: &Path,
-    passthrough: bool,
+    src: &PolicySource,
     policy: Option<Arc<Policy>>,
     plan: Plan,
     workers: usize,
@@ -644,7 +664,7 @@ fn serve(
             std::thread::sleep(Duration::from_millis(20));
             hooks.tick(&shared);
             if RELOAD.swap(false, Ordering::Relaxed) {
-                reload(&shared, policy_path, passthrough);
+                reload(&shared, src);
             }
             if DUMP.swap(false, Ordering::Relaxed) {
                 println!("{}", totals(&shared, None));
