@@ -341,6 +341,9 @@ pub fn run(
                     wk.sleeping.store(false, Ordering::SeqCst);
                     wk.drain();
                 }
+                for l in w.links.iter_mut() {
+                    l.woken();
+                }
                 idle = 0;
             }
             PollMode::Adaptive => std::hint::spin_loop(),
