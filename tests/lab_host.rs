@@ -493,6 +493,23 @@ fn stop_kill_and_restart_with_a_connection_open() {
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         assert_eq!(put(&lab), "403");
         eprintln!("enforcing again {:?} after the restart began", t.elapsed());
+        // Nothing of the dead run next to the new one: one TAP, one program,
+        // one rule per address.
+        let now = lab.host_leftovers();
+        for (what, n) in [
+            (": enf", 1),
+            ("prog/xdp", 1),
+            ("from 10.66.0.2 ", 1),
+            ("from fd66::2 ", 1),
+            ("default via", 2),
+            ("PERMANENT", 2),
+        ] {
+            assert_eq!(
+                now.iter().filter(|l| l.contains(what)).count(),
+                n,
+                "{what}: {now:?}"
+            );
+        }
         if !left.is_empty() {
             assert!(
                 lab.enforcer_stdout()
@@ -676,6 +693,77 @@ fn one_gib_arrives_byte_exact_in_host_mode() {
         assert!(
             c["dataplane"]["rx_frames"].as_u64().unwrap() > 500_000,
             "{c}"
+        );
+    }
+    lab::assert_clean(prefix);
+}
+
+/// No `--policy`: /etc/enforcer/ is read and the ready line says so. The
+/// directory is laid over /etc in a private mount namespace, so the machine's
+/// own /etc is never touched.
+#[test]
+fn without_policy_flag_etc_enforcer_is_read() {
+    let prefix = "hmet";
+    {
+        let Some(lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        let over = tempfile::tempdir().unwrap();
+        let upper = over.path().join("upper");
+        let work = over.path().join("work");
+        std::fs::create_dir_all(upper.join("enforcer")).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        for f in ["policies/endpoints.yaml", "policies/sw-deathstar-http.yaml"] {
+            let p = repo(f);
+            std::fs::copy(&p, upper.join("enforcer").join(p.file_name().unwrap())).unwrap();
+        }
+        let script = format!(
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc && \
+             exec ip netns exec {} {} --iface eth0",
+            upper.display(),
+            work.display(),
+            lab.ns("server"),
+            lab::BIN
+        );
+        let mut child = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut ready = None;
+        while let Ok(l) = rx.recv_timeout(Duration::from_secs(30)) {
+            if l.starts_with("ready ") {
+                ready = Some(l);
+                break;
+            }
+        }
+        let enforced = http_code(
+            &lab,
+            "xwing",
+            &["-XPUT", "http://10.66.0.2/v1/exhaust-port"],
+        );
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let st = child.wait().unwrap();
+        let ready = ready.expect("ready line");
+        assert!(
+            ready.contains("policy=/etc/enforcer (default: no --policy given)"),
+            "{ready}"
+        );
+        assert_eq!(enforced, "403");
+        assert_eq!(st.code(), Some(0));
+        assert!(
+            lab.host_leftovers().is_empty(),
+            "{:?}",
+            lab.host_leftovers()
         );
     }
     lab::assert_clean(prefix);
