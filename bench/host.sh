@@ -64,11 +64,15 @@ mc_ops() { # prints "ops/s errors"
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["ops_per_s"], d["errors"])' "$out"
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
+  nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
+}
 
 echo "baseline: the same server, no enforcer" >&2
 printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
 read -r B_HTTP B_HTTP_ERR < <(http_rps)
 read -r B_MC B_MC_ERR < <(mc_ops)
+B_PING=$(ping_avg_us)
 
 echo "enforcer: host mode on the server's eth0, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
 # shellcheck disable=SC2086
@@ -82,13 +86,14 @@ read -r E_HTTP E_HTTP_ERR < <(http_rps)
 T1=$(cpu_ticks "$ENF_PID")
 read -r E_MC E_MC_ERR < <(mc_ops)
 T2=$(cpu_ticks "$ENF_PID")
+E_PING=$(ping_avg_us)
 HZ=$(getconf CLK_TCK)
 kill -USR1 "$ENF_PID"
 sleep 0.3
 
-python3 - "$DUR" "$HZ" "$B_HTTP" "$B_HTTP_ERR" "$E_HTTP" "$E_HTTP_ERR" "$B_MC" "$B_MC_ERR" "$E_MC" "$E_MC_ERR" "$T0" "$T1" "$T2" <<'PY'
+python3 - "$DUR" "$HZ" "$B_HTTP" "$B_HTTP_ERR" "$E_HTTP" "$E_HTTP_ERR" "$B_MC" "$B_MC_ERR" "$E_MC" "$E_MC_ERR" "$T0" "$T1" "$T2" "$B_PING" "$E_PING" <<'PY'
 import json, sys
-dur, hz, bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2 = sys.argv[1:]
+dur, hz, bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2, bp, ep = sys.argv[1:]
 dur, hz = float(dur), float(hz)
 bh, eh, bm, em = map(float, (bh, eh, bm, em))
 t0, t1, t2 = map(float, (t0, t1, t2))
@@ -99,6 +104,7 @@ r = {
            "errors": {"no_enforcer": int(bhe), "host_mode": int(ehe)}, "enforcer_cpu_us_per_req": round(http_us, 2)},
   "memcached": {"no_enforcer_ops": bm, "host_mode_ops": em, "ratio": round(em / bm, 3) if bm else None,
                 "errors": {"no_enforcer": int(bme), "host_mode": int(eme)}, "enforcer_cpu_us_per_op": round(mc_us, 2)},
+  "ping_rtt_avg_us": {"no_enforcer": int(bp or 0), "host_mode": int(ep or 0)},
   "seconds_per_load": dur,
 }
 print(json.dumps(r, indent=2))

@@ -27,8 +27,9 @@ use crate::hostmode::steer::{self, Attached, FailMode, Steering};
 use crate::hostmode::tap::Tap;
 
 const STATE_DIR: &str = "/run/enforcer";
-/// How often the neighbour snapshot is read again without a reason.
-const NEIGH_REFRESH: Duration = Duration::from_secs(1);
+/// How often the neighbour snapshot is read again without a reason (a miss
+/// reads it at once): next hops are mostly learned from the wire's frames.
+const NEIGH_REFRESH: Duration = Duration::from_secs(5);
 /// After a miss: give the kernel this long to resolve before re-reading.
 const NEIGH_SETTLE: Duration = Duration::from_millis(100);
 
