@@ -297,7 +297,8 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
         // An HTTP service on the a-wing for the server to call.
         let log = format!("/run/enforcer-lab/{}/awing-http.log", lab.prefix);
         let deathstar = repo("scripts/deathstar.py");
-        let _srv = lab.spawn(
+        // Ends with the lab (lab.sh down kills what runs in its namespaces).
+        let mut srv = lab.spawn(
             "awing",
             &[
                 "python3",
@@ -349,6 +350,8 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
             .iter()
             .any(|e| e["kind"] == "http" && e["verdict"] == "deny"));
         stop_clean(&mut lab);
+        let _ = srv.kill();
+        let _ = srv.wait();
     }
     lab::assert_clean(prefix);
 }
@@ -426,7 +429,7 @@ impl Echo {
         }
     }
 
-    fn finish(mut self) -> String {
+    fn finish(self) -> String {
         std::fs::write(&self.stop, "").unwrap();
         let out = self.child.wait_with_output().unwrap();
         assert!(

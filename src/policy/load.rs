@@ -447,7 +447,6 @@ pub fn load_path_on(
 
 #[cfg(test)]
 mod host_tests {
-    use super::*;
     use crate::policy::{Policy, Proto};
     use std::net::IpAddr;
 
