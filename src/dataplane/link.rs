@@ -237,9 +237,18 @@ impl Link {
         }
     }
 
-    pub fn kick_rx(&mut self) {
+    /// Frames handed to the kernel for TX that it has not taken yet.
+    pub fn tx_unsent(&mut self) -> usize {
+        match &mut self.io {
+            Io::Xsk(x) => x.tx_unsent(),
+            Io::Tap(..) => 0,
+        }
+    }
+
+    /// Busy mode: drive the device's RX (see `Xsk::busy_poll`).
+    pub fn busy_poll(&mut self) {
         if let Io::Xsk(x) = &mut self.io {
-            x.kick_rx();
+            x.busy_poll();
         }
     }
 

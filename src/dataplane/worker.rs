@@ -297,6 +297,13 @@ pub fn run(
     while !shared.stop.load(Ordering::Relaxed) {
         let now_i = Instant::now();
         let now = now_i.duration_since(t0).as_nanos() as u64;
+        if spec.poll == PollMode::Busy {
+            // Every turn, not only idle ones: under load this thread, not a
+            // softirq, runs the devices' RX.
+            for l in w.links.iter_mut() {
+                l.busy_poll();
+            }
+        }
         let mut work = w.reclaim();
         work += w.receive(now);
         w.wake_owners(&shared);
@@ -321,13 +328,10 @@ pub fn run(
         }
         idle += 1;
         match spec.poll {
-            PollMode::Busy => {
-                for l in w.links.iter_mut() {
-                    l.kick_rx();
-                }
-                std::hint::spin_loop();
-            }
-            PollMode::Adaptive if idle >= IDLE_SPINS => {
+            PollMode::Busy => {}
+            // Never asleep with frames still on a TX ring: copy mode sends
+            // them only when kicked, and a sleeper does not kick.
+            PollMode::Adaptive if idle >= IDLE_SPINS && !w.tx_unsent() => {
                 // Sleep until a frame arrives or is handed over, at most one
                 // tick (timers, stop).
                 if let Some(wk) = me {
@@ -505,6 +509,10 @@ impl Worker {
             l.kick();
         }
         work
+    }
+
+    fn tx_unsent(&mut self) -> bool {
+        self.links.iter_mut().any(|l| l.tx_unsent() > 0)
     }
 
     fn refill(&mut self) {

@@ -17,8 +17,17 @@ use crate::verdict::Side;
 pub const FRAME_SIZE: u32 = 4096;
 /// Data room of a UMEM frame: the frame minus the kernel's XDP headroom.
 pub const FRAME_DATA: u32 = FRAME_SIZE - 256;
-pub const RING_SIZE: u32 = 1024;
+/// Every ring (RX, TX, fill, completion) of every socket. What the rings
+/// hold is the time a worker may be away (descheduled on a busy machine,
+/// asleep in adaptive mode) before the kernel drops: 2 048 frames are 10 ms
+/// of 64-byte frames at 200 kpps, longer than a scheduler time slice.
+pub const RING_SIZE: u32 = 2048;
 pub const BATCH: usize = 64;
+/// Copy mode: one `sendto()` transmits at most this many frames (the
+/// kernel's per-call TX budget in `xsk_generic_xmit`), then answers EAGAIN.
+const KERNEL_TX_BUDGET: usize = 32;
+/// Kicks per turn at most: a whole ring's worth.
+const MAX_KICKS: usize = RING_SIZE as usize / KERNEL_TX_BUDGET;
 
 // Not every libc exports these.
 const SO_BUSY_POLL: libc::c_int = 46;
@@ -190,17 +199,62 @@ impl Xsk {
         sent
     }
 
-    /// Copy mode transmits only when kicked.
+    /// Frames on the TX ring the kernel has not taken yet.
+    pub fn tx_unsent(&mut self) -> usize {
+        if self.in_flight == 0 {
+            return 0;
+        }
+        RING_SIZE as usize - (self.tx.nb_free_exact() as usize).min(RING_SIZE as usize)
+    }
+
+    /// Copy mode transmits only inside `sendto()`, and at most
+    /// `KERNEL_TX_BUDGET` frames per call: one kick per turn would send 32
+    /// frames while up to 64 per link arrive, and the TX ring (then the fill
+    /// rings) would run full. So kick until the kernel has taken everything,
+    /// or says it cannot take more now (completion ring full, no memory).
     pub fn kick(&mut self) {
-        if self.in_flight > 0 && self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
+        if self.in_flight == 0 || !self.tx.needs_wakeup() {
+            return;
+        }
+        let fd = self.tx.fd().as_raw_fd();
+        for _ in 0..MAX_KICKS {
+            if self.tx_unsent() == 0 {
+                break;
+            }
+            // SAFETY: a zero-length sendto on our own socket; no buffers.
+            let r = unsafe {
+                libc::sendto(
+                    fd,
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                break;
+            }
         }
     }
 
-    /// Busy polling: let the kernel fill the RX ring when it asks to be woken.
-    pub fn kick_rx(&mut self) {
-        if self.fq.needs_wakeup() {
-            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+    /// Busy polling is driven by system calls: `SO_BUSY_POLL` and
+    /// `SO_PREFER_BUSY_POLL` only take effect inside a `recvfrom()` (or
+    /// poll) on the socket, which runs the device's NAPI in this thread
+    /// (`sk_busy_loop`). In copy mode the fill ring never asks for a wakeup,
+    /// so a loop that waited for `needs_wakeup` would never busy-poll at all
+    /// and leave RX to softirqs, which preferred busy polling defers.
+    pub fn busy_poll(&mut self) {
+        // SAFETY: a zero-length, non-blocking recvfrom on our own socket.
+        unsafe {
+            libc::recvfrom(
+                self.rx.fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
         }
     }
 
