@@ -10,6 +10,7 @@
 mod conn;
 mod reassembly;
 mod reply;
+mod request;
 mod seqmap;
 #[cfg(test)]
 mod tests;

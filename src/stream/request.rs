@@ -1,0 +1,483 @@
+//! The client→server path: reassemble the client's bytes, hold an undecided
+//! request, decide it, release allowed bytes byte-exact and remove denied
+//! ones, and keep what was released until the server acknowledges it. The
+//! server→client path is in `reply.rs`; state and emitters in `conn.rs`.
+
+use super::conn::{Pending, Stream, Template, MIN_SEG};
+use super::seqmap::Abs;
+use super::StreamCtx;
+use crate::engine::config::DenyAction;
+use crate::engine::{other, DropReason, Output, Verdict};
+use crate::l7::http::ChunkedDecoder;
+use crate::l7::{Body, Parse, Protocol};
+use crate::packet::build;
+use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use crate::packet::FrameMeta;
+
+/// Where the client stream is between requests.
+pub(super) enum ReqState {
+    Head,
+    Body {
+        allowed: bool,
+        left: u64,
+    },
+    Chunked {
+        allowed: bool,
+        dec: ChunkedDecoder,
+    },
+    /// After a tunnel was set up: bytes pass unparsed.
+    Pass,
+}
+
+impl<P: Protocol> Stream<P> {
+    pub(super) fn client_segment(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        t: &crate::packet::TcpMeta,
+        now: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let fwd = other(self.client_port);
+        if t.flags & TCP_SYN != 0 {
+            if self.cli.abs.is_none() || self.cli.next == 0 {
+                self.cli.abs = Some(Abs {
+                    base: t.seq.wrapping_add(1),
+                });
+                self.cli.tpl = Some(Template::of(frame, meta));
+                self.cli.win = t.window;
+            }
+            return Verdict::Forward(fwd);
+        }
+        let Some(cabs) = self.cli.abs else {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        };
+        if self.cli.tpl.is_none() {
+            self.cli.tpl = Some(Template::of(frame, meta));
+        }
+        self.cli.win = t.window;
+        if t.flags & TCP_ACK != 0 && self.srv.abs.is_none() && !self.modified() {
+            // The SYN-ACK went by before this state existed (the engine
+            // restarts a flow on a late duplicate SYN): the client's ack is
+            // the server's next byte.
+            self.srv.abs = Some(Abs { base: t.ack });
+        }
+        if t.flags & TCP_ACK != 0 {
+            if let Some(sabs) = self.srv.abs {
+                let view_next =
+                    self.srv.inserted.to_view(self.srv.next) + u64::from(self.srv.fin.is_some());
+                let a = sabs.abs(t.ack, view_next);
+                if a > self.cli.ack_view as i64 && a <= view_next as i64 {
+                    self.cli.ack_view = a as u64;
+                }
+                let acked = self.cli.ack_view;
+                self.srv
+                    .inj
+                    .retain(|b| b.view_start + b.bytes.len() as u64 > acked);
+                self.srv.inserted.prune(acked);
+            }
+        }
+        let payload = meta.payload(frame);
+        let len = payload.len() as u64;
+        let modified_before = self.modified();
+        let s = cabs.abs(t.seq, self.cli.next);
+        if t.flags & TCP_RST != 0 {
+            let seq = cabs.seq(self.cli.removed.to_server(s.max(0) as u64));
+            let ack = self.ack_to_server();
+            if modified_before {
+                build::set_seq_ack(frame, meta, seq, ack);
+            }
+            self.closed = true;
+            return Verdict::Forward(fwd);
+        }
+        self.cli.max_seg = self.cli.max_seg.max(payload.len());
+        let e = s + len as i64;
+        let fin = t.flags & TCP_FIN != 0;
+        let next_before = self.cli.next;
+        let decided_before = self.decided();
+        let out_before = self.c_out();
+
+        // Bytes already decided: resend the kept ones (the server may have
+        // lost what we sent), mapped into the server's offsets.
+        let mut old: Vec<(u64, usize, usize)> = Vec::new();
+        let old_end = e.min(decided_before as i64);
+        if len > 0 && s < old_end && old_end > 0 {
+            for (a, b) in self.cli.removed.kept(s.max(0) as u64, old_end as u64) {
+                let off = (a as i64 - s) as usize;
+                old.push((self.cli.removed.to_server(a), off, (b - a) as usize));
+            }
+        }
+
+        // New bytes.
+        let mut overflow = false;
+        if len > 0 && e > self.cli.next as i64 {
+            if s <= self.cli.next as i64 {
+                let skip = (self.cli.next as i64 - s) as usize;
+                let fresh = &payload[skip..];
+                if (self.waiting() && self.cli.buf.len() + fresh.len() > ctx.cfg.max_held_bytes)
+                    || self.cli.sent.len() >= self.sent_limit()
+                {
+                    overflow = true;
+                } else {
+                    self.cli.buf.extend_from_slice(fresh);
+                    self.cli.next = e as u64;
+                    self.cli.next = self.cli.ooo.take(self.cli.next, &mut self.cli.buf);
+                }
+            } else if self.cli.ooo.bytes + self.cli.buf.len() + payload.len()
+                <= ctx.cfg.max_held_bytes
+            {
+                self.cli.ooo.insert(s as u64, payload);
+            } else {
+                overflow = true;
+            }
+        }
+        if fin && !overflow {
+            if e <= self.cli.next as i64 && e >= decided_before as i64 {
+                self.cli.fin.get_or_insert(e as u64);
+            } else if e > self.cli.next as i64 {
+                self.cli.ooo_fin = Some(e as u64);
+            }
+        }
+        if let Some(f) = self.cli.ooo_fin {
+            if f <= self.cli.next {
+                self.cli.fin.get_or_insert(self.cli.next);
+                self.cli.ooo_fin = None;
+            }
+        }
+        if overflow {
+            ctx.counters.drop(DropReason::L7HoldOverflow);
+        } else if len > 0 && e <= next_before as i64 && old.is_empty() {
+            ctx.counters.drop(DropReason::L7Duplicate);
+        }
+
+        let mut rel = Vec::new();
+        let mark = out.emits.len();
+        let denied = self.process(ctx, now, out, &mut rel);
+        let fin_now = self.fin_ready(ctx, now, out);
+
+        if self.closed {
+            // Reset while deciding: what was allowed before goes out ahead
+            // of the RSTs.
+            let resets = out.emits.split_off(mark.min(out.emits.len()));
+            self.send_released(ctx, out, cabs, out_before, &rel, false);
+            out.emits.extend(resets);
+            return Verdict::Consumed;
+        }
+        let fast = !self.modified()
+            && !modified_before
+            && len > 0
+            && s == next_before as i64
+            && s == decided_before as i64
+            && self.decided() as i64 == e
+            && old.is_empty()
+            && rel.len() == payload.len()
+            && fin == fin_now;
+        if fast {
+            return Verdict::Forward(fwd);
+        }
+        let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
+        if pure && self.cli.removed.ends_at(self.decided()) {
+            // Only we can acknowledge removed bytes at the end of the
+            // stream; our earlier ACK may have been lost.
+            self.ack_client(ctx, out);
+        }
+        if pure {
+            // A bare ACK / window update: rewrite in place.
+            let seq = cabs.seq(self.c_out());
+            let ack = self.ack_to_server();
+            if self.modified() {
+                build::strip_sack(frame, meta);
+            }
+            build::set_seq_ack(frame, meta, seq, ack);
+            return Verdict::Forward(fwd);
+        }
+        let mut sent = false;
+        for (at, _, n) in old {
+            // Only what we released, as we released it.
+            let lo = at.max(self.cli.sent_base);
+            let hi = (at + n as u64).min(self.cli.sent_base + self.cli.sent.len() as u64);
+            if lo >= hi {
+                continue;
+            }
+            let bytes: Vec<u8> = self
+                .cli
+                .sent
+                .range((lo - self.cli.sent_base) as usize..(hi - self.cli.sent_base) as usize)
+                .copied()
+                .collect();
+            let f = self.seg(true, cabs.seq(lo), TCP_PSH, &bytes);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        }
+        sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        if fin_now && rel.is_empty() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        } else if fin && self.cli.fin_sent && !fin_now && e <= decided_before as i64 {
+            // Retransmitted FIN.
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        }
+        if !sent {
+            // The ack and window it carried still matter to the server.
+            self.ack_server(ctx, out);
+        }
+        if denied || (len > 0 && e <= decided_before as i64) {
+            self.ack_client(ctx, out);
+        }
+        Verdict::Consumed
+    }
+
+    /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
+    /// `rel`; returns true when something was denied.
+    fn process(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        now: u64,
+        out: &mut Output,
+        rel: &mut Vec<u8>,
+    ) -> bool {
+        let mut off = 0usize;
+        let mut denied = false;
+        let rel_start = rel.len();
+        while !self.closed {
+            let base = self.decided();
+            let avail = &self.cli.buf[off..];
+            match &mut self.cli.req {
+                ReqState::Pass => {
+                    rel.extend_from_slice(avail);
+                    off = self.cli.buf.len();
+                    break;
+                }
+                ReqState::Body { allowed, left } => {
+                    let n = (*left).min(avail.len() as u64) as usize;
+                    if n == 0 {
+                        break;
+                    }
+                    if *allowed {
+                        rel.extend_from_slice(&avail[..n]);
+                    } else {
+                        self.cli.removed.add(base + off as u64, n as u64);
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.cli.req = ReqState::Head;
+                    }
+                    off += n;
+                }
+                ReqState::Chunked { allowed, dec } => {
+                    if avail.is_empty() {
+                        break;
+                    }
+                    let allowed = *allowed;
+                    match dec.feed(avail) {
+                        Ok((n, done)) => {
+                            if allowed {
+                                rel.extend_from_slice(&avail[..n]);
+                            } else {
+                                self.cli.removed.add(base + off as u64, n as u64);
+                            }
+                            off += n;
+                            if done {
+                                self.cli.req = ReqState::Head;
+                            } else if n == 0 {
+                                break;
+                            }
+                        }
+                        Err(_) => {
+                            self.cli.buf.drain(..off);
+                            let subj = self.unparsed_subject();
+                            self.log(ctx, out, now, subj, false, "malformed chunked body".into());
+                            self.reset(ctx, out);
+                            return true;
+                        }
+                    }
+                }
+                ReqState::Head => {
+                    if avail.is_empty() || self.waiting() {
+                        break;
+                    }
+                    match self.proto.parse_request(avail) {
+                        Parse::NeedMore => {
+                            if avail.len() > ctx.cfg.max_held_bytes {
+                                self.cli.buf.drain(..off);
+                                ctx.counters.drop(DropReason::L7HoldOverflow);
+                                let subj = self.unparsed_subject();
+                                self.log(
+                                    ctx,
+                                    out,
+                                    now,
+                                    subj,
+                                    false,
+                                    "request head exceeds max-held-bytes".into(),
+                                );
+                                self.reset(ctx, out);
+                                return true;
+                            }
+                            break;
+                        }
+                        Parse::Invalid(why) => {
+                            // Nothing says where the next request starts.
+                            self.cli.buf.drain(..off);
+                            let subj = self.unparsed_subject();
+                            self.log(
+                                ctx,
+                                out,
+                                now,
+                                subj,
+                                false,
+                                format!("invalid request: {why}"),
+                            );
+                            self.reset(ctx, out);
+                            return true;
+                        }
+                        Parse::Complete(h) => {
+                            let head_len = h.head_len.min(avail.len());
+                            let proto = &self.proto;
+                            let v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
+                            let subject = self.proto.subject(&h.req);
+                            self.log(ctx, out, now, subject, v.allowed, v.detail);
+                            if v.allowed {
+                                rel.extend_from_slice(&avail[..head_len]);
+                                if self.proto.expects_reply(&h.req) {
+                                    self.pending_bytes += head_len;
+                                    self.queue.push_back(Pending::Awaiting(h.req, head_len));
+                                }
+                            } else {
+                                denied = true;
+                                self.cli.removed.add(base + off as u64, head_len as u64);
+                                if ctx.cfg.deny_action == DenyAction::Reset {
+                                    self.cli.buf.drain(..off + head_len);
+                                    self.reset(ctx, out);
+                                    return true;
+                                }
+                                if let Some(r) = self.proto.deny_reply(&h.req) {
+                                    self.queue.push_back(Pending::Denial(r));
+                                }
+                            }
+                            off += head_len;
+                            self.cli.req = match h.body {
+                                Body::None => ReqState::Head,
+                                Body::Length(0) => ReqState::Head,
+                                Body::Length(n) => ReqState::Body {
+                                    allowed: v.allowed,
+                                    left: n,
+                                },
+                                Body::Chunked => ReqState::Chunked {
+                                    allowed: v.allowed,
+                                    dec: ChunkedDecoder::new(),
+                                },
+                            };
+                            if !v.allowed {
+                                // Decided bytes leave the buffer first: the
+                                // denial acknowledges up to them.
+                                self.cli.buf.drain(..off);
+                                off = 0;
+                                self.flush_denials(ctx, now, out);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !self.closed {
+            self.cli.buf.drain(..off.min(self.cli.buf.len()));
+        }
+        self.cli.sent.extend(&rel[rel_start..]);
+        denied
+    }
+
+    /// Bytes in flight to the server, at most: beyond it new client data is
+    /// dropped (and retransmitted by the client later).
+    fn sent_limit(&self) -> usize {
+        self.limit.saturating_mul(4)
+    }
+
+    /// The server acknowledged up to server offset `acked`.
+    pub(super) fn trim_sent(&mut self, acked: u64) {
+        let n = acked
+            .saturating_sub(self.cli.sent_base)
+            .min(self.cli.sent.len() as u64);
+        self.cli.sent.drain(..n as usize);
+        self.cli.sent_base += n;
+    }
+
+    /// The client's FIN goes out once every byte before it is decided; an
+    /// incomplete request head at the FIN is denied.
+    fn fin_ready(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) -> bool {
+        let Some(f) = self.cli.fin else { return false };
+        if self.cli.fin_sent || self.closed || f != self.cli.next {
+            return false;
+        }
+        if !self.cli.buf.is_empty() {
+            if self.waiting() || !matches!(self.cli.req, ReqState::Head) {
+                return false;
+            }
+            let subj = self.unparsed_subject();
+            self.log(
+                ctx,
+                out,
+                now,
+                subj,
+                false,
+                "request incomplete at FIN".into(),
+            );
+            let at = self.decided();
+            self.cli.removed.add(at, self.cli.buf.len() as u64);
+            self.cli.buf.clear();
+        }
+        self.cli.fin_sent = true;
+        true
+    }
+
+    /// Held requests may go on after a denial was injected.
+    pub(super) fn release_held(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        let Some(cabs) = self.cli.abs else { return };
+        if self.cli.buf.is_empty() || self.closed {
+            return;
+        }
+        let out_before = self.c_out();
+        let mut rel = Vec::new();
+        let denied = self.process(ctx, now, out, &mut rel);
+        let fin_now = self.fin_ready(ctx, now, out);
+        if self.closed {
+            return;
+        }
+        self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        if fin_now && rel.is_empty() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+        }
+        if denied {
+            self.ack_client(ctx, out);
+        }
+    }
+
+    /// Segments carrying released bytes `rel` from server offset `at`.
+    fn send_released(
+        &self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        cabs: Abs,
+        at: u64,
+        rel: &[u8],
+        fin: bool,
+    ) -> bool {
+        let chunk = self.cli.max_seg.max(MIN_SEG);
+        let pieces = rel.len().div_ceil(chunk);
+        for (k, piece) in rel.chunks(chunk).enumerate() {
+            let seq = cabs.seq(at + (k * chunk) as u64);
+            let flags = if fin && k + 1 == pieces {
+                TCP_PSH | TCP_FIN
+            } else {
+                TCP_PSH
+            };
+            let f = self.seg(true, seq, flags, piece);
+            self.emit(ctx, out, true, f);
+        }
+        pieces > 0
+    }
+}
