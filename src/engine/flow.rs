@@ -175,8 +175,11 @@ pub struct FlowEntry {
     pub resp: IpAddr,
     pub resp_port: u16,
     pub proto: u8,
-    /// Port the initiator's frames arrive on.
+    /// Port the initiator's frames arrive on; the responder's arrive on the
+    /// other one. A frame from either address on the wrong side is a spoof.
     pub client_port: Port,
+    /// Adopted mid-stream (no SYN seen): the initiator is only a guess.
+    pub picked_up: bool,
     /// Policy generation the decision was made under.
     pub policy_gen: u64,
     pub state: ConnState,
@@ -192,6 +195,13 @@ impl FlowEntry {
     #[inline]
     pub fn from_initiator(&self, src: IpAddr, sport: u16) -> bool {
         sport == self.init_sport && src == self.init_src
+    }
+
+    /// A frame in direction `fwd` (from the initiator) arrived on `port`
+    /// where that direction's frames arrive.
+    #[inline]
+    pub fn on_its_side(&self, fwd: bool, port: Port) -> bool {
+        fwd == (port == self.client_port)
     }
 
     pub fn tuple(&self) -> crate::log::FlowTuple {
@@ -377,6 +387,7 @@ mod tests {
             resp_port: 80,
             proto: 6,
             client_port: 0,
+            picked_up: false,
             policy_gen: 0,
             state: ConnState::Established,
             last_seen: now,

@@ -13,7 +13,14 @@
 //!   direction and the port has no L7 rules (`tcp_pickup`, default on);
 //!   conntrack in the Cilium style would drop them, cutting every live
 //!   connection on restart. L7 connections cannot be joined mid-stream and
-//!   are dropped (`no-flow`).
+//!   are dropped (`no-flow`): that includes a segment whose reverse direction
+//!   has L7 rules (a server's reply, or a spoof posing as one), which would
+//!   otherwise open the connection's 4-tuple as L4-only.
+//! * Each entry is pinned to sides: the initiator's frames arrive on the
+//!   side its first frame came from, the responder's on the other. A frame
+//!   from the wrong side is a spoof and never counts as part of the flow
+//!   (`no-flow`; a datagram is judged on its own instead). A SYN from the
+//!   wrong side of an adopted entry replaces it (the adoption was a guess).
 //! * A packet is never judged as the "reply" of a flow that is not stored:
 //!   with default-open egress that would let anyone in.
 //! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
@@ -471,6 +478,7 @@ impl Engine {
             resp_port: decide_dport,
             proto: init.proto,
             client_port: init.port,
+            picked_up: state != ConnState::SynSent && init.proto == IPPROTO_TCP,
             policy_gen: self.policy_gen,
             state,
             last_seen: now,
@@ -553,6 +561,21 @@ impl Engine {
     ) -> Verdict {
         let key = FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto);
         if let Some(idx) = self.flows.find(&key) {
+            let side_ok = self
+                .flows
+                .get(idx)
+                .is_some_and(|e| e.on_its_side(e.from_initiator(init.src, init.sport), init.port));
+            if !side_ok {
+                // An address showing up on the other side is spoofed (or
+                // the entry was made by a spoof): the entry says nothing
+                // about this datagram. Judged on its own, it leaves the
+                // entry alone.
+                let d = self.decide(init.src, init.dst, init.proto, decide_dport);
+                if !(may_create && d.allowed) {
+                    return Verdict::Drop(DropReason::NoFlow);
+                }
+                return Verdict::Forward(other(init.port));
+            }
             return if self.touch(idx, now, out) {
                 Verdict::Forward(other(init.port))
             } else {
@@ -607,6 +630,26 @@ impl Engine {
                     && !matches!(e.state, ConnState::SynSent | ConnState::SynReceived)
             });
             if reuse {
+                if let Some(e) = self.flows.remove(i) {
+                    self.forget(i, &e);
+                }
+                idx = None;
+            }
+        }
+        if let Some(i) = idx {
+            let (side_ok, picked) = self.flows.get(i).map_or((true, false), |e| {
+                let fwd = e.from_initiator(meta.src, meta.sport);
+                (e.on_its_side(fwd, port), e.picked_up)
+            });
+            if !side_ok {
+                if !(syn_only && picked) {
+                    // A server's address on the clients' side (or the
+                    // reverse): a spoof, never part of this flow.
+                    return Verdict::Drop(DropReason::NoFlow);
+                }
+                // The entry was adopted from a segment that came from the
+                // wrong side of a connection that now really starts: the
+                // guess was wrong (or a spoof), judge the SYN afresh.
                 if let Some(e) = self.flows.remove(i) {
                     self.forget(i, &e);
                 }
@@ -699,6 +742,17 @@ impl Engine {
         }
         let d = self.decide(init.src, init.dst, IPPROTO_TCP, init.dport);
         if !d.allowed || d.l7.is_some() {
+            return None;
+        }
+        // The segment may be the responder's half of a connection whose
+        // other direction needs L7 state (the server's reply of an L7
+        // connection, or a spoof posing as one): adopting it as L4-only would
+        // let that connection pass unjudged.
+        if self
+            .decide(init.dst, init.src, IPPROTO_TCP, init.sport)
+            .l7
+            .is_some()
+        {
             return None;
         }
         if !self.cfg.tcp_pickup {
