@@ -36,7 +36,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::log::{Decision, Event, FlowTuple, Subject};
-use crate::packet::build::{tcp_segment, SegmentSpec};
+use crate::packet::build::{tcp_checksum_ok, tcp_segment, SegmentSpec};
 use crate::packet::view::{self, FrameMeta, L4Meta, ParseError, TcpMeta};
 use crate::packet::view::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -620,14 +620,24 @@ impl Engine {
         let syn_only = syn && f & TCP_ACK == 0;
         let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
+        // A segment that can change state (open, close, adopt a flow, or
+        // feed L7 state) must be one the receiver would accept: a bad
+        // checksum is dropped before it counts. Data on established L4-only
+        // flows is not checked (the receiver drops it; nothing here changes).
+        let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+            || idx.is_none_or(|i| self.flows.get(i).is_none_or(|e| e.l7.is_some()));
+        if checked && !tcp_checksum_ok(buf, meta) {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
         if let (true, Some(i)) = (syn_only, idx) {
-            // A SYN is a retransmission only while the handshake is under
-            // way; otherwise the 4-tuple carries a new connection (after a
-            // close, or after an end we did not see): judge it afresh, with
-            // fresh L7 state.
+            // A SYN starts a new connection on the 4-tuple only once the old
+            // one is over (both FINs or an accepted RST). Before that it is
+            // the old connection's business: a retransmission during the
+            // handshake, or a SYN the server answers with a challenge ACK
+            // (Linux keeps the first ISN); restarting our state on it would
+            // let the sender re-base the stream we judge.
             let reuse = self.flows.get(i).is_some_and(|e| {
-                e.from_initiator(meta.src, meta.sport)
-                    && !matches!(e.state, ConnState::SynSent | ConnState::SynReceived)
+                e.from_initiator(meta.src, meta.sport) && e.state == ConnState::Closed
             });
             if reuse {
                 if let Some(e) = self.flows.remove(i) {
@@ -696,9 +706,14 @@ impl Engine {
             return Verdict::Drop(DropReason::NoFlow);
         };
         let fwd = e.from_initiator(meta.src, meta.sport);
+        let before = e.state;
         e.state = next_state(e.state, fwd, f);
         if e.l7.is_none() {
             return Verdict::Forward(other(port));
+        }
+        if f & TCP_RST != 0 {
+            // The stream judges an RST (RFC 5961); the entry follows it.
+            e.state = before;
         }
         let tuple = e.tuple();
         let Some(l7) = e.l7.as_mut() else {
@@ -716,7 +731,11 @@ impl Engine {
             tuple,
             policy: &self.policy,
         };
-        l7.on_segment(&mut ctx, port, buf, meta, now, out)
+        let v = l7.on_segment(&mut ctx, port, buf, meta, now, out);
+        if l7.is_closed() {
+            e.state = ConnState::Closed;
+        }
+        v
     }
 
     /// A TCP segment with no flow and no SYN: adopt the connection when

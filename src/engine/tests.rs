@@ -603,11 +603,19 @@ fn closed_connection_tuple_reuse_is_judged_again() {
     // A retransmitted SYN is not.
     assert_eq!(run(&mut e, 0, &c.syn(), 3, &mut out), FWD);
     assert_eq!(out.events.len(), 2);
-    // A SYN on an established connection whose end we missed: new decision.
+    // A SYN on an established connection whose end we missed is the old
+    // connection's business (the server answers it with a challenge ACK,
+    // the client's RST ends the old connection): no new decision, no new
+    // state, until the RST came by. Then the retransmitted SYN is new.
     let hs = c.handshake();
     run(&mut e, 1, &hs[1], 4, &mut out);
     run(&mut e, 0, &hs[2], 4, &mut out);
     assert_eq!(run(&mut e, 0, &c.syn(), 5, &mut out), FWD);
+    assert_eq!(out.events.len(), 2);
+    assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Established);
+    let rst = tcp(c.client, c.server, c.cseq, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &rst, 6, &mut out), FWD);
+    assert_eq!(run(&mut e, 0, &c.syn(), 7, &mut out), FWD);
     assert_eq!(out.events.len(), 3);
 }
 
