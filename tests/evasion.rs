@@ -425,3 +425,336 @@ fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
     assert_eq!(w.server.read.len(), before);
     assert_no_put(&w);
 }
+
+// ================================================================ SYNs
+
+#[test]
+fn syn_second_isn_during_handshake_does_not_rebase_the_stream() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.from_client(c.syn());
+    // A second SYN with another ISN, placed so that the client's PUT, read
+    // from the new ISN, would start at an allowed-looking offset.
+    let other_isn = c.cseq.wrapping_add(5000);
+    w.from_client(tcp(c.client, c.server, other_isn, 0, SYN, b""));
+    w.from_server(c.syn_ack());
+    c.cseq += 1;
+    c.sseq += 1;
+    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    w.from_client(c.client_data(GET));
+    assert_eq!(
+        w.server_read(),
+        String::from_utf8_lossy(GET),
+        "allowed traffic still flows"
+    );
+    assert_eq!(w.engine.counters().l7_requests_denied, 1);
+}
+
+#[test]
+fn syn_late_with_new_isn_does_not_rebase_the_stream() {
+    for bad_checksum in [false, true] {
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = http_conn();
+        w.handshake(&mut c);
+        w.from_client(c.client_data(GET));
+        w.from_server(c.server_data(OK));
+        // A SYN with an ISN chosen so that, re-based on it, the PUT below
+        // would look like the stream's first bytes.
+        let isn = c.cseq.wrapping_sub(1);
+        let syn = tcp(c.client, c.server, isn.wrapping_add(1000), 0, SYN, b"");
+        w.from_client(if bad_checksum {
+            corrupt_checksum(syn)
+        } else {
+            syn
+        });
+        w.from_client(c.client_data(PUT));
+        assert_no_put(&w);
+        w.from_server(c.server_data(OK));
+        w.from_client(c.client_data(GET));
+        assert_eq!(
+            w.server_read(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(GET),
+                String::from_utf8_lossy(GET)
+            ),
+            "bad checksum {bad_checksum}"
+        );
+    }
+}
+
+#[test]
+fn syn_delayed_duplicate_does_not_stall_the_connection() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    let syn = c.syn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(GET));
+    w.from_server(c.server_data(OK));
+    w.from_client(syn);
+    w.from_client(c.client_data(GET));
+    w.from_server(c.server_data(OK));
+    assert_eq!(w.server.read, [GET, GET].concat());
+    assert_eq!(w.client.read, [OK, OK].concat());
+}
+
+#[test]
+fn syn_data_is_never_forwarded() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    let v = w.from_client(tcp(c.client, c.server, c.cseq, 0, SYN, PUT));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert!(w
+        .to_server
+        .iter()
+        .all(|f| parse(f).unwrap().payload(f).is_empty()));
+    // The plain SYN the client retransmits opens the connection.
+    w.handshake(&mut c);
+    w.from_client(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+    assert_eq!(w.server.syn_payloads, 0);
+}
+
+#[test]
+fn syn_ack_with_data_or_for_another_isn_is_dropped() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.from_client(c.syn());
+    let v = w.from_server(tcp(c.server, c.client, c.sseq, c.cseq + 1, SYN | ACK, b"x"));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    let v = w.from_server(tcp(c.server, c.client, c.sseq, c.cseq + 77, SYN | ACK, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    w.from_server(c.syn_ack());
+    c.cseq += 1;
+    c.sseq += 1;
+    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    w.from_client(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+}
+
+#[test]
+fn simultaneous_open_is_refused_on_l7_ports() {
+    let mut w = Wire::new(EngineConfig::default());
+    let c = http_conn();
+    w.from_client(c.syn());
+    // The "server" sends a bare SYN of its own.
+    let v = w.from_server(tcp(c.server, c.client, c.sseq, 0, SYN, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+}
+
+#[test]
+fn data_before_the_syn_ack_never_reaches_the_server() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.from_client(c.syn());
+    c.cseq += 1;
+    let v = w.from_client(c.client_data(PUT));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert!(w.server.read.is_empty());
+}
+
+// ================================================================ checksums
+
+#[test]
+fn bad_checksum_segments_change_nothing() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    // A benign request with a bad checksum at the offsets the PUT takes
+    // next: judged, it would be "the bytes already decided" there.
+    let seq = c.cseq;
+    let bad = corrupt_checksum(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, GET));
+    let v = w.from_client(bad);
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert_eq!(w.engine.counters().l7_requests_allowed, 0, "never judged");
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    // A bad-checksum RST and FIN leave the connection alone.
+    w.from_client(corrupt_checksum(tcp(
+        c.client,
+        c.server,
+        c.cseq,
+        c.sseq,
+        RST | ACK,
+        b"",
+    )));
+    w.from_server(corrupt_checksum(tcp(
+        c.server,
+        c.client,
+        c.sseq,
+        c.cseq,
+        FIN | ACK,
+        b"",
+    )));
+    w.from_client(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+    w.from_server(c.server_data(OK));
+    assert!(w.client.text().ends_with(std::str::from_utf8(OK).unwrap()));
+    assert!(!w.client.fin && !w.server.reset);
+}
+
+#[test]
+fn bad_checksum_syn_opens_nothing() {
+    let mut w = Wire::new(EngineConfig::default());
+    let c = Conn::new(ep(AWING, 40_010), ep(SERVER, 80));
+    let v = w.from_client(corrupt_checksum(c.syn()));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert_eq!(w.engine.flow_count(), 0);
+}
+
+// ================================================================ RSTs (RFC 5961)
+
+fn rst_conn() -> (Wire, Conn) {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(GET));
+    w.from_server(c.server_data(OK));
+    (w, c)
+}
+
+fn still_works(w: &mut Wire, c: &mut Conn) {
+    let before = w.server.read.len();
+    w.from_client(c.client_data(GET));
+    assert_eq!(
+        &w.server.read[before..],
+        GET,
+        "allowed request still passes"
+    );
+    w.from_server(c.server_data(OK));
+    assert!(w.client.read.ends_with(OK));
+}
+
+#[test]
+fn rst_out_of_window_from_either_side_is_ignored() {
+    let (mut w, mut c) = rst_conn();
+    let v = w.from_client(tcp(
+        c.client,
+        c.server,
+        c.cseq.wrapping_sub(100_000),
+        0,
+        RST,
+        b"",
+    ));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    let v = w.from_server(tcp(
+        c.server,
+        c.client,
+        c.sseq.wrapping_add(1 << 31),
+        0,
+        RST,
+        b"",
+    ));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    still_works(&mut w, &mut c);
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+}
+
+#[test]
+fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
+    let (mut w, mut c) = rst_conn();
+    // Ahead of the next byte: the server answers it with a challenge ACK.
+    let v = w.from_client(tcp(c.client, c.server, c.cseq + 500, 0, RST, b""));
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    assert!(!w.server.reset, "the host ignores it too");
+    still_works(&mut w, &mut c);
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    assert_eq!(w.engine.counters().l7_requests_denied, 1, "still judged");
+}
+
+#[test]
+fn rst_exact_ends_the_connection_on_both() {
+    let (mut w, c) = rst_conn();
+    let v = w.from_client(tcp(c.client, c.server, c.cseq, 0, RST, b""));
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    assert!(w.server.reset);
+    let mut c = c;
+    let v = w.from_client(c.client_data(PUT));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert_no_put(&w);
+}
+
+#[test]
+fn rst_during_the_handshake_must_match() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.from_client(c.syn());
+    // Not acknowledging the SYN: ignored (RFC 793 SYN-SENT).
+    let v = w.from_server(tcp(c.server, c.client, 0, c.cseq + 99, RST | ACK, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    let v = w.from_client(tcp(c.client, c.server, c.cseq + 99_999, 0, RST, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    w.from_server(c.syn_ack());
+    c.cseq += 1;
+    c.sseq += 1;
+    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    still_works(&mut w, &mut c);
+}
+
+#[test]
+fn rst_answering_the_syn_passes() {
+    let mut w = Wire::new(EngineConfig::default());
+    let c = http_conn();
+    w.from_client(c.syn());
+    let v = w.from_server(tcp(c.server, c.client, 0, c.cseq + 1, RST | ACK, b""));
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+}
+
+// ================================================================ bytes read differently
+
+#[test]
+fn urgent_data_is_read_in_band() {
+    // With URG, Linux takes the byte before the urgent pointer out of the
+    // stream: "XPUT ..." judged as one (invalid or denied) thing would be
+    // read as "PUT ...". The enforcer clears URG, so the host reads what was
+    // judged.
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let mut req = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX-Pad: ".to_vec();
+    let urg_at = req.len();
+    req.extend_from_slice(b"Z\r\n\r\n");
+    let f = with_urgent(c.client_data(&req), urg_at as u16 + 1);
+    w.from_client(f);
+    assert_eq!(w.server.read, req, "the host read exactly the judged bytes");
+    for f in &w.to_server {
+        let m = parse(f).unwrap();
+        assert_eq!(f[m.l4_off + 13] & 0x20, 0, "no URG towards the server");
+    }
+}
+
+#[test]
+fn segments_without_ack_are_dropped() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let f = tcp(c.client, c.server, c.cseq, 0, PSH, GET);
+    let v = w.from_client(f);
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert_eq!(w.engine.counters().l7_requests_allowed, 0);
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+}
+
+#[test]
+fn low_ttl_benign_copy_then_denied_retransmission() {
+    // The benign bytes die before the server (TTL); the retransmission at
+    // the same offsets carries the denied request. The server gets the
+    // judged copy, never the retransmission's bytes.
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let benign = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX: 1234567\r\n\r\n";
+    let evil = b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n";
+    assert_eq!(benign.len(), evil.len());
+    let seq = c.cseq;
+    w.from_client(with_ttl(c.client_data(benign), 1));
+    assert!(w.server.read.is_empty(), "died on the way");
+    w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, evil));
+    assert_no_put(&w);
+    assert_eq!(w.server.read, benign);
+}

@@ -103,6 +103,15 @@ impl L7Flow {
         }
     }
 
+    /// The connection was reset (by an acceptable RST or by us): nothing of
+    /// it passes any more.
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            Inner::Http(s) => s.closed,
+            Inner::Memcache(s) => s.closed,
+        }
+    }
+
     /// Retransmit injected bytes not yet acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
         match &mut self.inner {

@@ -3,7 +3,7 @@
 //! client's view.
 
 use super::conn::{Injected, Pending, Stream, Template};
-use super::request::ReqState;
+use super::request::{clear_urgent, ReqState, RST_WINDOW};
 use super::seqmap::Abs;
 use super::StreamCtx;
 use crate::engine::{DropReason, Output, Verdict};
@@ -29,6 +29,28 @@ pub(super) enum ReplyState {
 }
 
 impl<P: Protocol> Stream<P> {
+    /// The server's SYN-ACK: it must acknowledge the client's SYN (the one
+    /// whose ISN we keep) and carry no data. The first one fixes the
+    /// server's sequence space; a retransmission of it passes, any other is
+    /// dropped. A bare SYN from the server (simultaneous open) is refused.
+    fn server_syn(&mut self, frame: &[u8], meta: &FrameMeta, t: &TcpMeta) -> Verdict {
+        let acks_syn = self.cli.abs.is_some_and(|c| t.ack == c.seq(0));
+        if t.flags & TCP_ACK == 0 || !acks_syn || meta.payload_end > meta.payload_off {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        let isn = t.seq.wrapping_add(1);
+        match self.srv.abs {
+            None => {
+                self.srv.abs = Some(Abs { base: isn });
+                self.srv.tpl = Some(Template::of(frame, meta));
+                self.srv.win = t.window;
+            }
+            Some(a) if a.base != isn => return Verdict::Drop(DropReason::TcpInvalid),
+            Some(_) => {}
+        }
+        Verdict::Forward(self.client_port)
+    }
+
     pub(super) fn server_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
@@ -40,22 +62,24 @@ impl<P: Protocol> Stream<P> {
     ) -> Verdict {
         let to_client = self.client_port;
         if t.flags & TCP_SYN != 0 {
-            if self.srv.abs.is_none() || self.srv.next == 0 {
-                self.srv.abs = Some(Abs {
-                    base: t.seq.wrapping_add(1),
-                });
-                self.srv.tpl = Some(Template::of(frame, meta));
-                self.srv.win = t.window;
-            }
-            return Verdict::Forward(to_client);
+            return self.server_syn(frame, meta, t);
         }
-        if self.srv.abs.is_none() && !self.modified() {
-            // As in `client_segment`: join the server's stream where it is.
-            self.srv.abs = Some(Abs { base: t.seq });
+        if t.flags & (TCP_ACK | TCP_RST) == 0 {
+            return Verdict::Drop(DropReason::TcpInvalid);
         }
-        let (Some(sabs), Some(cabs)) = (self.srv.abs, self.cli.abs) else {
+        let Some(cabs) = self.cli.abs else {
             return Verdict::Drop(DropReason::L7OutOfWindow);
         };
+        let Some(sabs) = self.srv.abs else {
+            // Before the SYN-ACK only an RST answering the client's SYN
+            // means anything (RFC 793 SYN-SENT: it must acknowledge it).
+            if t.flags & TCP_RST != 0 && t.flags & TCP_ACK != 0 && t.ack == cabs.seq(0) {
+                self.closed = true;
+                return Verdict::Forward(to_client);
+            }
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        };
+        clear_urgent(frame, meta, t);
         if self.srv.tpl.is_none() {
             self.srv.tpl = Some(Template::of(frame, meta));
         }
@@ -76,12 +100,21 @@ impl<P: Protocol> Stream<P> {
         let s = sabs.abs(t.seq, self.srv.next);
         let e = s + len as i64;
         if t.flags & TCP_RST != 0 {
+            // As for the client's RST (`client_rst`): only a sequence number
+            // the client can expect next ends the connection.
+            let lo = self.srv.inserted.to_server_ack(self.cli.ack_view);
+            let hi = self.srv.next + u64::from(self.srv.fin.is_some());
+            if s < lo as i64 || s > (hi + RST_WINDOW) as i64 {
+                return Verdict::Drop(DropReason::L7OutOfWindow);
+            }
             if modified_before {
-                let seq = sabs.seq(self.srv.inserted.to_view(s.max(0) as u64));
+                let seq = sabs.seq(self.srv.inserted.to_view(s as u64));
                 let ack = self.ack_to_client();
                 build::set_seq_ack(frame, meta, seq, ack);
             }
-            self.closed = true;
+            if s <= hi as i64 {
+                self.closed = true;
+            }
             return Verdict::Forward(to_client);
         }
         if s > self.srv.next as i64 && !matches!(self.srv.reply, ReplyState::Tunnel) {

@@ -12,7 +12,7 @@ use crate::l7::http::ChunkedDecoder;
 use crate::l7::{Body, Parse, Protocol};
 use crate::packet::build;
 use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
-use crate::packet::FrameMeta;
+use crate::packet::{FrameMeta, TcpMeta};
 
 /// Where the client stream is between requests.
 pub(super) enum ReqState {
@@ -29,40 +29,125 @@ pub(super) enum ReqState {
     Pass,
 }
 
+/// How far ahead of the next expected byte an RST may be and still be
+/// passed on (without ending our state): the receiver answers it with a
+/// challenge ACK (RFC 5961 3.2). Receive windows are not tracked exactly;
+/// this is an upper bound on any window the peer can have advertised with
+/// the scale factors in use.
+pub(super) const RST_WINDOW: u64 = 1 << 30;
+
+/// Urgent data: Linux (without SO_OOBINLINE) takes the byte before the
+/// urgent pointer out of the stream, so the server would read other bytes
+/// than the ones judged. The flag and pointer are cleared: the byte stays
+/// in band, where it was judged.
+pub(super) fn clear_urgent(frame: &mut [u8], meta: &FrameMeta, t: &TcpMeta) {
+    const TCP_URG: u8 = 0x20;
+    if t.flags & TCP_URG == 0 {
+        return;
+    }
+    let o = meta.l4_off;
+    if let Some(h) = frame.get_mut(o..o + 20) {
+        h[13] &= !TCP_URG;
+        h[18] = 0;
+        h[19] = 0;
+        build::fix_tcp_checksum(frame, meta);
+    }
+}
+
 impl<P: Protocol> Stream<P> {
+    /// The client's SYN. The first one fixes the client's sequence space for
+    /// the life of the connection, as Linux does: a later SYN with another
+    /// ISN (during the handshake or after it) never re-bases the stream; it
+    /// is passed on, and the server answers it with a challenge ACK. A SYN
+    /// carrying data is dropped: without a fast-open cookie the server does
+    /// not read it, with one it would read bytes never judged.
+    fn client_syn(&mut self, frame: &[u8], meta: &FrameMeta, t: &TcpMeta) -> Verdict {
+        if meta.payload_end > meta.payload_off || t.flags & TCP_ACK != 0 {
+            // Data on a SYN; a SYN-ACK from the client (simultaneous open,
+            // which no server that listens does).
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        if self.cli.abs.is_none() {
+            self.cli.abs = Some(Abs {
+                base: t.seq.wrapping_add(1),
+            });
+            self.cli.tpl = Some(Template::of(frame, meta));
+            self.cli.win = t.window;
+        }
+        Verdict::Forward(other(self.client_port))
+    }
+
+    /// An RST from the client at client offset `s` (RFC 5961): it ends the
+    /// connection only when its sequence number can be the one the server
+    /// expects next (between the server's latest ack and the end of what we
+    /// sent it); ahead of that, within a window, it is passed on mapped but
+    /// our state stays (the server answers with a challenge ACK); anything
+    /// else is dropped.
+    fn client_rst(
+        &mut self,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        cabs: Abs,
+        s: i64,
+        modified: bool,
+    ) -> Verdict {
+        let fwd = other(self.client_port);
+        if s < 0 {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        let m = self.cli.removed.to_server(s as u64);
+        let out = self.c_out();
+        if m < self.srv.ack || m > out + RST_WINDOW {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        if m > out && self.cli.next == 0 && self.srv.next == 0 {
+            // The server may still be in SYN-RECV, where Linux takes any
+            // in-window RST (not only the exact one): it would end the
+            // connection while we kept it.
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        if modified {
+            let ack = self.ack_to_server();
+            build::set_seq_ack(frame, meta, cabs.seq(m), ack);
+        }
+        if m <= out {
+            self.closed = true;
+        }
+        Verdict::Forward(fwd)
+    }
+
     pub(super) fn client_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         frame: &mut [u8],
         meta: &FrameMeta,
-        t: &crate::packet::TcpMeta,
+        t: &TcpMeta,
         now: u64,
         out: &mut Output,
     ) -> Verdict {
         let fwd = other(self.client_port);
         if t.flags & TCP_SYN != 0 {
-            if self.cli.abs.is_none() || self.cli.next == 0 {
-                self.cli.abs = Some(Abs {
-                    base: t.seq.wrapping_add(1),
-                });
-                self.cli.tpl = Some(Template::of(frame, meta));
-                self.cli.win = t.window;
-            }
-            return Verdict::Forward(fwd);
+            return self.client_syn(frame, meta, t);
+        }
+        if t.flags & (TCP_ACK | TCP_RST) == 0 {
+            // Linux discards a segment without ACK once synchronized; bytes
+            // we judged from it would be bytes the server never reads.
+            return Verdict::Drop(DropReason::TcpInvalid);
         }
         let Some(cabs) = self.cli.abs else {
             return Verdict::Drop(DropReason::L7OutOfWindow);
         };
+        if self.srv.abs.is_none() && t.flags & TCP_RST == 0 {
+            // No SYN-ACK seen: the server has not accepted this connection
+            // (it may still hold an older one on this 4-tuple, whose stream
+            // position we do not know). Nothing goes through before it.
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
         if self.cli.tpl.is_none() {
             self.cli.tpl = Some(Template::of(frame, meta));
         }
         self.cli.win = t.window;
-        if t.flags & TCP_ACK != 0 && self.srv.abs.is_none() && !self.modified() {
-            // The SYN-ACK went by before this state existed (the engine
-            // restarts a flow on a late duplicate SYN): the client's ack is
-            // the server's next byte.
-            self.srv.abs = Some(Abs { base: t.ack });
-        }
+        clear_urgent(frame, meta, t);
         if t.flags & TCP_ACK != 0 {
             if let Some(sabs) = self.srv.abs {
                 let view_next =
@@ -83,13 +168,7 @@ impl<P: Protocol> Stream<P> {
         let modified_before = self.modified();
         let s = cabs.abs(t.seq, self.cli.next);
         if t.flags & TCP_RST != 0 {
-            let seq = cabs.seq(self.cli.removed.to_server(s.max(0) as u64));
-            let ack = self.ack_to_server();
-            if modified_before {
-                build::set_seq_ack(frame, meta, seq, ack);
-            }
-            self.closed = true;
-            return Verdict::Forward(fwd);
+            return self.client_rst(frame, meta, cabs, s, modified_before);
         }
         self.cli.max_seg = self.cli.max_seg.max(payload.len());
         let e = s + len as i64;
