@@ -15,9 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use enforcer::engine::{Engine, EngineConfig, Output, Verdict};
+use enforcer::config::EngineConfig;
+use enforcer::engine::Engine;
 use enforcer::packet::view::parse;
 use enforcer::policy::Policy;
+use enforcer::verdict::{Output, Verdict};
 
 const CLIENT_SIDE: u8 = 0;
 const SERVER_SIDE: u8 = 1;
@@ -204,13 +206,13 @@ impl Wire {
         self.out.clear();
         let v = self
             .engine
-            .process(side, &mut frame, self.now, &mut self.out);
+            .on_frame(side, &mut frame, self.now, &mut self.out);
         let emits = std::mem::take(&mut self.out.emits);
         if let Verdict::Forward(p) = v {
             self.deliver(p, frame);
         }
         for e in emits {
-            self.deliver(e.port, e.frame);
+            self.deliver(e.side, e.frame);
         }
         v
     }
@@ -228,7 +230,7 @@ impl Wire {
         self.out.clear();
         self.engine.tick(self.now, &mut self.out);
         for e in std::mem::take(&mut self.out.emits) {
-            self.deliver(e.port, e.frame);
+            self.deliver(e.side, e.frame);
         }
     }
 
@@ -247,7 +249,7 @@ impl Wire {
     }
 
     fn dropped(&self, reason: &str) -> u64 {
-        enforcer::engine::DropReason::ALL
+        enforcer::counters::DropReason::ALL
             .iter()
             .find(|r| r.as_str() == reason)
             .map_or(0, |r| self.engine.counters().dropped(*r))

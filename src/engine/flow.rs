@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
-use super::Port;
 use crate::stream::L7Flow;
+use crate::verdict::Side;
 
 /// Both endpoints of a flow in a canonical order, so that A→B and B→A give
 /// the same key. For ICMP echo both "ports" are the echo id. Addresses are
@@ -177,7 +177,7 @@ pub struct FlowEntry {
     pub proto: u8,
     /// Port the initiator's frames arrive on; the responder's arrive on the
     /// other one. A frame from either address on the wrong side is a spoof.
-    pub client_port: Port,
+    pub client_side: Side,
     /// Adopted mid-stream (no SYN seen): the initiator is only a guess.
     pub picked_up: bool,
     /// Policy generation the decision was made under.
@@ -197,11 +197,11 @@ impl FlowEntry {
         sport == self.init_sport && src == self.init_src
     }
 
-    /// A frame in direction `fwd` (from the initiator) arrived on `port`
+    /// A frame in direction `fwd` (from the initiator) arrived on `side`,
     /// where that direction's frames arrive.
     #[inline]
-    pub fn on_its_side(&self, fwd: bool, port: Port) -> bool {
-        fwd == (port == self.client_port)
+    pub fn on_its_side(&self, fwd: bool, side: Side) -> bool {
+        fwd == (side == self.client_side)
     }
 
     pub fn tuple(&self) -> crate::log::FlowTuple {
@@ -386,7 +386,7 @@ mod tests {
             resp: ip("10.0.0.2"),
             resp_port: 80,
             proto: 6,
-            client_port: 0,
+            client_side: 0,
             picked_up: false,
             policy_gen: 0,
             state: ConnState::Established,

@@ -10,13 +10,14 @@ use super::reassembly::Ooo;
 use super::request::ReqState;
 use super::seqmap::{Abs, Inserted, Removed};
 use super::StreamCtx;
-use crate::engine::{other, DropReason, Emit, Output, Port, Verdict};
+use crate::counters::DropReason;
 use crate::l7::Protocol;
 use crate::log::{Decision, Event, Subject};
 use crate::packet::build::{self, SegmentSpec};
 use crate::packet::view::{TCP_ACK, TCP_PSH, TCP_RST};
 use crate::packet::FrameMeta;
-use crate::policy::L7Policy;
+use crate::policy::RuleSet;
+use crate::verdict::{other, Emit, Output, Side, Verdict};
 
 /// Requests forwarded and still awaiting a reply, at most; later ones wait.
 const MAX_PENDING: usize = 256;
@@ -137,8 +138,8 @@ pub(super) struct FromServer {
 
 pub(crate) struct Stream<P: Protocol> {
     pub(super) proto: P,
-    pub(super) policy: Arc<L7Policy>,
-    pub(super) client_port: Port,
+    pub(super) policy: Arc<RuleSet<P::Rule>>,
+    pub(super) client_side: Side,
     /// Reset (by us or a peer): later segments are dropped.
     pub(super) closed: bool,
     pub(super) cli: FromClient,
@@ -152,11 +153,11 @@ pub(crate) struct Stream<P: Protocol> {
 }
 
 impl<P: Protocol> Stream<P> {
-    pub fn new(proto: P, policy: Arc<L7Policy>, client_port: Port) -> Self {
+    pub fn new(proto: P, policy: Arc<RuleSet<P::Rule>>, client_side: Side) -> Self {
         Stream {
             proto,
             policy,
-            client_port,
+            client_side,
             closed: false,
             cli: FromClient {
                 abs: None,
@@ -284,13 +285,13 @@ impl<P: Protocol> Stream<P> {
         frame: Option<Vec<u8>>,
     ) {
         if let Some(frame) = frame {
-            let port = if to_server {
-                other(self.client_port)
+            let side = if to_server {
+                other(self.client_side)
             } else {
-                self.client_port
+                self.client_side
             };
             ctx.counters.frames_injected += 1;
-            out.emits.push(Emit { port, frame });
+            out.emits.push(Emit { side, frame });
         }
     }
 
@@ -353,8 +354,6 @@ impl<P: Protocol> Stream<P> {
             time_ns: now,
             worker: ctx.worker,
             flow: ctx.tuple,
-            src_identity: ctx.policy.identity(ctx.tuple.src).to_string(),
-            dst_identity: ctx.policy.identity(ctx.tuple.dst).to_string(),
             subject,
             verdict: if allowed {
                 Decision::Allow
@@ -366,24 +365,10 @@ impl<P: Protocol> Stream<P> {
         });
     }
 
-    pub(super) fn unparsed_subject(&self) -> Subject {
-        match self.policy.proto {
-            crate::policy::L7Proto::Http => Subject::Http {
-                method: String::new(),
-                host: String::new(),
-                path: String::new(),
-            },
-            crate::policy::L7Proto::Memcache => Subject::Memcache {
-                command: String::new(),
-                keys: Vec::new(),
-            },
-        }
-    }
-
     pub fn on_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
-        in_port: Port,
+        in_side: Side,
         frame: &mut [u8],
         meta: &FrameMeta,
         now: u64,
@@ -396,7 +381,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Drop(DropReason::L7Denied);
         }
         self.limit = ctx.cfg.max_held_bytes;
-        if in_port == self.client_port {
+        if in_side == self.client_side {
             self.client_segment(ctx, frame, meta, &t, now, out)
         } else {
             self.server_segment(ctx, frame, meta, &t, now, out)

@@ -6,13 +6,14 @@
 use super::conn::{Pending, Stream, Template, MIN_SEG};
 use super::seqmap::Abs;
 use super::StreamCtx;
-use crate::engine::config::DenyAction;
-use crate::engine::{other, DropReason, Output, Verdict};
+use crate::config::DenyAction;
+use crate::counters::DropReason;
 use crate::l7::http::ChunkedDecoder;
 use crate::l7::{Body, Parse, Protocol};
 use crate::packet::build;
 use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use crate::packet::{FrameMeta, TcpMeta};
+use crate::verdict::{other, Output, Verdict};
 
 /// Where the client stream is between requests.
 pub(super) enum ReqState {
@@ -74,7 +75,7 @@ impl<P: Protocol> Stream<P> {
             self.cli.tpl = Some(Template::of(frame, meta));
             self.cli.win = t.window;
         }
-        Verdict::Forward(other(self.client_port))
+        Verdict::Forward(other(self.client_side))
     }
 
     /// An RST from the client at client offset `s` (RFC 5961): it ends the
@@ -91,7 +92,7 @@ impl<P: Protocol> Stream<P> {
         s: i64,
         modified: bool,
     ) -> Verdict {
-        let fwd = other(self.client_port);
+        let fwd = other(self.client_side);
         if s < 0 {
             return Verdict::Drop(DropReason::L7OutOfWindow);
         }
@@ -125,7 +126,7 @@ impl<P: Protocol> Stream<P> {
         now: u64,
         out: &mut Output,
     ) -> Verdict {
-        let fwd = other(self.client_port);
+        let fwd = other(self.client_side);
         if t.flags & TCP_SYN != 0 {
             return self.client_syn(frame, meta, t);
         }
@@ -232,7 +233,7 @@ impl<P: Protocol> Stream<P> {
 
         let mut rel = Vec::new();
         let mark = out.emits.len();
-        let denied = self.process(ctx, now, out, &mut rel);
+        let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
 
         if self.closed {
@@ -312,7 +313,7 @@ impl<P: Protocol> Stream<P> {
 
     /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
     /// `rel`; returns true when something was denied.
-    fn process(
+    fn decide_queued(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         now: u64,
@@ -368,7 +369,7 @@ impl<P: Protocol> Stream<P> {
                         }
                         Err(_) => {
                             self.cli.buf.drain(..off);
-                            let subj = self.unparsed_subject();
+                            let subj = self.proto.unparsed_subject();
                             self.log(ctx, out, now, subj, false, "malformed chunked body".into());
                             self.reset(ctx, out);
                             return true;
@@ -384,7 +385,7 @@ impl<P: Protocol> Stream<P> {
                             if avail.len() > ctx.cfg.max_held_bytes {
                                 self.cli.buf.drain(..off);
                                 ctx.counters.drop(DropReason::L7HoldOverflow);
-                                let subj = self.unparsed_subject();
+                                let subj = self.proto.unparsed_subject();
                                 self.log(
                                     ctx,
                                     out,
@@ -401,7 +402,7 @@ impl<P: Protocol> Stream<P> {
                         Parse::Invalid(why) => {
                             // Nothing says where the next request starts.
                             self.cli.buf.drain(..off);
-                            let subj = self.unparsed_subject();
+                            let subj = self.proto.unparsed_subject();
                             self.log(
                                 ctx,
                                 out,
@@ -495,7 +496,7 @@ impl<P: Protocol> Stream<P> {
             if self.waiting() || !matches!(self.cli.req, ReqState::Head) {
                 return false;
             }
-            let subj = self.unparsed_subject();
+            let subj = self.proto.unparsed_subject();
             self.log(
                 ctx,
                 out,
@@ -520,7 +521,7 @@ impl<P: Protocol> Stream<P> {
         }
         let out_before = self.c_out();
         let mut rel = Vec::new();
-        let denied = self.process(ctx, now, out, &mut rel);
+        let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
         if self.closed {
             return;
