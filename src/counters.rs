@@ -58,6 +58,9 @@ pub struct Counters {
     pub fragments_reassembled: u64,
     pub l7_requests_allowed: u64,
     pub l7_requests_denied: u64,
+    /// Times a held request head was parsed: about one per arriving line,
+    /// not one per segment (see `Protocol::head_may_end`).
+    pub l7_head_parses: u64,
     #[serde(skip)]
     pub drops: [u64; 32],
 }
@@ -89,6 +92,7 @@ impl Counters {
         self.fragments_reassembled += o.fragments_reassembled;
         self.l7_requests_allowed += o.l7_requests_allowed;
         self.l7_requests_denied += o.l7_requests_denied;
+        self.l7_head_parses += o.l7_head_parses;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -760,3 +760,117 @@ fn low_ttl_benign_copy_then_denied_retransmission() {
     assert_no_put(&w);
     assert_eq!(w.server.read, benign);
 }
+
+// ================================================================ exhaustion
+
+/// A denial waiting for the client's ack: the only thing a tick works on.
+#[test]
+fn exhaustion_ticks_work_only_on_due_timers() {
+    let mut w = Wire::new(EngineConfig::default());
+    // Thousands of half-open L7 connections: no timer each.
+    for i in 0..3000u32 {
+        let c = Conn::new(ep(AWING, 20_000 + i as u16), ep(SERVER, 80));
+        w.from_client(c.syn());
+    }
+    assert_eq!(w.engine.timers_pending(), 0);
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(PUT));
+    assert_eq!(
+        w.engine.timers_pending(),
+        1,
+        "the injected denial's retransmission"
+    );
+    let data_frames = |w: &Wire| {
+        w.to_client
+            .iter()
+            .filter(|f| !parse(f).unwrap().payload(f).is_empty())
+            .count()
+    };
+    let sent = data_frames(&w);
+    w.tick(w.engine.config().inject_rto_ns + 1);
+    assert_eq!(data_frames(&w), sent + 1, "resent once its time came");
+    assert!(w.client.text().contains("403"), "{}", w.client.text());
+    // The client acknowledges it: nothing left to do.
+    let ack = tcp(
+        c.client,
+        c.server,
+        c.cseq,
+        c.sseq + w.client.read.len() as u32,
+        ACK,
+        b"",
+    );
+    w.from_client(ack);
+    w.tick(w.engine.config().inject_rto_ns * 4);
+    assert_eq!(w.engine.timers_pending(), 0);
+    assert_eq!(data_frames(&w), sent + 1, "nothing resent after the ack");
+}
+
+#[test]
+fn exhaustion_head_one_byte_per_segment_is_parsed_per_line() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let mut req = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX-Long: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 16_000));
+    req.extend_from_slice(b"\r\n\r\n");
+    for &b in &req {
+        w.from_client(c.client_data(&[b]));
+    }
+    assert_eq!(w.server.read, req, "the request went through whole");
+    let parses = w.engine.counters().l7_head_parses;
+    assert!(parses <= 8, "{parses} parses for a head of four lines");
+}
+
+#[test]
+fn exhaustion_one_byte_out_of_order_segments_stay_within_the_budget() {
+    let cfg = EngineConfig::default();
+    let budget = cfg.max_held_bytes;
+    let mut w = Wire::new(cfg);
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let base = c.cseq;
+    // Every other byte of a 40 KB window, one byte per segment, the first
+    // byte missing.
+    for k in (1..40_000u32).step_by(2) {
+        w.from_client(tcp(c.client, c.server, base + k, c.sseq, ACK, b"a"));
+    }
+    let held = w.engine.held_bytes();
+    assert!(held <= budget + 4096, "held {held} > budget {budget}");
+    assert!(
+        w.dropped("l7-hold-overflow") > 0,
+        "segments beyond the holes are refused"
+    );
+    assert!(w.server.read.is_empty());
+    // The client's retransmission of the whole request fills the hole.
+    w.from_client(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+    assert!(w.engine.held_bytes() <= 4096, "the ring is freed");
+}
+
+#[test]
+fn exhaustion_out_of_order_reassembly_still_works() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let base = c.cseq;
+    let req = [GET, GET].concat();
+    // Pieces 3, 1, 2, 0 of four.
+    let q = req.len() / 4;
+    for &k in &[3usize, 1, 2, 0] {
+        let end = if k == 3 { req.len() } else { (k + 1) * q };
+        w.from_client(tcp(
+            c.client,
+            c.server,
+            base + (k * q) as u32,
+            c.sseq,
+            ACK | PSH,
+            &req[k * q..end],
+        ));
+    }
+    assert_eq!(w.server.read, req, "both allowed requests, in order");
+    c.cseq += req.len() as u32;
+    w.from_server(c.server_data(OK));
+    w.from_server(c.server_data(OK));
+    assert_eq!(w.client.read, [OK, OK].concat());
+}

@@ -187,8 +187,9 @@ pub struct FlowEntry {
     /// Set on every frame, cleared by the CLOCK hand.
     pub referenced: bool,
     pub l7: Option<Box<L7Flow>>,
-    /// Index in the engine's list of L7 flows (when `l7` is set).
-    pub l7_pos: u32,
+    /// The deadline this entry has in the engine's timer queue (when `l7`
+    /// has one); a queued deadline that differs is stale.
+    pub l7_timer: Option<u64>,
 }
 
 impl FlowEntry {
@@ -352,6 +353,16 @@ impl FlowTable {
         None
     }
 
+    /// Sum of the L7 flows' held bytes (a walk over every slot).
+    pub fn held_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|e| e.l7.as_ref())
+            .map(|l| l.held_bytes())
+            .sum()
+    }
+
     /// Remove idle entries from the next `SWEEP_BUDGET` slots; `f` sees each.
     pub fn expire(&mut self, now: u64, t: &Timeouts, mut f: impl FnMut(u32, FlowEntry)) {
         let n = self.slots.len();
@@ -393,7 +404,7 @@ mod tests {
             last_seen: now,
             referenced: true,
             l7: None,
-            l7_pos: 0,
+            l7_timer: None,
         }
     }
 

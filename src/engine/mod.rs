@@ -32,6 +32,8 @@
 //!   reassembled L4 header, then forwarded unchanged or dropped together.
 //!   TCP fragments to an L7 port are dropped (`unsupported`).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -82,8 +84,11 @@ pub struct Engine {
     flows: FlowTable,
     timeouts: Timeouts,
     frags: Reassembler,
-    /// Slots of flows with L7 state, for their timers.
-    l7_slots: Vec<u32>,
+    /// Deadlines of L7 flows' timers (retransmission of injected bytes), by
+    /// slot: a tick pops only what is due, so its cost follows the pending
+    /// work, not the number of L7 flows. Entries whose slot's `l7_timer`
+    /// differs are stale (the flow left, or its deadline moved) and skipped.
+    timers: BinaryHeap<Reverse<(u64, u32)>>,
     #[cfg(test)]
     decide_override: Option<Box<DecideFn>>,
 }
@@ -164,7 +169,7 @@ impl Engine {
             cfg,
             counters: Counters::default(),
             worker,
-            l7_slots: Vec::new(),
+            timers: BinaryHeap::new(),
             #[cfg(test)]
             decide_override: None,
         }
@@ -329,32 +334,36 @@ impl Engine {
         }
     }
 
-    /// Bookkeeping after an entry left the table.
-    fn forget(&mut self, idx: u32, e: &FlowEntry) {
-        if e.l7.is_some() {
-            self.l7_unlink(idx, e.l7_pos as usize);
-        }
+    /// Bookkeeping after an entry left the table (its queued timer, if
+    /// any, goes stale by itself).
+    fn forget(&mut self, _idx: u32, _e: &FlowEntry) {
         self.counters.flows_active = self.flows.len() as u64;
     }
 
-    /// O(1) removal from the L7 timer list; the entry moved into the hole
-    /// learns its new position.
-    fn l7_unlink(&mut self, idx: u32, pos: usize) {
-        let pos = if self.l7_slots.get(pos) == Some(&idx) {
-            pos
-        } else {
-            // Only when several entries left at once and one moved another.
-            match self.l7_slots.iter().position(|&i| i == idx) {
-                Some(p) => p,
-                None => return,
-            }
+    /// Queue the L7 timer of the flow in slot `idx` when it is earlier than
+    /// the one queued (or none is).
+    fn schedule(&mut self, idx: u32) {
+        let Some(e) = self.flows.get_mut(idx) else {
+            return;
         };
-        self.l7_slots.swap_remove(pos);
-        if let Some(&moved) = self.l7_slots.get(pos) {
-            if let Some(m) = self.flows.get_mut(moved) {
-                m.l7_pos = pos as u32;
-            }
+        let Some(d) = e.l7.as_ref().and_then(|l| l.next_deadline()) else {
+            return;
+        };
+        if e.l7_timer.is_none_or(|t| d < t) {
+            e.l7_timer = Some(d);
+            self.timers.push(Reverse((d, idx)));
         }
+    }
+
+    /// L7 timers pending (queued deadlines, stale ones included).
+    pub fn timers_pending(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Memory held by L7 flows for their bytes (`L7Flow::held_bytes`), summed
+    /// over the table. A walk over every flow: for statistics, not per frame.
+    pub fn held_bytes(&self) -> usize {
+        self.flows.held_bytes()
     }
 
     /// Judge a flow's first packet and insert it when allowed. `decide_dport`
@@ -421,7 +430,6 @@ impl Engine {
             (Some(p), IPPROTO_TCP) => Some(Box::new(L7Flow::new(p.clone(), init.side))),
             _ => None,
         };
-        let has_l7 = l7.is_some();
         let entry = FlowEntry {
             key: FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto),
             init_src: init.src,
@@ -436,14 +444,11 @@ impl Engine {
             last_seen: now,
             referenced: true,
             l7,
-            l7_pos: self.l7_slots.len() as u32,
+            l7_timer: None,
         };
         let Some(idx) = self.flows.insert(entry) else {
             return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
         };
-        if has_l7 {
-            self.l7_slots.push(idx);
-        }
         self.counters.flows_created += 1;
         self.counters.flows_active = self.flows.len() as u64;
         NewFlow::Tracked(idx)
@@ -686,6 +691,7 @@ impl Engine {
         if l7.is_closed() {
             e.state = ConnState::Closed;
         }
+        self.schedule(idx);
         v
     }
 
@@ -866,25 +872,24 @@ impl Engine {
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
         let emits_before = out.emits.len();
         let mut gone = 0;
-        let mut gone_l7 = Vec::new();
-        self.flows.expire(now_ns, &self.timeouts, |idx, e| {
-            gone += 1;
-            if e.l7.is_some() {
-                gone_l7.push((idx, e.l7_pos as usize));
-            }
-        });
+        self.flows.expire(now_ns, &self.timeouts, |_, _| gone += 1);
         self.counters.flows_expired += gone;
-        for (idx, pos) in gone_l7 {
-            self.l7_unlink(idx, pos);
-        }
         self.counters.flows_active = self.flows.len() as u64;
         let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);
         self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out as u64;
 
-        for &idx in &self.l7_slots {
+        while let Some(&Reverse((d, idx))) = self.timers.peek() {
+            if d > now_ns {
+                break;
+            }
+            self.timers.pop();
             let Some(e) = self.flows.get_mut(idx) else {
                 continue;
             };
+            if e.l7_timer != Some(d) {
+                continue;
+            }
+            e.l7_timer = None;
             let tuple = e.tuple();
             let Some(l7) = e.l7.as_mut() else { continue };
             let mut ctx = StreamCtx {
@@ -894,6 +899,7 @@ impl Engine {
                 tuple,
             };
             l7.on_tick(&mut ctx, now_ns, out);
+            self.schedule(idx);
         }
         self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
     }

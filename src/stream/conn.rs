@@ -87,6 +87,10 @@ pub(super) struct FromClient {
     pub(super) fin_sent: bool,
     /// Where the client stream is between requests.
     pub(super) req: ReqState,
+    /// `buf` held an incomplete head of this many bytes at the last parse
+    /// (0: none); the head is re-parsed only once bytes that may end it
+    /// arrived (`Protocol::head_may_end`).
+    pub(super) scanned: usize,
     /// Client bytes the server never saw.
     pub(super) removed: Removed,
     /// Largest client payload seen: the size of rebuilt segments.
@@ -168,6 +172,7 @@ impl<P: Protocol> Stream<P> {
                 fin: None,
                 fin_sent: false,
                 req: ReqState::Head,
+                scanned: 0,
                 removed: Removed::default(),
                 max_seg: MIN_SEG,
                 win: 0,
@@ -194,12 +199,19 @@ impl<P: Protocol> Stream<P> {
         }
     }
 
+    /// Memory held for this connection's bytes: allocated capacity, not
+    /// only the bytes in use (the out-of-order ring counts whole).
     pub fn held_bytes(&self) -> usize {
-        self.cli.buf.len()
-            + self.cli.sent.len()
-            + self.cli.ooo.bytes
-            + self.srv.buf.len()
-            + self.srv.inj.iter().map(|b| b.bytes.len()).sum::<usize>()
+        self.cli.buf.capacity()
+            + self.cli.sent.capacity()
+            + self.cli.ooo.memory()
+            + self.srv.buf.capacity()
+            + self
+                .srv
+                .inj
+                .iter()
+                .map(|b| b.bytes.capacity())
+                .sum::<usize>()
     }
 
     /// Once bytes were removed or inserted, both directions need mapping.
@@ -386,6 +398,18 @@ impl<P: Protocol> Stream<P> {
         } else {
             self.server_segment(ctx, frame, meta, &t, now, out)
         }
+    }
+
+    /// The earliest retransmission due (None when nothing waits).
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.closed {
+            return None;
+        }
+        self.srv
+            .inj
+            .iter()
+            .map(|b| b.sent_ns.saturating_add(b.rto_ns))
+            .min()
     }
 
     /// Retransmit injected bytes the client has not acknowledged.

@@ -104,6 +104,14 @@ impl L7Flow {
         }
     }
 
+    /// When `on_tick` has work next (None: no timer pending).
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Http(s) => s.next_deadline(),
+            Inner::Memcache(s) => s.next_deadline(),
+        }
+    }
+
     /// Retransmit injected bytes not yet acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
         match &mut self.inner {

@@ -3,7 +3,7 @@
 //! client's view.
 
 use super::conn::{Injected, Pending, Stream, Template};
-use super::request::{clear_urgent, ReqState, RST_WINDOW};
+use super::request::{clear_urgent, ReqState, KEEP_CAPACITY, RST_WINDOW};
 use super::seqmap::Abs;
 use super::StreamCtx;
 use crate::counters::DropReason;
@@ -349,6 +349,9 @@ impl<P: Protocol> Stream<P> {
             }
         }
         self.srv.buf.drain(..off.min(self.srv.buf.len()));
+        if self.srv.buf.is_empty() && self.srv.buf.capacity() > KEEP_CAPACITY {
+            self.srv.buf = Vec::new();
+        }
     }
 
     /// A reply unit ended at server offset `at`.

@@ -3,6 +3,8 @@
 //! ones, and keep what was released until the server acknowledges it. The
 //! server→client path is in `reply.rs`; state and emitters in `conn.rs`.
 
+use std::collections::VecDeque;
+
 use super::conn::{Pending, Stream, Template, MIN_SEG};
 use super::seqmap::Abs;
 use super::StreamCtx;
@@ -36,6 +38,9 @@ pub(super) enum ReqState {
 /// this is an upper bound on any window the peer can have advertised with
 /// the scale factors in use.
 pub(super) const RST_WINDOW: u64 = 1 << 30;
+
+/// Buffers emptied keep at most this much capacity; larger ones are freed.
+pub(super) const KEEP_CAPACITY: usize = 4096;
 
 /// Urgent data: Linux (without SO_OOBINLINE) takes the byte before the
 /// urgent pointer out of the stream, so the server would read other bytes
@@ -200,16 +205,21 @@ impl<P: Protocol> Stream<P> {
                 {
                     overflow = true;
                 } else {
-                    self.cli.buf.extend_from_slice(fresh);
-                    self.cli.next = e as u64;
-                    self.cli.next = self.cli.ooo.take(self.cli.next, &mut self.cli.buf);
+                    let n = self.cli.ooo.advance(fresh, &mut self.cli.buf);
+                    self.cli.next += n as u64;
                 }
-            } else if self.cli.ooo.bytes + self.cli.buf.len() + payload.len()
-                <= ctx.cfg.max_held_bytes
-            {
-                self.cli.ooo.insert(s as u64, payload);
             } else {
-                overflow = true;
+                // Out of order: kept in the ring only within the hold budget
+                // counted from the next expected byte, so that the bytes
+                // held once the hole fills stay within it too.
+                let off = (s - self.cli.next as i64) as usize;
+                let room = ctx.cfg.max_held_bytes.saturating_sub(self.cli.buf.len());
+                overflow = off + payload.len() > room
+                    || self
+                        .cli
+                        .ooo
+                        .insert(off, payload, ctx.cfg.max_held_bytes)
+                        .is_err();
             }
         }
         if fin && !overflow {
@@ -380,8 +390,21 @@ impl<P: Protocol> Stream<P> {
                     if avail.is_empty() || self.waiting() {
                         break;
                     }
-                    match self.proto.parse_request(avail) {
+                    let known = self.cli.scanned;
+                    let parsed = if known > 0
+                        && (avail.len() <= known || !self.proto.head_may_end(avail, known))
+                    {
+                        // Nothing that could end the head arrived since the
+                        // last look: the answer is still NeedMore.
+                        Parse::NeedMore
+                    } else {
+                        ctx.counters.l7_head_parses += 1;
+                        self.proto.parse_request(avail)
+                    };
+                    self.cli.scanned = 0;
+                    match parsed {
                         Parse::NeedMore => {
+                            self.cli.scanned = avail.len();
                             if avail.len() > ctx.cfg.max_held_bytes {
                                 self.cli.buf.drain(..off);
                                 ctx.counters.drop(DropReason::L7HoldOverflow);
@@ -465,6 +488,10 @@ impl<P: Protocol> Stream<P> {
         }
         if !self.closed {
             self.cli.buf.drain(..off.min(self.cli.buf.len()));
+            if self.cli.buf.is_empty() && self.cli.buf.capacity() > KEEP_CAPACITY {
+                // A large head once held must not keep its memory.
+                self.cli.buf = Vec::new();
+            }
         }
         self.cli.sent.extend(&rel[rel_start..]);
         denied
@@ -483,6 +510,9 @@ impl<P: Protocol> Stream<P> {
             .min(self.cli.sent.len() as u64);
         self.cli.sent.drain(..n as usize);
         self.cli.sent_base += n;
+        if self.cli.sent.is_empty() && self.cli.sent.capacity() > KEEP_CAPACITY {
+            self.cli.sent = VecDeque::new();
+        }
     }
 
     /// The client's FIN goes out once every byte before it is decided; an
