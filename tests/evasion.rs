@@ -874,3 +874,428 @@ fn exhaustion_out_of_order_reassembly_still_works() {
     w.from_server(c.server_data(OK));
     assert_eq!(w.client.read, [OK, OK].concat());
 }
+
+// ================================================================ HTTP framing
+
+/// Send `bytes` on a fresh connection in segments of `seg` bytes, the
+/// server answering nothing. The denied PUT must never be read; returns the
+/// wire for more checks.
+fn http_attempt(bytes: &[u8], seg: usize) -> Wire {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    for chunk in bytes.chunks(seg) {
+        w.from_client(c.client_data(chunk));
+    }
+    assert_no_put(&w);
+    w
+}
+
+/// Allowed traffic still works on a new connection of the same engine.
+fn http_still_serves(w: &mut Wire) {
+    let mut c = Conn::new(ep(AWING, 41_999), ep(SERVER, 80));
+    w.server = Host::default();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+}
+
+const SMUGGLED: &str = "PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n";
+
+#[test]
+fn http_framing_smuggling_attempts_are_refused() {
+    let n = SMUGGLED.len();
+    let cases = [
+        // CL.TE and TE.CL
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n0\r\n\r\n{SMUGGLED}", n + 5),
+        // TE.TE: obfuscated second coding, duplicate header
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding: xchunked\r\n\r\n{SMUGGLED}"),
+        // conflicting Content-Length
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}"),
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0, {n}\r\n\r\n{SMUGGLED}"),
+        format!("POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nContent-Length: +{n}\r\n\r\n{SMUGGLED}"),
+        // bodies on methods a server may not read them for
+        format!("GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}"),
+        format!("HEAD /v1/ HTTP/1.1\r\nHost: deathstar\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}"),
+        format!("GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", n),
+        // absolute-form against Host
+        "PUT http://deathstar/v1/exhaust-port HTTP/1.1\r\nHost: other\r\n\r\n".to_string(),
+        // bare CR, NUL, obs-fold
+        format!("GET /v1/ HTTP/1.1\r\nHost: deathstar\rX: y\r\n\r\n{SMUGGLED}"),
+        format!("GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX: a\0b\r\n\r\n{SMUGGLED}"),
+        format!("GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX: a\r\n Content-Length: {n}\r\n\r\n{SMUGGLED}"),
+        format!("GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nContent-Length:\r\n {n}\r\n\r\n{SMUGGLED}"),
+        // a request line that hides a second one
+        format!("GET /v1/ HTTP/1.1 {SMUGGLED}"),
+        // very long line
+        format!("GET /v1/?{} HTTP/1.1\r\nHost: deathstar\r\n\r\n{SMUGGLED}", "a".repeat(70_000)),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        for seg in [1460, 7, 1] {
+            if seg == 1 && case.len() > 5000 {
+                continue;
+            }
+            let mut w = http_attempt(case.as_bytes(), seg);
+            let c = w.engine.counters();
+            assert!(
+                c.l7_requests_allowed == 0 || !w.server_read().contains("PUT"),
+                "case {i} seg {seg}: {:?}",
+                w.server_read()
+            );
+            http_still_serves(&mut w);
+        }
+    }
+}
+
+#[test]
+fn http_bare_lf_line_ends_are_refused() {
+    // Servers differ on bare LF (and bare CR) line ends; the parser refuses
+    // them, so no server reads anything of such a connection.
+    let req = format!("GET /v1/ HTTP/1.1\nHost: deathstar\n\n{SMUGGLED}");
+    let mut w = http_attempt(req.as_bytes(), 1460);
+    assert!(w.server.read.is_empty(), "{:?}", w.server_read());
+    assert!(w.client.reset, "the client is told at once");
+    http_still_serves(&mut w);
+}
+
+#[test]
+fn http_many_tiny_segments_still_judge_each_request() {
+    let req = format!("{}{SMUGGLED}", String::from_utf8_lossy(GET));
+    let w = http_attempt(req.as_bytes(), 1);
+    assert_eq!(w.server.read, GET);
+    assert_eq!(w.engine.counters().l7_requests_denied, 1);
+}
+
+#[test]
+fn http_upgrade_refused_by_the_server_opens_no_tunnel() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    let up = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    w.from_client(c.client_data(up));
+    // The server does not switch protocols: an ordinary reply.
+    w.from_server(c.server_data(OK));
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    assert_eq!(w.engine.counters().l7_requests_denied, 1);
+    // Had it switched (101), bytes would pass as a tunnel from then on.
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(up));
+    w.from_server(c.server_data(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ));
+    w.from_client(c.client_data(b"\x81\x05hello"));
+    assert!(w.server.read.ends_with(b"\x81\x05hello"));
+}
+
+#[test]
+fn http_connect_is_judged_and_refused_tunnels_stay_closed() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
+    assert_eq!(
+        w.engine.counters().l7_requests_denied,
+        1,
+        "no rule allows CONNECT"
+    );
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    assert!(!w.server_read().contains("CONNECT"));
+}
+
+// ================================================================ memcached
+
+fn mc_attempt(bytes: &[u8], seg: usize) -> Wire {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = mc_conn();
+    w.handshake(&mut c);
+    for chunk in bytes.chunks(seg) {
+        w.from_client(c.client_data(chunk));
+    }
+    assert!(
+        !w.server_read().contains("xwing-coord"),
+        "the denied key reached the server: {:?}",
+        w.server_read()
+    );
+    w
+}
+
+#[test]
+fn memcached_ms_with_more_flags_than_memcached_takes_is_refused() {
+    // memcached 1.6 answers "CLIENT_ERROR options flags too long" to an ms
+    // with 17 flag tokens and then reads its data block as a command.
+    let flags = vec!["T0"; 17].join(" ");
+    let data = MC_DENIED.len() - 2;
+    let req = format!(
+        "ms awing-coord {data} {flags}\r\n{}",
+        String::from_utf8_lossy(MC_DENIED)
+    );
+    for seg in [1460, 3, 1] {
+        mc_attempt(req.as_bytes(), seg);
+    }
+    // Sixteen are fine: memcached takes them, and the data is data.
+    let flags = vec!["T0"; 16].join(" ");
+    let ok = format!("ms awing-coord 5 {flags}\r\nhello\r\n");
+    let w = mc_attempt(ok.as_bytes(), 1460);
+    assert_eq!(w.server.read, ok.as_bytes());
+}
+
+#[test]
+fn memcached_lengths_and_keys_memcached_refuses_are_refused() {
+    let smuggle = String::from_utf8_lossy(MC_DENIED).into_owned();
+    let cases = [
+        format!("set awing-coord 0 0 -1\r\n{smuggle}"),
+        format!("set awing-coord 0 0 4294967313\r\n{smuggle}"),
+        format!("set awing-coord 0 0 2147483646\r\n{smuggle}"),
+        format!("set awing-coord 0 0 +15\r\n{smuggle}"),
+        format!("set awing-coord 0 0 15 norepl\r\n{smuggle}"),
+        format!("set {} 0 0 15\r\n{smuggle}", "k".repeat(251)),
+        format!("set awing\x01coord 0 0 15\r\n{smuggle}"),
+        format!("set\tawing-coord 0 0 15\r\n{smuggle}"),
+        format!("get awing-coord\0\r\n{smuggle}"),
+        format!("ms awing-coord -1\r\n{smuggle}"),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        for seg in [1460, 1] {
+            let w = mc_attempt(case.as_bytes(), seg);
+            assert_eq!(w.engine.counters().l7_requests_allowed, 0, "case {i}");
+        }
+    }
+}
+
+#[test]
+fn memcached_keys_split_across_segments_are_judged_whole() {
+    let req = [MC_ALLOWED, MC_DENIED, MC_ALLOWED].concat();
+    for seg in [1, 2, 5, 13] {
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = mc_conn();
+        w.handshake(&mut c);
+        for chunk in req.chunks(seg) {
+            w.from_client(c.client_data(chunk));
+        }
+        assert_eq!(
+            w.server.read, MC_ALLOWED,
+            "seg {seg}: the third waits for the denial"
+        );
+        w.from_server(c.server_data(b"END\r\n"));
+        assert_eq!(
+            w.server.read,
+            [MC_ALLOWED, MC_ALLOWED].concat(),
+            "seg {seg}"
+        );
+        assert!(!w.server_read().contains("xwing"));
+        w.from_server(c.server_data(b"END\r\n"));
+        assert!(w.client.text().contains("CLIENT_ERROR"), "seg {seg}");
+    }
+}
+
+#[test]
+fn memcached_binary_header_split_at_every_byte() {
+    // A binary get for the denied key, then one for the allowed key: every
+    // split point of the first header gives the same decisions.
+    fn bin_get(key: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x80, 0x00];
+        v.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        v.extend_from_slice(&[0; 12]);
+        v.extend_from_slice(key);
+        v
+    }
+    let denied = bin_get(b"xwing-coord");
+    let allowed = bin_get(b"awing-coord");
+    for cut in 1..denied.len() {
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = mc_conn();
+        w.handshake(&mut c);
+        w.from_client(c.client_data(&denied[..cut]));
+        w.from_client(c.client_data(&denied[cut..]));
+        w.from_client(c.client_data(&allowed));
+        assert!(!w.server_read().contains("xwing"), "cut {cut}");
+        assert_eq!(w.server.read, allowed, "cut {cut}");
+        let cnt = w.engine.counters();
+        assert_eq!(
+            (cnt.l7_requests_allowed, cnt.l7_requests_denied),
+            (1, 1),
+            "cut {cut}"
+        );
+    }
+}
+
+// ================================================================ TCP segments
+
+#[test]
+fn overlapping_segments_with_different_content_both_orders() {
+    // The same offsets carry a benign and a denied request; whichever
+    // arrives first is what was judged, and the server reads exactly that.
+    let benign = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX: 1234567\r\n\r\n";
+    let evil = PUT;
+    assert_eq!(benign.len(), evil.len());
+    for first_benign in [true, false] {
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = http_conn();
+        w.handshake(&mut c);
+        let seq = c.cseq;
+        let (a, b): (&[u8], &[u8]) = if first_benign {
+            (benign, evil)
+        } else {
+            (evil, benign)
+        };
+        // Out of order first (a hole of 1 byte), then the overlap in order.
+        w.from_client(tcp(c.client, c.server, seq + 1, c.sseq, ACK | PSH, &a[1..]));
+        w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
+        assert_no_put(&w);
+        let read = w.server.read.clone();
+        assert!(
+            read.is_empty() || read == benign,
+            "{first_benign}: {:?}",
+            w.server_read()
+        );
+        // And in order, then a changed retransmission over it.
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = http_conn();
+        w.handshake(&mut c);
+        let seq = c.cseq;
+        w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, a));
+        w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
+        assert_no_put(&w);
+        assert!(w.server.read.is_empty() || w.server.read == benign);
+    }
+}
+
+#[test]
+fn out_of_window_segments_are_not_judged() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    // Far ahead and far behind the stream.
+    w.from_client(tcp(
+        c.client,
+        c.server,
+        c.cseq.wrapping_add(1 << 30),
+        c.sseq,
+        ACK | PSH,
+        GET,
+    ));
+    w.from_client(tcp(
+        c.client,
+        c.server,
+        c.cseq.wrapping_sub(1 << 30),
+        c.sseq,
+        ACK | PSH,
+        GET,
+    ));
+    assert_eq!(w.engine.counters().l7_requests_allowed, 0);
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    w.from_client(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+}
+
+#[test]
+fn fin_tricks_do_not_release_an_incomplete_head() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    // Half a request, then a FIN: the half is never forwarded.
+    w.from_client(c.client_data(&PUT[..20]));
+    w.from_client(c.client_fin());
+    // Data after the FIN (a peer that keeps sending) is not judged either.
+    w.from_client(tcp(
+        c.client,
+        c.server,
+        c.cseq,
+        c.sseq,
+        ACK | PSH,
+        &PUT[20..],
+    ));
+    assert_no_put(&w);
+    assert!(w.server.read.is_empty());
+    assert!(w.server.fin, "the FIN itself is passed");
+}
+
+#[test]
+fn port_reuse_after_fin_or_rst_is_a_new_judged_connection() {
+    for end_with_rst in [false, true] {
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = http_conn();
+        w.handshake(&mut c);
+        w.from_client(c.client_data(GET));
+        w.from_server(c.server_data(OK));
+        if end_with_rst {
+            w.from_client(tcp(c.client, c.server, c.cseq, 0, RST, b""));
+        } else {
+            w.from_client(c.client_fin());
+            w.from_server(c.server_fin());
+            w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+        }
+        // Same 4-tuple, new ISN.
+        let mut n = http_conn();
+        n.cseq = 77_000;
+        n.sseq = 880_000;
+        w.server = Host::default();
+        w.handshake(&mut n);
+        w.from_client(n.client_data(PUT));
+        assert_no_put(&w);
+        w.from_client(n.client_data(GET));
+        assert_eq!(w.server.read, GET, "rst {end_with_rst}");
+        assert_eq!(w.engine.counters().l7_requests_denied, 1);
+    }
+}
+
+#[test]
+fn ip_fragments_of_l7_segments_are_refused() {
+    for client in [AWING, "fd66::11"] {
+        let server = if client.contains(':') {
+            "fd66::2"
+        } else {
+            SERVER
+        };
+        let mut w = Wire::new(EngineConfig::default());
+        let mut c = Conn::new(ep(client, 40_005), ep(server, 80));
+        w.handshake(&mut c);
+        let seg = c.client_data(PUT);
+        // Tiny and overlapping fragments both.
+        for (id, ranges) in [
+            (7u32, vec![(0, 8), (8, 16), (16, 20 + PUT.len())]),
+            (8, vec![(0, 16), (8, 20 + PUT.len())]),
+        ] {
+            for f in fragments(&seg, id, &ranges) {
+                w.from_client(f);
+            }
+        }
+        assert_no_put(&w);
+        assert!(w.server.read.is_empty(), "{client}");
+    }
+}
+
+#[test]
+fn ipv6_extension_header_chains_do_not_hide_the_segment() {
+    // Destination-options headers before TCP: the segment is still found
+    // and judged (or dropped), never passed unjudged.
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = Conn::new(ep("fd66::11", 40_006), ep("fd66::2", 80));
+    w.handshake(&mut c);
+    let seg = c.client_data(PUT);
+    for n in [1usize, 3, 9] {
+        let mut f = seg[..54].to_vec();
+        let next = f[14 + 6];
+        f[14 + 6] = 60;
+        let mut ext = Vec::new();
+        for k in 0..n {
+            ext.extend_from_slice(&[if k + 1 == n { next } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        f.extend_from_slice(&ext);
+        f.extend_from_slice(&seg[54..]);
+        let plen = (f.len() - 54) as u16;
+        f[18..20].copy_from_slice(&plen.to_be_bytes());
+        w.from_client(f);
+        assert_no_put(&w);
+    }
+}

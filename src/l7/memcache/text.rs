@@ -9,6 +9,8 @@ use crate::l7::{Body, Parse, RequestHead};
 pub const MAX_LINE: usize = 8192;
 /// memcached's KEY_MAX_LENGTH.
 pub const MAX_KEY: usize = 250;
+/// Flag tokens memcached 1.6 takes on `ms` (checked against 1.6.18).
+const MAX_MS_FLAGS: usize = 16;
 /// memcached refuses data blocks whose length does not fit an i32.
 const MAX_DATA: u64 = i32::MAX as u64 - 2;
 
@@ -52,6 +54,13 @@ struct Toks<'a> {
 impl<'a> Toks<'a> {
     fn new(line: &'a [u8]) -> Self {
         Toks { rest: line }
+    }
+    fn count(mut self) -> usize {
+        let mut n = 0;
+        while self.next().is_some() {
+            n += 1;
+        }
+        n
     }
     fn next(&mut self) -> Option<&'a [u8]> {
         let start = self.rest.iter().position(|&c| c != b' ')?;
@@ -280,6 +289,12 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
         b"ms" => {
             let k = key(t.need("missing key")?)?;
             let bytes = unsigned(t.need("missing data length")?, MAX_DATA)?;
+            // memcached 1.6 refuses more flags ("options flags too long")
+            // without swallowing the data block: it would read the block as
+            // the next command.
+            if Toks::new(t.rest).count() > MAX_MS_FLAGS {
+                return Err("too many meta flags");
+            }
             let (quiet, mode) = meta_flags(&mut t)?;
             let cmd = match mode {
                 None | Some(b'S' | b's') => MsSet,
