@@ -31,6 +31,8 @@ reasons! {
     FragmentOverlap => "fragment-overlap",
     FragmentTimeout => "fragment-timeout",
     TcpInvalid => "tcp-invalid",
+    TcpBadChecksum => "tcp-bad-checksum",
+    WrongSide => "wrong-side",
     L7Denied => "l7-denied",
     L7HoldOverflow => "l7-hold-overflow",
     L7OutOfWindow => "l7-out-of-window",

@@ -381,6 +381,11 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
     w.from_client(tcp(c.server, c.client, 777, c.cseq + 1, ACK, b""));
     let v = w.from_client(c.syn());
     assert!(matches!(v, Verdict::Drop(_)), "the SYN is judged: {v:?}");
+    assert_eq!(
+        w.engine.counters().flows_created,
+        1,
+        "only the spoof's entry"
+    );
     c.cseq += 1;
     c.sseq += 1;
     let v = w.from_client(c.client_data(b"hello"));
@@ -570,6 +575,7 @@ fn bad_checksum_segments_change_nothing() {
     let bad = corrupt_checksum(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, GET));
     let v = w.from_client(bad);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert_eq!(w.dropped("tcp-bad-checksum"), 1);
     assert_eq!(w.engine.counters().l7_requests_allowed, 0, "never judged");
     w.from_client(c.client_data(PUT));
     assert_no_put(&w);

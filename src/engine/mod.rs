@@ -529,7 +529,7 @@ impl Engine {
                 // entry alone.
                 let d = self.decide(init.src, init.dst, init.proto, decide_dport);
                 if !(may_create && d.allowed) {
-                    return Verdict::Drop(DropReason::NoFlow);
+                    return Verdict::Drop(DropReason::WrongSide);
                 }
                 return Verdict::Forward(other(init.side));
             }
@@ -584,7 +584,7 @@ impl Engine {
         let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0
             || idx.is_none_or(|i| self.flows.get(i).is_none_or(|e| e.l7.is_some()));
         if checked && !tcp_checksum_ok(buf, meta) {
-            return Verdict::Drop(DropReason::TcpInvalid);
+            return Verdict::Drop(DropReason::TcpBadChecksum);
         }
         if let (true, Some(i)) = (syn_only, idx) {
             // A SYN starts a new connection on the 4-tuple only once the old
@@ -612,7 +612,7 @@ impl Engine {
                 if !(syn_only && picked) {
                     // A server's address on the clients' side (or the
                     // reverse): a spoof, never part of this flow.
-                    return Verdict::Drop(DropReason::NoFlow);
+                    return Verdict::Drop(DropReason::WrongSide);
                 }
                 // The entry was adopted from a segment that came from the
                 // wrong side of a connection that now really starts: the
