@@ -33,6 +33,7 @@ reasons! {
     TcpInvalid => "tcp-invalid",
     TcpBadChecksum => "tcp-bad-checksum",
     WrongSide => "wrong-side",
+    InternalError => "internal-error",
     L7Denied => "l7-denied",
     L7HoldOverflow => "l7-hold-overflow",
     L7OutOfWindow => "l7-out-of-window",
@@ -63,6 +64,8 @@ pub struct Counters {
     /// Times a held request head was parsed: about one per arriving line,
     /// not one per segment (see `Protocol::head_may_end`).
     pub l7_head_parses: u64,
+    /// L7 flows whose stream state hit an internal error (see `FailMode`).
+    pub l7_internal_errors: u64,
     #[serde(skip)]
     pub drops: [u64; 32],
 }
@@ -95,6 +98,7 @@ impl Counters {
         self.l7_requests_allowed += o.l7_requests_allowed;
         self.l7_requests_denied += o.l7_requests_denied;
         self.l7_head_parses += o.l7_head_parses;
+        self.l7_internal_errors += o.l7_internal_errors;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -1305,3 +1305,36 @@ fn ipv6_extension_header_chains_do_not_hide_the_segment() {
         assert_no_put(&w);
     }
 }
+
+#[test]
+fn exhaustion_syn_flood_entries_leave_quickly() {
+    let cfg = EngineConfig {
+        max_flows: 2048,
+        ..EngineConfig::default()
+    };
+    let syn_timeout = cfg.tcp_syn_timeout_ns;
+    let mut w = Wire::new(cfg);
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    for i in 0..2047u32 {
+        let f = Conn::new(ep(AWING, 10_000 + i as u16), ep(SERVER, 80));
+        w.from_client(f.syn());
+    }
+    assert_eq!(w.engine.flow_count(), 2048, "the table is full");
+    let late = Conn::new(ep(AWING, 9_000), ep(SERVER, 80));
+    assert!(matches!(w.from_client(late.syn()), Verdict::Drop(_)));
+    for _ in 0..3 {
+        w.tick(syn_timeout / 2 + 1);
+    }
+    assert_eq!(
+        w.engine.flow_count(),
+        1,
+        "only the established connection stays"
+    );
+    // New connections are served again, the old one still works.
+    let mut n = Conn::new(ep(AWING, 9_001), ep(SERVER, 80));
+    w.handshake(&mut n);
+    let before = w.server.read.len();
+    w.from_client(c.client_data(GET));
+    assert_eq!(&w.server.read[before..], GET);
+}

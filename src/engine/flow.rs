@@ -221,6 +221,7 @@ impl FlowEntry {
 pub struct Timeouts {
     pub tcp_established: u64,
     pub tcp_transitory: u64,
+    pub tcp_syn: u64,
     pub udp: u64,
     pub icmp: u64,
 }
@@ -229,6 +230,7 @@ impl Timeouts {
     pub fn for_entry(&self, e: &FlowEntry) -> u64 {
         match e.proto {
             6 if e.state.established() => self.tcp_established,
+            6 if matches!(e.state, ConnState::SynSent | ConnState::SynReceived) => self.tcp_syn,
             6 => self.tcp_transitory,
             1 | 58 => self.icmp,
             _ => self.udp,
@@ -411,6 +413,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         tcp_established: 100,
         tcp_transitory: 10,
+        tcp_syn: 10,
         udp: 10,
         icmp: 10,
     };

@@ -49,7 +49,7 @@ use crate::stream::{L7Flow, StreamCtx};
 pub mod flow;
 pub mod frag;
 
-use crate::config::{EngineConfig, SynDenyAction, TableFullPolicy};
+use crate::config::{EngineConfig, FailMode, SynDenyAction, TableFullPolicy};
 use crate::counters::{Counters, DropReason};
 use crate::verdict::{other, Emit, Output, Side, Verdict};
 use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
@@ -91,6 +91,9 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(u64, u32)>>,
     #[cfg(test)]
     decide_override: Option<Box<DecideFn>>,
+    /// The next L7 segment's stream call panics (tests of `FailMode`).
+    #[cfg(test)]
+    panic_next_l7: bool,
 }
 
 #[cfg(test)]
@@ -157,6 +160,7 @@ impl Engine {
         let timeouts = Timeouts {
             tcp_established: cfg.tcp_established_timeout_ns,
             tcp_transitory: cfg.tcp_transitory_timeout_ns,
+            tcp_syn: cfg.tcp_syn_timeout_ns,
             udp: cfg.udp_timeout_ns,
             icmp: cfg.icmp_timeout_ns,
         };
@@ -172,6 +176,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             #[cfg(test)]
             decide_override: None,
+            #[cfg(test)]
+            panic_next_l7: false,
         }
     }
 
@@ -687,12 +693,47 @@ impl Engine {
             worker: self.worker,
             tuple,
         };
-        let v = l7.on_segment(&mut ctx, side, buf, meta, now, out);
+        let emits_before = out.emits.len();
+        #[cfg(test)]
+        let inject_panic = std::mem::take(&mut self.panic_next_l7);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if inject_panic {
+                panic!("injected for a test");
+            }
+            l7.on_segment(&mut ctx, side, buf, meta, now, out)
+        }));
+        let Ok(v) = r else {
+            out.emits.truncate(emits_before);
+            return self.l7_failed(idx, side);
+        };
         if l7.is_closed() {
             e.state = ConnState::Closed;
         }
         self.schedule(idx);
         v
+    }
+
+    /// The stream state of the flow in slot `idx` panicked (the default hook
+    /// has printed the message): it cannot be trusted any more. See
+    /// `FailMode`.
+    fn l7_failed(&mut self, idx: u32, side: Side) -> Verdict {
+        self.counters.l7_internal_errors += 1;
+        match self.cfg.fail {
+            FailMode::Closed => {
+                if let Some(e) = self.flows.remove(idx) {
+                    self.forget(idx, &e);
+                }
+                Verdict::Drop(DropReason::InternalError)
+            }
+            FailMode::Open => {
+                if let Some(e) = self.flows.get_mut(idx) {
+                    e.l7 = None;
+                    e.l7_timer = None;
+                }
+                Verdict::Forward(other(side))
+            }
+        }
     }
 
     /// A TCP segment with no flow and no SYN: adopt the connection when
@@ -898,7 +939,15 @@ impl Engine {
                 worker: self.worker,
                 tuple,
             };
-            l7.on_tick(&mut ctx, now_ns, out);
+            let emits_before = out.emits.len();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                l7.on_tick(&mut ctx, now_ns, out)
+            }));
+            if r.is_err() {
+                out.emits.truncate(emits_before);
+                self.l7_failed(idx, 0);
+                continue;
+            }
             self.schedule(idx);
         }
         self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;

@@ -864,3 +864,70 @@ fn policy_swap_adding_l7_rules_ends_live_l4_connections() {
         "datagram flows are not affected"
     );
 }
+
+fn l7_engine(fail: crate::config::FailMode) -> Engine {
+    let mut e = Engine::new(
+        Arc::new(Policy::default()),
+        EngineConfig {
+            fail,
+            ..EngineConfig::default()
+        },
+        0,
+    );
+    e.decide_override = Some(Box::new(|_, _, _, _| FlowDecision {
+        allowed: true,
+        detail: "x".into(),
+        l7: Some(L7Policy::Http(Arc::default())),
+    }));
+    e
+}
+
+#[test]
+fn internal_error_in_a_stream_fails_closed_by_default() {
+    use crate::config::FailMode;
+    assert_eq!(EngineConfig::default().fail, FailMode::Closed);
+    let mut e = l7_engine(FailMode::Closed);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    e.panic_next_l7 = true;
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(req), 1, &mut out),
+        Verdict::Drop(DropReason::InternalError)
+    );
+    assert_eq!(e.counters().l7_internal_errors, 1);
+    assert_eq!(e.flow_count(), 0, "the flow's state is gone");
+    // Nothing of the connection passes unjudged afterwards.
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(req), 2, &mut out),
+        Verdict::Drop(DropReason::NoFlow)
+    );
+    // Other connections of the worker go on.
+    let mut d = Conn::new(ep("10.66.0.11", 40001), ep("10.66.0.2", 80));
+    for (i, f) in d.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 3, &mut out);
+    }
+    assert_eq!(run(&mut e, 0, &d.client_data(req), 4, &mut out), FWD);
+}
+
+#[test]
+fn internal_error_in_a_stream_fails_open_when_asked() {
+    use crate::config::FailMode;
+    let mut e = l7_engine(FailMode::Open);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    e.panic_next_l7 = true;
+    assert_eq!(run(&mut e, 0, &c.client_data(b"GET /"), 1, &mut out), FWD);
+    assert_eq!(e.counters().l7_internal_errors, 1);
+    assert_eq!(e.flow_count(), 1);
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(b" HTTP/1.1"), 2, &mut out),
+        FWD
+    );
+}
