@@ -61,8 +61,8 @@ pub struct Counters {
     pub fragments_reassembled: u64,
     pub l7_requests_allowed: u64,
     pub l7_requests_denied: u64,
-    /// Times a held request head was parsed: about one per arriving line,
-    /// not one per segment (see `Protocol::head_may_end`).
+    /// Times a held request or reply head was parsed: about one per
+    /// arriving line, not one per segment (see `Protocol::head_may_end`).
     pub l7_head_parses: u64,
     /// L7 flows whose stream state hit an internal error (see `FailMode`).
     pub l7_internal_errors: u64,

@@ -1338,3 +1338,31 @@ fn exhaustion_syn_flood_entries_leave_quickly() {
     w.from_client(c.client_data(GET));
     assert_eq!(&w.server.read[before..], GET);
 }
+
+#[test]
+fn exhaustion_reply_head_one_byte_per_segment_is_parsed_per_line() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(GET));
+    let before = w.engine.counters().l7_head_parses;
+    let mut reply = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+    reply.extend(std::iter::repeat_n(b'b', 16_000));
+    reply.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+    for &b in &reply {
+        w.from_server(c.server_data(&[b]));
+    }
+    assert_eq!(w.client.read, reply);
+    let parses = w.engine.counters().l7_head_parses - before;
+    assert!(
+        parses <= 8,
+        "{parses} parses for a reply head of four lines"
+    );
+    // The reply was followed: a denial now goes right after it.
+    w.from_client(c.client_data(PUT));
+    assert!(
+        w.client.text().ends_with("Access denied\r\n"),
+        "{}",
+        &w.client.text()[16_000..]
+    );
+}

@@ -131,6 +131,9 @@ pub(super) struct FromServer {
     pub(super) ack: u64,
     /// Unfinished reply head.
     pub(super) buf: Vec<u8>,
+    /// `buf` held an incomplete reply head of this many bytes at the last
+    /// parse (0: none), as `FromClient::scanned`.
+    pub(super) scanned: usize,
     pub(super) reply: super::reply::ReplyState,
     /// Bytes inserted into the client's view (denials).
     pub(super) inserted: Inserted,
@@ -188,6 +191,7 @@ impl<P: Protocol> Stream<P> {
                 win: 0,
                 ack: 0,
                 buf: Vec::new(),
+                scanned: 0,
                 reply: super::reply::ReplyState::Head,
                 inserted: Inserted::default(),
                 inj: VecDeque::new(),

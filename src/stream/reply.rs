@@ -300,8 +300,21 @@ impl<P: Protocol> Stream<P> {
                         Some(Pending::Awaiting(r, _)) => Some(r),
                         _ => None,
                     };
-                    match self.proto.parse_reply(avail, req) {
+                    // As for request heads: re-parse only once bytes that
+                    // may end the head arrived.
+                    let known = self.srv.scanned;
+                    let parsed = if known > 0
+                        && (avail.len() <= known || !self.proto.head_may_end(avail, known))
+                    {
+                        Parse::NeedMore
+                    } else {
+                        ctx.counters.l7_head_parses += 1;
+                        self.proto.parse_reply(avail, req)
+                    };
+                    self.srv.scanned = 0;
+                    match parsed {
                         Parse::NeedMore => {
+                            self.srv.scanned = avail.len();
                             if avail.len() > ctx.cfg.max_held_bytes {
                                 self.give_up(at, inj);
                                 off = self.srv.buf.len();
