@@ -1366,3 +1366,119 @@ fn exhaustion_reply_head_one_byte_per_segment_is_parsed_per_line() {
         &w.client.text()[16_000..]
     );
 }
+
+#[test]
+fn invalid_flag_combinations_are_dropped() {
+    let mut w = Wire::new(EngineConfig::default());
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    for flags in [SYN | FIN, SYN | RST, FIN, 0, PSH, FIN | PSH] {
+        let f = tcp(c.client, c.server, c.cseq, c.sseq, flags, GET);
+        let v = w.from_client(f);
+        assert!(matches!(v, Verdict::Drop(_)), "flags {flags:#x}: {v:?}");
+    }
+    assert!(w.server.read.is_empty());
+    assert_eq!(w.engine.counters().l7_requests_allowed, 0);
+    still_works(&mut w, &mut c);
+}
+
+#[test]
+fn rst_lost_after_the_enforcer_then_a_rebasing_syn_gets_nothing_through() {
+    // The client's exact RST dies before the server (TTL 1): the enforcer
+    // ends its state, the server keeps the connection. A new SYN whose ISN
+    // lines its offsets up with the server's stream then gets no SYN-ACK
+    // (only the server's challenge ACK), and nothing passes without one.
+    let (mut w, c) = rst_conn();
+    w.from_client(with_ttl(tcp(c.client, c.server, c.cseq, 0, RST, b""), 1));
+    assert!(!w.server.reset);
+    let read = w.server.read.clone();
+    let isn = c.cseq.wrapping_sub(1);
+    w.from_client(tcp(c.client, c.server, isn, 0, SYN, b""));
+    // The server, still established, answers with a challenge ACK.
+    w.from_server(tcp(c.server, c.client, c.sseq, c.cseq, ACK, b""));
+    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK | PSH, PUT));
+    assert_no_put(&w);
+    assert_eq!(w.server.read, read);
+}
+
+const CONNECT_POLICY: &str = r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {app: proxy}
+  addresses: ["10.66.0.2"]
+- name: client
+  labels: {app: client}
+  addresses: ["10.66.0.11"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "proxy"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: proxy
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      rules:
+        http:
+        - method: "CONNECT"
+        - method: "GET"
+          path: "/v1/"
+"#;
+
+#[test]
+fn http_connect_refused_by_the_server_opens_no_tunnel() {
+    let p = Policy::from_str("proxy.yaml", CONNECT_POLICY).expect("policy");
+    let mut w = Wire::new(EngineConfig::default());
+    w.engine.set_policy(Arc::new(p));
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
+    assert_eq!(w.engine.counters().l7_requests_allowed, 1);
+    // The server refuses the tunnel.
+    w.from_server(c.server_data(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"));
+    w.from_client(c.client_data(PUT));
+    assert_no_put(&w);
+    assert_eq!(
+        w.engine.counters().l7_requests_denied,
+        1,
+        "still parsed and judged"
+    );
+    // Accepted, it is a tunnel: bytes pass from then on.
+    let mut w = Wire::new(EngineConfig::default());
+    w.engine.set_policy(Arc::new(
+        Policy::from_str("proxy.yaml", CONNECT_POLICY).expect("policy"),
+    ));
+    let mut c = http_conn();
+    w.handshake(&mut c);
+    w.from_client(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
+    w.from_server(c.server_data(b"HTTP/1.1 200 Connection established\r\n\r\n"));
+    w.from_client(c.client_data(b"\x16\x03\x01 tls bytes"));
+    assert!(w.server.read.ends_with(b"\x16\x03\x01 tls bytes"));
+}
+
+#[test]
+fn memcached_meta_commands_without_data_keep_line_boundaries() {
+    // memcached refuses an mg with many flags but consumes its line: the
+    // next command starts where the enforcer says, and is judged.
+    let many = vec!["v"; 30].join(" ");
+    let req = format!(
+        "mg awing-coord {many}\r\n{}",
+        String::from_utf8_lossy(MC_DENIED)
+    );
+    let w = mc_attempt(req.as_bytes(), 1460);
+    assert_eq!(
+        w.engine.counters().l7_requests_denied,
+        1,
+        "the get was judged"
+    );
+    assert!(w.server_read().starts_with("mg awing-coord"));
+}
