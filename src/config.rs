@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub table_full: TableFullPolicy,
     /// Bytes of one direction's stream the engine may hold for an undecided request.
     pub max_held_bytes: usize,
+    /// Bytes all of a worker's L7 flows may hold together (`Engine::held_bytes`).
+    /// Above it, no flow starts holding more: heads over 1 KiB are refused
+    /// (reset), out-of-order data is dropped, released data waits for acks.
+    pub max_held_total: usize,
     pub deny_action: DenyAction,
     pub syn_deny: SynDenyAction,
     /// Adopt a TCP connection seen mid-stream (no SYN) when policy allows it
@@ -91,6 +95,7 @@ impl Default for EngineConfig {
             max_flows: 65_536,
             table_full: TableFullPolicy::RefuseL7,
             max_held_bytes: 64 * 1024,
+            max_held_total: 256 << 20,
             deny_action: DenyAction::Reply,
             syn_deny: SynDenyAction::Drop,
             tcp_pickup: true,

@@ -1482,3 +1482,49 @@ fn memcached_meta_commands_without_data_keep_line_boundaries() {
     );
     assert!(w.server_read().starts_with("mg awing-coord"));
 }
+
+#[test]
+fn exhaustion_slow_holders_cannot_pass_the_worker_budget() {
+    // Slowloris: many connections each trickling an endless head. With a
+    // worker budget of 256 KiB, holders beyond it are reset; normal clients
+    // (small heads) are still served, and the accounting matches a walk.
+    let budget = 256 << 10;
+    let mut w = Wire::new(EngineConfig {
+        max_held_total: budget,
+        ..EngineConfig::default()
+    });
+    let mut holders = Vec::new();
+    for i in 0..200u16 {
+        let mut c = Conn::new(ep(AWING, 30_000 + i), ep(SERVER, 80));
+        w.handshake(&mut c);
+        holders.push(c);
+    }
+    for round in 0..8 {
+        for c in holders.iter_mut() {
+            let piece = if round == 0 {
+                b"GET /v1/ HTTP/1.1\r\nX-Slow: ".to_vec()
+            } else {
+                vec![b'z'; 1000]
+            };
+            w.client_sends(c.client_data(&piece));
+        }
+        assert_eq!(
+            w.engine.held_total(),
+            w.engine.held_bytes(),
+            "round {round}"
+        );
+    }
+    let held = w.engine.held_bytes();
+    // The last flow to grow may overshoot by its buffer's growth step.
+    assert!(held <= budget + (64 << 10), "held {held}");
+    assert!(
+        w.dropped("l7-hold-overflow") > 0,
+        "holders beyond the budget were cut"
+    );
+    // A normal client is still served.
+    let mut c = Conn::new(ep(AWING, 31_000), ep(SERVER, 80));
+    w.server = Host::default();
+    w.handshake(&mut c);
+    w.client_sends(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+}

@@ -89,6 +89,8 @@ pub struct Engine {
     /// work, not the number of L7 flows. Entries whose slot's `l7_timer`
     /// differs are stale (the flow left, or its deadline moved) and skipped.
     timers: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Bytes all L7 flows hold (`L7Flow::held_bytes`), followed call by call.
+    held_total: usize,
     #[cfg(test)]
     decide_override: Option<Box<DecideFn>>,
     /// The next L7 segment's stream call panics (tests of `FailMode`).
@@ -174,6 +176,7 @@ impl Engine {
             counters: Counters::default(),
             worker,
             timers: BinaryHeap::new(),
+            held_total: 0,
             #[cfg(test)]
             decide_override: None,
             #[cfg(test)]
@@ -342,8 +345,18 @@ impl Engine {
 
     /// Bookkeeping after an entry left the table (its queued timer, if
     /// any, goes stale by itself).
-    fn forget(&mut self, _idx: u32, _e: &FlowEntry) {
+    fn forget(&mut self, _idx: u32, e: &FlowEntry) {
+        if let Some(l7) = &e.l7 {
+            self.held_total = self.held_total.saturating_sub(l7.held_bytes());
+            self.counters.l7_held_bytes = self.held_total as u64;
+        }
         self.counters.flows_active = self.flows.len() as u64;
+    }
+
+    /// Follow a flow's held bytes across a call into its stream.
+    fn held_moved(&mut self, before: usize, after: usize) {
+        self.held_total = (self.held_total + after).saturating_sub(before);
+        self.counters.l7_held_bytes = self.held_total as u64;
     }
 
     /// Queue the L7 timer of the flow in slot `idx` when it is earlier than
@@ -370,6 +383,12 @@ impl Engine {
     /// over the table. A walk over every flow: for statistics, not per frame.
     pub fn held_bytes(&self) -> usize {
         self.flows.held_bytes()
+    }
+
+    /// The same, as followed call by call (what `max_held_total` is checked
+    /// against; equal to `held_bytes`).
+    pub fn held_total(&self) -> usize {
+        self.held_total
     }
 
     /// Judge a flow's first packet and insert it when allowed. `decide_dport`
@@ -687,11 +706,13 @@ impl Engine {
             // L7 port is refused rather than let through unparsed.
             return Verdict::Drop(DropReason::Unsupported);
         }
+        let held_before = l7.held_bytes();
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: self.worker,
             tuple,
+            over_budget: self.held_total > self.cfg.max_held_total,
         };
         let emits_before = out.emits.len();
         #[cfg(test)]
@@ -705,11 +726,13 @@ impl Engine {
         }));
         let Ok(v) = r else {
             out.emits.truncate(emits_before);
-            return self.l7_failed(idx, side);
+            return self.l7_failed(idx, side, held_before);
         };
         if l7.is_closed() {
             e.state = ConnState::Closed;
         }
+        let held_after = l7.held_bytes();
+        self.held_moved(held_before, held_after);
         self.schedule(idx);
         v
     }
@@ -717,8 +740,15 @@ impl Engine {
     /// The stream state of the flow in slot `idx` panicked (the default hook
     /// has printed the message): it cannot be trusted any more. See
     /// `FailMode`.
-    fn l7_failed(&mut self, idx: u32, side: Side) -> Verdict {
+    /// `held` is what the flow held before the failed call (what the total
+    /// counts for it).
+    fn l7_failed(&mut self, idx: u32, side: Side, held: usize) -> Verdict {
         self.counters.l7_internal_errors += 1;
+        if let Some(e) = self.flows.get_mut(idx) {
+            e.l7 = None;
+            e.l7_timer = None;
+        }
+        self.held_moved(held, 0);
         match self.cfg.fail {
             FailMode::Closed => {
                 if let Some(e) = self.flows.remove(idx) {
@@ -726,13 +756,7 @@ impl Engine {
                 }
                 Verdict::Drop(DropReason::InternalError)
             }
-            FailMode::Open => {
-                if let Some(e) = self.flows.get_mut(idx) {
-                    e.l7 = None;
-                    e.l7_timer = None;
-                }
-                Verdict::Forward(other(side))
-            }
+            FailMode::Open => Verdict::Forward(other(side)),
         }
     }
 
@@ -913,8 +937,13 @@ impl Engine {
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
         let emits_before = out.emits.len();
         let mut gone = 0;
-        self.flows.expire(now_ns, &self.timeouts, |_, _| gone += 1);
+        let mut held_gone = 0;
+        self.flows.expire(now_ns, &self.timeouts, |_, e| {
+            gone += 1;
+            held_gone += e.l7.as_ref().map_or(0, |l| l.held_bytes());
+        });
         self.counters.flows_expired += gone;
+        self.held_moved(held_gone, 0);
         self.counters.flows_active = self.flows.len() as u64;
         let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);
         self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out as u64;
@@ -933,11 +962,13 @@ impl Engine {
             e.l7_timer = None;
             let tuple = e.tuple();
             let Some(l7) = e.l7.as_mut() else { continue };
+            let held_before = l7.held_bytes();
             let mut ctx = StreamCtx {
                 cfg: &self.cfg,
                 counters: &mut self.counters,
                 worker: self.worker,
                 tuple,
+                over_budget: self.held_total > self.cfg.max_held_total,
             };
             let emits_before = out.emits.len();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -945,9 +976,11 @@ impl Engine {
             }));
             if r.is_err() {
                 out.emits.truncate(emits_before);
-                self.l7_failed(idx, 0);
+                self.l7_failed(idx, 0, held_before);
                 continue;
             }
+            let held_after = l7.held_bytes();
+            self.held_moved(held_before, held_after);
             self.schedule(idx);
         }
         self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
