@@ -405,9 +405,10 @@ fn pickup_udp_spoof_from_the_wrong_side_does_not_open_a_denied_port() {
 
 #[test]
 fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
-    let mut cfg = EngineConfig::default();
-    cfg.tcp_transitory_timeout_ns = 1_000_000_000;
-    let mut w = Wire::new(cfg);
+    let mut w = Wire::new(EngineConfig {
+        tcp_transitory_timeout_ns: 1_000_000_000,
+        ..EngineConfig::default()
+    });
     let mut c = http_conn();
     w.handshake(&mut c);
     w.client_sends(c.client_data(GET));
@@ -1532,10 +1533,13 @@ fn exhaustion_slow_holders_cannot_pass_the_worker_budget() {
 
 // ================================================================ through `enforcer replay`
 
-/// Run a capture (frames with the side each arrives on) through the
+/// Frames with the side each arrives on.
+type Capture = Vec<(u8, Vec<u8>)>;
+
+/// Run a capture through the
 /// `enforcer replay` binary with the shipped policies; returns what it
 /// wrote towards `dst`, read by the host model.
-fn replay_to(frames: &[(u8, Vec<u8>)], dst: &str) -> Host {
+fn replay_to(frames: &Capture, dst: &str) -> Host {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.pcapng");
     let out = dir.path().join("out.pcap");
@@ -1571,14 +1575,14 @@ fn replay_to(frames: &[(u8, Vec<u8>)], dst: &str) -> Host {
 #[test]
 fn replayed_captures_of_each_class_get_nothing_past() {
     let c0 = http_conn();
-    let hs = |c: &mut Conn| -> Vec<(u8, Vec<u8>)> {
+    let hs = |c: &mut Conn| -> Capture {
         c.handshake()
             .into_iter()
             .enumerate()
             .map(|(i, f)| (if i == 1 { SERVER_SIDE } else { CLIENT_SIDE }, f))
             .collect()
     };
-    let mut captures: Vec<(&str, Vec<(u8, Vec<u8>)>, &[u8])> = Vec::new();
+    let mut captures: Vec<(&str, Capture, &[u8])> = Vec::new();
     // Pickup: a spoofed server segment before the client's SYN.
     {
         let mut c = http_conn();
