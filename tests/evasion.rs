@@ -1668,3 +1668,55 @@ fn replayed_captures_of_each_class_get_nothing_past() {
     let server = replay_to(&v, SERVER);
     assert!(!server.text().contains("xwing"), "{:?}", server.text());
 }
+
+const MC_PREFIX_POLICY: &str = r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {app: memcd}
+  addresses: ["10.66.0.2"]
+- name: client
+  labels: {app: client}
+  addresses: ["10.66.0.11"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "mc-prefix"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: memcd
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: '11211'
+        protocol: TCP
+      rules:
+        l7proto: memcache
+        l7:
+        - command: get
+          keyPrefix: e
+"#;
+
+#[test]
+fn memcached_base64_keys_are_judged_as_memcached_decodes_them() {
+    // Rules allow keys starting with "e". memcached decodes a `b` key:
+    // "eHdpbmctY29vcmQ=" is xwing-coord to it, and must be judged as that.
+    let p = Policy::from_str("mc.yaml", MC_PREFIX_POLICY).expect("policy");
+    let mut w = Wire::new(EngineConfig::default());
+    w.engine.set_policy(Arc::new(p));
+    let mut c = mc_conn();
+    w.handshake(&mut c);
+    w.client_sends(c.client_data(b"mg eHdpbmctY29vcmQ= b v\r\n"));
+    assert!(w.server.read.is_empty(), "{:?}", w.server_read());
+    assert_eq!(w.engine.counters().l7_requests_denied, 1);
+    // A key that decodes to something starting with "e" passes, as does a
+    // plain one.
+    w.client_sends(c.client_data(b"mg ZWNobw== b v\r\n"));
+    w.client_sends(c.client_data(b"get echo\r\n"));
+    assert_eq!(w.server_read(), "mg ZWNobw== b v\r\nget echo\r\n");
+}
