@@ -615,46 +615,43 @@ impl Engine {
         let syn_only = syn && f & TCP_ACK == 0;
         let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
+        // One look at the entry: (has L7 state, from the initiator, on its
+        // side, adopted mid-stream, closed).
+        let found = idx.and_then(|i| self.flows.get(i)).map(|e| {
+            let fwd = e.from_initiator(meta.src, meta.sport);
+            (
+                e.l7.is_some(),
+                fwd,
+                e.on_its_side(fwd, side),
+                e.picked_up,
+                e.state == ConnState::Closed,
+            )
+        });
         // A segment that can change state (open, close, adopt a flow, or
         // feed L7 state) must be one the receiver would accept: a bad
         // checksum is dropped before it counts. Data on established L4-only
         // flows is not checked (the receiver drops it; nothing here changes).
-        let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0
-            || idx.is_none_or(|i| self.flows.get(i).is_none_or(|e| e.l7.is_some()));
+        let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || found.is_none_or(|(l7, ..)| l7);
         if checked && !tcp_checksum_ok(buf, meta) {
             return Verdict::Drop(DropReason::TcpBadChecksum);
         }
-        if let (true, Some(i)) = (syn_only, idx) {
+        if let (Some(i), Some((_, fwd, side_ok, picked, closed))) = (idx, found) {
             // A SYN starts a new connection on the 4-tuple only once the old
             // one is over (both FINs or an accepted RST). Before that it is
             // the old connection's business: a retransmission during the
             // handshake, or a SYN the server answers with a challenge ACK
             // (Linux keeps the first ISN); restarting our state on it would
             // let the sender re-base the stream we judge.
-            let reuse = self.flows.get(i).is_some_and(|e| {
-                e.from_initiator(meta.src, meta.sport) && e.state == ConnState::Closed
-            });
-            if reuse {
-                if let Some(e) = self.flows.remove(i) {
-                    self.forget(i, &e);
-                }
-                idx = None;
+            let reuse = syn_only && fwd && closed;
+            if !reuse && !side_ok && !(syn_only && picked) {
+                // A server's address on the clients' side (or the reverse):
+                // a spoof, never part of this flow.
+                return Verdict::Drop(DropReason::WrongSide);
             }
-        }
-        if let Some(i) = idx {
-            let (side_ok, picked) = self.flows.get(i).map_or((true, false), |e| {
-                let fwd = e.from_initiator(meta.src, meta.sport);
-                (e.on_its_side(fwd, side), e.picked_up)
-            });
-            if !side_ok {
-                if !(syn_only && picked) {
-                    // A server's address on the clients' side (or the
-                    // reverse): a spoof, never part of this flow.
-                    return Verdict::Drop(DropReason::WrongSide);
-                }
-                // The entry was adopted from a segment that came from the
-                // wrong side of a connection that now really starts: the
-                // guess was wrong (or a spoof), judge the SYN afresh.
+            // Otherwise, from the wrong side: the entry was adopted from a
+            // segment of a connection that now really starts; the guess was
+            // wrong (or a spoof), judge the SYN afresh.
+            if reuse || !side_ok {
                 if let Some(e) = self.flows.remove(i) {
                     self.forget(i, &e);
                 }
