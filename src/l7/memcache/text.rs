@@ -160,7 +160,7 @@ fn meta_key(k: Vec<u8>, flags: &[u8]) -> R<Vec<u8>> {
 /// Standard base64 with padding, as memcached decodes keys (it refuses
 /// unpadded input).
 fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 4 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
         return None;
     }
     let pad = s.iter().rev().take_while(|&&c| c == b'=').count();
