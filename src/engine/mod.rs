@@ -643,7 +643,8 @@ impl Engine {
             // (Linux keeps the first ISN); restarting our state on it would
             // let the sender re-base the stream we judge.
             let reuse = syn_only && fwd && closed;
-            if !reuse && !side_ok && !(syn_only && picked) {
+            let replace = syn_only && picked;
+            if !(reuse || side_ok || replace) {
                 // A server's address on the clients' side (or the reverse):
                 // a spoof, never part of this flow.
                 return Verdict::Drop(DropReason::WrongSide);
