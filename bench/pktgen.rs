@@ -3,7 +3,7 @@
 //!
 //!   enforcer-pktgen send --iface IF --dst-mac MAC --src IP --dst IP
 //!       [--proto udp|tcp] [--size 64] [--flows 1] [--rate PPS (0 = full speed)]
-//!       [--seconds 5] [--dport 9] [--queue 0]
+//!       [--seconds 5] [--count N (stop after N frames)] [--dport 9] [--queue 0]
 //!   enforcer-pktgen sink --iface IF [--queues N] [--seconds 5]
 //!
 //! `send` transmits generated frames (see `pktgen_frame.rs`) from one TX
@@ -126,6 +126,7 @@ fn send(a: &Args) {
     let rate: f64 = a.num("--rate", 0.0);
     let secs: f64 = a.num("--seconds", 5.0);
     let queue: u32 = a.num("--queue", 0);
+    let count: u64 = a.num("--count", u64::MAX);
     if frame::frame_len(&spec) > 2048 - 256 {
         die("--size: at most 1792 bytes");
     }
@@ -170,7 +171,10 @@ fn send(a: &Args) {
             unsafe { umem.data_mut(d) }.cursor().set_pos(len);
         }
         free.extend(&done[..n]);
-        let mut want = BATCH;
+        if sent >= count {
+            break;
+        }
+        let mut want = BATCH.min((count - sent) as usize);
         if rate > 0.0 {
             let due = (el.as_secs_f64() * rate) as u64;
             want = want.min(due.saturating_sub(sent) as usize);

@@ -1,40 +1,71 @@
 #!/usr/bin/env bash
-# Lab benchmark: the same loads through a kernel bridge and through the
-# enforcer (seed policies, L7 rules on), in one run on one machine, so the
-# figures are ratios against a baseline measured minutes apart.
+# Lab benchmark: the same loads through a kernel bridge, the project's bare
+# AF_XDP forwarder (no policy), the enforcer (L3/L4 and L7 rules) and HAProxy
+# (HTTP, ACLs equal to the Star Wars rules), in one run on one machine, so
+# that every figure is a ratio against a baseline measured minutes apart.
 #
-#   sudo bash bench/run.sh [SECONDS]        (default 10 s per load)
+#   sudo bash bench/run.sh [--quick] [--workers "1 2"] [--poll "adaptive busy"] [SECONDS]
 #
-# HTTP: wrk from a-wing to nginx on the server (GET /v1/, allowed by the
-# Star Wars rules). memcached: bench/loadgen.rs from a-wing (get awing-coord,
-# allowed by the seed policy), 4 connections x 8 pipelined requests.
-# Enforcer CPU per request comes from /proc (utime+stime) over the run.
+# SECONDS per load (default 10; --quick: 2, fewer loss-curve points).
+# Loads, each through every middlebox it applies to:
+#   udp64   64-byte UDP frames from bench/pktgen.rs (AF_XDP TX on a-wing,
+#           AF_XDP sink on the server), 1 and 1000 flows at full speed, and a
+#           loss curve (offered rate against delivered);
+#   iperf3  TCP, 1 and 4 streams; bulk: 256 MiB (64 MiB quick) through nc,
+#           sha256 at both ends;
+#   http    wrk -t2 -c32 → nginx (GET /v1/, allowed by the Star Wars rules):
+#           req/s, p50/p99/p99.9;
+#   memcached  bench/loadgen.rs (get awing-coord, the seed policy) and
+#           memaslap (random keys: bench/policies-anykey/).
+# CPU of the middlebox: utime+stime of its process from /proc (the kernel
+# bridge has none: it runs in softirqs) and of the whole machine (/proc/stat).
+# Writes bench/results/results.jsonl, results.md (the table) and *.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${1:-10}
+DUR=10
+QUICK=0
+WORKERS="1 2"
+POLLS="adaptive busy"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1; DUR=2 ;;
+    --workers) WORKERS=$2; shift ;;
+    --poll) POLLS=$2; shift ;;
+    [0-9]*) DUR=$1 ;;
+    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (namespaces, AF_XDP)" >&2; exit 1; }
 source scripts/lib/deps.sh
-install_deps
-command -v nginx >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-cargo build --release -q --bin enforcer --example loadgen
+install_bench_deps
+cargo build --release -q --bin enforcer --bin enforcer-pktgen --example loadgen
 BIN=target/release/enforcer
+PKTGEN=target/release/enforcer-pktgen
 LOADGEN=target/release/examples/loadgen
+if [ $QUICK = 1 ]; then RATES="100000 200000 400000"; BULK_MB=64; else RATES="50000 100000 200000 300000 400000 600000"; BULK_MB=256; fi
+MAXW=1
+for w in $WORKERS; do if ((w > MAXW)); then MAXW=$w; fi; done
 
 P=bench$$
 STATE=/run/enforcer-lab/$P
-lab() { bash scripts/lab.sh -p "$P" -q 2 "$@"; }
+OUT=bench/results
+mkdir -p "$OUT"
+RES=$OUT/results.jsonl
+: >"$RES"
+lab() { bash scripts/lab.sh -p "$P" -q "$MAXW" "$@"; }
 nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
-ENF_PID=""
+MB_PID="" # the middlebox process being measured (enforcer, haproxy)
 cleanup() {
-  [ -n "$ENF_PID" ] && kill "$ENF_PID" 2>/dev/null && wait "$ENF_PID" 2>/dev/null || true
+  [ -n "$MB_PID" ] && kill "$MB_PID" 2>/dev/null && wait "$MB_PID" 2>/dev/null || true
   lab down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
 
-lab up >/dev/null
-# nginx takes port 80 from the deathstar app: a Python server would be the bottleneck.
+LAB_OWNER=$$ lab up >/dev/null
 for pid in $(nsx server ss -ltnpH 'sport = :80' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
 sleep 0.3
-cat > "$STATE/nginx.conf" <<NGINX
+cat >"$STATE/nginx.conf" <<NGINX
 worker_processes 1;
 daemon on;
 pid $STATE/nginx.pid;
@@ -50,62 +81,225 @@ http {
 }
 NGINX
 nsx server nginx -c "$STATE/nginx.conf"
+nsx server iperf3 -s -D -p 5201 --pidfile "$STATE/iperf3.pid" >/dev/null
+head -c "${BULK_MB}M" /dev/urandom >"$STATE/bulk"
+BULK_SHA=$(sha256sum <"$STATE/bulk" | cut -d' ' -f1)
+SERVER_MAC=$(nsx server cat /sys/class/net/eth0/address)
 
-http_rps() { # prints "req/s errors"
-  local out rps err
-  out=$(nsx awing wrk -t1 -c16 -d"${DUR}s" http://10.66.0.2/v1/ 2>&1)
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  err=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(",",""); n+=$4+$6+$8+$10} END {print n+0}' <<<"$out")
-  echo "${rps:-0} ${err:-0}"
-}
-mc_ops() { # prints "ops/s errors"
-  local out
-  out=$(nsx awing "$LOADGEN" 10.66.0.2:11211 --conns 4 --depth 8 --seconds "$DUR")
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["ops_per_s"], d["errors"])' "$out"
-}
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Policies: the seed policies plus L4 rules for the generator and iperf3;
+# for memaslap a-wing may use any key.
+mkdir -p "$STATE/pol-l7" "$STATE/pol-any"
+cp policies/*.yaml bench/policies/*.yaml "$STATE/pol-l7/"
+cp policies/endpoints.yaml bench/policies-anykey/*.yaml "$STATE/pol-any/"
 
-echo "baseline: kernel bridge between the enforcer's two ports" >&2
-nsx enf ip link add br0 type bridge stp_state 0 forward_delay 0
-nsx enf ip link set cli0 master br0
-nsx enf ip link set srv0 master br0
-nsx enf ip link set br0 up
-sleep 1
-printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
-read -r B_HTTP B_HTTP_ERR < <(http_rps)
-read -r B_MC B_MC_ERR < <(mc_ops)
-nsx enf ip link del br0
-sleep 0.5
-
-echo "enforcer: AF_XDP inline, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
-# shellcheck disable=SC2086
-ip netns exec "$P-enf" "$BIN" --iface cli0 --peer srv0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
-  >"$STATE/enforcer.out" 2>&1 &
-ENF_PID=$!
-for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
-grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
-EPID=$ENF_PID
-T0=$(cpu_ticks "$EPID")
-read -r E_HTTP E_HTTP_ERR < <(http_rps)
-T1=$(cpu_ticks "$EPID")
-read -r E_MC E_MC_ERR < <(mc_ops)
-T2=$(cpu_ticks "$EPID")
 HZ=$(getconf CLK_TCK)
-
-python3 - "$DUR" "$HZ" "$B_HTTP" "$B_HTTP_ERR" "$E_HTTP" "$E_HTTP_ERR" "$B_MC" "$B_MC_ERR" "$E_MC" "$E_MC_ERR" "$T0" "$T1" "$T2" <<'PY'
+mb_ticks() { [ -n "$MB_PID" ] && awk '{print $14+$15}' "/proc/$MB_PID/stat" || echo 0; }
+machine_busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
+# mark · the load · stop · rec CFG TEST JSON: one result line, with the CPU
+# used between mark and stop (stop is implied when not called).
+mark() { T_MB=$(mb_ticks); T_M=$(machine_busy); T_S=$(date +%s.%N); E_MB=""; }
+stop() { E_MB=$(mb_ticks); E_M=$(machine_busy); E_S=$(date +%s.%N); }
+rec() {
+  local cfg=$1 test=$2 extra=$3
+  [ -n "$E_MB" ] || stop
+  python3 - "$cfg" "$test" "$extra" "$T_MB" "$E_MB" "$T_M" "$E_M" "$T_S" "$E_S" "$HZ" "${MB_PID:+1}" >>"$RES" <<'PY'
 import json, sys
-dur, hz, bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2 = sys.argv[1:]
-dur, hz = float(dur), float(hz)
-bh, eh, bm, em = map(float, (bh, eh, bm, em))
-t0, t1, t2 = map(float, (t0, t1, t2))
-http_us = (t1 - t0) / hz / max(eh * dur, 1) * 1e6
-mc_us = (t2 - t1) / hz / max(em * dur, 1) * 1e6
-r = {
-  "http": {"bridge_rps": bh, "enforcer_rps": eh, "ratio": round(eh / bh, 3) if bh else None,
-           "errors": {"bridge": int(bhe), "enforcer": int(ehe)}, "enforcer_cpu_us_per_req": round(http_us, 2)},
-  "memcached": {"bridge_ops": bm, "enforcer_ops": em, "ratio": round(em / bm, 3) if bm else None,
-                "errors": {"bridge": int(bme), "enforcer": int(eme)}, "enforcer_cpu_us_per_op": round(mc_us, 2)},
-  "seconds_per_load": dur,
-}
-print(json.dumps(r, indent=2))
+cfg, test, extra, mb0, mb1, m0, m1, s0, s1, hz, has_mb = sys.argv[1:]
+hz = float(hz)
+r = {"cfg": cfg, "test": test}
+r.update(json.loads(extra))
+r["wall_s"] = round(float(s1) - float(s0), 3)
+r["mbox_cpu_s"] = round((float(mb1) - float(mb0)) / hz, 3) if has_mb else None
+r["machine_cpu_s"] = round((float(m1) - float(m0)) / hz, 3)
+print(json.dumps(r))
 PY
+}
+
+udp64() { # CFG FLOWS RATE(0 = full speed)
+  local cfg=$1 flows=$2 rate=$3 send
+  ip netns exec "$P-server" "$PKTGEN" sink --iface eth0 --queues "$MAXW" --seconds "$((DUR + 3))" >"$STATE/sink.json" 2>/dev/null &
+  local sp=$!
+  sleep 0.5
+  mark
+  send=$(nsx awing "$PKTGEN" send --iface eth0 --dst-mac "$SERVER_MAC" --src 10.66.0.11 --dst 10.66.0.2 \
+    --dport 9 --size 64 --flows "$flows" --rate "$rate" --seconds "$DUR")
+  stop
+  sleep 0.2 # frames still in rings reach the sink
+  kill -INT "$sp" 2>/dev/null || true
+  wait "$sp" || true
+  rec "$cfg" udp64 "{\"flows\":$flows,\"rate\":$rate,\"send\":$send,\"sink\":$(cat "$STATE/sink.json" || echo null)}"
+}
+iperf() { # CFG STREAMS
+  local out
+  mark
+  out=$(nsx awing iperf3 -c 10.66.0.2 -p 5201 -P "$2" -t "$DUR" -J 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["end"]["sum_received"]["bits_per_second"])' 2>/dev/null || echo 0)
+  rec "$1" "iperf3_p$2" "{\"bps\":$out}"
+}
+bulk() { # CFG: byte-exact transfer, sha256 at both ends
+  local got
+  nsx server sh -c "nc -l -p 9 </dev/null | sha256sum | cut -d' ' -f1 >'$STATE/bulk.sha'" &
+  local sp=$!
+  sleep 0.3
+  mark
+  nsx awing nc -N -w 10 10.66.0.2 9 <"$STATE/bulk" || true
+  wait "$sp" || true
+  got=$(cat "$STATE/bulk.sha" 2>/dev/null || echo none)
+  rec "$1" bulk "{\"bytes\":$((BULK_MB * 1048576)),\"sha_match\":$([ "$got" = "$BULK_SHA" ] && echo true || echo false)}"
+}
+http() { # CFG URL
+  local out
+  mark
+  out=$(nsx awing wrk -t2 -c32 -d"${DUR}s" -s bench/wrk-latency.lua "$2" 2>&1 || true)
+  rec "$1" http "$(python3 -c '
+import json, re, sys
+o = sys.argv[1]
+m = re.search(r"Requests/sec:\s+([\d.]+)", o)
+pct = dict(re.findall(r"^pct ([\d.]+) (\d+)$", o, re.M))
+err = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", o))
+err += sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", o))
+print(json.dumps({"rps": float(m.group(1)) if m else 0.0, "p50_us": int(pct.get("50", 0)),
+                  "p99_us": int(pct.get("99", 0)), "p999_us": int(pct.get("99.9", 0)), "errors": err}))' "$out")"
+}
+mc_loadgen() { # CFG
+  local out
+  mark
+  out=$(nsx awing "$LOADGEN" 10.66.0.2:11211 --conns 4 --depth 8 --seconds "$DUR" 2>/dev/null || echo '{"ops_per_s":0,"errors":-1}')
+  rec "$1" mc_loadgen "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(json.dumps({"ops":d["ops_per_s"],"errors":d["errors"]}))' "$out")"
+}
+mc_memaslap() { # CFG
+  local out ops
+  mark
+  out=$(timeout $((DUR + 10)) ip netns exec "$P-awing" memcaslap -s 10.66.0.2:11211 -T 2 -c 16 -t "${DUR}s" 2>&1 || true)
+  ops=$(awk '/^Run time/ {for (i=1;i<=NF;i++) if ($i=="TPS:") print $(i+1)}' <<<"$out" | tail -1)
+  rec "$1" mc_memaslap "{\"ops\":${ops:-0}}"
+}
+
+bridge_up() {
+  nsx enf ip link add br0 type bridge stp_state 0 forward_delay 0
+  nsx enf ip link set cli0 master br0
+  nsx enf ip link set srv0 master br0
+  nsx enf ip link set br0 up
+  sleep 1
+}
+bridge_down() { nsx enf ip link del br0; sleep 0.3; }
+enf_start() { # POLICY_DIR|pass WORKERS POLL
+  local env=()
+  [ "$1" = pass ] && env=(env ENFORCER_PASSTHROUGH=1)
+  local pol=$1
+  [ "$pol" = pass ] && pol=$STATE/pol-l7
+  # shellcheck disable=SC2086
+  ip netns exec "$P-enf" "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$pol" \
+    --workers "$2" --poll "$3" ${ENFORCER_ARGS:-} >"$STATE/enforcer.out" 2>&1 &
+  MB_PID=$!
+  for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+  grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
+  sleep 0.5
+}
+enf_stop() { # CFG: the counters line joins the results
+  kill -INT "$MB_PID"
+  wait "$MB_PID" || true
+  MB_PID=""
+  local c
+  c=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -1)
+  [ -n "$c" ] && echo "{\"cfg\":\"$1\",\"test\":\"counters\",\"counters\":$c}" >>"$RES"
+}
+udp_set() { # CFG [curve]
+  udp64 "$1" 1 0
+  udp64 "$1" 1000 0
+  if [ "${2:-}" = curve ]; then
+    for r in $RATES; do udp64 "$1" 1 "$r"; done
+  fi
+}
+
+echo "bench: $(nproc) CPUs, $(uptime | sed 's/.*load/load/'), ${DUR}s per load" >&2
+echo "{\"test\":\"machine\",\"cpus\":$(nproc),\"kernel\":\"$(uname -r)\",\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"seconds\":$DUR,\"quick\":$QUICK}" >>"$RES"
+
+echo "(a) kernel bridge" >&2
+bridge_up
+printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
+udp_set bridge curve
+iperf bridge 1
+iperf bridge 4
+bulk bridge
+http bridge http://10.66.0.2/v1/
+mc_loadgen bridge
+mc_memaslap bridge
+
+echo "(e) HAProxy on the bridge, Star Wars ACLs" >&2
+nsx enf ip addr add 10.66.0.3/24 dev br0
+cat >"$STATE/haproxy.cfg" <<HAP
+global
+  maxconn 4096
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend deathstar
+  bind 10.66.0.3:80
+  # The Star Wars rules: spaceships (a-wing, x-wing) may GET /v1/, POST
+  # /v1/request-landing, PUT /v1/exhaust-port with X-Has-Force: true.
+  acl spaceship src 10.66.0.11 10.66.0.12
+  acl get_v1 method GET
+  acl get_v1_path path_reg ^/v1/.*
+  acl landing method POST
+  acl landing_path path_reg ^/v1/request-landing\$
+  acl exhaust method PUT
+  acl exhaust_path path_reg ^/v1/exhaust-port\$
+  acl force req.hdr(X-Has-Force) -m str true
+  http-request allow if spaceship get_v1 get_v1_path
+  http-request allow if spaceship landing landing_path
+  http-request allow if spaceship exhaust exhaust_path force
+  http-request deny deny_status 403
+  default_backend server
+backend server
+  http-reuse always
+  server s1 10.66.0.2:80
+HAP
+ip netns exec "$P-enf" haproxy -f "$STATE/haproxy.cfg" -db >"$STATE/haproxy.out" 2>&1 &
+MB_PID=$!
+sleep 1
+http haproxy http://10.66.0.3/v1/
+kill "$MB_PID"; wait "$MB_PID" 2>/dev/null || true
+MB_PID=""
+nsx enf ip addr del 10.66.0.3/24 dev br0
+bridge_down
+
+first=1
+for w in $WORKERS; do
+  for poll in $POLLS; do
+    tag="w$w-$poll"
+    echo "(b) bare AF_XDP forwarder (pass-through), $tag" >&2
+    enf_start pass "$w" "$poll"
+    udp_set "forwarder-$tag" $([ $first = 1 ] || [ $QUICK = 0 ] && echo curve)
+    [ $first = 1 ] && { iperf "forwarder-$tag" 1; iperf "forwarder-$tag" 4; }
+    http "forwarder-$tag" http://10.66.0.2/v1/
+    enf_stop "forwarder-$tag"
+
+    echo "(c, d) enforcer, L3/L4 and L7 rules, $tag" >&2
+    enf_start "$STATE/pol-l7" "$w" "$poll"
+    udp_set "enforcer-$tag" $([ $first = 1 ] || [ $QUICK = 0 ] && echo curve)
+    if [ $first = 1 ] || [ $QUICK = 0 ]; then
+      iperf "enforcer-$tag" 1
+      iperf "enforcer-$tag" 4
+      bulk "enforcer-$tag"
+    fi
+    http "enforcer-$tag" http://10.66.0.2/v1/
+    mc_loadgen "enforcer-$tag"
+    enf_stop "enforcer-$tag"
+
+    if [ $first = 1 ] || [ $QUICK = 0 ]; then
+      echo "(d) enforcer, any-key memcached rules (memaslap), $tag" >&2
+      enf_start "$STATE/pol-any" "$w" "$poll"
+      mc_memaslap "enforcer-$tag"
+      enf_stop "enforcer-anykey-$tag"
+    fi
+    first=0
+  done
+done
+echo "{\"test\":\"machine_end\",\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RES"
+
+python3 bench/report.py "$RES" "$OUT"
+echo "bench: wrote $OUT/results.md and $OUT/*.png" >&2

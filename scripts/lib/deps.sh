@@ -32,3 +32,28 @@ install_deps() {
   fi
   command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; return 1; }
 }
+
+# What bench/run.sh needs on top: servers and clients to compare against, and
+# the plots. Installed by the runner itself (not by the test suite).
+BENCH_APT_PACKAGES=(nginx-light haproxy iperf3 libmemcached-tools)
+BENCH_PIP_PACKAGES=(matplotlib)
+
+install_bench_deps() {
+  install_deps
+  local missing=()
+  for p in "${BENCH_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  # nginx from another package is as good as nginx-light.
+  command -v nginx >/dev/null && missing=("${missing[@]/nginx-light/}")
+  missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    python3 -m pip install -q "${BENCH_PIP_PACKAGES[@]}" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "${BENCH_PIP_PACKAGES[@]}"
+  fi
+}
