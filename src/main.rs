@@ -75,7 +75,7 @@ struct RunOpts {
     /// Verdict log (JSON lines).
     #[arg(long)]
     log: Option<PathBuf>,
-    /// UMEM frames (4 KiB each) per worker (default: 2048 per AF_XDP socket).
+    /// UMEM frames (4 KiB each) per worker (default: 4096 per AF_XDP socket).
     #[arg(long)]
     umem_frames: Option<u32>,
     /// Host mode: what a crashed (kill -9) enforcer leaves. open: the host is

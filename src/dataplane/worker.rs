@@ -425,7 +425,10 @@ impl Worker {
     /// Frames of our flows received by other workers.
     fn take_handoffs(&mut self, now: u64) -> usize {
         let mut n = 0;
-        for _ in 0..BATCH {
+        // Up to four batches a turn: each other worker may have handed over
+        // a batch per link since our last turn, and a channel that only
+        // drains as fast as one link fills overflows (`handoff_full`).
+        for _ in 0..BATCH * 4 {
             let Ok((side, mut d)) = self.ch.handoff_rx.try_recv() else {
                 break;
             };
