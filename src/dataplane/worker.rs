@@ -267,7 +267,8 @@ pub fn run(
         free,
         quota,
         rx_descs: vec![FrameDesc::default(); BATCH],
-        cq_descs: vec![FrameDesc::default(); BATCH * 4],
+        // A whole completion ring a turn: TX drains whole rings now.
+        cq_descs: vec![FrameDesc::default(); RING_SIZE as usize],
         policy_gen: 0,
         neighbors_gen: shared.neighbors_gen.load(Ordering::Acquire),
     };
@@ -331,7 +332,11 @@ pub fn run(
             PollMode::Busy => {}
             // Never asleep with frames still on a TX ring: copy mode sends
             // them only when kicked, and a sleeper does not kick.
-            PollMode::Adaptive if idle >= IDLE_SPINS && !w.tx_unsent() => {
+            // (Bounded: a TX ring the kernel does not take, a link down,
+            // must not keep the worker spinning.)
+            PollMode::Adaptive
+                if idle >= IDLE_SPINS && (idle >= IDLE_SPINS * 16 || !w.tx_unsent()) =>
+            {
                 // Sleep until a frame arrives or is handed over, at most one
                 // tick (timers, stop).
                 if let Some(wk) = me {

@@ -217,10 +217,15 @@ impl Xsk {
             return;
         }
         let fd = self.tx.fd().as_raw_fd();
+        let mut before = usize::MAX;
         for _ in 0..MAX_KICKS {
-            if self.tx_unsent() == 0 {
+            // EAGAIN also means "completion ring full": stop when a kick
+            // took nothing, the next turn's reclaim makes room.
+            let unsent = self.tx_unsent();
+            if unsent == 0 || unsent >= before {
                 break;
             }
+            before = unsent;
             // SAFETY: a zero-length sendto on our own socket; no buffers.
             let r = unsafe {
                 libc::sendto(
