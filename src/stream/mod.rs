@@ -10,6 +10,7 @@
 mod conn;
 mod reassembly;
 mod reply;
+mod request;
 mod seqmap;
 #[cfg(test)]
 mod tests;
@@ -91,6 +92,23 @@ impl L7Flow {
         match &self.inner {
             Inner::Http(s) => s.held_bytes(),
             Inner::Memcache(s) => s.held_bytes(),
+        }
+    }
+
+    /// The connection was reset (by an acceptable RST or by us): nothing of
+    /// it passes any more.
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            Inner::Http(s) => s.closed,
+            Inner::Memcache(s) => s.closed,
+        }
+    }
+
+    /// When `on_tick` has work next (None: no timer pending).
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Http(s) => s.next_deadline(),
+            Inner::Memcache(s) => s.next_deadline(),
         }
     }
 

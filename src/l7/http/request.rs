@@ -203,6 +203,14 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         }
     };
 
+    // Content on these has no defined meaning (RFC 9110 9.3): servers
+    // disagree on whether they read it, and one that ignores it reads the
+    // body as the next request, never judged as one.
+    if body != Body::None && matches!(method, b"GET" | b"HEAD" | b"DELETE" | b"CONNECT" | b"TRACE")
+    {
+        return Err(Stop::Invalid("body on a method without body semantics"));
+    }
+
     Ok(RequestHead {
         head_len,
         body,
