@@ -72,8 +72,12 @@ pub fn parse_text(buf: &[u8], req: Option<&McRequest>) -> Parse<ReplyHead> {
         // Multi-line listings (stats, stats cachedump, stats detail dump).
         b"STAT" | b"ITEM" | b"PREFIX" => unit(head_len, ReplyBody::None, false, unsolicited),
         // Errors end the reply whatever the request (`ERROR: shutdown not
-        // enabled`, `ERROR metadump not allowed`, a refused `watch`).
-        e if e.starts_with(b"ERROR") || e == b"CLIENT_ERROR" || e == b"SERVER_ERROR" => {
+        // enabled`, `ERROR metadump not allowed`, `Error TLS not enabled`,
+        // a refused `watch`).
+        e if e.len() >= 5 && e[..5].eq_ignore_ascii_case(b"ERROR")
+            || e == b"CLIENT_ERROR"
+            || e == b"SERVER_ERROR" =>
+        {
             single(unsolicited || quiet_meta)
         }
         _ if cmd == Some(TextCmd::Watch) => {
@@ -155,6 +159,7 @@ mod tests {
     fn server_errors_and_admin_answers_are_one_line() {
         for (req, line) in [
             ("shutdown\r\n", "ERROR: shutdown not enabled\r\n"),
+            ("refresh_certs\r\n", "Error TLS not enabled\r\n"),
             (
                 "cache_memlimit 1\r\n",
                 "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n",
