@@ -467,6 +467,27 @@ fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
             stdout(&p.wait_with_output().unwrap())[..64].to_string()
         };
         assert_eq!(stdout(&sum), format!("{want}\ngot it\n"));
+
+        // Request shapes the RFCs allow: nginx's answer through the enforcer
+        // is its answer directly, except for the documented refusals.
+        let shapes = lab::repo("tests/lab/http_shapes.py");
+        let shapes = shapes.to_str().unwrap();
+        let direct = stdout(&lab.exec("server", &["python3", shapes, "127.0.0.1", "80"]));
+        let through = stdout(&lab.exec("awing", &["python3", shapes, SERVER4, "80"]));
+        assert!(direct.lines().count() > 20, "{direct}");
+        // A body on GET: servers disagree on whether they read it (docs/l7.md).
+        let refused = ["get-body"];
+        for (d, t) in direct.lines().zip(through.lines()) {
+            let name = d.split(' ').next().unwrap();
+            if refused.contains(&name) {
+                assert!(
+                    t.ends_with("ConnectionResetError") || t.ends_with("<closed>"),
+                    "{t}"
+                );
+            } else {
+                assert_eq!(t, d, "through the enforcer vs nginx directly");
+            }
+        }
         let st = lab.stop().unwrap();
         let c = st.counters().unwrap();
         assert_eq!(
