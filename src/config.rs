@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub table_full: TableFullPolicy,
     /// Bytes of one direction's stream the engine may hold for an undecided request.
     pub max_held_bytes: usize,
+    /// Bytes all of a worker's L7 flows may hold together (`Engine::held_bytes`).
+    /// Above it, no flow starts holding more: heads over 1 KiB are refused
+    /// (reset), out-of-order data is dropped, released data waits for acks.
+    pub max_held_total: usize,
     pub deny_action: DenyAction,
     pub syn_deny: SynDenyAction,
     /// Adopt a TCP connection seen mid-stream (no SYN) when policy allows it
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             // 256 KiB takes ~2,700 keys of 93 bytes (memcached itself grows
             // its buffer without limit for get lines).
             max_held_bytes: 256 * 1024,
+            max_held_total: 256 << 20,
             deny_action: DenyAction::Reply,
             syn_deny: SynDenyAction::Drop,
             tcp_pickup: true,

@@ -7,7 +7,8 @@
 //! RSTs accepted only at the exact next sequence number, frames whose TTL
 //! would not survive one more router dropped. The assertions are on what
 //! that host would read: the denied request never appears in it, and
-//! allowed traffic still does.
+//! allowed traffic still does. The last test writes captures of each class
+//! and runs them through the `enforcer replay` binary as well.
 
 mod common;
 
@@ -217,11 +218,11 @@ impl Wire {
         v
     }
 
-    fn from_client(&mut self, frame: Vec<u8>) -> Verdict {
+    fn client_sends(&mut self, frame: Vec<u8>) -> Verdict {
         self.send(CLIENT_SIDE, frame)
     }
 
-    fn from_server(&mut self, frame: Vec<u8>) -> Verdict {
+    fn server_sends(&mut self, frame: Vec<u8>) -> Verdict {
         self.send(SERVER_SIDE, frame)
     }
 
@@ -328,16 +329,16 @@ fn pickup_spoofed_server_segment_does_not_open_an_unjudged_flow() {
     // Before the client's SYN, a segment "from the server" sent from the
     // client's side, as if the connection were already open.
     let spoof = tcp(c.server, c.client, 777, c.cseq + 1, ACK, b"");
-    w.from_client(spoof);
+    w.client_sends(spoof);
     w.handshake(&mut c);
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     assert_eq!(
         w.engine.counters().l7_requests_denied,
         1,
         "the PUT was judged"
     );
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server_read(), String::from_utf8_lossy(GET));
 }
 
@@ -349,9 +350,9 @@ fn pickup_server_segment_on_the_server_side_is_not_adopted_as_l4() {
     let mut c = http_conn();
     c.cseq += 1;
     c.sseq += 1;
-    let v = w.from_server(c.server_data(OK));
+    let v = w.server_sends(c.server_data(OK));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     assert!(
         w.to_server.is_empty(),
@@ -365,7 +366,7 @@ fn pickup_client_segment_mid_stream_on_an_l7_port_is_refused() {
     let mut c = http_conn();
     c.cseq += 1;
     c.sseq += 1;
-    let v = w.from_client(c.client_data(PUT));
+    let v = w.client_sends(c.client_data(PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w.to_server.is_empty());
 }
@@ -378,8 +379,8 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
     // that a-wing's own (denied) connection then rides on.
     let mut w = Wire::new(EngineConfig::default());
     let mut c = Conn::new(ep(AWING, 40_003), ep(SERVER, 8080));
-    w.from_client(tcp(c.server, c.client, 777, c.cseq + 1, ACK, b""));
-    let v = w.from_client(c.syn());
+    w.client_sends(tcp(c.server, c.client, 777, c.cseq + 1, ACK, b""));
+    let v = w.client_sends(c.syn());
     assert!(matches!(v, Verdict::Drop(_)), "the SYN is judged: {v:?}");
     assert_eq!(
         w.engine.counters().flows_created,
@@ -388,7 +389,7 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
     );
     c.cseq += 1;
     c.sseq += 1;
-    let v = w.from_client(c.client_data(b"hello"));
+    let v = w.client_sends(c.client_data(b"hello"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w.server.read.is_empty());
 }
@@ -397,28 +398,29 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
 fn pickup_udp_spoof_from_the_wrong_side_does_not_open_a_denied_port() {
     let mut w = Wire::new(EngineConfig::default());
     let (cl, sv) = (ep(AWING, 40_004), ep(SERVER, 5353));
-    w.from_client(udp(sv, cl, b"spoof"));
-    let v = w.from_client(udp(cl, sv, b"query"));
+    w.client_sends(udp(sv, cl, b"spoof"));
+    let v = w.client_sends(udp(cl, sv, b"query"));
     assert!(matches!(v, Verdict::Drop(_)), "judged on its own: {v:?}");
 }
 
 #[test]
 fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
-    let mut cfg = EngineConfig::default();
-    cfg.tcp_transitory_timeout_ns = 1_000_000_000;
-    let mut w = Wire::new(cfg);
+    let mut w = Wire::new(EngineConfig {
+        tcp_transitory_timeout_ns: 1_000_000_000,
+        ..EngineConfig::default()
+    });
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(GET));
-    w.from_server(c.server_data(OK));
+    w.client_sends(c.client_data(GET));
+    w.server_sends(c.server_data(OK));
     // A real RST from the client ends the connection (and the L7 state).
-    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, RST | ACK, b""));
+    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, RST | ACK, b""));
     w.tick(5_000_000_000);
     for _ in 0..3 {
         w.tick(1_000_000);
     }
     // The server's retransmission comes after the entry expired.
-    let v = w.from_server(tcp(
+    let v = w.server_sends(tcp(
         c.server,
         c.client,
         c.sseq - 2,
@@ -428,7 +430,7 @@ fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
     ));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     let before = w.server.read.len();
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_eq!(w.server.read.len(), before);
     assert_no_put(&w);
 }
@@ -439,18 +441,18 @@ fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
 fn syn_second_isn_during_handshake_does_not_rebase_the_stream() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    w.from_client(c.syn());
+    w.client_sends(c.syn());
     // A second SYN with another ISN, placed so that the client's PUT, read
     // from the new ISN, would start at an allowed-looking offset.
     let other_isn = c.cseq.wrapping_add(5000);
-    w.from_client(tcp(c.client, c.server, other_isn, 0, SYN, b""));
-    w.from_server(c.syn_ack());
+    w.client_sends(tcp(c.client, c.server, other_isn, 0, SYN, b""));
+    w.server_sends(c.syn_ack());
     c.cseq += 1;
     c.sseq += 1;
-    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
-    w.from_client(c.client_data(PUT));
+    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(
         w.server_read(),
         String::from_utf8_lossy(GET),
@@ -465,21 +467,21 @@ fn syn_late_with_new_isn_does_not_rebase_the_stream() {
         let mut w = Wire::new(EngineConfig::default());
         let mut c = http_conn();
         w.handshake(&mut c);
-        w.from_client(c.client_data(GET));
-        w.from_server(c.server_data(OK));
+        w.client_sends(c.client_data(GET));
+        w.server_sends(c.server_data(OK));
         // A SYN with an ISN chosen so that, re-based on it, the PUT below
         // would look like the stream's first bytes.
         let isn = c.cseq.wrapping_sub(1);
         let syn = tcp(c.client, c.server, isn.wrapping_add(1000), 0, SYN, b"");
-        w.from_client(if bad_checksum {
+        w.client_sends(if bad_checksum {
             corrupt_checksum(syn)
         } else {
             syn
         });
-        w.from_client(c.client_data(PUT));
+        w.client_sends(c.client_data(PUT));
         assert_no_put(&w);
-        w.from_server(c.server_data(OK));
-        w.from_client(c.client_data(GET));
+        w.server_sends(c.server_data(OK));
+        w.client_sends(c.client_data(GET));
         assert_eq!(
             w.server_read(),
             format!(
@@ -498,11 +500,11 @@ fn syn_delayed_duplicate_does_not_stall_the_connection() {
     let mut c = http_conn();
     let syn = c.syn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(GET));
-    w.from_server(c.server_data(OK));
-    w.from_client(syn);
-    w.from_client(c.client_data(GET));
-    w.from_server(c.server_data(OK));
+    w.client_sends(c.client_data(GET));
+    w.server_sends(c.server_data(OK));
+    w.client_sends(syn);
+    w.client_sends(c.client_data(GET));
+    w.server_sends(c.server_data(OK));
     assert_eq!(w.server.read, [GET, GET].concat());
     assert_eq!(w.client.read, [OK, OK].concat());
 }
@@ -511,7 +513,7 @@ fn syn_delayed_duplicate_does_not_stall_the_connection() {
 fn syn_data_is_never_forwarded() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    let v = w.from_client(tcp(c.client, c.server, c.cseq, 0, SYN, PUT));
+    let v = w.client_sends(tcp(c.client, c.server, c.cseq, 0, SYN, PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w
         .to_server
@@ -519,7 +521,7 @@ fn syn_data_is_never_forwarded() {
         .all(|f| parse(f).unwrap().payload(f).is_empty()));
     // The plain SYN the client retransmits opens the connection.
     w.handshake(&mut c);
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
     assert_eq!(w.server.syn_payloads, 0);
 }
@@ -528,16 +530,16 @@ fn syn_data_is_never_forwarded() {
 fn syn_ack_with_data_or_for_another_isn_is_dropped() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    w.from_client(c.syn());
-    let v = w.from_server(tcp(c.server, c.client, c.sseq, c.cseq + 1, SYN | ACK, b"x"));
+    w.client_sends(c.syn());
+    let v = w.server_sends(tcp(c.server, c.client, c.sseq, c.cseq + 1, SYN | ACK, b"x"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.from_server(tcp(c.server, c.client, c.sseq, c.cseq + 77, SYN | ACK, b""));
+    let v = w.server_sends(tcp(c.server, c.client, c.sseq, c.cseq + 77, SYN | ACK, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    w.from_server(c.syn_ack());
+    w.server_sends(c.syn_ack());
     c.cseq += 1;
     c.sseq += 1;
-    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
-    w.from_client(c.client_data(GET));
+    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
 }
 
@@ -545,9 +547,9 @@ fn syn_ack_with_data_or_for_another_isn_is_dropped() {
 fn simultaneous_open_is_refused_on_l7_ports() {
     let mut w = Wire::new(EngineConfig::default());
     let c = http_conn();
-    w.from_client(c.syn());
+    w.client_sends(c.syn());
     // The "server" sends a bare SYN of its own.
-    let v = w.from_server(tcp(c.server, c.client, c.sseq, 0, SYN, b""));
+    let v = w.server_sends(tcp(c.server, c.client, c.sseq, 0, SYN, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
 }
 
@@ -555,9 +557,9 @@ fn simultaneous_open_is_refused_on_l7_ports() {
 fn data_before_the_syn_ack_never_reaches_the_server() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    w.from_client(c.syn());
+    w.client_sends(c.syn());
     c.cseq += 1;
-    let v = w.from_client(c.client_data(PUT));
+    let v = w.client_sends(c.client_data(PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w.server.read.is_empty());
 }
@@ -573,14 +575,14 @@ fn bad_checksum_segments_change_nothing() {
     // next: judged, it would be "the bytes already decided" there.
     let seq = c.cseq;
     let bad = corrupt_checksum(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, GET));
-    let v = w.from_client(bad);
+    let v = w.client_sends(bad);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.dropped("tcp-bad-checksum"), 1);
     assert_eq!(w.engine.counters().l7_requests_allowed, 0, "never judged");
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     // A bad-checksum RST and FIN leave the connection alone.
-    w.from_client(corrupt_checksum(tcp(
+    w.client_sends(corrupt_checksum(tcp(
         c.client,
         c.server,
         c.cseq,
@@ -588,7 +590,7 @@ fn bad_checksum_segments_change_nothing() {
         RST | ACK,
         b"",
     )));
-    w.from_server(corrupt_checksum(tcp(
+    w.server_sends(corrupt_checksum(tcp(
         c.server,
         c.client,
         c.sseq,
@@ -596,9 +598,9 @@ fn bad_checksum_segments_change_nothing() {
         FIN | ACK,
         b"",
     )));
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
-    w.from_server(c.server_data(OK));
+    w.server_sends(c.server_data(OK));
     assert!(w.client.text().ends_with(std::str::from_utf8(OK).unwrap()));
     assert!(!w.client.fin && !w.server.reset);
 }
@@ -607,7 +609,7 @@ fn bad_checksum_segments_change_nothing() {
 fn bad_checksum_syn_opens_nothing() {
     let mut w = Wire::new(EngineConfig::default());
     let c = Conn::new(ep(AWING, 40_010), ep(SERVER, 80));
-    let v = w.from_client(corrupt_checksum(c.syn()));
+    let v = w.client_sends(corrupt_checksum(c.syn()));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.engine.flow_count(), 0);
 }
@@ -618,27 +620,27 @@ fn rst_conn() -> (Wire, Conn) {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(GET));
-    w.from_server(c.server_data(OK));
+    w.client_sends(c.client_data(GET));
+    w.server_sends(c.server_data(OK));
     (w, c)
 }
 
 fn still_works(w: &mut Wire, c: &mut Conn) {
     let before = w.server.read.len();
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(
         &w.server.read[before..],
         GET,
         "allowed request still passes"
     );
-    w.from_server(c.server_data(OK));
+    w.server_sends(c.server_data(OK));
     assert!(w.client.read.ends_with(OK));
 }
 
 #[test]
 fn rst_out_of_window_from_either_side_is_ignored() {
     let (mut w, mut c) = rst_conn();
-    let v = w.from_client(tcp(
+    let v = w.client_sends(tcp(
         c.client,
         c.server,
         c.cseq.wrapping_sub(100_000),
@@ -647,7 +649,7 @@ fn rst_out_of_window_from_either_side_is_ignored() {
         b"",
     ));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.from_server(tcp(
+    let v = w.server_sends(tcp(
         c.server,
         c.client,
         c.sseq.wrapping_add(1 << 31),
@@ -657,7 +659,7 @@ fn rst_out_of_window_from_either_side_is_ignored() {
     ));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     still_works(&mut w, &mut c);
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
 }
 
@@ -665,11 +667,11 @@ fn rst_out_of_window_from_either_side_is_ignored() {
 fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
     let (mut w, mut c) = rst_conn();
     // Ahead of the next byte: the server answers it with a challenge ACK.
-    let v = w.from_client(tcp(c.client, c.server, c.cseq + 500, 0, RST, b""));
+    let v = w.client_sends(tcp(c.client, c.server, c.cseq + 500, 0, RST, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
     assert!(!w.server.reset, "the host ignores it too");
     still_works(&mut w, &mut c);
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     assert_eq!(w.engine.counters().l7_requests_denied, 1, "still judged");
 }
@@ -677,11 +679,11 @@ fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
 #[test]
 fn rst_exact_ends_the_connection_on_both() {
     let (mut w, c) = rst_conn();
-    let v = w.from_client(tcp(c.client, c.server, c.cseq, 0, RST, b""));
+    let v = w.client_sends(tcp(c.client, c.server, c.cseq, 0, RST, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
     assert!(w.server.reset);
     let mut c = c;
-    let v = w.from_client(c.client_data(PUT));
+    let v = w.client_sends(c.client_data(PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_no_put(&w);
 }
@@ -690,16 +692,16 @@ fn rst_exact_ends_the_connection_on_both() {
 fn rst_during_the_handshake_must_match() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    w.from_client(c.syn());
+    w.client_sends(c.syn());
     // Not acknowledging the SYN: ignored (RFC 793 SYN-SENT).
-    let v = w.from_server(tcp(c.server, c.client, 0, c.cseq + 99, RST | ACK, b""));
+    let v = w.server_sends(tcp(c.server, c.client, 0, c.cseq + 99, RST | ACK, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.from_client(tcp(c.client, c.server, c.cseq + 99_999, 0, RST, b""));
+    let v = w.client_sends(tcp(c.client, c.server, c.cseq + 99_999, 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    w.from_server(c.syn_ack());
+    w.server_sends(c.syn_ack());
     c.cseq += 1;
     c.sseq += 1;
-    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
     still_works(&mut w, &mut c);
 }
 
@@ -707,8 +709,8 @@ fn rst_during_the_handshake_must_match() {
 fn rst_answering_the_syn_passes() {
     let mut w = Wire::new(EngineConfig::default());
     let c = http_conn();
-    w.from_client(c.syn());
-    let v = w.from_server(tcp(c.server, c.client, 0, c.cseq + 1, RST | ACK, b""));
+    w.client_sends(c.syn());
+    let v = w.server_sends(tcp(c.server, c.client, 0, c.cseq + 1, RST | ACK, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
 }
 
@@ -727,7 +729,7 @@ fn urgent_data_is_read_in_band() {
     let urg_at = req.len();
     req.extend_from_slice(b"Z\r\n\r\n");
     let f = with_urgent(c.client_data(&req), urg_at as u16 + 1);
-    w.from_client(f);
+    w.client_sends(f);
     assert_eq!(w.server.read, req, "the host read exactly the judged bytes");
     for f in &w.to_server {
         let m = parse(f).unwrap();
@@ -741,10 +743,10 @@ fn segments_without_ack_are_dropped() {
     let mut c = http_conn();
     w.handshake(&mut c);
     let f = tcp(c.client, c.server, c.cseq, 0, PSH, GET);
-    let v = w.from_client(f);
+    let v = w.client_sends(f);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.engine.counters().l7_requests_allowed, 0);
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
 }
 
@@ -760,9 +762,9 @@ fn low_ttl_benign_copy_then_denied_retransmission() {
     let evil = b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n";
     assert_eq!(benign.len(), evil.len());
     let seq = c.cseq;
-    w.from_client(with_ttl(c.client_data(benign), 1));
+    w.client_sends(with_ttl(c.client_data(benign), 1));
     assert!(w.server.read.is_empty(), "died on the way");
-    w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, evil));
+    w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, evil));
     assert_no_put(&w);
     assert_eq!(w.server.read, benign);
 }
@@ -776,12 +778,12 @@ fn exhaustion_ticks_work_only_on_due_timers() {
     // Thousands of half-open L7 connections: no timer each.
     for i in 0..3000u32 {
         let c = Conn::new(ep(AWING, 20_000 + i as u16), ep(SERVER, 80));
-        w.from_client(c.syn());
+        w.client_sends(c.syn());
     }
     assert_eq!(w.engine.timers_pending(), 0);
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_eq!(
         w.engine.timers_pending(),
         1,
@@ -806,7 +808,7 @@ fn exhaustion_ticks_work_only_on_due_timers() {
         ACK,
         b"",
     );
-    w.from_client(ack);
+    w.client_sends(ack);
     w.tick(w.engine.config().inject_rto_ns * 4);
     assert_eq!(w.engine.timers_pending(), 0);
     assert_eq!(data_frames(&w), sent + 1, "nothing resent after the ack");
@@ -821,7 +823,7 @@ fn exhaustion_head_one_byte_per_segment_is_parsed_per_line() {
     req.extend(std::iter::repeat_n(b'a', 16_000));
     req.extend_from_slice(b"\r\n\r\n");
     for &b in &req {
-        w.from_client(c.client_data(&[b]));
+        w.client_sends(c.client_data(&[b]));
     }
     assert_eq!(w.server.read, req, "the request went through whole");
     let parses = w.engine.counters().l7_head_parses;
@@ -839,7 +841,7 @@ fn exhaustion_one_byte_out_of_order_segments_stay_within_the_budget() {
     // Every other byte of a 40 KB window, one byte per segment, the first
     // byte missing.
     for k in (1..40_000u32).step_by(2) {
-        w.from_client(tcp(c.client, c.server, base + k, c.sseq, ACK, b"a"));
+        w.client_sends(tcp(c.client, c.server, base + k, c.sseq, ACK, b"a"));
     }
     let held = w.engine.held_bytes();
     assert!(held <= budget + 4096, "held {held} > budget {budget}");
@@ -849,7 +851,7 @@ fn exhaustion_one_byte_out_of_order_segments_stay_within_the_budget() {
     );
     assert!(w.server.read.is_empty());
     // The client's retransmission of the whole request fills the hole.
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
     assert!(w.engine.held_bytes() <= 4096, "the ring is freed");
 }
@@ -865,7 +867,7 @@ fn exhaustion_out_of_order_reassembly_still_works() {
     let q = req.len() / 4;
     for &k in &[3usize, 1, 2, 0] {
         let end = if k == 3 { req.len() } else { (k + 1) * q };
-        w.from_client(tcp(
+        w.client_sends(tcp(
             c.client,
             c.server,
             base + (k * q) as u32,
@@ -876,8 +878,8 @@ fn exhaustion_out_of_order_reassembly_still_works() {
     }
     assert_eq!(w.server.read, req, "both allowed requests, in order");
     c.cseq += req.len() as u32;
-    w.from_server(c.server_data(OK));
-    w.from_server(c.server_data(OK));
+    w.server_sends(c.server_data(OK));
+    w.server_sends(c.server_data(OK));
     assert_eq!(w.client.read, [OK, OK].concat());
 }
 
@@ -891,7 +893,7 @@ fn http_attempt(bytes: &[u8], seg: usize) -> Wire {
     let mut c = http_conn();
     w.handshake(&mut c);
     for chunk in bytes.chunks(seg) {
-        w.from_client(c.client_data(chunk));
+        w.client_sends(c.client_data(chunk));
     }
     assert_no_put(&w);
     w
@@ -902,7 +904,7 @@ fn http_still_serves(w: &mut Wire) {
     let mut c = Conn::new(ep(AWING, 41_999), ep(SERVER, 80));
     w.server = Host::default();
     w.handshake(&mut c);
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
 }
 
@@ -981,21 +983,21 @@ fn http_upgrade_refused_by_the_server_opens_no_tunnel() {
     let mut c = http_conn();
     w.handshake(&mut c);
     let up = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-    w.from_client(c.client_data(up));
+    w.client_sends(c.client_data(up));
     // The server does not switch protocols: an ordinary reply.
-    w.from_server(c.server_data(OK));
-    w.from_client(c.client_data(PUT));
+    w.server_sends(c.server_data(OK));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     assert_eq!(w.engine.counters().l7_requests_denied, 1);
     // Had it switched (101), bytes would pass as a tunnel from then on.
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(up));
-    w.from_server(c.server_data(
+    w.client_sends(c.client_data(up));
+    w.server_sends(c.server_data(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     ));
-    w.from_client(c.client_data(b"\x81\x05hello"));
+    w.client_sends(c.client_data(b"\x81\x05hello"));
     assert!(w.server.read.ends_with(b"\x81\x05hello"));
 }
 
@@ -1004,13 +1006,13 @@ fn http_connect_is_judged_and_refused_tunnels_stay_closed() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
+    w.client_sends(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
     assert_eq!(
         w.engine.counters().l7_requests_denied,
         1,
         "no rule allows CONNECT"
     );
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     assert!(!w.server_read().contains("CONNECT"));
 }
@@ -1022,7 +1024,7 @@ fn mc_attempt(bytes: &[u8], seg: usize) -> Wire {
     let mut c = mc_conn();
     w.handshake(&mut c);
     for chunk in bytes.chunks(seg) {
-        w.from_client(c.client_data(chunk));
+        w.client_sends(c.client_data(chunk));
     }
     assert!(
         !w.server_read().contains("xwing-coord"),
@@ -1089,20 +1091,20 @@ fn memcached_keys_split_across_segments_are_judged_whole() {
         let mut c = mc_conn();
         w.handshake(&mut c);
         for chunk in req.chunks(seg) {
-            w.from_client(c.client_data(chunk));
+            w.client_sends(c.client_data(chunk));
         }
         assert_eq!(
             w.server.read, MC_ALLOWED,
             "seg {seg}: the third waits for the denial"
         );
-        w.from_server(c.server_data(b"END\r\n"));
+        w.server_sends(c.server_data(b"END\r\n"));
         assert_eq!(
             w.server.read,
             [MC_ALLOWED, MC_ALLOWED].concat(),
             "seg {seg}"
         );
         assert!(!w.server_read().contains("xwing"));
-        w.from_server(c.server_data(b"END\r\n"));
+        w.server_sends(c.server_data(b"END\r\n"));
         assert!(w.client.text().contains("CLIENT_ERROR"), "seg {seg}");
     }
 }
@@ -1126,9 +1128,9 @@ fn memcached_binary_header_split_at_every_byte() {
         let mut w = Wire::new(EngineConfig::default());
         let mut c = mc_conn();
         w.handshake(&mut c);
-        w.from_client(c.client_data(&denied[..cut]));
-        w.from_client(c.client_data(&denied[cut..]));
-        w.from_client(c.client_data(&allowed));
+        w.client_sends(c.client_data(&denied[..cut]));
+        w.client_sends(c.client_data(&denied[cut..]));
+        w.client_sends(c.client_data(&allowed));
         assert!(!w.server_read().contains("xwing"), "cut {cut}");
         assert_eq!(w.server.read, allowed, "cut {cut}");
         let cnt = w.engine.counters();
@@ -1160,8 +1162,8 @@ fn overlapping_segments_with_different_content_both_orders() {
             (evil, benign)
         };
         // Out of order first (a hole of 1 byte), then the overlap in order.
-        w.from_client(tcp(c.client, c.server, seq + 1, c.sseq, ACK | PSH, &a[1..]));
-        w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
+        w.client_sends(tcp(c.client, c.server, seq + 1, c.sseq, ACK | PSH, &a[1..]));
+        w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
         assert_no_put(&w);
         let read = w.server.read.clone();
         assert!(
@@ -1174,8 +1176,8 @@ fn overlapping_segments_with_different_content_both_orders() {
         let mut c = http_conn();
         w.handshake(&mut c);
         let seq = c.cseq;
-        w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, a));
-        w.from_client(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
+        w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, a));
+        w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
         assert_no_put(&w);
         assert!(w.server.read.is_empty() || w.server.read == benign);
     }
@@ -1187,7 +1189,7 @@ fn out_of_window_segments_are_not_judged() {
     let mut c = http_conn();
     w.handshake(&mut c);
     // Far ahead and far behind the stream.
-    w.from_client(tcp(
+    w.client_sends(tcp(
         c.client,
         c.server,
         c.cseq.wrapping_add(1 << 30),
@@ -1195,7 +1197,7 @@ fn out_of_window_segments_are_not_judged() {
         ACK | PSH,
         GET,
     ));
-    w.from_client(tcp(
+    w.client_sends(tcp(
         c.client,
         c.server,
         c.cseq.wrapping_sub(1 << 30),
@@ -1204,9 +1206,9 @@ fn out_of_window_segments_are_not_judged() {
         GET,
     ));
     assert_eq!(w.engine.counters().l7_requests_allowed, 0);
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
 }
 
@@ -1216,10 +1218,10 @@ fn fin_tricks_do_not_release_an_incomplete_head() {
     let mut c = http_conn();
     w.handshake(&mut c);
     // Half a request, then a FIN: the half is never forwarded.
-    w.from_client(c.client_data(&PUT[..20]));
-    w.from_client(c.client_fin());
+    w.client_sends(c.client_data(&PUT[..20]));
+    w.client_sends(c.client_fin());
     // Data after the FIN (a peer that keeps sending) is not judged either.
-    w.from_client(tcp(
+    w.client_sends(tcp(
         c.client,
         c.server,
         c.cseq,
@@ -1238,14 +1240,14 @@ fn port_reuse_after_fin_or_rst_is_a_new_judged_connection() {
         let mut w = Wire::new(EngineConfig::default());
         let mut c = http_conn();
         w.handshake(&mut c);
-        w.from_client(c.client_data(GET));
-        w.from_server(c.server_data(OK));
+        w.client_sends(c.client_data(GET));
+        w.server_sends(c.server_data(OK));
         if end_with_rst {
-            w.from_client(tcp(c.client, c.server, c.cseq, 0, RST, b""));
+            w.client_sends(tcp(c.client, c.server, c.cseq, 0, RST, b""));
         } else {
-            w.from_client(c.client_fin());
-            w.from_server(c.server_fin());
-            w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+            w.client_sends(c.client_fin());
+            w.server_sends(c.server_fin());
+            w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
         }
         // Same 4-tuple, new ISN.
         let mut n = http_conn();
@@ -1253,9 +1255,9 @@ fn port_reuse_after_fin_or_rst_is_a_new_judged_connection() {
         n.sseq = 880_000;
         w.server = Host::default();
         w.handshake(&mut n);
-        w.from_client(n.client_data(PUT));
+        w.client_sends(n.client_data(PUT));
         assert_no_put(&w);
-        w.from_client(n.client_data(GET));
+        w.client_sends(n.client_data(GET));
         assert_eq!(w.server.read, GET, "rst {end_with_rst}");
         assert_eq!(w.engine.counters().l7_requests_denied, 1);
     }
@@ -1279,7 +1281,7 @@ fn ip_fragments_of_l7_segments_are_refused() {
             (8, vec![(0, 16), (8, 20 + PUT.len())]),
         ] {
             for f in fragments(&seg, id, &ranges) {
-                w.from_client(f);
+                w.client_sends(f);
             }
         }
         assert_no_put(&w);
@@ -1307,7 +1309,7 @@ fn ipv6_extension_header_chains_do_not_hide_the_segment() {
         f.extend_from_slice(&seg[54..]);
         let plen = (f.len() - 54) as u16;
         f[18..20].copy_from_slice(&plen.to_be_bytes());
-        w.from_client(f);
+        w.client_sends(f);
         assert_no_put(&w);
     }
 }
@@ -1315,34 +1317,45 @@ fn ipv6_extension_header_chains_do_not_hide_the_segment() {
 #[test]
 fn exhaustion_syn_flood_entries_leave_quickly() {
     let cfg = EngineConfig {
-        max_flows: 2048,
+        max_flows: 901,
         ..EngineConfig::default()
     };
     let syn_timeout = cfg.tcp_syn_timeout_ns;
     let mut w = Wire::new(cfg);
     let mut c = http_conn();
     w.handshake(&mut c);
-    for i in 0..2047u32 {
+    // 900 SYNs in 0.9 s fill the table.
+    for i in 0..900u32 {
         let f = Conn::new(ep(AWING, 10_000 + i as u16), ep(SERVER, 80));
-        w.from_client(f.syn());
+        w.client_sends(f.syn());
     }
-    assert_eq!(w.engine.flow_count(), 2048, "the table is full");
+    assert_eq!(w.engine.flow_count(), 901, "the table is full");
     let late = Conn::new(ep(AWING, 9_000), ep(SERVER, 80));
-    assert!(matches!(w.from_client(late.syn()), Verdict::Drop(_)));
+    assert!(
+        matches!(w.client_sends(late.syn()), Verdict::Drop(_)),
+        "fresh handshakes are not taken over"
+    );
+    // A second later the flood's handshakes give way to new connections.
+    w.tick(syn_timeout / 10);
+    let mut n = Conn::new(ep(AWING, 9_001), ep(SERVER, 80));
+    w.handshake(&mut n);
+    assert!(w.engine.counters().flows_evicted >= 1);
+    // And they all leave with the half-open timeout.
     for _ in 0..3 {
         w.tick(syn_timeout / 2 + 1);
     }
     assert_eq!(
         w.engine.flow_count(),
-        1,
-        "only the established connection stays"
+        2,
+        "only the established connections stay"
     );
-    // New connections are served again, the old one still works.
-    let mut n = Conn::new(ep(AWING, 9_001), ep(SERVER, 80));
-    w.handshake(&mut n);
     let before = w.server.read.len();
-    w.from_client(c.client_data(GET));
-    assert_eq!(&w.server.read[before..], GET);
+    w.client_sends(c.client_data(GET));
+    assert_eq!(
+        &w.server.read[before..],
+        GET,
+        "the old connection still works"
+    );
 }
 
 #[test]
@@ -1350,13 +1363,13 @@ fn exhaustion_reply_head_one_byte_per_segment_is_parsed_per_line() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(GET));
+    w.client_sends(c.client_data(GET));
     let before = w.engine.counters().l7_head_parses;
     let mut reply = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
     reply.extend(std::iter::repeat_n(b'b', 16_000));
     reply.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
     for &b in &reply {
-        w.from_server(c.server_data(&[b]));
+        w.server_sends(c.server_data(&[b]));
     }
     assert_eq!(w.client.read, reply);
     let parses = w.engine.counters().l7_head_parses - before;
@@ -1365,7 +1378,7 @@ fn exhaustion_reply_head_one_byte_per_segment_is_parsed_per_line() {
         "{parses} parses for a reply head of four lines"
     );
     // The reply was followed: a denial now goes right after it.
-    w.from_client(c.client_data(PUT));
+    w.client_sends(c.client_data(PUT));
     assert!(
         w.client.text().ends_with("Access denied\r\n"),
         "{}",
@@ -1380,7 +1393,7 @@ fn invalid_flag_combinations_are_dropped() {
     w.handshake(&mut c);
     for flags in [SYN | FIN, SYN | RST, FIN, 0, PSH, FIN | PSH] {
         let f = tcp(c.client, c.server, c.cseq, c.sseq, flags, GET);
-        let v = w.from_client(f);
+        let v = w.client_sends(f);
         assert!(matches!(v, Verdict::Drop(_)), "flags {flags:#x}: {v:?}");
     }
     assert!(w.server.read.is_empty());
@@ -1395,14 +1408,14 @@ fn rst_lost_after_the_enforcer_then_a_rebasing_syn_gets_nothing_through() {
     // lines its offsets up with the server's stream then gets no SYN-ACK
     // (only the server's challenge ACK), and nothing passes without one.
     let (mut w, c) = rst_conn();
-    w.from_client(with_ttl(tcp(c.client, c.server, c.cseq, 0, RST, b""), 1));
+    w.client_sends(with_ttl(tcp(c.client, c.server, c.cseq, 0, RST, b""), 1));
     assert!(!w.server.reset);
     let read = w.server.read.clone();
     let isn = c.cseq.wrapping_sub(1);
-    w.from_client(tcp(c.client, c.server, isn, 0, SYN, b""));
+    w.client_sends(tcp(c.client, c.server, isn, 0, SYN, b""));
     // The server, still established, answers with a challenge ACK.
-    w.from_server(tcp(c.server, c.client, c.sseq, c.cseq, ACK, b""));
-    w.from_client(tcp(c.client, c.server, c.cseq, c.sseq, ACK | PSH, PUT));
+    w.server_sends(tcp(c.server, c.client, c.sseq, c.cseq, ACK, b""));
+    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK | PSH, PUT));
     assert_no_put(&w);
     assert_eq!(w.server.read, read);
 }
@@ -1447,11 +1460,11 @@ fn http_connect_refused_by_the_server_opens_no_tunnel() {
     w.engine.set_policy(Arc::new(p));
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
+    w.client_sends(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
     assert_eq!(w.engine.counters().l7_requests_allowed, 1);
     // The server refuses the tunnel.
-    w.from_server(c.server_data(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"));
-    w.from_client(c.client_data(PUT));
+    w.server_sends(c.server_data(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"));
+    w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     assert_eq!(
         w.engine.counters().l7_requests_denied,
@@ -1465,9 +1478,9 @@ fn http_connect_refused_by_the_server_opens_no_tunnel() {
     ));
     let mut c = http_conn();
     w.handshake(&mut c);
-    w.from_client(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
-    w.from_server(c.server_data(b"HTTP/1.1 200 Connection established\r\n\r\n"));
-    w.from_client(c.client_data(b"\x16\x03\x01 tls bytes"));
+    w.client_sends(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
+    w.server_sends(c.server_data(b"HTTP/1.1 200 Connection established\r\n\r\n"));
+    w.client_sends(c.client_data(b"\x16\x03\x01 tls bytes"));
     assert!(w.server.read.ends_with(b"\x16\x03\x01 tls bytes"));
 }
 
@@ -1487,4 +1500,229 @@ fn memcached_meta_commands_without_data_keep_line_boundaries() {
         "the get was judged"
     );
     assert!(w.server_read().starts_with("mg awing-coord"));
+}
+
+#[test]
+fn exhaustion_slow_holders_cannot_pass_the_worker_budget() {
+    // Slowloris: many connections each trickling an endless head. With a
+    // worker budget of 256 KiB, holders beyond it are reset; normal clients
+    // (small heads) are still served, and the accounting matches a walk.
+    let budget = 256 << 10;
+    let mut w = Wire::new(EngineConfig {
+        max_held_total: budget,
+        ..EngineConfig::default()
+    });
+    let mut holders = Vec::new();
+    for i in 0..200u16 {
+        let mut c = Conn::new(ep(AWING, 30_000 + i), ep(SERVER, 80));
+        w.handshake(&mut c);
+        holders.push(c);
+    }
+    for round in 0..8 {
+        for c in holders.iter_mut() {
+            let piece = if round == 0 {
+                b"GET /v1/ HTTP/1.1\r\nX-Slow: ".to_vec()
+            } else {
+                vec![b'z'; 1000]
+            };
+            w.client_sends(c.client_data(&piece));
+        }
+        assert_eq!(
+            w.engine.held_total(),
+            w.engine.held_bytes(),
+            "round {round}"
+        );
+    }
+    let held = w.engine.held_bytes();
+    // The last flow to grow may overshoot by its buffer's growth step.
+    assert!(held <= budget + (64 << 10), "held {held}");
+    assert!(
+        w.dropped("l7-hold-overflow") > 0,
+        "holders beyond the budget were cut"
+    );
+    // A normal client is still served.
+    let mut c = Conn::new(ep(AWING, 31_000), ep(SERVER, 80));
+    w.server = Host::default();
+    w.handshake(&mut c);
+    w.client_sends(c.client_data(GET));
+    assert_eq!(w.server.read, GET);
+}
+
+// ================================================================ through `enforcer replay`
+
+/// Frames with the side each arrives on.
+type Capture = Vec<(u8, Vec<u8>)>;
+
+/// Run a capture through the
+/// `enforcer replay` binary with the shipped policies; returns what it
+/// wrote towards `dst`, read by the host model.
+fn replay_to(frames: &Capture, dst: &str) -> Host {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.pcapng");
+    let out = dir.path().join("out.pcap");
+    let recs: Vec<_> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, (side, f))| rec(1_000_000_000 + i as u64 * 1_000_000, *side, f.clone()))
+        .collect();
+    write_pcapng(&input, &recs);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .arg("replay")
+        .arg("--policy")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .arg(&input)
+        .arg("-w")
+        .arg(&out)
+        .output()
+        .expect("run enforcer");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let mut h = Host::default();
+    for f in read_pcap(&out) {
+        if parse(&f).is_ok_and(|m| m.dst == ip(dst)) {
+            h.take(&f);
+        }
+    }
+    h
+}
+
+#[test]
+fn replayed_captures_of_each_class_get_nothing_past() {
+    let c0 = http_conn();
+    let hs = |c: &mut Conn| -> Capture {
+        c.handshake()
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| (if i == 1 { SERVER_SIDE } else { CLIENT_SIDE }, f))
+            .collect()
+    };
+    let mut captures: Vec<(&str, Capture, &[u8])> = Vec::new();
+    // Pickup: a spoofed server segment before the client's SYN.
+    {
+        let mut c = http_conn();
+        let mut v = vec![(
+            CLIENT_SIDE,
+            tcp(c0.server, c0.client, 777, c0.cseq + 1, ACK, b""),
+        )];
+        v.extend(hs(&mut c));
+        v.push((CLIENT_SIDE, c.client_data(PUT)));
+        v.push((CLIENT_SIDE, c.client_data(GET)));
+        captures.push(("pickup spoof", v, GET));
+    }
+    // A late SYN with a new ISN, then the PUT.
+    {
+        let mut c = http_conn();
+        let mut v = hs(&mut c);
+        v.push((CLIENT_SIDE, c.client_data(GET)));
+        v.push((SERVER_SIDE, c.server_data(OK)));
+        v.push((
+            CLIENT_SIDE,
+            tcp(c.client, c.server, c.cseq.wrapping_add(999), 0, SYN, b""),
+        ));
+        v.push((CLIENT_SIDE, c.client_data(PUT)));
+        captures.push(("late SYN", v, GET));
+    }
+    // An out-of-window RST, then the PUT.
+    {
+        let mut c = http_conn();
+        let mut v = hs(&mut c);
+        v.push((
+            CLIENT_SIDE,
+            tcp(
+                c.client,
+                c.server,
+                c.cseq.wrapping_sub(1 << 20),
+                0,
+                RST,
+                b"",
+            ),
+        ));
+        v.push((CLIENT_SIDE, c.client_data(PUT)));
+        v.push((CLIENT_SIDE, c.client_data(GET)));
+        captures.push(("stray RST", v, GET));
+    }
+    // A body on GET hiding the PUT.
+    {
+        let mut c = http_conn();
+        let mut v = hs(&mut c);
+        let req = format!(
+            "GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nContent-Length: {}\r\n\r\n{SMUGGLED}",
+            SMUGGLED.len()
+        );
+        v.push((CLIENT_SIDE, c.client_data(req.as_bytes())));
+        captures.push(("GET body", v, b""));
+    }
+    for (name, frames, allowed) in captures {
+        let server = replay_to(&frames, SERVER);
+        let read = server.text();
+        assert!(!read.contains("exhaust-port"), "{name}: {read:?}");
+        assert_eq!(server.read, allowed, "{name}");
+    }
+    // memcached: an ms with 17 flags hiding a denied get.
+    let mut c = mc_conn();
+    let mut v = hs(&mut c);
+    let req = format!(
+        "ms awing-coord 15 {}\r\n{}",
+        vec!["T0"; 17].join(" "),
+        String::from_utf8_lossy(MC_DENIED)
+    );
+    v.push((CLIENT_SIDE, c.client_data(req.as_bytes())));
+    v.push((CLIENT_SIDE, c.client_data(MC_ALLOWED)));
+    let server = replay_to(&v, SERVER);
+    assert!(!server.text().contains("xwing"), "{:?}", server.text());
+}
+
+const MC_PREFIX_POLICY: &str = r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {app: memcd}
+  addresses: ["10.66.0.2"]
+- name: client
+  labels: {app: client}
+  addresses: ["10.66.0.11"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "mc-prefix"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: memcd
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: '11211'
+        protocol: TCP
+      rules:
+        l7proto: memcache
+        l7:
+        - command: get
+          keyPrefix: e
+"#;
+
+#[test]
+fn memcached_base64_keys_are_judged_as_memcached_decodes_them() {
+    // Rules allow keys starting with "e". memcached decodes a `b` key:
+    // "eHdpbmctY29vcmQ=" is xwing-coord to it, and must be judged as that.
+    let p = Policy::from_str("mc.yaml", MC_PREFIX_POLICY).expect("policy");
+    let mut w = Wire::new(EngineConfig::default());
+    w.engine.set_policy(Arc::new(p));
+    let mut c = mc_conn();
+    w.handshake(&mut c);
+    w.client_sends(c.client_data(b"mg eHdpbmctY29vcmQ= b v\r\n"));
+    assert!(w.server.read.is_empty(), "{:?}", w.server_read());
+    assert_eq!(w.engine.counters().l7_requests_denied, 1);
+    // A key that decodes to something starting with "e" passes, as does a
+    // plain one.
+    w.client_sends(c.client_data(b"mg ZWNobw== b v\r\n"));
+    w.client_sends(c.client_data(b"get echo\r\n"));
+    assert_eq!(w.server_read(), "mg ZWNobw== b v\r\nget echo\r\n");
 }

@@ -365,6 +365,23 @@ impl FlowTable {
             .sum()
     }
 
+    /// Look a few slots ahead of the hand for a half-open TCP entry (SYN
+    /// seen, handshake not finished) idle for more than `min_idle`.
+    pub fn reclaim_half_open(&mut self, now: u64, min_idle: u64) -> Option<(u32, FlowEntry)> {
+        let n = self.slots.len();
+        for _ in 0..RECLAIM_BUDGET.min(n) {
+            self.hand = (self.hand + 1) % n;
+            if let Some(e) = self.slots.get(self.hand).and_then(Option::as_ref) {
+                let half_open = matches!(e.state, ConnState::SynSent | ConnState::SynReceived);
+                if half_open && now.saturating_sub(e.last_seen) > min_idle {
+                    let idx = self.hand as u32;
+                    return self.remove(idx).map(|e| (idx, e));
+                }
+            }
+        }
+        None
+    }
+
     /// Remove idle entries from the next `SWEEP_BUDGET` slots; `f` sees each.
     pub fn expire(&mut self, now: u64, t: &Timeouts, mut f: impl FnMut(u32, FlowEntry)) {
         let n = self.slots.len();

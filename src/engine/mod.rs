@@ -23,7 +23,9 @@
 //!   wrong side of an adopted entry replaces it (the adoption was a guess).
 //! * A packet is never judged as the "reply" of a flow that is not stored:
 //!   with default-open egress that would let anyone in.
-//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
+//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first,
+//!   then (for a new TCP flow) a half-open one idle for a tenth of
+//!   `tcp_syn_timeout_ns`, so that a SYN flood cannot lock new connections out.
 //! * A policy swap re-decides each flow on its next packet; a flow now
 //!   denied is removed (one event), an allowed one keeps its L7 state. A TCP
 //!   connection whose port gained L7 rules is ended the same way (it cannot
@@ -89,6 +91,8 @@ pub struct Engine {
     /// work, not the number of L7 flows. Entries whose slot's `l7_timer`
     /// differs are stale (the flow left, or its deadline moved) and skipped.
     timers: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Bytes all L7 flows hold (`L7Flow::held_bytes`), followed call by call.
+    held_total: usize,
     #[cfg(test)]
     decide_override: Option<Box<DecideFn>>,
     /// The next L7 segment's stream call panics (tests of `FailMode`).
@@ -174,6 +178,7 @@ impl Engine {
             counters: Counters::default(),
             worker,
             timers: BinaryHeap::new(),
+            held_total: 0,
             #[cfg(test)]
             decide_override: None,
             #[cfg(test)]
@@ -342,8 +347,18 @@ impl Engine {
 
     /// Bookkeeping after an entry left the table (its queued timer, if
     /// any, goes stale by itself).
-    fn forget(&mut self, _idx: u32, _e: &FlowEntry) {
+    fn forget(&mut self, _idx: u32, e: &FlowEntry) {
+        if let Some(l7) = &e.l7 {
+            self.held_total = self.held_total.saturating_sub(l7.held_bytes());
+            self.counters.l7_held_bytes = self.held_total as u64;
+        }
         self.counters.flows_active = self.flows.len() as u64;
+    }
+
+    /// Follow a flow's held bytes across a call into its stream.
+    fn held_moved(&mut self, before: usize, after: usize) {
+        self.held_total = (self.held_total + after).saturating_sub(before);
+        self.counters.l7_held_bytes = self.held_total as u64;
     }
 
     /// Queue the L7 timer of the flow in slot `idx` when it is earlier than
@@ -370,6 +385,12 @@ impl Engine {
     /// over the table. A walk over every flow: for statistics, not per frame.
     pub fn held_bytes(&self) -> usize {
         self.flows.held_bytes()
+    }
+
+    /// The same, as followed call by call (what `max_held_total` is checked
+    /// against; equal to `held_bytes`).
+    pub fn held_total(&self) -> usize {
+        self.held_total
     }
 
     /// Judge a flow's first packet and insert it when allowed. `decide_dport`
@@ -409,6 +430,17 @@ impl Engine {
         if self.flows.is_full() {
             if let Some((idx, e)) = self.flows.reclaim_expired(now, &self.timeouts) {
                 self.counters.flows_expired += 1;
+                self.forget(idx, &e);
+            }
+        }
+        if self.flows.is_full() && init.proto == IPPROTO_TCP {
+            // A SYN flood must not lock new connections out for the whole
+            // half-open timeout: a handshake idle for a tenth of it gives
+            // way to a new connection (as a full SYN queue would). Finished
+            // handshakes are never taken this way.
+            let min_idle = self.cfg.tcp_syn_timeout_ns / 10;
+            if let Some((idx, e)) = self.flows.reclaim_half_open(now, min_idle) {
+                self.counters.flows_evicted += 1;
                 self.forget(idx, &e);
             }
         }
@@ -583,46 +615,44 @@ impl Engine {
         let syn_only = syn && f & TCP_ACK == 0;
         let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
+        // One look at the entry: (has L7 state, from the initiator, on its
+        // side, adopted mid-stream, closed).
+        let found = idx.and_then(|i| self.flows.get(i)).map(|e| {
+            let fwd = e.from_initiator(meta.src, meta.sport);
+            (
+                e.l7.is_some(),
+                fwd,
+                e.on_its_side(fwd, side),
+                e.picked_up,
+                e.state == ConnState::Closed,
+            )
+        });
         // A segment that can change state (open, close, adopt a flow, or
         // feed L7 state) must be one the receiver would accept: a bad
         // checksum is dropped before it counts. Data on established L4-only
         // flows is not checked (the receiver drops it; nothing here changes).
-        let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0
-            || idx.is_none_or(|i| self.flows.get(i).is_none_or(|e| e.l7.is_some()));
+        let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || found.is_none_or(|(l7, ..)| l7);
         if checked && !tcp_checksum_ok(buf, meta) {
             return Verdict::Drop(DropReason::TcpBadChecksum);
         }
-        if let (true, Some(i)) = (syn_only, idx) {
+        if let (Some(i), Some((_, fwd, side_ok, picked, closed))) = (idx, found) {
             // A SYN starts a new connection on the 4-tuple only once the old
             // one is over (both FINs or an accepted RST). Before that it is
             // the old connection's business: a retransmission during the
             // handshake, or a SYN the server answers with a challenge ACK
             // (Linux keeps the first ISN); restarting our state on it would
             // let the sender re-base the stream we judge.
-            let reuse = self.flows.get(i).is_some_and(|e| {
-                e.from_initiator(meta.src, meta.sport) && e.state == ConnState::Closed
-            });
-            if reuse {
-                if let Some(e) = self.flows.remove(i) {
-                    self.forget(i, &e);
-                }
-                idx = None;
+            let reuse = syn_only && fwd && closed;
+            let replace = syn_only && picked;
+            if !(reuse || side_ok || replace) {
+                // A server's address on the clients' side (or the reverse):
+                // a spoof, never part of this flow.
+                return Verdict::Drop(DropReason::WrongSide);
             }
-        }
-        if let Some(i) = idx {
-            let (side_ok, picked) = self.flows.get(i).map_or((true, false), |e| {
-                let fwd = e.from_initiator(meta.src, meta.sport);
-                (e.on_its_side(fwd, side), e.picked_up)
-            });
-            if !side_ok {
-                if !(syn_only && picked) {
-                    // A server's address on the clients' side (or the
-                    // reverse): a spoof, never part of this flow.
-                    return Verdict::Drop(DropReason::WrongSide);
-                }
-                // The entry was adopted from a segment that came from the
-                // wrong side of a connection that now really starts: the
-                // guess was wrong (or a spoof), judge the SYN afresh.
+            // Otherwise, from the wrong side: the entry was adopted from a
+            // segment of a connection that now really starts; the guess was
+            // wrong (or a spoof), judge the SYN afresh.
+            if reuse || !side_ok {
                 if let Some(e) = self.flows.remove(i) {
                     self.forget(i, &e);
                 }
@@ -687,11 +717,13 @@ impl Engine {
             // L7 port is refused rather than let through unparsed.
             return Verdict::Drop(DropReason::Unsupported);
         }
+        let held_before = l7.held_bytes();
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: self.worker,
             tuple,
+            over_budget: self.held_total > self.cfg.max_held_total,
         };
         let emits_before = out.emits.len();
         #[cfg(test)]
@@ -705,11 +737,13 @@ impl Engine {
         }));
         let Ok(v) = r else {
             out.emits.truncate(emits_before);
-            return self.l7_failed(idx, side);
+            return self.l7_failed(idx, side, held_before);
         };
         if l7.is_closed() {
             e.state = ConnState::Closed;
         }
+        let held_after = l7.held_bytes();
+        self.held_moved(held_before, held_after);
         self.schedule(idx);
         v
     }
@@ -717,8 +751,15 @@ impl Engine {
     /// The stream state of the flow in slot `idx` panicked (the default hook
     /// has printed the message): it cannot be trusted any more. See
     /// `FailMode`.
-    fn l7_failed(&mut self, idx: u32, side: Side) -> Verdict {
+    /// `held` is what the flow held before the failed call (what the total
+    /// counts for it).
+    fn l7_failed(&mut self, idx: u32, side: Side, held: usize) -> Verdict {
         self.counters.l7_internal_errors += 1;
+        if let Some(e) = self.flows.get_mut(idx) {
+            e.l7 = None;
+            e.l7_timer = None;
+        }
+        self.held_moved(held, 0);
         match self.cfg.fail {
             FailMode::Closed => {
                 if let Some(e) = self.flows.remove(idx) {
@@ -726,13 +767,7 @@ impl Engine {
                 }
                 Verdict::Drop(DropReason::InternalError)
             }
-            FailMode::Open => {
-                if let Some(e) = self.flows.get_mut(idx) {
-                    e.l7 = None;
-                    e.l7_timer = None;
-                }
-                Verdict::Forward(other(side))
-            }
+            FailMode::Open => Verdict::Forward(other(side)),
         }
     }
 
@@ -913,8 +948,13 @@ impl Engine {
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
         let emits_before = out.emits.len();
         let mut gone = 0;
-        self.flows.expire(now_ns, &self.timeouts, |_, _| gone += 1);
+        let mut held_gone = 0;
+        self.flows.expire(now_ns, &self.timeouts, |_, e| {
+            gone += 1;
+            held_gone += e.l7.as_ref().map_or(0, |l| l.held_bytes());
+        });
         self.counters.flows_expired += gone;
+        self.held_moved(held_gone, 0);
         self.counters.flows_active = self.flows.len() as u64;
         let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);
         self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out as u64;
@@ -933,11 +973,13 @@ impl Engine {
             e.l7_timer = None;
             let tuple = e.tuple();
             let Some(l7) = e.l7.as_mut() else { continue };
+            let held_before = l7.held_bytes();
             let mut ctx = StreamCtx {
                 cfg: &self.cfg,
                 counters: &mut self.counters,
                 worker: self.worker,
                 tuple,
+                over_budget: self.held_total > self.cfg.max_held_total,
             };
             let emits_before = out.emits.len();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -945,9 +987,11 @@ impl Engine {
             }));
             if r.is_err() {
                 out.emits.truncate(emits_before);
-                self.l7_failed(idx, 0);
+                self.l7_failed(idx, 0, held_before);
                 continue;
             }
+            let held_after = l7.held_bytes();
+            self.held_moved(held_before, held_after);
             self.schedule(idx);
         }
         self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;

@@ -34,6 +34,9 @@ pub struct StreamCtx<'a> {
     /// Names the flow in log events (endpoint names are looked up from its
     /// addresses when the event is written, see `log`).
     pub tuple: crate::log::FlowTuple,
+    /// The worker's L7 flows together hold more than `max_held_total`: this
+    /// flow must not start holding more.
+    pub over_budget: bool,
 }
 
 enum Inner {

@@ -39,6 +39,9 @@ pub(super) enum ReqState {
 /// the scale factors in use.
 pub(super) const RST_WINDOW: u64 = 1 << 30;
 
+/// Longest head still held while the worker is over `max_held_total`.
+const BUDGET_HEAD: usize = 1024;
+
 /// Buffers emptied keep at most this much capacity; larger ones are freed.
 pub(super) const KEEP_CAPACITY: usize = 4096;
 
@@ -203,6 +206,7 @@ impl<P: Protocol> Stream<P> {
                 let fresh = &payload[skip..];
                 if (self.waiting() && self.cli.buf.len() + fresh.len() > ctx.cfg.max_held_bytes)
                     || self.cli.sent.len() >= self.sent_limit()
+                    || (ctx.over_budget && !self.cli.sent.is_empty())
                 {
                     overflow = true;
                 } else {
@@ -216,6 +220,7 @@ impl<P: Protocol> Stream<P> {
                 let off = (s - self.cli.next as i64) as usize;
                 let room = ctx.cfg.max_held_bytes.saturating_sub(self.cli.buf.len());
                 overflow = off + payload.len() > room
+                    || (ctx.over_budget && self.cli.ooo.memory() == 0)
                     || self
                         .cli
                         .ooo
@@ -421,7 +426,9 @@ impl<P: Protocol> Stream<P> {
                     match parsed {
                         Parse::NeedMore => {
                             self.cli.scanned = avail.len();
-                            if avail.len() > ctx.cfg.max_held_bytes {
+                            let over = avail.len() > ctx.cfg.max_held_bytes
+                                || (ctx.over_budget && avail.len() > BUDGET_HEAD);
+                            if over {
                                 self.cli.buf.drain(..off);
                                 ctx.counters.drop(DropReason::L7HoldOverflow);
                                 let subj = self.proto.unparsed_subject();

@@ -340,12 +340,72 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
     }
 }
 
+/// With the `b` flag memcached reads a meta command's key as base64 and works
+/// on the decoded bytes: those are what rules judge. `b64` says whether the
+/// flag is there (as memcached looks for it). Undecodable keys are refused:
+/// judging the raw token would be unsound if memcached decoded it after all.
+fn meta_key(t: &Toks<'_>, b64: bool) -> R<Vec<Vec<u8>>> {
+    let keys = t.key(1);
+    if !b64 {
+        return Ok(keys);
+    }
+    keys.into_iter()
+        .map(|k| base64_decode(&k).ok_or("bad base64 key"))
+        .collect()
+}
+
+/// Whether a flag token from `from` on starts with `b` (`_meta_flag_preparse`).
+fn b_flag(t: &Toks<'_>, from: usize) -> bool {
+    (from..t.n).any(|i| t.get(i).first() == Some(&b'b'))
+}
+
+/// Standard base64 with padding, as memcached decodes keys (it refuses
+/// unpadded input).
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    if s.is_empty() || s.len() % 4 != 0 {
+        return None;
+    }
+    let pad = s.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let body = &s[..s.len() - pad];
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in body {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// Meta commands (two letters starting with `m`). Their errors are always
 /// answered (`q` hides only success codes), and only `ms` has a data block.
 fn meta(t: &Toks<'_>, c: u8) -> R<(McRequest, Option<u64>)> {
     use TextCmd::*;
     let nt = t.ntokens();
-    let key = t.key(1);
+    // `me` decodes only when its second argument is exactly `b`.
+    let b64 = if c == b'e' {
+        t.get(2) == b"b"
+    } else {
+        b_flag(t, 2)
+    };
+    let key = meta_key(t, b64)?;
     let cmd = match c {
         b'g' => Mg,
         b'd' => Md,
@@ -377,7 +437,7 @@ fn mset(t: &Toks<'_>) -> R<(McRequest, Option<u64>)> {
         // No mode, `S`, or a mode memcached rejects (its data is still read).
         _ => MsSet,
     };
-    let r = req(cmd, t.key(1), quiet);
+    let r = req(cmd, meta_key(t, b_flag(t, 3))?, quiet);
     if nt < 4 || t.get(1).len() > MAX_KEY || nt > MAX_META_TOKENS {
         return Ok((r, None));
     }
@@ -387,6 +447,20 @@ fn mset(t: &Toks<'_>) -> R<(McRequest, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_keys_are_judged_decoded() {
+        // As memcached 1.6.18: `mg eHdpbmctY29vcmQ= b v` reads xwing-coord.
+        assert_eq!(keys("mg eHdpbmctY29vcmQ= b v\r\n"), ["xwing-coord"]);
+        assert_eq!(keys("ms eHdpbmctY29vcmQ= 2 b\r\n"), ["xwing-coord"]);
+        assert_eq!(keys("ma YQ== b\r\n"), ["a"]);
+        assert_eq!(keys("md YWJj b q\r\n"), ["abc"]);
+        assert_eq!(keys("mg YWI= v\r\n"), ["YWI="], "without b: as is");
+        // memcached refuses unpadded or broken base64 ("error decoding key").
+        invalid("mg eHdpbmctY29vcmQ b v\r\n");
+        invalid("mg e!== b v\r\n");
+        invalid("mg Y=== b\r\n");
+    }
 
     fn ok(s: &str) -> RequestHead<McRequest> {
         match parse(s.as_bytes()) {
