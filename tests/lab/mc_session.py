@@ -124,7 +124,13 @@ def session():
             out[name] = buf
             continue
         s.sendall(req + b"mn\r\n")
-        out[name] = recv_until(s, b"MN\r\n")[: -len(b"MN\r\n")]
+        # As many MN as `mn` were sent (the `mn` step sends two).
+        need = req.count(b"mn\r\n") + 1
+        buf = recv_until(s, b"MN\r\n")
+        while buf.count(b"MN\r\n") < need and not buf.endswith(b"<closed>"):
+            more = s.recv(1 << 20)
+            buf = recv_until(s, b"MN\r\n", buf + more) if more else buf + b"<closed>"
+        out[name] = buf[: -len(b"MN\r\n")]
     s.close()
     # Lines memcached ends the connection on, each on its own connection.
     for name, req in [
