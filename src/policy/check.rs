@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::compile::{Entity, Item, Model, Peer, PortGroup};
+use super::model::{Entity, Item, Model, Peer, PortGroup};
 use super::{L7Proto, Policy, PolicyError, Proto};
 
 fn peer_text(p: &Peer, m: &Model) -> String {
