@@ -3,6 +3,8 @@
 //! back into the TAP by the policy-routing rules; stopping removes it all.
 //! Needs root (network namespaces); under CI=true a missing root fails.
 
+mod kit;
+
 use std::net::{IpAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,15 +14,7 @@ use enforcer::hostmode::tap::Tap;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
 fn root_or_skip() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: this test needs root"
-        );
-        eprintln!("skipped: needs root");
-    }
-    root
+    kit::lab::gate(kit::lab::root())
 }
 
 fn sh(cmd: &str) {

@@ -2,13 +2,12 @@
 //! skipped otherwise, a failure under CI=true). Each test has its own lab
 //! prefix; run with --test-threads=1.
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::{ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
+use kit::lab::{self, ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
 
 /// Stream `bytes` of random data from awing to the server's port 9000 and
 /// compare sha256 on both ends. Returns the elapsed time.

@@ -3,10 +3,9 @@
 //! (bmemcached, nc, curl) and pymemcache. Root only; under CI=true a missing
 //! prerequisite is a failure (see tests/lab/mod.rs).
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
-use lab::{stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, stdout, Lab, Mode, SERVER4};
 
 /// A policy directory with the endpoints and no policy: nothing enforced,
 /// as in the seeds before their policies are applied.

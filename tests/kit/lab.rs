@@ -1,8 +1,10 @@
 //! End-to-end harness: a veth lab (`scripts/lab.sh`) per test and the real
-//! `enforcer` binary inside it. Shared by every `tests/lab*.rs`:
+//! `enforcer` binary inside it, and the root gate of every root test.
+//! Shared by every `tests/lab*.rs`:
 //!
 //! ```ignore
-//! mod lab;
+//! mod kit;
+//! use kit::lab;
 //! let Some(mut lab) = lab::Lab::up("l7http") else { return }; // skipped: not root
 //! lab.start(lab::Mode::Policy(&lab::repo("policies")), &[]).unwrap();
 //! let out = lab.exec("xwing", &["curl", "-s", "http://10.66.0.2/v1/"]);
@@ -11,8 +13,6 @@
 //! Without root (or tools) the lab tests skip with a message, except under
 //! `CI=true`, where that is a failure. `Drop` stops the enforcer and removes
 //! the lab; prefixes keep concurrent labs apart.
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -40,11 +40,18 @@ fn have(cmd: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Root, or why not.
+pub fn root() -> Result<(), String> {
+    if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
+        Err("lab tests need root (network namespaces, XDP)".into())
+    }
+}
+
 /// What the lab needs, or why it cannot run.
 pub fn prerequisites() -> Result<(), String> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("lab tests need root (network namespaces, XDP)".into());
-    }
+    root()?;
     let mut missing = Vec::new();
     for (tool, args) in [
         ("ip", &["-V"][..]),
@@ -71,7 +78,13 @@ pub fn prerequisites() -> Result<(), String> {
 
 /// True when lab tests should run; prints why not otherwise. Panics under CI.
 pub fn available() -> bool {
-    match prerequisites() {
+    gate(prerequisites())
+}
+
+/// The one gate of every root test: true when `needs` holds; otherwise a
+/// failure under `CI=true`, a printed skip elsewhere (never a silent one).
+pub fn gate(needs: Result<(), String>) -> bool {
+    match needs {
         Ok(()) => true,
         Err(e) if in_ci() => panic!("CI=true and the lab cannot run: {e}"),
         Err(e) => {
