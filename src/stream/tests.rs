@@ -1,9 +1,15 @@
-//! Stream layer tests over a toy line protocol and the real ones, with
-//! frames built by etherparse and two minimal TCP endpoints that accept
-//! bytes only in order (as a real receiver's application sees them).
+//! Stream layer tests over a toy line protocol and the real ones: the test
+//! kit's pair of TCP endpoints (`tests/kit/pair.rs`) through a bare stream.
 
-use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+#[path = "../../tests/kit/pair.rs"]
+mod pair;
+use crate::packet::view::testkit as frames;
+use crate::packet::view::testkit_tcp as tcp;
+use frames::{ep, tcp, Ep};
+use pair::{Middle, Pair, CLIENT, SERVER};
 
 use super::conn::Stream;
 use super::StreamCtx;
@@ -13,7 +19,7 @@ use crate::l7::http::{Http, HttpRule, HttpRuleSpec};
 use crate::l7::memcache::{Memcache, MemcacheRule, MemcacheRuleSpec};
 use crate::l7::{Body, Parse, Protocol, ReplyBody, ReplyHead, RequestHead};
 use crate::log::{Decision, FlowTuple, Subject};
-use crate::packet::view::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use crate::packet::view::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST};
 use crate::policy::{L7Stage, NamedRule, RuleSet};
 use crate::verdict::{Output, Side, Verdict};
 
@@ -128,316 +134,103 @@ fn toy_policy() -> Arc<RuleSet<ToyRule>> {
     policy(vec![ToyRule])
 }
 
-const CLIENT: Side = 0;
-const SERVER: Side = 1;
 const C_ISN: u32 = 0xffff_fff0; // wraps during the tests
 const S_ISN: u32 = 5000;
 
-/// A TCP endpoint that keeps the bytes it received in order.
-#[derive(Default)]
-struct Peer {
-    snd_nxt: u32,
-    rcv_nxt: u32,
-    data: Vec<u8>,
-    ooo: BTreeMap<u32, Vec<u8>>,
-    fin: bool,
-    rst: bool,
-    /// An RST arrived exactly at the next expected seq (acceptable per RFC 5961).
-    rst_in_window: bool,
-    /// Highest ack it got.
-    acked: u32,
-}
-
-impl Peer {
-    fn receive(&mut self, frame: &[u8]) {
-        let m = parse(frame).expect("enforcer emitted an unparsable frame");
-        let t = *m.tcp().unwrap();
-        if t.flags & TCP_RST != 0 {
-            self.rst = true;
-            self.rst_in_window = t.seq == self.rcv_nxt;
-            return;
-        }
-        if t.flags & TCP_ACK != 0 && (t.ack.wrapping_sub(self.acked) as i32) > 0 {
-            self.acked = t.ack;
-        }
-        if t.flags & TCP_SYN != 0 {
-            return;
-        }
-        let p = m.payload(frame).to_vec();
-        if !p.is_empty() || t.flags & TCP_FIN != 0 {
-            self.ooo.insert(t.seq, p.clone());
-            if t.flags & TCP_FIN != 0 {
-                self.ooo
-                    .insert(t.seq.wrapping_add(p.len() as u32), b"\0FIN".to_vec());
-            }
-        }
-        loop {
-            let mut progressed = false;
-            let keys: Vec<u32> = self.ooo.keys().copied().collect();
-            for k in keys {
-                let d = self.ooo[&k].clone();
-                let off = self.rcv_nxt.wrapping_sub(k) as i32;
-                if d == b"\0FIN" {
-                    if off == 0 && !self.fin {
-                        self.fin = true;
-                        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
-                        progressed = true;
-                    }
-                    if off >= 0 {
-                        self.ooo.remove(&k);
-                    }
-                    continue;
-                }
-                if off >= 0 {
-                    self.ooo.remove(&k);
-                    if (off as usize) < d.len() {
-                        self.data.extend_from_slice(&d[off as usize..]);
-                        self.rcv_nxt = self.rcv_nxt.wrapping_add((d.len() - off as usize) as u32);
-                        progressed = true;
-                    }
-                }
-            }
-            if !progressed {
-                break;
-            }
-        }
-    }
-}
-
-struct Rig<P: Protocol> {
+/// The bare stream as the middle of a pair, with the engine's part done
+/// here: the per-call context, and counting the drops it returns.
+struct Bare<P: Protocol> {
     s: Stream<P>,
     cfg: EngineConfig,
     counters: Counters,
-    out: Output,
-    client: Peer,
-    server: Peer,
-    now: u64,
-    /// Verdicts of the frames sent, in order.
-    verdicts: Vec<Verdict>,
-    events: Vec<crate::log::Event>,
-    /// Frames to the server / the client, not yet delivered.
-    to_server: Vec<Vec<u8>>,
-    to_client: Vec<Vec<u8>>,
 }
 
-fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let (a, b, sp, dp) = if from_client {
-        ([10, 0, 0, 1], [10, 0, 0, 2], 40000, 11211)
-    } else {
-        ([10, 0, 0, 2], [10, 0, 0, 1], 11211, 40000)
-    };
-    let mut tcp = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-        .ipv4(a, b, 64)
-        .tcp(sp, dp, seq, 65535);
-    if flags & TCP_ACK != 0 {
-        tcp = tcp.ack(ack);
+fn tuple(src: IpAddr, dst: IpAddr) -> FlowTuple {
+    FlowTuple {
+        src,
+        dst,
+        proto: 6,
+        sport: 40000,
+        dport: 11211,
     }
-    if flags & TCP_SYN != 0 {
-        tcp = tcp.syn();
-    }
-    if flags & TCP_FIN != 0 {
-        tcp = tcp.fin();
-    }
-    if flags & TCP_RST != 0 {
-        tcp = tcp.rst();
-    }
-    if flags & TCP_PSH != 0 {
-        tcp = tcp.psh();
-    }
-    let mut v = Vec::new();
-    tcp.write(&mut v, payload).unwrap();
-    v
 }
 
-impl<P: Protocol> Rig<P> {
-    fn new(proto: P, policy: Arc<RuleSet<P::Rule>>, cfg: EngineConfig) -> Self {
-        let mut r = Rig {
-            s: Stream::new(proto, policy, CLIENT),
-            cfg,
-            counters: Counters::default(),
-            out: Output::default(),
-            client: Peer::default(),
-            server: Peer::default(),
-            now: 0,
-            verdicts: Vec::new(),
-            events: Vec::new(),
-            to_server: Vec::new(),
-            to_client: Vec::new(),
-        };
-        // Handshake.
-        let syn = frame(true, C_ISN.wrapping_sub(1), 0, TCP_SYN, b"");
-        r.input(CLIENT, syn);
-        let synack = frame(false, S_ISN - 1, C_ISN, TCP_SYN | TCP_ACK, b"");
-        r.input(SERVER, synack);
-        r.client = Peer {
-            snd_nxt: C_ISN,
-            rcv_nxt: S_ISN,
-            acked: C_ISN,
-            ..Peer::default()
-        };
-        r.server = Peer {
-            snd_nxt: S_ISN,
-            rcv_nxt: C_ISN,
-            acked: S_ISN,
-            ..Peer::default()
-        };
-        r.to_server.clear();
-        r.to_client.clear();
-        r
-    }
-
-    fn input(&mut self, port: Side, mut f: Vec<u8>) -> Verdict {
-        let meta = parse(&f).unwrap();
+impl<P: Protocol> Middle for Bare<P> {
+    fn on_frame(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+        let meta = parse(frame).unwrap();
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
-            tuple: FlowTuple {
-                src: meta.src,
-                dst: meta.dst,
-                proto: 6,
-                sport: 40000,
-                dport: 11211,
-            },
+            tuple: tuple(meta.src, meta.dst),
         };
-        let v = self
-            .s
-            .on_segment(&mut ctx, port, &mut f, &meta, self.now, &mut self.out);
-        match v {
-            Verdict::Forward(p) => self.route(p, f),
-            Verdict::Drop(r) => self.counters.drop(r),
-            Verdict::Consumed => {}
+        let v = self.s.on_segment(&mut ctx, side, frame, &meta, now, out);
+        if let Verdict::Drop(r) = v {
+            self.counters.drop(r);
         }
-        self.drain();
-        self.verdicts.push(v);
         v
     }
 
-    fn drain(&mut self) {
-        for e in std::mem::take(&mut self.out.emits) {
-            self.route(e.side, e.frame);
-        }
-        self.events.append(&mut self.out.events);
-    }
-
-    fn route(&mut self, port: Side, f: Vec<u8>) {
-        if port == SERVER {
-            self.to_server.push(f);
-        } else {
-            self.to_client.push(f);
-        }
-    }
-
-    fn tick(&mut self, dt: u64) {
-        self.now += dt;
+    fn tick(&mut self, now: u64, out: &mut Output) {
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
-            tuple: FlowTuple {
-                src: "10.0.0.1".parse().unwrap(),
-                dst: "10.0.0.2".parse().unwrap(),
-                proto: 6,
-                sport: 40000,
-                dport: 11211,
-            },
+            tuple: tuple(cli().ip, srv().ip),
         };
-        self.s.on_tick(&mut ctx, self.now, &mut self.out);
-        self.drain();
-    }
-
-    /// Client sends bytes as one segment (not yet processed).
-    fn client_seg(&mut self, data: &[u8]) -> Vec<u8> {
-        let f = frame(
-            true,
-            self.client.snd_nxt,
-            self.client.rcv_nxt,
-            TCP_ACK | TCP_PSH,
-            data,
-        );
-        self.client.snd_nxt = self.client.snd_nxt.wrapping_add(data.len() as u32);
-        f
-    }
-
-    fn server_seg(&mut self, data: &[u8]) -> Vec<u8> {
-        let f = frame(
-            false,
-            self.server.snd_nxt,
-            self.server.rcv_nxt,
-            TCP_ACK | TCP_PSH,
-            data,
-        );
-        self.server.snd_nxt = self.server.snd_nxt.wrapping_add(data.len() as u32);
-        f
-    }
-
-    fn client_send(&mut self, data: &[u8]) -> Verdict {
-        let f = self.client_seg(data);
-        self.input(CLIENT, f)
-    }
-
-    fn server_send(&mut self, data: &[u8]) -> Verdict {
-        let f = self.server_seg(data);
-        self.input(SERVER, f)
-    }
-
-    /// Deliver everything in flight to the endpoints.
-    fn deliver(&mut self) {
-        for f in std::mem::take(&mut self.to_server) {
-            self.server.receive(&f);
-        }
-        for f in std::mem::take(&mut self.to_client) {
-            self.client.receive(&f);
-        }
-    }
-
-    /// Both endpoints acknowledge what they have.
-    fn acks(&mut self) {
-        let f = frame(true, self.client.snd_nxt, self.client.rcv_nxt, TCP_ACK, b"");
-        self.input(CLIENT, f);
-        let f = frame(
-            false,
-            self.server.snd_nxt,
-            self.server.rcv_nxt,
-            TCP_ACK,
-            b"",
-        );
-        self.input(SERVER, f);
-        self.deliver();
-    }
-
-    fn decisions(&self) -> Vec<(Decision, String)> {
-        self.events
-            .iter()
-            .map(|e| {
-                let name = match &e.subject {
-                    Subject::Memcache { keys, .. } => keys.join(","),
-                    Subject::Http { path, .. } => path.clone(),
-                    Subject::Flow => String::new(),
-                };
-                (e.verdict, name)
-            })
-            .collect()
-    }
-
-    /// After everything settled, each side has acknowledged all the other sent.
-    fn assert_healthy(&mut self) {
-        self.acks();
-        self.acks();
-        assert_eq!(
-            self.server.acked, self.server.snd_nxt,
-            "server data not all acked by client"
-        );
-        assert_eq!(
-            self.client.acked, self.client.snd_nxt,
-            "client data not all acked by server"
-        );
-        assert!(!self.client.rst && !self.server.rst);
+        self.s.on_tick(&mut ctx, now, out);
     }
 }
 
+type Rig<P> = Pair<Bare<P>>;
+
+fn cli() -> Ep {
+    ep("10.0.0.1", 40000)
+}
+
+fn srv() -> Ep {
+    ep("10.0.0.2", 11211)
+}
+
+/// A connection through a bare stream, past its handshake.
+fn rig<P: Protocol>(proto: P, policy: Arc<RuleSet<P::Rule>>, cfg: EngineConfig) -> Rig<P> {
+    let bare = Bare {
+        s: Stream::new(proto, policy, CLIENT),
+        cfg,
+        counters: Counters::default(),
+    };
+    let mut r = Pair::new(bare, cli(), srv(), (C_ISN.wrapping_sub(1), S_ISN - 1));
+    r.open();
+    r
+}
+
+/// A segment at any seq and ack, between the rig's endpoints.
+fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let (a, b) = if from_client {
+        (cli(), srv())
+    } else {
+        (srv(), cli())
+    };
+    tcp(a, b, seq, ack, flags, payload)
+}
+
+/// The log's decisions, each with the request's key or path.
+fn decisions<P: Protocol>(r: &Rig<P>) -> Vec<(Decision, String)> {
+    r.events
+        .iter()
+        .map(|e| {
+            let name = match &e.subject {
+                Subject::Memcache { keys, .. } => keys.join(","),
+                Subject::Http { path, .. } => path.clone(),
+                Subject::Flow => String::new(),
+            };
+            (e.verdict, name)
+        })
+        .collect()
+}
+
 fn toy() -> Rig<Toy> {
-    Rig::new(Toy, toy_policy(), EngineConfig::default())
+    rig(Toy, toy_policy(), EngineConfig::default())
 }
 
 #[test]
@@ -453,8 +246,11 @@ fn allowed_requests_take_the_fast_path() {
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\nALLOW b\nALLOW c\n");
     assert_eq!(r.client.data, b"A\nB\nC\n");
-    assert_eq!(r.counters.l7_requests_allowed, 3);
-    assert!(r.out.emits.is_empty());
+    assert_eq!(r.mid.counters.l7_requests_allowed, 3);
+    assert_eq!(
+        r.emitted, 0,
+        "nothing built or released: the original frames went"
+    );
     r.assert_healthy();
 }
 
@@ -506,15 +302,15 @@ fn pipelined_allow_deny_allow_keeps_reply_order() {
     r.deliver();
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     assert_eq!(
-        r.decisions(),
+        decisions(&r),
         vec![
             (Decision::Allow, "a".into()),
             (Decision::Deny, "b".into()),
             (Decision::Allow, "c".into())
         ]
     );
-    assert_eq!(r.counters.l7_requests_denied, 1);
-    assert_eq!(r.counters.dropped(DropReason::L7Denied), 1);
+    assert_eq!(r.mid.counters.l7_requests_denied, 1);
+    assert_eq!(r.mid.counters.dropped(DropReason::L7Denied), 1);
     r.assert_healthy();
     // The connection stays usable both ways.
     r.client_send(b"ALLOW d\n");
@@ -663,13 +459,13 @@ fn injected_denial_is_retransmitted_until_acked() {
     let mut r = toy();
     r.client_send(b"DENY a\n");
     r.to_client.clear(); // lost
-    r.tick(r.cfg.inject_rto_ns / 2);
+    r.tick(r.mid.cfg.inject_rto_ns / 2);
     assert!(r.to_client.is_empty());
-    r.tick(r.cfg.inject_rto_ns);
+    r.tick(r.mid.cfg.inject_rto_ns);
     r.deliver();
     assert_eq!(r.client.data, b"denied a\n");
     r.acks();
-    r.tick(r.cfg.inject_rto_ns * 100);
+    r.tick(r.mid.cfg.inject_rto_ns * 100);
     assert!(r.to_client.is_empty(), "acked denial sent again");
     r.assert_healthy();
 }
@@ -723,7 +519,7 @@ fn fin_with_incomplete_head_denies_it() {
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.fin, "FIN must reach the server");
-    assert_eq!(r.decisions().last().unwrap().0, Decision::Deny);
+    assert_eq!(decisions(&r).last().unwrap().0, Decision::Deny);
     r.server_send(b"A\n");
     let f = frame(
         false,
@@ -803,13 +599,13 @@ fn oversized_head_is_denied_with_resets() {
         max_held_bytes: 64,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(&[b'A'; 40]);
     r.client_send(&[b'A'; 40]);
     r.deliver();
     assert!(r.server.data.is_empty());
     assert!(r.server.rst && r.client.rst);
-    assert_eq!(r.counters.dropped(DropReason::L7HoldOverflow), 1);
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 1);
     assert_eq!(
         r.client_send(b"ALLOW\n"),
         Verdict::Drop(DropReason::L7Denied)
@@ -824,7 +620,7 @@ fn invalid_request_resets_both_sides() {
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.rst && r.client.rst);
     assert!(r.client.rst_in_window && r.server.rst_in_window);
-    assert_eq!(r.decisions().last().unwrap().0, Decision::Deny);
+    assert_eq!(decisions(&r).last().unwrap().0, Decision::Deny);
 }
 
 #[test]
@@ -833,7 +629,7 @@ fn deny_action_reset() {
         deny_action: DenyAction::Reset,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(b"ALLOW a\nDENY b\n");
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
@@ -848,7 +644,7 @@ fn bodies_flow_or_vanish_without_being_held() {
         max_held_bytes: 32,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(b"BODY 100\n");
     for _ in 0..10 {
         r.client_send(b"0123456789");
@@ -867,7 +663,7 @@ fn bodies_flow_or_vanish_without_being_held() {
     assert_eq!(r.server.data.len(), 9 + 100 + 8);
     assert!(r.server.data.ends_with(b"0123456789ALLOW z\n"));
     assert_eq!(r.client.data, b"ok\ndenied 50\nZ\n");
-    assert_eq!(r.counters.dropped(DropReason::L7HoldOverflow), 0);
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 0);
     r.assert_healthy();
 }
 
@@ -877,13 +673,13 @@ fn held_requests_beyond_the_limit_are_dropped_for_resend() {
         max_held_bytes: 16,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(b"ALLOW a\nDENY b\n");
     let f1 = r.client_seg(b"ALLOW c\nALLOW d\n");
     let f2 = r.client_seg(b"ALLOW e\n");
     r.input(CLIENT, f1);
     r.input(CLIENT, f2.clone());
-    assert!(r.counters.dropped(DropReason::L7HoldOverflow) >= 1);
+    assert!(r.mid.counters.dropped(DropReason::L7HoldOverflow) >= 1);
     r.deliver();
     r.server_send(b"A\n");
     r.input(CLIENT, f2.clone());
@@ -985,7 +781,7 @@ fn random_memcached_segments_never_panic() {
                 ..MemcacheRuleSpec::default()
             };
             let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
-            Rig::new(Memcache::new(), p, EngineConfig::default())
+            rig(Memcache::new(), p, EngineConfig::default())
         },
         &[
             b"get public1\r\n",
@@ -1008,7 +804,7 @@ fn http_rig() -> Rig<Http> {
         ..HttpRuleSpec::default()
     };
     let p = policy(vec![HttpRule::compile(&spec).unwrap()]);
-    Rig::new(Http::new(), p, EngineConfig::default())
+    rig(Http::new(), p, EngineConfig::default())
 }
 
 const DENY_403: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n";
@@ -1064,7 +860,7 @@ fn memcached_get_allowed_denied_allowed() {
         ..MemcacheRuleSpec::default()
     };
     let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
-    let mut r = Rig::new(Memcache::new(), p, EngineConfig::default());
+    let mut r = rig(Memcache::new(), p, EngineConfig::default());
     // Pipelined, as `nc` sends them.
     r.client_send(b"get public1\r\nget secret\r\nget public2\r\n");
     r.deliver();
@@ -1104,7 +900,7 @@ fn http_upgrade_turns_the_connection_into_a_tunnel() {
     assert!(r.server.data.ends_with(b"\x81\x05hello"));
     assert!(r.client.data.ends_with(b"\x81\x02hi"));
     assert!(!r.server.rst && !r.client.rst);
-    assert_eq!(r.counters.l7_requests_allowed, 1);
+    assert_eq!(r.mid.counters.l7_requests_allowed, 1);
     r.assert_healthy();
 }
 

@@ -43,9 +43,11 @@ pub struct Pair<M> {
     pub to_server: Vec<Vec<u8>>,
     /// ACKs the endpoints owe, not yet sent.
     acks_due: VecDeque<(Side, Vec<u8>)>,
-    /// Every verdict and event, in order.
+    /// Every verdict and event, in order, and how many frames the middle
+    /// built or released itself (`Output::emits`).
     pub verdicts: Vec<Verdict>,
     pub events: Vec<Event>,
+    pub emitted: usize,
     out: Output,
 }
 
@@ -67,6 +69,7 @@ impl<M: Middle> Pair<M> {
             acks_due: VecDeque::new(),
             verdicts: Vec::new(),
             events: Vec::new(),
+            emitted: 0,
             out: Output::default(),
         }
     }
@@ -116,6 +119,7 @@ impl<M: Middle> Pair<M> {
     }
 
     fn drain(&mut self) {
+        self.emitted += self.out.emits.len();
         for e in std::mem::take(&mut self.out.emits) {
             self.route(e.side, e.frame);
         }
