@@ -55,11 +55,7 @@ fn bulk(lab: &Lab, bytes: u64) -> Duration {
 
 #[test]
 fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
-    let prefix = "dpfwd";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("dpfwd", |lab| {
         // Without the enforcer the wire is open: nothing crosses.
         assert!(
             !lab.ping("awing", SERVER4),
@@ -134,17 +130,12 @@ fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
             !lab.ping("awing", SERVER4),
             "traffic crossed after the enforcer stopped"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn restart_and_crash_recovery_keep_links_working() {
-    let prefix = "dprst";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("dprst", |lab| {
         for round in 0..2 {
             let (args, want): (&[&str], &str) = match round {
                 0 => (&["--poll", "busy", "--workers", "1"], "workers=1 poll=busy"),
@@ -189,8 +180,7 @@ fn restart_and_crash_recovery_keep_links_working() {
         assert!(lab.ping("tracker", SERVER4));
         assert_eq!(lab.stop().unwrap().status.code(), Some(0));
         assert!(lab.xdp_links().is_empty());
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// Run the enforcer once in the lab's enforcer namespace; (exit ok, stderr).
@@ -210,9 +200,7 @@ fn run_once(lab: &Lab, args: &[&str], env_passthrough: bool) -> (bool, String) {
 
 #[test]
 fn refuses_unsafe_setups_with_clear_messages() {
-    let prefix = "dpref";
-    {
-        let Some(lab) = Lab::up(prefix) else { return };
+    lab::with_lab("dpref", |lab| {
         let pol = repo("policies");
         let pol = pol.to_str().unwrap();
         let (okk, e) = run_once(&lab, &["--iface", "cli0", "--policy", pol], true);
@@ -306,17 +294,12 @@ fn refuses_unsafe_setups_with_clear_messages() {
             ),
             _ => eprintln!("clang -target bpf unavailable: foreign-program check not run"),
         }
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn four_queues_four_workers_carry_parallel_flows() {
-    let prefix = "dpmq";
-    {
-        let Some(mut lab) = Lab::up_with(prefix, 4) else {
-            return;
-        };
+    lab::with_lab_queues("dpmq", 4, |lab| {
         lab.start(Mode::PassThrough, &["--poll", "adaptive"])
             .unwrap();
         let ready = lab
@@ -355,18 +338,13 @@ fn four_queues_four_workers_carry_parallel_flows() {
             c["dataplane"]["umem_frames_unaccounted"], 0,
             "UMEM leak: {c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// 1 GiB through the dataplane, sha256 compared on both ends.
 #[test]
 fn one_gib_arrives_byte_exact_through_the_dataplane() {
-    let prefix = "dpbulk";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("dpbulk", |lab| {
         lab.start(Mode::PassThrough, &[]).unwrap();
         let took = bulk(&lab, 1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
@@ -377,8 +355,7 @@ fn one_gib_arrives_byte_exact_through_the_dataplane() {
             c["dataplane"]["umem_frames_unaccounted"], 0,
             "UMEM leak: {c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// A dual-stack TCP echo server on the server's port 9000 (the fixture's
@@ -406,11 +383,7 @@ fn echo(lab: &Lab, host: &str, dst: &str) -> String {
 /// tests' business.)
 #[test]
 fn l34_policy_allows_spaceships_and_denies_the_rest() {
-    let prefix = "l34";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l34", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         // ICMP: the icmps rule lets spaceships ping, nobody else.
@@ -480,17 +453,12 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
                 .any(|e| e["verdict"] == "allow" && from(e, "10.66.0.11")),
             "no allow for a-wing in the verdict log: {v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn one_gib_arrives_byte_exact_through_an_l4_rule() {
-    let prefix = "l4bulk";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l4bulk", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         let took = bulk(&lab, 1 << 30);
@@ -506,19 +474,14 @@ fn one_gib_arrives_byte_exact_through_an_l4_rule() {
             c["engine"]["frames_forwarded"].as_u64().unwrap() > 700_000,
             "{c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// SIGHUP reloads the policy directory; a broken policy is refused and the
 /// running one kept.
 #[test]
 fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
-    let prefix = "hup";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("hup", |lab| {
         let pol = lab::policy_dir(&[]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
@@ -585,8 +548,7 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
         let _ = echo_srv.kill();
         let _ = echo_srv.wait();
         assert_eq!(lab.stop().unwrap().status.code(), Some(0));
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// Run Python with bmemcached on a host: each line of `calls` is evaluated
@@ -615,11 +577,7 @@ fn bmemcached(lab: &Lab, host: &str, calls: &[&str]) -> Vec<String> {
 /// denials in the protocols' own words, denied requests never at the server.
 #[test]
 fn seed_scenarios_end_to_end() {
-    let prefix = "seed";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("seed", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
         let nc = |host: &str, text: &str| {
             stdout(&lab.sh(
@@ -745,6 +703,5 @@ fn seed_scenarios_end_to_end() {
             .verdicts()
             .iter()
             .any(|e| e["kind"] == "http" && e["verdict"] == "deny"));
-    }
-    lab::assert_clean(prefix);
+    });
 }

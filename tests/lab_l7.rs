@@ -51,11 +51,7 @@ const DENIED8: &str = "MemcachedException (\"Code: 8 Message: b'access denied'\"
 
 #[test]
 fn memcached_guide_step_by_step() {
-    let prefix = "l7mc";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l7mc", |lab| {
         // Steps 3 and 4: no policy yet, everyone may do anything.
         let open = endpoints_only();
         lab.start(Mode::Policy(open.path()), &[]).unwrap();
@@ -173,8 +169,7 @@ fn memcached_guide_step_by_step() {
                 && e["keys"][0] == "xwing-coord"),
             "verdict log names the denied key: {v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 fn curl_lines(lab: &Lab, host: &str, args: &[&str]) -> Vec<String> {
@@ -188,11 +183,7 @@ fn curl_lines(lab: &Lab, host: &str, args: &[&str]) -> Vec<String> {
 
 #[test]
 fn starwars_http_steps_over_ipv4_and_ipv6() {
-    let prefix = "l7http";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l7http", |lab| {
         lab.start(Mode::Policy(&lab::repo("policies")), &[])
             .unwrap();
         for base in ["http://10.66.0.2", "http://[fd66::2]"] {
@@ -232,17 +223,12 @@ fn starwars_http_steps_over_ipv4_and_ipv6() {
                 || e["x_has_force"] == "true"),
             "{seen:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn denied_request_keeps_the_connection_and_bodies_never_arrive() {
-    let prefix = "l7conn";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l7conn", |lab| {
         lab.start(Mode::Policy(&lab::repo("policies")), &[])
             .unwrap();
         // curl --next over one connection: 200, 403, 200 and one connect.
@@ -295,6 +281,5 @@ fn denied_request_keeps_the_connection_and_bodies_never_arrive() {
                 && e["path"] == "/v1/cargobay"),
             "{v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }

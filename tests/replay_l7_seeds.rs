@@ -195,20 +195,6 @@ fn malformed_frames_and_requests_never_crash_the_replay() {
     );
 }
 
-fn bin(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x80, opcode];
-    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    v.push(extras.len() as u8);
-    v.extend_from_slice(&[0, 0, 0]);
-    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
-    v.extend_from_slice(&opaque.to_be_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(extras);
-    v.extend_from_slice(key);
-    v.extend_from_slice(value);
-    v
-}
-
 #[test]
 fn memcached_binary_quiet_split_and_pipelined() {
     let c = ep("10.66.0.11", 40003);
@@ -219,13 +205,13 @@ fn memcached_binary_quiet_split_and_pipelined() {
     // quiet: no reply), setq of x-wing's (denied, quiet), a noop (no key: the
     // seed policy has no rule for it, denied with a reply), a get of its own key
     // split byte by byte.
-    let getq_ok = bin(0x09, 1, b"awing-coord", &[], &[]);
-    let getq_no = bin(0x09, 2, b"xwing-coord", &[], &[]);
-    let setq_no = bin(0x11, 3, b"xwing-coord", &[0; 8], b"0.0,0.0");
-    let noop = bin(0x0a, 4, b"", &[], &[]);
+    let getq_ok = bin_req(0x09, 1, b"awing-coord", &[], &[]);
+    let getq_no = bin_req(0x09, 2, b"xwing-coord", &[], &[]);
+    let setq_no = bin_req(0x11, 3, b"xwing-coord", &[0; 8], b"0.0,0.0");
+    let noop = bin_req(0x0a, 4, b"", &[], &[]);
     let pipelined = [getq_ok.clone(), getq_no, setq_no, noop].concat();
     recs.push(rec(10, 0, conv.client_data(&pipelined)));
-    let get = bin(0x00, 5, b"awing-coord", &[], &[]);
+    let get = bin_req(0x00, 5, b"awing-coord", &[], &[]);
     for (i, b) in get.iter().enumerate() {
         recs.push(rec(20 + i as u64, 0, conv.client_data(&[*b])));
     }

@@ -14,7 +14,7 @@ use enforcer::config::{DenyAction, EngineConfig};
 use enforcer::engine::Engine;
 use enforcer::policy::Policy;
 use kit::pair::{Pair, CLIENT, SERVER};
-use kit::{ep, tcp, ACK, FIN, PSH};
+use kit::{bin_req, bin_resp, ep, ACK, FIN, RST};
 
 /// A connection from `client` (an address of `policies/endpoints.yaml`) to
 /// the p server on `server_port`, through the engine with the shipped
@@ -212,31 +212,6 @@ fn memcached_text_storage_denied_drops_the_data_block_and_noreply_is_silent() {
     p.healthy();
 }
 
-fn bin_req(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x80, opcode];
-    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    v.push(extras.len() as u8);
-    v.extend_from_slice(&[0, 0, 0]);
-    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
-    v.extend_from_slice(&opaque.to_be_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(extras);
-    v.extend_from_slice(key);
-    v.extend_from_slice(value);
-    v
-}
-
-fn bin_resp(opcode: u8, opaque: u32, status: u16, extras: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x81, opcode, 0, 0, extras.len() as u8, 0];
-    v.extend_from_slice(&status.to_be_bytes());
-    v.extend_from_slice(&((extras.len() + value.len()) as u32).to_be_bytes());
-    v.extend_from_slice(&opaque.to_be_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(extras);
-    v.extend_from_slice(value);
-    v
-}
-
 #[test]
 fn memcached_binary_get_denied_between_allowed_gets() {
     let mut p = conn("10.66.0.11", 11211, EngineConfig::default());
@@ -279,24 +254,8 @@ fn out_of_order_client_segments_are_reassembled() {
     let mut p = conn("10.66.0.12", 80, EngineConfig::default());
     let req = GET.as_bytes();
     let (a, b) = req.split_at(10);
-    let s = p.client.snd_nxt;
-    let f2 = tcp(
-        p.client.me,
-        p.client.peer,
-        s + 10,
-        p.client.rcv_nxt,
-        ACK | PSH,
-        b,
-    );
-    let f1 = tcp(
-        p.client.me,
-        p.client.peer,
-        s,
-        p.client.rcv_nxt,
-        ACK | PSH,
-        a,
-    );
-    p.client.snd_nxt += req.len() as u32;
+    let f1 = p.client.data_segment(a);
+    let f2 = p.client.data_segment(b);
     p.input(CLIENT, f2.clone());
     p.input(CLIENT, f1.clone());
     p.input(CLIENT, f1);
@@ -309,15 +268,7 @@ fn out_of_order_client_segments_are_reassembled() {
 fn fin_after_an_incomplete_head_does_not_pass_the_fragment() {
     let mut p = conn("10.66.0.12", 80, EngineConfig::default());
     p.client_sends(b"PUT /v1/exhaust-po", 1500);
-    let fin = tcp(
-        p.client.me,
-        p.client.peer,
-        p.client.snd_nxt,
-        p.client.rcv_nxt,
-        FIN | ACK,
-        &[],
-    );
-    p.client.snd_nxt += 1;
+    let fin = p.client.segment(FIN | ACK, &[]);
     p.input(CLIENT, fin);
     p.run();
     assert_eq!(p.server.data.len(), 0);
@@ -349,14 +300,7 @@ fn zero_window_probes_and_window_updates_pass_through() {
 fn rst_from_either_side_ends_the_flow_cleanly() {
     let mut p = conn("10.66.0.12", 80, EngineConfig::default());
     p.client_sends(b"GET /v1/ HTT", 1500);
-    let rst = tcp(
-        p.client.me,
-        p.client.peer,
-        p.client.snd_nxt,
-        p.client.rcv_nxt,
-        0x04 | ACK,
-        &[],
-    );
+    let rst = p.client.segment(RST | ACK, &[]);
     p.input(CLIENT, rst);
     p.run();
     assert!(p.server.rst, "the RST reaches the server");

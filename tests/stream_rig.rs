@@ -131,25 +131,13 @@ use Req::*;
 
 #[test]
 fn lossy_handshake_regression() {
-    let f = Faults {
-        drop: 15,
-        dup: 1,
-        reorder: 6,
-        split: 1,
-        ..Faults::default()
-    };
+    let f = Faults::new(15, 1, 6, 1);
     run(&[GetAllowed], false, f, 14293879913119795383);
 }
 
 #[test]
 fn pipelined_with_faults_regression() {
-    let f = Faults {
-        drop: 2,
-        dup: 1,
-        reorder: 1,
-        split: 1,
-        ..Faults::default()
-    };
+    let f = Faults::new(2, 1, 1, 1);
     run(
         &[GetAllowed, GetDenied, GetAllowed, SetDenied, SetAllowed],
         true,
@@ -160,25 +148,13 @@ fn pipelined_with_faults_regression() {
 
 #[test]
 fn reordered_handshake_regression() {
-    let f = Faults {
-        drop: 14,
-        dup: 4,
-        reorder: 24,
-        split: 1,
-        ..Faults::default()
-    };
+    let f = Faults::new(14, 4, 24, 1);
     run(&[GetAllowed], false, f, 7820477270912778129);
 }
 
 #[test]
 fn lost_handshake_ack_before_a_denial_regression() {
-    let f = Faults {
-        drop: 11,
-        dup: 0,
-        reorder: 4,
-        split: 1,
-        ..Faults::default()
-    };
+    let f = Faults::new(11, 0, 4, 1);
     run(&[SetDenied], false, f, 5873092062168090668);
     run(&[SetDenied], false, f, 5873092063535359550);
     run(&[SetDenied], false, f, 5873092063535526473);
@@ -213,13 +189,7 @@ fn pipelined_mix_without_faults() {
 
 #[test]
 fn seed_sequence_over_a_lossy_link() {
-    let f = Faults {
-        drop: 10,
-        dup: 5,
-        reorder: 10,
-        split: 10,
-        ..Faults::default()
-    };
+    let f = Faults::new(10, 5, 10, 10);
     run(
         &[GetAllowed, GetDenied, GetAllowed, SetDenied, SetAllowed],
         false,
@@ -237,13 +207,7 @@ fn many_pipelined_requests_with_a_small_hold_budget() {
     let mix = [GetAllowed, GetDenied, SetAllowed, SetQuietDenied, SetDenied];
     let reqs: Vec<Req> = (0..40).map(|i| mix[i * 7 % mix.len()]).collect();
     run_with(&reqs, true, Faults::default(), 4, cfg.clone());
-    let f = Faults {
-        drop: 5,
-        dup: 5,
-        reorder: 10,
-        split: 10,
-        ..Faults::default()
-    };
+    let f = Faults::new(5, 5, 10, 10);
     run_with(&reqs, true, f, 5, cfg);
 }
 
@@ -275,7 +239,7 @@ proptest! {
             max_held_bytes: if small { 64 } else { 64 * 1024 },
             ..EngineConfig::default()
         };
-        run_with(&reqs, pipelined, Faults { drop, dup, reorder, split, ..Faults::default() }, seed, cfg);
+        run_with(&reqs, pipelined, Faults::new(drop, dup, reorder, split), seed, cfg);
     }
 }
 
@@ -283,13 +247,7 @@ proptest! {
 fn pipelined_denials_with_a_lost_first_segment_regression() {
     // The first released request is lost; the client then retransmits one
     // segment that spans it, a denied request and held requests.
-    let f = Faults {
-        drop: 3,
-        dup: 1,
-        reorder: 1,
-        split: 1,
-        ..Faults::default()
-    };
+    let f = Faults::new(3, 1, 1, 1);
     run(
         &[
             GetAllowed, GetDenied, GetAllowed, GetDenied, GetAllowed, SetDenied, GetAllowed,
@@ -311,13 +269,7 @@ fn many_pipelined_requests_over_a_lossy_link_regression() {
     let mix = [GetAllowed, GetDenied, SetAllowed, SetQuietDenied, SetDenied];
     let reqs: Vec<Req> = (0..40).map(|i| mix[i * 7 % mix.len()]).collect();
     for seed in 5..9 {
-        let f = Faults {
-            drop: 5,
-            dup: 5,
-            reorder: 10,
-            split: 10,
-            ..Faults::default()
-        };
+        let f = Faults::new(5, 5, 10, 10);
         run_with(&reqs, true, f, seed, cfg.clone());
     }
 }

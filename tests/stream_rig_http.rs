@@ -119,13 +119,7 @@ fn pipelined_with_bodies_and_chunked_denial() {
 
 #[test]
 fn pipelined_over_a_lossy_link() {
-    let f = Faults {
-        drop: 10,
-        dup: 5,
-        reorder: 10,
-        split: 20,
-        ..Faults::default()
-    };
+    let f = Faults::new(10, 5, 10, 20);
     run(&[Get, Secret, Land, Exhaust, Get], true, f, 3);
 }
 
@@ -152,6 +146,6 @@ proptest! {
         split in 0u32..30,
         seed in any::<u64>(),
     ) {
-        run(&reqs, pipelined, Faults { drop, dup, reorder, split, ..Faults::default() }, seed);
+        run(&reqs, pipelined, Faults::new(drop, dup, reorder, split), seed);
     }
 }

@@ -238,12 +238,10 @@ fn allowed_requests_take_the_fast_path() {
     let mut r = toy();
     assert_eq!(r.client_send(b"ALLOW a\n"), Verdict::Forward(SERVER));
     assert_eq!(
-        r.client_send(b"ALLOW b\nALLOW c\n"),
+        r.client_says(b"ALLOW b\nALLOW c\n"),
         Verdict::Forward(SERVER)
     );
-    r.deliver();
-    assert_eq!(r.server_send(b"A\nB\nC\n"), Verdict::Forward(CLIENT));
-    r.deliver();
+    assert_eq!(r.server_says(b"A\nB\nC\n"), Verdict::Forward(CLIENT));
     assert_eq!(r.server.data, b"ALLOW a\nALLOW b\nALLOW c\n");
     assert_eq!(r.client.data, b"A\nB\nC\n");
     assert_eq!(r.mid.counters.l7_requests_allowed, 3);
@@ -265,8 +263,7 @@ fn held_prefix_never_lets_the_original_frame_through() {
     assert_eq!(r.server.data, b"ALLOW a\n");
     let frames_to_server: usize = r.to_server.len();
     assert_eq!(frames_to_server, 0);
-    r.client_send(b"OW b\n");
-    r.deliver();
+    r.client_says(b"OW b\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW b\n");
 }
 
@@ -274,15 +271,13 @@ fn held_prefix_never_lets_the_original_frame_through() {
 fn split_request_is_held_until_complete() {
     let mut r = toy();
     for b in b"ALLOW split\n".chunks(3) {
-        r.client_send(b);
-        r.deliver();
+        r.client_says(b);
         if r.client.snd_nxt.wrapping_sub(C_ISN) < 12 {
             assert!(r.server.data.is_empty(), "partial head reached the server");
         }
     }
     assert_eq!(r.server.data, b"ALLOW split\n");
-    r.server_send(b"ok\n");
-    r.deliver();
+    r.server_says(b"ok\n");
     assert_eq!(r.client.data, b"ok\n");
     r.assert_healthy();
 }
@@ -290,16 +285,13 @@ fn split_request_is_held_until_complete() {
 #[test]
 fn pipelined_allow_deny_allow_keeps_reply_order() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nDENY b\nALLOW c\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nDENY b\nALLOW c\n");
     // c waits until b's denial is in place.
     assert_eq!(r.server.data, b"ALLOW a\n");
-    r.server_send(b"A\n");
-    r.deliver();
+    r.server_says(b"A\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
     assert_eq!(r.client.data, b"A\ndenied b\n");
-    r.server_send(b"C\n");
-    r.deliver();
+    r.server_says(b"C\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     assert_eq!(
         decisions(&r),
@@ -313,10 +305,8 @@ fn pipelined_allow_deny_allow_keeps_reply_order() {
     assert_eq!(r.mid.counters.dropped(DropReason::L7Denied), 1);
     r.assert_healthy();
     // The connection stays usable both ways.
-    r.client_send(b"ALLOW d\n");
-    r.deliver();
-    r.server_send(b"D\n");
-    r.deliver();
+    r.client_says(b"ALLOW d\n");
+    r.server_says(b"D\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\nD\n");
     r.assert_healthy();
@@ -325,18 +315,15 @@ fn pipelined_allow_deny_allow_keeps_reply_order() {
 #[test]
 fn denial_with_nothing_pending_is_injected_at_once() {
     let mut r = toy();
-    r.client_send(b"DENY x\n");
-    r.deliver();
+    r.client_says(b"DENY x\n");
     assert!(r.server.data.is_empty());
     assert_eq!(r.client.data, b"denied x\n");
     assert_eq!(
         r.client.acked, r.client.snd_nxt,
         "denied bytes must be acknowledged"
     );
-    r.client_send(b"ALLOW y\n");
-    r.deliver();
-    r.server_send(b"Y\n");
-    r.deliver();
+    r.client_says(b"ALLOW y\n");
+    r.server_says(b"Y\n");
     assert_eq!(r.server.data, b"ALLOW y\n");
     assert_eq!(r.client.data, b"denied x\nY\n");
     r.assert_healthy();
@@ -345,18 +332,13 @@ fn denial_with_nothing_pending_is_injected_at_once() {
 #[test]
 fn sequential_allow_deny_allow_like_curl_next() {
     let mut r = toy();
-    r.client_send(b"ALLOW 1\n");
-    r.deliver();
-    r.server_send(b"R1\n");
-    r.deliver();
+    r.client_says(b"ALLOW 1\n");
+    r.server_says(b"R1\n");
     r.acks();
-    r.client_send(b"DENY 2\n");
-    r.deliver();
+    r.client_says(b"DENY 2\n");
     r.acks();
-    r.client_send(b"ALLOW 3\n");
-    r.deliver();
-    r.server_send(b"R3\n");
-    r.deliver();
+    r.client_says(b"ALLOW 3\n");
+    r.server_says(b"R3\n");
     assert_eq!(r.server.data, b"ALLOW 1\nALLOW 3\n");
     assert_eq!(r.client.data, b"R1\ndenied 2\nR3\n");
     r.assert_healthy();
@@ -365,16 +347,13 @@ fn sequential_allow_deny_allow_like_curl_next() {
 #[test]
 fn quiet_denial_is_only_acknowledged() {
     let mut r = toy();
-    r.client_send(b"QDENY q\n");
-    r.deliver();
+    r.client_says(b"QDENY q\n");
     assert!(r.server.data.is_empty());
     assert!(r.client.data.is_empty());
     assert_eq!(r.client.acked, r.client.snd_nxt);
-    r.client_send(b"QALLOW z\nALLOW w\n");
-    r.deliver();
+    r.client_says(b"QALLOW z\nALLOW w\n");
     assert_eq!(r.server.data, b"QALLOW z\nALLOW w\n");
-    r.server_send(b"W\n");
-    r.deliver();
+    r.server_says(b"W\n");
     assert_eq!(r.client.data, b"W\n");
     r.assert_healthy();
 }
@@ -393,16 +372,14 @@ fn out_of_order_and_duplicate_client_segments() {
     r.input(CLIENT, b);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
-    r.server_send(b"A\n");
-    r.deliver();
+    r.server_says(b"A\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
     // Retransmissions of decided bytes: nothing new reaches the server.
     r.input(CLIENT, a);
     r.input(CLIENT, c);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
-    r.server_send(b"C\n");
-    r.deliver();
+    r.server_says(b"C\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     r.assert_healthy();
 }
@@ -410,8 +387,7 @@ fn out_of_order_and_duplicate_client_segments() {
 #[test]
 fn released_bytes_lost_on_the_way_are_resent_from_retransmission() {
     let mut r = toy();
-    r.client_send(b"DENY a\n");
-    r.deliver();
+    r.client_says(b"DENY a\n");
     let f = r.client_seg(b"ALLOW b\n");
     r.input(CLIENT, f.clone());
     // The rebuilt segment to the server is lost.
@@ -419,8 +395,7 @@ fn released_bytes_lost_on_the_way_are_resent_from_retransmission() {
     r.input(CLIENT, f);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW b\n");
-    r.server_send(b"B\n");
-    r.deliver();
+    r.server_says(b"B\n");
     assert_eq!(r.client.data, b"denied a\nB\n");
     r.assert_healthy();
 }
@@ -438,8 +413,7 @@ fn retransmission_with_other_bytes_cannot_smuggle() {
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
     // After a denial too (rebuilt segments).
-    r.server_send(b"A\n");
-    r.deliver();
+    r.server_says(b"A\n");
     r.client_send(b"DENY b\n");
     let seq = r.client.snd_nxt;
     r.client_send(b"ALLOW c\n");
@@ -448,8 +422,7 @@ fn retransmission_with_other_bytes_cannot_smuggle() {
     r.input(CLIENT, evil);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
-    r.server_send(b"C\n");
-    r.deliver();
+    r.server_says(b"C\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     r.assert_healthy();
 }
@@ -473,8 +446,7 @@ fn injected_denial_is_retransmitted_until_acked() {
 #[test]
 fn server_retransmission_after_injection_is_mapped() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nDENY b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nDENY b\n");
     let f = r.server_seg(b"A\n");
     r.input(SERVER, f.clone());
     r.deliver();
@@ -488,8 +460,7 @@ fn server_retransmission_after_injection_is_mapped() {
 #[test]
 fn out_of_order_server_data_is_dropped_for_resend() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nALLOW b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nALLOW b\n");
     let a = r.server_seg(b"A\n");
     let b = r.server_seg(b"B\n");
     assert_eq!(
@@ -507,28 +478,14 @@ fn out_of_order_server_data_is_dropped_for_resend() {
 fn fin_with_incomplete_head_denies_it() {
     let mut r = toy();
     r.client_send(b"ALLOW a\nALLOW unfinish");
-    let f = frame(
-        true,
-        r.client.snd_nxt,
-        r.client.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"ed",
-    );
-    r.client.snd_nxt = r.client.snd_nxt.wrapping_add(3);
+    let f = r.client.segment(TCP_ACK | TCP_FIN, b"ed");
     r.input(CLIENT, f);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.fin, "FIN must reach the server");
     assert_eq!(decisions(&r).last().unwrap().0, Decision::Deny);
     r.server_send(b"A\n");
-    let f = frame(
-        false,
-        r.server.snd_nxt,
-        r.server.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"",
-    );
-    r.server.snd_nxt += 1;
+    let f = r.server.segment(TCP_ACK | TCP_FIN, b"");
     r.input(SERVER, f);
     r.deliver();
     assert!(r.client.fin);
@@ -539,16 +496,8 @@ fn fin_with_incomplete_head_denies_it() {
 #[test]
 fn server_fin_with_a_pending_denial_comes_after_it() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nDENY b\n");
-    r.deliver();
-    let f = frame(
-        false,
-        r.server.snd_nxt,
-        r.server.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"A",
-    );
-    r.server.snd_nxt += 2;
+    r.client_says(b"ALLOW a\nDENY b\n");
+    let f = r.server.segment(TCP_ACK | TCP_FIN, b"A");
     r.input(SERVER, f);
     r.deliver();
     assert_eq!(r.client.data, b"Adenied b\n");
@@ -559,15 +508,8 @@ fn server_fin_with_a_pending_denial_comes_after_it() {
 #[test]
 fn client_rst_is_passed_mapped() {
     let mut r = toy();
-    r.client_send(b"DENY a\nALLOW b\n");
-    r.deliver();
-    let f = frame(
-        true,
-        r.client.snd_nxt,
-        r.client.rcv_nxt,
-        TCP_ACK | TCP_RST,
-        b"",
-    );
+    r.client_says(b"DENY a\nALLOW b\n");
+    let f = r.client.segment(TCP_ACK | TCP_RST, b"");
     assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
     r.deliver();
     assert!(r.server.rst && r.server.rst_in_window);
@@ -580,14 +522,7 @@ fn client_rst_is_passed_mapped() {
 #[test]
 fn fin_after_complete_requests_passes_on_fast_path() {
     let mut r = toy();
-    let f = frame(
-        true,
-        r.client.snd_nxt,
-        r.client.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"ALLOW a\n",
-    );
-    r.client.snd_nxt = r.client.snd_nxt.wrapping_add(9);
+    let f = r.client.segment(TCP_ACK | TCP_FIN, b"ALLOW a\n");
     assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
     r.deliver();
     assert!(r.server.fin);
@@ -615,8 +550,7 @@ fn oversized_head_is_denied_with_resets() {
 #[test]
 fn invalid_request_resets_both_sides() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nGARBAGE\nALLOW b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nGARBAGE\nALLOW b\n");
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.rst && r.client.rst);
     assert!(r.client.rst_in_window && r.server.rst_in_window);
@@ -630,8 +564,7 @@ fn deny_action_reset() {
         ..EngineConfig::default()
     };
     let mut r = rig(Toy, toy_policy(), cfg);
-    r.client_send(b"ALLOW a\nDENY b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nDENY b\n");
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.rst && r.client.rst);
     // Each RST is in its receiver's sequence space.
@@ -656,10 +589,8 @@ fn bodies_flow_or_vanish_without_being_held() {
     for _ in 0..5 {
         r.client_send(b"abcdefghij");
     }
-    r.client_send(b"ALLOW z\n");
-    r.deliver();
-    r.server_send(b"Z\n");
-    r.deliver();
+    r.client_says(b"ALLOW z\n");
+    r.server_says(b"Z\n");
     assert_eq!(r.server.data.len(), 9 + 100 + 8);
     assert!(r.server.data.ends_with(b"0123456789ALLOW z\n"));
     assert_eq!(r.client.data, b"ok\ndenied 50\nZ\n");
@@ -687,11 +618,9 @@ fn held_requests_beyond_the_limit_are_dropped_for_resend() {
     // c and d await replies: their 16 head bytes fill the pending budget.
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
     // Their replies free the budget: e goes on without a retransmission.
-    r.server_send(b"C\nD\n");
-    r.deliver();
+    r.server_says(b"C\nD\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\nALLOW e\n");
-    r.server_send(b"E\n");
-    r.deliver();
+    r.server_says(b"E\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\nD\nE\n");
     r.assert_healthy();
 }
@@ -813,18 +742,13 @@ const DENY_403: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n
 fn http_200_403_200_on_one_connection() {
     let mut r = http_rig();
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
-    r.client_send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
-    r.deliver();
-    r.server_send(ok);
-    r.deliver();
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.server_says(ok);
     r.acks();
-    r.client_send(b"PUT /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
-    r.deliver();
+    r.client_says(b"PUT /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
     r.acks();
-    r.client_send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
-    r.deliver();
-    r.server_send(ok);
-    r.deliver();
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.server_says(ok);
     assert_eq!(
         r.server.data,
         b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /public HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -839,15 +763,12 @@ fn http_200_403_200_on_one_connection() {
 #[test]
 fn http_pipelined_denial_waits_for_earlier_chunked_reply() {
     let mut r = http_rig();
-    r.client_send(
+    r.client_says(
         b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /secret HTTP/1.1\r\nHost: x\r\n\r\n",
     );
-    r.deliver();
-    r.server_send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
-    r.deliver();
+    r.server_says(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
     assert!(!r.client.data.ends_with(DENY_403));
-    r.server_send(b"0\r\n\r\n");
-    r.deliver();
+    r.server_says(b"0\r\n\r\n");
     assert!(r.client.data.ends_with(b"0\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n"));
     r.assert_healthy();
 }
@@ -862,17 +783,13 @@ fn memcached_get_allowed_denied_allowed() {
     let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
     let mut r = rig(Memcache::new(), p, EngineConfig::default());
     // Pipelined, as `nc` sends them.
-    r.client_send(b"get public1\r\nget secret\r\nget public2\r\n");
-    r.deliver();
+    r.client_says(b"get public1\r\nget secret\r\nget public2\r\n");
     assert_eq!(r.server.data, b"get public1\r\n");
-    r.server_send(b"VALUE public1 0 1\r\na\r\n");
-    r.deliver();
+    r.server_says(b"VALUE public1 0 1\r\na\r\n");
     assert_eq!(r.server.data, b"get public1\r\n");
-    r.server_send(b"END\r\n");
-    r.deliver();
+    r.server_says(b"END\r\n");
     assert_eq!(r.server.data, b"get public1\r\nget public2\r\n");
-    r.server_send(b"END\r\n");
-    r.deliver();
+    r.server_says(b"END\r\n");
     let deny = Memcache::new().deny_reply(&match Memcache::new().parse_request(b"get k\r\n") {
         Parse::Complete(h) => h.req,
         _ => unreachable!(),
@@ -887,16 +804,13 @@ fn memcached_get_allowed_denied_allowed() {
 #[test]
 fn http_upgrade_turns_the_connection_into_a_tunnel() {
     let mut r = http_rig();
-    r.client_send(
+    r.client_says(
         b"GET /public HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     );
-    r.deliver();
-    r.server_send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
-    r.deliver();
+    r.server_says(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
     // Not HTTP any more, both ways.
     r.client_send(b"\x81\x05hello");
-    r.server_send(b"\x81\x02hi");
-    r.deliver();
+    r.server_says(b"\x81\x02hi");
     assert!(r.server.data.ends_with(b"\x81\x05hello"));
     assert!(r.client.data.ends_with(b"\x81\x02hi"));
     assert!(!r.server.rst && !r.client.rst);
@@ -907,11 +821,9 @@ fn http_upgrade_turns_the_connection_into_a_tunnel() {
 #[test]
 fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
     let mut r = toy();
-    r.client_send(b"DENY a\n");
-    r.deliver();
+    r.client_says(b"DENY a\n");
     // The server closes its window; its ACK reaches the client mapped.
-    let f = frame(false, r.server.snd_nxt, r.server.rcv_nxt, TCP_ACK, b"");
-    let mut f = f;
+    let mut f = r.server.ack();
     let m = parse(&f).unwrap();
     f[m.l4_off + 14] = 0;
     f[m.l4_off + 15] = 0;
@@ -929,8 +841,7 @@ fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
     r.input(CLIENT, probe);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW b\n");
-    r.server_send(b"B\n");
-    r.deliver();
+    r.server_says(b"B\n");
     assert_eq!(r.client.data, b"denied a\nB\n");
     r.assert_healthy();
 }

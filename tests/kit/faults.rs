@@ -17,6 +17,19 @@ pub struct Faults {
     pub corrupt: u32,
 }
 
+impl Faults {
+    /// Drop, duplicate, reorder and split percentages; no corruption.
+    pub const fn new(drop: u32, dup: u32, reorder: u32, split: u32) -> Faults {
+        Faults {
+            drop,
+            dup,
+            reorder,
+            split,
+            corrupt: 0,
+        }
+    }
+}
+
 /// xorshift64*: deterministic and dependency-free.
 pub struct Rng(u64);
 

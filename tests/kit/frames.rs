@@ -296,3 +296,30 @@ pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A memcached binary request (magic 0x80).
+pub fn bin_req(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80, opcode];
+    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    v.push(extras.len() as u8);
+    v.extend_from_slice(&[0, 0, 0]);
+    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&opaque.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(extras);
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v
+}
+
+/// A memcached binary response (magic 0x81).
+pub fn bin_resp(opcode: u8, opaque: u32, status: u16, extras: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x81, opcode, 0, 0, extras.len() as u8, 0];
+    v.extend_from_slice(&status.to_be_bytes());
+    v.extend_from_slice(&((extras.len() + value.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&opaque.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(extras);
+    v.extend_from_slice(value);
+    v
+}

@@ -94,6 +94,22 @@ pub fn gate(needs: Result<(), String>) -> bool {
     }
 }
 
+/// Run `test` in a fresh lab (2 queues per enforcer side), then check the
+/// lab is gone. Skipped (or failed under CI) without root: see `gate`.
+pub fn with_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
+    with_lab_queues(prefix, 2, test)
+}
+
+pub fn with_lab_queues(prefix: &str, queues: u32, test: impl FnOnce(&mut Lab)) {
+    {
+        let Some(mut lab) = Lab::up_with(prefix, queues) else {
+            return;
+        };
+        test(&mut lab);
+    }
+    assert_clean(prefix);
+}
+
 /// How the enforcer decides frames.
 pub enum Mode<'a> {
     /// The real engine with this policy file or directory.

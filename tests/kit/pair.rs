@@ -165,6 +165,19 @@ impl<M: Middle> Pair<M> {
         self.input(SERVER, f)
     }
 
+    /// The client sends `data` as one segment and what comes out is delivered.
+    pub fn client_says(&mut self, data: &[u8]) -> Verdict {
+        let v = self.client_send(data);
+        self.deliver();
+        v
+    }
+
+    pub fn server_says(&mut self, data: &[u8]) -> Verdict {
+        let v = self.server_send(data);
+        self.deliver();
+        v
+    }
+
     /// The client sends `data` in segments of at most `seg` bytes, then the
     /// conversation runs until quiet.
     pub fn client_sends(&mut self, data: &[u8], seg: usize) {
