@@ -17,6 +17,8 @@ pub mod tcp;
 #[allow(unused_imports)]
 pub use frames::*;
 
+use std::ffi::OsStr;
+
 use enforcer::engine::Engine;
 use enforcer::verdict::{Output, Side, Verdict};
 
@@ -29,4 +31,17 @@ impl pair::Middle for Engine {
     fn tick(&mut self, now: u64, out: &mut Output) {
         Engine::tick(self, now, out)
     }
+}
+
+/// Run the `enforcer` binary: whether it succeeded, its stdout and stderr.
+pub fn enforcer<S: AsRef<OsStr>>(args: &[S]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(args)
+        .output()
+        .expect("run enforcer");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -69,6 +69,7 @@ impl Device for Dev {
 
 use super::faults::{Faults, Link};
 use super::pair::{CLIENT, SERVER};
+use enforcer::verdict::Side;
 
 const STEP_MS: i64 = 5;
 
@@ -168,39 +169,51 @@ impl Rig {
         self.ssock.get_mut::<tcp::Socket>(self.sh)
     }
 
-    /// Queue bytes on the client socket (all of them, stepping as needed).
-    pub fn client_send(&mut self, mut data: &[u8]) {
-        let mut guard = 0;
-        while !data.is_empty() {
-            let n = if self.client().can_send() {
-                self.client().send_slice(data).unwrap_or(0)
-            } else {
-                0
-            };
-            data = &data[n..];
-            if !data.is_empty() {
-                self.step();
-                guard += 1;
-                assert!(guard < 100_000, "client cannot send");
-            }
+    fn socket(&mut self, side: Side) -> &mut tcp::Socket<'static> {
+        if side == CLIENT {
+            self.client()
+        } else {
+            self.server()
         }
     }
 
-    pub fn server_send(&mut self, mut data: &[u8]) {
-        let mut guard = 0;
-        while !data.is_empty() {
-            let n = if self.server().can_send() {
-                self.server().send_slice(data).unwrap_or(0)
+    /// Queue bytes on one side's socket (all of them, stepping as needed).
+    pub fn send(&mut self, side: Side, mut data: &[u8]) {
+        for _ in 0..100_000 {
+            let s = self.socket(side);
+            let n = if s.can_send() {
+                s.send_slice(data).unwrap_or(0)
             } else {
                 0
             };
             data = &data[n..];
-            if !data.is_empty() {
-                self.step();
-                guard += 1;
-                assert!(guard < 100_000, "server cannot send");
+            if data.is_empty() {
+                return;
+            }
+            self.step();
+        }
+        panic!("side {side} cannot send");
+    }
+
+    pub fn client_send(&mut self, data: &[u8]) {
+        self.send(CLIENT, data)
+    }
+
+    pub fn server_send(&mut self, data: &[u8]) {
+        self.send(SERVER, data)
+    }
+
+    /// What one side's application can read now.
+    fn read(&mut self, side: Side) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while self.socket(side).can_recv() {
+            match self.socket(side).recv_slice(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
+        got
     }
 
     /// One round: both stacks poll, frames cross the links and the engine,
@@ -220,19 +233,10 @@ impl Rig {
         self.engine.tick(now_ns, &mut self.out);
         self.collect_emits();
         self.deliver_due();
-        let mut buf = [0u8; 4096];
-        while self.client().can_recv() {
-            match self.client().recv_slice(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.client_got.extend_from_slice(&buf[..n]),
-            }
-        }
-        while self.server().can_recv() {
-            match self.server().recv_slice(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.server_got.extend_from_slice(&buf[..n]),
-            }
-        }
+        let got = self.read(CLIENT);
+        self.client_got.extend_from_slice(&got);
+        let got = self.read(SERVER);
+        self.server_got.extend_from_slice(&got);
         self.now_ms += STEP_MS;
     }
 
