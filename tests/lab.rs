@@ -203,16 +203,16 @@ fn refuses_unsafe_setups_with_clear_messages() {
     lab::with_lab("dpref", |lab| {
         let pol = repo("policies");
         let pol = pol.to_str().unwrap();
-        let (okk, e) = run_once(&lab, &["--iface", "cli0", "--policy", pol], true);
+        let (okk, e) = run_once(lab, &["--iface", "cli0", "--policy", pol], true);
         assert!(!okk && e.contains("host mode"), "{e}");
         let (okk, e) = run_once(
-            &lab,
+            lab,
             &["--iface", "cli0", "--peer", "nosuch0", "--policy", pol],
             true,
         );
         assert!(!okk && e.contains("nosuch0 does not exist"), "{e}");
         let (okk, e) = run_once(
-            &lab,
+            lab,
             &[
                 "--iface",
                 "cli0",
@@ -225,21 +225,21 @@ fn refuses_unsafe_setups_with_clear_messages() {
         );
         assert!(!okk && e.contains("does not exist"), "{e}");
         if !Path::new("/etc/enforcer/policies").exists() {
-            let (okk, e) = run_once(&lab, &["--iface", "cli0", "--peer", "srv0"], true);
+            let (okk, e) = run_once(lab, &["--iface", "cli0", "--peer", "srv0"], true);
             assert!(!okk && e.contains("/etc/enforcer/policies"), "{e}");
         }
         // A spare pair in the enforcer's namespace for bad link states.
         assert!(ok(&lab.sh("enf", "ip link add dn0 type veth peer name dn1 && ethtool -K dn0 tx off tso off gso off gro off >/dev/null && ip link set dn1 up")));
         let args = ["--iface", "dn0", "--peer", "srv0", "--policy", pol];
-        let (okk, e) = run_once(&lab, &args, true);
+        let (okk, e) = run_once(lab, &args, true);
         assert!(!okk && e.contains("dn0 is down"), "{e}");
         assert!(ok(&lab.sh("enf", "ip link set dn0 mtu 9000 up")));
-        let (okk, e) = run_once(&lab, &args, true);
+        let (okk, e) = run_once(lab, &args, true);
         assert!(!okk && e.contains("MTU 9000"), "{e}");
         assert!(ok(
             &lab.sh("enf", "ip link set dn0 mtu 1500 && ethtool -K dn0 gro on")
         ));
-        let (okk, e) = run_once(&lab, &args, true);
+        let (okk, e) = run_once(lab, &args, true);
         assert!(!okk && e.contains("ethtool -K dn0"), "{e}");
         assert!(
             lab.xdp_links().is_empty(),
@@ -273,7 +273,7 @@ fn refuses_unsafe_setups_with_clear_messages() {
                 let r = lab.sh("enf", &attach);
                 assert!(ok(&r), "{r:?}");
                 let (okk, e) = run_once(
-                    &lab,
+                    lab,
                     &["--iface", "cli0", "--peer", "srv0", "--policy", pol],
                     true,
                 );
@@ -316,7 +316,7 @@ fn four_queues_four_workers_carry_parallel_flows() {
         let hosts = ["awing", "xwing", "tracker", "outsider"];
         std::thread::scope(|s| {
             for h in hosts {
-                let lab = &lab;
+                let lab = &*lab;
                 s.spawn(move || {
                     let script = "for i in $(seq 20); do curl -s -m 3 http://10.66.0.2/v1/healthz || exit 1; \
                                   curl -s -m 3 -g 'http://[fd66::2]/v1/healthz' || exit 1; done";
@@ -346,7 +346,7 @@ fn four_queues_four_workers_carry_parallel_flows() {
 fn one_gib_arrives_byte_exact_through_the_dataplane() {
     lab::with_lab("dpbulk", |lab| {
         lab.start(Mode::PassThrough, &[]).unwrap();
-        let took = bulk(&lab, 1 << 30);
+        let took = bulk(lab, 1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         let c = st.counters().unwrap();
@@ -397,12 +397,12 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
         // L4-only port: a-wing's connections and their replies pass, v4 and v6.
         let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
         lab.wait_listen("server", 9000);
-        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
-        assert_eq!(echo(&lab, "awing", SERVER6), "echo:hello");
+        assert_eq!(echo(lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(lab, "awing", SERVER6), "echo:hello");
         // Nobody else has a rule for it: their SYNs are dropped.
         for host in ["xwing", "tracker", "outsider"] {
-            assert_eq!(echo(&lab, host, SERVER4), "", "{host} v4");
-            assert_eq!(echo(&lab, host, SERVER6), "", "{host} v6");
+            assert_eq!(echo(lab, host, SERVER4), "", "{host} v4");
+            assert_eq!(echo(lab, host, SERVER6), "", "{host} v6");
         }
 
         // The HTTP port is for spaceships only: a denied SYN is dropped
@@ -425,7 +425,7 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
             lab.ping("xwing", SERVER4),
             "the enforcer went down on L7 traffic"
         );
-        assert_eq!(echo(&lab, "awing", SERVER6), "echo:hello");
+        assert_eq!(echo(lab, "awing", SERVER6), "echo:hello");
 
         let _ = echo_srv.kill();
         let _ = echo_srv.wait();
@@ -461,7 +461,7 @@ fn one_gib_arrives_byte_exact_through_an_l4_rule() {
     lab::with_lab("l4bulk", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
-        let took = bulk(&lab, 1 << 30);
+        let took = bulk(lab, 1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0));
@@ -487,7 +487,7 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
         let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
         lab.wait_listen("server", 9000);
         assert_eq!(
-            echo(&lab, "awing", SERVER4),
+            echo(lab, "awing", SERVER4),
             "",
             "port 9000 open before the rule"
         );
@@ -503,8 +503,8 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
             "{:?}",
             lab.enforcer_stdout()
         );
-        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
-        assert_eq!(echo(&lab, "xwing", SERVER4), "");
+        assert_eq!(echo(lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(lab, "xwing", SERVER4), "");
 
         std::fs::write(
             pol.path().join("broken.yaml"),
@@ -527,7 +527,7 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
             lab.enforcer_stderr()
         );
         assert_eq!(
-            echo(&lab, "awing", SERVER4),
+            echo(lab, "awing", SERVER4),
             "echo:hello",
             "the running policy was kept"
         );
@@ -541,7 +541,7 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
             lab.enforcer_stdout()
         );
         assert_eq!(
-            echo(&lab, "awing", SERVER4),
+            echo(lab, "awing", SERVER4),
             "",
             "rule removed, new connections denied"
         );
@@ -589,7 +589,7 @@ fn seed_scenarios_end_to_end() {
         // Memcached guide.
         assert_eq!(
             bmemcached(
-                &lab,
+                lab,
                 "awing",
                 &[
                     "client.set('awing-coord','4309.432,918.980',time=2400)",
@@ -616,7 +616,7 @@ fn seed_scenarios_end_to_end() {
         // Denied, then allowed again on the same connection.
         assert_eq!(
             bmemcached(
-                &lab,
+                lab,
                 "awing",
                 &[
                     "client.get('xwing-coord')",
@@ -628,7 +628,7 @@ fn seed_scenarios_end_to_end() {
         );
         assert_eq!(
             bmemcached(
-                &lab,
+                lab,
                 "tracker",
                 &[
                     "client.get('xwing-coord')",

@@ -56,7 +56,7 @@ fn memcached_guide_step_by_step() {
         let open = endpoints_only();
         lab.start(Mode::Policy(open.path()), &[]).unwrap();
         let aw = bmemcached(
-            &lab,
+            lab,
             "awing",
             "show(lambda: client.set('awing-coord', '4309.432,918.980', time=2400))\n\
              show(lambda: client.get('awing-coord'))\n",
@@ -64,18 +64,18 @@ fn memcached_guide_step_by_step() {
         assert_eq!(aw, ["True", "4309.432,918.980"]);
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "xwing",
                 "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
             ),
             "STORED\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get xwing-coord\\r\\n"),
+            nc(lab, "xwing", "get xwing-coord\\r\\n"),
             "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "VALUE awing-coord 0 16\r\n4309.432,918.980\r\nEND\r\n",
             "over-privileged before the policy"
         );
@@ -85,11 +85,11 @@ fn memcached_guide_step_by_step() {
         lab.start(Mode::Policy(&lab::repo("policies")), &[])
             .unwrap();
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
         let aw = bmemcached(
-            &lab,
+            lab,
             "awing",
             "show(lambda: client.get('awing-coord'))\n\
              show(lambda: client.get('xwing-coord'))\n\
@@ -109,7 +109,7 @@ fn memcached_guide_step_by_step() {
             "a denied get leaves the client usable: no retry needed"
         );
         let tr = bmemcached(
-            &lab,
+            lab,
             "tracker",
             "show(lambda: client.get('xwing-coord'))\n\
              show(lambda: client.set('awing-coord', '0.0,0.0', time=1200))\n\
@@ -120,20 +120,20 @@ fn memcached_guide_step_by_step() {
         // dropped silently and nc ends on its own close.
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "xwing",
                 "set xwing-coord 0 1200 16\\r\\n9854.34,926.9187\\r\\nquit\\r\\n"
             ),
             "STORED\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get xwing-coord\\r\\n"),
+            nc(lab, "xwing", "get xwing-coord\\r\\n"),
             "VALUE xwing-coord 0 16\r\n9854.34,926.9187\r\nEND\r\n"
         );
         // Pipelined on one connection: value, denial, value, in order.
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "xwing",
                 "get xwing-coord\\r\\nget awing-coord\\r\\nget xwing-coord\\r\\n"
             ),
@@ -144,7 +144,7 @@ fn memcached_guide_step_by_step() {
         // Multi-key get: each key alone is allowed to the tracker by a
         // different rule, together by none.
         assert_eq!(
-            nc(&lab, "tracker", "get awing-coord xwing-coord\\r\\n"),
+            nc(lab, "tracker", "get awing-coord xwing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
         // pymemcache (text) from a-wing: its own key works.
@@ -153,7 +153,7 @@ fn memcached_guide_step_by_step() {
             "1.0,2.0"
         );
         // The outsider has no rule at all: it cannot even connect.
-        assert_eq!(nc(&lab, "outsider", "get awing-coord\\r\\n"), "");
+        assert_eq!(nc(lab, "outsider", "get awing-coord\\r\\n"), "");
 
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0), "{st:?}");
@@ -234,7 +234,7 @@ fn denied_request_keeps_the_connection_and_bodies_never_arrive() {
         // curl --next over one connection: 200, 403, 200 and one connect.
         let w = "%{http_code} %{num_connects}\\n";
         let lines = curl_lines(
-            &lab,
+            lab,
             "xwing",
             &[
                 "-o",

@@ -61,10 +61,11 @@ fn scan(ts: TokenStream, roots: &[&str], found: &mut Found) {
     for (i, t) in tt.iter().enumerate() {
         match t {
             TokenTree::Group(g) => scan(g.stream(), roots, found),
-            TokenTree::Ident(x) if *x == "unsafe" => {
-                if !matches!(ident(i + 1).as_deref(), Some("fn" | "extern")) {
-                    found.unsafe_lines.push(x.span().start().line);
-                }
+            // `unsafe fn` and `unsafe extern` state a contract in their docs.
+            TokenTree::Ident(x)
+                if *x == "unsafe" && !matches!(ident(i + 1).as_deref(), Some("fn" | "extern")) =>
+            {
+                found.unsafe_lines.push(x.span().start().line);
             }
             TokenTree::Ident(x) if roots.iter().any(|r| *x == r) && path_sep(i + 1) => {
                 let after_colon = i > 1 && path_sep(i - 2);

@@ -217,8 +217,7 @@ fn compile_ports(
 }
 
 /// Compile one port's L7 rule list (`rules.<field>[k]`), naming each rule
-/// and keeping its text for `check`.
-
+/// and keeping its text for `check`; `tag` gives the list its protocol.
 fn l7_set<S, R>(
     specs: &[S],
     (pat, field, rule_name): (&str, &str, &str),
