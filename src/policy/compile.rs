@@ -15,8 +15,8 @@ use super::spec::{
     CidrSet, EgressRule, EndpointSpec, IcmpRule, IngressRule, PortRule, PortValue, Rule, Selector,
 };
 use super::{L7Rules, NamedRule, RuleList};
-use crate::l7::http::HttpRule;
-use crate::l7::memcache::MemcacheRule;
+use crate::l7::http::{HttpRule, HttpRuleSpec};
+use crate::l7::memcache::{MemcacheRule, MemcacheRuleSpec};
 
 /// An error found while compiling: field path relative to the document, message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,14 +167,7 @@ fn compile_ports(
                 }
                 if has_http {
                     let specs = r.http.as_deref().unwrap_or_default();
-                    let at = (pat.as_str(), "http", rule_name);
-                    Some(l7_set(
-                        specs,
-                        at,
-                        describe_http,
-                        HttpRule::compile,
-                        L7Rules::Http,
-                    )?)
+                    Some(l7_set(specs, &pat, rule_name, &HTTP)?)
                 } else if has_mc {
                     match r.l7proto.as_deref() {
                         Some("memcache") => {}
@@ -189,14 +182,7 @@ fn compile_ports(
                         }
                     }
                     let specs = r.l7.as_deref().unwrap_or_default();
-                    let at = (pat.as_str(), "l7", rule_name);
-                    Some(l7_set(
-                        specs,
-                        at,
-                        describe_memcache,
-                        MemcacheRule::compile,
-                        L7Rules::Memcache,
-                    )?)
+                    Some(l7_set(specs, &pat, rule_name, &MEMCACHE)?)
                 } else {
                     None
                 }
@@ -216,18 +202,41 @@ fn compile_ports(
     Ok(groups)
 }
 
+/// How one protocol's rule list is written (`rules.<field>`), described for
+/// `check`, compiled, and tagged with its protocol.
+struct L7Kind<S: 'static, R: 'static> {
+    field: &'static str,
+    describe: fn(&S) -> String,
+    compile: fn(&S) -> Result<R, crate::l7::http::RuleError>,
+    tag: fn(RuleList<R>) -> L7Rules,
+}
+
+const HTTP: L7Kind<HttpRuleSpec, HttpRule> = L7Kind {
+    field: "http",
+    describe: describe_http,
+    compile: HttpRule::compile,
+    tag: L7Rules::Http,
+};
+
+const MEMCACHE: L7Kind<MemcacheRuleSpec, MemcacheRule> = L7Kind {
+    field: "l7",
+    describe: describe_memcache,
+    compile: MemcacheRule::compile,
+    tag: L7Rules::Memcache,
+};
+
 /// Compile one port's L7 rule list (`rules.<field>[k]`), naming each rule
-/// and keeping its text for `check`; `tag` gives the list its protocol.
+/// and keeping its text for `check`.
 fn l7_set<S, R>(
     specs: &[S],
-    (pat, field, rule_name): (&str, &str, &str),
-    describe: fn(&S) -> String,
-    compile: impl Fn(&S) -> Result<R, crate::l7::http::RuleError>,
-    tag: fn(RuleList<R>) -> L7Rules,
+    pat: &str,
+    rule_name: &str,
+    kind: &L7Kind<S, R>,
 ) -> Result<L7Set, CompileError> {
+    let field = kind.field;
     let mut rules = Vec::new();
     for (k, spec) in specs.iter().enumerate() {
-        let rule = compile(spec)
+        let rule = (kind.compile)(spec)
             .map_err(|e| err(format!("{pat}.rules.{field}[{k}].{}", e.field), e.message))?;
         rules.push(NamedRule {
             name: format!("{rule_name}/{pat}/{field}[{k}]"),
@@ -235,8 +244,8 @@ fn l7_set<S, R>(
         });
     }
     Ok(L7Set {
-        rules: tag(rules.into()),
-        texts: specs.iter().map(describe).collect(),
+        rules: (kind.tag)(rules.into()),
+        texts: specs.iter().map(kind.describe).collect(),
     })
 }
 
@@ -371,12 +380,7 @@ fn compile_selectors(
         .map(|(i, s)| {
             let sel =
                 CompiledSelector::compile(s).map_err(|(f, m)| err(format!("{at}[{i}].{f}"), m))?;
-            let ids = eps
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| sel.matches(&e.labels))
-                .map(|(k, _)| k)
-                .collect();
+            let ids = selected(&sel, eps);
             Ok(Peer::Endpoints { sel, ids })
         })
         .collect()
@@ -504,12 +508,7 @@ pub fn compile_rule(
         (Some(s), None) => {
             let sel = CompiledSelector::compile(s)
                 .map_err(|(f, m)| err(format!("{at}.endpointSelector.{f}"), m))?;
-            let ids = eps
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| sel.matches(&e.labels))
-                .map(|(k, _)| k)
-                .collect();
+            let ids = selected(&sel, eps);
             (Some(sel), ids)
         }
         // A node selector selects this host.
@@ -570,4 +569,11 @@ pub fn compile_rule(
         enforce_ingress: dd.ingress.unwrap_or(r.ingress.is_some()),
         enforce_egress: dd.egress.unwrap_or(r.egress.is_some()),
     })
+}
+
+/// Indexes of the endpoints `sel` selects.
+fn selected(sel: &CompiledSelector, eps: &[Endpoint]) -> Vec<usize> {
+    (0..eps.len())
+        .filter(|&k| sel.matches(&eps[k].labels))
+        .collect()
 }
