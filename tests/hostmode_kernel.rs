@@ -32,6 +32,7 @@ impl Drop for Netns {
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
     use std::os::fd::AsRawFd;
+    // SAFETY: `f` is an open netns file for the duration of the call.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns");
 }
@@ -159,6 +160,7 @@ fn steering_fallback_follows_fail_mode_and_stale_programs_are_removed() {
 
     let t = std::thread::spawn(|| {
         enter("hmk-b");
+        // SAFETY: a NUL-terminated literal.
         let ifindex = unsafe { libc::if_nametoindex(c"b0".as_ptr()) } as i32;
         assert!(ifindex > 0);
         let host: IpAddr = "10.79.0.2".parse().unwrap();

@@ -42,6 +42,7 @@ fn have(cmd: &str, args: &[&str]) -> bool {
 
 /// Root, or why not.
 pub fn root() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         Ok(())
     } else {
@@ -377,6 +378,7 @@ impl Lab {
     /// Send a signal to the running enforcer.
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self.enforcer_pid() {
+            // SAFETY: a signal to the enforcer child this lab started.
             unsafe { libc::kill(pid as i32, sig) };
         }
     }
@@ -398,6 +400,7 @@ impl Lab {
 
     fn end(&mut self, sig: libc::c_int) -> Option<Stopped> {
         let mut run = self.enforcer.take()?;
+        // SAFETY: a signal to the enforcer child this lab started.
         unsafe { libc::kill(run.child.id() as i32, sig) };
         let t = Instant::now();
         let status = loop {
