@@ -13,13 +13,24 @@ use std::sync::Arc;
 use enforcer::config::{DenyAction, EngineConfig};
 use enforcer::engine::Engine;
 use enforcer::policy::Policy;
-use kit::pair::{Pair, CLIENT, SERVER};
+use kit::faults::{Faults, Faulty};
+use kit::pair::{Middle, Pair, CLIENT, SERVER};
 use kit::{bin_req, bin_resp, ep, ACK, FIN, RST};
 
 /// A connection from `client` (an address of `policies/endpoints.yaml`) to
 /// the p server on `server_port`, through the engine with the shipped
 /// policies; the endpoints acknowledge what they receive.
 fn conn(client: &str, server_port: u16, cfg: EngineConfig) -> Pair<Engine> {
+    conn_with(|e| e, client, server_port, cfg)
+}
+
+/// The same, with the engine inside `wrap` (faults, say).
+fn conn_with<M: Middle>(
+    wrap: impl FnOnce(Engine) -> M,
+    client: &str,
+    server_port: u16,
+    cfg: EngineConfig,
+) -> Pair<M> {
     let server = if client.contains(':') {
         "fd66::2"
     } else {
@@ -28,7 +39,7 @@ fn conn(client: &str, server_port: u16, cfg: EngineConfig) -> Pair<Engine> {
     let policy = Policy::load(std::path::Path::new("policies")).expect("shipped policies load");
     let engine = Engine::new(Arc::new(policy), cfg, 0);
     let mut p = Pair::new(
-        engine,
+        wrap(engine),
         ep(client, 40_000),
         ep(server, server_port),
         (1000, 9_000_000),
@@ -75,6 +86,32 @@ fn http_allowed_denied_allowed_on_one_connection() {
         p.healthy();
         let c = p.mid.counters();
         assert_eq!((c.l7_requests_allowed, c.l7_requests_denied), (2, 1));
+    }
+}
+
+/// Duplicated and split segments into the engine, both ways (the kit's
+/// faults around it): each side still reads its bytes once, in order.
+#[test]
+fn duplicated_and_split_segments_change_nothing() {
+    for seed in 0..16 {
+        let faulty = |e| Faulty::new(e, Faults::new(0, 30, 0, 40), seed);
+        let mut p = conn_with(faulty, "10.66.0.11", 80, EngineConfig::default());
+        p.client_sends(format!("{GET}{PUT}{GET}").as_bytes(), 16);
+        p.server_sends(OK.as_bytes());
+        p.server_sends(OK.as_bytes());
+        assert_eq!(p.server.got(), format!("{GET}{GET}"), "seed {seed}");
+        let got = p.client.got();
+        assert!(
+            got.starts_with(OK) && got.ends_with(OK),
+            "seed {seed}: {got}"
+        );
+        assert_eq!(got.find(FORBIDDEN), Some(OK.len()), "seed {seed}: {got}");
+        p.healthy();
+        let into_engine = p.mid.inner.counters().frames_in;
+        assert!(
+            into_engine > p.verdicts.len() as u64,
+            "seed {seed}: no fault happened"
+        );
     }
 }
 

@@ -5,6 +5,9 @@
 
 use enforcer::packet::build::{tcp_segment, SegmentSpec};
 use enforcer::packet::view::parse;
+use enforcer::verdict::{Emit, Output, Side, Verdict};
+
+use super::pair::Middle;
 
 /// Fault probabilities, in percent, applied to every frame on a link.
 #[derive(Debug, Clone, Copy, Default)]
@@ -99,6 +102,66 @@ impl Link {
             out.push((delay, f));
         }
         out
+    }
+}
+
+/// Faults around any middle: every frame into it crosses a faulty link
+/// first (a delayed frame goes in after as many later frames or ticks).
+/// What comes out is unchanged, so the wrapper reports every input as
+/// consumed and hands the middle's forwarded frames on as emits, in order.
+pub struct Faulty<M> {
+    pub inner: M,
+    pub link: Link,
+    held: Vec<(u32, Side, Vec<u8>)>,
+}
+
+impl<M: Middle> Faulty<M> {
+    pub fn new(inner: M, faults: Faults, seed: u64) -> Faulty<M> {
+        Faulty {
+            inner,
+            link: Link::new(faults, seed),
+            held: Vec::new(),
+        }
+    }
+
+    fn pass(&mut self, side: Side, mut f: Vec<u8>, now: u64, out: &mut Output) {
+        let at = out.emits.len();
+        if let Verdict::Forward(to) = self.inner.on_frame(side, &mut f, now, out) {
+            out.emits.insert(at, Emit { side: to, frame: f });
+        }
+    }
+
+    /// Frames whose delay ran out (`all`: every held frame) go in.
+    fn release(&mut self, all: bool, now: u64, out: &mut Output) {
+        for h in &mut self.held {
+            h.0 = if all { 0 } else { h.0.saturating_sub(1) };
+        }
+        let (due, later) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.0 == 0);
+        self.held = later;
+        for (_, side, f) in due {
+            self.pass(side, f, now, out);
+        }
+    }
+}
+
+impl<M: Middle> Middle for Faulty<M> {
+    fn on_frame(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+        self.release(false, now, out);
+        for (delay, f) in self.link.carry(frame.to_vec()) {
+            if delay == 0 {
+                self.pass(side, f, now, out);
+            } else {
+                self.held.push((delay, side, f));
+            }
+        }
+        Verdict::Consumed
+    }
+
+    fn tick(&mut self, now: u64, out: &mut Output) {
+        self.release(true, now, out);
+        self.inner.tick(now, out);
     }
 }
 
