@@ -1,7 +1,7 @@
 //! The seed scenarios at L7, end to end: real memcached and the deathstar
 //! app behind the real enforcer, driven by the seeds' own clients
 //! (bmemcached, nc, curl) and pymemcache. Root only; under CI=true a missing
-//! prerequisite is a failure (see tests/lab/mod.rs).
+//! prerequisite is a failure (see tests/kit/lab.rs).
 
 mod kit;
 
