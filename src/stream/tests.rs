@@ -162,6 +162,7 @@ impl<P: Protocol> Middle for Bare<P> {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
+            over_budget: false,
             tuple: tuple(meta.src, meta.dst),
         };
         let v = self.s.on_segment(&mut ctx, side, frame, &meta, now, out);
@@ -176,6 +177,7 @@ impl<P: Protocol> Middle for Bare<P> {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
+            over_budget: false,
             tuple: tuple(cli().ip, srv().ip),
         };
         self.s.on_tick(&mut ctx, now, out);
