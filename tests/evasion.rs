@@ -329,14 +329,7 @@ fn pickup_spoofed_server_segment_does_not_open_an_unjudged_flow() {
     let mut c = http_conn();
     // Before the client's SYN, a segment "from the server" sent from the
     // client's side, as if the connection were already open.
-    let spoof = tcp(
-        c.server.me,
-        c.client.me,
-        777,
-        c.client.snd_nxt + 1,
-        ACK,
-        b"",
-    );
+    let spoof = c.to_client(777, c.client.snd_nxt + 1, ACK, b"");
     w.client_sends(spoof);
     w.handshake(&mut c);
     w.client_sends(c.client_data(PUT));
@@ -387,14 +380,7 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
     // that a-wing's own (denied) connection then rides on.
     let mut w = Wire::new(EngineConfig::default());
     let mut c = Conn::new(ep(AWING, 40_003), ep(SERVER, 8080));
-    w.client_sends(tcp(
-        c.server.me,
-        c.client.me,
-        777,
-        c.client.snd_nxt + 1,
-        ACK,
-        b"",
-    ));
+    w.client_sends(c.to_client(777, c.client.snd_nxt + 1, ACK, b""));
     let v = w.client_sends(c.syn());
     assert!(matches!(v, Verdict::Drop(_)), "the SYN is judged: {v:?}");
     assert_eq!(
@@ -429,27 +415,13 @@ fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
     w.client_sends(c.client_data(GET));
     w.server_sends(c.server_data(OK));
     // A real RST from the client ends the connection (and the L7 state).
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt,
-        c.server.snd_nxt,
-        RST | ACK,
-        b"",
-    ));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, RST | ACK, b""));
     w.tick(5_000_000_000);
     for _ in 0..3 {
         w.tick(1_000_000);
     }
     // The server's retransmission comes after the entry expired.
-    let v = w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        c.server.snd_nxt - 2,
-        c.client.snd_nxt,
-        ACK | PSH,
-        b"ok",
-    ));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt - 2, c.client.snd_nxt, ACK | PSH, b"ok"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     let before = w.server.read.len();
     w.client_sends(c.client_data(PUT));
@@ -467,18 +439,11 @@ fn syn_second_isn_during_handshake_does_not_rebase_the_stream() {
     // A second SYN with another ISN, placed so that the client's PUT, read
     // from the new ISN, would start at an allowed-looking offset.
     let other_isn = c.client.snd_nxt.wrapping_add(5000);
-    w.client_sends(tcp(c.client.me, c.server.me, other_isn, 0, SYN, b""));
+    w.client_sends(c.to_server(other_isn, 0, SYN, b""));
     w.server_sends(c.syn_ack());
     c.client.snd_nxt += 1;
     c.server.snd_nxt += 1;
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt,
-        c.server.snd_nxt,
-        ACK,
-        b"",
-    ));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
     w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     w.client_sends(c.client_data(GET));
@@ -501,14 +466,7 @@ fn syn_late_with_new_isn_does_not_rebase_the_stream() {
         // A SYN with an ISN chosen so that, re-based on it, the PUT below
         // would look like the stream's first bytes.
         let isn = c.client.snd_nxt.wrapping_sub(1);
-        let syn = tcp(
-            c.client.me,
-            c.server.me,
-            isn.wrapping_add(1000),
-            0,
-            SYN,
-            b"",
-        );
+        let syn = c.to_server(isn.wrapping_add(1000), 0, SYN, b"");
         w.client_sends(if bad_checksum {
             corrupt_checksum(syn)
         } else {
@@ -549,7 +507,7 @@ fn syn_delayed_duplicate_does_not_stall_the_connection() {
 fn syn_data_is_never_forwarded() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    let v = w.client_sends(tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, SYN, PUT));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt, 0, SYN, PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w
         .to_server
@@ -567,35 +525,14 @@ fn syn_ack_with_data_or_for_another_isn_is_dropped() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.client_sends(c.syn());
-    let v = w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        c.server.snd_nxt,
-        c.client.snd_nxt + 1,
-        SYN | ACK,
-        b"x",
-    ));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt, c.client.snd_nxt + 1, SYN | ACK, b"x"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        c.server.snd_nxt,
-        c.client.snd_nxt + 77,
-        SYN | ACK,
-        b"",
-    ));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt, c.client.snd_nxt + 77, SYN | ACK, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     w.server_sends(c.syn_ack());
     c.client.snd_nxt += 1;
     c.server.snd_nxt += 1;
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt,
-        c.server.snd_nxt,
-        ACK,
-        b"",
-    ));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
     w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
 }
@@ -606,7 +543,7 @@ fn simultaneous_open_is_refused_on_l7_ports() {
     let c = http_conn();
     w.client_sends(c.syn());
     // The "server" sends a bare SYN of its own.
-    let v = w.server_sends(tcp(c.server.me, c.client.me, c.server.snd_nxt, 0, SYN, b""));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt, 0, SYN, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
 }
 
@@ -631,14 +568,7 @@ fn bad_checksum_segments_change_nothing() {
     // A benign request with a bad checksum at the offsets the PUT takes
     // next: judged, it would be "the bytes already decided" there.
     let seq = c.client.snd_nxt;
-    let bad = corrupt_checksum(tcp(
-        c.client.me,
-        c.server.me,
-        seq,
-        c.server.snd_nxt,
-        ACK | PSH,
-        GET,
-    ));
+    let bad = corrupt_checksum(c.to_server(seq, c.server.snd_nxt, ACK | PSH, GET));
     let v = w.client_sends(bad);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.dropped("tcp-bad-checksum"), 1);
@@ -646,17 +576,13 @@ fn bad_checksum_segments_change_nothing() {
     w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     // A bad-checksum RST and FIN leave the connection alone.
-    w.client_sends(corrupt_checksum(tcp(
-        c.client.me,
-        c.server.me,
+    w.client_sends(corrupt_checksum(c.to_server(
         c.client.snd_nxt,
         c.server.snd_nxt,
         RST | ACK,
         b"",
     )));
-    w.server_sends(corrupt_checksum(tcp(
-        c.server.me,
-        c.client.me,
+    w.server_sends(corrupt_checksum(c.to_client(
         c.server.snd_nxt,
         c.client.snd_nxt,
         FIN | ACK,
@@ -704,23 +630,9 @@ fn still_works(w: &mut Wire, c: &mut Conn) {
 #[test]
 fn rst_out_of_window_from_either_side_is_ignored() {
     let (mut w, mut c) = rst_conn();
-    let v = w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt.wrapping_sub(100_000),
-        0,
-        RST,
-        b"",
-    ));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt.wrapping_sub(100_000), 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        c.server.snd_nxt.wrapping_add(1 << 31),
-        0,
-        RST,
-        b"",
-    ));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt.wrapping_add(1 << 31), 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     still_works(&mut w, &mut c);
     w.client_sends(c.client_data(PUT));
@@ -731,14 +643,7 @@ fn rst_out_of_window_from_either_side_is_ignored() {
 fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
     let (mut w, mut c) = rst_conn();
     // Ahead of the next byte: the server answers it with a challenge ACK.
-    let v = w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt + 500,
-        0,
-        RST,
-        b"",
-    ));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt + 500, 0, RST, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
     assert!(!w.server.reset, "the host ignores it too");
     still_works(&mut w, &mut c);
@@ -750,7 +655,7 @@ fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
 #[test]
 fn rst_exact_ends_the_connection_on_both() {
     let (mut w, c) = rst_conn();
-    let v = w.client_sends(tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, RST, b""));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt, 0, RST, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
     assert!(w.server.reset);
     let mut c = c;
@@ -765,35 +670,14 @@ fn rst_during_the_handshake_must_match() {
     let mut c = http_conn();
     w.client_sends(c.syn());
     // Not acknowledging the SYN: ignored (RFC 793 SYN-SENT).
-    let v = w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        0,
-        c.client.snd_nxt + 99,
-        RST | ACK,
-        b"",
-    ));
+    let v = w.server_sends(c.to_client(0, c.client.snd_nxt + 99, RST | ACK, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt + 99_999,
-        0,
-        RST,
-        b"",
-    ));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt + 99_999, 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     w.server_sends(c.syn_ack());
     c.client.snd_nxt += 1;
     c.server.snd_nxt += 1;
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt,
-        c.server.snd_nxt,
-        ACK,
-        b"",
-    ));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
     still_works(&mut w, &mut c);
 }
 
@@ -802,14 +686,7 @@ fn rst_answering_the_syn_passes() {
     let mut w = Wire::new(EngineConfig::default());
     let c = http_conn();
     w.client_sends(c.syn());
-    let v = w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        0,
-        c.client.snd_nxt + 1,
-        RST | ACK,
-        b"",
-    ));
+    let v = w.server_sends(c.to_client(0, c.client.snd_nxt + 1, RST | ACK, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
 }
 
@@ -841,7 +718,7 @@ fn segments_without_ack_are_dropped() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    let f = tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, PSH, GET);
+    let f = c.to_server(c.client.snd_nxt, 0, PSH, GET);
     let v = w.client_sends(f);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.engine.counters().l7_requests_allowed, 0);
@@ -863,14 +740,7 @@ fn low_ttl_benign_copy_then_denied_retransmission() {
     let seq = c.client.snd_nxt;
     w.client_sends(with_ttl(c.client_data(benign), 1));
     assert!(w.server.read.is_empty(), "died on the way");
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        seq,
-        c.server.snd_nxt,
-        ACK | PSH,
-        evil,
-    ));
+    w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, evil));
     assert_no_put(&w);
     assert_eq!(w.server.read, benign);
 }
@@ -906,9 +776,7 @@ fn exhaustion_ticks_work_only_on_due_timers() {
     assert_eq!(data_frames(&w), sent + 1, "resent once its time came");
     assert!(w.client.text().contains("403"), "{}", w.client.text());
     // The client acknowledges it: nothing left to do.
-    let ack = tcp(
-        c.client.me,
-        c.server.me,
+    let ack = c.to_server(
         c.client.snd_nxt,
         c.server.snd_nxt + w.client.read.len() as u32,
         ACK,
@@ -947,14 +815,7 @@ fn exhaustion_one_byte_out_of_order_segments_stay_within_the_budget() {
     // Every other byte of a 40 KB window, one byte per segment, the first
     // byte missing.
     for k in (1..40_000u32).step_by(2) {
-        w.client_sends(tcp(
-            c.client.me,
-            c.server.me,
-            base + k,
-            c.server.snd_nxt,
-            ACK,
-            b"a",
-        ));
+        w.client_sends(c.to_server(base + k, c.server.snd_nxt, ACK, b"a"));
     }
     let held = w.engine.held_bytes();
     assert!(held <= budget + 4096, "held {held} > budget {budget}");
@@ -980,9 +841,7 @@ fn exhaustion_out_of_order_reassembly_still_works() {
     let q = req.len() / 4;
     for &k in &[3usize, 1, 2, 0] {
         let end = if k == 3 { req.len() } else { (k + 1) * q };
-        w.client_sends(tcp(
-            c.client.me,
-            c.server.me,
+        w.client_sends(c.to_server(
             base + (k * q) as u32,
             c.server.snd_nxt,
             ACK | PSH,
@@ -1269,22 +1128,8 @@ fn overlapping_segments_with_different_content_both_orders() {
             (evil, benign)
         };
         // Out of order first (a hole of 1 byte), then the overlap in order.
-        w.client_sends(tcp(
-            c.client.me,
-            c.server.me,
-            seq + 1,
-            c.server.snd_nxt,
-            ACK | PSH,
-            &a[1..],
-        ));
-        w.client_sends(tcp(
-            c.client.me,
-            c.server.me,
-            seq,
-            c.server.snd_nxt,
-            ACK | PSH,
-            b,
-        ));
+        w.client_sends(c.to_server(seq + 1, c.server.snd_nxt, ACK | PSH, &a[1..]));
+        w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, b));
         assert_no_put(&w);
         let read = w.server.read.clone();
         assert!(
@@ -1297,22 +1142,8 @@ fn overlapping_segments_with_different_content_both_orders() {
         let mut c = http_conn();
         w.handshake(&mut c);
         let seq = c.client.snd_nxt;
-        w.client_sends(tcp(
-            c.client.me,
-            c.server.me,
-            seq,
-            c.server.snd_nxt,
-            ACK | PSH,
-            a,
-        ));
-        w.client_sends(tcp(
-            c.client.me,
-            c.server.me,
-            seq,
-            c.server.snd_nxt,
-            ACK | PSH,
-            b,
-        ));
+        w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, a));
+        w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, b));
         assert_no_put(&w);
         assert!(w.server.read.is_empty() || w.server.read == benign);
     }
@@ -1324,17 +1155,13 @@ fn out_of_window_segments_are_not_judged() {
     let mut c = http_conn();
     w.handshake(&mut c);
     // Far ahead and far behind the stream.
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
+    w.client_sends(c.to_server(
         c.client.snd_nxt.wrapping_add(1 << 30),
         c.server.snd_nxt,
         ACK | PSH,
         GET,
     ));
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
+    w.client_sends(c.to_server(
         c.client.snd_nxt.wrapping_sub(1 << 30),
         c.server.snd_nxt,
         ACK | PSH,
@@ -1356,14 +1183,7 @@ fn fin_tricks_do_not_release_an_incomplete_head() {
     w.client_sends(c.client_data(&PUT[..20]));
     w.client_sends(c.client_fin());
     // Data after the FIN (a peer that keeps sending) is not judged either.
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt,
-        c.server.snd_nxt,
-        ACK | PSH,
-        &PUT[20..],
-    ));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK | PSH, &PUT[20..]));
     assert_no_put(&w);
     assert!(w.server.read.is_empty());
     assert!(w.server.fin, "the FIN itself is passed");
@@ -1378,18 +1198,11 @@ fn port_reuse_after_fin_or_rst_is_a_new_judged_connection() {
         w.client_sends(c.client_data(GET));
         w.server_sends(c.server_data(OK));
         if end_with_rst {
-            w.client_sends(tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, RST, b""));
+            w.client_sends(c.to_server(c.client.snd_nxt, 0, RST, b""));
         } else {
             w.client_sends(c.client_fin());
             w.server_sends(c.server_fin());
-            w.client_sends(tcp(
-                c.client.me,
-                c.server.me,
-                c.client.snd_nxt,
-                c.server.snd_nxt,
-                ACK,
-                b"",
-            ));
+            w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
         }
         // Same 4-tuple, new ISN.
         let mut n = http_conn();
@@ -1534,14 +1347,7 @@ fn invalid_flag_combinations_are_dropped() {
     let mut c = http_conn();
     w.handshake(&mut c);
     for flags in [SYN | FIN, SYN | RST, FIN, 0, PSH, FIN | PSH] {
-        let f = tcp(
-            c.client.me,
-            c.server.me,
-            c.client.snd_nxt,
-            c.server.snd_nxt,
-            flags,
-            GET,
-        );
+        let f = c.to_server(c.client.snd_nxt, c.server.snd_nxt, flags, GET);
         let v = w.client_sends(f);
         assert!(matches!(v, Verdict::Drop(_)), "flags {flags:#x}: {v:?}");
     }
@@ -1557,31 +1363,14 @@ fn rst_lost_after_the_enforcer_then_a_rebasing_syn_gets_nothing_through() {
     // lines its offsets up with the server's stream then gets no SYN-ACK
     // (only the server's challenge ACK), and nothing passes without one.
     let (mut w, c) = rst_conn();
-    w.client_sends(with_ttl(
-        tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, RST, b""),
-        1,
-    ));
+    w.client_sends(with_ttl(c.to_server(c.client.snd_nxt, 0, RST, b""), 1));
     assert!(!w.server.reset);
     let read = w.server.read.clone();
     let isn = c.client.snd_nxt.wrapping_sub(1);
-    w.client_sends(tcp(c.client.me, c.server.me, isn, 0, SYN, b""));
+    w.client_sends(c.to_server(isn, 0, SYN, b""));
     // The server, still established, answers with a challenge ACK.
-    w.server_sends(tcp(
-        c.server.me,
-        c.client.me,
-        c.server.snd_nxt,
-        c.client.snd_nxt,
-        ACK,
-        b"",
-    ));
-    w.client_sends(tcp(
-        c.client.me,
-        c.server.me,
-        c.client.snd_nxt,
-        c.server.snd_nxt,
-        ACK | PSH,
-        PUT,
-    ));
+    w.server_sends(c.to_client(c.server.snd_nxt, c.client.snd_nxt, ACK, b""));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK | PSH, PUT));
     assert_no_put(&w);
     assert_eq!(w.server.read, read);
 }
@@ -1771,14 +1560,7 @@ fn replayed_captures_of_each_class_get_nothing_past() {
         let mut c = http_conn();
         let mut v = vec![(
             CLIENT_SIDE,
-            tcp(
-                c0.server.me,
-                c0.client.me,
-                777,
-                c0.client.snd_nxt + 1,
-                ACK,
-                b"",
-            ),
+            c0.to_client(777, c0.client.snd_nxt + 1, ACK, b""),
         )];
         v.extend(hs(&mut c));
         v.push((CLIENT_SIDE, c.client_data(PUT)));
@@ -1793,14 +1575,7 @@ fn replayed_captures_of_each_class_get_nothing_past() {
         v.push((SERVER_SIDE, c.server_data(OK)));
         v.push((
             CLIENT_SIDE,
-            tcp(
-                c.client.me,
-                c.server.me,
-                c.client.snd_nxt.wrapping_add(999),
-                0,
-                SYN,
-                b"",
-            ),
+            c.to_server(c.client.snd_nxt.wrapping_add(999), 0, SYN, b""),
         ));
         v.push((CLIENT_SIDE, c.client_data(PUT)));
         captures.push(("late SYN", v, GET));
@@ -1811,14 +1586,7 @@ fn replayed_captures_of_each_class_get_nothing_past() {
         let mut v = hs(&mut c);
         v.push((
             CLIENT_SIDE,
-            tcp(
-                c.client.me,
-                c.server.me,
-                c.client.snd_nxt.wrapping_sub(1 << 20),
-                0,
-                RST,
-                b"",
-            ),
+            c.to_server(c.client.snd_nxt.wrapping_sub(1 << 20), 0, RST, b""),
         ));
         v.push((CLIENT_SIDE, c.client_data(PUT)));
         v.push((CLIENT_SIDE, c.client_data(GET)));

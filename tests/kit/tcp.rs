@@ -213,6 +213,15 @@ impl Conn {
         me.segment(flags, data)
     }
 
+    /// A segment to the server with any seq and ack (nothing advances).
+    pub fn to_server(&self, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+        tcp(self.client.me, self.server.me, seq, ack, flags, data)
+    }
+
+    pub fn to_client(&self, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+        tcp(self.server.me, self.client.me, seq, ack, flags, data)
+    }
+
     pub fn client_data(&mut self, data: &[u8]) -> Vec<u8> {
         self.from(true, ACK | PSH, data)
     }
