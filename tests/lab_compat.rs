@@ -4,10 +4,9 @@
 //! every answer is the same memcached asked directly, from its own host.
 //! Root only; under CI=true a missing prerequisite is a failure.
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
-use lab::{stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, stdout, Lab, Mode, SERVER4};
 
 /// endpoints.yaml + tests/fixtures/compat.yaml: a-wing may use every
 /// command group, x-wing get and set of any key, the tracker only get.
@@ -20,9 +19,9 @@ fn policy() -> tempfile::TempDir {
     dir
 }
 
-/// tests/lab/mc_session.py against `addr`: step name -> reply.
+/// tests/kit/mc_session.py against `addr`: step name -> reply.
 fn session(lab: &Lab, host: &str, addr: &str) -> serde_json::Map<String, serde_json::Value> {
-    let script = lab::repo("tests/lab/mc_session.py");
+    let script = lab::repo("tests/kit/mc_session.py");
     let out = lab.exec(host, &["python3", script.to_str().unwrap(), addr, "11211"]);
     assert!(
         out.status.success(),
@@ -502,7 +501,7 @@ fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
 
         // Request shapes the RFCs allow: nginx's answer through the enforcer
         // is its answer directly, except for the documented refusals.
-        let shapes = lab::repo("tests/lab/http_shapes.py");
+        let shapes = lab::repo("tests/kit/http_shapes.py");
         let shapes = shapes.to_str().unwrap();
         let direct = stdout(&lab.exec("server", &["python3", shapes, "127.0.0.1", "80"]));
         let through = stdout(&lab.exec("awing", &["python3", shapes, SERVER4, "80"]));
