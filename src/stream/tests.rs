@@ -858,10 +858,10 @@ fn client_is_offered_only_the_window_the_enforcer_can_honour() {
         max_held_bytes: 64,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     let window = |f: &[u8]| parse(f).unwrap().tcp().unwrap().window;
     let server_ack = |r: &mut Rig<Toy>, win: u16| {
-        let mut f = frame(false, r.server.snd_nxt, r.server.rcv_nxt, TCP_ACK, b"");
+        let mut f = r.server.ack();
         let m = parse(&f).unwrap();
         f[m.l4_off + 14..m.l4_off + 16].copy_from_slice(&win.to_be_bytes());
         crate::packet::build::fix_tcp_checksum(&mut f, &m);
