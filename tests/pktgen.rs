@@ -4,8 +4,7 @@
 
 #[path = "../bench/pktgen_frame.rs"]
 mod frame;
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use enforcer::packet::{parse, L4Meta};
 use frame::{Proto, Spec};
+use kit::lab;
 
 fn spec(proto: Proto, size: usize) -> Spec {
     Spec {
