@@ -524,7 +524,7 @@ fn metrics_count_what_was_sent() {
                 &[
                     "protocol=\"http\"",
                     "verdict=\"allow\"",
-                    "rule=\"deathstar-http/ingress[0]/"
+                    "rule=\"deathstar-http/spec.ingress[0].toPorts[0]/http[0]\""
                 ]
             ),
             5,
@@ -609,6 +609,8 @@ fn twenty_reloads_under_wrk_lose_no_request_and_switch_rules_when_asked() {
         let dir = lab::policy_dir(&[]);
         lab.start(Mode::Policy(dir.path()), &["--no-watch"])
             .unwrap();
+        // A generous timeout: on a loaded machine a response can take a
+        // second or more with or without reloads; a lost one never comes.
         let wrk = Command::new("ip")
             .args([
                 "netns",
@@ -618,6 +620,8 @@ fn twenty_reloads_under_wrk_lose_no_request_and_switch_rules_when_asked() {
                 "-t1",
                 "-c4",
                 "-d20s",
+                "--timeout",
+                "10s",
             ])
             .arg(format!("http://{SERVER4}/v1/"))
             .stdout(Stdio::piped())

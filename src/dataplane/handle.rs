@@ -278,8 +278,7 @@ impl Handle {
             s.held_bytes += g.held_bytes;
             s.busy.push((g.busy_ns, g.run_ns));
         }
-        s.queues
-            .sort_by(|a, b| (a.side, a.queue).cmp(&(b.side, b.queue)));
+        s.queues.sort_by_key(|q| (q.side, q.queue));
         s
     }
 
