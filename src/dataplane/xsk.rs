@@ -108,7 +108,7 @@ pub struct Xsk {
     /// Frames on the TX ring not yet completed.
     in_flight: usize,
     /// What the socket is bound to, and how (for status and metrics).
-    bound: QueueStats,
+    bound: Box<QueueStats>,
 }
 
 /// How a socket gets its frames: libxdp's default program (inline), or our
@@ -162,14 +162,14 @@ impl Xsk {
             crate::hostmode::steer::bind(map, q.queue, rx.fd().as_raw_fd())
                 .map_err(|e| socket_err(q, e))?;
         }
-        let bound = QueueStats {
+        let bound = Box::new(QueueStats {
             iface: q.iface.clone(),
             queue: q.queue,
             side: q.side,
             zero_copy: zero_copy(rx.fd().as_raw_fd()),
             need_wakeup: true,
             ..QueueStats::default()
-        };
+        });
         Ok(Xsk {
             tx,
             rx,
@@ -261,7 +261,7 @@ impl Xsk {
 
     /// The socket's binding and its kernel statistics now.
     pub fn queue_stats(&self) -> QueueStats {
-        let mut q = self.bound.clone();
+        let mut q = (*self.bound).clone();
         if let Ok(st) = self.rx.fd().xdp_statistics() {
             q.rx_dropped = st.rx_dropped();
             q.rx_ring_full = st.rx_ring_full();
