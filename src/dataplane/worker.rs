@@ -153,7 +153,7 @@ impl Judge {
 
     fn held_bytes(&self) -> u64 {
         match self {
-            Judge::Engine { engine, .. } => engine.held_bytes(),
+            Judge::Engine { engine, .. } => engine.held_total() as u64,
             Judge::PassThrough(_) => 0,
         }
     }

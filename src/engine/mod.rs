@@ -213,16 +213,6 @@ impl Engine {
         self.flows.len()
     }
 
-    /// Bytes held for undecided L7 requests, over this engine's L7 flows
-    /// (for status and metrics, read a few times a second, not per frame).
-    pub fn held_bytes(&self) -> u64 {
-        self.l7_slots
-            .iter()
-            .filter_map(|&i| self.flows.get(i)?.l7.as_ref())
-            .map(|l| l.held_bytes() as u64)
-            .sum()
-    }
-
     /// Decide one frame received on `side` at `now_ns` (monotonic nanoseconds).
     /// `frame` may be rewritten in place (seq/ack after a denial).
     ///
