@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct ControlOpt {
     /// Control socket of the enforcer to talk to.
-    #[arg(long, default_value = control::DEFAULT_CONTROL)]
+    #[arg(long, env = "ENFORCER_CONTROL", default_value = control::DEFAULT_CONTROL)]
     control: PathBuf,
 }
 

@@ -682,3 +682,50 @@ fn twenty_reloads_under_wrk_lose_no_request_and_switch_rules_when_asked() {
     }
     lab::assert_clean(prefix);
 }
+
+/// The 2017 demo's transcript, step by step (scripts/demo.sh starwars-2017
+/// checks every output and exits 1 on the first difference).
+#[test]
+fn the_2017_starwars_transcript_passes() {
+    if !lab::available() {
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(lab::repo("scripts/demo.sh"))
+        .arg("starwars-2017")
+        .env("ENFORCER_BIN", lab::BIN)
+        .current_dir(lab::repo(""))
+        .stdin(Stdio::null())
+        .output()
+        .expect("demo.sh");
+    let text = stdout(&out);
+    assert!(
+        out.status.success() && text.contains("# TRANSCRIPT PASSED"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "$ enforcer policy import sw_policy_l4.json\nRevision: 2\n",
+        "$ enforcer policy import sw_policy_http.real.json\nRevision: 3\n",
+        "Ship landed",
+        "HTTP/1.1 403 Forbidden",
+        "Panic: deathstar exploded",
+    ] {
+        assert!(text.contains(step), "{step:?} not in:\n{text}");
+    }
+    let left: Vec<String> = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("demo"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pid_prefix = |n: &String| {
+        text.contains(&format!(
+            "/run/enforcer-lab/{}/",
+            n.trim_end_matches(|c: char| !c.is_ascii_digit())
+        ))
+    };
+    assert!(!left.iter().any(pid_prefix), "left in /etc/netns: {left:?}");
+}

@@ -174,7 +174,7 @@ pub fn policy_get(control: &Path, fmt: Format) -> Result<(), String> {
         return Ok(());
     }
     for p in v["policies"].as_array().into_iter().flatten() {
-        println!("# {}", p["file"].as_str().unwrap_or(""));
+        println!("==> {} <==", p["file"].as_str().unwrap_or(""));
         let c = p["content"].as_str().unwrap_or("");
         print!("{c}");
         if !c.ends_with('\n') {

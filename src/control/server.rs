@@ -186,7 +186,15 @@ fn import(h: &Handle, file: &str, content: &str) -> Result<u64, Vec<String>> {
     }
     let target_name = target.display().to_string();
     let mut rest = current(&dir)?;
-    rest.retain(|(n, _)| *n != target_name);
+    // A policy replaces its namesake, as `cilium policy import` does: the
+    // same file name, or another file holding a policy of the same name.
+    let key = policy_key(content);
+    let replaced: Vec<String> = rest
+        .iter()
+        .filter(|(n, c)| *n != target_name && key.is_some() && policy_key(c) == key)
+        .map(|(n, _)| n.clone())
+        .collect();
+    rest.retain(|(n, _)| *n != target_name && !replaced.contains(n));
     let mut as_given = rest.clone();
     as_given.push((file.to_string(), content.to_string()));
     if let Err(e) = h.validate(&as_given) {
@@ -201,9 +209,27 @@ fn import(h: &Handle, file: &str, content: &str) -> Result<u64, Vec<String>> {
     let mut as_stored = rest;
     as_stored.push((target_name, content.to_string()));
     as_stored.sort();
-    let r = h.apply(as_stored, "import", &mut || write_atomic(&target, content));
+    let r = h.apply(as_stored, "import", &mut || {
+        write_atomic(&target, content)?;
+        for f in &replaced {
+            std::fs::remove_file(f).map_err(|e| format!("{f}: {e}"))?;
+        }
+        Ok(())
+    });
     announce(h, &format!("import {}", name.to_string_lossy()), &r);
     r
+}
+
+/// What a file's policy is called, when it holds exactly one: a 2017
+/// policy's `name`, or a document's kind and `metadata.name`.
+fn policy_key(content: &str) -> Option<String> {
+    let v: serde_yaml::Value = serde_yaml::from_str(content).ok()?;
+    if v.get("rules").is_some() {
+        return Some(format!("legacy/{}", v.get("name")?.as_str()?));
+    }
+    let kind = v.get("kind")?.as_str()?;
+    let name = v.get("metadata")?.get("name")?.as_str()?;
+    Some(format!("{kind}/{name}"))
 }
 
 /// Remove one file (by name, with or without its extension) when what is
