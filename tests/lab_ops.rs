@@ -595,6 +595,19 @@ fn metrics_count_what_was_sent() {
             ],
         );
         assert_eq!(stdout(&out), "404");
+        // Every series the Grafana dashboard queries exists.
+        let dash = std::fs::read_to_string(lab::repo("docs/grafana-enforcer.json")).unwrap();
+        let re = regex::Regex::new(r"enforcer_[a-z0-9_]+").unwrap();
+        let names: std::collections::BTreeSet<&str> =
+            re.find_iter(&dash).map(|m| m.as_str()).collect();
+        assert!(names.len() > 10, "{names:?}");
+        for n in names {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} "))),
+                "the dashboard queries {n}, /metrics has no such series"
+            );
+        }
     }
     lab::assert_clean(prefix);
 }
