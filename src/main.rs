@@ -107,7 +107,7 @@ enum Cmd {
         control: ControlOpt,
         #[command(flatten)]
         out: OutputOpt,
-        /// allow or deny.
+        /// allow, deny or audit.
         #[arg(long)]
         verdict: Vec<String>,
         /// Source endpoint label: KEY or KEY=VALUE.
@@ -226,6 +226,10 @@ struct EngineOpts {
     /// Drop non-IP frames (ARP, ...) instead of passing them.
     #[arg(long)]
     drop_non_ip: bool,
+    /// Audit mode: forward what the policy would deny (new flows at L3/L4,
+    /// requests at L7) and log it with verdict `audit` and the reason.
+    #[arg(long)]
+    audit: bool,
     /// Bytes all L7 flows of a worker may hold together; above it no flow
     /// starts holding more (docs/security.md).
     #[arg(long, default_value_t = EngineConfig::default().max_held_total)]
@@ -278,6 +282,7 @@ impl EngineOpts {
                 SynArg::Reset => SynDenyAction::Reset,
             },
             pass_non_ip: !self.drop_non_ip,
+            audit: self.audit,
             max_held_total: self.max_held_total,
             fail: match self.l7_fail {
                 L7FailArg::Closed => enforcer::config::FailMode::Closed,

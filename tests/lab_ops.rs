@@ -742,3 +742,74 @@ fn the_2017_starwars_transcript_passes() {
     };
     assert!(!left.iter().any(pid_prefix), "left in /etc/netns: {left:?}");
 }
+
+#[test]
+fn audit_mode_forwards_would_be_denials_and_logs_them() {
+    let prefix = "opsaud";
+    {
+        let Some(mut lab) = Lab::up(prefix) else {
+            return;
+        };
+        let dir = lab::policy_dir(&[]);
+        lab.start(
+            Mode::Policy(dir.path()),
+            &["--audit", "--metrics", "127.0.0.1:9464"],
+        )
+        .unwrap();
+        let obs = observer(&lab, &["--verdict", "audit"]);
+        std::thread::sleep(Duration::from_millis(500));
+        // HTTP: denied without the header, so the deathstar answers itself.
+        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
+        // memcached: the x-wing may not read the a-wing's key.
+        assert_eq!(
+            nc(&lab, "awing", "set awing-coord 0 0 3\\r\\nabc\\r\\n"),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            "VALUE awing-coord 0 3\r\nabc\r\nEND\r\n"
+        );
+        // L3/L4: the outsider (world) is let in.
+        assert_eq!(http(&lab, "outsider", "GET", "/v1/", &[]), "200");
+        std::thread::sleep(Duration::from_millis(300));
+        let got: Vec<String> = events(obs)
+            .iter()
+            .map(|v| format!("{} reason={}", sig(v), v["reason"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "x-wing http PUT /v1/exhaust-port audit reason=no L7 rule matches",
+                "x-wing memcache get awing-coord audit reason=no L7 rule matches",
+                "world flow server:80 audit reason=no ingress rule of server allows it",
+            ],
+            "observed audit events"
+        );
+        let log = lab.verdicts();
+        assert_eq!(log.iter().filter(|v| v["verdict"] == "audit").count(), 3);
+        assert_eq!(log.iter().filter(|v| v["verdict"] == "deny").count(), 0);
+        std::thread::sleep(Duration::from_millis(200));
+        let st = json(&lab.ctl(&["status", "-o", "json"]));
+        assert_eq!(st["audit"], true);
+        assert_eq!(st["counters"]["l7_requests_audited"], 2);
+        assert_eq!(st["counters"]["l7_requests_denied"], 0);
+        let text = stdout(&lab.exec(
+            "enf",
+            &["curl", "-s", "-m", "3", "http://127.0.0.1:9464/metrics"],
+        ));
+        assert_eq!(
+            metric(&text, "enforcer_l7_requests_total", &["verdict=\"audit\""]),
+            2
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "enforcer_flow_decisions_total",
+                &["verdict=\"audit\""]
+            ),
+            1
+        );
+    }
+    lab::assert_clean(prefix);
+}

@@ -118,6 +118,8 @@ pub fn status(control: &Path, fmt: Format) -> Result<(), String> {
         p["path"].as_str().unwrap_or(""),
         if s["passthrough"] == true {
             " (pass-through: not enforced)"
+        } else if s["audit"] == true {
+            " (audit mode: would-be denials forwarded and logged)"
         } else {
             ""
         }
@@ -146,9 +148,10 @@ pub fn status(control: &Path, fmt: Format) -> Result<(), String> {
         n(&c["frames_emitted"])
     );
     println!(
-        "L7 requests:  {} allowed, {} denied",
+        "L7 requests:  {} allowed, {} denied, {} audited",
         n(&c["l7_requests_allowed"]),
-        n(&c["l7_requests_denied"])
+        n(&c["l7_requests_denied"]),
+        n(&c["l7_requests_audited"])
     );
     let drops: Vec<String> = c["drops"]
         .as_object()

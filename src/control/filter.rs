@@ -11,7 +11,7 @@ use crate::log::{Decision, Subject};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Filter {
-    /// allow, deny.
+    /// allow, deny, audit.
     pub verdict: Vec<String>,
     /// `key` (present, any value) or `key=value`, on the source endpoint.
     pub from_label: Vec<String>,
@@ -64,8 +64,8 @@ impl Filter {
             })
             .collect::<Result<_, _>>()?;
         for v in &self.verdict {
-            if !matches!(v.as_str(), "allow" | "deny") {
-                return Err(format!("--verdict {v:?}: expected allow or deny"));
+            if !matches!(v.as_str(), "allow" | "deny" | "audit") {
+                return Err(format!("--verdict {v:?}: expected allow, deny or audit"));
             }
         }
         Ok(Compiled { f: self, paths })
@@ -79,6 +79,7 @@ impl Compiled {
         let verdict = match ev.verdict {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::Audit => "audit",
         };
         let kind = match &ev.subject {
             Subject::Flow => None,

@@ -20,6 +20,7 @@ pub fn json(h: &Handle) -> serde_json::Value {
         "workers": info.workers,
         "poll": info.poll,
         "passthrough": info.passthrough,
+        "audit": info.audit,
         "queues": snap.queues,
         "policy": {
             "path": info.policy_path,
@@ -39,6 +40,7 @@ pub fn json(h: &Handle) -> serde_json::Value {
             "flows_created": e.flows_created,
             "l7_requests_allowed": e.l7_requests_allowed,
             "l7_requests_denied": e.l7_requests_denied,
+            "l7_requests_audited": e.l7_requests_audited,
             "events_dropped": snap.dp.events_dropped,
             "events_undelivered": h.undelivered(),
             "drops": e.to_json().get("drops").cloned().unwrap_or_default(),

@@ -36,6 +36,8 @@ pub struct Info {
     pub poll: &'static str,
     pub policy_path: PathBuf,
     pub passthrough: bool,
+    /// Audit mode (`--audit`): would-be denials forwarded and logged.
+    pub audit: bool,
     /// Host mode: this host's addresses (the policy is loaded against them).
     #[serde(skip)]
     pub host: Option<Vec<std::net::IpAddr>>,
@@ -320,6 +322,7 @@ impl Handle {
         let verdict = match ev.verdict {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::Audit => "audit",
         };
         let why = ev.rule.clone().or(ev.reason.clone()).unwrap_or_default();
         *self

@@ -573,6 +573,7 @@ fn serve(
         poll: poll.name(),
         policy_path: src.path.clone(),
         passthrough: src.passthrough,
+        audit: args.engine.audit,
         host: src.host.clone(),
     };
     let sources = handle::read_sources(&src.path).unwrap_or_default();

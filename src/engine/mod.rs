@@ -57,6 +57,11 @@ use crate::verdict::{other, Emit, Output, Side, Verdict};
 use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
 use frag::{FragKey, FragOutcome, Reassembler};
 
+/// Prefix of an audited decision's detail: an allowed `FlowDecision` whose
+/// detail starts with it was let through by audit mode only. No rule name
+/// starts with it (names are `policy/spec...`).
+const AUDIT_MARK: &str = "audit: ";
+
 /// Which worker a frame belongs to, for shells with several engines: the
 /// same for both directions of a flow, for all fragments of a datagram and
 /// for ICMP errors about the flow (hashed on the quoted datagram). Hashes the
@@ -325,11 +330,33 @@ impl Engine {
         if let Some(f) = &self.decide_override {
             return f(src, dst, Proto::from_ip_proto(proto), dport);
         }
-        self.policy
-            .decide(src, dst, Proto::from_ip_proto(proto), dport)
+        let d = self
+            .policy
+            .decide(src, dst, Proto::from_ip_proto(proto), dport);
+        if d.allowed || !self.cfg.audit {
+            return d;
+        }
+        // Audit mode: the flow passes, without L7 rules (none allow it), and
+        // its event tells why it would have been denied (see `event`).
+        FlowDecision {
+            allowed: true,
+            detail: format!("{AUDIT_MARK}{}", d.detail),
+            l7: None,
+        }
     }
 
     fn event(&self, now: u64, tuple: FlowTuple, d: &FlowDecision) -> Event {
+        if let Some(why) = d.detail.strip_prefix(AUDIT_MARK).filter(|_| d.allowed) {
+            return Event {
+                time_ns: now,
+                worker: self.worker,
+                flow: tuple,
+                subject: Subject::Flow,
+                verdict: Decision::Audit,
+                rule: None,
+                reason: Some(why.to_string()),
+            };
+        }
         Event {
             time_ns: now,
             worker: self.worker,
