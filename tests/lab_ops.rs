@@ -813,3 +813,65 @@ fn audit_mode_forwards_would_be_denials_and_logs_them() {
     }
     lab::assert_clean(prefix);
 }
+
+/// The deathstar policy annotated for audit.
+fn audited_deathstar() -> String {
+    std::fs::read_to_string(lab::repo("policies/sw-deathstar-http.yaml"))
+        .expect("policy")
+        .replace(
+            "  name: \"deathstar-http\"\n",
+            "  name: \"deathstar-http\"\n  annotations:\n    enforcer.io/audit: \"true\"\n",
+        )
+}
+
+#[test]
+fn a_policy_annotated_for_audit_audits_its_endpoint_until_another_policy_enforces_it() {
+    let prefix = "opspaud";
+    {
+        let Some(mut lab) = Lab::up(prefix) else {
+            return;
+        };
+        let dir = endpoints_only();
+        let text = audited_deathstar();
+        assert!(text.contains("enforcer.io/audit"));
+        std::fs::write(dir.path().join("sw.yaml"), text).unwrap();
+        lab.start(Mode::Policy(dir.path()), &["--no-watch"])
+            .unwrap();
+        let obs = observer(&lab, &["--verdict", "audit"]);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(&lab, "outsider", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
+        std::thread::sleep(Duration::from_millis(300));
+        let got: Vec<String> = events(obs).iter().map(sig).collect();
+        assert_eq!(
+            got,
+            [
+                "x-wing http PUT /v1/exhaust-port audit",
+                "world flow server:80 audit",
+            ]
+        );
+        // A policy without the annotation selects the server too: its
+        // denials are real again.
+        let out = lab.ctl(&[
+            "policy",
+            "import",
+            lab::repo("policies/memcd-sw-security-policy.yaml")
+                .to_str()
+                .unwrap(),
+        ]);
+        assert_eq!(
+            stdout(&out),
+            "Revision: 2\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_ne!(http(&lab, "outsider", "GET", "/v1/", &["-m", "1"]), "200");
+        assert_eq!(
+            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            "CLIENT_ERROR access denied\r\n"
+        );
+    }
+    lab::assert_clean(prefix);
+}

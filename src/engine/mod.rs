@@ -57,11 +57,6 @@ use crate::verdict::{other, Emit, Output, Side, Verdict};
 use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
 use frag::{FragKey, FragOutcome, Reassembler};
 
-/// Prefix of an audited decision's detail: an allowed `FlowDecision` whose
-/// detail starts with it was let through by audit mode only. No rule name
-/// starts with it (names are `policy/spec...`).
-const AUDIT_MARK: &str = "audit: ";
-
 /// Which worker a frame belongs to, for shells with several engines: the
 /// same for both directions of a flow, for all fragments of a datagram and
 /// for ICMP errors about the flow (hashed on the quoted datagram). Hashes the
@@ -340,13 +335,14 @@ impl Engine {
         // its event tells why it would have been denied (see `event`).
         FlowDecision {
             allowed: true,
-            detail: format!("{AUDIT_MARK}{}", d.detail),
+            detail: String::new(),
             l7: None,
+            audit: Some(d.detail),
         }
     }
 
     fn event(&self, now: u64, tuple: FlowTuple, d: &FlowDecision) -> Event {
-        if let Some(why) = d.detail.strip_prefix(AUDIT_MARK).filter(|_| d.allowed) {
+        if let Some(why) = d.audit.as_ref().filter(|_| d.allowed) {
             return Event {
                 time_ns: now,
                 worker: self.worker,
@@ -545,6 +541,7 @@ impl Engine {
                             allowed: false,
                             detail: "side changed L7 protocol; connection must restart".into(),
                             l7: None,
+                            audit: None,
                         };
                     }
                 }
@@ -561,6 +558,7 @@ impl Engine {
                 allowed: false,
                 detail: "side gained L7 rules; connection must restart".into(),
                 l7: None,
+                audit: None,
             };
         }
         self.counters.flows_redecided += 1;

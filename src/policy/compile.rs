@@ -143,6 +143,8 @@ pub struct CompiledRule {
     pub egress_deny: Vec<Item>,
     pub enforce_ingress: bool,
     pub enforce_egress: bool,
+    /// The policy is annotated `enforcer.io/audit: "true"`.
+    pub audit: bool,
 }
 
 /// How an item matched a flow: L7 rules to apply, or the whole port.
@@ -159,6 +161,9 @@ pub struct Model {
     by_subject: Vec<Vec<usize>>,
     ingress_enforced: Vec<bool>,
     egress_enforced: Vec<bool>,
+    /// Per endpoint: every policy selecting it is annotated for audit, so
+    /// what it would deny passes (flagged) instead.
+    audit: Vec<bool>,
 }
 
 fn parse_port(v: &PortValue, at: &str) -> Result<Option<u16>, CompileError> {
@@ -717,6 +722,7 @@ pub fn compile_rule(
         // Allow sections put the endpoint into default deny; deny-only policies do not.
         enforce_ingress: dd.ingress.unwrap_or(r.ingress.is_some()),
         enforce_egress: dd.egress.unwrap_or(r.egress.is_some()),
+        audit: false,
     })
 }
 
@@ -818,12 +824,17 @@ impl Model {
                 egress_enforced[e] |= r.enforce_egress;
             }
         }
+        let audit = by_subject
+            .iter()
+            .map(|rs| !rs.is_empty() && rs.iter().all(|&ri| rules[ri].audit))
+            .collect();
         Model {
             endpoints,
             rules,
             by_subject,
             ingress_enforced,
             egress_enforced,
+            audit,
         }
     }
 
@@ -1000,14 +1011,21 @@ impl Model {
         let mut names = Vec::new();
         let mut stages = Vec::new();
         let mut l7proto = None;
+        let mut audited = None;
         for (ingress, ep, peer, peer_id) in [(true, did, src, sid), (false, sid, dst, did)] {
+            let audit = ep.is_some_and(|e| self.audit.get(e) == Some(&true));
             match self.point(ep, ingress, peer, peer_id, proto, dport) {
                 Point::NotEnforced => {}
+                // The other point may still deny it for real.
+                Point::Denied(why) if audit => {
+                    audited.get_or_insert(why);
+                }
                 Point::Denied(why) => {
                     return FlowDecision {
                         allowed: false,
                         detail: why,
                         l7: None,
+                        audit: None,
                     }
                 }
                 Point::Allowed {
@@ -1022,12 +1040,13 @@ impl Model {
                                 allowed: false,
                                 detail: "ingress and egress L7 protocols differ".into(),
                                 l7: None,
+                                audit: None,
                             };
                         }
                         l7proto = Some(p);
                     }
                     if !allow_all {
-                        stages.push(lists);
+                        stages.push((lists, audit));
                     }
                 }
             }
@@ -1057,6 +1076,7 @@ impl Model {
             allowed: true,
             detail,
             l7,
+            audit: audited,
         }
     }
 }
@@ -1065,15 +1085,16 @@ impl Model {
 /// were checked to agree on one protocol above; `pick` takes that
 /// protocol's lists.
 fn rule_set<R>(
-    points: &[Vec<L7Rules>],
+    points: &[(Vec<L7Rules>, bool)],
     pick: impl Fn(&L7Rules) -> Option<NamedList<R>>,
 ) -> RuleSet<R> {
     RuleSet {
         stages: points
             .iter()
-            .map(|lists| L7Stage {
+            .map(|(lists, audit)| L7Stage {
                 allow_all: false,
                 lists: lists.iter().filter_map(&pick).collect(),
+                audit: *audit,
             })
             .collect(),
     }

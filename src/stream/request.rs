@@ -449,7 +449,7 @@ impl<P: Protocol> Stream<P> {
                             let proto = &self.proto;
                             let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
                             let subject = self.proto.subject(&h.req);
-                            if !v.allowed && ctx.cfg.audit {
+                            if v.audit || (!v.allowed && ctx.cfg.audit) {
                                 // Audit mode: the request goes on as if allowed;
                                 // the log says it would not have been, and why.
                                 self.log_audit(ctx, out, now, subject, v.detail);
