@@ -2,16 +2,15 @@
 //! `status`, `policy get|import|delete` over the control socket, SIGHUP and
 //! the directory watcher, `observe` and its filters, `/metrics`, and
 //! reloads under load (wrk). Root only; under CI=true a missing
-//! prerequisite is a failure (see tests/lab/mod.rs).
+//! prerequisite is a failure (see tests/kit/lab.rs).
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::{ok, stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, ok, stdout, Lab, Mode, SERVER4};
 
 /// A policy directory holding only the lab's endpoints: nothing enforced.
 fn endpoints_only() -> tempfile::TempDir {

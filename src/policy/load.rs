@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::compile::{compile_endpoint, compile_rule, CompileError, CompiledRule, Endpoint, Model};
+use super::compile::{compile_endpoint, compile_rule, CompileError};
 use super::locate::LineIndex;
+use super::model::{CompiledRule, Endpoint, Model};
 use super::spec::{EndpointsDoc, PolicyDoc};
 use super::PolicyError;
 
@@ -82,7 +83,7 @@ fn located(doc: &Doc<'_>, ix: &LineIndex, e: CompileError) -> PolicyError {
 
 /// A policy annotated with this (`"true"`) is in audit mode: an endpoint all
 /// of whose policies carry it has what they would deny forwarded and logged
-/// as `audit` instead (see `compile::Model`).
+/// as `audit` instead (see `model::Model`).
 pub const AUDIT_ANNOTATION: &str = "enforcer.io/audit";
 
 /// Files to read: the path itself, or a directory's *.yaml|*.yml|*.json, sorted.
@@ -401,7 +402,7 @@ fn warn_empty_peers(
     r: &CompiledRule,
     out: &mut Vec<PolicyError>,
 ) {
-    use super::compile::Peer;
+    use super::model::Peer;
     for it in r
         .ingress
         .iter()
