@@ -10,6 +10,8 @@ APT_PACKAGES=(
   systemd
   # real servers and clients
   memcached netcat-openbsd curl wrk python3 python3-pip
+  # memaslap (memcaslap) and nginx for the compatibility lab
+  libmemcached-tools nginx-light
 )
 PIP_PACKAGES=(python-binary-memcached pymemcache)
 
