@@ -1,0 +1,201 @@
+//! The fuzz targets' logic without nightly or libFuzzer: the frame-path
+//! scenarios and the policy-loading input of `fuzz/`, run over the seed
+//! corpus, over bounded random inputs (proptest) and over every input a
+//! fuzzer ever crashed on (`fuzz/regressions/<target>/`).
+//!
+//! `WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_smoke write_seeds` rewrites
+//! the seed corpus in `fuzz/seeds/frames` and `fuzz/seeds/policy`.
+
+#[path = "../fuzz/src/policy_input.rs"]
+mod policy_input;
+#[path = "../fuzz/src/scenario.rs"]
+mod scenario;
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use scenario::{run, seeds, Scenario};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every policy text the repository ships or tests with: the policy seeds.
+fn policy_texts() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("dir entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                let t = std::fs::read_to_string(&p).expect("policy text");
+                out.push((p, t));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    for d in ["policies", "tests/policies", "tests/fixtures"] {
+        walk(&repo().join(d), &mut v);
+    }
+    assert!(v.len() >= 8, "policy seeds found: {}", v.len());
+    v
+}
+
+/// Seeds for the policy target: each file alone, and each policy with the
+/// endpoints document of its directory.
+fn policy_seeds() -> Vec<(String, Vec<u8>)> {
+    let texts = policy_texts();
+    let mut v = Vec::new();
+    for (p, t) in &texts {
+        let name = p
+            .strip_prefix(repo())
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "_");
+        v.push((name.clone(), policy_input::encode(&[t])));
+        let eps = p.with_file_name("endpoints.yaml");
+        if p.file_name() != eps.file_name() {
+            if let Some((_, e)) = texts.iter().find(|(q, _)| *q == eps) {
+                // Position 0 is a .yaml name, 1 a .json one: the JSON
+                // policies go second so their own path is taken.
+                let pair = if p.extension().is_some_and(|x| x == "json") {
+                    policy_input::encode(&[e, t])
+                } else {
+                    policy_input::encode(&[t, "", e])
+                };
+                v.push((format!("{name}+endpoints"), pair));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn seed_scenarios_round_trip_and_reach_l7() {
+    let mut emitted = 0;
+    for (name, s) in seeds() {
+        let bytes = s.encode();
+        assert_eq!(
+            Scenario::decode(&bytes),
+            s,
+            "{name}: decode(encode(s)) != s"
+        );
+        let st = run(&s);
+        assert!(st.frames >= 3, "{name}: {st:?}");
+        assert!(st.forwarded > 0, "{name}: nothing forwarded: {st:?}");
+        emitted += st.emitted;
+    }
+    // The denied requests are answered by the enforcer itself.
+    assert!(emitted > 0, "no seed scenario made the engine emit a frame");
+}
+
+#[test]
+fn policy_seeds_load_and_run() {
+    let seeds = policy_seeds();
+    for (name, data) in &seeds {
+        let src = policy_input::sources(data);
+        assert!(!src.is_empty(), "{name}");
+        policy_input::check(data);
+    }
+    // The shipped policies load (the target's Ok branch is exercised).
+    let shipped = policy_texts()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(repo().join("policies")))
+        .map(|(p, t)| (p.to_string_lossy().into_owned(), t))
+        .collect::<Vec<_>>();
+    enforcer::policy::Policy::from_sources(&shipped[..3]).expect("shipped policies load");
+}
+
+/// Every input a fuzzer crashed on, kept as a regression test.
+#[test]
+fn fuzz_regressions_stay_fixed() {
+    for target in ["frames", "policy"] {
+        let dir = repo().join("fuzz/regressions").join(target);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.expect("entry").path();
+            let data = std::fs::read(&p).expect("crash input");
+            match target {
+                "frames" => {
+                    run(&Scenario::decode(&data));
+                }
+                _ => policy_input::check(&data),
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpus; run with WRITE_FUZZ_SEEDS=1"]
+fn write_seeds() {
+    if std::env::var_os("WRITE_FUZZ_SEEDS").is_none() {
+        return;
+    }
+    let frames = repo().join("fuzz/seeds/frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for (name, s) in seeds() {
+        std::fs::write(frames.join(name), s.encode()).unwrap();
+    }
+    let policy = repo().join("fuzz/seeds/policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    for (name, data) in policy_seeds() {
+        std::fs::write(policy.join(name), data).unwrap();
+    }
+}
+
+/// A seed with a few bytes changed: what libFuzzer's first mutations do.
+fn mutated(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for &(at, val, op) in edits {
+        if v.is_empty() {
+            v.push(val);
+            continue;
+        }
+        let i = at % v.len();
+        match op % 3 {
+            0 => v[i] = val,
+            1 => v.insert(i, val),
+            _ => {
+                v.remove(i);
+            }
+        }
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_scenarios(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        run(&Scenario::decode(&data));
+    }
+
+    #[test]
+    fn mutated_seed_scenarios(
+        which in any::<usize>(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..12),
+    ) {
+        let s = seeds();
+        let seed = s[which % s.len()].1.encode();
+        run(&Scenario::decode(&mutated(&seed, &edits)));
+    }
+
+    #[test]
+    fn mutated_policies(
+        which in any::<usize>(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8),
+    ) {
+        let s = policy_seeds();
+        policy_input::check(&mutated(&s[which % s.len()].1, &edits));
+    }
+}
