@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use enforcer::engine::{Engine, EngineConfig, Output, Verdict};
+use enforcer::config::EngineConfig;
+use enforcer::engine::Engine;
 use enforcer::policy::Policy;
+use enforcer::verdict::{Output, Verdict};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -101,11 +103,11 @@ fn bench(c: &mut Criterion) {
     let mut out = Output::default();
     let mut conn = Conn::new(ep("10.66.1.7", 40_000), ep("10.66.0.2", 8080));
     for (k, f) in conn.handshake().iter_mut().enumerate() {
-        e.process((k % 2) as u8, f, 0, &mut out);
+        e.on_frame((k % 2) as u8, f, 0, &mut out);
     }
     let mut seg = conn.client_data(&[0x61; 64]);
     // Measure the path we mean to: an allowed, stored flow.
-    assert_eq!(e.process(0, &mut seg, 1, &mut out), Verdict::Forward(1));
+    assert_eq!(e.on_frame(0, &mut seg, 1, &mut out), Verdict::Forward(1));
     assert_eq!(e.flow_count(), 1);
     let mut now = 1u64;
     let mut g = c.benchmark_group("engine");
@@ -113,7 +115,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("established_l4_frame", |b| {
         b.iter(|| {
             now += 1;
-            let v = e.process(0, &mut seg, now, &mut out);
+            let v = e.on_frame(0, &mut seg, now, &mut out);
             out.clear();
             v
         })
@@ -131,8 +133,8 @@ fn bench(c: &mut Criterion) {
             },
             |(mut e, mut frames)| {
                 let mut out = Output::default();
-                for (i, (port, f)) in frames.iter_mut().enumerate() {
-                    e.process(*port, f, i as u64 * 1000, &mut out);
+                for (i, (side, f)) in frames.iter_mut().enumerate() {
+                    e.on_frame(*side, f, i as u64 * 1000, &mut out);
                     out.clear();
                 }
                 e

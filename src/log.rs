@@ -1,4 +1,10 @@
 //! Verdict log: one event per decision, written as JSON lines by the shells.
+//!
+//! An event names its flow by addresses only. The endpoint names a reader
+//! wants ("a-wing", "world") are looked up from those addresses when the
+//! event is written (`to_json_line`, given the policy the event was decided
+//! under), so the layers that make events need no policy, and a busy L7
+//! connection pays for names only when it logs.
 
 use serde::Serialize;
 use std::net::IpAddr;
@@ -43,8 +49,6 @@ pub struct Event {
     pub time_ns: u64,
     pub worker: u16,
     pub flow: FlowTuple,
-    pub src_identity: String,
-    pub dst_identity: String,
     #[serde(flatten)]
     pub subject: Subject,
     pub verdict: Decision,
@@ -56,9 +60,30 @@ pub struct Event {
     pub reason: Option<String>,
 }
 
+/// Endpoint names for addresses; the compiled policy is one.
+pub trait Identities {
+    /// The endpoint that owns `ip`, or "world".
+    fn identity(&self, ip: IpAddr) -> &str;
+}
+
+/// An event as written: the event plus its endpoints' names.
+#[derive(Serialize)]
+struct Written<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    src_identity: &'a str,
+    dst_identity: &'a str,
+}
+
 impl Event {
-    pub fn to_json_line(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+    /// One JSON line, endpoints named by `ids`.
+    pub fn to_json_line(&self, ids: &dyn Identities) -> String {
+        let w = Written {
+            event: self,
+            src_identity: ids.identity(self.flow.src),
+            dst_identity: ids.identity(self.flow.dst),
+        };
+        let mut s = serde_json::to_string(&w).unwrap_or_else(|_| "{}".into());
         s.push('\n');
         s
     }
@@ -80,20 +105,30 @@ mod tests {
                 sport: 40000,
                 dport: 80,
             },
-            src_identity: "a-wing".into(),
-            dst_identity: "server".into(),
             subject: Subject::Flow,
             verdict: Decision::Deny,
             rule: None,
             reason: Some("no rule".into()),
         };
-        let line = ev.to_json_line();
+        struct Names;
+        impl Identities for Names {
+            fn identity(&self, ip: IpAddr) -> &str {
+                if ip.is_ipv4() {
+                    "a-wing"
+                } else {
+                    "server"
+                }
+            }
+        }
+        let line = ev.to_json_line(&Names);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["kind"], "flow");
         assert_eq!(v["verdict"], "deny");
         assert_eq!(v["flow"]["dst"], "fd66::2");
         assert_eq!(v["reason"], "no rule");
+        assert_eq!(v["src_identity"], "a-wing");
+        assert_eq!(v["dst_identity"], "server");
         assert!(v.get("rule").is_none());
     }
 }

@@ -1,12 +1,13 @@
 //! `enforcer` command line.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
 use enforcer::dataplane::{self, PollMode, RunArgs};
-use enforcer::engine::config::{DenyAction, SynDenyAction, TableFullPolicy};
-use enforcer::engine::EngineConfig;
 use enforcer::policy;
 use enforcer::replay::{self, ReplayArgs};
 

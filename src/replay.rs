@@ -1,13 +1,13 @@
 //! `enforcer replay`: the engine over a capture. Reads pcap or pcapng, writes
 //! the frames that would leave the enforcer (pcap) and the verdict log.
 //!
-//! Each frame's port: in a pcapng with two or more interfaces, interface 0
-//! is port 0 (clients) and interface 1 is port 1 (servers). Otherwise (plain
+//! Each frame's side: in a pcapng with two or more interfaces, interface 0
+//! is side 0 (clients) and interface 1 is side 1 (servers). Otherwise (plain
 //! pcap, single-interface pcapng, other interface ids) the side is inferred
 //! like a learning bridge, by host: the sender of the first frame between two
-//! unknown hosts is on port 0 and its peer on port 1, a host first seen
+//! unknown hosts is on side 0 and its peer on side 1, a host first seen
 //! talking to a known one is on the other side of it, and everything not IP
-//! counts as port 0. Time is the capture's timestamps (pcapng: in the
+//! counts as side 0. Time is the capture's timestamps (pcapng: in the
 //! interface's `if_tsresol` units); timers run as the
 //! capture's clock advances.
 
@@ -27,8 +27,9 @@ use pcap_file::pcapng::blocks::interface_description::{
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, TsResolution};
 
-use crate::engine::{other, Engine, Output, Port, Verdict};
+use crate::engine::Engine;
 use crate::policy::Policy;
+use crate::verdict::{other, Output, Side, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct ReplayArgs {
@@ -36,12 +37,12 @@ pub struct ReplayArgs {
     pub input: PathBuf,
     pub output: PathBuf,
     pub log: Option<PathBuf>,
-    pub engine: crate::engine::EngineConfig,
+    pub engine: crate::config::EngineConfig,
 }
 
 /// Timers run when the capture clock has advanced this much.
 const TICK_NS: u64 = 1_000_000;
-/// Hosts remembered for port inference; beyond this, unknown hosts are port 0.
+/// Hosts remembered for side inference; beyond this, unknown hosts are side 0.
 const MAX_HOSTS: usize = 1 << 20;
 /// Largest frame we write (pcap snap length).
 const SNAPLEN: u32 = 262_144;
@@ -50,7 +51,7 @@ const SNAPLEN: u32 = 262_144;
 struct Frame {
     ts_ns: u64,
     /// From the capture (pcapng interface), when it says.
-    port: Option<Port>,
+    side: Option<Side>,
     data: Vec<u8>,
 }
 
@@ -60,7 +61,7 @@ enum Input {
     Pcap(PcapReader<BufReader<File>>),
     PcapNg {
         r: PcapNgReader<BufReader<File>>,
-        ports_known: bool,
+        sides_known: bool,
     },
 }
 
@@ -83,7 +84,7 @@ impl Input {
                     .map_err(|e| format!("{name}: bad pcapng header: {e}"))?;
                 Ok(Input::PcapNg {
                     r,
-                    ports_known: false,
+                    sides_known: false,
                 })
             }
             0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 => {
@@ -116,12 +117,12 @@ impl Input {
                     Some(Err(e)) => Err(e.to_string()),
                     Some(Ok(p)) => Ok(Some(Frame {
                         ts_ns: u64::from(p.ts_sec) * 1_000_000_000 + u64::from(p.ts_frac) * frac_ns,
-                        port: None,
+                        side: None,
                         data: p.data.into_owned(),
                     })),
                 }
             }
-            Input::PcapNg { r, ports_known } => loop {
+            Input::PcapNg { r, sides_known } => loop {
                 let block = match guarded("pcapng", || {
                     r.next_block().map(|b| b.map(|b| b.into_owned()))
                 })? {
@@ -134,11 +135,11 @@ impl Input {
                         if idb.linktype != DataLink::ETHERNET {
                             return Err(format!("link type {:?} is not Ethernet", idb.linktype));
                         }
-                        *ports_known = r.interfaces().len() >= 2;
+                        *sides_known = r.interfaces().len() >= 2;
                     }
                     Block::EnhancedPacket(p) => {
-                        let port = match p.interface_id {
-                            0 | 1 if *ports_known => Some(p.interface_id as Port),
+                        let side = match p.interface_id {
+                            0 | 1 if *sides_known => Some(p.interface_id as Side),
                             _ => None,
                         };
                         let per_sec = r.packet_interface(&p).map_or(1_000_000, ticks_per_second);
@@ -147,14 +148,14 @@ impl Input {
                         let ns = ticks.saturating_mul(1_000_000_000) / u128::from(per_sec);
                         return Ok(Some(Frame {
                             ts_ns: u64::try_from(ns).unwrap_or(u64::MAX),
-                            port,
+                            side,
                             data: p.data.into_owned(),
                         }));
                     }
                     Block::SimplePacket(p) => {
                         return Ok(Some(Frame {
                             ts_ns: 0,
-                            port: None,
+                            side: None,
                             data: p.data.into_owned(),
                         }))
                     }
@@ -181,11 +182,11 @@ fn ticks_per_second(idb: &InterfaceDescriptionBlock) -> u64 {
 /// Learns which side each host is on (see the module docs).
 #[derive(Default)]
 struct Sides {
-    hosts: HashMap<IpAddr, Port>,
+    hosts: HashMap<IpAddr, Side>,
 }
 
 impl Sides {
-    fn port_of(&mut self, frame: &[u8]) -> Port {
+    fn side_of(&mut self, frame: &[u8]) -> Side {
         let Ok(m) = crate::packet::parse(frame) else {
             return 0;
         };
@@ -222,13 +223,13 @@ impl Sink {
         Ok(())
     }
 
-    fn drain(&mut self, ts_ns: u64, out: &mut Output) -> Result<(), String> {
+    fn drain(&mut self, ts_ns: u64, policy: &Policy, out: &mut Output) -> Result<(), String> {
         for e in &out.emits {
             self.frame(ts_ns, &e.frame)?;
         }
         if let Some(log) = self.log.as_mut() {
             for ev in &out.events {
-                log.write_all(ev.to_json_line().as_bytes())
+                log.write_all(ev.to_json_line(policy).as_bytes())
                     .map_err(|e| format!("writing log: {e}"))?;
             }
         }
@@ -267,7 +268,8 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         log,
         written: 0,
     };
-    let mut engine = Engine::new(Arc::new(policy), args.engine.clone(), 0);
+    let policy = Arc::new(policy);
+    let mut engine = Engine::new(policy.clone(), args.engine.clone(), 0);
     let mut sides = Sides::default();
     let mut out = Output::default();
     let mut last_tick = None;
@@ -287,16 +289,16 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         frames += 1;
         if last_tick.is_none_or(|t: u64| f.ts_ns >= t.saturating_add(TICK_NS)) {
             engine.tick(f.ts_ns, &mut out);
-            sink.drain(f.ts_ns, &mut out)?;
+            sink.drain(f.ts_ns, &policy, &mut out)?;
             last_tick = Some(f.ts_ns);
         }
-        let port = f.port.unwrap_or_else(|| sides.port_of(&f.data));
+        let side = f.side.unwrap_or_else(|| sides.side_of(&f.data));
         let mut data = f.data;
-        let v = engine.process(port, &mut data, f.ts_ns, &mut out);
+        let v = engine.on_frame(side, &mut data, f.ts_ns, &mut out);
         if let Verdict::Forward(_) = v {
             sink.frame(f.ts_ns, &data)?;
         }
-        sink.drain(f.ts_ns, &mut out)?;
+        sink.drain(f.ts_ns, &policy, &mut out)?;
     };
 
     sink.pcap
@@ -334,15 +336,15 @@ mod tests {
     fn sides_follow_hosts() {
         let (c1, c2, s) = ([10, 0, 0, 1], [10, 0, 0, 3], [10, 0, 0, 2]);
         let mut sides = Sides::default();
-        assert_eq!(sides.port_of(&v4(c1, s)), 0, "first sender is a client");
-        assert_eq!(sides.port_of(&v4(s, c1)), 1);
+        assert_eq!(sides.side_of(&v4(c1, s)), 0, "first sender is a client");
+        assert_eq!(sides.side_of(&v4(s, c1)), 1);
         assert_eq!(
-            sides.port_of(&v4(s, c2)),
+            sides.side_of(&v4(s, c2)),
             1,
             "the server starts a flow: still its side"
         );
-        assert_eq!(sides.port_of(&v4(c2, s)), 0);
-        assert_eq!(sides.port_of(b"junk"), 0);
+        assert_eq!(sides.side_of(&v4(c2, s)), 0);
+        assert_eq!(sides.side_of(b"junk"), 0);
     }
 
     #[test]

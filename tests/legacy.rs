@@ -7,7 +7,7 @@ use std::process::Command;
 
 use enforcer::l7::http::Http;
 use enforcer::l7::{Parse, Protocol};
-use enforcer::policy::{Policy, Proto};
+use enforcer::policy::{L7Policy, Policy, Proto};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -24,7 +24,11 @@ fn http(p: &Policy, src: &str, req: &str) -> Option<bool> {
     if !d.allowed {
         return None;
     }
-    let Some(l7) = d.l7 else { return Some(true) };
+    let l7 = match d.l7 {
+        None => return Some(true),
+        Some(L7Policy::Http(l7)) => l7,
+        Some(other) => panic!("port 80 has http rules, not {:?}", other.proto()),
+    };
     let mut h = Http::new();
     let Parse::Complete(head) = h.parse_request(req.as_bytes()) else {
         panic!("test request parses")

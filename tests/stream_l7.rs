@@ -12,10 +12,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use common::{ep, tcp, Ep, ACK, FIN, PSH, SYN};
-use enforcer::engine::config::DenyAction;
-use enforcer::engine::{Engine, EngineConfig, Output, Verdict};
+use enforcer::config::{DenyAction, EngineConfig};
+use enforcer::engine::Engine;
 use enforcer::packet::view::parse;
 use enforcer::policy::Policy;
+use enforcer::verdict::{Output, Verdict};
 
 const CLIENT_PORT: u8 = 0;
 const SERVER_PORT: u8 = 1;
@@ -165,13 +166,13 @@ impl Lab {
             self.out.clear();
             let v = self
                 .engine
-                .process(port, &mut frame, self.now, &mut self.out);
+                .on_frame(port, &mut frame, self.now, &mut self.out);
             let emits = std::mem::take(&mut self.out.emits);
             if let Verdict::Forward(p) = v {
                 self.deliver(p, &frame);
             }
             for e in emits {
-                self.deliver(e.port, &e.frame);
+                self.deliver(e.side, &e.frame);
             }
         }
     }
@@ -181,7 +182,7 @@ impl Lab {
         self.out.clear();
         self.engine.tick(self.now, &mut self.out);
         for e in std::mem::take(&mut self.out.emits) {
-            self.deliver(e.port, &e.frame);
+            self.deliver(e.side, &e.frame);
         }
         self.run();
     }

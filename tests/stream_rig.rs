@@ -6,7 +6,7 @@
 
 mod rig;
 
-use enforcer::engine::EngineConfig;
+use enforcer::config::EngineConfig;
 use proptest::prelude::*;
 use rig::{Faults, Rig};
 use smoltcp::socket::tcp;

@@ -34,6 +34,7 @@ pub fn inspect(name: &str, max_frame: u32) -> Result<IfaceInfo, String> {
     }
     let cname =
         CString::new(name).map_err(|_| format!("{name:?} is not a valid interface name"))?;
+    // SAFETY: `cname` is a NUL-terminated string that outlives the call.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex == 0 {
         return Err(format!(
@@ -113,6 +114,7 @@ fn ethtool_get(fd: libc::c_int, name: &str, cmd: u32) -> Option<u32> {
     {
         *d = s as libc::c_char;
     }
+    // SAFETY: `req` is a valid `ifreq` whose data pointer targets `val`, both live across the call.
     let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
     (r == 0).then_some(val.data)
 }
@@ -121,6 +123,7 @@ fn ethtool_get(fd: libc::c_int, name: &str, cmd: u32) -> Option<u32> {
 /// UMEM frame (GRO/LRO aggregates, TSO/GSO super-frames) or frames with a
 /// checksum left for hardware to fill in. Refused with the command that fixes it.
 pub fn check_offloads(name: &str) -> Result<(), String> {
+    // SAFETY: plain syscall with constant arguments; the fd is checked below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(format!(
@@ -142,6 +145,7 @@ pub fn check_offloads(name: &str) -> Result<(), String> {
     if ethtool_get(fd, name, ETHTOOL_GFLAGS).unwrap_or(0) & ETH_FLAG_LRO != 0 {
         on.push("large-receive-offload");
     }
+    // SAFETY: `fd` is the socket opened above, closed once here.
     unsafe { libc::close(fd) };
     if on.is_empty() {
         Ok(())
@@ -158,10 +162,13 @@ pub fn check_offloads(name: &str) -> Result<(), String> {
 /// Returns true when it mounted it.
 pub fn ensure_bpffs() -> Result<bool, String> {
     let path = c"/sys/fs/bpf";
+    // SAFETY: `statfs` is plain old data; all zeros is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated literal and `st` a valid out-buffer.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(false);
     }
+    // SAFETY: every pointer is a NUL-terminated literal or null (no mount data).
     let r = unsafe {
         libc::mount(
             c"bpf".as_ptr(),
@@ -188,6 +195,7 @@ extern "C" {
 /// Silence libbpf/libxdp diagnostics (dispatcher fallbacks and the like):
 /// our own messages say what matters. ENFORCER_DEBUG=1 keeps them.
 pub fn quiet_libraries() {
+    // SAFETY: null / None are documented to restore the libraries' silent default.
     unsafe {
         libbpf_set_print(std::ptr::null());
         libxdp_sys::libxdp_set_print(None);
@@ -198,6 +206,8 @@ pub fn quiet_libraries() {
 /// components included), empty when none.
 pub fn xdp_programs(ifindex: u32) -> Vec<String> {
     let mut names = Vec::new();
+    // SAFETY: `mp` is checked for null and errors before use and closed once;
+    // program pointers come from it and are used only while it lives.
     unsafe {
         let mp = libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex as i32);
         if mp.is_null() || libxdp_sys::libxdp_get_error(mp as *const _) != 0 {
@@ -218,10 +228,12 @@ pub fn xdp_programs(ifindex: u32) -> Vec<String> {
 }
 
 unsafe fn prog_name(p: *const libxdp_sys::xdp_program) -> String {
+    // SAFETY: the caller passes a live program (see `prog_name`'s contract).
     let n = unsafe { libxdp_sys::xdp_program__name(p) };
     if n.is_null() {
         return "?".into();
     }
+    // SAFETY: `n` is non-null and points to libxdp's NUL-terminated name.
     unsafe { CStr::from_ptr(n) }.to_string_lossy().into_owned()
 }
 
@@ -232,6 +244,7 @@ fn only_xsk_programs(names: &[String]) -> bool {
 
 /// Detach whatever XDP program is attached to `ifindex` (and unpin the dispatcher).
 pub fn detach_xdp(ifindex: u32) -> Result<(), String> {
+    // SAFETY: as in `xdp_programs`: `mp` is checked before use and closed once.
     unsafe {
         let mp = libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex as i32);
         if mp.is_null() || libxdp_sys::libxdp_get_error(mp as *const _) != 0 {
@@ -258,6 +271,7 @@ fn state_file(name: &str) -> PathBuf {
 }
 
 fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 

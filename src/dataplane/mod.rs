@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::Counters;
-use crate::log::Event;
+use crate::counters::Counters;
 use crate::policy::Policy;
 
 use iface::IfaceInfo;
@@ -50,7 +49,7 @@ pub struct RunArgs {
     pub log: Option<PathBuf>,
     /// UMEM frames per worker (default: 2048 per socket).
     pub umem_frames: Option<u32>,
-    pub engine: crate::engine::EngineConfig,
+    pub engine: crate::config::EngineConfig,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -84,6 +83,7 @@ fn quiet_repeated_panics() {
 
 fn install_signals() {
     let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: `on_signal` is an `extern "C"` handler that only stores to atomics.
     unsafe {
         libc::signal(libc::SIGINT, h);
         libc::signal(libc::SIGTERM, h);
@@ -107,13 +107,14 @@ pub fn resolve_policy(given: Option<&Path>, default_dir: &Path) -> Result<(PathB
     }
 }
 
-/// Queue `q` of every port goes to worker `q % workers`.
-fn assign_queues(ports: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
+/// Queue `q` of every interface goes to worker `q % workers`; an
+/// interface's index in `ifaces` is its side.
+fn assign_queues(ifaces: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
     let mut out = vec![Vec::new(); workers];
-    for (p, info) in ports.iter().enumerate() {
+    for (p, info) in ifaces.iter().enumerate() {
         for q in 0..info.rx_queues {
             out[q as usize % workers].push(QueueSpec {
-                port: p as u8,
+                side: p as u8,
                 iface: info.name.clone(),
                 queue: q,
             });
@@ -169,7 +170,7 @@ fn spawn_logger(
     path: &Path,
 ) -> Result<
     (
-        crossbeam_channel::Sender<Event>,
+        crossbeam_channel::Sender<worker::Logged>,
         std::thread::JoinHandle<()>,
     ),
     String,
@@ -179,15 +180,15 @@ fn spawn_logger(
         .append(true)
         .open(path)
         .map_err(|e| format!("log {}: {e}", path.display()))?;
-    let (tx, rx) = crossbeam_channel::bounded::<Event>(65_536);
+    let (tx, rx) = crossbeam_channel::bounded::<worker::Logged>(65_536);
     let h = std::thread::Builder::new()
         .name("enforcer-log".into())
         .spawn(move || {
             let mut w = BufWriter::new(file);
-            while let Ok(ev) = rx.recv() {
-                let _ = w.write_all(ev.to_json_line().as_bytes());
-                while let Ok(ev) = rx.try_recv() {
-                    let _ = w.write_all(ev.to_json_line().as_bytes());
+            while let Ok((ev, p)) = rx.recv() {
+                let _ = w.write_all(ev.to_json_line(&*p).as_bytes());
+                while let Ok((ev, p)) = rx.try_recv() {
+                    let _ = w.write_all(ev.to_json_line(&*p).as_bytes());
                 }
                 let _ = w.flush();
             }
@@ -492,7 +493,7 @@ mod tests {
         let plan = assign_queues(&[&a, &b], 2);
         assert_eq!(plan.len(), 2);
         for w in &plan {
-            assert!(w.iter().any(|q| q.port == 0) && w.iter().any(|q| q.port == 1));
+            assert!(w.iter().any(|q| q.side == 0) && w.iter().any(|q| q.side == 1));
         }
         let total: usize = plan.iter().map(|w| w.len()).sum();
         assert_eq!(total, 6);

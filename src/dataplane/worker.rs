@@ -1,4 +1,4 @@
-//! One worker: its AF_XDP sockets (one per owned RX queue of each port) on
+//! One worker: its AF_XDP sockets (one per owned RX queue of each side) on
 //! the UMEM all workers share, its own engine and flows, and the poll loop.
 //! Frames move from RX to TX inside the UMEM without copies, also when handed
 //! to the worker that owns their flow; only emitted frames are copied in.
@@ -17,9 +17,12 @@ use xsk_rs::config::{BindFlags, FrameSize, Interface, QueueSize, SocketConfig, U
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::PollMode;
-use crate::engine::{steering_hash, Counters, Engine, EngineConfig, Output, Port, Verdict};
+use crate::config::EngineConfig;
+use crate::counters::Counters;
+use crate::engine::{steering_hash, Engine};
 use crate::log::Event;
 use crate::policy::Policy;
+use crate::verdict::{other, Output, Side, Verdict};
 
 pub const FRAME_SIZE: u32 = 4096;
 /// Data room of a UMEM frame: the frame minus the kernel's XDP headroom.
@@ -38,7 +41,7 @@ const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 
 /// A frame handed to the worker that owns its flow: the descriptor moves,
 /// the bytes stay in the shared UMEM.
-pub type Handoff = (Port, FrameDesc);
+pub type Handoff = (Side, FrameDesc);
 
 /// Libxdp loads or updates the interface's XDP program while a socket is
 /// created; keep that one at a time.
@@ -46,7 +49,7 @@ static SOCKET_SETUP: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
-    pub port: Port,
+    pub side: Side,
     pub iface: String,
     pub queue: u32,
 }
@@ -127,8 +130,8 @@ pub struct WorkerStats {
 }
 
 /// What decides frames: the engine, or (private switch for bring-up without a
-/// policy) a wire that forwards every frame to the other port.
-enum Processor {
+/// policy) a wire that forwards every frame to the other side.
+enum Judge {
     Engine {
         engine: Box<Engine>,
         /// Counters of engines replaced after a panic.
@@ -138,19 +141,19 @@ enum Processor {
     PassThrough(Box<Counters>),
 }
 
-impl Processor {
-    fn engine(e: Engine) -> Processor {
-        Processor::Engine {
+impl Judge {
+    fn engine(e: Engine) -> Judge {
+        Judge::Engine {
             engine: Box::new(e),
             carried: Box::default(),
             panics: 0,
         }
     }
 
-    fn process(&mut self, port: Port, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+    fn on_frame(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
         match self {
-            Processor::Engine { engine, .. } => {
-                let r = catch_unwind(AssertUnwindSafe(|| engine.process(port, frame, now, out)));
+            Judge::Engine { engine, .. } => {
+                let r = catch_unwind(AssertUnwindSafe(|| engine.on_frame(side, frame, now, out)));
                 match r {
                     Ok(v) => v,
                     Err(_) => {
@@ -159,16 +162,16 @@ impl Processor {
                     }
                 }
             }
-            Processor::PassThrough(c) => {
+            Judge::PassThrough(c) => {
                 c.frames_in += 1;
                 c.frames_forwarded += 1;
-                Verdict::Forward(crate::engine::other(port))
+                Verdict::Forward(other(side))
             }
         }
     }
 
     fn tick(&mut self, now: u64, out: &mut Output) {
-        if let Processor::Engine { engine, .. } = self {
+        if let Judge::Engine { engine, .. } = self {
             if catch_unwind(AssertUnwindSafe(|| engine.tick(now, out))).is_err() {
                 self.recover(out);
             }
@@ -180,7 +183,7 @@ impl Processor {
     /// flows are forgotten, so they fail closed or are picked up again).
     fn recover(&mut self, out: &mut Output) {
         out.clear();
-        if let Processor::Engine {
+        if let Judge::Engine {
             engine,
             carried,
             panics,
@@ -199,27 +202,27 @@ impl Processor {
 
     fn panics(&self) -> u64 {
         match self {
-            Processor::Engine { panics, .. } => *panics,
-            Processor::PassThrough(_) => 0,
+            Judge::Engine { panics, .. } => *panics,
+            Judge::PassThrough(_) => 0,
         }
     }
 
     fn counters(&self) -> Counters {
         match self {
-            Processor::Engine {
+            Judge::Engine {
                 engine, carried, ..
             } => {
                 let mut c = (**carried).clone();
                 c.merge(engine.counters());
                 c
             }
-            Processor::PassThrough(c) => (**c).clone(),
+            Judge::PassThrough(c) => (**c).clone(),
         }
     }
 }
 
 struct Xsk {
-    port: Port,
+    side: Side,
     tx: TxQueue,
     rx: RxQueue,
     fq: FillQueue,
@@ -246,6 +249,7 @@ pub struct Waker {
 
 impl Waker {
     pub fn new() -> Result<Waker, String> {
+        // SAFETY: plain syscall; the fd is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
@@ -259,18 +263,21 @@ impl Waker {
     fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
             let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to the eventfd this Waker owns.
             unsafe { libc::write(self.fd, &one as *const u64 as *const libc::c_void, 8) };
         }
     }
 
     fn drain(&self) {
         let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from the eventfd this Waker owns.
         unsafe { libc::read(self.fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
     }
 }
 
 impl Drop for Waker {
     fn drop(&mut self) {
+        // SAFETY: the eventfd is owned by this Waker and closed only here.
         unsafe { libc::close(self.fd) };
     }
 }
@@ -292,6 +299,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn pin(cpu: usize) {
+    // SAFETY: `cpu_set_t` is plain old data (zeros = empty set); the call
+    // reads `set` for its stated size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -301,6 +310,7 @@ fn pin(cpu: usize) {
 }
 
 fn set_busy_poll(fd: libc::c_int) -> bool {
+    // SAFETY: `val` lives across the call and its size is passed with it.
     let set = |opt, val: libc::c_int| unsafe {
         libc::setsockopt(
             fd,
@@ -368,7 +378,7 @@ fn setup(spec: &WorkerSpec) -> Result<Setup, String> {
             );
         }
         socks.push(Xsk {
-            port: q.port,
+            side: q.side,
             tx,
             rx,
             fq,
@@ -386,8 +396,12 @@ pub struct Channels {
     /// their owner, which gives its surplus here for the others to take.
     pub spare_tx: Sender<FrameDesc>,
     pub spare_rx: Receiver<FrameDesc>,
-    pub events: Option<Sender<Event>>,
+    pub events: Option<Sender<Logged>>,
 }
+
+/// An event on its way to the log writer, with the policy it was decided
+/// under: the writer names its endpoints from that policy (see `log`).
+pub type Logged = (Event, Arc<Policy>);
 
 /// Run one worker until `shared.stop`. `ready` gets the setup result.
 pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Result<(), String>>) {
@@ -412,9 +426,9 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
     let mut w = Worker {
         id: spec.id,
         workers: spec.workers,
-        proc: match &spec.policy {
-            Some(p) => Processor::engine(Engine::new(p.clone(), spec.engine.clone(), spec.id)),
-            None => Processor::PassThrough(Box::default()),
+        judge: match &spec.policy {
+            Some(p) => Judge::engine(Engine::new(p.clone(), spec.engine.clone(), spec.id)),
+            None => Judge::PassThrough(Box::default()),
         },
         out: Output::default(),
         pending: [Vec::with_capacity(BATCH * 2), Vec::with_capacity(BATCH * 2)],
@@ -422,8 +436,8 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
         ch,
         to_wake: 0,
     };
-    // The TX socket of each port: the first one this worker has there.
-    let tx_sock: [Option<usize>; 2] = [0u8, 1].map(|p| socks.iter().position(|s| s.port == p));
+    // The TX socket of each side: the first one this worker has there.
+    let tx_sock: [Option<usize>; 2] = [0u8, 1].map(|p| socks.iter().position(|s| s.side == p));
 
     let t0 = Instant::now();
     let mut last_tick = t0;
@@ -467,7 +481,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
         }
 
         for s in socks.iter_mut() {
-            let port = s.port;
+            let side = s.side;
             // SAFETY: the RX ring hands us frames of this UMEM.
             let n = unsafe { s.rx.consume(&mut rx_descs) };
             work += n;
@@ -481,13 +495,13 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                     let h = steering_hash(frame);
                     let owner = (h % w.workers as u64) as usize;
                     if h != 0 && owner != w.id as usize {
-                        if !w.hand_over(owner, port, *d) {
+                        if !w.hand_over(owner, side, *d) {
                             free.push(*d);
                         }
                         continue;
                     }
                 }
-                match w.proc.process(port, frame, now, &mut w.out) {
+                match w.judge.on_frame(side, frame, now, &mut w.out) {
                     Verdict::Forward(p) if (p as usize) < 2 => w.pending[p as usize].push(*d),
                     _ => free.push(*d),
                 }
@@ -498,7 +512,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
 
         // Frames of our flows received by other workers.
         for _ in 0..BATCH {
-            let Ok((port, mut d)) = w.ch.handoff_rx.try_recv() else {
+            let Ok((side, mut d)) = w.ch.handoff_rx.try_recv() else {
                 break;
             };
             work += 1;
@@ -506,7 +520,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
             let v = {
                 // SAFETY: the sender gave this frame up; only we refer to it.
                 let mut data = unsafe { umem.data_mut(&mut d) };
-                w.proc.process(port, data.contents_mut(), now, &mut w.out)
+                w.judge.on_frame(side, data.contents_mut(), now, &mut w.out)
             };
             match v {
                 Verdict::Forward(p) if (p as usize) < 2 => w.pending[p as usize].push(d),
@@ -525,11 +539,11 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                if let (Some(p), Processor::Engine { engine, .. }) = (p, &mut w.proc) {
+                if let (Some(p), Judge::Engine { engine, .. }) = (p, &mut w.judge) {
                     engine.set_policy(p);
                 }
             }
-            w.proc.tick(now, &mut w.out);
+            w.judge.tick(now, &mut w.out);
             w.drain_out(&umem, &mut free);
         }
 
@@ -604,6 +618,7 @@ pub fn run(spec: WorkerSpec, ch: Channels, shared: Arc<Shared>, ready: Sender<Re
                     wk.sleeping.store(true, Ordering::SeqCst);
                 }
                 if w.ch.handoff_rx.is_empty() {
+                    // SAFETY: `pollfds` is a live array of `len()` entries.
                     unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1) };
                 }
                 if let Some(wk) = me {
@@ -686,7 +701,7 @@ fn account(socks: &mut [Xsk], free: &mut Vec<FrameDesc>, cq_descs: &mut [FrameDe
 struct Worker {
     id: u16,
     workers: usize,
-    proc: Processor,
+    judge: Judge,
     out: Output,
     pending: [Vec<FrameDesc>; 2],
     dp: DpCounters,
@@ -708,11 +723,11 @@ impl Worker {
 
     /// Give a frame to its flow's owner; false when it could not be (the
     /// frame is then still ours, and dropped).
-    fn hand_over(&mut self, owner: usize, port: Port, d: FrameDesc) -> bool {
+    fn hand_over(&mut self, owner: usize, side: Side, d: FrameDesc) -> bool {
         let Some(tx) = self.ch.handoff_tx.get(owner) else {
             return false;
         };
-        match tx.try_send((port, d)) {
+        match tx.try_send((side, d)) {
             Ok(()) => {
                 self.dp.handoff_out += 1;
                 self.to_wake |= 1u64 << (owner % 64);
@@ -733,9 +748,9 @@ impl Worker {
         }
     }
 
-    /// Copy bytes into a free UMEM frame queued for TX on `port`.
-    fn copy_out(&mut self, umem: &Umem, free: &mut Vec<FrameDesc>, port: Port, bytes: &[u8]) {
-        if port > 1 {
+    /// Copy bytes into a free UMEM frame queued for TX on `side`.
+    fn copy_out(&mut self, umem: &Umem, free: &mut Vec<FrameDesc>, side: Side, bytes: &[u8]) {
+        if side > 1 {
             return;
         }
         if bytes.len() > FRAME_DATA as usize {
@@ -757,7 +772,7 @@ impl Worker {
                 return;
             }
         }
-        self.pending[port as usize].push(d);
+        self.pending[side as usize].push(d);
     }
 
     fn drain_out(&mut self, umem: &Umem, free: &mut Vec<FrameDesc>) {
@@ -766,13 +781,17 @@ impl Worker {
         }
         let emits = std::mem::take(&mut self.out.emits);
         for e in &emits {
-            self.copy_out(umem, free, e.port, &e.frame);
+            self.copy_out(umem, free, e.side, &e.frame);
         }
         self.out.emits = emits;
         self.out.emits.clear();
+        let policy = match &self.judge {
+            Judge::Engine { engine, .. } => Some(engine.policy()),
+            Judge::PassThrough(_) => None,
+        };
         for ev in self.out.events.drain(..) {
-            if let Some(tx) = &self.ch.events {
-                if tx.try_send(ev).is_err() {
+            if let (Some(tx), Some(p)) = (&self.ch.events, policy) {
+                if tx.try_send((ev, p.clone())).is_err() {
                     self.dp.events_dropped += 1;
                 }
             }
@@ -781,7 +800,7 @@ impl Worker {
 
     fn publish(&mut self, shared: &Shared, socks: &[Xsk]) {
         let mut dp = self.dp.clone();
-        dp.engine_panics = self.proc.panics();
+        dp.engine_panics = self.judge.panics();
         for s in socks {
             if let Ok(st) = s.rx.fd().xdp_statistics() {
                 dp.xdp_rx_dropped += st.rx_dropped();
@@ -793,7 +812,7 @@ impl Worker {
         if let Some(slot) = shared.stats.get(self.id as usize) {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
             g.dp = dp;
-            g.engine = self.proc.counters();
+            g.engine = self.judge.counters();
         }
     }
 }

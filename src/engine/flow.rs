@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
-use super::Port;
 use crate::stream::L7Flow;
+use crate::verdict::Side;
 
 /// Both endpoints of a flow in a canonical order, so that A→B and B→A give
 /// the same key. For ICMP echo both "ports" are the echo id. Addresses are
@@ -175,8 +175,8 @@ pub struct FlowEntry {
     pub resp: IpAddr,
     pub resp_port: u16,
     pub proto: u8,
-    /// Port the initiator's frames arrive on.
-    pub client_port: Port,
+    /// Side the initiator's frames arrive on.
+    pub client_side: Side,
     /// Policy generation the decision was made under.
     pub policy_gen: u64,
     pub state: ConnState,
@@ -376,7 +376,7 @@ mod tests {
             resp: ip("10.0.0.2"),
             resp_port: 80,
             proto: 6,
-            client_port: 0,
+            client_side: 0,
             policy_gen: 0,
             state: ConnState::Established,
             last_seen: now,

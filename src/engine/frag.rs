@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::Port;
 use crate::packet::view::FragmentMeta;
+use crate::verdict::Side;
 
 /// Total frame bytes held over all pending datagrams.
 pub const MAX_FRAG_BYTES: usize = 4 << 20;
@@ -31,7 +31,7 @@ pub struct FragKey {
 }
 
 pub struct HeldFragment {
-    pub port: Port,
+    pub side: Side,
     pub frame: Vec<u8>,
     start: usize,
     end: usize,
@@ -96,7 +96,7 @@ impl Reassembler {
         &mut self,
         key: FragKey,
         frag: FragmentMeta,
-        port: Port,
+        side: Side,
         frame: &[u8],
         data: std::ops::Range<usize>,
         now: u64,
@@ -145,7 +145,7 @@ impl Reassembler {
             q.total = Some(end);
         }
         q.frags.push(HeldFragment {
-            port,
+            side,
             frame: frame.to_vec(),
             start,
             end,

@@ -1,4 +1,4 @@
-//! The sans-I/O engine: `(port, frame, now)` in, a verdict for that frame plus
+//! The sans-I/O engine: `(side, frame, now)` in, a verdict for that frame plus
 //! frames to emit and log events out. One `Engine` per worker; it owns that
 //! worker's flows. The policy is shared read-only (`Arc`) and swappable.
 //!
@@ -37,26 +37,14 @@ use crate::packet::view::{
 use crate::policy::{FlowDecision, Policy, Proto};
 use crate::stream::{L7Flow, StreamCtx};
 
-pub mod config;
-pub mod counters;
 pub mod flow;
 pub mod frag;
 
-pub use config::EngineConfig;
-use config::{SynDenyAction, TableFullPolicy};
-pub use counters::{Counters, DropReason};
+use crate::config::{EngineConfig, SynDenyAction, TableFullPolicy};
+use crate::counters::{Counters, DropReason};
+use crate::verdict::{other, Emit, Output, Side, Verdict};
 use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
 use frag::{FragKey, FragOutcome, Reassembler};
-
-/// Port index: 0 is `--iface` (clients), 1 is `--peer` (servers). In host mode
-/// port 1 is the internal re-entry device.
-pub type Port = u8;
-
-/// The other port of an inline pair.
-#[inline]
-pub fn other(port: Port) -> Port {
-    port ^ 1
-}
 
 /// Which worker a frame belongs to, for shells with several engines: the
 /// same for both directions of a flow, for all fragments of a datagram and
@@ -75,40 +63,6 @@ pub fn steering_hash(frame: &[u8]) -> u64 {
         _ => (m.src, m.dst),
     };
     FlowKey::new(a, 0, b, 0, 0).symmetric_hash()
-}
-
-/// What happens to the frame that was passed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Transmit the (possibly rewritten in place) input frame on this port.
-    Forward(Port),
-    /// Discard it; the reason is also counted.
-    Drop(DropReason),
-    /// The engine kept or re-emitted it (held for an L7 decision, or its bytes
-    /// travel inside `Output::emits`). The shell must not transmit the input.
-    Consumed,
-}
-
-/// A frame the engine built or released. Owned because it outlives the input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Emit {
-    pub port: Port,
-    pub frame: Vec<u8>,
-}
-
-/// Side outputs of one call. The shell transmits the input frame first (when
-/// the verdict is `Forward`), then `emits` in order, then clears this.
-#[derive(Debug, Default)]
-pub struct Output {
-    pub emits: Vec<Emit>,
-    pub events: Vec<Event>,
-}
-
-impl Output {
-    pub fn clear(&mut self) {
-        self.emits.clear();
-        self.events.clear();
-    }
 }
 
 pub struct Engine {
@@ -146,8 +100,8 @@ struct Initiator {
     dst: IpAddr,
     dport: u16,
     proto: u8,
-    /// Port the initiator's frames arrive on.
-    port: Port,
+    /// Side the initiator's frames arrive on.
+    side: Side,
 }
 
 impl Initiator {
@@ -236,21 +190,21 @@ impl Engine {
         self.flows.len()
     }
 
-    /// Decide one frame received on `port` at `now_ns` (monotonic nanoseconds).
+    /// Decide one frame received on `side` at `now_ns` (monotonic nanoseconds).
     /// `frame` may be rewritten in place (seq/ack after a denial).
     ///
     /// Drop verdicts are counted here, once; whoever returns one (the stream
     /// layer included) does not count it again.
-    pub fn process(
+    pub fn on_frame(
         &mut self,
-        port: Port,
+        side: Side,
         frame: &mut [u8],
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
         self.counters.frames_in += 1;
         let emits_before = out.emits.len();
-        let v = self.classify(port, frame, now_ns, out);
+        let v = self.classify(side, frame, now_ns, out);
         match v {
             Verdict::Forward(_) => self.counters.frames_forwarded += 1,
             Verdict::Drop(r) => self.counters.drop(r),
@@ -260,25 +214,25 @@ impl Engine {
         v
     }
 
-    fn classify(&mut self, port: Port, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+    fn classify(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
         let meta = match view::parse(frame) {
             Ok(m) => m,
-            Err(ParseError::NotIp { .. }) => return self.non_ip(port),
+            Err(ParseError::NotIp { .. }) => return self.non_ip(side),
             Err(ParseError::Malformed(_)) => return Verdict::Drop(DropReason::Malformed),
         };
         if let Some(f) = meta.fragment {
-            return self.fragment(port, frame, &meta, f, now, out);
+            return self.fragment(side, frame, &meta, f, now, out);
         }
         if is_v6_link_control(&meta) {
-            return self.non_ip(port);
+            return self.non_ip(side);
         }
-        self.l4(port, frame, &meta, now, out, true)
+        self.l4(side, frame, &meta, now, out, true)
     }
 
-    fn non_ip(&mut self, port: Port) -> Verdict {
+    fn non_ip(&mut self, side: Side) -> Verdict {
         if self.cfg.pass_non_ip {
             self.counters.non_ip_passed += 1;
-            Verdict::Forward(other(port))
+            Verdict::Forward(other(side))
         } else {
             Verdict::Drop(DropReason::NonIpDenied)
         }
@@ -288,7 +242,7 @@ impl Engine {
     /// IP payload and the verdict applies to its held fragments.
     fn l4(
         &mut self,
-        port: Port,
+        side: Side,
         buf: &mut [u8],
         meta: &FrameMeta,
         now: u64,
@@ -296,9 +250,9 @@ impl Engine {
         whole: bool,
     ) -> Verdict {
         match meta.l4 {
-            L4Meta::Tcp(t) => self.tcp(port, buf, meta, &t, now, out, whole),
+            L4Meta::Tcp(t) => self.tcp(side, buf, meta, &t, now, out, whole),
             L4Meta::Icmp { kind, .. } if view::icmp_is_error(meta.proto, kind) => {
-                self.icmp_error(port, buf, meta)
+                self.icmp_error(side, buf, meta)
             }
             L4Meta::Icmp { kind, id, .. } => {
                 let init = Initiator {
@@ -307,7 +261,7 @@ impl Engine {
                     dst: meta.dst,
                     dport: id,
                     proto: meta.proto,
-                    port,
+                    side,
                 };
                 if is_echo_request(meta.proto, kind) {
                     self.datagram(init, u16::from(kind), true, now, out)
@@ -336,7 +290,7 @@ impl Engine {
                     dst: meta.dst,
                     dport: meta.dport,
                     proto: meta.proto,
-                    port,
+                    side,
                 };
                 self.datagram(init, meta.dport, true, now, out)
             }
@@ -357,8 +311,6 @@ impl Engine {
             time_ns: now,
             worker: self.worker,
             flow: tuple,
-            src_identity: self.policy.identity(tuple.src).to_string(),
-            dst_identity: self.policy.identity(tuple.dst).to_string(),
             subject: Subject::Flow,
             verdict: if d.allowed {
                 Decision::Allow
@@ -459,7 +411,7 @@ impl Engine {
             }
         }
         let l7 = match (&d.l7, init.proto) {
-            (Some(p), IPPROTO_TCP) => Some(Box::new(L7Flow::new(p.clone(), init.port))),
+            (Some(p), IPPROTO_TCP) => Some(Box::new(L7Flow::new(p.clone(), init.side))),
             _ => None,
         };
         let has_l7 = l7.is_some();
@@ -470,7 +422,7 @@ impl Engine {
             resp: init.dst,
             resp_port: decide_dport,
             proto: init.proto,
-            client_port: init.port,
+            client_side: init.side,
             policy_gen: self.policy_gen,
             state,
             last_seen: now,
@@ -513,7 +465,7 @@ impl Engine {
                     if !l7.set_policy(d.l7.take()) {
                         d = FlowDecision {
                             allowed: false,
-                            detail: "port changed L7 protocol; connection must restart".into(),
+                            detail: "side changed L7 protocol; connection must restart".into(),
                             l7: None,
                         };
                     }
@@ -529,7 +481,7 @@ impl Engine {
             // reconnects under the new rules.
             d = FlowDecision {
                 allowed: false,
-                detail: "port gained L7 rules; connection must restart".into(),
+                detail: "side gained L7 rules; connection must restart".into(),
                 l7: None,
             };
         }
@@ -554,7 +506,7 @@ impl Engine {
         let key = FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto);
         if let Some(idx) = self.flows.find(&key) {
             return if self.touch(idx, now, out) {
-                Verdict::Forward(other(init.port))
+                Verdict::Forward(other(init.side))
             } else {
                 Verdict::Drop(DropReason::PolicyDenied)
             };
@@ -567,7 +519,7 @@ impl Engine {
         // would let it start a flow itself. Judging it as "the reply of the
         // reverse flow" would let anyone in wherever the target's egress is open.
         match self.new_flow(init, decide_dport, ConnState::Open, now, out) {
-            NewFlow::Tracked(_) | NewFlow::Untracked => Verdict::Forward(other(init.port)),
+            NewFlow::Tracked(_) | NewFlow::Untracked => Verdict::Forward(other(init.side)),
             NewFlow::Refused(v) => v,
         }
     }
@@ -581,7 +533,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn tcp(
         &mut self,
-        port: Port,
+        side: Side,
         buf: &mut [u8],
         meta: &FrameMeta,
         t: &TcpMeta,
@@ -619,7 +571,7 @@ impl Engine {
             dst: meta.dst,
             dport: meta.dport,
             proto: IPPROTO_TCP,
-            port,
+            side,
         };
         let idx = match idx {
             Some(i) => {
@@ -631,20 +583,20 @@ impl Engine {
             None if syn_only => match self.new_flow(init, meta.dport, ConnState::SynSent, now, out)
             {
                 NewFlow::Tracked(i) => i,
-                NewFlow::Untracked => return Verdict::Forward(other(port)),
+                NewFlow::Untracked => return Verdict::Forward(other(side)),
                 NewFlow::Refused(v) => {
                     if v == Verdict::Drop(DropReason::PolicyDenied)
                         && self.cfg.syn_deny == SynDenyAction::Reset
                         && whole
                     {
-                        self.reset_syn(port, buf, meta, t, out);
+                        self.reset_syn(side, buf, meta, t, out);
                     }
                     return v;
                 }
             },
             None => match self.pickup(init, f, now, out) {
                 Some(NewFlow::Tracked(i)) => i,
-                Some(NewFlow::Untracked) => return Verdict::Forward(other(port)),
+                Some(NewFlow::Untracked) => return Verdict::Forward(other(side)),
                 Some(NewFlow::Refused(v)) => return v,
                 None => return Verdict::Drop(DropReason::NoFlow),
             },
@@ -655,11 +607,11 @@ impl Engine {
         let fwd = e.from_initiator(meta.src, meta.sport);
         e.state = next_state(e.state, fwd, f);
         if e.l7.is_none() {
-            return Verdict::Forward(other(port));
+            return Verdict::Forward(other(side));
         }
         let tuple = e.tuple();
         let Some(l7) = e.l7.as_mut() else {
-            return Verdict::Forward(other(port));
+            return Verdict::Forward(other(side));
         };
         if !whole {
             // The stream layer works on whole segments; fragmented TCP to an
@@ -671,9 +623,8 @@ impl Engine {
             counters: &mut self.counters,
             worker: self.worker,
             tuple,
-            policy: &self.policy,
         };
-        l7.on_segment(&mut ctx, port, buf, meta, now, out)
+        l7.on_segment(&mut ctx, side, buf, meta, now, out)
     }
 
     /// A TCP segment with no flow and no SYN: adopt the connection when
@@ -722,7 +673,7 @@ impl Engine {
 
     fn reset_syn(
         &mut self,
-        port: Port,
+        side: Side,
         frame: &[u8],
         meta: &FrameMeta,
         t: &TcpMeta,
@@ -737,7 +688,7 @@ impl Engine {
             window: 0,
         };
         out.emits.push(Emit {
-            port,
+            side,
             frame: tcp_segment(frame, meta, &spec, &[]),
         });
         self.counters.frames_injected += 1;
@@ -745,7 +696,7 @@ impl Engine {
 
     /// An ICMP error passes when the datagram it quotes belongs to a flow we
     /// allow, and it is addressed to that datagram's sender.
-    fn icmp_error(&mut self, port: Port, buf: &[u8], meta: &FrameMeta) -> Verdict {
+    fn icmp_error(&mut self, side: Side, buf: &[u8], meta: &FrameMeta) -> Verdict {
         let Some(q) = view::icmp_quoted(buf, meta) else {
             return Verdict::Drop(DropReason::Malformed);
         };
@@ -759,14 +710,14 @@ impl Engine {
         // A verdict made stale by a policy swap is re-checked by the flow's
         // own next frame; an error about a flow we carry is what its sender needs.
         match self.flows.find(&key) {
-            Some(_) => Verdict::Forward(other(port)),
+            Some(_) => Verdict::Forward(other(side)),
             None => Verdict::Drop(DropReason::NoFlow),
         }
     }
 
     fn fragment(
         &mut self,
-        port: Port,
+        side: Side,
         frame: &[u8],
         meta: &FrameMeta,
         f: view::FragmentMeta,
@@ -782,7 +733,7 @@ impl Engine {
         let (payload, frags) =
             match self
                 .frags
-                .add(key, f, port, frame, meta.l4_off..meta.payload_end, now)
+                .add(key, f, side, frame, meta.l4_off..meta.payload_end, now)
             {
                 FragOutcome::Held => return Verdict::Consumed,
                 FragOutcome::Duplicate => return Verdict::Drop(DropReason::FragmentDropped),
@@ -811,9 +762,9 @@ impl Engine {
                     ..*meta
                 };
                 if is_v6_link_control(&m) {
-                    self.non_ip(port)
+                    self.non_ip(side)
                 } else {
-                    self.l4(port, &mut buf, &m, now, out, false)
+                    self.l4(side, &mut buf, &m, now, out, false)
                 }
             }
             Err(_) => Verdict::Drop(DropReason::Malformed),
@@ -823,7 +774,7 @@ impl Engine {
                 // Unchanged and in arrival order; the input is the last one.
                 for h in frags {
                     out.emits.push(Emit {
-                        port: other(h.port),
+                        side: other(h.side),
                         frame: h.frame,
                     });
                 }
@@ -868,7 +819,6 @@ impl Engine {
                 counters: &mut self.counters,
                 worker: self.worker,
                 tuple,
-                policy: &self.policy,
             };
             l7.on_tick(&mut ctx, now_ns, out);
         }

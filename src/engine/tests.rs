@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::packet::view::testkit::*;
-use crate::policy::{L7Policy, L7Proto};
+use crate::policy::L7Policy;
 
 /// Server 10.66.0.2 / fd66::2 is default-deny on ingress: it accepts TCP 80
 /// and 11211 (L7) from a-wing (.11) and x-wing (.12), UDP 53 from anyone,
@@ -28,13 +28,9 @@ fn lab_decide(src: IpAddr, dst: IpAddr, proto: Proto, dport: u16) -> FlowDecisio
     let xwing = [ip("10.66.0.12"), ip("fd66::12")].contains(&src);
     let (allowed, l7) = match proto {
         Proto::Tcp if server && wing && dport == 80 => (true, None),
-        Proto::Tcp if server && wing && dport == 11211 => (
-            true,
-            Some(Arc::new(L7Policy {
-                proto: L7Proto::Memcache,
-                stages: vec![],
-            })),
-        ),
+        Proto::Tcp if server && wing && dport == 11211 => {
+            (true, Some(L7Policy::Memcache(Arc::default())))
+        }
         Proto::Udp if server && dport == 53 => (true, None),
         Proto::Icmp if server && xwing && (dport == 8 || dport == 128) => (true, None),
         _ => (false, None),
@@ -61,9 +57,9 @@ fn engine() -> Engine {
     engine_with(EngineConfig::default())
 }
 
-fn run(e: &mut Engine, port: Port, frame: &[u8], now: u64, out: &mut Output) -> Verdict {
+fn run(e: &mut Engine, side: Side, frame: &[u8], now: u64, out: &mut Output) -> Verdict {
     let mut f = frame.to_vec();
-    e.process(port, &mut f, now, out)
+    e.on_frame(side, &mut f, now, out)
 }
 
 const FWD: Verdict = Verdict::Forward(1);
@@ -393,7 +389,7 @@ fn fragments_are_judged_on_the_reassembled_header() {
     let sent: Vec<_> = out
         .emits
         .iter()
-        .map(|x| (x.port, x.frame.clone()))
+        .map(|x| (x.side, x.frame.clone()))
         .collect();
     let expect: Vec<_> = [3, 0, 2, 1]
         .iter()
@@ -683,7 +679,7 @@ fn denied_syn_answered_with_rst_when_configured() {
     );
     assert_eq!(out.emits.len(), 1);
     let rst = &out.emits[0];
-    assert_eq!(rst.port, 0, "back to the client");
+    assert_eq!(rst.side, 0, "back to the client");
     let m = view::parse(&rst.frame).unwrap();
     assert_eq!(
         (m.src, m.dst, m.sport, m.dport),
@@ -758,7 +754,7 @@ mod fuzz {
             let mut out = Output::default();
             let pool = pool();
             let mut now = 0u64;
-            for (pick, port, flips, cut, dt) in steps {
+            for (pick, side, flips, cut, dt) in steps {
                 let mut f = pool[pick % pool.len()].clone();
                 for (i, b) in flips {
                     if let Some(x) = f.get_mut(i) {
@@ -769,13 +765,13 @@ mod fuzz {
                     f.truncate(cut);
                 }
                 now += dt * SECOND;
-                e.process(port, &mut f, now, &mut out);
+                e.on_frame(side, &mut f, now, &mut out);
                 if dt % 7 == 0 {
                     e.tick(now, &mut out);
                 }
                 prop_assert!(e.flow_count() <= 4);
                 prop_assert!(e.frags.pending() <= 2);
-                prop_assert!(out.emits.iter().all(|x| x.port <= 1));
+                prop_assert!(out.emits.iter().all(|x| x.side <= 1));
                 out.clear();
             }
         }
@@ -788,10 +784,7 @@ fn l7_timer_list_follows_the_table() {
         max_flows: 64,
         ..EngineConfig::default()
     });
-    let l7 = Some(Arc::new(L7Policy {
-        proto: L7Proto::Http,
-        stages: vec![],
-    }));
+    let l7 = Some(L7Policy::Http(Arc::default()));
     for i in 0..40u16 {
         let init = Initiator {
             src: ip("10.66.0.11"),
@@ -799,7 +792,7 @@ fn l7_timer_list_follows_the_table() {
             dst: ip("10.66.0.2"),
             dport: 80,
             proto: IPPROTO_TCP,
-            port: 0,
+            side: 0,
         };
         let d = FlowDecision {
             allowed: true,
@@ -836,12 +829,7 @@ fn policy_swap_adding_l7_rules_ends_live_l4_connections() {
     e.decide_override = Some(Box::new(move |_, _, _, _| FlowDecision {
         allowed: true,
         detail: "x".into(),
-        l7: flag.get().then(|| {
-            Arc::new(L7Policy {
-                proto: L7Proto::Http,
-                stages: vec![],
-            })
-        }),
+        l7: flag.get().then(|| L7Policy::Http(Arc::default())),
     }));
     let mut out = Output::default();
     let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));

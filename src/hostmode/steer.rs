@@ -37,7 +37,8 @@ pub struct Steering {
     netlink_flags: Option<u32>,
 }
 
-// The object is only touched from the thread that owns `Steering`.
+// SAFETY: the object is only touched from the thread that owns `Steering`;
+// libbpf objects have no thread affinity.
 unsafe impl Send for Steering {}
 
 fn os_err(what: &str, rc: i32) -> String {
@@ -48,6 +49,9 @@ fn os_err(what: &str, rc: i32) -> String {
 impl Steering {
     /// Load the program (not yet attached).
     pub fn load(fail: FailMode) -> Result<Steering, String> {
+        // SAFETY: OBJECT outlives the call (static); each libbpf pointer is
+        // checked for null before use; the object is closed on every error path
+        // (by hand, or by `Steering`'s Drop once `s` exists).
         unsafe {
             let obj =
                 bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, ptr::null());
@@ -108,6 +112,7 @@ impl Steering {
     /// The addresses whose IP frames go to the enforcer.
     pub fn add_host_addr(&self, ip: IpAddr) -> Result<(), String> {
         let one = 1u8;
+        // SAFETY: key and value are live locals whose sizes match the map's definition.
         let rc = unsafe {
             match ip {
                 IpAddr::V4(a) => {
@@ -139,6 +144,7 @@ impl Steering {
     /// Steer queue `queue`'s frames to the AF_XDP socket `xsk_fd`.
     pub fn bind_queue(&self, queue: u32, xsk_fd: RawFd) -> Result<(), String> {
         let fd = xsk_fd as u32;
+        // SAFETY: key and value are live u32 locals, as the XSKMAP expects.
         let rc = unsafe {
             bpf::bpf_map_update_elem(
                 self.xsks_fd,
@@ -162,6 +168,8 @@ impl Steering {
         let mut last = 0;
         for mode in [bpf::XDP_FLAGS_DRV_MODE, bpf::XDP_FLAGS_SKB_MODE] {
             let flags = mode | bpf::XDP_FLAGS_UPDATE_IF_NOEXIST;
+            // SAFETY: the options struct is plain old data (zeros = defaults) and
+            // `prog_fd` is this object's loaded program.
             unsafe {
                 match self.fail {
                     FailMode::Open => {
@@ -192,6 +200,7 @@ impl Steering {
     pub fn detach(&mut self) {
         self.link = None;
         if let Some(mode) = self.netlink_flags.take() {
+            // SAFETY: detaches by ifindex and mode; no pointers besides null opts.
             unsafe {
                 bpf::bpf_xdp_detach(self.ifindex, mode, ptr::null());
             }
@@ -206,6 +215,7 @@ impl Steering {
 impl Drop for Steering {
     fn drop(&mut self) {
         self.detach();
+        // SAFETY: `obj` was opened by `load` and is closed only here.
         unsafe { bpf::bpf_object__close(self.obj) };
     }
 }
@@ -226,6 +236,7 @@ pub enum Attached {
 
 pub fn query(ifindex: i32) -> Result<Attached, String> {
     let mut id = 0u32;
+    // SAFETY: `id` is a live out-parameter.
     let rc = unsafe { bpf::bpf_xdp_query_id(ifindex, 0, &mut id) };
     if rc != 0 {
         return Err(os_err("cannot query XDP programs", rc));
@@ -242,6 +253,8 @@ pub fn query(ifindex: i32) -> Result<Attached, String> {
 }
 
 fn prog_name(id: u32) -> Option<String> {
+    // SAFETY: the fd is checked before use and closed once; `info` is plain
+    // old data passed with its size.
     unsafe {
         let fd = bpf::bpf_prog_get_fd_by_id(id);
         if fd < 0 {
@@ -268,6 +281,7 @@ pub fn remove_stale(ifindex: i32) -> Result<bool, String> {
     match query(ifindex)? {
         Attached::Ours { .. } => {
             for mode in [bpf::XDP_FLAGS_DRV_MODE, bpf::XDP_FLAGS_SKB_MODE] {
+                // SAFETY: detaches by ifindex and mode; no pointers besides null opts.
                 unsafe { bpf::bpf_xdp_detach(ifindex, mode, ptr::null()) };
             }
             Ok(true)

@@ -43,6 +43,7 @@ impl Tap {
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: `req` is a valid `ifreq` for TUNSETIFF and lives across the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if rc < 0 {
             return Err(format!(

@@ -60,6 +60,9 @@ pub struct ReplyHead {
 /// (it may keep state: memcached's text/binary mode, HTTP's last method).
 pub trait Protocol: Send {
     type Request: Send + std::fmt::Debug;
+    /// The protocol's compiled rule: a request only ever meets rules of its
+    /// own protocol, so there is no "wrong protocol" case to handle.
+    type Rule: Send + Sync + std::fmt::Debug;
 
     fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<Self::Request>>;
     /// Parse the next reply unit, for the oldest request still awaiting one.
@@ -70,6 +73,8 @@ pub trait Protocol: Send {
     fn expects_reply(&self, req: &Self::Request) -> bool;
     /// Request attributes for the verdict log.
     fn subject(&self, req: &Self::Request) -> crate::log::Subject;
-    /// Match against one compiled rule (false when the rule is of another protocol).
-    fn rule_matches(&self, req: &Self::Request, rule: &crate::policy::L7Rule) -> bool;
+    /// The log subject of bytes that did not parse as a request.
+    fn unparsed_subject(&self) -> crate::log::Subject;
+    /// Whether one compiled rule accepts the request.
+    fn rule_matches(&self, req: &Self::Request, rule: &Self::Rule) -> bool;
 }

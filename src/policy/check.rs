@@ -100,11 +100,14 @@ fn item_text(out: &mut String, it: &Item, m: &Model, dir_word: &str) {
                         let _ = writeln!(out);
                     }
                     Some(s) if s.rules.is_empty() => {
-                        let _ = writeln!(out, ": every {} request", proto_name(s.proto));
+                        let _ = writeln!(out, ": every {} request", proto_name(s.rules.proto()));
                     }
                     Some(s) => {
-                        let _ =
-                            writeln!(out, ": {} requests matching one of:", proto_name(s.proto));
+                        let _ = writeln!(
+                            out,
+                            ": {} requests matching one of:",
+                            proto_name(s.rules.proto())
+                        );
                         for t in &s.texts {
                             let _ = writeln!(out, "        - {t}");
                         }

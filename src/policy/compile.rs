@@ -10,7 +10,7 @@ use super::selector::{normalize, CompiledSelector, Labels};
 use super::spec::{
     CidrSet, EgressRule, EndpointSpec, IcmpRule, IngressRule, PortRule, PortValue, Rule, Selector,
 };
-use super::{FlowDecision, L7Policy, L7Proto, L7Rule, L7Stage, NamedL7Rule, Proto};
+use super::{FlowDecision, L7Policy, L7Proto, L7Rules, L7Stage, NamedRule, Proto, RuleSet};
 use crate::l7::http::HttpRule;
 use crate::l7::memcache::MemcacheRule;
 
@@ -103,9 +103,8 @@ pub struct PortRange {
 
 #[derive(Debug, Clone)]
 pub struct L7Set {
-    pub proto: L7Proto,
     /// Empty: the port allows every request.
-    pub rules: Vec<NamedL7Rule>,
+    pub rules: L7Rules,
     /// The rules as written, for `check`.
     pub texts: Vec<String>,
 }
@@ -262,15 +261,18 @@ fn compile_ports(
                 }
                 if has_http {
                     let specs = r.http.as_deref().unwrap_or_default();
-                    Some(l7_set(
-                        L7Proto::Http,
+                    let (rules, texts) = l7_set(
                         specs,
                         &pat,
                         "http",
                         rule_name,
                         describe_http,
-                        |h| HttpRule::compile(h).map(L7Rule::Http),
-                    )?)
+                        HttpRule::compile,
+                    )?;
+                    Some(L7Set {
+                        rules: L7Rules::Http(rules),
+                        texts,
+                    })
                 } else if has_mc {
                     match r.l7proto.as_deref() {
                         Some("memcache") => {}
@@ -285,15 +287,18 @@ fn compile_ports(
                         }
                     }
                     let specs = r.l7.as_deref().unwrap_or_default();
-                    Some(l7_set(
-                        L7Proto::Memcache,
+                    let (rules, texts) = l7_set(
                         specs,
                         &pat,
                         "l7",
                         rule_name,
                         describe_memcache,
-                        |m| MemcacheRule::compile(m).map(L7Rule::Memcache),
-                    )?)
+                        MemcacheRule::compile,
+                    )?;
+                    Some(L7Set {
+                        rules: L7Rules::Memcache(rules),
+                        texts,
+                    })
                 } else {
                     None
                 }
@@ -315,29 +320,26 @@ fn compile_ports(
 
 /// Compile one port's L7 rule list (`rules.<field>[k]`), naming each rule
 /// and keeping its text for `check`.
-fn l7_set<S>(
-    proto: L7Proto,
+type NamedList<R> = Arc<[NamedRule<R>]>;
+
+fn l7_set<S, R>(
     specs: &[S],
     pat: &str,
     field: &str,
     rule_name: &str,
     describe: fn(&S) -> String,
-    compile: impl Fn(&S) -> Result<L7Rule, crate::l7::http::RuleError>,
-) -> Result<L7Set, CompileError> {
+    compile: impl Fn(&S) -> Result<R, crate::l7::http::RuleError>,
+) -> Result<(NamedList<R>, Vec<String>), CompileError> {
     let mut rules = Vec::new();
     for (k, spec) in specs.iter().enumerate() {
         let rule = compile(spec)
             .map_err(|e| err(format!("{pat}.rules.{field}[{k}].{}", e.field), e.message))?;
-        rules.push(NamedL7Rule {
+        rules.push(NamedRule {
             name: format!("{rule_name}/{pat}/{field}[{k}]"),
             rule,
         });
     }
-    Ok(L7Set {
-        proto,
-        rules,
-        texts: specs.iter().map(describe).collect(),
-    })
+    Ok((rules.into(), specs.iter().map(describe).collect()))
 }
 
 fn describe_http(h: &crate::l7::http::HttpRuleSpec) -> String {
@@ -798,8 +800,9 @@ enum Point {
     Denied(String),
     Allowed {
         names: Vec<String>,
-        stage: L7Stage,
-        proto: Option<L7Proto>,
+        allow_all: bool,
+        /// The L7 lists that matched, all of one protocol.
+        lists: Vec<L7Rules>,
     },
 }
 
@@ -841,7 +844,7 @@ impl Model {
                             let Some(l7) = &g.l7 else { continue };
                             for &pr in &g.ports {
                                 let clash = seen.iter().find(|(_, _, q, p)| {
-                                    *p != l7.proto
+                                    *p != l7.rules.proto()
                                         && q.lo <= pr.hi
                                         && pr.lo <= q.hi
                                         && (q.proto.is_none()
@@ -856,7 +859,7 @@ impl Model {
                                         pr.lo.max(q.lo),
                                     ));
                                 } else {
-                                    seen.push((ri, it, pr, l7.proto));
+                                    seen.push((ri, it, pr, l7.rules.proto()));
                                 }
                             }
                         }
@@ -953,8 +956,8 @@ impl Model {
             return Point::NotEnforced;
         }
         let mut names = Vec::new();
-        let mut stage = L7Stage::default();
-        let mut l7proto = None;
+        let mut allow_all = false;
+        let mut lists: Vec<L7Rules> = Vec::new();
         for &ri in &self.by_subject[ep] {
             let r = &self.rules[ri];
             let items = if ingress { &r.ingress } else { &r.egress };
@@ -963,17 +966,17 @@ impl Model {
                     ItemMatch::No => {}
                     ItemMatch::AllowAll => {
                         names.push(it.name.clone());
-                        stage.allow_all = true;
+                        allow_all = true;
                     }
                     ItemMatch::L7(s) => {
-                        if l7proto.is_some_and(|p| p != s.proto) {
+                        if lists.first().is_some_and(|l| l.proto() != s.rules.proto()) {
                             return Point::Denied(format!(
                                 "conflicting L7 protocols on port {dport}"
                             ));
                         }
-                        l7proto = Some(s.proto);
                         names.push(it.name.clone());
-                        stage.rules.extend(s.rules.iter().cloned());
+                        // Shares the port's list (an `Arc`), copies no rule.
+                        lists.push(s.rules.clone());
                     }
                 }
             }
@@ -984,13 +987,10 @@ impl Model {
                 self.endpoints[ep].name
             ));
         }
-        if stage.allow_all {
-            stage.rules.clear();
-        }
         Point::Allowed {
             names,
-            stage,
-            proto: l7proto,
+            allow_all,
+            lists,
         }
     }
 
@@ -1012,11 +1012,11 @@ impl Model {
                 }
                 Point::Allowed {
                     names: n,
-                    stage,
-                    proto: p,
+                    allow_all,
+                    lists,
                 } => {
                     names.extend(n);
-                    if let Some(p) = p {
+                    if let Some(p) = lists.first().map(L7Rules::proto) {
                         if l7proto.is_some_and(|q| q != p) {
                             return FlowDecision {
                                 allowed: false,
@@ -1026,8 +1026,8 @@ impl Model {
                         }
                         l7proto = Some(p);
                     }
-                    if !stage.allow_all {
-                        stages.push(stage);
+                    if !allow_all {
+                        stages.push(lists);
                     }
                 }
             }
@@ -1038,7 +1038,19 @@ impl Model {
             names.join(",")
         };
         let l7 = match (l7proto, stages.is_empty()) {
-            (Some(p), false) => Some(Arc::new(L7Policy { proto: p, stages })),
+            (Some(L7Proto::Http), false) => {
+                Some(L7Policy::Http(Arc::new(rule_set(&stages, |l| match l {
+                    L7Rules::Http(r) => Some(r.clone()),
+                    L7Rules::Memcache(_) => None,
+                }))))
+            }
+            (Some(L7Proto::Memcache), false) => Some(L7Policy::Memcache(Arc::new(rule_set(
+                &stages,
+                |l| match l {
+                    L7Rules::Memcache(r) => Some(r.clone()),
+                    L7Rules::Http(_) => None,
+                },
+            )))),
             _ => None,
         };
         FlowDecision {
@@ -1046,5 +1058,23 @@ impl Model {
             detail,
             l7,
         }
+    }
+}
+
+/// A flow's rule set from its enforcement points' matched lists. The points
+/// were checked to agree on one protocol above; `pick` takes that
+/// protocol's lists.
+fn rule_set<R>(
+    points: &[Vec<L7Rules>],
+    pick: impl Fn(&L7Rules) -> Option<NamedList<R>>,
+) -> RuleSet<R> {
+    RuleSet {
+        stages: points
+            .iter()
+            .map(|lists| L7Stage {
+                allow_all: false,
+                lists: lists.iter().filter_map(&pick).collect(),
+            })
+            .collect(),
     }
 }

@@ -43,37 +43,101 @@ pub enum L7Proto {
     Memcache,
 }
 
-/// One L7 rule, with a stable name for logs ("secure-fleet/ingress[0]/l7[1]").
+/// One L7 rule of a protocol's own rule type `R`, with a stable name for
+/// logs ("secure-fleet/ingress[0]/l7[1]").
 #[derive(Debug, Clone)]
-pub enum L7Rule {
-    Http(HttpRule),
-    Memcache(MemcacheRule),
+pub struct NamedRule<R> {
+    pub name: String,
+    pub rule: R,
 }
 
+/// One port's L7 rule list, compiled once and shared (`Arc`) by every flow
+/// it applies to. Its protocol is its type: a list cannot mix protocols.
 #[derive(Debug, Clone)]
-pub struct NamedL7Rule {
-    pub name: String,
-    pub rule: L7Rule,
+pub enum L7Rules {
+    Http(Arc<[NamedRule<HttpRule>]>),
+    Memcache(Arc<[NamedRule<MemcacheRule>]>),
+}
+
+impl L7Rules {
+    pub fn proto(&self) -> L7Proto {
+        match self {
+            L7Rules::Http(_) => L7Proto::Http,
+            L7Rules::Memcache(_) => L7Proto::Memcache,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            L7Rules::Http(r) => r.len(),
+            L7Rules::Memcache(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The L7 rules of one enforcement point (ingress at the destination, or
 /// egress at the source) for a flow: a request passes the stage when any
-/// rule matches, or when `allow_all` (an L4-only rule also covers the port,
-/// or the rule list is empty).
-#[derive(Debug, Clone, Default)]
-pub struct L7Stage {
-    pub allow_all: bool,
-    pub rules: Vec<NamedL7Rule>,
-}
-
-/// L7 policy of a flow: a request is allowed only when every stage allows it.
+/// rule of any of its lists matches, or when `allow_all` (an L4-only rule
+/// also covers the port, or the rule list is empty). The lists are the
+/// ports' own, shared, not copied per flow.
 #[derive(Debug, Clone)]
-pub struct L7Policy {
-    pub proto: L7Proto,
-    pub stages: Vec<L7Stage>,
+pub struct L7Stage<R> {
+    pub allow_all: bool,
+    pub lists: Vec<Arc<[NamedRule<R>]>>,
 }
 
-/// Result of matching a request against an `L7Policy`.
+impl<R> Default for L7Stage<R> {
+    fn default() -> Self {
+        L7Stage {
+            allow_all: false,
+            lists: Vec::new(),
+        }
+    }
+}
+
+/// A flow's L7 rules for protocol rule type `R`: a request is allowed only
+/// when every stage allows it.
+#[derive(Debug, Clone)]
+pub struct RuleSet<R> {
+    pub stages: Vec<L7Stage<R>>,
+}
+
+impl<R> Default for RuleSet<R> {
+    fn default() -> Self {
+        RuleSet { stages: Vec::new() }
+    }
+}
+
+/// L7 policy of a flow: the rule set of exactly one protocol, so a request
+/// can only ever meet rules of its own protocol.
+#[derive(Debug, Clone)]
+pub enum L7Policy {
+    Http(Arc<RuleSet<HttpRule>>),
+    Memcache(Arc<RuleSet<MemcacheRule>>),
+}
+
+impl L7Policy {
+    pub fn proto(&self) -> L7Proto {
+        match self {
+            L7Policy::Http(_) => L7Proto::Http,
+            L7Policy::Memcache(_) => L7Proto::Memcache,
+        }
+    }
+
+    /// How many rules each stage holds (for `check` and tests).
+    pub fn rules_per_stage(&self) -> Vec<usize> {
+        match self {
+            L7Policy::Http(s) => s.rules_per_stage(),
+            L7Policy::Memcache(s) => s.rules_per_stage(),
+        }
+    }
+}
+
+/// Result of matching a request against a `RuleSet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct L7Verdict {
     pub allowed: bool,
@@ -81,15 +145,25 @@ pub struct L7Verdict {
     pub detail: String,
 }
 
-impl L7Policy {
+impl<R> RuleSet<R> {
+    pub fn rules_per_stage(&self) -> Vec<usize> {
+        let count = |st: &L7Stage<R>| st.lists.iter().map(|l| l.len()).sum();
+        self.stages.iter().map(count).collect()
+    }
+
     /// Apply `matches` (true when a rule accepts the request) over all stages.
-    pub fn decide(&self, mut matches: impl FnMut(&L7Rule) -> bool) -> L7Verdict {
+    pub fn decide(&self, mut matches: impl FnMut(&R) -> bool) -> L7Verdict {
         let mut names = Vec::new();
         for st in &self.stages {
             if st.allow_all {
                 continue;
             }
-            match st.rules.iter().find(|r| matches(&r.rule)) {
+            match st
+                .lists
+                .iter()
+                .flat_map(|l| l.iter())
+                .find(|r| matches(&r.rule))
+            {
                 Some(r) => names.push(r.name.as_str()),
                 None => {
                     return L7Verdict {
@@ -118,7 +192,7 @@ pub struct FlowDecision {
     /// Rule names that allowed it, or why it was denied.
     pub detail: String,
     /// Set when the destination port carries L7 rules (either direction's).
-    pub l7: Option<Arc<L7Policy>>,
+    pub l7: Option<L7Policy>,
 }
 
 /// A compiled policy set. Immutable; share it with `Arc`.
@@ -235,5 +309,11 @@ impl Policy {
             .collect()
     }
 }
+impl crate::log::Identities for Policy {
+    fn identity(&self, ip: IpAddr) -> &str {
+        Policy::identity(self, ip)
+    }
+}
+
 #[cfg(test)]
 mod tests;

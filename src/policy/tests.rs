@@ -56,9 +56,8 @@ fn seed_policy_loads_unchanged_and_decides() {
     let d = p.decide(ip("10.66.0.11"), ip("10.66.0.2"), Proto::Tcp, 11211);
     assert!(d.allowed);
     let l7 = d.l7.expect("memcached rules");
-    assert_eq!(l7.proto, L7Proto::Memcache);
-    assert_eq!(l7.stages.len(), 1);
-    assert_eq!(l7.stages[0].rules.len(), 2);
+    assert_eq!(l7.proto(), L7Proto::Memcache);
+    assert_eq!(l7.rules_per_stage(), vec![2]);
     assert!(d.detail.contains("secure-fleet/spec.ingress[0]"));
     // world and other ports: default deny
     assert!(!allows(&p, "10.66.0.14", "10.66.0.2", Proto::Tcp, 11211));
@@ -228,7 +227,7 @@ fn l7_stages_merge_and_l4_rules_on_the_same_port_allow_all() {
     ));
     // web is not in zone=lab (its own endpoint is more specific): one rule
     let d = p.decide(ip("10.0.0.3"), ip("10.0.0.2"), Proto::Tcp, 80);
-    assert_eq!(d.l7.as_ref().unwrap().stages[0].rules.len(), 1);
+    assert_eq!(d.l7.as_ref().unwrap().rules_per_stage(), vec![1]);
     let p2 = policy(&format!(
         "{HEAD}spec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: web}}}}]\n{l7}  - fromEndpoints: [{{matchLabels: {{app: web}}}}]\n    toPorts: [{{ports: [{{port: '80'}}]}}]\n"
     ));
@@ -262,7 +261,7 @@ fn ingress_and_egress_l7_make_two_stages() {
 "
     ));
     let d = p.decide(ip("10.0.0.3"), ip("10.0.0.2"), Proto::Tcp, 80);
-    assert_eq!(d.l7.unwrap().stages.len(), 2);
+    assert_eq!(d.l7.unwrap().rules_per_stage(), vec![1, 1]);
 }
 
 fn errors(yaml: &str) -> Vec<String> {

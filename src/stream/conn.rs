@@ -8,15 +8,16 @@ use std::sync::Arc;
 use super::reassembly::Ooo;
 use super::seqmap::{Abs, Inserted, Removed};
 use super::StreamCtx;
-use crate::engine::config::DenyAction;
-use crate::engine::{other, DropReason, Emit, Output, Port, Verdict};
+use crate::config::DenyAction;
+use crate::counters::DropReason;
 use crate::l7::http::ChunkedDecoder;
 use crate::l7::{Body, Parse, Protocol};
 use crate::log::{Decision, Event, Subject};
 use crate::packet::build::{self, SegmentSpec};
 use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use crate::packet::FrameMeta;
-use crate::policy::L7Policy;
+use crate::policy::RuleSet;
+use crate::verdict::{other, Emit, Output, Side, Verdict};
 
 /// Requests forwarded and still awaiting a reply, at most; later ones wait.
 const MAX_PENDING: usize = 256;
@@ -74,8 +75,8 @@ impl Template {
 
 pub(crate) struct Stream<P: Protocol> {
     pub(super) proto: P,
-    pub(super) policy: Arc<L7Policy>,
-    pub(super) client_port: Port,
+    pub(super) policy: Arc<RuleSet<P::Rule>>,
+    pub(super) client_side: Side,
     pub(super) closed: bool,
     // client → server
     pub(super) c_abs: Option<Abs>,
@@ -120,11 +121,11 @@ pub(crate) struct Stream<P: Protocol> {
 }
 
 impl<P: Protocol> Stream<P> {
-    pub fn new(proto: P, policy: Arc<L7Policy>, client_port: Port) -> Self {
+    pub fn new(proto: P, policy: Arc<RuleSet<P::Rule>>, client_side: Side) -> Self {
         Stream {
             proto,
             policy,
-            client_port,
+            client_side,
             closed: false,
             c_abs: None,
             c_next: 0,
@@ -243,13 +244,13 @@ impl<P: Protocol> Stream<P> {
         frame: Option<Vec<u8>>,
     ) {
         if let Some(frame) = frame {
-            let port = if to_server {
-                other(self.client_port)
+            let side = if to_server {
+                other(self.client_side)
             } else {
-                self.client_port
+                self.client_side
             };
             ctx.counters.frames_injected += 1;
-            out.emits.push(Emit { port, frame });
+            out.emits.push(Emit { side, frame });
         }
     }
 
@@ -310,8 +311,6 @@ impl<P: Protocol> Stream<P> {
             time_ns: now,
             worker: ctx.worker,
             flow: ctx.tuple,
-            src_identity: ctx.policy.identity(ctx.tuple.src).to_string(),
-            dst_identity: ctx.policy.identity(ctx.tuple.dst).to_string(),
             subject,
             verdict: if allowed {
                 Decision::Allow
@@ -323,24 +322,10 @@ impl<P: Protocol> Stream<P> {
         });
     }
 
-    fn unparsed_subject(&self) -> Subject {
-        match self.policy.proto {
-            crate::policy::L7Proto::Http => Subject::Http {
-                method: String::new(),
-                host: String::new(),
-                path: String::new(),
-            },
-            crate::policy::L7Proto::Memcache => Subject::Memcache {
-                command: String::new(),
-                keys: Vec::new(),
-            },
-        }
-    }
-
     pub fn on_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
-        in_port: Port,
+        in_side: Side,
         frame: &mut [u8],
         meta: &FrameMeta,
         now: u64,
@@ -353,7 +338,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Drop(DropReason::L7Denied);
         }
         self.limit = ctx.cfg.max_held_bytes;
-        if in_port == self.client_port {
+        if in_side == self.client_side {
             self.client_segment(ctx, frame, meta, &t, now, out)
         } else {
             self.server_segment(ctx, frame, meta, &t, now, out)
@@ -369,7 +354,7 @@ impl<P: Protocol> Stream<P> {
         now: u64,
         out: &mut Output,
     ) -> Verdict {
-        let fwd = other(self.client_port);
+        let fwd = other(self.client_side);
         if t.flags & TCP_SYN != 0 {
             if self.c_abs.is_none() || self.c_next == 0 {
                 self.c_abs = Some(Abs {
@@ -480,7 +465,7 @@ impl<P: Protocol> Stream<P> {
 
         let mut rel = Vec::new();
         let mark = out.emits.len();
-        let denied = self.process(ctx, now, out, &mut rel);
+        let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
 
         if self.closed {
@@ -559,7 +544,7 @@ impl<P: Protocol> Stream<P> {
 
     /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
     /// `rel`; returns true when something was denied.
-    fn process(
+    fn decide_queued(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         now: u64,
@@ -615,7 +600,7 @@ impl<P: Protocol> Stream<P> {
                         }
                         Err(_) => {
                             self.c_buf.drain(..off);
-                            let subj = self.unparsed_subject();
+                            let subj = self.proto.unparsed_subject();
                             self.log(ctx, out, now, subj, false, "malformed chunked body".into());
                             self.reset(ctx, out);
                             return true;
@@ -631,7 +616,7 @@ impl<P: Protocol> Stream<P> {
                             if avail.len() > ctx.cfg.max_held_bytes {
                                 self.c_buf.drain(..off);
                                 ctx.counters.drop(DropReason::L7HoldOverflow);
-                                let subj = self.unparsed_subject();
+                                let subj = self.proto.unparsed_subject();
                                 self.log(
                                     ctx,
                                     out,
@@ -648,7 +633,7 @@ impl<P: Protocol> Stream<P> {
                         Parse::Invalid(why) => {
                             // Nothing says where the next request starts.
                             self.c_buf.drain(..off);
-                            let subj = self.unparsed_subject();
+                            let subj = self.proto.unparsed_subject();
                             self.log(
                                 ctx,
                                 out,
@@ -742,7 +727,7 @@ impl<P: Protocol> Stream<P> {
             if self.waiting() || !matches!(self.req, ReqState::Head) {
                 return false;
             }
-            let subj = self.unparsed_subject();
+            let subj = self.proto.unparsed_subject();
             self.log(
                 ctx,
                 out,
@@ -767,7 +752,7 @@ impl<P: Protocol> Stream<P> {
         }
         let out_before = self.c_out();
         let mut rel = Vec::new();
-        let denied = self.process(ctx, now, out, &mut rel);
+        let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
         if self.closed {
             return;

@@ -16,22 +16,23 @@ mod tests;
 
 use std::sync::Arc;
 
-use crate::engine::{EngineConfig, Output, Port, Verdict};
+use crate::config::EngineConfig;
+use crate::counters::Counters;
 use crate::l7::http::Http;
 use crate::l7::memcache::Memcache;
 use crate::packet::FrameMeta;
-use crate::policy::{L7Policy, L7Proto};
+use crate::policy::L7Policy;
+use crate::verdict::{Output, Side, Verdict};
 use conn::Stream;
 
 /// Per-flow context the engine lends to the stream layer for one call.
 pub struct StreamCtx<'a> {
     pub cfg: &'a EngineConfig,
-    pub counters: &'a mut crate::engine::Counters,
+    pub counters: &'a mut Counters,
     pub worker: u16,
+    /// Names the flow in log events (endpoint names are looked up from its
+    /// addresses when the event is written, see `log`).
     pub tuple: crate::log::FlowTuple,
-    /// Names endpoints in log events; looked up only when an event is made,
-    /// not on every segment.
-    pub policy: &'a crate::policy::Policy,
 }
 
 enum Inner {
@@ -46,11 +47,12 @@ pub struct L7Flow {
 }
 
 impl L7Flow {
-    /// `client_port` is the port the connection's SYN arrived on.
-    pub fn new(policy: Arc<L7Policy>, client_port: Port) -> Self {
-        let inner = match policy.proto {
-            L7Proto::Http => Inner::Http(Stream::new(Http::new(), policy, client_port)),
-            L7Proto::Memcache => Inner::Memcache(Stream::new(Memcache::new(), policy, client_port)),
+    /// `client_side` is the side the connection's SYN arrived on. The
+    /// protocol is the rule set's: rules and parser cannot disagree.
+    pub fn new(policy: L7Policy, client_side: Side) -> Self {
+        let inner = match policy {
+            L7Policy::Http(p) => Inner::Http(Stream::new(Http::new(), p, client_side)),
+            L7Policy::Memcache(p) => Inner::Memcache(Stream::new(Memcache::new(), p, client_side)),
         };
         L7Flow { inner }
     }
@@ -58,41 +60,31 @@ impl L7Flow {
     pub fn on_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
-        in_port: Port,
+        in_side: Side,
         frame: &mut [u8],
         meta: &FrameMeta,
         now_ns: u64,
         out: &mut Output,
     ) -> Verdict {
         match &mut self.inner {
-            Inner::Http(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
-            Inner::Memcache(s) => s.on_segment(ctx, in_port, frame, meta, now_ns, out),
+            Inner::Http(s) => s.on_segment(ctx, in_side, frame, meta, now_ns, out),
+            Inner::Memcache(s) => s.on_segment(ctx, in_side, frame, meta, now_ns, out),
         }
     }
 
     /// Rules changed (policy reload): later requests are judged by `policy`
     /// (None: the port no longer has L7 rules, every request passes). False
     /// when the new rules speak another protocol: the connection must end.
-    pub fn set_policy(&mut self, policy: Option<Arc<L7Policy>>) -> bool {
-        let proto = match &self.inner {
-            Inner::Http(_) => L7Proto::Http,
-            Inner::Memcache(_) => L7Proto::Memcache,
-        };
-        let p = match policy {
-            Some(p) if p.proto != proto => return false,
-            Some(p) => p,
-            None => Arc::new(L7Policy {
-                proto,
-                stages: Vec::new(),
-            }),
-        };
-        match &mut self.inner {
-            Inner::Http(s) => s.policy = p,
-            Inner::Memcache(s) => s.policy = p,
+    pub fn set_policy(&mut self, policy: Option<L7Policy>) -> bool {
+        match (&mut self.inner, policy) {
+            (Inner::Http(s), Some(L7Policy::Http(p))) => s.policy = p,
+            (Inner::Memcache(s), Some(L7Policy::Memcache(p))) => s.policy = p,
+            (Inner::Http(s), None) => s.policy = Arc::default(),
+            (Inner::Memcache(s), None) => s.policy = Arc::default(),
+            (_, Some(_)) => return false,
         }
         true
     }
-
     /// Bytes held for this connection now (undecided and out-of-order
     /// client bytes, an unfinished reply head, unacknowledged denials).
     pub fn held_bytes(&self) -> usize {

@@ -5,12 +5,13 @@
 use super::conn::{Injected, Pending, ReqState, Stream, Template};
 use super::seqmap::Abs;
 use super::StreamCtx;
-use crate::engine::{DropReason, Output, Verdict};
+use crate::counters::DropReason;
 use crate::l7::http::ChunkedDecoder;
 use crate::l7::{Parse, Protocol, ReplyBody};
 use crate::packet::build;
 use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use crate::packet::{FrameMeta, TcpMeta};
+use crate::verdict::{Emit, Output, Verdict};
 
 pub(super) enum ReplyState {
     /// Between reply units.
@@ -37,7 +38,7 @@ impl<P: Protocol> Stream<P> {
         now: u64,
         out: &mut Output,
     ) -> Verdict {
-        let to_client = self.client_port;
+        let to_client = self.client_side;
         if t.flags & TCP_SYN != 0 {
             if self.s_abs.is_none() || self.s_next == 0 {
                 self.s_abs = Some(Abs {
@@ -142,8 +143,8 @@ impl<P: Protocol> Stream<P> {
             build::set_seq_ack(frame, meta, seq, ack);
             if before {
                 // The frame must follow what was emitted before it.
-                out.emits.push(crate::engine::Emit {
-                    port: to_client,
+                out.emits.push(Emit {
+                    side: to_client,
                     frame: frame.to_vec(),
                 });
                 Verdict::Consumed

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use super::conn::Stream;
 use super::StreamCtx;
-use crate::engine::config::DenyAction;
-use crate::engine::{Counters, DropReason, EngineConfig, Output, Port, Verdict};
+use crate::config::{DenyAction, EngineConfig};
+use crate::counters::{Counters, DropReason};
 use crate::l7::http::{Http, HttpRule, HttpRuleSpec};
 use crate::l7::memcache::{Memcache, MemcacheRule, MemcacheRuleSpec};
 use crate::l7::{Body, Parse, Protocol, ReplyBody, ReplyHead, RequestHead};
 use crate::log::{Decision, FlowTuple, Subject};
 use crate::packet::view::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
-use crate::policy::{L7Policy, L7Proto, L7Rule, L7Stage, NamedL7Rule};
+use crate::policy::{L7Stage, NamedRule, RuleSet};
+use crate::verdict::{Output, Side, Verdict};
 
 /// "ALLOW x\n" / "DENY x\n" requests, answered by one line each; "QALLOW" /
 /// "QDENY" expect no reply; "BODY n\n" is followed by n body bytes (allowed);
@@ -28,8 +29,14 @@ struct ToyReq {
 
 struct Toy;
 
+/// The toy protocol's rule: the request itself says whether it is allowed,
+/// and a rule is there so that a stage has something to match.
+#[derive(Debug)]
+struct ToyRule;
+
 impl Protocol for Toy {
     type Request = ToyReq;
+    type Rule = ToyRule;
 
     fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<ToyReq>> {
         let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
@@ -88,35 +95,41 @@ impl Protocol for Toy {
         }
     }
 
-    fn rule_matches(&self, req: &ToyReq, _rule: &L7Rule) -> bool {
+    fn unparsed_subject(&self) -> Subject {
+        Subject::Memcache {
+            command: "toy".into(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn rule_matches(&self, req: &ToyReq, _rule: &ToyRule) -> bool {
         req.allow
     }
 }
 
-fn policy(proto: L7Proto, rules: Vec<L7Rule>) -> Arc<L7Policy> {
-    Arc::new(L7Policy {
-        proto,
+fn policy<R>(rules: Vec<R>) -> Arc<RuleSet<R>> {
+    let list: Vec<NamedRule<R>> = rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| NamedRule {
+            name: format!("test/rule[{i}]"),
+            rule,
+        })
+        .collect();
+    Arc::new(RuleSet {
         stages: vec![L7Stage {
             allow_all: false,
-            rules: rules
-                .into_iter()
-                .enumerate()
-                .map(|(i, rule)| NamedL7Rule {
-                    name: format!("test/rule[{i}]"),
-                    rule,
-                })
-                .collect(),
+            lists: vec![list.into()],
         }],
     })
 }
 
-fn toy_policy() -> Arc<L7Policy> {
-    let any = HttpRule::compile(&HttpRuleSpec::default()).unwrap();
-    policy(L7Proto::Memcache, vec![L7Rule::Http(any)])
+fn toy_policy() -> Arc<RuleSet<ToyRule>> {
+    policy(vec![ToyRule])
 }
 
-const CLIENT: Port = 0;
-const SERVER: Port = 1;
+const CLIENT: Side = 0;
+const SERVER: Side = 1;
 const C_ISN: u32 = 0xffff_fff0; // wraps during the tests
 const S_ISN: u32 = 5000;
 
@@ -195,7 +208,6 @@ struct Rig<P: Protocol> {
     s: Stream<P>,
     cfg: EngineConfig,
     counters: Counters,
-    policy: crate::policy::Policy,
     out: Output,
     client: Peer,
     server: Peer,
@@ -238,9 +250,8 @@ fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Ve
 }
 
 impl<P: Protocol> Rig<P> {
-    fn new(proto: P, policy: Arc<L7Policy>, cfg: EngineConfig) -> Self {
+    fn new(proto: P, policy: Arc<RuleSet<P::Rule>>, cfg: EngineConfig) -> Self {
         let mut r = Rig {
-            policy: crate::policy::Policy::default(),
             s: Stream::new(proto, policy, CLIENT),
             cfg,
             counters: Counters::default(),
@@ -275,7 +286,7 @@ impl<P: Protocol> Rig<P> {
         r
     }
 
-    fn input(&mut self, port: Port, mut f: Vec<u8>) -> Verdict {
+    fn input(&mut self, port: Side, mut f: Vec<u8>) -> Verdict {
         let meta = parse(&f).unwrap();
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
@@ -288,7 +299,6 @@ impl<P: Protocol> Rig<P> {
                 sport: 40000,
                 dport: 11211,
             },
-            policy: &self.policy,
         };
         let v = self
             .s
@@ -305,12 +315,12 @@ impl<P: Protocol> Rig<P> {
 
     fn drain(&mut self) {
         for e in std::mem::take(&mut self.out.emits) {
-            self.route(e.port, e.frame);
+            self.route(e.side, e.frame);
         }
         self.events.append(&mut self.out.events);
     }
 
-    fn route(&mut self, port: Port, f: Vec<u8>) {
+    fn route(&mut self, port: Side, f: Vec<u8>) {
         if port == SERVER {
             self.to_server.push(f);
         } else {
@@ -331,7 +341,6 @@ impl<P: Protocol> Rig<P> {
                 sport: 40000,
                 dport: 11211,
             },
-            policy: &self.policy,
         };
         self.s.on_tick(&mut ctx, self.now, &mut self.out);
         self.drain();
@@ -975,10 +984,7 @@ fn random_memcached_segments_never_panic() {
                 key_prefix: Some("public".into()),
                 ..MemcacheRuleSpec::default()
             };
-            let p = policy(
-                L7Proto::Memcache,
-                vec![L7Rule::Memcache(MemcacheRule::compile(&spec).unwrap())],
-            );
+            let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
             Rig::new(Memcache::new(), p, EngineConfig::default())
         },
         &[
@@ -1001,10 +1007,7 @@ fn http_rig() -> Rig<Http> {
         path: Some("/public".into()),
         ..HttpRuleSpec::default()
     };
-    let p = policy(
-        L7Proto::Http,
-        vec![L7Rule::Http(HttpRule::compile(&spec).unwrap())],
-    );
+    let p = policy(vec![HttpRule::compile(&spec).unwrap()]);
     Rig::new(Http::new(), p, EngineConfig::default())
 }
 
@@ -1060,10 +1063,7 @@ fn memcached_get_allowed_denied_allowed() {
         key_prefix: Some("public".into()),
         ..MemcacheRuleSpec::default()
     };
-    let p = policy(
-        L7Proto::Memcache,
-        vec![L7Rule::Memcache(MemcacheRule::compile(&spec).unwrap())],
-    );
+    let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
     let mut r = Rig::new(Memcache::new(), p, EngineConfig::default());
     // Pipelined, as `nc` sends them.
     r.client_send(b"get public1\r\nget secret\r\nget public2\r\n");

@@ -11,10 +11,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use enforcer::engine::{Engine, EngineConfig, Output, Verdict};
+use enforcer::config::EngineConfig;
+use enforcer::engine::Engine;
 use enforcer::packet::build::{tcp_segment, SegmentSpec};
 use enforcer::packet::view::parse;
 use enforcer::policy::Policy;
+use enforcer::verdict::{Output, Verdict};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -320,7 +322,7 @@ impl Rig {
                     Hop::Endpoint(_) => self.sdev.rx.push_back(f),
                     Hop::Engine(port) => {
                         let now_ns = self.now_ms as u64 * 1_000_000;
-                        let v = self.engine.process(port, &mut f, now_ns, &mut self.out);
+                        let v = self.engine.on_frame(port, &mut f, now_ns, &mut self.out);
                         if std::env::var("RIG_TRACE").is_ok() {
                             eprintln!("{} port {port} {} -> {v:?}", self.now_ms, summary(&f));
                         }
@@ -338,7 +340,7 @@ impl Rig {
         let emits = std::mem::take(&mut self.out.emits);
         self.out.events.clear();
         for e in emits {
-            self.launch(Hop::Endpoint(e.port), e.frame);
+            self.launch(Hop::Endpoint(e.side), e.frame);
         }
     }
 

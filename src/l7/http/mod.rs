@@ -16,7 +16,6 @@ pub use rule::HttpRule;
 
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
 use crate::log::Subject;
-use crate::policy::L7Rule;
 
 /// `rules.http[]` item as written in a CiliumNetworkPolicy.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -73,6 +72,7 @@ impl Http {
 
 impl Protocol for Http {
     type Request = HttpRequest;
+    type Rule = HttpRule;
 
     fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<HttpRequest>> {
         request::parse_request(buf)
@@ -112,11 +112,16 @@ impl Protocol for Http {
         }
     }
 
-    fn rule_matches(&self, req: &HttpRequest, rule: &L7Rule) -> bool {
-        match rule {
-            L7Rule::Http(r) => r.matches(req),
-            _ => false,
+    fn unparsed_subject(&self) -> Subject {
+        Subject::Http {
+            method: String::new(),
+            host: String::new(),
+            path: String::new(),
         }
+    }
+
+    fn rule_matches(&self, req: &HttpRequest, rule: &HttpRule) -> bool {
+        rule.matches(req)
     }
 }
 
@@ -192,18 +197,14 @@ mod tests {
             method: Some("POST".into()),
             ..Default::default()
         };
-        let http_rule = L7Rule::Http(HttpRule::compile(&spec).unwrap());
+        let http_rule = HttpRule::compile(&spec).unwrap();
         assert!(h.rule_matches(&r, &http_rule));
         let spec = HttpRuleSpec {
             method: Some("GET".into()),
             ..Default::default()
         };
-        assert!(!h.rule_matches(&r, &L7Rule::Http(HttpRule::compile(&spec).unwrap())));
-        let mc = crate::l7::memcache::MemcacheRule::compile(&Default::default()).unwrap();
-        assert!(
-            !h.rule_matches(&r, &L7Rule::Memcache(mc)),
-            "a rule of another protocol never matches"
-        );
+        assert!(!h.rule_matches(&r, &HttpRule::compile(&spec).unwrap()));
+        // A rule of another protocol cannot be passed: `Protocol::Rule`.
         assert!(matches!(
             h.parse_reply(b"HTTP/1.1 200 OK\r\n\r\n", Some(&r)),
             Parse::Complete(_)

@@ -15,7 +15,6 @@ pub use rule::MemcacheRule;
 
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
 use crate::log::Subject;
-use crate::policy::L7Rule;
 
 /// `rules.l7[]` item under `l7proto: memcache`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -72,6 +71,7 @@ pub const TEXT_DENIAL: &[u8] = b"CLIENT_ERROR access denied\r\n";
 
 impl Protocol for Memcache {
     type Request = McRequest;
+    type Rule = MemcacheRule;
 
     fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<McRequest>> {
         let mode = match (self.mode, buf.first()) {
@@ -128,11 +128,15 @@ impl Protocol for Memcache {
         }
     }
 
-    fn rule_matches(&self, req: &McRequest, rule: &L7Rule) -> bool {
-        match rule {
-            L7Rule::Memcache(r) => r.matches(req),
-            _ => false,
+    fn unparsed_subject(&self) -> Subject {
+        Subject::Memcache {
+            command: String::new(),
+            keys: Vec::new(),
         }
+    }
+
+    fn rule_matches(&self, req: &McRequest, rule: &MemcacheRule) -> bool {
+        rule.matches(req)
     }
 }
 
@@ -354,11 +358,9 @@ mod tests {
                 keys: vec!["k".into()]
             }
         );
-        let get = L7Rule::Memcache(rule("get", "awing-coord"));
+        let get = rule("get", "awing-coord");
         assert!(m.rule_matches(&treq("get awing-coord\r\n"), &get));
         assert!(!m.rule_matches(&treq("get xwing-coord\r\n"), &get));
-        let http = L7Rule::Http(crate::l7::http::HttpRule::compile(&Default::default()).unwrap());
-        assert!(!m.rule_matches(&treq("get awing-coord\r\n"), &http));
     }
 
     /// Walk a captured client→server and server→client transcript: every
