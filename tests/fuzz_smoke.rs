@@ -173,7 +173,7 @@ fn mutated(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn random_scenarios(data in proptest::collection::vec(any::<u8>(), 0..1500)) {

@@ -17,10 +17,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use enforcer::engine::config::{DenyAction, SynDenyAction, TableFullPolicy};
-use enforcer::engine::{Engine, EngineConfig, Output, Verdict};
+use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
+use enforcer::engine::Engine;
 use enforcer::packet::view;
 use enforcer::policy::Policy;
+use enforcer::verdict::{Output, Verdict};
 
 /// Upper bounds that keep one execution in the millisecond range.
 pub const MAX_STEPS: usize = 256;
@@ -744,7 +745,7 @@ impl Harness {
         self.out.clear();
         let v = self
             .engine
-            .process(port, &mut frame, self.now, &mut self.out);
+            .on_frame(port, &mut frame, self.now, &mut self.out);
         self.stats.frames += 1;
         match v {
             Verdict::Forward(p) => {
@@ -776,7 +777,7 @@ impl Harness {
     fn after_output(&mut self) {
         let emits = std::mem::take(&mut self.out.emits);
         for e in &emits {
-            assert!(e.port <= 1, "emit to port {}", e.port);
+            assert!(e.side <= 1, "emit to side {}", e.side);
             assert!(
                 view::parse(&e.frame).is_ok(),
                 "the engine emitted a frame it cannot parse: {:02x?}",

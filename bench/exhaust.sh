@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Resource exhaustion in the lab: a SYN flood to an L7 port, slowloris-style
+# slow senders (HTTP and memcached) and normal clients, through the inline
+# enforcer; prints one JSON document with what the normal clients saw, the
+# enforcer's RSS against its configured bounds, and its idle CPU as idle L7
+# flows grow.
+#
+#   sudo bash bench/exhaust.sh
+#
+# Environment: EX_MAX_FLOWS (default 65536), EX_MAX_HELD (default 16384),
+# EX_SLOW (slow connections per protocol, default 200), EX_FLOOD (SYNs in
+# the attack phase, default 100000), EX_RAMP (idle-flow counts to sample,
+# default "1000 10000 50000"), ENFORCER_ARGS (more enforcer flags).
+#
+# Phases, in one lab (prefix "ex"), one enforcer (--workers 1):
+#  1. baseline: the normal clients alone (a-wing: HTTP GET /v1/ and memcached
+#     get awing-coord, one connection per request);
+#  2. idle L7 flows: spoofed SYNs (sources 10.66.0.100-199, labelled
+#     spaceships by this run's extra Endpoints document; nobody answers for
+#     them, so the flows stay half-open) ramp the flow table up; at each
+#     step the enforcer's CPU is sampled over a quiet window: that is the
+#     cost of its timers over idle flows;
+#  3. the half-open flows expire (transitory timeout, 60 s);
+#  4. attack: the SYN flood (5000 SYN/s), EX_SLOW slow HTTP connections
+#     (each holding half the held-bytes limit of an undecided head, then one
+#     more byte every 3 s) and EX_SLOW slow memcached ones from x-wing, and
+#     the normal clients, at once; RSS sampled every second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAX_FLOWS=${EX_MAX_FLOWS:-65536}
+MAX_HELD=${EX_MAX_HELD:-16384}
+SLOW=${EX_SLOW:-200}
+FLOOD=${EX_FLOOD:-100000}
+RAMP=${EX_RAMP:-"1000 10000 50000"}
+source scripts/lib/deps.sh
+install_deps
+cargo build --release -q --bin enforcer
+BIN=target/release/enforcer
+
+P=ex
+STATE=/run/enforcer-lab/$P
+lab() { bash scripts/lab.sh -p "$P" -q 1 "$@"; }
+nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
+ENF_PID=""
+PIDS=()
+WORK=$(mktemp -d)
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "$ENF_PID" ]; then kill "$ENF_PID" 2>/dev/null && wait "$ENF_PID" 2>/dev/null || true; fi
+  lab down >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+# A lab left by an earlier run that died: remove it first.
+lab down >/dev/null 2>&1 || true
+LAB_OWNER=$$ lab up >/dev/null
+
+# The seed policies plus the flood's spoofed sources as spaceships.
+cp policies/*.yaml "$WORK/"
+cat >"$WORK/flood-endpoints.yaml" <<'YAML'
+kind: Endpoints
+endpoints:
+- name: flood
+  labels: {class: spaceship, org: alliance}
+  addresses: ["10.66.0.100/30", "10.66.0.104/29", "10.66.0.112/28", "10.66.0.128/26", "10.66.0.192/29"]
+YAML
+
+# shellcheck disable=SC2086
+nsx enf timeout 900 "$BIN" --iface cli0 --peer srv0 --policy "$WORK" --workers 1 --poll adaptive \
+  --max-flows "$MAX_FLOWS" --max-held-bytes "$MAX_HELD" ${ENFORCER_ARGS:-} \
+  >"$STATE/enforcer.out" 2>&1 &
+ENF_PID=$!
+for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
+# `timeout` runs the enforcer as its child: sample the enforcer itself.
+EPID=$(pgrep -P "$ENF_PID" -x enforcer || echo "$ENF_PID")
+
+printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$EPID/status"; }
+cpu() { awk '{print $14+$15}' "/proc/$EPID/stat"; }
+HZ=$(getconf CLK_TCK)
+counters() { # the enforcer's counters (JSON) after SIGUSR1
+  local n
+  n=$(grep -c '^{' "$STATE/enforcer.out" || true)
+  kill -USR1 "$EPID"
+  for _ in $(seq 50); do
+    [ "$(grep -c '^{' "$STATE/enforcer.out" || true)" -gt "$n" ] && break
+    sleep 0.1
+  done
+  grep '^{' "$STATE/enforcer.out" | tail -1
+}
+flows() { counters | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["engine"]["flows_active"])'; }
+clients() { # SECONDS: both normal clients at once, one JSON line each
+  nsx awing python3 bench/exhaust.py http --seconds "$1" --max 20000 >"$WORK/http.json" &
+  local h=$!
+  nsx awing python3 bench/exhaust.py mc --seconds "$1" --max 20000 >"$WORK/mc.json"
+  wait "$h"
+  cat "$WORK/http.json" "$WORK/mc.json"
+}
+SRC_MAC=$(nsx outsider cat /sys/class/net/eth0/address)
+DST_MAC=$(nsx server cat /sys/class/net/eth0/address)
+flood() { # FIRST COUNT RATE SECONDS
+  nsx outsider python3 bench/exhaust.py flood eth0 "$SRC_MAC" "$DST_MAC" \
+    --first "$1" --count "$2" --rate "$3" --seconds "$4"
+}
+
+RSS0=$(rss)
+echo "phase 1: baseline clients" >&2
+BASE=$(clients 10)
+
+echo "phase 2: idle L7 flows" >&2
+IDLE_CPU=()
+sample_idle() { # flows -> JSON {flows, cpu_pct, rss_kib}
+  local c0 c1
+  sleep 1
+  c0=$(cpu)
+  sleep 5
+  c1=$(cpu)
+  printf '{"flows_active": %s, "cpu_pct": %s, "rss_kib": %s}' "$(flows)" \
+    "$(python3 -c "print(round(($c1 - $c0) / $HZ / 5 * 100, 1))")" "$(rss)"
+}
+IDLE_CPU+=("$(sample_idle)")
+DONE=0
+for n in $RAMP; do
+  flood "$DONE" $((n - DONE)) 0 30 >"$WORK/ramp.json"
+  DONE=$n
+  IDLE_CPU+=("$(sample_idle)")
+done
+
+echo "phase 3: waiting for the half-open flows to expire" >&2
+for _ in $(seq 60); do
+  sleep 2
+  [ "$(flows)" -lt 100 ] && break
+done
+AFTER_EXPIRY=$(flows)
+
+echo "phase 4: SYN flood + slow senders + normal clients" >&2
+RSS_SAMPLES=()
+nsx xwing python3 bench/exhaust.py slow --http "$SLOW" --memcache "$SLOW" --interval 3 --seconds 40 \
+  --burst $((MAX_HELD / 2)) \
+  >"$WORK/slow.json" & PIDS+=($!)
+sleep 5
+flood 200000 "$FLOOD" 5000 40 >"$WORK/flood.json" & PIDS+=($!)
+sleep 2
+clients 20 >"$WORK/attack-clients.json" & CL=$!
+PIDS+=($CL)
+while kill -0 "$CL" 2>/dev/null; do RSS_SAMPLES+=("$(rss)"); sleep 1; done
+ATTACK=$(cat "$WORK/attack-clients.json")
+ATTACK_COUNTERS=$(counters)
+for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+PIDS=()
+
+python3 - "$MAX_FLOWS" "$MAX_HELD" "$RSS0" "$AFTER_EXPIRY" "$BASE" "$ATTACK" "$(cat "$WORK/slow.json")" \
+  "$(cat "$WORK/flood.json")" "$ATTACK_COUNTERS" "$(IFS=,; echo "${IDLE_CPU[*]}")" "${RSS_SAMPLES[@]}" <<'PY'
+import json, sys
+a = sys.argv[1:]
+max_flows, max_held, rss0, after_expiry = int(a[0]), int(a[1]), int(a[2]), int(a[3])
+lines = lambda s: [json.loads(l) for l in s.splitlines() if l.strip()]
+base, attack = lines(a[4]), lines(a[5])
+slow, flood = json.loads(a[6]), json.loads(a[7])
+counters = json.loads(a[8])["counters"]["engine"]
+idle = json.loads("[" + a[9] + "]")
+rss = [int(x) for x in a[10:]]
+# What the configuration allows the enforcer to hold: both directions of
+# every flow at the held-bytes limit, on top of the memory it started with.
+bound_kib = rss0 + max_flows * 2 * max_held // 1024
+keep = ("flows_active", "flows_created", "flows_expired", "flows_evicted", "flows_untracked",
+        "l7_requests_allowed", "l7_requests_denied")
+print(json.dumps({
+    "config": {"max_flows": max_flows, "max_held_bytes": max_held},
+    "baseline_clients": base,
+    "attack_clients": attack,
+    "slow_senders": slow,
+    "syn_flood": flood,
+    "rss_kib": {"start": rss0, "attack_max": max(rss) if rss else None,
+                "attack_samples": rss, "bound_kib": bound_kib},
+    "idle_flows_cpu": idle,
+    "flows_after_expiry_wait": after_expiry,
+    "counters_after_attack": {k: counters.get(k) for k in keep},
+    "drops_after_attack": counters.get("drops"),
+}, indent=1))
+PY
