@@ -96,6 +96,35 @@ fn seed_scenarios_round_trip_and_reach_l7() {
     assert!(emitted > 0, "no seed scenario made the engine emit a frame");
 }
 
+/// The harness's own checksum check, which guards every frame the engine
+/// forwards or emits, tells good from bad.
+#[test]
+fn harness_checksum_check_is_live() {
+    for (src, dst) in [("10.66.0.11", "10.66.0.2"), ("fd66::11", "fd66::2")] {
+        let f = scenario::tcp_frame(
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            40000,
+            80,
+            1,
+            2,
+            scenario::ACK | scenario::PSH,
+            64,
+            0,
+            b"GET / HTTP/1.1\r\n",
+        );
+        assert_eq!(scenario::tcp_checksums_ok(&f), Some(true), "{src}");
+        let mut bad = f.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(scenario::tcp_checksums_ok(&bad), Some(false), "{src}");
+        if src.contains('.') {
+            let mut bad_ip = f.clone();
+            bad_ip[14 + 8] ^= 1; // TTL: only the IP header checksum covers it
+            assert_eq!(scenario::tcp_checksums_ok(&bad_ip), Some(false));
+        }
+    }
+}
+
 #[test]
 fn policy_seeds_load_and_run() {
     let seeds = policy_seeds();
