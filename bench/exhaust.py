@@ -18,6 +18,7 @@ bounded in count and in time and prints one JSON line.
 
 import argparse
 import json
+import math
 import selectors
 import socket
 import struct
@@ -139,12 +140,13 @@ def slow(a):
 def client(a, port, request, good):
     lat, ok, fail = [], 0, 0
     errors = {}
+    served_seconds = set()
     start = time.monotonic()
     while time.monotonic() - start < a.seconds and ok + fail < a.max:
         t0 = time.monotonic()
         try:
-            with socket.create_connection((SERVER, port), timeout=2) as c:
-                c.settimeout(2)
+            with socket.create_connection((SERVER, port), timeout=1) as c:
+                c.settimeout(1)
                 c.sendall(request)
                 data = b""
                 while not good(data):
@@ -155,6 +157,7 @@ def client(a, port, request, good):
             if good(data):
                 ok += 1
                 lat.append(time.monotonic() - t0)
+                served_seconds.add(int(time.monotonic() - start))
             else:
                 fail += 1
                 errors["bad reply"] = errors.get("bad reply", 0) + 1
@@ -164,10 +167,13 @@ def client(a, port, request, good):
             errors[k] = errors.get(k, 0) + 1
             # A refused or timed-out connect: do not spin.
             time.sleep(0.05)
+    seconds = max(1, math.ceil(time.monotonic() - start))
     lat.sort()
     pct = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
     print(json.dumps({"mode": a.mode, "ok": ok, "fail": fail,
                       "success": round(ok / max(ok + fail, 1), 4),
+                      # Share of the run's seconds in which a request succeeded.
+                      "served_seconds": round(len(served_seconds) / seconds, 3),
                       "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0),
                       "errors": errors}))
 

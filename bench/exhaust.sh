@@ -13,14 +13,14 @@
 # default "1000 10000 50000"), ENFORCER_ARGS (more enforcer flags).
 #
 # Phases, in one lab (prefix "ex"), one enforcer (--workers 1):
-#  1. baseline: the normal clients alone (a-wing: HTTP GET /v1/ and memcached
-#     get awing-coord, one connection per request);
-#  2. idle L7 flows: spoofed SYNs (sources 10.66.0.100-199, labelled
+#  1. idle L7 flows: spoofed SYNs (sources 10.66.0.100-199, labelled
 #     spaceships by this run's extra Endpoints document; nobody answers for
 #     them, so the flows stay half-open) ramp the flow table up; at each
-#     step the enforcer's CPU is sampled over a quiet window: that is the
-#     cost of its timers over idle flows;
-#  3. the half-open flows expire (transitory timeout, 60 s);
+#     step the enforcer's CPU is sampled over three quiet 4 s windows: that is
+#     the cost of its timers over idle flows;
+#  2. the half-open flows expire (transitory timeout, 60 s);
+#  3. baseline: the normal clients alone (a-wing: HTTP GET /v1/ and memcached
+#     get awing-coord, one connection per request);
 #  4. attack: the SYN flood (5000 SYN/s), EX_SLOW slow HTTP connections
 #     (each holding half the held-bytes limit of an undecided head, then one
 #     more byte every 3 s) and EX_SLOW slow memcached ones from x-wing, and
@@ -67,21 +67,27 @@ endpoints:
 YAML
 
 # shellcheck disable=SC2086
-nsx enf timeout 900 "$BIN" --iface cli0 --peer srv0 --policy "$WORK" --workers 1 --poll adaptive \
+ip netns exec "$P-enf" "$BIN" --iface cli0 --peer srv0 --policy "$WORK" --workers 1 --poll adaptive \
   --max-flows "$MAX_FLOWS" --max-held-bytes "$MAX_HELD" ${ENFORCER_ARGS:-} \
   >"$STATE/enforcer.out" 2>&1 &
 ENF_PID=$!
 for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
 grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
-# `timeout` runs the enforcer as its child: sample the enforcer itself.
-EPID=$(pgrep -P "$ENF_PID" -x enforcer || echo "$ENF_PID")
+EPID=$ENF_PID
 
 printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$EPID/status"; }
-cpu() { awk '{print $14+$15}' "/proc/$EPID/stat"; }
+alive() {
+  kill -0 "$EPID" 2>/dev/null && return
+  echo "exhaust: the enforcer is gone" >&2
+  tail -20 "$STATE/enforcer.out" >&2
+  exit 1
+}
+rss() { alive; awk '/^VmRSS/ {print $2}' "/proc/$EPID/status"; }
+cpu() { alive; awk '{print $14+$15}' "/proc/$EPID/stat"; }
 HZ=$(getconf CLK_TCK)
 counters() { # the enforcer's counters (JSON) after SIGUSR1
   local n
+  alive
   n=$(grep -c '^{' "$STATE/enforcer.out" || true)
   kill -USR1 "$EPID"
   for _ in $(seq 50); do
@@ -106,53 +112,69 @@ flood() { # FIRST COUNT RATE SECONDS
 }
 
 RSS0=$(rss)
-echo "phase 1: baseline clients" >&2
-BASE=$(clients 10)
-
-echo "phase 2: idle L7 flows" >&2
+echo "phase 1: idle L7 flows" >&2
 IDLE_CPU=()
-sample_idle() { # flows -> JSON {flows, cpu_pct, rss_kib}
-  local c0 c1
+sample_idle() { # -> JSON {flows_active, cpu_pct: [3 windows of 4 s], rss_kib}
+  local c0 c1 f r w pcts=()
   sleep 1
-  c0=$(cpu)
-  sleep 5
-  c1=$(cpu)
-  printf '{"flows_active": %s, "cpu_pct": %s, "rss_kib": %s}' "$(flows)" \
-    "$(python3 -c "print(round(($c1 - $c0) / $HZ / 5 * 100, 1))")" "$(rss)"
+  for w in 1 2 3; do
+    c0=$(cpu)
+    sleep 4
+    c1=$(cpu)
+    pcts+=("$(python3 -c "print(round(($c1 - $c0) / $HZ / 4 * 100, 1))")")
+  done
+  f=$(flows)
+  r=$(rss)
+  printf '{"flows_active": %s, "cpu_pct": [%s], "rss_kib": %s}' "$f" "$(IFS=,; echo "${pcts[*]}")" "$r"
 }
-IDLE_CPU+=("$(sample_idle)")
+S=$(sample_idle)
+IDLE_CPU+=("$S")
 DONE=0
 for n in $RAMP; do
-  flood "$DONE" $((n - DONE)) 0 30 >"$WORK/ramp.json"
+  # Paced so that the enforcer's RX ring keeps up: every SYN makes a flow.
+  flood "$DONE" $((n - DONE)) 10000 30 >"$WORK/ramp.json"
   DONE=$n
-  IDLE_CPU+=("$(sample_idle)")
+  S=$(sample_idle)
+  IDLE_CPU+=("$S")
 done
 
-echo "phase 3: waiting for the half-open flows to expire" >&2
+echo "phase 2: waiting for the half-open flows to expire" >&2
 for _ in $(seq 60); do
   sleep 2
-  [ "$(flows)" -lt 100 ] && break
+  F=$(flows)
+  [ "$F" -lt 100 ] && break
 done
 AFTER_EXPIRY=$(flows)
 
+echo "phase 3: baseline clients" >&2
+BASE=$(clients 10)
+
 echo "phase 4: SYN flood + slow senders + normal clients" >&2
 RSS_SAMPLES=()
+FLOW_SAMPLES=()
 nsx xwing python3 bench/exhaust.py slow --http "$SLOW" --memcache "$SLOW" --interval 3 --seconds 40 \
   --burst $((MAX_HELD / 2)) \
   >"$WORK/slow.json" & PIDS+=($!)
 sleep 5
 flood 200000 "$FLOOD" 5000 40 >"$WORK/flood.json" & PIDS+=($!)
-sleep 2
-clients 20 >"$WORK/attack-clients.json" & CL=$!
+sleep 1
+clients 25 >"$WORK/attack-clients.json" & CL=$!
 PIDS+=($CL)
-while kill -0 "$CL" 2>/dev/null; do RSS_SAMPLES+=("$(rss)"); sleep 1; done
+while kill -0 "$CL" 2>/dev/null; do
+  R=$(rss)
+  F=$(flows)
+  RSS_SAMPLES+=("$R")
+  FLOW_SAMPLES+=("$F")
+  sleep 1
+done
 ATTACK=$(cat "$WORK/attack-clients.json")
 ATTACK_COUNTERS=$(counters)
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 PIDS=()
 
 python3 - "$MAX_FLOWS" "$MAX_HELD" "$RSS0" "$AFTER_EXPIRY" "$BASE" "$ATTACK" "$(cat "$WORK/slow.json")" \
-  "$(cat "$WORK/flood.json")" "$ATTACK_COUNTERS" "$(IFS=,; echo "${IDLE_CPU[*]}")" "${RSS_SAMPLES[@]}" <<'PY'
+  "$(cat "$WORK/flood.json")" "$ATTACK_COUNTERS" "$(IFS=,; echo "${IDLE_CPU[*]}")" \
+  "$(IFS=,; echo "${FLOW_SAMPLES[*]}")" "${RSS_SAMPLES[@]}" <<'PY'
 import json, sys
 a = sys.argv[1:]
 max_flows, max_held, rss0, after_expiry = int(a[0]), int(a[1]), int(a[2]), int(a[3])
@@ -161,7 +183,8 @@ base, attack = lines(a[4]), lines(a[5])
 slow, flood = json.loads(a[6]), json.loads(a[7])
 counters = json.loads(a[8])["counters"]["engine"]
 idle = json.loads("[" + a[9] + "]")
-rss = [int(x) for x in a[10:]]
+flows = json.loads("[" + a[10] + "]")
+rss = [int(x) for x in a[11:]]
 # What the configuration allows the enforcer to hold: both directions of
 # every flow at the held-bytes limit, on top of the memory it started with.
 bound_kib = rss0 + max_flows * 2 * max_held // 1024
@@ -175,6 +198,7 @@ print(json.dumps({
     "syn_flood": flood,
     "rss_kib": {"start": rss0, "attack_max": max(rss) if rss else None,
                 "attack_samples": rss, "bound_kib": bound_kib},
+    "attack_flows_samples": flows,
     "idle_flows_cpu": idle,
     "flows_after_expiry_wait": after_expiry,
     "counters_after_attack": {k: counters.get(k) for k in keep},
