@@ -3,12 +3,22 @@
 # Wars demo, replayed through the enforcer in a veth lab with the policies in
 # policies/. Prints each command and what it answers, as the seed documents do.
 #
-# Usage: sudo scripts/demo.sh [--debug]   (--debug: skip the release build)
+# Usage: sudo scripts/demo.sh [--host-mode] [--debug]
+#   --host-mode: the server protects itself (`enforcer --iface eth0` on the
+#                server, no wire in between) instead of an inline enforcer
+#   --debug:     skip the release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROFILE=release
-[ "${1:-}" = "--debug" ] && PROFILE=debug
+HOST_MODE=0
+for a in "$@"; do
+  case $a in
+    --debug) PROFILE=debug ;;
+    --host-mode) HOST_MODE=1 ;;
+    *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+  esac
+done
 source scripts/lib/deps.sh
 install_deps
 if [ "$PROFILE" = release ]; then cargo build --release -q; else cargo build -q; fi
@@ -22,11 +32,17 @@ cleanup() {
   bash "$LAB" down
 }
 trap cleanup EXIT
-bash "$LAB" up
-
-echo "== starting the enforcer between the switch and the server (policies/)"
-ip netns exec "$LAB_PREFIX-enf" "$BIN" --iface cli0 --peer srv0 --policy policies/ --poll adaptive \
-  --log "$STATE/verdicts.jsonl" >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
+if [ $HOST_MODE = 1 ]; then
+  bash "$LAB" up --host-mode
+  echo "== starting the enforcer on the server itself: enforcer --iface eth0 --policy policies/"
+  ip netns exec "$LAB_PREFIX-server" "$BIN" --iface eth0 --policy policies/ --poll adaptive \
+    --log "$STATE/verdicts.jsonl" >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
+else
+  bash "$LAB" up
+  echo "== starting the enforcer between the switch and the server (policies/)"
+  ip netns exec "$LAB_PREFIX-enf" "$BIN" --iface cli0 --peer srv0 --policy policies/ --poll adaptive \
+    --log "$STATE/verdicts.jsonl" >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
+fi
 EPID=$!
 for _ in $(seq 300); do
   grep -q '^ready ' "$STATE/enforcer.out" 2>/dev/null && break

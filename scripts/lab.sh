@@ -8,7 +8,12 @@
 #   tracker  10.66.0.13 fd66::13 ─┼─ sw (bridge) ─ cli0 [enf] srv0 ─ server 10.66.0.2 fd66::2
 #   outsider 10.66.0.14 fd66::14 ─┘
 #
-# Usage: scripts/lab.sh [-p PREFIX] [-q QUEUES] up|down|status|gc|exec HOST CMD...
+# With `up --host-mode` there is no wire in the middle: the server sits on
+# the bridge itself and the enforcer runs on the server's own eth0.
+#
+#   awing, xwing, tracker, outsider ─ sw (bridge) ─ eth0 server 10.66.0.2 fd66::2
+#
+# Usage: scripts/lab.sh [-p PREFIX] [-q QUEUES] up [--host-mode]|down|status|gc|exec HOST CMD...
 #   PREFIX (default: $LAB_PREFIX or "lab") prefixes every namespace name
 #   (PREFIX-awing, ..., PREFIX-enf, PREFIX-server), so labs never collide.
 #   QUEUES (default: $LAB_QUEUES or 2) RX/TX queues of the enforcer's ports.
@@ -23,7 +28,7 @@ while getopts "p:q:" o; do
   case $o in
     p) PREFIX=$OPTARG ;;
     q) QUEUES=$OPTARG ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -70,6 +75,8 @@ sysctls() {
 }
 
 up() {
+  local host_mode=0
+  [ "${1:-}" = "--host-mode" ] && host_mode=1
   [ "$(id -u)" -eq 0 ] || { echo "lab: needs root" >&2; exit 1; }
   for h in "${HOSTS[@]}"; do
     if ip netns list | awk '{print $1}' | grep -qx "$(ns "$h")"; then
@@ -81,7 +88,9 @@ up() {
   mkdir -p "$STATE"
   # Whoever asked for the lab owns it; `gc` removes labs of dead owners.
   echo "${LAB_OWNER:-$PPID}" >"$STATE/owner"
+  echo "$([ $host_mode = 1 ] && echo host || echo inline)" >"$STATE/mode"
   for h in "${HOSTS[@]}"; do
+    [ $host_mode = 1 ] && [ "$h" = enf ] && continue
     ip netns add "$(ns "$h")"
     nsx "$h" ip link set lo up
     sysctls "$h"
@@ -97,15 +106,22 @@ up() {
     nsx "$c" ip link set eth0 up
   done
 
-  # The enforcer's ports: multi-queue so that every worker gets a queue.
-  link sw p-enf enf cli0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
-  link enf srv0 server eth0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
-  nsx sw ip link set p-enf master br0 up
-  for d in cli0 srv0; do
-    # A wire, not a host: no addresses, no IPv6 chatter of its own.
-    nsx enf sysctl -qw "net.ipv6.conf.$d.disable_ipv6=1"
-    nsx enf ip link set "$d" up
-  done
+  if [ $host_mode = 1 ]; then
+    # The server's own eth0 is the enforcer's --iface: multi-queue, so that
+    # every worker gets a queue.
+    link sw p-server server eth0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
+    nsx sw ip link set p-server master br0 up
+  else
+    # The enforcer's ports: multi-queue so that every worker gets a queue.
+    link sw p-enf enf cli0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
+    link enf srv0 server eth0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
+    nsx sw ip link set p-enf master br0 up
+    for d in cli0 srv0; do
+      # A wire, not a host: no addresses, no IPv6 chatter of its own.
+      nsx enf sysctl -qw "net.ipv6.conf.$d.disable_ipv6=1"
+      nsx enf ip link set "$d" up
+    done
+  fi
 
   nsx server ip addr add 10.66.0.2/24 dev eth0
   nsx server ip addr add fd66::2/64 dev eth0 nodad
@@ -124,7 +140,11 @@ up() {
   nsx server ss -ltn | grep -q ':80 ' || { echo "lab: deathstar did not start" >&2; cat "$STATE/deathstar.out" >&2; false; }
   nsx server ss -ltn | grep -q ':11211 ' || { echo "lab: memcached did not start" >&2; false; }
   trap - ERR
-  echo "lab $PREFIX up: enforcer ports cli0/srv0 in $(ns enf) ($QUEUES queues); state in $STATE"
+  if [ $host_mode = 1 ]; then
+    echo "lab $PREFIX up (host mode): run the enforcer on eth0 in $(ns server) ($QUEUES queues); state in $STATE"
+  else
+    echo "lab $PREFIX up: enforcer ports cli0/srv0 in $(ns enf) ($QUEUES queues); state in $STATE"
+  fi
 }
 
 status() {
@@ -156,7 +176,7 @@ gc() {
 cmd="${1:-}"
 shift || true
 case "$cmd" in
-  up) up ;;
+  up) up "$@" ;;
   down) down ;;
   status) status ;;
   gc) gc ;;
@@ -165,5 +185,5 @@ case "$cmd" in
     [[ " ${HOSTS[*]} " == *" $h "* ]] || { echo "lab: unknown host $h (${HOSTS[*]})" >&2; exit 2; }
     nsx "$h" "$@"
     ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac

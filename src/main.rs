@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
 use enforcer::dataplane::{self, PollMode, RunArgs};
+use enforcer::hostmode::steer::FailMode;
 use enforcer::policy;
 use enforcer::replay::{self, ReplayArgs};
 
@@ -56,13 +57,13 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct RunOpts {
-    /// Interface facing clients (host mode when alone).
+    /// Interface facing clients; alone, host mode: protect this host's own addresses on it.
     #[arg(long)]
     iface: Option<String>,
     /// Interface facing servers (inline mode).
     #[arg(long)]
     peer: Option<String>,
-    /// Policy file or directory (default: /etc/enforcer/policies).
+    /// Policy file or directory (default: /etc/enforcer).
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Worker threads (default: number of queues).
@@ -77,6 +78,11 @@ struct RunOpts {
     /// UMEM frames (4 KiB each) per worker (default: 2048 per AF_XDP socket).
     #[arg(long)]
     umem_frames: Option<u32>,
+    /// Host mode: what a crashed (kill -9) enforcer leaves. open: the host is
+    /// reachable directly, unenforced; closed: its IP traffic on --iface is
+    /// dropped until the enforcer runs again.
+    #[arg(long, value_enum, default_value = "open")]
+    fail: FailMode,
     #[command(flatten)]
     engine: EngineOpts,
 }
@@ -177,6 +183,7 @@ fn main() -> ExitCode {
                 poll: cli.run.poll,
                 log: cli.run.log.clone(),
                 umem_frames: cli.run.umem_frames,
+                fail: cli.run.fail,
                 engine: cli.run.engine.config(),
             })
         }

@@ -1,8 +1,13 @@
 //! The live shell: AF_XDP sockets (xsk-rs), UMEM, per-core workers and their
 //! poll loops, XDP program life cycle. Everything with syscalls lives here.
 
+mod handoff;
+mod host;
 mod iface;
+mod link;
+mod stats;
 mod worker;
+mod xsk;
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -14,11 +19,15 @@ use std::time::Duration;
 use crate::counters::Counters;
 use crate::policy::Policy;
 
+use crate::hostmode::steer::FailMode;
+use handoff::{Channels, Waker};
 use iface::IfaceInfo;
-use worker::{Channels, DpCounters, QueueSpec, Shared, Waker, WorkerSpec, WorkerStats};
+use stats::{DpCounters, WorkerStats};
+use worker::{HostMacs, LinkSpec, Shared, WorkerSpec};
+use xsk::{QueueSpec, Steer};
 
-/// Where policies are read from when `--policy` is not given.
-pub const DEFAULT_POLICY_DIR: &str = "/etc/enforcer/policies";
+/// Where policies and endpoints are read from when `--policy` is not given.
+pub const DEFAULT_POLICY_DIR: &str = "/etc/enforcer";
 /// Private bring-up switch: forward every frame to the other port, no policy.
 const PASSTHROUGH_ENV: &str = "ENFORCER_PASSTHROUGH";
 
@@ -49,6 +58,8 @@ pub struct RunArgs {
     pub log: Option<PathBuf>,
     /// UMEM frames per worker (default: 2048 per socket).
     pub umem_frames: Option<u32>,
+    /// Host mode: what a dead enforcer leaves (see `hostmode::steer`).
+    pub fail: FailMode,
     pub engine: crate::config::EngineConfig,
 }
 
@@ -125,12 +136,17 @@ fn assign_queues(ifaces: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
 
 /// SIGHUP: load the policy again and hand it to every worker; a policy with
 /// errors is refused and the running one kept.
-fn reload(shared: &Shared, path: &Path, passthrough: bool) {
-    if passthrough {
+fn reload(shared: &Shared, src: &PolicySource) {
+    if src.passthrough {
         eprintln!("enforcer: SIGHUP ignored in pass-through mode");
         return;
     }
-    match Policy::load(path) {
+    let path = &src.path;
+    let loaded = match &src.host {
+        Some(h) => Policy::load_on_host(path, h),
+        None => Policy::load(path),
+    };
+    match loaded {
         Ok(p) => {
             *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(p));
             shared.policy_gen.fetch_add(1, Ordering::Release);
@@ -198,40 +214,101 @@ fn spawn_logger(
     Ok((tx, h))
 }
 
-pub fn run(args: &RunArgs) -> Result<(), String> {
-    let Some(peer) = args.peer.as_deref() else {
-        return Err(format!(
-            "host mode (--iface without --peer) is not available yet; run inline: \
-             --iface {} --peer IFACE_TOWARDS_SERVERS",
-            args.iface
-        ));
-    };
-    if peer == args.iface {
-        return Err("--iface and --peer must be different interfaces".into());
+/// Where the policy comes from, for SIGHUP: the same path, loaded the same
+/// way (host mode marks this host's endpoint).
+struct PolicySource {
+    path: PathBuf,
+    passthrough: bool,
+    host: Option<Vec<std::net::IpAddr>>,
+}
+
+/// Everything that differs between the modes, decided before workers start.
+struct Plan {
+    /// Per worker: its links.
+    links: Vec<Vec<LinkSpec>>,
+    steer: Steer,
+    host: Option<HostMacs>,
+}
+
+/// Load the policy `--policy` names, or the default directory.
+fn load_policy(
+    path: &Path,
+    host: Option<&[std::net::IpAddr]>,
+    passthrough: bool,
+) -> Result<Option<Arc<Policy>>, String> {
+    if passthrough {
+        eprintln!("enforcer: {PASSTHROUGH_ENV}=1: forwarding every frame, policy not enforced");
+        return Ok(None);
     }
+    let p = match host {
+        Some(h) => Policy::load_on_host(path, h),
+        None => Policy::load(path),
+    }
+    .map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(Some(Arc::new(p)))
+}
+
+fn choose_workers(asked: Option<usize>, queues: usize, what: &str) -> Result<usize, String> {
+    match asked {
+        Some(0) => Err("--workers must be at least 1".into()),
+        Some(n) if n > queues => {
+            eprintln!(
+                "enforcer: --workers {n} exceeds the {queues} queue(s) {what}; using {queues}"
+            );
+            Ok(queues)
+        }
+        Some(n) => Ok(n),
+        None => Ok(queues),
+    }
+}
+
+fn choose_poll(asked: Option<PollMode>) -> (PollMode, usize) {
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let poll = asked.unwrap_or(if ncpu < 4 {
+        PollMode::Adaptive
+    } else {
+        PollMode::Busy
+    });
+    (poll, ncpu)
+}
+
+pub fn run(args: &RunArgs) -> Result<(), String> {
     let (policy_path, defaulted) =
         resolve_policy(args.policy.as_deref(), Path::new(DEFAULT_POLICY_DIR))?;
-    if defaulted {
-        println!("no --policy given: reading {}", policy_path.display());
-    }
     if std::env::var_os("ENFORCER_DEBUG").is_none() {
         iface::quiet_libraries();
     }
     let passthrough = std::env::var_os(PASSTHROUGH_ENV).is_some_and(|v| v == "1");
-    let policy = if passthrough {
-        eprintln!("enforcer: {PASSTHROUGH_ENV}=1: forwarding every frame, policy not enforced");
-        None
+    let origin = if defaulted {
+        format!("{} (default: no --policy given)", policy_path.display())
     } else {
-        let p = Policy::load(&policy_path).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        Some(Arc::new(p))
+        policy_path.display().to_string()
     };
+    match args.peer.as_deref() {
+        Some(peer) => run_inline(args, peer, &policy_path, &origin, passthrough),
+        None => run_host(args, &policy_path, &origin, passthrough),
+    }
+}
 
-    let max_frame = worker::FRAME_DATA;
+fn run_inline(
+    args: &RunArgs,
+    peer: &str,
+    policy_path: &Path,
+    origin: &str,
+    passthrough: bool,
+) -> Result<(), String> {
+    if peer == args.iface {
+        return Err("--iface and --peer must be different interfaces".into());
+    }
+    let policy = load_policy(policy_path, None, passthrough)?;
+    let max_frame = xsk::FRAME_DATA;
     let a = iface::inspect(&args.iface, max_frame)?;
     let b = iface::inspect(peer, max_frame)?;
     iface::check_offloads(&a.name)?;
@@ -239,36 +316,20 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     if iface::ensure_bpffs()? {
         println!("mounted bpffs on /sys/fs/bpf");
     }
-
     let queues = a.rx_queues.min(b.rx_queues) as usize;
-    let workers = match args.workers {
-        Some(0) => return Err("--workers must be at least 1".into()),
-        Some(n) if n > queues => {
-            eprintln!("enforcer: --workers {n} exceeds the {queues} queue(s) both ports have; using {queues}");
-            queues
-        }
-        Some(n) => n,
-        None => queues,
-    };
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let poll = args.poll.unwrap_or(if ncpu < 4 {
-        PollMode::Adaptive
-    } else {
-        PollMode::Busy
-    });
+    let workers = choose_workers(args.workers, queues, "both ports have")?;
+    let (poll, _) = choose_poll(args.poll);
     let plan = assign_queues(&[&a, &b], workers);
     let socks_per_worker = plan.iter().map(|q| q.len()).max().unwrap_or(2) as u32;
-    let umem_frames = args
-        .umem_frames
-        .unwrap_or(socks_per_worker * 2 * worker::RING_SIZE);
-    if umem_frames < socks_per_worker * 64 {
-        return Err(format!(
-            "--umem-frames {umem_frames} is too small for {socks_per_worker} sockets per worker (at least {})",
-            socks_per_worker * 64
-        ));
-    }
+    let plan = Plan {
+        links: plan
+            .into_iter()
+            .map(|qs| qs.into_iter().map(LinkSpec::Queue).collect())
+            .collect(),
+        steer: Steer::Libxdp,
+        host: None,
+    };
+    let umem_frames = umem_quota(args, socks_per_worker)?;
 
     // From here on a signal must not skip the cleanup below.
     install_signals();
@@ -288,35 +349,235 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             }
         }
     }
-    let release_all = || {
-        for info in [&a, &b] {
-            if let Err(e) = iface::release(info) {
-                eprintln!("enforcer: {e}");
+    struct Inline<'a>(&'a IfaceInfo, &'a IfaceInfo);
+    impl Hooks for Inline<'_> {
+        fn ready(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn tick(&mut self, _: &Shared) {}
+        fn stop(&mut self) {}
+    }
+    impl Drop for Inline<'_> {
+        fn drop(&mut self) {
+            for info in [self.0, self.1] {
+                if let Err(e) = iface::release(info) {
+                    eprintln!("enforcer: {e}");
+                }
+            }
+        }
+    }
+    let mut hooks = Inline(&a, &b);
+    let ready = format!(
+        "ready iface={} peer={} queues={}/{} workers={workers} poll={} policy={origin}{}",
+        a.name,
+        b.name,
+        a.rx_queues,
+        b.rx_queues,
+        poll.name(),
+        if passthrough { " (pass-through)" } else { "" }
+    );
+    let src = PolicySource {
+        path: policy_path.to_path_buf(),
+        passthrough,
+        host: None,
+    };
+    serve(
+        args,
+        &src,
+        policy,
+        plan,
+        workers,
+        poll,
+        umem_frames,
+        None,
+        &mut hooks,
+        &ready,
+    )
+}
+
+fn umem_quota(args: &RunArgs, socks_per_worker: u32) -> Result<u32, String> {
+    let umem_frames = args
+        .umem_frames
+        .unwrap_or(socks_per_worker * 2 * xsk::RING_SIZE);
+    if umem_frames < socks_per_worker * 64 {
+        return Err(format!(
+            "--umem-frames {umem_frames} is too small for {socks_per_worker} sockets per worker (at least {})",
+            socks_per_worker * 64
+        ));
+    }
+    Ok(umem_frames)
+}
+
+fn run_host(
+    args: &RunArgs,
+    policy_path: &Path,
+    origin: &str,
+    passthrough: bool,
+) -> Result<(), String> {
+    let max_frame = xsk::FRAME_DATA;
+    let a = iface::inspect(&args.iface, max_frame)?;
+    let addrs = host::addresses(&a.name)?;
+    let policy = load_policy(policy_path, Some(&addrs), passthrough)?;
+    let host_name = match &policy {
+        None => "(pass-through)".to_string(),
+        Some(p) => {
+            let refuse = |why: &str| {
+                Err(format!(
+                    "{why}: host mode protects {} ({}), so a policy must select it. Write, in {}, \
+                     an Endpoints entry claiming these addresses and a CiliumNetworkPolicy whose \
+                     endpointSelector matches its labels, or a CiliumClusterwideNetworkPolicy \
+                     with nodeSelector: {{}} (Cilium's host firewall)",
+                    a.name,
+                    addrs
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    policy_path.display()
+                ))
+            };
+            match p.host_endpoint(&addrs) {
+                Some((i, true)) => p.model().endpoints[i].name.clone(),
+                _ => return refuse("no policy selects this host"),
             }
         }
     };
+    if let Some(p) = &policy {
+        for w in crate::policy::check::extra_warnings(p) {
+            eprintln!("enforcer: warning: {w}");
+        }
+    }
+    iface::check_offloads(&a.name)?;
+    if iface::ensure_bpffs()? {
+        println!("mounted bpffs on /sys/fs/bpf");
+    }
+    let queues = a.rx_queues as usize;
+    let workers = choose_workers(args.workers, queues, &format!("{} has", a.name))?;
+    let (poll, _) = choose_poll(args.poll);
+    let fail = args.fail;
 
-    let (events, logger) = match &args.log {
-        Some(p) => match spawn_logger(p) {
-            Ok((tx, h)) => (Some(tx), Some(h)),
+    install_signals();
+    quiet_repeated_panics();
+    let left = host::claim(&a.name, a.ifindex)?;
+    if left.any() {
+        println!(
+            "removed what an earlier run left on {}: {}{} rule(s), {} sysctl(s) restored",
+            a.name,
+            if left.program {
+                "its XDP program, "
+            } else {
+                ""
+            },
+            left.rules,
+            left.sysctls
+        );
+    }
+    let (misses_tx, misses_rx) = crossbeam_channel::bounded(1024);
+    let (mut hm, taps) =
+        match host::HostMode::setup(&a.name, a.ifindex, addrs, workers, fail, misses_rx) {
+            Ok(x) => x,
             Err(e) => {
-                release_all();
+                host::release(&a.name);
                 return Err(e);
             }
+        };
+    let mut links: Vec<Vec<LinkSpec>> = (0..workers).map(|_| Vec::new()).collect();
+    for (w, qs) in assign_queues(&[&a], workers).into_iter().enumerate() {
+        links[w].extend(qs.into_iter().map(LinkSpec::Queue));
+    }
+    for (w, t) in taps.into_iter().enumerate() {
+        links[w % workers].push(LinkSpec::Tap(t));
+    }
+    let socks_per_worker = links.iter().map(|l| l.len()).max().unwrap_or(2).max(2) as u32;
+    let plan = Plan {
+        links,
+        steer: Steer::XskMap(hm.xsk_map()),
+        host: Some(hm.macs),
+    };
+    let umem_frames = umem_quota(args, socks_per_worker)?;
+    let ready = format!(
+        "ready iface={} mode=host host={host_name} addresses={} tap={} queues={} workers={workers} \
+         poll={} fail={} policy={origin}{}",
+        a.name,
+        hm.addrs
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        hm.tap,
+        a.rx_queues,
+        poll.name(),
+        match fail {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
         },
+        if passthrough { " (pass-through)" } else { "" }
+    );
+    let src = PolicySource {
+        path: policy_path.to_path_buf(),
+        passthrough,
+        host: Some(hm.addrs.clone()),
+    };
+    serve(
+        args,
+        &src,
+        policy,
+        plan,
+        workers,
+        poll,
+        umem_frames,
+        Some(misses_tx),
+        &mut hm,
+        &ready,
+    )
+}
+
+impl Hooks for host::HostMode {
+    fn ready(&mut self) -> Result<(), String> {
+        self.attach()
+    }
+    fn tick(&mut self, shared: &Shared) {
+        host::HostMode::tick(self, shared)
+    }
+    fn stop(&mut self) {
+        host::HostMode::stop(self)
+    }
+}
+
+/// What a mode does around the common run: once workers are ready, on the
+/// control thread's turns, and when stopping (before workers stop).
+trait Hooks {
+    fn ready(&mut self) -> Result<(), String>;
+    fn tick(&mut self, shared: &Shared);
+    fn stop(&mut self);
+}
+
+/// Start the workers, print `ready`, run the control loop until a signal,
+/// stop, print counters.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    args: &RunArgs,
+    src: &PolicySource,
+    policy: Option<Arc<Policy>>,
+    plan: Plan,
+    workers: usize,
+    poll: PollMode,
+    umem_frames: u32,
+    misses: Option<crossbeam_channel::Sender<std::net::IpAddr>>,
+    hooks: &mut dyn Hooks,
+    ready_line: &str,
+) -> Result<(), String> {
+    let ncpu = choose_poll(Some(poll)).1;
+    let (events, logger) = match &args.log {
+        Some(p) => {
+            let (tx, h) = spawn_logger(p)?;
+            (Some(tx), Some(h))
+        }
         None => (None, None),
     };
-
-    let wakers = match (0..workers)
+    let wakers = (0..workers)
         .map(|_| Waker::new())
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(w) => w,
-        Err(e) => {
-            release_all();
-            return Err(e);
-        }
-    };
+        .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         stats: (0..workers)
@@ -325,18 +586,15 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         wakers,
         policy: Mutex::new(None),
         policy_gen: std::sync::atomic::AtomicU64::new(0),
+        neighbors: Mutex::new(Arc::new(Default::default())),
+        neighbors_gen: std::sync::atomic::AtomicU64::new(0),
     });
+    // Neighbours before the first frame (host mode).
+    hooks.tick(&shared);
     let Some(total_frames) = umem_frames.checked_mul(workers as u32) else {
-        release_all();
         return Err("--umem-frames times the worker count is too large".into());
     };
-    let (umem, mut frames) = match worker::new_umem(total_frames) {
-        Ok(u) => u,
-        Err(e) => {
-            release_all();
-            return Err(e);
-        }
-    };
+    let (umem, mut frames) = xsk::new_umem(total_frames)?;
     let (spare_tx, spare_rx) = crossbeam_channel::bounded(total_frames as usize);
     let (htx, hrx): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| crossbeam_channel::bounded(4096))
@@ -344,17 +602,19 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     let hrx_keep = hrx.clone();
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();
-    for (id, (queues, handoff_rx)) in plan.into_iter().zip(hrx).enumerate() {
+    for (id, (links, handoff_rx)) in plan.links.into_iter().zip(hrx).enumerate() {
         let spec = WorkerSpec {
             id: id as u16,
             workers,
-            queues,
+            links,
             umem: umem.clone(),
             frames: frames.split_off(frames.len().saturating_sub(umem_frames as usize)),
             poll,
             cpu: Some(id % ncpu),
             policy: policy.clone(),
             engine: args.engine.clone(),
+            steer: plan.steer,
+            host: plan.host,
         };
         let ch = Channels {
             handoff_tx: htx.clone(),
@@ -362,6 +622,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             spare_tx: spare_tx.clone(),
             spare_rx: spare_rx.clone(),
             events: events.clone(),
+            misses: misses.clone(),
         };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
         let h = std::thread::Builder::new()
@@ -377,6 +638,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     }
     drop(htx);
     drop(events);
+    drop(misses);
     let mut failure = None;
     for _ in 0..workers {
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -391,22 +653,18 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         }
     }
     if failure.is_none() {
-        println!(
-            "ready iface={} peer={} queues={}/{} workers={} poll={} policy={}{}",
-            a.name,
-            b.name,
-            a.rx_queues,
-            b.rx_queues,
-            workers,
-            poll.name(),
-            policy_path.display(),
-            if passthrough { " (pass-through)" } else { "" }
-        );
+        if let Err(e) = hooks.ready() {
+            failure = Some(e);
+        }
+    }
+    if failure.is_none() {
+        println!("{ready_line}");
         let _ = std::io::stdout().flush();
         while !STOP.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
+            hooks.tick(&shared);
             if RELOAD.swap(false, Ordering::Relaxed) {
-                reload(&shared, &policy_path, passthrough);
+                reload(&shared, src);
             }
             if DUMP.swap(false, Ordering::Relaxed) {
                 println!("{}", totals(&shared, None));
@@ -418,13 +676,13 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             }
         }
     }
+    hooks.stop();
     shared.stop.store(true, Ordering::Relaxed);
     for h in handles {
         if h.join().is_err() && failure.is_none() {
             failure = Some("a worker panicked".into());
         }
     }
-    release_all();
     if let Some(l) = logger {
         let _ = l.join();
     }

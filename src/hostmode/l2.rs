@@ -2,7 +2,8 @@
 //! MAC as destination; frames the host sends get `--iface`'s MAC as source
 //! and the next hop's MAC as destination: learned from the peer's own frames
 //! (the client of an inbound connection), else the kernel's neighbour table
-//! (a snapshot refreshed by the control thread), else the default gateway's.
+//! (a snapshot refreshed by the control thread), else the default gateway's
+//! for destinations that are not on the link.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,6 +17,9 @@ const MAX_LEARNED: usize = 65_536;
 pub struct Neighbors {
     pub by_ip: HashMap<IpAddr, Mac>,
     pub gateway: Option<Mac>,
+    /// Prefixes on `--iface`: an unknown next hop inside them is resolved by
+    /// the kernel (ARP/ND), never sent to the gateway.
+    pub onlink: Vec<ipnet::IpNet>,
 }
 
 pub struct L2 {
@@ -86,32 +90,45 @@ impl L2 {
 
     /// Address a frame to the kernel through the TAP.
     pub fn to_host(&self, frame: &mut [u8]) {
+        L2::address_to(frame, &self.tap_mac);
+    }
+
+    /// Set a frame's destination MAC.
+    pub fn address_to(frame: &mut [u8], mac: &Mac) {
         if frame.len() >= 6 {
-            frame[..6].copy_from_slice(&self.tap_mac);
+            frame[..6].copy_from_slice(mac);
         }
     }
 
-    /// Address a frame the host sent to its next hop on `--iface`; false when
-    /// no next hop is known yet (the frame is dropped and counted; the kernel
-    /// retransmits, and by then the neighbour snapshot usually has it).
-    pub fn to_wire(&self, frame: &mut [u8], neighbors: &Neighbors) -> bool {
+    /// Address a frame the host sent to its next hop on `--iface`. Err when
+    /// none is known: with the destination when the kernel should resolve it
+    /// (on-link, not yet in its neighbour table), None when it cannot be
+    /// addressed at all (not IP, multicast, no gateway). The frame is then
+    /// dropped and counted; TCP retransmits, and by then the neighbour
+    /// snapshot usually has it.
+    pub fn to_wire(&self, frame: &mut [u8], neighbors: &Neighbors) -> Result<(), Option<IpAddr>> {
         let Some(dst) = dst_ip(frame) else {
-            return false;
+            return Err(None);
         };
-        let mac = self
+        if dst.is_multicast() || dst == IpAddr::from([255, 255, 255, 255]) {
+            return Err(None);
+        }
+        let known = self
             .learned
             .get(&dst)
             .or_else(|| neighbors.by_ip.get(&dst))
-            .copied()
-            .or(neighbors.gateway);
-        match mac {
-            Some(m) if frame.len() >= 12 => {
-                frame[..6].copy_from_slice(&m);
-                frame[6..12].copy_from_slice(&self.iface_mac);
-                true
-            }
-            _ => false,
+            .copied();
+        let mac = match known {
+            Some(m) => m,
+            None if neighbors.onlink.iter().any(|n| n.contains(&dst)) => return Err(Some(dst)),
+            None => neighbors.gateway.ok_or(Some(dst))?,
+        };
+        if frame.len() < 12 {
+            return Err(None);
         }
+        frame[..6].copy_from_slice(&mac);
+        frame[6..12].copy_from_slice(&self.iface_mac);
+        Ok(())
     }
 }
 
@@ -152,6 +169,23 @@ pub fn read_neighbors(iface: &str) -> Neighbors {
         }
     }
     n.gateway = gw_ip.and_then(|g| n.by_ip.get(&g).copied());
+    if let Some(serde_json::Value::Array(list)) = run(&["-j", "addr", "show", "dev", iface]) {
+        for info in list
+            .iter()
+            .filter_map(|l| l.get("addr_info").and_then(|a| a.as_array()))
+            .flatten()
+        {
+            let (Some(a), Some(len)) = (
+                info.get("local").and_then(|v| v.as_str()),
+                info.get("prefixlen").and_then(|v| v.as_u64()),
+            ) else {
+                continue;
+            };
+            if let Ok(net) = format!("{a}/{len}").parse::<ipnet::IpNet>() {
+                n.onlink.push(net.trunc());
+            }
+        }
+    }
     n
 }
 
@@ -190,7 +224,7 @@ mod tests {
         l2.to_host(&mut inbound);
         assert_eq!(&inbound[..6], &tap);
         let mut reply = frame(tap, [2, 0xe7, 0, 0, 0, 0], [10, 0, 0, 1], [10, 0, 0, 9]);
-        assert!(l2.to_wire(&mut reply, &Neighbors::default()));
+        assert_eq!(l2.to_wire(&mut reply, &Neighbors::default()), Ok(()));
         assert_eq!(&reply[..6], &client);
         assert_eq!(&reply[6..12], &iface);
     }
@@ -199,18 +233,28 @@ mod tests {
     fn unknown_next_hop_uses_neighbours_then_gateway_then_fails() {
         let l2 = L2::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let mut f = frame([0; 6], [0; 6], [10, 0, 0, 1], [10, 0, 0, 7]);
-        assert!(!l2.to_wire(&mut f, &Neighbors::default()));
+        let seven: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(l2.to_wire(&mut f, &Neighbors::default()), Err(Some(seven)));
         let mut n = Neighbors::default();
-        n.by_ip
-            .insert("10.0.0.7".parse().unwrap(), [2, 0, 0, 0, 0, 7]);
-        assert!(l2.to_wire(&mut f, &n));
+        n.by_ip.insert(seven, [2, 0, 0, 0, 0, 7]);
+        assert_eq!(l2.to_wire(&mut f, &n), Ok(()));
         assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 7]);
-        let n = Neighbors {
+        let mut n = Neighbors {
             by_ip: HashMap::new(),
             gateway: Some([2, 0, 0, 0, 0, 0xfe]),
+            onlink: Vec::new(),
         };
-        assert!(l2.to_wire(&mut f, &n));
+        assert_eq!(l2.to_wire(&mut f, &n), Ok(()));
         assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 0xfe]);
+        // On the link: the kernel resolves it, the gateway is not a next hop.
+        n.onlink.push("10.0.0.0/24".parse().unwrap());
+        assert_eq!(l2.to_wire(&mut f, &n), Err(Some(seven)));
+        let mut far = frame([0; 6], [0; 6], [10, 0, 0, 1], [192, 0, 2, 1]);
+        assert_eq!(l2.to_wire(&mut far, &n), Ok(()));
+        assert_eq!(&far[..6], &[2, 0, 0, 0, 0, 0xfe]);
+        // Multicast never leaves through a unicast next hop.
+        let mut mc = frame([0; 6], [0; 6], [10, 0, 0, 1], [224, 0, 0, 22]);
+        assert_eq!(l2.to_wire(&mut mc, &n), Err(None));
     }
 
     #[test]
@@ -219,7 +263,7 @@ mod tests {
         l2.learn(&[1, 2, 3]);
         let mut short = [0u8; 4];
         l2.to_host(&mut short);
-        assert!(!l2.to_wire(&mut short, &Neighbors::default()));
+        assert_eq!(l2.to_wire(&mut short, &Neighbors::default()), Err(None));
         assert_eq!(parse_mac("02:00:00:00:00:0g"), None);
         assert_eq!(parse_mac("02:00:00:00:00:01"), Some([2, 0, 0, 0, 0, 1]));
     }

@@ -15,7 +15,7 @@ pub const RULE_PRIORITY: u32 = 90;
 const GW4: &str = "169.254.231.1";
 const GW6: &str = "fe80::e7f0:1";
 
-fn ip(args: &[&str]) -> Result<String, String> {
+pub fn ip(args: &[&str]) -> Result<String, String> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -37,7 +37,7 @@ fn read_sysctl(key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn write_sysctl(key: &str, val: &str) -> Result<(), String> {
+pub fn write_sysctl(key: &str, val: &str) -> Result<(), String> {
     std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), val)
         .map_err(|e| format!("cannot set {key}={val}: {e}"))
 }
@@ -166,6 +166,12 @@ impl HostRouting {
         Ok(())
     }
 
+    /// Sysctls changed, with their values before: a state file keeps them so
+    /// that a restart after a crash can put them back.
+    pub fn changed_sysctls(&self) -> &[(String, String)] {
+        &self.sysctls
+    }
+
     /// Undo everything `setup` did. The TAP itself goes with its fd.
     pub fn teardown(&mut self) {
         if self.done {
@@ -210,4 +216,20 @@ pub fn remove_stale() -> usize {
     ip(&["-4", "route", "flush", "table", &TABLE.to_string()]).ok();
     ip(&["-6", "route", "flush", "table", &TABLE.to_string()]).ok();
     n
+}
+
+/// Ask the kernel to resolve `addr` on `iface` (ARP/ND) without sending
+/// anything of ours: the neighbour entry appears in the next snapshot.
+pub fn resolve(iface: &str, addr: IpAddr) {
+    let fam = if addr.is_ipv4() { "-4" } else { "-6" };
+    ip(&[
+        fam,
+        "neigh",
+        "replace",
+        &addr.to_string(),
+        "dev",
+        iface,
+        "use",
+    ])
+    .ok();
 }

@@ -143,23 +143,12 @@ impl Steering {
 
     /// Steer queue `queue`'s frames to the AF_XDP socket `xsk_fd`.
     pub fn bind_queue(&self, queue: u32, xsk_fd: RawFd) -> Result<(), String> {
-        let fd = xsk_fd as u32;
-        // SAFETY: key and value are live u32 locals, as the XSKMAP expects.
-        let rc = unsafe {
-            bpf::bpf_map_update_elem(
-                self.xsks_fd,
-                (&queue as *const u32).cast(),
-                (&fd as *const u32).cast(),
-                0,
-            )
-        };
-        if rc != 0 {
-            return Err(os_err(
-                &format!("cannot bind queue {queue} to its socket"),
-                rc,
-            ));
-        }
-        Ok(())
+        bind(self.xsks_fd, queue, xsk_fd)
+    }
+
+    /// The XSKMAP, for workers that bind their own sockets.
+    pub fn xsks_fd(&self) -> RawFd {
+        self.xsks_fd
     }
 
     /// Attach to `ifindex`: native mode when the driver has it, else generic.
@@ -218,6 +207,28 @@ impl Drop for Steering {
         // SAFETY: `obj` was opened by `load` and is closed only here.
         unsafe { bpf::bpf_object__close(self.obj) };
     }
+}
+
+/// Put socket `xsk_fd` into the XSKMAP `map_fd` for `queue` (the map is
+/// safe to update from any thread; the entry goes when the socket closes).
+pub fn bind(map_fd: RawFd, queue: u32, xsk_fd: RawFd) -> Result<(), String> {
+    let fd = xsk_fd as u32;
+    // SAFETY: key and value are live u32 locals, as the XSKMAP expects.
+    let rc = unsafe {
+        bpf::bpf_map_update_elem(
+            map_fd,
+            (&queue as *const u32).cast(),
+            (&fd as *const u32).cast(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(os_err(
+            &format!("cannot bind queue {queue} to its socket"),
+            rc,
+        ));
+    }
+    Ok(())
 }
 
 /// What is attached to an interface now.

@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 
 #[repr(C)]
 struct IfReq {
@@ -28,6 +29,19 @@ pub struct Tap {
 impl Tap {
     /// Create TAP `name` (at most 15 bytes), non-blocking.
     pub fn create(name: &str) -> Result<Tap, String> {
+        Tap::open(name, 0)
+    }
+
+    /// A multi-queue TAP with `n` queues, one fd each (one per worker). The
+    /// kernel sends a flow's frames to the queue its last frame was written
+    /// from, which is the worker that owns it.
+    pub fn create_queues(name: &str, n: usize) -> Result<Vec<Tap>, String> {
+        (0..n.max(1))
+            .map(|_| Tap::open(name, IFF_MULTI_QUEUE))
+            .collect()
+    }
+
+    fn open(name: &str, extra: libc::c_short) -> Result<Tap, String> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(format!("bad device name {name:?}"));
         }
@@ -39,7 +53,7 @@ impl Tap {
             .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI,
+            flags: IFF_TAP | IFF_NO_PI | extra,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -71,7 +85,8 @@ impl Tap {
     }
 
     pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.file.write_all(frame)
+        // A TAP write is one frame, whole or not at all.
+        self.file.write(frame).map(|_| ())
     }
 }
 

@@ -121,6 +121,47 @@ pub struct Loaded {
 }
 
 pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyError>> {
+    load_sources_on(sources, None)
+}
+
+/// Host mode: the endpoint that claims one of `host` (this machine's
+/// addresses, most specific match) is the host endpoint, so `nodeSelector`
+/// and the `host` entity select it; when none claims any, an endpoint
+/// named "host" with exactly these addresses stands for it.
+fn mark_host(endpoints: &mut Vec<Endpoint>, host: &[std::net::IpAddr]) {
+    let mut claimed = false;
+    for ip in host {
+        let mut best: Option<(usize, u8)> = None;
+        for (i, e) in endpoints.iter().enumerate() {
+            for n in &e.nets {
+                if n.contains(ip) && best.is_none_or(|(_, l)| n.prefix_len() > l) {
+                    best = Some((i, n.prefix_len()));
+                }
+            }
+        }
+        if let Some((i, _)) = best {
+            claimed = true;
+            let e = &mut endpoints[i];
+            e.host = true;
+            e.labels.insert("reserved:host".into(), String::new());
+        }
+    }
+    if !claimed && !host.is_empty() {
+        let mut labels = super::selector::Labels::new();
+        labels.insert("reserved:host".into(), String::new());
+        endpoints.push(Endpoint {
+            name: "host".into(),
+            labels,
+            nets: host.iter().map(|&a| ipnet::IpNet::from(a)).collect(),
+            host: true,
+        });
+    }
+}
+
+pub fn load_sources_on(
+    sources: &[(String, String)],
+    host: Option<&[std::net::IpAddr]>,
+) -> Result<Loaded, Vec<PolicyError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut docs = Vec::new();
@@ -166,6 +207,9 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, Vec<PolicyEr
                 }
             }
         }
+    }
+    if let Some(h) = host {
+        mark_host(&mut endpoints, h);
     }
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut rule_files = Vec::new();
@@ -376,6 +420,13 @@ fn warn_empty_peers(
 }
 
 pub fn load_path(path: &Path) -> Result<Loaded, Vec<PolicyError>> {
+    load_path_on(path, None)
+}
+
+pub fn load_path_on(
+    path: &Path,
+    host: Option<&[std::net::IpAddr]>,
+) -> Result<Loaded, Vec<PolicyError>> {
     let mut sources = Vec::new();
     for f in files(path).map_err(|e| vec![e])? {
         let name = f.display().to_string();
@@ -391,5 +442,86 @@ pub fn load_path(path: &Path) -> Result<Loaded, Vec<PolicyError>> {
             }
         }
     }
-    load_sources(&sources)
+    load_sources_on(&sources, host)
+}
+
+#[cfg(test)]
+mod host_tests {
+    use crate::policy::{Policy, Proto};
+    use std::net::IpAddr;
+
+    const EPS: &str = "kind: Endpoints\nendpoints:\n\
+        - name: server\n  labels: {app: srv}\n  addresses: [\"10.0.0.2\", \"fd00::2\"]\n\
+        - name: net\n  labels: {app: lan}\n  addresses: [\"10.0.0.0/24\"]\n\
+        - name: ship\n  labels: {class: spaceship}\n  addresses: [\"10.0.0.9\"]\n";
+    const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\n\
+        metadata: {name: fw}\nspec:\n  nodeSelector: {}\n  ingress:\n\
+        \x20 - fromEndpoints: [{matchLabels: {class: spaceship}}]\n\
+        \x20   toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn load(texts: &[&str], host: &[IpAddr]) -> Policy {
+        let src: Vec<(String, String)> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("f{i}.yaml"), t.to_string()))
+            .collect();
+        Policy::from_sources_on_host(&src, host).unwrap()
+    }
+
+    #[test]
+    fn the_most_specific_endpoint_claiming_an_address_is_the_host() {
+        let p = load(&[EPS, CCNP], &[ip("10.0.0.2")]);
+        let (i, selected) = p.host_endpoint(&[ip("10.0.0.2")]).unwrap();
+        assert_eq!(p.model().endpoints[i].name, "server", "not the /24");
+        assert!(selected, "nodeSelector selects the host");
+        assert!(!p.model().endpoints[1].host);
+        // The host firewall is enforced on it, and only on it.
+        let d = |s: &str, dst: &str| p.decide(ip(s), ip(dst), Proto::Tcp, 80).allowed;
+        assert!(d("10.0.0.9", "10.0.0.2"));
+        assert!(!d("10.0.0.7", "10.0.0.2"));
+        assert!(
+            d("10.0.0.7", "10.0.0.5"),
+            "other endpoints are not the host"
+        );
+    }
+
+    #[test]
+    fn unclaimed_addresses_become_an_endpoint_of_their_own() {
+        let eps = "kind: Endpoints\nendpoints:\n\
+            - name: ship\n  labels: {class: spaceship}\n  addresses: [\"10.0.0.9\"]\n";
+        let p = load(&[eps, CCNP], &[ip("10.0.0.2"), ip("fd00::2")]);
+        let (i, selected) = p.host_endpoint(&[ip("fd00::2")]).unwrap();
+        let e = &p.model().endpoints[i];
+        assert_eq!(e.name, "host");
+        assert_eq!(e.nets.len(), 2);
+        assert!(selected);
+        assert_eq!(p.identity(ip("fd00::2")), "host");
+        assert!(
+            !p.decide(ip("10.0.0.7"), ip("fd00::2"), Proto::Tcp, 80)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn a_host_no_rule_selects_is_reported_and_plain_loading_marks_nothing() {
+        let p = load(&[EPS], &[ip("10.0.0.2")]);
+        assert_eq!(
+            p.host_endpoint(&[ip("10.0.0.2")]).map(|(_, s)| s),
+            Some(false)
+        );
+        let plain = Policy::from_sources(&[
+            ("e.yaml".into(), EPS.into()),
+            ("c.yaml".into(), CCNP.into()),
+        ])
+        .unwrap();
+        assert_eq!(
+            plain.host_endpoint(&[ip("10.0.0.2")]),
+            None,
+            "no host outside host mode"
+        );
+    }
 }

@@ -261,6 +261,31 @@ impl Policy {
         load::load_path(path).map(Policy::from_loaded)
     }
 
+    /// Load for host mode on a machine with addresses `host`: the endpoint
+    /// claiming them is the host endpoint (see `host_endpoint`).
+    pub fn load_on_host(path: &Path, host: &[IpAddr]) -> Result<Policy, Vec<PolicyError>> {
+        load::load_path_on(path, Some(host)).map(Policy::from_loaded)
+    }
+
+    /// `from_sources` for host mode.
+    pub fn from_sources_on_host(
+        sources: &[(String, String)],
+        host: &[IpAddr],
+    ) -> Result<Policy, Vec<PolicyError>> {
+        load::load_sources_on(sources, Some(host)).map(Policy::from_loaded)
+    }
+
+    /// The host endpoint owning one of `addrs` (this machine's addresses),
+    /// and whether any rule selects it.
+    pub fn host_endpoint(&self, addrs: &[IpAddr]) -> Option<(usize, bool)> {
+        let i = addrs
+            .iter()
+            .filter_map(|a| self.model.ident(*a))
+            .find(|&i| self.model.endpoints[i].host)?;
+        let selected = self.model.rules.iter().any(|r| r.subject_ids.contains(&i));
+        Some((i, selected))
+    }
+
     /// Load from text; `file` names it in errors.
     pub fn from_str(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         load::load_sources(&[(file.to_string(), text.to_string())]).map(Policy::from_loaded)

@@ -118,6 +118,8 @@ pub struct Lab {
     pub prefix: String,
     enforcer: Option<Running>,
     pub log: PathBuf,
+    /// Host mode: no wire namespace; the enforcer runs on the server's eth0.
+    pub host_mode: bool,
 }
 
 fn lab_sh(prefix: &str, queues: u32, args: &[&str]) -> Output {
@@ -136,13 +138,28 @@ impl Lab {
     }
 
     pub fn up_with(prefix: &str, queues: u32) -> Option<Lab> {
+        Lab::bring_up(prefix, queues, false)
+    }
+
+    /// A host-mode lab (`lab.sh up --host-mode`): the server on the clients'
+    /// segment, the enforcer on its own eth0.
+    pub fn up_host(prefix: &str) -> Option<Lab> {
+        Lab::bring_up(prefix, 2, true)
+    }
+
+    fn bring_up(prefix: &str, queues: u32, host_mode: bool) -> Option<Lab> {
         if !available() {
             return None;
         }
         let prefix = &unique(prefix);
         // Labs of runs that died without tearing down (owner gone).
         lab_sh(prefix, queues, &["gc"]);
-        let out = lab_sh(prefix, queues, &["up"]);
+        let up: &[&str] = if host_mode {
+            &["up", "--host-mode"]
+        } else {
+            &["up"]
+        };
+        let out = lab_sh(prefix, queues, up);
         assert!(
             out.status.success(),
             "lab up failed:\n{}{}",
@@ -153,6 +170,7 @@ impl Lab {
             prefix: prefix.into(),
             enforcer: None,
             log: PathBuf::from(format!("/run/enforcer-lab/{prefix}/verdicts.jsonl")),
+            host_mode,
         })
     }
 
@@ -225,20 +243,27 @@ impl Lab {
             .to_string()
     }
 
-    /// Start the enforcer on cli0/srv0 and wait for its `ready` line.
+    /// The namespace the enforcer runs in: the wire's, or in host mode the
+    /// server's.
+    pub fn enforcer_host(&self) -> &'static str {
+        if self.host_mode {
+            "server"
+        } else {
+            "enf"
+        }
+    }
+
+    /// Start the enforcer (inline: on cli0/srv0; host mode: on the server's
+    /// eth0) and wait for its `ready` line.
     pub fn start(&mut self, mode: Mode<'_>, extra: &[&str]) -> Result<(), String> {
         assert!(self.enforcer.is_none(), "enforcer already running");
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.ns("enf"),
-            BIN,
-            "--iface",
-            "cli0",
-            "--peer",
-            "srv0",
-        ]);
+        cmd.args(["netns", "exec", &self.ns(self.enforcer_host()), BIN]);
+        if self.host_mode {
+            cmd.args(["--iface", "eth0"]);
+        } else {
+            cmd.args(["--iface", "cli0", "--peer", "srv0"]);
+        }
         match mode {
             Mode::Policy(p) => {
                 cmd.arg("--policy").arg(p);
@@ -393,10 +418,30 @@ impl Lab {
 
     /// XDP programs attached in the enforcer's namespace (`ip -o link` lines).
     pub fn xdp_links(&self) -> Vec<String> {
-        let out = self.exec("enf", &["ip", "-o", "link"]);
+        let out = self.exec(self.enforcer_host(), &["ip", "-o", "link"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("xdp"))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The running enforcer's `ready` line.
+    pub fn ready_line(&self) -> String {
+        self.enforcer_stdout()
+            .into_iter()
+            .find(|l| l.starts_with("ready "))
+            .unwrap_or_default()
+    }
+
+    /// Host mode: what the enforcer adds to the server and must remove — its
+    /// TAP, XDP program, policy-routing rules (table 0xe7f0 = 59376), routes
+    /// in that table and neighbour entries on the TAP. Empty when clean.
+    pub fn host_leftovers(&self) -> Vec<String> {
+        let script = "ip -o link | grep -E ': enf[0-9]+[:@]' ; ip -o link | grep -w xdp ;                       ip -4 rule | grep 59376 ; ip -6 rule | grep 59376 ;                       ip -4 route show table 59376 2>/dev/null ; ip -6 route show table 59376 2>/dev/null ;                       ip neigh show | grep -E 'dev enf[0-9]+ ' ; true";
+        stdout(&self.sh("server", script))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
             .map(String::from)
             .collect()
     }

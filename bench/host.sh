@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Host-mode lab benchmark: the same loads against the same server, first
+# with no enforcer (the kernel alone), then with `enforcer --iface eth0`
+# running on the server itself (seed policies, L7 rules on), in one run.
+#
+#   sudo bash bench/host.sh [SECONDS]        (default 10 s per load)
+#
+# HTTP: wrk from a-wing to nginx on the server (GET /v1/, allowed by the
+# Star Wars rules). memcached: bench/loadgen.rs from a-wing (get
+# awing-coord, allowed by the seed policy), 4 connections x 8 pipelined
+# requests. Enforcer CPU per request comes from /proc (utime+stime).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+source scripts/lib/deps.sh
+install_deps
+command -v nginx >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+cargo build --release -q --bin enforcer --example loadgen
+BIN=target/release/enforcer
+LOADGEN=target/release/examples/loadgen
+
+P=hbench$$
+STATE=/run/enforcer-lab/$P
+lab() { bash scripts/lab.sh -p "$P" -q 2 "$@"; }
+nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
+ENF_PID=""
+cleanup() {
+  [ -n "$ENF_PID" ] && kill "$ENF_PID" 2>/dev/null && wait "$ENF_PID" 2>/dev/null || true
+  lab down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+lab up --host-mode >/dev/null
+# nginx takes port 80 from the deathstar app: a Python server would be the bottleneck.
+for pid in $(nsx server ss -ltnpH 'sport = :80' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
+sleep 0.3
+cat > "$STATE/nginx.conf" <<NGINX
+worker_processes 1;
+daemon on;
+pid $STATE/nginx.pid;
+error_log $STATE/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 80 reuseport;
+    listen [::]:80 reuseport;
+    location / { return 200 "ok\n"; }
+  }
+}
+NGINX
+nsx server nginx -c "$STATE/nginx.conf"
+
+http_rps() { # prints "req/s errors"
+  local out rps err
+  out=$(nsx awing wrk -t1 -c16 -d"${DUR}s" http://10.66.0.2/v1/ 2>&1)
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  err=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(",",""); n+=$4+$6+$8+$10} END {print n+0}' <<<"$out")
+  echo "${rps:-0} ${err:-0}"
+}
+mc_ops() { # prints "ops/s errors"
+  local out
+  out=$(nsx awing "$LOADGEN" 10.66.0.2:11211 --conns 4 --depth 8 --seconds "$DUR")
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["ops_per_s"], d["errors"])' "$out"
+}
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
+  nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
+}
+
+echo "baseline: the same server, no enforcer" >&2
+printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
+read -r B_HTTP B_HTTP_ERR < <(http_rps)
+read -r B_MC B_MC_ERR < <(mc_ops)
+B_PING=$(ping_avg_us)
+
+echo "enforcer: host mode on the server's eth0, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
+# shellcheck disable=SC2086
+ip netns exec "$P-server" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
+  >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
+ENF_PID=$!
+for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
+T0=$(cpu_ticks "$ENF_PID")
+read -r E_HTTP E_HTTP_ERR < <(http_rps)
+T1=$(cpu_ticks "$ENF_PID")
+read -r E_MC E_MC_ERR < <(mc_ops)
+T2=$(cpu_ticks "$ENF_PID")
+E_PING=$(ping_avg_us)
+HZ=$(getconf CLK_TCK)
+kill -USR1 "$ENF_PID"
+sleep 0.3
+
+python3 - "$DUR" "$HZ" "$B_HTTP" "$B_HTTP_ERR" "$E_HTTP" "$E_HTTP_ERR" "$B_MC" "$B_MC_ERR" "$E_MC" "$E_MC_ERR" "$T0" "$T1" "$T2" "$B_PING" "$E_PING" <<'PY'
+import json, sys
+dur, hz, bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2, bp, ep = sys.argv[1:]
+dur, hz = float(dur), float(hz)
+bh, eh, bm, em = map(float, (bh, eh, bm, em))
+t0, t1, t2 = map(float, (t0, t1, t2))
+http_us = (t1 - t0) / hz / max(eh * dur, 1) * 1e6
+mc_us = (t2 - t1) / hz / max(em * dur, 1) * 1e6
+r = {
+  "http": {"no_enforcer_rps": bh, "host_mode_rps": eh, "ratio": round(eh / bh, 3) if bh else None,
+           "errors": {"no_enforcer": int(bhe), "host_mode": int(ehe)}, "enforcer_cpu_us_per_req": round(http_us, 2)},
+  "memcached": {"no_enforcer_ops": bm, "host_mode_ops": em, "ratio": round(em / bm, 3) if bm else None,
+                "errors": {"no_enforcer": int(bme), "host_mode": int(eme)}, "enforcer_cpu_us_per_op": round(mc_us, 2)},
+  "ping_rtt_avg_us": {"no_enforcer": int(bp or 0), "host_mode": int(ep or 0)},
+  "seconds_per_load": dur,
+}
+print(json.dumps(r, indent=2))
+PY
+echo "enforcer counters:" >&2
+grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 >&2 || true

@@ -1,0 +1,301 @@
+//! Host mode's life cycle around the workers: which addresses are this
+//! host, what a dead run left, the re-entry TAP and the routes into it, the
+//! steering program, the neighbour snapshot, and undoing all of it.
+//!
+//! Order matters. Start: stale leftovers go, the TAP and its routes come
+//! up, workers bind their sockets into the XSKMAP, and only then is the
+//! steering program attached, so no frame is steered before a socket
+//! waits for it. Stop: the program goes first (inbound frames reach the
+//! kernel directly again), then the rules (the host's replies leave
+//! directly), and the workers last, so that no frame in between is lost.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::worker::{HostMacs, Shared};
+use crate::hostmode::l2::{self, Mac};
+use crate::hostmode::routes::{self, HostRouting};
+use crate::hostmode::steer::{self, Attached, FailMode, Steering};
+use crate::hostmode::tap::Tap;
+
+const STATE_DIR: &str = "/run/enforcer";
+/// How often the neighbour snapshot is read again without a reason (a miss
+/// reads it at once): next hops are mostly learned from the wire's frames.
+const NEIGH_REFRESH: Duration = Duration::from_secs(5);
+/// After a miss: give the kernel this long to resolve before re-reading.
+const NEIGH_SETTLE: Duration = Duration::from_millis(100);
+
+/// The global addresses of `iface` (link-local ones stay the kernel's: ND
+/// and DHCP need them, and nothing is served there).
+pub fn addresses(iface: &str) -> Result<Vec<IpAddr>, String> {
+    let out = routes::ip(&["-j", "addr", "show", "dev", iface])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("ip -j addr: {e}"))?;
+    let mut addrs = Vec::new();
+    for info in v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("addr_info").and_then(|a| a.as_array()))
+        .flatten()
+    {
+        if info.get("scope").and_then(|s| s.as_str()) != Some("global") {
+            continue;
+        }
+        if let Some(a) = info
+            .get("local")
+            .and_then(|s| s.as_str())
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!(
+            "interface {iface} has no global address: host mode protects the addresses of \
+             --iface (ip addr add ADDR/LEN dev {iface})"
+        ));
+    }
+    Ok(addrs)
+}
+
+pub fn iface_mac(iface: &str) -> Result<Mac, String> {
+    fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .ok()
+        .and_then(|s| l2::parse_mac(s.trim()))
+        .ok_or_else(|| format!("cannot read the MAC address of {iface}"))
+}
+
+pub fn iface_mtu(iface: &str) -> Option<u32> {
+    fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The TAP's name: `enf` + the interface's index (unique, short enough).
+pub fn tap_name(ifindex: u32) -> String {
+    format!("enf{ifindex}")
+}
+
+/// Locally administered MACs, distinct per interface: the TAP's, and the
+/// fake gateway's the kernel sends the host's traffic to.
+pub fn macs(ifindex: u32) -> (Mac, Mac) {
+    let i = ifindex.to_be_bytes();
+    (
+        [0x02, 0xe7, i[0], i[1], i[2], i[3]],
+        [0x06, 0xe7, i[0], i[1], i[2], i[3]],
+    )
+}
+
+fn state_file(iface: &str) -> PathBuf {
+    let ns = fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    PathBuf::from(STATE_DIR).join(format!("{ns}-{iface}.host"))
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// What `claim` found left by an earlier run.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub program: bool,
+    pub rules: usize,
+    pub sysctls: usize,
+}
+
+impl Leftovers {
+    pub fn any(&self) -> bool {
+        self.program || self.rules > 0 || self.sysctls > 0
+    }
+}
+
+/// Refuse a live enforcer or a foreign XDP program; remove what a dead run
+/// left (its program when it failed closed, rules, sysctls it changed).
+pub fn claim(iface: &str, ifindex: u32) -> Result<Leftovers, String> {
+    let sf = state_file(iface);
+    let state = fs::read_to_string(&sf).unwrap_or_default();
+    let mut owner = None;
+    let mut sysctls = Vec::new();
+    for line in state.lines() {
+        let mut w = line.splitn(3, ' ');
+        match (w.next(), w.next(), w.next()) {
+            (Some("pid"), Some(p), None) => owner = p.parse::<i32>().ok(),
+            (Some("sysctl"), Some(k), Some(v)) => sysctls.push((k.to_string(), v.to_string())),
+            _ => {}
+        }
+    }
+    let me = std::process::id() as i32;
+    if let Some(pid) = owner.filter(|&p| p != me && pid_alive(p)) {
+        return Err(format!(
+            "interface {iface} is already used by enforcer pid {pid}"
+        ));
+    }
+    if super::iface::xdp_programs(ifindex)
+        .iter()
+        .any(|n| n == "xsk_def_prog")
+    {
+        return Err(format!(
+            "interface {iface} carries an inline enforcer's XDP program; stop it first \
+             (or: ip link set dev {iface} xdp off)"
+        ));
+    }
+    let mut left = Leftovers::default();
+    match steer::query(ifindex as i32)? {
+        Attached::Nothing => {}
+        Attached::Ours { .. } => left.program = steer::remove_stale(ifindex as i32)?,
+        Attached::Foreign { name, .. } => {
+            return Err(format!(
+                "interface {iface} already has an XDP program ({name}) that is not ours; \
+                 remove it first (ip link set dev {iface} xdp off) or pick another interface"
+            ))
+        }
+    }
+    left.rules = routes::remove_stale();
+    for (k, v) in sysctls {
+        if routes::write_sysctl(&k, &v).is_ok() {
+            left.sysctls += 1;
+        }
+    }
+    fs::create_dir_all(STATE_DIR).map_err(|e| format!("{STATE_DIR}: {e}"))?;
+    fs::write(&sf, format!("pid {me}\n")).map_err(|e| format!("{}: {e}", sf.display()))?;
+    Ok(left)
+}
+
+/// Forget the interface (start failed before `HostMode` existed).
+pub fn release(iface: &str) {
+    let _ = fs::remove_file(state_file(iface));
+}
+
+/// Everything host mode added, undone on drop in the order the module
+/// comment gives.
+pub struct HostMode {
+    pub iface: String,
+    pub ifindex: u32,
+    pub addrs: Vec<IpAddr>,
+    pub macs: HostMacs,
+    pub tap: String,
+    steering: Steering,
+    routing: Option<HostRouting>,
+    misses: Receiver<IpAddr>,
+    asked: HashMap<IpAddr, Instant>,
+    last_read: Instant,
+    read_at: Option<Instant>,
+}
+
+impl HostMode {
+    /// The TAP (one queue per worker), its routes, the loaded (not yet
+    /// attached) steering program. Returns the TAP queues for the workers.
+    pub fn setup(
+        iface: &str,
+        ifindex: u32,
+        addrs: Vec<IpAddr>,
+        workers: usize,
+        fail: FailMode,
+        misses: Receiver<IpAddr>,
+    ) -> Result<(HostMode, Vec<Tap>), String> {
+        let (tap_mac, gw_mac) = macs(ifindex);
+        let macs = HostMacs {
+            iface: iface_mac(iface)?,
+            tap: tap_mac,
+        };
+        let tap = tap_name(ifindex);
+        let taps = Tap::create_queues(&tap, workers)?;
+        if let Some(mtu) = iface_mtu(iface) {
+            routes::ip(&["link", "set", "dev", &tap, "mtu", &mtu.to_string()])?;
+        }
+        let steering = Steering::load(fail)?;
+        for a in &addrs {
+            steering.add_host_addr(*a)?;
+        }
+        let routing = HostRouting::setup(&tap, tap_mac, gw_mac, &addrs)?;
+        let sf = state_file(iface);
+        let mut state = format!("pid {}\n", std::process::id());
+        for (k, v) in routing.changed_sysctls() {
+            state.push_str(&format!("sysctl {k} {v}\n"));
+        }
+        fs::write(&sf, state).map_err(|e| format!("{}: {e}", sf.display()))?;
+        Ok((
+            HostMode {
+                iface: iface.to_string(),
+                ifindex,
+                addrs,
+                macs,
+                tap,
+                steering,
+                routing: Some(routing),
+                misses,
+                asked: HashMap::new(),
+                last_read: Instant::now() - NEIGH_REFRESH,
+                read_at: None,
+            },
+            taps,
+        ))
+    }
+
+    pub fn xsk_map(&self) -> std::os::fd::RawFd {
+        self.steering.xsks_fd()
+    }
+
+    /// Start steering: every worker's socket is in the XSKMAP by now.
+    pub fn attach(&mut self) -> Result<(), String> {
+        self.steering.attach(self.ifindex as i32)
+    }
+
+    /// Control-thread duty, every few tens of ms: have the kernel resolve
+    /// next hops the workers missed, and hand them fresh neighbours.
+    pub fn tick(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        for ip in self.misses.try_iter() {
+            // One request per address per second is plenty.
+            if self
+                .asked
+                .get(&ip)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
+            {
+                continue;
+            }
+            if self.asked.len() > 4096 {
+                self.asked.clear();
+            }
+            self.asked.insert(ip, now);
+            routes::resolve(&self.iface, ip);
+            self.read_at.get_or_insert(now + NEIGH_SETTLE);
+        }
+        let due = self.read_at.is_some_and(|t| now >= t)
+            || now.duration_since(self.last_read) >= NEIGH_REFRESH;
+        if due {
+            self.read_at = None;
+            self.last_read = now;
+            let n = l2::read_neighbors(&self.iface);
+            *shared.neighbors.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(n);
+            shared.neighbors_gen.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Stop enforcing: inbound frames and the host's replies go directly.
+    pub fn stop(&mut self) {
+        self.steering.detach();
+        if let Some(mut r) = self.routing.take() {
+            r.teardown();
+        }
+    }
+}
+
+impl Drop for HostMode {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_file(state_file(&self.iface));
+    }
+}

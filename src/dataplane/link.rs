@@ -1,0 +1,265 @@
+//! A link is one side of one worker: what the loop receives from and sends
+//! to. Inline mode has two AF_XDP links per worker; host mode has an AF_XDP
+//! link on `--iface` and a TAP link into the kernel. Every link works on
+//! UMEM frames: the TAP reads into and writes from them, so no frame is
+//! allocated or copied beyond the one `read`/`write`.
+//!
+//! In host mode each link also rewrites L2 on the way out (the engine never
+//! sees MAC addresses change): frames into the TAP get its MAC as
+//! destination, frames onto the wire get `--iface`'s MAC as source and the
+//! next hop's as destination, learned from the wire's own frames.
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use xsk_rs::{FrameDesc, Umem};
+
+use super::stats::DpCounters;
+use super::xsk::{Xsk, BATCH};
+use crate::hostmode::l2::{Mac, Neighbors, L2};
+use crate::hostmode::tap::Tap;
+use crate::verdict::Side;
+
+enum Io {
+    Xsk(Xsk),
+    /// A TAP queue, and how many more turns to skip before reading it again.
+    Tap(Tap, u32),
+}
+
+/// An empty TAP costs a `read` syscall to find out (an AF_XDP ring costs a
+/// memory load): after one comes back empty, skip this many loop turns
+/// before trying again, unless poll() says it is readable. A spinning worker
+/// then spends a fifth of the syscalls on an idle TAP, for a delay of a few
+/// turns (microseconds) on the host's next frame.
+const TAP_IDLE_SKIP: u32 = 4;
+
+/// What a link does to a frame's MAC addresses before it leaves.
+pub enum Rewrite {
+    /// Inline: frames leave exactly as they came.
+    None,
+    /// Into the host through the TAP: destination = the TAP's MAC.
+    ToHost(Mac),
+    /// Onto `--iface` in host mode: learned next hops, else the kernel's
+    /// neighbours (a snapshot the control thread refreshes).
+    ToWire { l2: L2, neighbors: Arc<Neighbors> },
+}
+
+pub struct Link {
+    pub side: Side,
+    io: Io,
+    rewrite: Rewrite,
+}
+
+impl Link {
+    pub fn xsk(side: Side, x: Xsk, rewrite: Rewrite) -> Link {
+        Link {
+            side,
+            io: Io::Xsk(x),
+            rewrite,
+        }
+    }
+
+    pub fn tap(side: Side, t: Tap, rewrite: Rewrite) -> Link {
+        Link {
+            side,
+            io: Io::Tap(t, 0),
+            rewrite,
+        }
+    }
+
+    /// The fd to sleep on in poll() (readable when frames wait).
+    pub fn pollfd(&self) -> RawFd {
+        match &self.io {
+            Io::Xsk(x) => x.fd(),
+            Io::Tap(t, _) => t.as_raw_fd(),
+        }
+    }
+
+    /// Frames the kernel finished sending, back to the free list (a TAP
+    /// write completes at once, so it has none).
+    pub fn reclaim(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> usize {
+        match &mut self.io {
+            Io::Xsk(x) => x.reclaim(free, scratch),
+            Io::Tap(..) => 0,
+        }
+    }
+
+    /// poll() woke us: read a TAP at once.
+    pub fn woken(&mut self) {
+        if let Io::Tap(_, skip) = &mut self.io {
+            *skip = 0;
+        }
+    }
+
+    /// Received frames into `into`; returns how many. A TAP reads each frame
+    /// into a free UMEM frame; with none free it leaves them queued.
+    pub fn recv(
+        &mut self,
+        umem: &Umem,
+        free: &mut Vec<FrameDesc>,
+        into: &mut [FrameDesc],
+    ) -> usize {
+        let n = match &mut self.io {
+            Io::Xsk(x) => x.recv(into),
+            Io::Tap(_, skip) if *skip > 0 => {
+                *skip -= 1;
+                0
+            }
+            Io::Tap(t, skip) => {
+                let mut n = 0;
+                while n < into.len().min(BATCH) {
+                    let Some(mut d) = free.pop() else { break };
+                    let got = {
+                        // SAFETY: a free frame is referenced by no ring.
+                        let mut data = unsafe { umem.data_mut(&mut d) };
+                        // Open the whole data room, read, then trim to the frame.
+                        let mut c = data.cursor();
+                        let room = c.buf_len();
+                        c.set_pos(room);
+                        let got = t.recv(data.contents_mut());
+                        let len = match got {
+                            Ok(Some(l)) => l,
+                            _ => 0,
+                        };
+                        data.cursor().set_pos(len);
+                        len
+                    };
+                    if got == 0 {
+                        free.push(d);
+                        if n == 0 {
+                            *skip = TAP_IDLE_SKIP;
+                        }
+                        break;
+                    }
+                    into[n] = d;
+                    n += 1;
+                }
+                n
+            }
+        };
+        if let Rewrite::ToWire { l2, .. } = &mut self.rewrite {
+            for d in into.iter().take(n) {
+                // SAFETY: just received; only we refer to it.
+                let data = unsafe { umem.data(d) };
+                l2.learn(data.contents());
+            }
+        }
+        n
+    }
+
+    /// Remember the sender of a frame of this side that another worker
+    /// received and handed over.
+    pub fn observe(&mut self, frame: &[u8]) {
+        if let Rewrite::ToWire { l2, .. } = &mut self.rewrite {
+            l2.learn(frame);
+        }
+    }
+
+    pub fn set_neighbors(&mut self, n: Arc<Neighbors>) {
+        if let Rewrite::ToWire { neighbors, .. } = &mut self.rewrite {
+            *neighbors = n;
+        }
+    }
+
+    /// Send `frames` (all of them leave the vector: sent, or freed and
+    /// counted). Next hops that cannot be addressed go to `misses`.
+    pub fn send(
+        &mut self,
+        umem: &Umem,
+        frames: &mut Vec<FrameDesc>,
+        free: &mut Vec<FrameDesc>,
+        dp: &mut DpCounters,
+        misses: Option<&Sender<IpAddr>>,
+    ) -> usize {
+        match &self.rewrite {
+            Rewrite::None => {}
+            Rewrite::ToHost(mac) => {
+                for d in frames.iter_mut() {
+                    // SAFETY: pending frames are ours until sent.
+                    let mut data = unsafe { umem.data_mut(d) };
+                    L2::address_to(data.contents_mut(), mac);
+                }
+            }
+            Rewrite::ToWire { l2, neighbors } => {
+                let mut kept = 0;
+                for i in 0..frames.len() {
+                    let mut d = frames[i];
+                    let ok = {
+                        // SAFETY: as above.
+                        let mut data = unsafe { umem.data_mut(&mut d) };
+                        l2.to_wire(data.contents_mut(), neighbors)
+                    };
+                    match ok {
+                        Ok(()) => {
+                            frames[kept] = d;
+                            kept += 1;
+                        }
+                        Err(miss) => {
+                            dp.no_next_hop += 1;
+                            if let (Some(ip), Some(tx)) = (miss, misses) {
+                                let _ = tx.try_send(ip);
+                            }
+                            free.push(d);
+                        }
+                    }
+                }
+                frames.truncate(kept);
+            }
+        }
+        match &mut self.io {
+            Io::Xsk(x) => x.send(frames, free, dp),
+            Io::Tap(t, _) => {
+                let mut sent = 0;
+                for mut d in frames.drain(..) {
+                    let ok = {
+                        // SAFETY: as above.
+                        let data = unsafe { umem.data_mut(&mut d) };
+                        t.send(data.contents()).is_ok()
+                    };
+                    if ok {
+                        sent += 1;
+                    } else {
+                        dp.tx_ring_full += 1;
+                    }
+                    free.push(d);
+                }
+                dp.tx_frames += sent as u64;
+                sent
+            }
+        }
+    }
+
+    pub fn kick(&mut self) {
+        if let Io::Xsk(x) = &mut self.io {
+            x.kick();
+        }
+    }
+
+    pub fn kick_rx(&mut self) {
+        if let Io::Xsk(x) = &mut self.io {
+            x.kick_rx();
+        }
+    }
+
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>) {
+        if let Io::Xsk(x) = &mut self.io {
+            x.refill(free);
+        }
+    }
+
+    /// At exit: frames still on this link's rings (after letting TX finish).
+    pub fn settle(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> u64 {
+        match &mut self.io {
+            Io::Xsk(x) => x.settle(free, scratch),
+            Io::Tap(..) => 0,
+        }
+    }
+
+    pub fn stats(&self, dp: &mut DpCounters) {
+        if let Io::Xsk(x) = &self.io {
+            x.stats(dp);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Dataplane counters of one worker (the engine counts its own) and what a
+//! worker publishes for the control thread.
+
+use serde::Serialize;
+
+use crate::counters::Counters;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DpCounters {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// Frames that could not be sent: TX ring full (or the TAP refused them).
+    pub tx_ring_full: u64,
+    /// Emitted or handed-over frames dropped for want of a free UMEM frame.
+    pub no_free_frame: u64,
+    /// Emitted frames larger than a UMEM frame.
+    pub frame_too_large: u64,
+    pub handoff_out: u64,
+    pub handoff_in: u64,
+    /// Frames for another worker dropped because its channel was full.
+    pub handoff_full: u64,
+    /// Verdict events dropped because the logger fell behind.
+    pub events_dropped: u64,
+    /// Host mode: frames towards the wire whose next hop's MAC is not known
+    /// yet (dropped; the kernel is asked to resolve it, TCP retransmits).
+    pub no_next_hop: u64,
+    /// Kernel-side AF_XDP statistics, summed over this worker's sockets.
+    pub xdp_rx_dropped: u64,
+    pub xdp_rx_ring_full: u64,
+    pub xdp_fill_ring_empty: u64,
+    pub xdp_invalid_descs: u64,
+    /// Frames given to / taken from the spare pool that rebalances the
+    /// shared UMEM between workers.
+    pub frames_to_spare: u64,
+    pub frames_from_spare: u64,
+    /// Engine panics survived (frame dropped, worker's engine replaced).
+    pub engine_panics: u64,
+    /// At exit: UMEM frames neither free nor on a ring (a leak if not 0).
+    pub umem_frames_unaccounted: u64,
+}
+
+impl DpCounters {
+    pub fn merge(&mut self, o: &DpCounters) {
+        self.rx_frames += o.rx_frames;
+        self.tx_frames += o.tx_frames;
+        self.tx_ring_full += o.tx_ring_full;
+        self.no_free_frame += o.no_free_frame;
+        self.frame_too_large += o.frame_too_large;
+        self.handoff_out += o.handoff_out;
+        self.handoff_in += o.handoff_in;
+        self.handoff_full += o.handoff_full;
+        self.events_dropped += o.events_dropped;
+        self.no_next_hop += o.no_next_hop;
+        self.xdp_rx_dropped += o.xdp_rx_dropped;
+        self.xdp_rx_ring_full += o.xdp_rx_ring_full;
+        self.xdp_fill_ring_empty += o.xdp_fill_ring_empty;
+        self.xdp_invalid_descs += o.xdp_invalid_descs;
+        self.frames_to_spare += o.frames_to_spare;
+        self.frames_from_spare += o.frames_from_spare;
+        self.engine_panics += o.engine_panics;
+        self.umem_frames_unaccounted += o.umem_frames_unaccounted;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    pub dp: DpCounters,
+    pub engine: Counters,
+    /// At exit: UMEM frames this worker holds (free list and rings).
+    pub frames_held: u64,
+}

@@ -1,0 +1,241 @@
+//! AF_XDP socket and ring operations: the shared UMEM, one socket per owned
+//! RX queue, and the four rings of each (RX, TX, fill, completion).
+
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+use super::stats::DpCounters;
+use crate::verdict::Side;
+
+pub const FRAME_SIZE: u32 = 4096;
+/// Data room of a UMEM frame: the frame minus the kernel's XDP headroom.
+pub const FRAME_DATA: u32 = FRAME_SIZE - 256;
+pub const RING_SIZE: u32 = 1024;
+pub const BATCH: usize = 64;
+
+// Not every libc exports these.
+const SO_BUSY_POLL: libc::c_int = 46;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// Libxdp loads or updates the interface's XDP program while a socket is
+/// created; keep that one at a time.
+static SOCKET_SETUP: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub side: Side,
+    pub iface: String,
+    pub queue: u32,
+}
+
+/// An error with its causes, for messages that must say why.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn socket_err(q: &QueueSpec, what: impl std::fmt::Display) -> String {
+    format!("AF_XDP socket on {} queue {}: {what}", q.iface, q.queue)
+}
+
+/// The UMEM all workers share, and its frames.
+pub fn new_umem(frames: u32) -> Result<(Umem, Vec<FrameDesc>), String> {
+    let ring = QueueSize::new(RING_SIZE).map_err(|e| e.to_string())?;
+    let umem_cfg = UmemConfig::builder()
+        .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| e.to_string())?)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let n = NonZeroU32::new(frames).ok_or("--umem-frames must be positive")?;
+    Umem::new(umem_cfg, n, false).map_err(|e| format!("UMEM of {frames} frames: {}", chain(&e)))
+}
+
+fn set_busy_poll(fd: libc::c_int) -> bool {
+    // SAFETY: `val` lives across the call and its size is passed with it.
+    let set = |opt, val: libc::c_int| unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &val as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    };
+    let a = set(SO_PREFER_BUSY_POLL, 1);
+    let b = set(SO_BUSY_POLL, 20);
+    let c = set(SO_BUSY_POLL_BUDGET, BATCH as libc::c_int);
+    a && b && c
+}
+
+pub struct Xsk {
+    tx: TxQueue,
+    rx: RxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+    /// Frames on the TX ring not yet completed.
+    in_flight: usize,
+}
+
+/// How a socket gets its frames: libxdp's default program (inline), or our
+/// own steering program's XSKMAP (host mode; libxdp must not load its own).
+#[derive(Debug, Clone, Copy)]
+pub enum Steer {
+    Libxdp,
+    XskMap(RawFd),
+}
+
+impl Xsk {
+    /// Bind a socket to `q` on `umem` and give its fill ring `fill` frames
+    /// from `free`, so nothing arriving during setup finds the ring empty.
+    pub fn open(
+        umem: &Umem,
+        q: &QueueSpec,
+        steer: Steer,
+        busy: bool,
+        free: &mut Vec<FrameDesc>,
+        fill: usize,
+    ) -> Result<Xsk, String> {
+        let ring = QueueSize::new(RING_SIZE).map_err(|e| e.to_string())?;
+        let mut b = SocketConfig::builder();
+        b.rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP);
+        if matches!(steer, Steer::XskMap(_)) {
+            b.libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD);
+        }
+        let cfg = b.build();
+        let ifname: Interface = q.iface.parse().map_err(|e| socket_err(q, e))?;
+        let created = {
+            let _g = SOCKET_SETUP.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: each (interface, queue) is bound once in the process,
+            // so the shared UMEM is never bound twice to one pair.
+            unsafe { xsk_rs::Socket::new(cfg, umem, &ifname, q.queue) }
+        };
+        let (tx, rx, rings) = created.map_err(|e| socket_err(q, chain(&e)))?;
+        let (mut fq, cq) = rings.ok_or_else(|| socket_err(q, "no fill/completion rings"))?;
+        let start = free.len() - fill.min(free.len());
+        // SAFETY: the frames come from this UMEM and are owned by no ring.
+        let done = unsafe { fq.produce(&free[start..]) };
+        free.drain(start..start + done);
+        if busy && !set_busy_poll(rx.fd().as_raw_fd()) {
+            eprintln!(
+                "enforcer: busy-poll socket options not supported on {}",
+                q.iface
+            );
+        }
+        if let Steer::XskMap(map) = steer {
+            crate::hostmode::steer::bind(map, q.queue, rx.fd().as_raw_fd())
+                .map_err(|e| socket_err(q, e))?;
+        }
+        Ok(Xsk {
+            tx,
+            rx,
+            fq,
+            cq,
+            in_flight: 0,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Completed TX frames back to the free list.
+    pub fn reclaim(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> usize {
+        if self.in_flight == 0 {
+            return 0;
+        }
+        // SAFETY: descriptors are written by the ring, frames are ours again.
+        let n = unsafe { self.cq.consume(scratch) };
+        self.in_flight = self.in_flight.saturating_sub(n);
+        free.extend_from_slice(&scratch[..n]);
+        n
+    }
+
+    pub fn recv(&mut self, into: &mut [FrameDesc]) -> usize {
+        // SAFETY: the RX ring hands us frames of this UMEM.
+        unsafe { self.rx.consume(into) }
+    }
+
+    /// Put `frames` on the TX ring; what does not fit is counted and freed.
+    pub fn send(
+        &mut self,
+        frames: &mut Vec<FrameDesc>,
+        free: &mut Vec<FrameDesc>,
+        dp: &mut DpCounters,
+    ) -> usize {
+        // The ring takes a batch whole or not at all: offer what fits.
+        let room = (self.tx.nb_free(frames.len() as u32) as usize).min(frames.len());
+        // SAFETY: the frames are ours and hold the bytes to send.
+        let sent = unsafe { self.tx.produce(&frames[..room]) };
+        self.in_flight += sent;
+        dp.tx_frames += sent as u64;
+        dp.tx_ring_full += (frames.len() - sent) as u64;
+        free.extend(frames.drain(..).skip(sent));
+        sent
+    }
+
+    /// Copy mode transmits only when kicked.
+    pub fn kick(&mut self) {
+        if self.in_flight > 0 && self.tx.needs_wakeup() {
+            let _ = self.tx.wakeup();
+        }
+    }
+
+    /// Busy polling: let the kernel fill the RX ring when it asks to be woken.
+    pub fn kick_rx(&mut self) {
+        if self.fq.needs_wakeup() {
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>) {
+        let want = self.fq.nb_free(free.len() as u32) as usize;
+        if want > 0 {
+            let start = free.len() - want.min(free.len());
+            // SAFETY: free frames belong to no ring.
+            let done = unsafe { self.fq.produce(&free[start..]) };
+            free.drain(start..start + done);
+        }
+    }
+
+    /// At exit: let TX finish (copy mode needs kicks) and collect completions;
+    /// then the frames still on this socket's rings.
+    pub fn settle(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> u64 {
+        for _ in 0..50 {
+            if self.in_flight == 0 {
+                break;
+            }
+            let _ = self.tx.wakeup();
+            self.reclaim(free, scratch);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.in_flight as u64
+            + (RING_SIZE - self.fq.nb_free_exact().min(RING_SIZE)) as u64
+            + self.rx.nb_avail_exact() as u64
+    }
+
+    pub fn stats(&self, dp: &mut DpCounters) {
+        if let Ok(st) = self.rx.fd().xdp_statistics() {
+            dp.xdp_rx_dropped += st.rx_dropped();
+            dp.xdp_rx_ring_full += st.rx_ring_full();
+            dp.xdp_fill_ring_empty += st.rx_fill_ring_empty_descs();
+            dp.xdp_invalid_descs += st.rx_invalid_descs() + st.tx_invalid_descs();
+        }
+    }
+}

@@ -1,0 +1,773 @@
+//! Host mode end to end: `enforcer --iface eth0` on the server itself,
+//! which runs real memcached and the deathstar app, driven by the seeds'
+//! clients (bmemcached, pymemcache, nc, curl) from the lab's ships. Root
+//! only; under CI=true a missing prerequisite is a failure (see
+//! tests/lab/mod.rs). Run with --test-threads=1.
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::time::{Duration, Instant};
+
+use lab::{ok, repo, stdout, Lab, Mode, SERVER4};
+
+/// A policy directory with the endpoints and no policy.
+fn endpoints_only() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        repo("policies/endpoints.yaml"),
+        dir.path().join("endpoints.yaml"),
+    )
+    .expect("copy");
+    dir
+}
+
+/// A policy directory with the endpoints and the given files.
+fn dir_with(files: &[&str]) -> tempfile::TempDir {
+    let dir = endpoints_only();
+    for f in files {
+        let p = repo(f);
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).expect("copy");
+    }
+    dir
+}
+
+/// `printf CMD | nc SERVER 11211`, as the memcached guide runs it.
+fn nc(lab: &Lab, host: &str, cmd: &str) -> String {
+    let script = format!("printf '{cmd}' | nc -N -w 3 {SERVER4} 11211");
+    stdout(&lab.sh(host, &script))
+}
+
+/// Python with bmemcached on a host; `steps` print one line each.
+fn bmemcached(lab: &Lab, host: &str, steps: &str) -> Vec<String> {
+    let script = format!(
+        "import bmemcached\n\
+         client = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
+         def show(f):\n\
+         \x20   try:\n\
+         \x20       r = f()\n\
+         \x20       print(r.decode() if isinstance(r, bytes) else r)\n\
+         \x20   except bmemcached.exceptions.MemcachedException as e:\n\
+         \x20       print('MemcachedException', e.args)\n\
+         {steps}"
+    );
+    let out = lab.exec(host, &["python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+const DENIED8: &str = "MemcachedException (\"Code: 8 Message: b'access denied'\", 8)";
+
+fn http_code(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let mut a = vec![
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        "-g",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    a.extend_from_slice(args);
+    stdout(&lab.exec(host, &a))
+}
+
+/// Stop cleanly and check that nothing the enforcer added is left.
+fn stop_clean(lab: &mut Lab) -> serde_json::Value {
+    let st = lab.stop().expect("running");
+    assert_eq!(st.status.code(), Some(0), "{st:?}");
+    let left = lab.host_leftovers();
+    assert!(left.is_empty(), "left after a clean stop: {left:?}");
+    let c = st.counters().expect("counters");
+    assert_eq!(c["dataplane"]["engine_panics"], 0, "{c}");
+    assert_eq!(
+        c["dataplane"]["umem_frames_unaccounted"], 0,
+        "UMEM leak: {c}"
+    );
+    c
+}
+
+#[test]
+fn memcached_guide_in_host_mode() {
+    let prefix = "hmmc";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        // Steps 3 and 4: no policy selects the server yet: host mode refuses
+        // to start, and the server answers everyone directly.
+        let open = endpoints_only();
+        let e = lab.start(Mode::Policy(open.path()), &[]).unwrap_err();
+        assert!(e.contains("no policy selects this host"), "{e}");
+        let aw = bmemcached(
+            &lab,
+            "awing",
+            "show(lambda: client.set('awing-coord', '4309.432,918.980', time=2400))\n\
+             show(lambda: client.get('awing-coord'))\n",
+        );
+        assert_eq!(aw, ["True", "4309.432,918.980"]);
+        assert_eq!(
+            nc(
+                &lab,
+                "xwing",
+                "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
+            ),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            "VALUE awing-coord 0 16\r\n4309.432,918.980\r\nEND\r\n",
+            "over-privileged before the policy"
+        );
+
+        // Step 5: the seed policy, enforced by the server itself.
+        lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
+        let ready = lab.ready_line();
+        assert!(
+            ready.contains("mode=host")
+                && ready.contains("host=server")
+                && ready.contains("addresses=10.66.0.2,fd66::2"),
+            "{ready}"
+        );
+        assert_eq!(
+            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            "CLIENT_ERROR access denied\r\n"
+        );
+        let aw = bmemcached(
+            &lab,
+            "awing",
+            "show(lambda: client.get('awing-coord'))\n\
+             show(lambda: client.get('xwing-coord'))\n\
+             show(lambda: client.get('awing-coord'))\n\
+             show(lambda: client.set('awing-coord', '9852.542,892.1318', time=1200))\n\
+             show(lambda: client.get('awing-coord'))\n",
+        );
+        assert_eq!(
+            aw,
+            [
+                "4309.432,918.980",
+                DENIED8,
+                "4309.432,918.980",
+                "True",
+                "9852.542,892.1318"
+            ],
+            "the next get after a denial succeeds, no retry"
+        );
+        let tr = bmemcached(
+            &lab,
+            "tracker",
+            "show(lambda: client.get('xwing-coord'))\n\
+             show(lambda: client.set('awing-coord', '0.0,0.0', time=1200))\n\
+             show(lambda: client.get('awing-coord'))\n",
+        );
+        assert_eq!(tr, ["8893.34,234.3290", DENIED8, "9852.542,892.1318"]);
+        assert_eq!(
+            nc(
+                &lab,
+                "xwing",
+                "get xwing-coord\\r\\nget awing-coord\\r\\nget xwing-coord\\r\\n"
+            ),
+            "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n\
+             CLIENT_ERROR access denied\r\n\
+             VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
+        );
+        assert_eq!(
+            nc(&lab, "tracker", "get awing-coord xwing-coord\\r\\n"),
+            "CLIENT_ERROR access denied\r\n"
+        );
+        assert_eq!(
+            lab.memcache_roundtrip("awing", "awing-coord", "1.0,2.0"),
+            "1.0,2.0"
+        );
+        // No rule for the outsider: it cannot even connect.
+        assert_eq!(nc(&lab, "outsider", "get awing-coord\\r\\n"), "");
+        // IPv6 too.
+        let r = lab.sh(
+            "xwing",
+            "printf 'get awing-coord\\r\\n' | nc -N -w 3 fd66::2 11211",
+        );
+        assert_eq!(stdout(&r), "CLIENT_ERROR access denied\r\n");
+
+        let c = stop_clean(&mut lab);
+        assert!(
+            c["engine"]["l7_requests_denied"].as_u64().unwrap() >= 6,
+            "{c}"
+        );
+        let v = lab.verdicts();
+        assert!(
+            v.iter().any(|e| e["kind"] == "memcache"
+                && e["verdict"] == "deny"
+                && e["keys"][0] == "xwing-coord"),
+            "{v:?}"
+        );
+    }
+    lab::assert_clean(prefix);
+}
+
+#[test]
+fn starwars_in_host_mode_over_ipv4_and_ipv6() {
+    let prefix = "hmsw";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
+        assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
+        for base in ["http://10.66.0.2", "http://[fd66::2]"] {
+            let landing = lab.curl(
+                "awing",
+                &format!("{base}/v1/request-landing"),
+                &["-X", "POST"],
+            );
+            assert_eq!(stdout(&landing), "Ship landed\n");
+            let api = stdout(&lab.curl("xwing", &format!("{base}/v1/"), &[]));
+            assert!(api.contains("\"name\": \"Death Star\""), "{api}");
+            let port = stdout(&lab.curl(
+                "xwing",
+                &format!("{base}/v1/exhaust-port"),
+                &["-i", "-X", "PUT"],
+            ));
+            assert!(port.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{port}");
+            assert!(port.ends_with("Access denied\r\n"), "{port}");
+            let force = stdout(&lab.curl(
+                "xwing",
+                &format!("{base}/v1/exhaust-port"),
+                &["-i", "-X", "PUT", "-H", "X-Has-Force: true"],
+            ));
+            assert!(force.starts_with("HTTP/1.1 503"), "{force}");
+            assert!(force.contains("Panic: deathstar exploded"), "{force}");
+            // Not a spaceship: no rule, no connection.
+            let r = lab.curl("tracker", &format!("{base}/v1/"), &[]);
+            assert_eq!(r.status.code(), Some(28), "{r:?}");
+        }
+        // One connection: 200, 403, 200.
+        let w = "%{http_code} %{num_connects}\\n";
+        let mut a = vec!["curl", "-s", "-m", "5"];
+        for (i, (m, path)) in [
+            ("GET", "/v1/"),
+            ("PUT", "/v1/exhaust-port"),
+            ("GET", "/v1/"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                a.push("--next");
+            }
+            a.extend_from_slice(&["-o", "/dev/null", "-w", w, "-X", m]);
+            a.push(if *path == "/v1/" {
+                "http://10.66.0.2/v1/"
+            } else {
+                "http://10.66.0.2/v1/exhaust-port"
+            });
+        }
+        let lines: Vec<String> = stdout(&lab.exec("xwing", &a))
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines, ["200 1", "403 0", "200 0"], "one TCP connection");
+        assert!(lab.ping("xwing", SERVER4), "the x-wing's radar ping");
+        let seen = lab.deathstar_log();
+        assert!(
+            seen.iter().all(|e| e["method"] != "PUT"
+                || e["path"] != "/v1/exhaust-port"
+                || e["x_has_force"] == "true"),
+            "{seen:?}"
+        );
+        stop_clean(&mut lab);
+        // The host answers directly again.
+        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
+    }
+    lab::assert_clean(prefix);
+}
+
+#[test]
+fn egress_l7_rule_judges_connections_the_host_opens() {
+    let prefix = "hmeg";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        // An HTTP service on the a-wing for the server to call.
+        let log = format!("/run/enforcer-lab/{}/awing-http.log", lab.prefix);
+        let deathstar = repo("scripts/deathstar.py");
+        // Ends with the lab (lab.sh down kills what runs in its namespaces).
+        let mut srv = lab.spawn(
+            "awing",
+            &[
+                "python3",
+                deathstar.to_str().unwrap(),
+                "--port",
+                "8080",
+                "--log",
+                &log,
+            ],
+        );
+        lab.wait_listen("awing", 8080);
+        let dir = dir_with(&[
+            "policies/sw-deathstar-http.yaml",
+            "tests/fixtures/host-egress.yaml",
+        ]);
+        lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        for base in ["http://10.66.0.11:8080", "http://[fd66::11]:8080"] {
+            assert_eq!(
+                http_code(&lab, "server", &[&format!("{base}/v1/")]),
+                "200",
+                "{base}"
+            );
+            let r = stdout(&lab.curl(
+                "server",
+                &format!("{base}/v1/exhaust-port"),
+                &["-i", "-X", "PUT"],
+            ));
+            assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{r}");
+        }
+        // Nowhere else: the x-wing is not in the egress rule.
+        let r = lab.curl("server", "http://10.66.0.12/v1/", &[]);
+        assert_eq!(r.status.code(), Some(28), "{r:?}");
+        // Ingress is still judged while egress is.
+        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        let seen: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(
+            seen.iter()
+                .filter(|e| e["path"] == "/v1/exhaust-port")
+                .count(),
+            0,
+            "a denied request never reached the a-wing: {seen:?}"
+        );
+        assert!(lab
+            .verdicts()
+            .iter()
+            .any(|e| e["kind"] == "http" && e["verdict"] == "deny"));
+        stop_clean(&mut lab);
+        let _ = srv.kill();
+        let _ = srv.wait();
+    }
+    lab::assert_clean(prefix);
+}
+
+/// A long-lived echo connection from the a-wing to the server's port 9000
+/// (an L4-only rule, so a restarted enforcer picks it up mid-flow).
+struct Echo {
+    child: std::process::Child,
+    progress: String,
+    stop: String,
+}
+
+impl Echo {
+    fn start(lab: &Lab) -> Echo {
+        let server = "import socketserver\n\
+            class H(socketserver.StreamRequestHandler):\n\
+            \x20   def handle(self):\n\
+            \x20       for line in self.rfile:\n\
+            \x20           self.wfile.write(line)\n\
+            socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+            socketserver.ThreadingTCPServer(('', 9000), H).serve_forever()\n";
+        std::mem::forget(lab.spawn("server", &["python3", "-c", server]));
+        lab.wait_listen("server", 9000);
+        let dir = format!("/run/enforcer-lab/{}", lab.prefix);
+        let progress = format!("{dir}/echo.progress");
+        let stop = format!("{dir}/echo.stop");
+        let client = format!(
+            "import socket, os, time\n\
+             s = socket.create_connection(('{SERVER4}', 9000), timeout=10)\n\
+             f = s.makefile('rwb')\n\
+             n = 0\n\
+             while not os.path.exists('{stop}'):\n\
+             \x20   m = b'%d\\n' % n\n\
+             \x20   f.write(m); f.flush()\n\
+             \x20   r = f.readline()\n\
+             \x20   if r != m:\n\
+             \x20       print('BAD', n, r); raise SystemExit(1)\n\
+             \x20   n += 1\n\
+             \x20   open('{progress}', 'w').write(str(n))\n\
+             \x20   time.sleep(0.02)\n\
+             print('OK', n)\n"
+        );
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("awing"), "python3", "-c", &client])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo client");
+        let e = Echo {
+            child,
+            progress,
+            stop,
+        };
+        e.advances("at start");
+        e
+    }
+
+    fn count(&self) -> u64 {
+        std::fs::read_to_string(&self.progress)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The connection carries round trips again within a few seconds.
+    fn advances(&self, when: &str) {
+        let n = self.count();
+        let t = Instant::now();
+        while self.count() < n + 5 {
+            assert!(
+                t.elapsed() < Duration::from_secs(8),
+                "echo connection stalled {when} (at {n})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn finish(self) -> String {
+        std::fs::write(&self.stop, "").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "echo client: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Until `f` holds (at most 5 s).
+fn within_seconds(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stop_kill_and_restart_with_a_connection_open() {
+    let prefix = "hmlc";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        let dir = dir_with(&[
+            "policies/sw-deathstar-http.yaml",
+            "tests/fixtures/bulk-l4.yaml",
+        ]);
+        let put =
+            |lab: &Lab| http_code(lab, "xwing", &["-XPUT", "http://10.66.0.2/v1/exhaust-port"]);
+        lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert_eq!(put(&lab), "403", "enforced");
+        let echo = Echo::start(&lab);
+
+        // Clean stop: everything removed, the host answers directly (the
+        // deathstar itself answers a forceless PUT with 503).
+        stop_clean(&mut lab);
+        assert_eq!(put(&lab), "503", "unenforced after a clean stop");
+        echo.advances("after a clean stop");
+
+        // Start again: enforcement is back, the open connection picked up.
+        lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert_eq!(put(&lab), "403");
+        echo.advances("after a restart");
+
+        // kill -9 (fail open, the default): the host is reachable directly.
+        let st = lab.kill().unwrap();
+        assert!(st.status.code().is_none(), "killed: {st:?}");
+        within_seconds("reachable after kill -9", || put(&lab) == "503");
+        assert!(lab.ping("tracker", SERVER4), "not black-holed");
+        echo.advances("after kill -9");
+        let left = lab.host_leftovers();
+        assert!(
+            !left.iter().any(|l| l.contains("xdp") || l.contains("enf")),
+            "fail open: program and TAP went with the process: {left:?}"
+        );
+
+        // Restart: what the dead run left goes, enforcement within seconds.
+        let t = Instant::now();
+        lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert_eq!(put(&lab), "403");
+        eprintln!("enforcing again {:?} after the restart began", t.elapsed());
+        // Nothing of the dead run next to the new one: one TAP, one program,
+        // one rule per address.
+        let now = lab.host_leftovers();
+        for (what, n) in [
+            (": enf", 1),
+            ("prog/xdp", 1),
+            ("from 10.66.0.2 ", 1),
+            ("from fd66::2 ", 1),
+            ("default via", 2),
+            ("PERMANENT", 2),
+        ] {
+            assert_eq!(
+                now.iter().filter(|l| l.contains(what)).count(),
+                n,
+                "{what}: {now:?}"
+            );
+        }
+        if !left.is_empty() {
+            assert!(
+                lab.enforcer_stdout()
+                    .iter()
+                    .any(|l| l.contains("removed what an earlier run left")),
+                "{:?}",
+                lab.enforcer_stdout()
+            );
+        }
+        echo.advances("after kill -9 and a restart");
+        stop_clean(&mut lab);
+        let out = echo.finish();
+        assert!(out.starts_with("OK "), "{out}");
+    }
+    lab::assert_clean(prefix);
+}
+
+#[test]
+fn fail_closed_keeps_the_host_closed_after_a_crash() {
+    let prefix = "hmfc";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        lab.start(Mode::Policy(&repo("policies")), &["--fail", "closed"])
+            .unwrap();
+        assert!(lab.ready_line().contains("fail=closed"));
+        assert!(
+            lab.ping("xwing", SERVER4),
+            "ICMP echo allowed to the x-wing"
+        );
+        lab.kill().unwrap();
+        assert!(!lab.ping("xwing", SERVER4), "closed after the crash");
+        assert!(
+            lab.host_leftovers().iter().any(|l| l.contains("xdp")),
+            "the program stays"
+        );
+        lab.start(Mode::Policy(&repo("policies")), &["--fail", "closed"])
+            .unwrap();
+        assert!(
+            lab.enforcer_stdout().iter().any(
+                |l| l.contains("removed what an earlier run left") && l.contains("XDP program")
+            ),
+            "{:?}",
+            lab.enforcer_stdout()
+        );
+        assert!(lab.ping("xwing", SERVER4), "enforcing again");
+        stop_clean(&mut lab);
+        assert!(lab.ping("tracker", SERVER4), "open after a clean stop");
+    }
+    lab::assert_clean(prefix);
+}
+
+#[test]
+fn host_firewall_form_and_refusals() {
+    let prefix = "hmfw";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        // Cilium's host firewall: a clusterwide policy with nodeSelector.
+        let dir = dir_with(&["tests/fixtures/host-firewall.yaml"]);
+        lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert!(
+            lab.ready_line().contains("host=server"),
+            "{}",
+            lab.ready_line()
+        );
+        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
+        assert_eq!(
+            nc(&lab, "awing", "get awing-coord\\r\\n"),
+            "",
+            "11211 closed"
+        );
+        // A reload keeps the host endpoint (nodeSelector still selects it).
+        lab.signal(libc::SIGHUP);
+        assert!(lab.wait_stdout("policy reloaded", 1));
+        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
+        // SSH is cut by this policy: said at start.
+        assert!(
+            lab.enforcer_stderr().contains("TCP/22"),
+            "{}",
+            lab.enforcer_stderr()
+        );
+        stop_clean(&mut lab);
+
+        // The same policy with no Endpoints entry for the server: the host's
+        // addresses make an endpoint of their own.
+        let bare = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            repo("tests/fixtures/host-firewall.yaml"),
+            bare.path().join("fw.yaml"),
+        )
+        .unwrap();
+        std::fs::write(
+            bare.path().join("endpoints.yaml"),
+            "kind: Endpoints\nendpoints:\n- name: x-wing\n  labels: {class: spaceship}\n  addresses: [\"10.66.0.12\", \"fd66::12\"]\n",
+        )
+        .unwrap();
+        lab.start(Mode::Policy(bare.path()), &[]).unwrap();
+        assert!(
+            lab.ready_line().contains("host=host"),
+            "{}",
+            lab.ready_line()
+        );
+        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(&lab, "awing", &["http://10.66.0.2/v1/"]), "000");
+        stop_clean(&mut lab);
+
+        // Refusals say what to do and leave nothing behind.
+        let run = |args: &[&str]| {
+            let mut a = vec![lab::BIN, "--iface", "eth0"];
+            a.extend_from_slice(args);
+            let o = lab.exec("server", &a);
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        };
+        let open = endpoints_only();
+        let (okk, e) = run(&["--policy", open.path().to_str().unwrap()]);
+        assert!(
+            !okk && e.contains("no policy selects this host") && e.contains("nodeSelector"),
+            "{e}"
+        );
+        if !std::path::Path::new("/etc/enforcer").exists() {
+            let (okk, e) = run(&[]);
+            assert!(
+                !okk && e.contains("/etc/enforcer/") && e.contains("write"),
+                "{e}"
+            );
+        }
+        let left = lab.host_leftovers();
+        assert!(left.is_empty(), "refusals leave nothing: {left:?}");
+    }
+    lab::assert_clean(prefix);
+}
+
+#[test]
+fn one_gib_arrives_byte_exact_in_host_mode() {
+    let prefix = "hmgb";
+    {
+        let Some(mut lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        let dir = dir_with(&["tests/fixtures/bulk-l4.yaml"]);
+        lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().display();
+        let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
+        let mut srv = lab.spawn("server", &["bash", "-c", &server]);
+        lab.wait_listen("server", 9000);
+        let t = Instant::now();
+        let client = format!(
+            "set -o pipefail; head -c 1073741824 /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
+        );
+        let out = lab.exec("awing", &["bash", "-c", &client]);
+        assert!(ok(&out), "sender: {}", String::from_utf8_lossy(&out.stderr));
+        let elapsed = t.elapsed();
+        let t2 = Instant::now();
+        while srv.try_wait().unwrap().is_none() {
+            assert!(
+                t2.elapsed() < Duration::from_secs(30),
+                "receiver did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = std::fs::read_to_string(tmp.path().join("sent.sha")).unwrap();
+        let recv = std::fs::read_to_string(tmp.path().join("recv.sha")).unwrap();
+        assert!(sent.len() >= 64);
+        assert_eq!(
+            sent.split_whitespace().next(),
+            recv.split_whitespace().next(),
+            "1 GiB differs"
+        );
+        eprintln!("1 GiB through host mode in {:.2} s", elapsed.as_secs_f64());
+        let c = stop_clean(&mut lab);
+        assert!(
+            c["dataplane"]["rx_frames"].as_u64().unwrap() > 500_000,
+            "{c}"
+        );
+    }
+    lab::assert_clean(prefix);
+}
+
+/// No `--policy`: /etc/enforcer/ is read and the ready line says so. The
+/// directory is laid over /etc in a private mount namespace, so the machine's
+/// own /etc is never touched.
+#[test]
+fn without_policy_flag_etc_enforcer_is_read() {
+    let prefix = "hmet";
+    {
+        let Some(lab) = Lab::up_host(prefix) else {
+            return;
+        };
+        let over = tempfile::tempdir().unwrap();
+        let upper = over.path().join("upper");
+        let work = over.path().join("work");
+        std::fs::create_dir_all(upper.join("enforcer")).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        for f in ["policies/endpoints.yaml", "policies/sw-deathstar-http.yaml"] {
+            let p = repo(f);
+            std::fs::copy(&p, upper.join("enforcer").join(p.file_name().unwrap())).unwrap();
+        }
+        let script = format!(
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc && \
+             exec ip netns exec {} {} --iface eth0",
+            upper.display(),
+            work.display(),
+            lab.ns("server"),
+            lab::BIN
+        );
+        let mut child = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut ready = None;
+        while let Ok(l) = rx.recv_timeout(Duration::from_secs(30)) {
+            if l.starts_with("ready ") {
+                ready = Some(l);
+                break;
+            }
+        }
+        let enforced = http_code(
+            &lab,
+            "xwing",
+            &["-XPUT", "http://10.66.0.2/v1/exhaust-port"],
+        );
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let st = child.wait().unwrap();
+        let ready = ready.expect("ready line");
+        assert!(
+            ready.contains("policy=/etc/enforcer (default: no --policy given)"),
+            "{ready}"
+        );
+        assert_eq!(enforced, "403");
+        assert_eq!(st.code(), Some(0));
+        assert!(
+            lab.host_leftovers().is_empty(),
+            "{:?}",
+            lab.host_leftovers()
+        );
+    }
+    lab::assert_clean(prefix);
+}
