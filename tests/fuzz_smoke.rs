@@ -133,13 +133,22 @@ fn policy_seeds_load_and_run() {
         assert!(!src.is_empty(), "{name}");
         policy_input::check(data);
     }
-    // The shipped policies load (the target's Ok branch is exercised).
-    let shipped = policy_texts()
-        .into_iter()
-        .filter(|(p, _)| p.starts_with(repo().join("policies")))
-        .map(|(p, t)| (p.to_string_lossy().into_owned(), t))
-        .collect::<Vec<_>>();
-    enforcer::policy::Policy::from_sources(&shipped[..3]).expect("shipped policies load");
+    // The seed scenarios' policy set loads (the target's Ok branch is taken).
+    let set: Vec<(String, String)> = [
+        "endpoints.yaml",
+        "memcd-sw-security-policy.yaml",
+        "sw-deathstar-http.yaml",
+    ]
+    .iter()
+    .map(|n| {
+        let p = repo().join("policies").join(n);
+        (n.to_string(), std::fs::read_to_string(&p).expect("policy"))
+    })
+    .collect();
+    let texts: Vec<&str> = set.iter().map(|(_, t)| t.as_str()).collect();
+    let p = enforcer::policy::Policy::from_sources(&set).expect("shipped policies load");
+    assert!(!p.model().rules.is_empty());
+    policy_input::check(&policy_input::encode(&texts));
 }
 
 /// Every input a fuzzer crashed on, kept as a regression test.
