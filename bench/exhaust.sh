@@ -181,6 +181,7 @@ max_flows, max_held, rss0, after_expiry = int(a[0]), int(a[1]), int(a[2]), int(a
 lines = lambda s: [json.loads(l) for l in s.splitlines() if l.strip()]
 base, attack = lines(a[4]), lines(a[5])
 slow, flood = json.loads(a[6]), json.loads(a[7])
+dp = json.loads(a[8])["counters"]["dataplane"]
 counters = json.loads(a[8])["counters"]["engine"]
 idle = json.loads("[" + a[9] + "]")
 flows = json.loads("[" + a[10] + "]")
@@ -203,5 +204,9 @@ print(json.dumps({
     "flows_after_expiry_wait": after_expiry,
     "counters_after_attack": {k: counters.get(k) for k in keep},
     "drops_after_attack": counters.get("drops"),
+    # Frames lost before the engine saw them (a worker that falls behind).
+    "dataplane_after_attack": {k: dp.get(k) for k in
+                               ("rx_frames", "xdp_rx_ring_full", "xdp_rx_dropped", "tx_ring_full")},
+    "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
 }, indent=1))
 PY
