@@ -37,12 +37,32 @@ pub enum SynDenyAction {
     Reset,
 }
 
+/// What happens to a connection the engine can no longer enforce because of
+/// an internal error (a panic in its L7 stream state, caught per flow so the
+/// worker goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// Its L7 state is dropped with the flow entry; later frames meet the
+    /// no-flow path (an L7 connection is never adopted again), so the
+    /// connection ends. (Default.)
+    Closed,
+    /// Its L7 state is dropped and the connection goes on as L3/L4 only,
+    /// unjudged (if bytes were already removed or injected, the endpoints'
+    /// sequence numbers disagree and it breaks anyway).
+    Open,
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub max_flows: usize,
     pub table_full: TableFullPolicy,
     /// Bytes of one direction's stream the engine may hold for an undecided request.
     pub max_held_bytes: usize,
+    /// Bytes all of a worker's L7 flows may hold together (`Engine::held_bytes`).
+    /// Above it, no flow starts holding more: heads over 1 KiB are refused
+    /// (reset), out-of-order data is dropped, released data waits for acks.
+    pub max_held_total: usize,
     pub deny_action: DenyAction,
     pub syn_deny: SynDenyAction,
     /// Adopt a TCP connection seen mid-stream (no SYN) when policy allows it
@@ -53,6 +73,10 @@ pub struct EngineConfig {
     pub pass_non_ip: bool,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
+    /// Idle timeout of half-open TCP flows (SYN seen, handshake not done):
+    /// short, so that a SYN flood's entries leave quickly. A client's SYN
+    /// retransmission after it is judged as a new flow.
+    pub tcp_syn_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub icmp_timeout_ns: u64,
     /// Pending IP fragment reassemblies per engine, and their lifetime.
@@ -60,6 +84,7 @@ pub struct EngineConfig {
     pub frag_timeout_ns: u64,
     /// Initial retransmission timeout for bytes the engine injected.
     pub inject_rto_ns: u64,
+    pub fail: FailMode,
 }
 
 const SEC: u64 = 1_000_000_000;
@@ -70,17 +95,20 @@ impl Default for EngineConfig {
             max_flows: 65_536,
             table_full: TableFullPolicy::RefuseL7,
             max_held_bytes: 64 * 1024,
+            max_held_total: 256 << 20,
             deny_action: DenyAction::Reply,
             syn_deny: SynDenyAction::Drop,
             tcp_pickup: true,
             pass_non_ip: true,
             tcp_established_timeout_ns: 6 * 3600 * SEC,
             tcp_transitory_timeout_ns: 60 * SEC,
+            tcp_syn_timeout_ns: 10 * SEC,
             udp_timeout_ns: 60 * SEC,
             icmp_timeout_ns: 30 * SEC,
             max_frag_queues: 1024,
             frag_timeout_ns: 30 * SEC,
             inject_rto_ns: 200_000_000,
+            fail: FailMode::Closed,
         }
     }
 }

@@ -31,6 +31,9 @@ reasons! {
     FragmentOverlap => "fragment-overlap",
     FragmentTimeout => "fragment-timeout",
     TcpInvalid => "tcp-invalid",
+    TcpBadChecksum => "tcp-bad-checksum",
+    WrongSide => "wrong-side",
+    InternalError => "internal-error",
     L7Denied => "l7-denied",
     L7HoldOverflow => "l7-hold-overflow",
     L7OutOfWindow => "l7-out-of-window",
@@ -58,6 +61,13 @@ pub struct Counters {
     pub fragments_reassembled: u64,
     pub l7_requests_allowed: u64,
     pub l7_requests_denied: u64,
+    /// Times a held request or reply head was parsed: about one per
+    /// arriving line, not one per segment (see `Protocol::head_may_end`).
+    pub l7_head_parses: u64,
+    /// Bytes the worker's L7 flows hold now (a gauge; see `max_held_total`).
+    pub l7_held_bytes: u64,
+    /// L7 flows whose stream state hit an internal error (see `FailMode`).
+    pub l7_internal_errors: u64,
     #[serde(skip)]
     pub drops: [u64; 32],
 }
@@ -89,6 +99,9 @@ impl Counters {
         self.fragments_reassembled += o.fragments_reassembled;
         self.l7_requests_allowed += o.l7_requests_allowed;
         self.l7_requests_denied += o.l7_requests_denied;
+        self.l7_head_parses += o.l7_head_parses;
+        self.l7_internal_errors += o.l7_internal_errors;
+        self.l7_held_bytes += o.l7_held_bytes;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -107,6 +107,20 @@ struct EngineOpts {
     /// Drop non-IP frames (ARP, ...) instead of passing them.
     #[arg(long)]
     drop_non_ip: bool,
+    /// Bytes all L7 flows of a worker may hold together; above it no flow
+    /// starts holding more (docs/security.md).
+    #[arg(long, default_value_t = EngineConfig::default().max_held_total)]
+    max_held_total: usize,
+    /// An L7 connection whose stream state hits an internal error: closed
+    /// ends it, open lets it go on unjudged (L3/L4 only).
+    #[arg(long, value_enum, default_value = "closed")]
+    l7_fail: L7FailArg,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum L7FailArg {
+    Closed,
+    Open,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -145,6 +159,11 @@ impl EngineOpts {
                 SynArg::Reset => SynDenyAction::Reset,
             },
             pass_non_ip: !self.drop_non_ip,
+            max_held_total: self.max_held_total,
+            fail: match self.l7_fail {
+                L7FailArg::Closed => enforcer::config::FailMode::Closed,
+                L7FailArg::Open => enforcer::config::FailMode::Open,
+            },
             ..EngineConfig::default()
         }
     }

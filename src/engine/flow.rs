@@ -175,8 +175,11 @@ pub struct FlowEntry {
     pub resp: IpAddr,
     pub resp_port: u16,
     pub proto: u8,
-    /// Side the initiator's frames arrive on.
+    /// Port the initiator's frames arrive on; the responder's arrive on the
+    /// other one. A frame from either address on the wrong side is a spoof.
     pub client_side: Side,
+    /// Adopted mid-stream (no SYN seen): the initiator is only a guess.
+    pub picked_up: bool,
     /// Policy generation the decision was made under.
     pub policy_gen: u64,
     pub state: ConnState,
@@ -184,14 +187,22 @@ pub struct FlowEntry {
     /// Set on every frame, cleared by the CLOCK hand.
     pub referenced: bool,
     pub l7: Option<Box<L7Flow>>,
-    /// Index in the engine's list of L7 flows (when `l7` is set).
-    pub l7_pos: u32,
+    /// The deadline this entry has in the engine's timer queue (when `l7`
+    /// has one); a queued deadline that differs is stale.
+    pub l7_timer: Option<u64>,
 }
 
 impl FlowEntry {
     #[inline]
     pub fn from_initiator(&self, src: IpAddr, sport: u16) -> bool {
         sport == self.init_sport && src == self.init_src
+    }
+
+    /// A frame in direction `fwd` (from the initiator) arrived on `side`,
+    /// where that direction's frames arrive.
+    #[inline]
+    pub fn on_its_side(&self, fwd: bool, side: Side) -> bool {
+        fwd == (side == self.client_side)
     }
 
     pub fn tuple(&self) -> crate::log::FlowTuple {
@@ -210,6 +221,7 @@ impl FlowEntry {
 pub struct Timeouts {
     pub tcp_established: u64,
     pub tcp_transitory: u64,
+    pub tcp_syn: u64,
     pub udp: u64,
     pub icmp: u64,
 }
@@ -218,6 +230,7 @@ impl Timeouts {
     pub fn for_entry(&self, e: &FlowEntry) -> u64 {
         match e.proto {
             6 if e.state.established() => self.tcp_established,
+            6 if matches!(e.state, ConnState::SynSent | ConnState::SynReceived) => self.tcp_syn,
             6 => self.tcp_transitory,
             1 | 58 => self.icmp,
             _ => self.udp,
@@ -342,6 +355,33 @@ impl FlowTable {
         None
     }
 
+    /// Sum of the L7 flows' held bytes (a walk over every slot).
+    pub fn held_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|e| e.l7.as_ref())
+            .map(|l| l.held_bytes())
+            .sum()
+    }
+
+    /// Look a few slots ahead of the hand for a half-open TCP entry (SYN
+    /// seen, handshake not finished) idle for more than `min_idle`.
+    pub fn reclaim_half_open(&mut self, now: u64, min_idle: u64) -> Option<(u32, FlowEntry)> {
+        let n = self.slots.len();
+        for _ in 0..RECLAIM_BUDGET.min(n) {
+            self.hand = (self.hand + 1) % n;
+            if let Some(e) = self.slots.get(self.hand).and_then(Option::as_ref) {
+                let half_open = matches!(e.state, ConnState::SynSent | ConnState::SynReceived);
+                if half_open && now.saturating_sub(e.last_seen) > min_idle {
+                    let idx = self.hand as u32;
+                    return self.remove(idx).map(|e| (idx, e));
+                }
+            }
+        }
+        None
+    }
+
     /// Remove idle entries from the next `SWEEP_BUDGET` slots; `f` sees each.
     pub fn expire(&mut self, now: u64, t: &Timeouts, mut f: impl FnMut(u32, FlowEntry)) {
         let n = self.slots.len();
@@ -377,18 +417,20 @@ mod tests {
             resp_port: 80,
             proto: 6,
             client_side: 0,
+            picked_up: false,
             policy_gen: 0,
             state: ConnState::Established,
             last_seen: now,
             referenced: true,
             l7: None,
-            l7_pos: 0,
+            l7_timer: None,
         }
     }
 
     const T: Timeouts = Timeouts {
         tcp_established: 100,
         tcp_transitory: 10,
+        tcp_syn: 10,
         udp: 10,
         icmp: 10,
     };

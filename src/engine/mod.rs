@@ -13,10 +13,19 @@
 //!   direction and the port has no L7 rules (`tcp_pickup`, default on);
 //!   conntrack in the Cilium style would drop them, cutting every live
 //!   connection on restart. L7 connections cannot be joined mid-stream and
-//!   are dropped (`no-flow`).
+//!   are dropped (`no-flow`): that includes a segment whose reverse direction
+//!   has L7 rules (a server's reply, or a spoof posing as one), which would
+//!   otherwise open the connection's 4-tuple as L4-only.
+//! * Each entry is pinned to sides: the initiator's frames arrive on the
+//!   side its first frame came from, the responder's on the other. A frame
+//!   from the wrong side is a spoof and never counts as part of the flow
+//!   (`no-flow`; a datagram is judged on its own instead). A SYN from the
+//!   wrong side of an adopted entry replaces it (the adoption was a guess).
 //! * A packet is never judged as the "reply" of a flow that is not stored:
 //!   with default-open egress that would let anyone in.
-//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first.
+//! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first,
+//!   then (for a new TCP flow) a half-open one idle for a tenth of
+//!   `tcp_syn_timeout_ns`, so that a SYN flood cannot lock new connections out.
 //! * A policy swap re-decides each flow on its next packet; a flow now
 //!   denied is removed (one event), an allowed one keeps its L7 state. A TCP
 //!   connection whose port gained L7 rules is ended the same way (it cannot
@@ -25,11 +34,13 @@
 //!   reassembled L4 header, then forwarded unchanged or dropped together.
 //!   TCP fragments to an L7 port are dropped (`unsupported`).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::log::{Decision, Event, FlowTuple, Subject};
-use crate::packet::build::{tcp_segment, SegmentSpec};
+use crate::packet::build::{tcp_checksum_ok, tcp_segment, SegmentSpec};
 use crate::packet::view::{self, FrameMeta, L4Meta, ParseError, TcpMeta};
 use crate::packet::view::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -40,7 +51,7 @@ use crate::stream::{L7Flow, StreamCtx};
 pub mod flow;
 pub mod frag;
 
-use crate::config::{EngineConfig, SynDenyAction, TableFullPolicy};
+use crate::config::{EngineConfig, FailMode, SynDenyAction, TableFullPolicy};
 use crate::counters::{Counters, DropReason};
 use crate::verdict::{other, Emit, Output, Side, Verdict};
 use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
@@ -75,10 +86,18 @@ pub struct Engine {
     flows: FlowTable,
     timeouts: Timeouts,
     frags: Reassembler,
-    /// Slots of flows with L7 state, for their timers.
-    l7_slots: Vec<u32>,
+    /// Deadlines of L7 flows' timers (retransmission of injected bytes), by
+    /// slot: a tick pops only what is due, so its cost follows the pending
+    /// work, not the number of L7 flows. Entries whose slot's `l7_timer`
+    /// differs are stale (the flow left, or its deadline moved) and skipped.
+    timers: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Bytes all L7 flows hold (`L7Flow::held_bytes`), followed call by call.
+    held_total: usize,
     #[cfg(test)]
     decide_override: Option<Box<DecideFn>>,
+    /// The next L7 segment's stream call panics (tests of `FailMode`).
+    #[cfg(test)]
+    panic_next_l7: bool,
 }
 
 #[cfg(test)]
@@ -145,6 +164,7 @@ impl Engine {
         let timeouts = Timeouts {
             tcp_established: cfg.tcp_established_timeout_ns,
             tcp_transitory: cfg.tcp_transitory_timeout_ns,
+            tcp_syn: cfg.tcp_syn_timeout_ns,
             udp: cfg.udp_timeout_ns,
             icmp: cfg.icmp_timeout_ns,
         };
@@ -157,9 +177,12 @@ impl Engine {
             cfg,
             counters: Counters::default(),
             worker,
-            l7_slots: Vec::new(),
+            timers: BinaryHeap::new(),
+            held_total: 0,
             #[cfg(test)]
             decide_override: None,
+            #[cfg(test)]
+            panic_next_l7: false,
         }
     }
 
@@ -322,32 +345,52 @@ impl Engine {
         }
     }
 
-    /// Bookkeeping after an entry left the table.
-    fn forget(&mut self, idx: u32, e: &FlowEntry) {
-        if e.l7.is_some() {
-            self.l7_unlink(idx, e.l7_pos as usize);
+    /// Bookkeeping after an entry left the table (its queued timer, if
+    /// any, goes stale by itself).
+    fn forget(&mut self, _idx: u32, e: &FlowEntry) {
+        if let Some(l7) = &e.l7 {
+            self.held_total = self.held_total.saturating_sub(l7.held_bytes());
+            self.counters.l7_held_bytes = self.held_total as u64;
         }
         self.counters.flows_active = self.flows.len() as u64;
     }
 
-    /// O(1) removal from the L7 timer list; the entry moved into the hole
-    /// learns its new position.
-    fn l7_unlink(&mut self, idx: u32, pos: usize) {
-        let pos = if self.l7_slots.get(pos) == Some(&idx) {
-            pos
-        } else {
-            // Only when several entries left at once and one moved another.
-            match self.l7_slots.iter().position(|&i| i == idx) {
-                Some(p) => p,
-                None => return,
-            }
+    /// Follow a flow's held bytes across a call into its stream.
+    fn held_moved(&mut self, before: usize, after: usize) {
+        self.held_total = (self.held_total + after).saturating_sub(before);
+        self.counters.l7_held_bytes = self.held_total as u64;
+    }
+
+    /// Queue the L7 timer of the flow in slot `idx` when it is earlier than
+    /// the one queued (or none is).
+    fn schedule(&mut self, idx: u32) {
+        let Some(e) = self.flows.get_mut(idx) else {
+            return;
         };
-        self.l7_slots.swap_remove(pos);
-        if let Some(&moved) = self.l7_slots.get(pos) {
-            if let Some(m) = self.flows.get_mut(moved) {
-                m.l7_pos = pos as u32;
-            }
+        let Some(d) = e.l7.as_ref().and_then(|l| l.next_deadline()) else {
+            return;
+        };
+        if e.l7_timer.is_none_or(|t| d < t) {
+            e.l7_timer = Some(d);
+            self.timers.push(Reverse((d, idx)));
         }
+    }
+
+    /// L7 timers pending (queued deadlines, stale ones included).
+    pub fn timers_pending(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Memory held by L7 flows for their bytes (`L7Flow::held_bytes`), summed
+    /// over the table. A walk over every flow: for statistics, not per frame.
+    pub fn held_bytes(&self) -> usize {
+        self.flows.held_bytes()
+    }
+
+    /// The same, as followed call by call (what `max_held_total` is checked
+    /// against; equal to `held_bytes`).
+    pub fn held_total(&self) -> usize {
+        self.held_total
     }
 
     /// Judge a flow's first packet and insert it when allowed. `decide_dport`
@@ -390,6 +433,17 @@ impl Engine {
                 self.forget(idx, &e);
             }
         }
+        if self.flows.is_full() && init.proto == IPPROTO_TCP {
+            // A SYN flood must not lock new connections out for the whole
+            // half-open timeout: a handshake idle for a tenth of it gives
+            // way to a new connection (as a full SYN queue would). Finished
+            // handshakes are never taken this way.
+            let min_idle = self.cfg.tcp_syn_timeout_ns / 10;
+            if let Some((idx, e)) = self.flows.reclaim_half_open(now, min_idle) {
+                self.counters.flows_evicted += 1;
+                self.forget(idx, &e);
+            }
+        }
         if self.flows.is_full() {
             match self.cfg.table_full {
                 TableFullPolicy::RefuseAll => {
@@ -414,7 +468,6 @@ impl Engine {
             (Some(p), IPPROTO_TCP) => Some(Box::new(L7Flow::new(p.clone(), init.side))),
             _ => None,
         };
-        let has_l7 = l7.is_some();
         let entry = FlowEntry {
             key: FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto),
             init_src: init.src,
@@ -423,19 +476,17 @@ impl Engine {
             resp_port: decide_dport,
             proto: init.proto,
             client_side: init.side,
+            picked_up: state != ConnState::SynSent && init.proto == IPPROTO_TCP,
             policy_gen: self.policy_gen,
             state,
             last_seen: now,
             referenced: true,
             l7,
-            l7_pos: self.l7_slots.len() as u32,
+            l7_timer: None,
         };
         let Some(idx) = self.flows.insert(entry) else {
             return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
         };
-        if has_l7 {
-            self.l7_slots.push(idx);
-        }
         self.counters.flows_created += 1;
         self.counters.flows_active = self.flows.len() as u64;
         NewFlow::Tracked(idx)
@@ -505,6 +556,21 @@ impl Engine {
     ) -> Verdict {
         let key = FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto);
         if let Some(idx) = self.flows.find(&key) {
+            let side_ok = self
+                .flows
+                .get(idx)
+                .is_some_and(|e| e.on_its_side(e.from_initiator(init.src, init.sport), init.side));
+            if !side_ok {
+                // An address showing up on the other side is spoofed (or
+                // the entry was made by a spoof): the entry says nothing
+                // about this datagram. Judged on its own, it leaves the
+                // entry alone.
+                let d = self.decide(init.src, init.dst, init.proto, decide_dport);
+                if !(may_create && d.allowed) {
+                    return Verdict::Drop(DropReason::WrongSide);
+                }
+                return Verdict::Forward(other(init.side));
+            }
             return if self.touch(idx, now, out) {
                 Verdict::Forward(other(init.side))
             } else {
@@ -549,16 +615,44 @@ impl Engine {
         let syn_only = syn && f & TCP_ACK == 0;
         let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
-        if let (true, Some(i)) = (syn_only, idx) {
-            // A SYN is a retransmission only while the handshake is under
-            // way; otherwise the 4-tuple carries a new connection (after a
-            // close, or after an end we did not see): judge it afresh, with
-            // fresh L7 state.
-            let reuse = self.flows.get(i).is_some_and(|e| {
-                e.from_initiator(meta.src, meta.sport)
-                    && !matches!(e.state, ConnState::SynSent | ConnState::SynReceived)
-            });
-            if reuse {
+        // One look at the entry: (has L7 state, from the initiator, on its
+        // side, adopted mid-stream, closed).
+        let found = idx.and_then(|i| self.flows.get(i)).map(|e| {
+            let fwd = e.from_initiator(meta.src, meta.sport);
+            (
+                e.l7.is_some(),
+                fwd,
+                e.on_its_side(fwd, side),
+                e.picked_up,
+                e.state == ConnState::Closed,
+            )
+        });
+        // A segment that can change state (open, close, adopt a flow, or
+        // feed L7 state) must be one the receiver would accept: a bad
+        // checksum is dropped before it counts. Data on established L4-only
+        // flows is not checked (the receiver drops it; nothing here changes).
+        let checked = f & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || found.is_none_or(|(l7, ..)| l7);
+        if checked && !tcp_checksum_ok(buf, meta) {
+            return Verdict::Drop(DropReason::TcpBadChecksum);
+        }
+        if let (Some(i), Some((_, fwd, side_ok, picked, closed))) = (idx, found) {
+            // A SYN starts a new connection on the 4-tuple only once the old
+            // one is over (both FINs or an accepted RST). Before that it is
+            // the old connection's business: a retransmission during the
+            // handshake, or a SYN the server answers with a challenge ACK
+            // (Linux keeps the first ISN); restarting our state on it would
+            // let the sender re-base the stream we judge.
+            let reuse = syn_only && fwd && closed;
+            let replace = syn_only && picked;
+            if !(reuse || side_ok || replace) {
+                // A server's address on the clients' side (or the reverse):
+                // a spoof, never part of this flow.
+                return Verdict::Drop(DropReason::WrongSide);
+            }
+            // Otherwise, from the wrong side: the entry was adopted from a
+            // segment of a connection that now really starts; the guess was
+            // wrong (or a spoof), judge the SYN afresh.
+            if reuse || !side_ok {
                 if let Some(e) = self.flows.remove(i) {
                     self.forget(i, &e);
                 }
@@ -605,9 +699,14 @@ impl Engine {
             return Verdict::Drop(DropReason::NoFlow);
         };
         let fwd = e.from_initiator(meta.src, meta.sport);
+        let before = e.state;
         e.state = next_state(e.state, fwd, f);
         if e.l7.is_none() {
             return Verdict::Forward(other(side));
+        }
+        if f & TCP_RST != 0 {
+            // The stream judges an RST (RFC 5961); the entry follows it.
+            e.state = before;
         }
         let tuple = e.tuple();
         let Some(l7) = e.l7.as_mut() else {
@@ -618,13 +717,58 @@ impl Engine {
             // L7 port is refused rather than let through unparsed.
             return Verdict::Drop(DropReason::Unsupported);
         }
+        let held_before = l7.held_bytes();
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: self.worker,
             tuple,
+            over_budget: self.held_total > self.cfg.max_held_total,
         };
-        l7.on_segment(&mut ctx, side, buf, meta, now, out)
+        let emits_before = out.emits.len();
+        #[cfg(test)]
+        let inject_panic = std::mem::take(&mut self.panic_next_l7);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if inject_panic {
+                panic!("injected for a test");
+            }
+            l7.on_segment(&mut ctx, side, buf, meta, now, out)
+        }));
+        let Ok(v) = r else {
+            out.emits.truncate(emits_before);
+            return self.l7_failed(idx, side, held_before);
+        };
+        if l7.is_closed() {
+            e.state = ConnState::Closed;
+        }
+        let held_after = l7.held_bytes();
+        self.held_moved(held_before, held_after);
+        self.schedule(idx);
+        v
+    }
+
+    /// The stream state of the flow in slot `idx` panicked (the default hook
+    /// has printed the message): it cannot be trusted any more. See
+    /// `FailMode`.
+    /// `held` is what the flow held before the failed call (what the total
+    /// counts for it).
+    fn l7_failed(&mut self, idx: u32, side: Side, held: usize) -> Verdict {
+        self.counters.l7_internal_errors += 1;
+        if let Some(e) = self.flows.get_mut(idx) {
+            e.l7 = None;
+            e.l7_timer = None;
+        }
+        self.held_moved(held, 0);
+        match self.cfg.fail {
+            FailMode::Closed => {
+                if let Some(e) = self.flows.remove(idx) {
+                    self.forget(idx, &e);
+                }
+                Verdict::Drop(DropReason::InternalError)
+            }
+            FailMode::Open => Verdict::Forward(other(side)),
+        }
     }
 
     /// A TCP segment with no flow and no SYN: adopt the connection when
@@ -650,6 +794,17 @@ impl Engine {
         }
         let d = self.decide(init.src, init.dst, IPPROTO_TCP, init.dport);
         if !d.allowed || d.l7.is_some() {
+            return None;
+        }
+        // The segment may be the responder's half of a connection whose
+        // other direction needs L7 state (the server's reply of an L7
+        // connection, or a spoof posing as one): adopting it as L4-only would
+        // let that connection pass unjudged.
+        if self
+            .decide(init.dst, init.src, IPPROTO_TCP, init.sport)
+            .l7
+            .is_some()
+        {
             return None;
         }
         if !self.cfg.tcp_pickup {
@@ -793,34 +948,51 @@ impl Engine {
     pub fn tick(&mut self, now_ns: u64, out: &mut Output) {
         let emits_before = out.emits.len();
         let mut gone = 0;
-        let mut gone_l7 = Vec::new();
-        self.flows.expire(now_ns, &self.timeouts, |idx, e| {
+        let mut held_gone = 0;
+        self.flows.expire(now_ns, &self.timeouts, |_, e| {
             gone += 1;
-            if e.l7.is_some() {
-                gone_l7.push((idx, e.l7_pos as usize));
-            }
+            held_gone += e.l7.as_ref().map_or(0, |l| l.held_bytes());
         });
         self.counters.flows_expired += gone;
-        for (idx, pos) in gone_l7 {
-            self.l7_unlink(idx, pos);
-        }
+        self.held_moved(held_gone, 0);
         self.counters.flows_active = self.flows.len() as u64;
         let timed_out = self.frags.expire(now_ns, self.cfg.frag_timeout_ns);
         self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out as u64;
 
-        for &idx in &self.l7_slots {
+        while let Some(&Reverse((d, idx))) = self.timers.peek() {
+            if d > now_ns {
+                break;
+            }
+            self.timers.pop();
             let Some(e) = self.flows.get_mut(idx) else {
                 continue;
             };
+            if e.l7_timer != Some(d) {
+                continue;
+            }
+            e.l7_timer = None;
             let tuple = e.tuple();
             let Some(l7) = e.l7.as_mut() else { continue };
+            let held_before = l7.held_bytes();
             let mut ctx = StreamCtx {
                 cfg: &self.cfg,
                 counters: &mut self.counters,
                 worker: self.worker,
                 tuple,
+                over_budget: self.held_total > self.cfg.max_held_total,
             };
-            l7.on_tick(&mut ctx, now_ns, out);
+            let emits_before = out.emits.len();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                l7.on_tick(&mut ctx, now_ns, out)
+            }));
+            if r.is_err() {
+                out.emits.truncate(emits_before);
+                self.l7_failed(idx, 0, held_before);
+                continue;
+            }
+            let held_after = l7.held_bytes();
+            self.held_moved(held_before, held_after);
+            self.schedule(idx);
         }
         self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
     }

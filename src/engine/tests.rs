@@ -599,11 +599,19 @@ fn closed_connection_tuple_reuse_is_judged_again() {
     // A retransmitted SYN is not.
     assert_eq!(run(&mut e, 0, &c.syn(), 3, &mut out), FWD);
     assert_eq!(out.events.len(), 2);
-    // A SYN on an established connection whose end we missed: new decision.
+    // A SYN on an established connection whose end we missed is the old
+    // connection's business (the server answers it with a challenge ACK,
+    // the client's RST ends the old connection): no new decision, no new
+    // state, until the RST came by. Then the retransmitted SYN is new.
     let hs = c.handshake();
     run(&mut e, 1, &hs[1], 4, &mut out);
     run(&mut e, 0, &hs[2], 4, &mut out);
     assert_eq!(run(&mut e, 0, &c.syn(), 5, &mut out), FWD);
+    assert_eq!(out.events.len(), 2);
+    assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Established);
+    let rst = tcp(c.client, c.server, c.cseq, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &rst, 6, &mut out), FWD);
+    assert_eq!(run(&mut e, 0, &c.syn(), 7, &mut out), FWD);
     assert_eq!(out.events.len(), 3);
 }
 
@@ -779,7 +787,7 @@ mod fuzz {
 }
 
 #[test]
-fn l7_timer_list_follows_the_table() {
+fn l7_timers_queue_only_flows_with_deadlines() {
     let mut e = engine_with(EngineConfig {
         max_flows: 64,
         ..EngineConfig::default()
@@ -806,19 +814,19 @@ fn l7_timer_list_follows_the_table() {
             NewFlow::Tracked(_)
         ));
     }
-    assert_eq!(e.l7_slots.len(), 20);
+    // Twenty L7 flows, none with anything to retransmit: nothing queued,
+    // and a tick has no L7 work at all.
+    assert_eq!(e.timers_pending(), 0);
     let mut out = Output::default();
     e.tick(e.cfg.tcp_established_timeout_ns + 10, &mut out);
     assert_eq!(e.flow_count(), 14);
-    let live_l7: Vec<u32> = (0..64)
-        .filter(|&i| e.flows.get(i).is_some_and(|f| f.l7.is_some()))
-        .collect();
-    let mut listed = e.l7_slots.clone();
-    listed.sort();
-    assert_eq!(listed, live_l7);
-    for (pos, &idx) in e.l7_slots.iter().enumerate() {
-        assert_eq!(e.flows.get(idx).unwrap().l7_pos as usize, pos);
-    }
+    assert_eq!(e.timers_pending(), 0);
+    assert!(out.emits.is_empty());
+    // A stale deadline (its flow gone) is skipped without harm.
+    e.timers.push(Reverse((5, 3)));
+    e.tick(e.cfg.tcp_established_timeout_ns + 20, &mut out);
+    assert_eq!(e.timers_pending(), 0);
+    assert!(out.emits.is_empty());
 }
 
 #[test]
@@ -854,5 +862,72 @@ fn policy_swap_adding_l7_rules_ends_live_l4_connections() {
         run(&mut e, 0, &u, 3, &mut out),
         FWD,
         "datagram flows are not affected"
+    );
+}
+
+fn l7_engine(fail: crate::config::FailMode) -> Engine {
+    let mut e = Engine::new(
+        Arc::new(Policy::default()),
+        EngineConfig {
+            fail,
+            ..EngineConfig::default()
+        },
+        0,
+    );
+    e.decide_override = Some(Box::new(|_, _, _, _| FlowDecision {
+        allowed: true,
+        detail: "x".into(),
+        l7: Some(L7Policy::Http(Arc::default())),
+    }));
+    e
+}
+
+#[test]
+fn internal_error_in_a_stream_fails_closed_by_default() {
+    use crate::config::FailMode;
+    assert_eq!(EngineConfig::default().fail, FailMode::Closed);
+    let mut e = l7_engine(FailMode::Closed);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    e.panic_next_l7 = true;
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(req), 1, &mut out),
+        Verdict::Drop(DropReason::InternalError)
+    );
+    assert_eq!(e.counters().l7_internal_errors, 1);
+    assert_eq!(e.flow_count(), 0, "the flow's state is gone");
+    // Nothing of the connection passes unjudged afterwards.
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(req), 2, &mut out),
+        Verdict::Drop(DropReason::NoFlow)
+    );
+    // Other connections of the worker go on.
+    let mut d = Conn::new(ep("10.66.0.11", 40001), ep("10.66.0.2", 80));
+    for (i, f) in d.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 3, &mut out);
+    }
+    assert_eq!(run(&mut e, 0, &d.client_data(req), 4, &mut out), FWD);
+}
+
+#[test]
+fn internal_error_in_a_stream_fails_open_when_asked() {
+    use crate::config::FailMode;
+    let mut e = l7_engine(FailMode::Open);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    e.panic_next_l7 = true;
+    assert_eq!(run(&mut e, 0, &c.client_data(b"GET /"), 1, &mut out), FWD);
+    assert_eq!(e.counters().l7_internal_errors, 1);
+    assert_eq!(e.flow_count(), 1);
+    assert_eq!(
+        run(&mut e, 0, &c.client_data(b" HTTP/1.1"), 2, &mut out),
+        FWD
     );
 }

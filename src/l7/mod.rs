@@ -65,6 +65,15 @@ pub trait Protocol: Send {
     type Rule: Send + Sync + std::fmt::Debug;
 
     fn parse_request(&mut self, buf: &[u8]) -> Parse<RequestHead<Self::Request>>;
+    /// Whether `parse_request` (or `parse_reply`) may answer other than
+    /// `NeedMore` for `buf` when it did for `buf[..old]`: the stream
+    /// re-parses a held head only then, so a head sent one byte per segment
+    /// costs linear time, not quadratic. Must never be false where the
+    /// answer could change.
+    fn head_may_end(&self, buf: &[u8], old: usize) -> bool {
+        let _ = (buf, old);
+        true
+    }
     /// Parse the next reply unit, for the oldest request still awaiting one.
     fn parse_reply(&mut self, buf: &[u8], req: Option<&Self::Request>) -> Parse<ReplyHead>;
     /// The denial the client gets, or None when the request expects no reply.

@@ -10,6 +10,7 @@
 mod conn;
 mod reassembly;
 mod reply;
+mod request;
 mod seqmap;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,9 @@ pub struct StreamCtx<'a> {
     /// Names the flow in log events (endpoint names are looked up from its
     /// addresses when the event is written, see `log`).
     pub tuple: crate::log::FlowTuple,
+    /// The worker's L7 flows together hold more than `max_held_total`: this
+    /// flow must not start holding more.
+    pub over_budget: bool,
 }
 
 enum Inner {
@@ -91,6 +95,23 @@ impl L7Flow {
         match &self.inner {
             Inner::Http(s) => s.held_bytes(),
             Inner::Memcache(s) => s.held_bytes(),
+        }
+    }
+
+    /// The connection was reset (by an acceptable RST or by us): nothing of
+    /// it passes any more.
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            Inner::Http(s) => s.closed,
+            Inner::Memcache(s) => s.closed,
+        }
+    }
+
+    /// When `on_tick` has work next (None: no timer pending).
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Http(s) => s.next_deadline(),
+            Inner::Memcache(s) => s.next_deadline(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! reply ends, inject denials there, and map the server's segments into the
 //! client's view.
 
-use super::conn::{Injected, Pending, ReqState, Stream, Template};
+use super::conn::{Injected, Pending, Stream, Template};
+use super::request::{clear_urgent, ReqState, KEEP_CAPACITY, RST_WINDOW};
 use super::seqmap::Abs;
 use super::StreamCtx;
 use crate::counters::DropReason;
@@ -29,6 +30,28 @@ pub(super) enum ReplyState {
 }
 
 impl<P: Protocol> Stream<P> {
+    /// The server's SYN-ACK: it must acknowledge the client's SYN (the one
+    /// whose ISN we keep) and carry no data. The first one fixes the
+    /// server's sequence space; a retransmission of it passes, any other is
+    /// dropped. A bare SYN from the server (simultaneous open) is refused.
+    fn server_syn(&mut self, frame: &[u8], meta: &FrameMeta, t: &TcpMeta) -> Verdict {
+        let acks_syn = self.cli.abs.is_some_and(|c| t.ack == c.seq(0));
+        if t.flags & TCP_ACK == 0 || !acks_syn || meta.payload_end > meta.payload_off {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        let isn = t.seq.wrapping_add(1);
+        match self.srv.abs {
+            None => {
+                self.srv.abs = Some(Abs { base: isn });
+                self.srv.tpl = Some(Template::of(frame, meta));
+                self.srv.win = t.window;
+            }
+            Some(a) if a.base != isn => return Verdict::Drop(DropReason::TcpInvalid),
+            Some(_) => {}
+        }
+        Verdict::Forward(self.client_side)
+    }
+
     pub(super) fn server_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,
@@ -40,55 +63,66 @@ impl<P: Protocol> Stream<P> {
     ) -> Verdict {
         let to_client = self.client_side;
         if t.flags & TCP_SYN != 0 {
-            if self.s_abs.is_none() || self.s_next == 0 {
-                self.s_abs = Some(Abs {
-                    base: t.seq.wrapping_add(1),
-                });
-                self.tpl_s = Some(Template::of(frame, meta));
-                self.s_win = t.window;
-            }
-            return Verdict::Forward(to_client);
+            return self.server_syn(frame, meta, t);
         }
-        if self.s_abs.is_none() && !self.modified() {
-            // As in `client_segment`: join the server's stream where it is.
-            self.s_abs = Some(Abs { base: t.seq });
+        if t.flags & (TCP_ACK | TCP_RST) == 0 {
+            return Verdict::Drop(DropReason::TcpInvalid);
         }
-        let (Some(sabs), Some(cabs)) = (self.s_abs, self.c_abs) else {
+        let Some(cabs) = self.cli.abs else {
             return Verdict::Drop(DropReason::L7OutOfWindow);
         };
-        if self.tpl_s.is_none() {
-            self.tpl_s = Some(Template::of(frame, meta));
+        let Some(sabs) = self.srv.abs else {
+            // Before the SYN-ACK only an RST answering the client's SYN
+            // means anything (RFC 793 SYN-SENT: it must acknowledge it).
+            if t.flags & TCP_RST != 0 && t.flags & TCP_ACK != 0 && t.ack == cabs.seq(0) {
+                self.closed = true;
+                return Verdict::Forward(to_client);
+            }
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        };
+        clear_urgent(frame, meta, t);
+        if self.srv.tpl.is_none() {
+            self.srv.tpl = Some(Template::of(frame, meta));
         }
-        self.s_win = t.window;
+        self.srv.win = t.window;
         if t.flags & TCP_ACK != 0 {
             let c_out = self.c_out();
             let a = cabs.abs(t.ack, c_out);
-            if a > self.s_ack as i64 && a <= c_out as i64 {
-                self.s_ack = a as u64;
-                self.trim_sent(self.s_ack);
-                let acked = self.removed.to_client_ack(self.s_ack);
-                self.removed.prune(acked);
+            if a > self.srv.ack as i64 && a <= c_out as i64 {
+                self.srv.ack = a as u64;
+                self.trim_sent(self.srv.ack);
+                let acked = self.cli.removed.to_client_ack(self.srv.ack);
+                self.cli.removed.prune(acked);
             }
         }
         let modified_before = self.modified();
         let payload = meta.payload(frame);
         let len = payload.len() as u64;
-        let s = sabs.abs(t.seq, self.s_next);
+        let s = sabs.abs(t.seq, self.srv.next);
         let e = s + len as i64;
         if t.flags & TCP_RST != 0 {
+            // As for the client's RST (`client_rst`): only a sequence number
+            // the client can expect next ends the connection.
+            let lo = self.srv.inserted.to_server_ack(self.cli.ack_view);
+            let hi = self.srv.next + u64::from(self.srv.fin.is_some());
+            if s < lo as i64 || s > (hi + RST_WINDOW) as i64 {
+                return Verdict::Drop(DropReason::L7OutOfWindow);
+            }
             if modified_before {
-                let seq = sabs.seq(self.inserted.to_view(s.max(0) as u64));
+                let seq = sabs.seq(self.srv.inserted.to_view(s as u64));
                 let ack = self.ack_to_client();
                 build::set_seq_ack(frame, meta, seq, ack);
             }
-            self.closed = true;
+            if s <= hi as i64 {
+                self.closed = true;
+            }
             return Verdict::Forward(to_client);
         }
-        if s > self.s_next as i64 && !matches!(self.reply, ReplyState::Tunnel) {
+        if s > self.srv.next as i64 && !matches!(self.srv.reply, ReplyState::Tunnel) {
             // Reply framing needs the bytes in order; the server resends.
             return Verdict::Drop(DropReason::L7OutOfWindow);
         }
-        if len > 0 && s < self.inserted.floor as i64 {
+        if len > 0 && s < self.srv.inserted.floor as i64 {
             // Older than a denial the client already acknowledged.
             ctx.counters.drop(DropReason::L7Duplicate);
             self.ack_server(ctx, out);
@@ -96,30 +130,30 @@ impl<P: Protocol> Stream<P> {
         }
         // Injections as (server offset, bytes), in order.
         let mut inj: Vec<(u64, Vec<u8>)> = Vec::new();
-        if e > self.s_next as i64 {
-            let skip = (self.s_next as i64 - s).max(0) as usize;
-            let start = self.s_next.max(s.max(0) as u64);
+        if e > self.srv.next as i64 {
+            let skip = (self.srv.next as i64 - s).max(0) as usize;
+            let start = self.srv.next.max(s.max(0) as u64);
             let fresh = payload[skip..].to_vec();
-            self.s_next = e as u64;
+            self.srv.next = e as u64;
             self.track(ctx, &fresh, start, &mut inj);
         }
         let fin = t.flags & TCP_FIN != 0;
-        if fin && e == self.s_next as i64 && self.s_fin.is_none() {
+        if fin && e == self.srv.next as i64 && self.srv.fin.is_none() {
             // Nothing answers the pending requests any more.
-            self.give_up(self.s_next, &mut inj);
-            self.s_fin = Some(self.s_next);
+            self.give_up(self.srv.next, &mut inj);
+            self.srv.fin = Some(self.srv.next);
         }
         if !modified_before && inj.is_empty() {
             return Verdict::Forward(to_client);
         }
         let mut blocks = Vec::with_capacity(inj.len());
         for (pos, bytes) in inj {
-            let view_start = self.inserted.add(pos, bytes.len() as u64);
+            let view_start = self.srv.inserted.add(pos, bytes.len() as u64);
             blocks.push((pos, view_start, bytes));
         }
         // Every block strictly inside the segment, old or new, cuts it.
         let (lo, hi) = (s.max(0) as u64, e.max(0) as u64);
-        let cuts = self.inserted.cuts(lo, hi);
+        let cuts = self.srv.inserted.cuts(lo, hi);
         // New blocks at the start of a data segment go before it.
         let mut before = false;
         for (p, vs, bytes) in &blocks {
@@ -132,7 +166,7 @@ impl<P: Protocol> Stream<P> {
         // Denials injected at the server's FIN go before it.
         let fin_after = fin && blocks.iter().any(|(p, ..)| *p >= hi);
         let verdict = if cuts.is_empty() {
-            let seq = sabs.seq(self.inserted.to_view(lo));
+            let seq = sabs.seq(self.srv.inserted.to_view(lo));
             if fin_after {
                 if let Some(b) = frame.get_mut(meta.l4_off + 13) {
                     *b &= !TCP_FIN;
@@ -155,7 +189,7 @@ impl<P: Protocol> Stream<P> {
             let mut cur = lo;
             for p in cuts {
                 let (a, b) = ((cur - lo) as usize, (p - lo) as usize);
-                let seq = sabs.seq(self.inserted.to_view(cur));
+                let seq = sabs.seq(self.srv.inserted.to_view(cur));
                 let f = self.seg(false, seq, TCP_PSH, &payload[a..b]);
                 self.emit(ctx, out, false, f);
                 for (bp, vs, bytes) in &blocks {
@@ -167,7 +201,7 @@ impl<P: Protocol> Stream<P> {
                 cur = p;
             }
             let a = (cur - lo) as usize;
-            let seq = sabs.seq(self.inserted.to_view(cur));
+            let seq = sabs.seq(self.srv.inserted.to_view(cur));
             let mut flags = t.flags & (TCP_PSH | TCP_FIN);
             if fin_after {
                 flags &= !TCP_FIN;
@@ -184,11 +218,11 @@ impl<P: Protocol> Stream<P> {
             }
         }
         if fin_after {
-            let f = self.seg(false, sabs.seq(self.inserted.to_view(hi)), TCP_FIN, &[]);
+            let f = self.seg(false, sabs.seq(self.srv.inserted.to_view(hi)), TCP_FIN, &[]);
             self.emit(ctx, out, false, f);
         }
         for (_, vs, bytes) in blocks {
-            self.inj.push_back(Injected {
+            self.srv.inj.push_back(Injected {
                 view_start: vs,
                 bytes,
                 sent_ns: now,
@@ -209,18 +243,18 @@ impl<P: Protocol> Stream<P> {
         start: u64,
         inj: &mut Vec<(u64, Vec<u8>)>,
     ) {
-        if matches!(self.reply, ReplyState::Tunnel) {
+        if matches!(self.srv.reply, ReplyState::Tunnel) {
             return;
         }
-        let buf_start = start.saturating_sub(self.r_buf.len() as u64);
-        self.r_buf.extend_from_slice(bytes);
+        let buf_start = start.saturating_sub(self.srv.buf.len() as u64);
+        self.srv.buf.extend_from_slice(bytes);
         let mut off = 0usize;
         loop {
-            let avail = &self.r_buf[off..];
+            let avail = &self.srv.buf[off..];
             let at = buf_start + off as u64;
-            match &mut self.reply {
+            match &mut self.srv.reply {
                 ReplyState::Tunnel => {
-                    off = self.r_buf.len();
+                    off = self.srv.buf.len();
                     break;
                 }
                 ReplyState::Body { left, completes } => {
@@ -232,7 +266,7 @@ impl<P: Protocol> Stream<P> {
                     off += n;
                     if *left == 0 {
                         let c = *completes;
-                        self.reply = ReplyState::Head;
+                        self.srv.reply = ReplyState::Head;
                         self.unit_done(c, at + n as u64, inj);
                     }
                 }
@@ -245,7 +279,7 @@ impl<P: Protocol> Stream<P> {
                             off += n;
                             if done {
                                 let c = *completes;
-                                self.reply = ReplyState::Head;
+                                self.srv.reply = ReplyState::Head;
                                 self.unit_done(c, at + n as u64, inj);
                             } else if n == 0 {
                                 break;
@@ -253,7 +287,7 @@ impl<P: Protocol> Stream<P> {
                         }
                         Err(_) => {
                             self.give_up(at, inj);
-                            off = self.r_buf.len();
+                            off = self.srv.buf.len();
                             break;
                         }
                     }
@@ -266,46 +300,59 @@ impl<P: Protocol> Stream<P> {
                         Some(Pending::Awaiting(r, _)) => Some(r),
                         _ => None,
                     };
-                    match self.proto.parse_reply(avail, req) {
+                    // As for request heads: re-parse only once bytes that
+                    // may end the head arrived.
+                    let known = self.srv.scanned;
+                    let parsed = if known > 0
+                        && (avail.len() <= known || !self.proto.head_may_end(avail, known))
+                    {
+                        Parse::NeedMore
+                    } else {
+                        ctx.counters.l7_head_parses += 1;
+                        self.proto.parse_reply(avail, req)
+                    };
+                    self.srv.scanned = 0;
+                    match parsed {
                         Parse::NeedMore => {
+                            self.srv.scanned = avail.len();
                             if avail.len() > ctx.cfg.max_held_bytes {
                                 self.give_up(at, inj);
-                                off = self.r_buf.len();
+                                off = self.srv.buf.len();
                             }
                             break;
                         }
                         Parse::Invalid(_) => {
                             self.give_up(at, inj);
-                            off = self.r_buf.len();
+                            off = self.srv.buf.len();
                             break;
                         }
                         Parse::Complete(h) => {
                             let hl = h.head_len.min(avail.len());
                             if hl == 0 {
                                 self.give_up(at, inj);
-                                off = self.r_buf.len();
+                                off = self.srv.buf.len();
                                 break;
                             }
                             off += hl;
                             let completes = h.last && !h.unsolicited;
                             match h.body {
                                 ReplyBody::None | ReplyBody::Length(0) => {
-                                    self.reply = ReplyState::Head;
+                                    self.srv.reply = ReplyState::Head;
                                     self.unit_done(completes, at + hl as u64, inj);
                                 }
                                 ReplyBody::Length(n) => {
-                                    self.reply = ReplyState::Body { left: n, completes }
+                                    self.srv.reply = ReplyState::Body { left: n, completes }
                                 }
                                 ReplyBody::Chunked => {
-                                    self.reply = ReplyState::Chunked {
+                                    self.srv.reply = ReplyState::Chunked {
                                         dec: ChunkedDecoder::new(),
                                         completes,
                                     }
                                 }
                                 ReplyBody::UntilClose => {
                                     self.give_up(at + hl as u64, inj);
-                                    self.req = ReqState::Pass;
-                                    off = self.r_buf.len();
+                                    self.cli.req = ReqState::Pass;
+                                    off = self.srv.buf.len();
                                     break;
                                 }
                             }
@@ -314,7 +361,10 @@ impl<P: Protocol> Stream<P> {
                 }
             }
         }
-        self.r_buf.drain(..off.min(self.r_buf.len()));
+        self.srv.buf.drain(..off.min(self.srv.buf.len()));
+        if self.srv.buf.is_empty() && self.srv.buf.capacity() > KEEP_CAPACITY {
+            self.srv.buf = Vec::new();
+        }
     }
 
     /// A reply unit ended at server offset `at`.
@@ -335,8 +385,8 @@ impl<P: Protocol> Stream<P> {
     /// Stop following replies: pending denials go out at `at`, unordered
     /// from now on.
     pub(super) fn give_up(&mut self, at: u64, inj: &mut Vec<(u64, Vec<u8>)>) {
-        self.reply = ReplyState::Tunnel;
-        self.r_buf = Vec::new();
+        self.srv.reply = ReplyState::Tunnel;
+        self.srv.buf = Vec::new();
         self.pending_bytes = 0;
         for p in self.queue.drain(..) {
             if let Pending::Denial(b) = p {
@@ -349,23 +399,23 @@ impl<P: Protocol> Stream<P> {
     /// current end of the server stream.
     pub(super) fn flush_denials(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
         let mut inj = Vec::new();
-        if matches!(self.reply, ReplyState::Tunnel) || self.s_fin.is_some() {
-            let at = self.s_next;
+        if matches!(self.srv.reply, ReplyState::Tunnel) || self.srv.fin.is_some() {
+            let at = self.srv.next;
             self.give_up(at, &mut inj);
         } else {
-            self.unit_done(false, self.s_next, &mut inj);
+            self.unit_done(false, self.srv.next, &mut inj);
         }
-        let Some(sabs) = self.s_abs else {
+        let Some(sabs) = self.srv.abs else {
             if !inj.is_empty() {
                 self.reset(ctx, out);
             }
             return;
         };
         for (pos, bytes) in inj {
-            let vs = self.inserted.add(pos, bytes.len() as u64);
+            let vs = self.srv.inserted.add(pos, bytes.len() as u64);
             let f = self.seg(false, sabs.seq(vs), TCP_PSH, &bytes);
             self.emit(ctx, out, false, f);
-            self.inj.push_back(Injected {
+            self.srv.inj.push_back(Injected {
                 view_start: vs,
                 bytes,
                 sent_ns: now,

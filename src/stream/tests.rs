@@ -292,6 +292,7 @@ impl<P: Protocol> Rig<P> {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
+            over_budget: false,
             tuple: FlowTuple {
                 src: meta.src,
                 dst: meta.dst,
@@ -334,6 +335,7 @@ impl<P: Protocol> Rig<P> {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
+            over_budget: false,
             tuple: FlowTuple {
                 src: "10.0.0.1".parse().unwrap(),
                 dst: "10.0.0.2".parse().unwrap(),

@@ -78,6 +78,12 @@ impl Protocol for Http {
         request::parse_request(buf)
     }
 
+    /// A head ends with a line feed (the empty line), so nothing changes
+    /// until one arrives; an invalid head is found then, or at the limit.
+    fn head_may_end(&self, buf: &[u8], old: usize) -> bool {
+        buf.get(old..).is_some_and(|new| new.contains(&b'\n'))
+    }
+
     fn parse_reply(&mut self, buf: &[u8], req: Option<&HttpRequest>) -> Parse<ReplyHead> {
         response::parse_response(buf, req)
     }

@@ -173,6 +173,14 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         root_path = p.is_empty();
     }
 
+    // Dot-segments: a server that normalises "/a/../b" to "/b" would serve
+    // another path than the one judged. Clients normalise them before
+    // sending; one that does not is refused (percent-encoded dots too).
+    let path_only = path.split(|&c| c == b'?').next().unwrap_or_default();
+    if path_only.split(|&c| c == b'/').any(is_dot_segment) {
+        return Err(Stop::Invalid("dot-segment in path"));
+    }
+
     let host = match (authority, host_hdr) {
         (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
             return Err(Stop::Invalid("Host differs from request-target authority"))
@@ -203,6 +211,14 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         }
     };
 
+    // Content on these has no defined meaning (RFC 9110 9.3): servers
+    // disagree on whether they read it, and one that ignores it reads the
+    // body as the next request, never judged as one.
+    if body != Body::None && matches!(method, b"GET" | b"HEAD" | b"DELETE" | b"CONNECT" | b"TRACE")
+    {
+        return Err(Stop::Invalid("body on a method without body semantics"));
+    }
+
     Ok(RequestHead {
         head_len,
         body,
@@ -218,6 +234,23 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
             connection_close,
         },
     })
+}
+
+/// "." or "..", also written with `%2e`.
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let mut dots = 0;
+    let mut rest = seg;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
 }
 
 /// absolute-form `scheme://authority[/path...]` → (authority, path+query).
@@ -256,6 +289,31 @@ mod tests {
         match parse_request(s.as_bytes()) {
             Parse::Invalid(w) => w,
             other => panic!("{s:?}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_and_dots_elsewhere_are_not() {
+        for t in [
+            "/v1/../admin",
+            "/./x",
+            "/v1/%2e%2e/admin",
+            "/v1/.%2E/x",
+            "/a/..",
+            "/..",
+        ] {
+            let req = format!("GET {t} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(invalid(&req), "dot-segment in path", "{t}");
+        }
+        for t in [
+            "/v1/...",
+            "/a.b/c",
+            "/.well-known/x",
+            "/v1/?q=../x",
+            "/%2e%2e%2e",
+        ] {
+            let req = format!("GET {t} HTTP/1.1\r\nHost: a\r\n\r\n");
+            ok(&req);
         }
     }
 

@@ -89,6 +89,12 @@ impl Protocol for Memcache {
         }
     }
 
+    /// Text commands end with a line feed; binary heads are at most
+    /// 24 + 255 + 250 bytes, cheap to re-parse whole.
+    fn head_may_end(&self, buf: &[u8], old: usize) -> bool {
+        self.mode != Some(Mode::Text) || buf.get(old..).is_some_and(|new| new.contains(&b'\n'))
+    }
+
     fn parse_reply(&mut self, buf: &[u8], req: Option<&McRequest>) -> Parse<ReplyHead> {
         let binary = match (req, self.mode) {
             (Some(r), _) => r.is_binary(),

@@ -9,6 +9,8 @@ use crate::l7::{Body, Parse, RequestHead};
 pub const MAX_LINE: usize = 8192;
 /// memcached's KEY_MAX_LENGTH.
 pub const MAX_KEY: usize = 250;
+/// Flag tokens memcached 1.6 takes on `ms` (checked against 1.6.18).
+const MAX_MS_FLAGS: usize = 16;
 /// memcached refuses data blocks whose length does not fit an i32.
 const MAX_DATA: u64 = i32::MAX as u64 - 2;
 
@@ -52,6 +54,13 @@ struct Toks<'a> {
 impl<'a> Toks<'a> {
     fn new(line: &'a [u8]) -> Self {
         Toks { rest: line }
+    }
+    fn count(mut self) -> usize {
+        let mut n = 0;
+        while self.next().is_some() {
+            n += 1;
+        }
+        n
     }
     fn next(&mut self) -> Option<&'a [u8]> {
         let start = self.rest.iter().position(|&c| c != b' ')?;
@@ -131,6 +140,56 @@ fn meta_flags(t: &mut Toks<'_>) -> R<(bool, Option<u8>)> {
         }
     }
     Ok((quiet, mode))
+}
+
+/// With the `b` flag memcached reads a meta command's key as base64 and works
+/// on the decoded bytes: those are what rules judge. `flags` is the rest of
+/// the line after the key (and data length).
+fn meta_key(k: Vec<u8>, flags: &[u8]) -> R<Vec<u8>> {
+    let mut t = Toks::new(flags);
+    let mut b64 = false;
+    while let Some(f) = t.next() {
+        b64 |= f.first() == Some(&b'b');
+    }
+    if !b64 {
+        return Ok(k);
+    }
+    base64_decode(&k).ok_or("bad base64 key")
+}
+
+/// Standard base64 with padding, as memcached decodes keys (it refuses
+/// unpadded input).
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = s.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let body = &s[..s.len() - pad];
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in body {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 fn req(cmd: TextCmd, keys: Vec<Vec<u8>>, noreply: bool) -> McRequest {
@@ -270,17 +329,26 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
                 b"md" => Md,
                 _ => Me,
             };
+            let flags = t.rest;
             let (quiet, _) = if cmd == Me {
                 t.end().map(|_| (false, None))?
             } else {
                 meta_flags(&mut t)?
             };
-            simple(cmd, vec![k], quiet)
+            simple(cmd, vec![meta_key(k, flags)?], quiet)
         }
         b"ms" => {
             let k = key(t.need("missing key")?)?;
             let bytes = unsigned(t.need("missing data length")?, MAX_DATA)?;
+            // memcached 1.6 refuses more flags ("options flags too long")
+            // without swallowing the data block: it would read the block as
+            // the next command.
+            if Toks::new(t.rest).count() > MAX_MS_FLAGS {
+                return Err("too many meta flags");
+            }
+            let flags = t.rest;
             let (quiet, mode) = meta_flags(&mut t)?;
+            let k = meta_key(k, flags)?;
             let cmd = match mode {
                 None | Some(b'S' | b's') => MsSet,
                 Some(b'E' | b'e') => MsAdd,
@@ -293,7 +361,9 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
         }
         b"ma" => {
             let k = key(t.need("missing key")?)?;
+            let flags = t.rest;
             let (quiet, mode) = meta_flags(&mut t)?;
+            let k = meta_key(k, flags)?;
             let cmd = match mode {
                 None | Some(b'I' | b'i' | b'+') => MaIncr,
                 Some(b'D' | b'd' | b'-') => MaDecr,
@@ -308,6 +378,20 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_keys_are_judged_decoded() {
+        // As memcached 1.6.18: `mg eHdpbmctY29vcmQ= b v` reads xwing-coord.
+        assert_eq!(keys("mg eHdpbmctY29vcmQ= b v\r\n"), ["xwing-coord"]);
+        assert_eq!(keys("ms eHdpbmctY29vcmQ= 2 b\r\n"), ["xwing-coord"]);
+        assert_eq!(keys("ma YQ== b\r\n"), ["a"]);
+        assert_eq!(keys("md YWJj b q\r\n"), ["abc"]);
+        assert_eq!(keys("mg YWI= v\r\n"), ["YWI="], "without b: as is");
+        // memcached refuses unpadded or broken base64 ("error decoding key").
+        invalid("mg eHdpbmctY29vcmQ b v\r\n");
+        invalid("mg e!== b v\r\n");
+        invalid("mg Y=== b\r\n");
+    }
 
     fn ok(s: &str) -> RequestHead<McRequest> {
         match parse(s.as_bytes()) {

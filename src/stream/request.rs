@@ -1,0 +1,600 @@
+//! The client→server path: reassemble the client's bytes, hold an undecided
+//! request, decide it, release allowed bytes byte-exact and remove denied
+//! ones, and keep what was released until the server acknowledges it. The
+//! server→client path is in `reply.rs`; state and emitters in `conn.rs`.
+
+use std::collections::VecDeque;
+
+use super::conn::{Pending, Stream, Template, MIN_SEG};
+use super::seqmap::Abs;
+use super::StreamCtx;
+use crate::config::DenyAction;
+use crate::counters::DropReason;
+use crate::l7::http::ChunkedDecoder;
+use crate::l7::{Body, Parse, Protocol};
+use crate::packet::build;
+use crate::packet::view::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use crate::packet::{FrameMeta, TcpMeta};
+use crate::verdict::{other, Output, Verdict};
+
+/// Where the client stream is between requests.
+pub(super) enum ReqState {
+    Head,
+    Body {
+        allowed: bool,
+        left: u64,
+    },
+    Chunked {
+        allowed: bool,
+        dec: ChunkedDecoder,
+    },
+    /// After a tunnel was set up: bytes pass unparsed.
+    Pass,
+}
+
+/// How far ahead of the next expected byte an RST may be and still be
+/// passed on (without ending our state): the receiver answers it with a
+/// challenge ACK (RFC 5961 3.2). Receive windows are not tracked exactly;
+/// this is an upper bound on any window the peer can have advertised with
+/// the scale factors in use.
+pub(super) const RST_WINDOW: u64 = 1 << 30;
+
+/// Longest head still held while the worker is over `max_held_total`.
+const BUDGET_HEAD: usize = 1024;
+
+/// Buffers emptied keep at most this much capacity; larger ones are freed.
+pub(super) const KEEP_CAPACITY: usize = 4096;
+
+/// Urgent data: Linux (without SO_OOBINLINE) takes the byte before the
+/// urgent pointer out of the stream, so the server would read other bytes
+/// than the ones judged. The flag and pointer are cleared: the byte stays
+/// in band, where it was judged.
+pub(super) fn clear_urgent(frame: &mut [u8], meta: &FrameMeta, t: &TcpMeta) {
+    const TCP_URG: u8 = 0x20;
+    if t.flags & TCP_URG == 0 {
+        return;
+    }
+    let o = meta.l4_off;
+    if let Some(h) = frame.get_mut(o..o + 20) {
+        h[13] &= !TCP_URG;
+        h[18] = 0;
+        h[19] = 0;
+        build::fix_tcp_checksum(frame, meta);
+    }
+}
+
+impl<P: Protocol> Stream<P> {
+    /// The client's SYN. The first one fixes the client's sequence space for
+    /// the life of the connection, as Linux does: a later SYN with another
+    /// ISN (during the handshake or after it) never re-bases the stream; it
+    /// is passed on, and the server answers it with a challenge ACK. A SYN
+    /// carrying data is dropped: without a fast-open cookie the server does
+    /// not read it, with one it would read bytes never judged.
+    fn client_syn(&mut self, frame: &[u8], meta: &FrameMeta, t: &TcpMeta) -> Verdict {
+        if meta.payload_end > meta.payload_off || t.flags & TCP_ACK != 0 {
+            // Data on a SYN; a SYN-ACK from the client (simultaneous open,
+            // which no server that listens does).
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        if self.cli.abs.is_none() {
+            self.cli.abs = Some(Abs {
+                base: t.seq.wrapping_add(1),
+            });
+            self.cli.tpl = Some(Template::of(frame, meta));
+            self.cli.win = t.window;
+        }
+        Verdict::Forward(other(self.client_side))
+    }
+
+    /// An RST from the client at client offset `s` (RFC 5961): it ends the
+    /// connection only when its sequence number can be the one the server
+    /// expects next (between the server's latest ack and the end of what we
+    /// sent it); ahead of that, within a window, it is passed on mapped but
+    /// our state stays (the server answers with a challenge ACK); anything
+    /// else is dropped.
+    fn client_rst(
+        &mut self,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        cabs: Abs,
+        s: i64,
+        modified: bool,
+    ) -> Verdict {
+        let fwd = other(self.client_side);
+        if s < 0 {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        let m = self.cli.removed.to_server(s as u64);
+        let out = self.c_out();
+        if m < self.srv.ack || m > out + RST_WINDOW {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        if m > out && self.cli.next == 0 && self.srv.next == 0 {
+            // The server may still be in SYN-RECV, where Linux takes any
+            // in-window RST (not only the exact one): it would end the
+            // connection while we kept it.
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        if modified {
+            let ack = self.ack_to_server();
+            build::set_seq_ack(frame, meta, cabs.seq(m), ack);
+        }
+        if m <= out {
+            self.closed = true;
+        }
+        Verdict::Forward(fwd)
+    }
+
+    pub(super) fn client_segment(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        frame: &mut [u8],
+        meta: &FrameMeta,
+        t: &TcpMeta,
+        now: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let fwd = other(self.client_side);
+        if t.flags & TCP_SYN != 0 {
+            return self.client_syn(frame, meta, t);
+        }
+        if t.flags & (TCP_ACK | TCP_RST) == 0 {
+            // Linux discards a segment without ACK once synchronized; bytes
+            // we judged from it would be bytes the server never reads.
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        let Some(cabs) = self.cli.abs else {
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        };
+        if self.srv.abs.is_none() && t.flags & TCP_RST == 0 {
+            // No SYN-ACK seen: the server has not accepted this connection
+            // (it may still hold an older one on this 4-tuple, whose stream
+            // position we do not know). Nothing goes through before it.
+            return Verdict::Drop(DropReason::L7OutOfWindow);
+        }
+        if self.cli.tpl.is_none() {
+            self.cli.tpl = Some(Template::of(frame, meta));
+        }
+        self.cli.win = t.window;
+        clear_urgent(frame, meta, t);
+        if t.flags & TCP_ACK != 0 {
+            if let Some(sabs) = self.srv.abs {
+                let view_next =
+                    self.srv.inserted.to_view(self.srv.next) + u64::from(self.srv.fin.is_some());
+                let a = sabs.abs(t.ack, view_next);
+                if a > self.cli.ack_view as i64 && a <= view_next as i64 {
+                    self.cli.ack_view = a as u64;
+                }
+                let acked = self.cli.ack_view;
+                self.srv
+                    .inj
+                    .retain(|b| b.view_start + b.bytes.len() as u64 > acked);
+                self.srv.inserted.prune(acked);
+            }
+        }
+        let payload = meta.payload(frame);
+        let len = payload.len() as u64;
+        let modified_before = self.modified();
+        let s = cabs.abs(t.seq, self.cli.next);
+        if t.flags & TCP_RST != 0 {
+            return self.client_rst(frame, meta, cabs, s, modified_before);
+        }
+        self.cli.max_seg = self.cli.max_seg.max(payload.len());
+        let e = s + len as i64;
+        let fin = t.flags & TCP_FIN != 0;
+        let next_before = self.cli.next;
+        let decided_before = self.decided();
+        let out_before = self.c_out();
+
+        // Bytes already decided: resend the kept ones (the server may have
+        // lost what we sent), mapped into the server's offsets.
+        let mut old: Vec<(u64, usize, usize)> = Vec::new();
+        let old_end = e.min(decided_before as i64);
+        if len > 0 && s < old_end && old_end > 0 {
+            for (a, b) in self.cli.removed.kept(s.max(0) as u64, old_end as u64) {
+                let off = (a as i64 - s) as usize;
+                old.push((self.cli.removed.to_server(a), off, (b - a) as usize));
+            }
+        }
+
+        // New bytes.
+        let mut overflow = false;
+        if len > 0 && e > self.cli.next as i64 {
+            if s <= self.cli.next as i64 {
+                let skip = (self.cli.next as i64 - s) as usize;
+                let fresh = &payload[skip..];
+                if (self.waiting() && self.cli.buf.len() + fresh.len() > ctx.cfg.max_held_bytes)
+                    || self.cli.sent.len() >= self.sent_limit()
+                    || (ctx.over_budget && !self.cli.sent.is_empty())
+                {
+                    overflow = true;
+                } else {
+                    let n = self.cli.ooo.advance(fresh, &mut self.cli.buf);
+                    self.cli.next += n as u64;
+                }
+            } else {
+                // Out of order: kept in the ring only within the hold budget
+                // counted from the next expected byte, so that the bytes
+                // held once the hole fills stay within it too.
+                let off = (s - self.cli.next as i64) as usize;
+                let room = ctx.cfg.max_held_bytes.saturating_sub(self.cli.buf.len());
+                overflow = off + payload.len() > room
+                    || (ctx.over_budget && self.cli.ooo.memory() == 0)
+                    || self
+                        .cli
+                        .ooo
+                        .insert(off, payload, ctx.cfg.max_held_bytes)
+                        .is_err();
+            }
+        }
+        if fin && !overflow {
+            if e <= self.cli.next as i64 && e >= decided_before as i64 {
+                self.cli.fin.get_or_insert(e as u64);
+            } else if e > self.cli.next as i64 {
+                self.cli.ooo_fin = Some(e as u64);
+            }
+        }
+        if let Some(f) = self.cli.ooo_fin {
+            if f <= self.cli.next {
+                self.cli.fin.get_or_insert(self.cli.next);
+                self.cli.ooo_fin = None;
+            }
+        }
+        if overflow {
+            ctx.counters.drop(DropReason::L7HoldOverflow);
+        } else if len > 0 && e <= next_before as i64 && old.is_empty() {
+            ctx.counters.drop(DropReason::L7Duplicate);
+        }
+
+        let mut rel = Vec::new();
+        let mark = out.emits.len();
+        let denied = self.decide_queued(ctx, now, out, &mut rel);
+        let fin_now = self.fin_ready(ctx, now, out);
+
+        if self.closed {
+            // Reset while deciding: what was allowed before goes out ahead
+            // of the RSTs.
+            let resets = out.emits.split_off(mark.min(out.emits.len()));
+            self.send_released(ctx, out, cabs, out_before, &rel, false);
+            out.emits.extend(resets);
+            return Verdict::Consumed;
+        }
+        let fast = !self.modified()
+            && !modified_before
+            && len > 0
+            && s == next_before as i64
+            && s == decided_before as i64
+            && self.decided() as i64 == e
+            && old.is_empty()
+            && rel.len() == payload.len()
+            && fin == fin_now;
+        if fast {
+            return Verdict::Forward(fwd);
+        }
+        let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
+        if pure && self.cli.removed.ends_at(self.decided()) {
+            // Only we can acknowledge removed bytes at the end of the
+            // stream; our earlier ACK may have been lost.
+            self.ack_client(ctx, out);
+        }
+        if pure {
+            // A bare ACK / window update: rewrite in place.
+            let seq = cabs.seq(self.c_out());
+            let ack = self.ack_to_server();
+            if self.modified() {
+                build::strip_sack(frame, meta);
+            }
+            build::set_seq_ack(frame, meta, seq, ack);
+            return Verdict::Forward(fwd);
+        }
+        let mut sent = false;
+        for (at, _, n) in old {
+            // Only what we released, as we released it.
+            let lo = at.max(self.cli.sent_base);
+            let hi = (at + n as u64).min(self.cli.sent_base + self.cli.sent.len() as u64);
+            if lo >= hi {
+                continue;
+            }
+            let bytes: Vec<u8> = self
+                .cli
+                .sent
+                .range((lo - self.cli.sent_base) as usize..(hi - self.cli.sent_base) as usize)
+                .copied()
+                .collect();
+            let f = self.seg(true, cabs.seq(lo), TCP_PSH, &bytes);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        }
+        sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        if fin_now && rel.is_empty() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        } else if fin && self.cli.fin_sent && !fin_now && e <= decided_before as i64 {
+            // Retransmitted FIN.
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            sent = true;
+        }
+        if !sent {
+            // The ack and window it carried still matter to the server.
+            self.ack_server(ctx, out);
+        }
+        if denied || (len > 0 && e <= decided_before as i64) {
+            self.ack_client(ctx, out);
+        }
+        Verdict::Consumed
+    }
+
+    /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
+    /// `rel`; returns true when something was denied.
+    fn decide_queued(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        now: u64,
+        out: &mut Output,
+        rel: &mut Vec<u8>,
+    ) -> bool {
+        let mut off = 0usize;
+        let mut denied = false;
+        let rel_start = rel.len();
+        while !self.closed {
+            let base = self.decided();
+            let avail = &self.cli.buf[off..];
+            match &mut self.cli.req {
+                ReqState::Pass => {
+                    rel.extend_from_slice(avail);
+                    off = self.cli.buf.len();
+                    break;
+                }
+                ReqState::Body { allowed, left } => {
+                    let n = (*left).min(avail.len() as u64) as usize;
+                    if n == 0 {
+                        break;
+                    }
+                    if *allowed {
+                        rel.extend_from_slice(&avail[..n]);
+                    } else {
+                        self.cli.removed.add(base + off as u64, n as u64);
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.cli.req = ReqState::Head;
+                    }
+                    off += n;
+                }
+                ReqState::Chunked { allowed, dec } => {
+                    if avail.is_empty() {
+                        break;
+                    }
+                    let allowed = *allowed;
+                    match dec.feed(avail) {
+                        Ok((n, done)) => {
+                            if allowed {
+                                rel.extend_from_slice(&avail[..n]);
+                            } else {
+                                self.cli.removed.add(base + off as u64, n as u64);
+                            }
+                            off += n;
+                            if done {
+                                self.cli.req = ReqState::Head;
+                            } else if n == 0 {
+                                break;
+                            }
+                        }
+                        Err(_) => {
+                            self.cli.buf.drain(..off);
+                            let subj = self.proto.unparsed_subject();
+                            self.log(ctx, out, now, subj, false, "malformed chunked body".into());
+                            self.reset(ctx, out);
+                            return true;
+                        }
+                    }
+                }
+                ReqState::Head => {
+                    if avail.is_empty() || self.waiting() {
+                        break;
+                    }
+                    let known = self.cli.scanned;
+                    let parsed = if known > 0
+                        && (avail.len() <= known || !self.proto.head_may_end(avail, known))
+                    {
+                        // Nothing that could end the head arrived since the
+                        // last look: the answer is still NeedMore.
+                        Parse::NeedMore
+                    } else {
+                        ctx.counters.l7_head_parses += 1;
+                        self.proto.parse_request(avail)
+                    };
+                    self.cli.scanned = 0;
+                    match parsed {
+                        Parse::NeedMore => {
+                            self.cli.scanned = avail.len();
+                            let over = avail.len() > ctx.cfg.max_held_bytes
+                                || (ctx.over_budget && avail.len() > BUDGET_HEAD);
+                            if over {
+                                self.cli.buf.drain(..off);
+                                ctx.counters.drop(DropReason::L7HoldOverflow);
+                                let subj = self.proto.unparsed_subject();
+                                self.log(
+                                    ctx,
+                                    out,
+                                    now,
+                                    subj,
+                                    false,
+                                    "request head exceeds max-held-bytes".into(),
+                                );
+                                self.reset(ctx, out);
+                                return true;
+                            }
+                            break;
+                        }
+                        Parse::Invalid(why) => {
+                            // Nothing says where the next request starts.
+                            self.cli.buf.drain(..off);
+                            let subj = self.proto.unparsed_subject();
+                            self.log(
+                                ctx,
+                                out,
+                                now,
+                                subj,
+                                false,
+                                format!("invalid request: {why}"),
+                            );
+                            self.reset(ctx, out);
+                            return true;
+                        }
+                        Parse::Complete(h) => {
+                            let head_len = h.head_len.min(avail.len());
+                            let proto = &self.proto;
+                            let v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
+                            let subject = self.proto.subject(&h.req);
+                            self.log(ctx, out, now, subject, v.allowed, v.detail);
+                            if v.allowed {
+                                rel.extend_from_slice(&avail[..head_len]);
+                                if self.proto.expects_reply(&h.req) {
+                                    self.pending_bytes += head_len;
+                                    self.queue.push_back(Pending::Awaiting(h.req, head_len));
+                                }
+                            } else {
+                                denied = true;
+                                self.cli.removed.add(base + off as u64, head_len as u64);
+                                if ctx.cfg.deny_action == DenyAction::Reset {
+                                    self.cli.buf.drain(..off + head_len);
+                                    self.reset(ctx, out);
+                                    return true;
+                                }
+                                if let Some(r) = self.proto.deny_reply(&h.req) {
+                                    self.queue.push_back(Pending::Denial(r));
+                                }
+                            }
+                            off += head_len;
+                            self.cli.req = match h.body {
+                                Body::None => ReqState::Head,
+                                Body::Length(0) => ReqState::Head,
+                                Body::Length(n) => ReqState::Body {
+                                    allowed: v.allowed,
+                                    left: n,
+                                },
+                                Body::Chunked => ReqState::Chunked {
+                                    allowed: v.allowed,
+                                    dec: ChunkedDecoder::new(),
+                                },
+                            };
+                            if !v.allowed {
+                                // Decided bytes leave the buffer first: the
+                                // denial acknowledges up to them.
+                                self.cli.buf.drain(..off);
+                                off = 0;
+                                self.flush_denials(ctx, now, out);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !self.closed {
+            self.cli.buf.drain(..off.min(self.cli.buf.len()));
+            if self.cli.buf.is_empty() && self.cli.buf.capacity() > KEEP_CAPACITY {
+                // A large head once held must not keep its memory.
+                self.cli.buf = Vec::new();
+            }
+        }
+        self.cli.sent.extend(&rel[rel_start..]);
+        denied
+    }
+
+    /// Bytes in flight to the server, at most: beyond it new client data is
+    /// dropped (and retransmitted by the client later).
+    fn sent_limit(&self) -> usize {
+        self.limit.saturating_mul(4)
+    }
+
+    /// The server acknowledged up to server offset `acked`.
+    pub(super) fn trim_sent(&mut self, acked: u64) {
+        let n = acked
+            .saturating_sub(self.cli.sent_base)
+            .min(self.cli.sent.len() as u64);
+        self.cli.sent.drain(..n as usize);
+        self.cli.sent_base += n;
+        if self.cli.sent.is_empty() && self.cli.sent.capacity() > KEEP_CAPACITY {
+            self.cli.sent = VecDeque::new();
+        }
+    }
+
+    /// The client's FIN goes out once every byte before it is decided; an
+    /// incomplete request head at the FIN is denied.
+    fn fin_ready(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) -> bool {
+        let Some(f) = self.cli.fin else { return false };
+        if self.cli.fin_sent || self.closed || f != self.cli.next {
+            return false;
+        }
+        if !self.cli.buf.is_empty() {
+            if self.waiting() || !matches!(self.cli.req, ReqState::Head) {
+                return false;
+            }
+            let subj = self.proto.unparsed_subject();
+            self.log(
+                ctx,
+                out,
+                now,
+                subj,
+                false,
+                "request incomplete at FIN".into(),
+            );
+            let at = self.decided();
+            self.cli.removed.add(at, self.cli.buf.len() as u64);
+            self.cli.buf.clear();
+        }
+        self.cli.fin_sent = true;
+        true
+    }
+
+    /// Held requests may go on after a denial was injected.
+    pub(super) fn release_held(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        let Some(cabs) = self.cli.abs else { return };
+        if self.cli.buf.is_empty() || self.closed {
+            return;
+        }
+        let out_before = self.c_out();
+        let mut rel = Vec::new();
+        let denied = self.decide_queued(ctx, now, out, &mut rel);
+        let fin_now = self.fin_ready(ctx, now, out);
+        if self.closed {
+            return;
+        }
+        self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        if fin_now && rel.is_empty() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+        }
+        if denied {
+            self.ack_client(ctx, out);
+        }
+    }
+
+    /// Segments carrying released bytes `rel` from server offset `at`.
+    fn send_released(
+        &self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        cabs: Abs,
+        at: u64,
+        rel: &[u8],
+        fin: bool,
+    ) -> bool {
+        let chunk = self.cli.max_seg.max(MIN_SEG);
+        let pieces = rel.len().div_ceil(chunk);
+        for (k, piece) in rel.chunks(chunk).enumerate() {
+            let seq = cabs.seq(at + (k * chunk) as u64);
+            let flags = if fin && k + 1 == pieces {
+                TCP_PSH | TCP_FIN
+            } else {
+                TCP_PSH
+            };
+            let f = self.seg(true, seq, flags, piece);
+            self.emit(ctx, out, true, f);
+        }
+        pieces > 0
+    }
+}
