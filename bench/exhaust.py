@@ -12,13 +12,22 @@ bounded in count and in time and prints one JSON line.
          slowloris: N connections each to HTTP and memcached, one byte of a
          never-ending request per connection every S seconds; HTTP heads
          start with B bytes at once (the enforcer holds them, undecided).
+  hold   --count N --seconds S --ready FILE --stop FILE
+         N idle memcached connections (handshake done, no request): opened
+         at a bounded pace, --ready written once all are up, held S seconds
+         or until --stop exists.
+  sink   --seconds S --stop FILE
+         accepts on :11211 (SO_REUSEPORT: run several) and holds what it
+         accepts, for the idle connections (one process has 20 000 files).
   http   --seconds S --max N      a normal client: one connection per GET /v1/
   mc     --seconds S --max N      a normal client: one connection per get
 """
 
 import argparse
 import json
+import os
 import math
+import select as select_mod
 import selectors
 import socket
 import struct
@@ -137,6 +146,67 @@ def slow(a):
                       "closed_memcache": closed[11211], "bytes_sent": sent}))
 
 
+def hold(a):
+    import resource
+    need = a.count + 100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, soft), max(need, hard)))
+    conns, failed = [], 0
+    start = time.monotonic()
+    pending = []
+    # Non-blocking connects, at most 256 in flight: a paced handshake rate.
+    while len(conns) + failed < a.count and time.monotonic() - start < a.seconds:
+        while len(pending) < 256 and len(conns) + len(pending) + failed < a.count:
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex((SERVER, 11211))
+            pending.append(c)
+        # poll, not select: descriptors go far past FD_SETSIZE.
+        pl = select_mod.poll()
+        by_fd = {c.fileno(): c for c in pending}
+        for fd in by_fd:
+            pl.register(fd, select_mod.POLLOUT)
+        for fd, _ in pl.poll(1000):
+            c = by_fd[fd]
+            pending.remove(c)
+            if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                conns.append(c)
+            else:
+                failed += 1
+                c.close()
+    up = time.monotonic() - start
+    with open(a.ready, "w") as f:
+        f.write("%d\n" % len(conns))
+    while time.monotonic() - start < a.seconds and not os.path.exists(a.stop):
+        time.sleep(0.5)
+    for c in conns + pending:
+        c.close()
+    print(json.dumps({"mode": "hold", "held": len(conns), "failed": failed, "connect_seconds": round(up, 2)}))
+
+
+def sink(a):
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    ls.bind(("0.0.0.0", 11211))
+    ls.listen(4096)
+    ls.settimeout(0.5)
+    held = []
+    start = time.monotonic()
+    while time.monotonic() - start < a.seconds and not os.path.exists(a.stop):
+        try:
+            c, _ = ls.accept()
+            held.append(c)
+        except socket.timeout:
+            pass
+        except OSError:
+            time.sleep(0.1)
+    for c in held:
+        c.close()
+    print(json.dumps({"mode": "sink", "held": len(held)}))
+
+
 def client(a, port, request, good):
     lat, ok, fail = [], 0, 0
     errors = {}
@@ -180,7 +250,7 @@ def client(a, port, request, good):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["flood", "slow", "http", "mc"])
+    p.add_argument("mode", choices=["flood", "slow", "hold", "sink", "http", "mc"])
     p.add_argument("iface", nargs="?")
     p.add_argument("src_mac", nargs="?")
     p.add_argument("dst_mac", nargs="?")
@@ -192,12 +262,18 @@ def main():
     p.add_argument("--memcache", type=int, default=0)
     p.add_argument("--interval", type=float, default=3)
     p.add_argument("--burst", type=int, default=0)
+    p.add_argument("--ready", default="/dev/null")
+    p.add_argument("--stop", default="/nonexistent")
     p.add_argument("--max", type=int, default=100000)
     a = p.parse_args()
     if a.mode == "flood":
         flood(a)
     elif a.mode == "slow":
         slow(a)
+    elif a.mode == "hold":
+        hold(a)
+    elif a.mode == "sink":
+        sink(a)
     elif a.mode == "http":
         req = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nConnection: close\r\n\r\n"
 

@@ -8,20 +8,24 @@
 #   sudo bash bench/exhaust.sh
 #
 # Environment: EX_MAX_FLOWS (default 65536), EX_MAX_HELD (default 16384),
+# EX_MAX_HELD_TOTAL (default 64 MiB),
 # EX_SLOW (slow connections per protocol, default 200), EX_FLOOD (SYNs in
 # the attack phase, default 100000), EX_RAMP (idle-flow counts to sample,
 # default "1000 10000 50000"), ENFORCER_ARGS (more enforcer flags).
 #
 # Phases, in one lab (prefix "ex"), one enforcer (--workers 1):
-#  1. idle L7 flows: spoofed SYNs (sources 10.66.0.100-199, labelled
-#     spaceships by this run's extra Endpoints document; nobody answers for
-#     them, so the flows stay half-open) ramp the flow table up; at each
-#     step the enforcer's CPU is sampled over three quiet 4 s windows: that is
-#     the cost of its timers over idle flows;
-#  2. the half-open flows expire (transitory timeout, 60 s);
+#  1. idle L7 flows: established memcached connections from a-wing that
+#     send nothing (held on the server side by four SO_REUSEPORT sinks in
+#     memcached's place) ramp the flow table up; at each step the enforcer's CPU
+#     is sampled over three quiet 4 s windows: the cost of its timers over
+#     idle flows;
+#  2. the idle connections close and their flows leave the table;
 #  3. baseline: the normal clients alone (a-wing: HTTP GET /v1/ and memcached
 #     get awing-coord, one connection per request);
-#  4. attack: the SYN flood (5000 SYN/s), EX_SLOW slow HTTP connections
+#  4. attack: the SYN flood (5000 SYN/s; spoofed sources 10.66.0.100-199,
+#     labelled spaceships by this run's extra Endpoints document, so each
+#     SYN opens an L7 flow; nobody answers for them, so the flows stay
+#     half-open), EX_SLOW slow HTTP connections
 #     (each holding half the held-bytes limit of an undecided head, then one
 #     more byte every 3 s) and EX_SLOW slow memcached ones from x-wing, and
 #     the normal clients, at once; RSS sampled every second.
@@ -29,6 +33,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX_FLOWS=${EX_MAX_FLOWS:-65536}
 MAX_HELD=${EX_MAX_HELD:-16384}
+MAX_HELD_TOTAL=${EX_MAX_HELD_TOTAL:-$((64 << 20))}
 SLOW=${EX_SLOW:-200}
 FLOOD=${EX_FLOOD:-100000}
 RAMP=${EX_RAMP:-"1000 10000 50000"}
@@ -68,7 +73,8 @@ YAML
 
 # shellcheck disable=SC2086
 ip netns exec "$P-enf" "$BIN" --iface cli0 --peer srv0 --policy "$WORK" --workers 1 --poll adaptive \
-  --max-flows "$MAX_FLOWS" --max-held-bytes "$MAX_HELD" ${ENFORCER_ARGS:-} \
+  --max-flows "$MAX_FLOWS" --max-held-bytes "$MAX_HELD" --max-held-total "$MAX_HELD_TOTAL" \
+  ${ENFORCER_ARGS:-} \
   >"$STATE/enforcer.out" 2>&1 &
 ENF_PID=$!
 for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
@@ -129,16 +135,55 @@ sample_idle() { # -> JSON {flows_active, cpu_pct: [3 windows of 4 s], rss_kib}
 }
 S=$(sample_idle)
 IDLE_CPU+=("$S")
+# Idle connections from a-wing to :11211, established and silent. A process
+# may open 20 000 files here, so memcached steps aside for four sinks that
+# share the port, and the client side is split over processes too.
+stop_memcached() {
+  local pid
+  for pid in $(ip netns pids "$P-server"); do
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = memcached ]; then kill "$pid"; fi
+  done
+  sleep 0.5
+}
+stop_memcached
+rm -f "$WORK/stop"
+SINKS=()
+for _ in 1 2 3 4; do
+  nsx server python3 bench/exhaust.py sink --seconds 300 --stop "$WORK/stop" >/dev/null & SINKS+=($!)
+  PIDS+=($!)
+done
+sleep 1
+nsx awing sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
 DONE=0
+HOLDS=()
+K=0
 for n in $RAMP; do
-  # Paced so that the enforcer's RX ring keeps up: every SYN makes a flow.
-  flood "$DONE" $((n - DONE)) 10000 30 >"$WORK/ramp.json"
+  left=$((n - DONE))
+  READY=()
+  while [ "$left" -gt 0 ]; do
+    c=$((left > 15000 ? 15000 : left))
+    K=$((K + 1))
+    nsx awing python3 bench/exhaust.py hold --count "$c" --seconds 300 --ready "$WORK/ready-$K" \
+      --stop "$WORK/stop" >"$WORK/hold-$K.json" & HOLDS+=($!)
+    PIDS+=($!)
+    READY+=("$WORK/ready-$K")
+    left=$((left - c))
+  done
+  for r in "${READY[@]}"; do
+    for _ in $(seq 240); do [ -s "$r" ] && break; sleep 0.5; done
+    [ -s "$r" ] || { echo "exhaust: idle connections did not come up" >&2; exit 1; }
+  done
   DONE=$n
   S=$(sample_idle)
   IDLE_CPU+=("$S")
 done
+touch "$WORK/stop"
+for p in "${HOLDS[@]}" "${SINKS[@]}"; do wait "$p" 2>/dev/null || true; done
+nsx server memcached -u nobody -p 11211 -U 0 -l 0.0.0.0,:: -d
+for _ in $(seq 50); do nsx server ss -ltn | grep -q ':11211 ' && break; sleep 0.1; done
+printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
 
-echo "phase 2: waiting for the half-open flows to expire" >&2
+echo "phase 2: waiting for the idle flows to close" >&2
 for _ in $(seq 60); do
   sleep 2
   F=$(flows)
@@ -172,12 +217,14 @@ ATTACK_COUNTERS=$(counters)
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 PIDS=()
 
-python3 - "$MAX_FLOWS" "$MAX_HELD" "$RSS0" "$AFTER_EXPIRY" "$BASE" "$ATTACK" "$(cat "$WORK/slow.json")" \
+python3 - "$MAX_FLOWS" "$MAX_HELD" "$MAX_HELD_TOTAL" "$RSS0" "$AFTER_EXPIRY" "$BASE" "$ATTACK" "$(cat "$WORK/slow.json")" \
   "$(cat "$WORK/flood.json")" "$ATTACK_COUNTERS" "$(IFS=,; echo "${IDLE_CPU[*]}")" \
   "$(IFS=,; echo "${FLOW_SAMPLES[*]}")" "${RSS_SAMPLES[@]}" <<'PY'
 import json, sys
 a = sys.argv[1:]
-max_flows, max_held, rss0, after_expiry = int(a[0]), int(a[1]), int(a[2]), int(a[3])
+max_flows, max_held, held_total = int(a[0]), int(a[1]), int(a[2])
+a = a[1:]
+rss0, after_expiry = int(a[2]), int(a[3])
 lines = lambda s: [json.loads(l) for l in s.splitlines() if l.strip()]
 base, attack = lines(a[4]), lines(a[5])
 slow, flood = json.loads(a[6]), json.loads(a[7])
@@ -186,13 +233,14 @@ counters = json.loads(a[8])["counters"]["engine"]
 idle = json.loads("[" + a[9] + "]")
 flows = json.loads("[" + a[10] + "]")
 rss = [int(x) for x in a[11:]]
-# What the configuration allows the enforcer to hold: both directions of
-# every flow at the held-bytes limit, on top of the memory it started with.
-bound_kib = rss0 + max_flows * 2 * max_held // 1024
+# What the configuration lets the enforcer hold on top of the memory it
+# started with: each flow's fixed state (about 1.2 KiB, docs/security.md;
+# 2 KiB allowed) and the held bytes, capped per flow and in total.
+bound_kib = rss0 + max_flows * 2 + min(held_total, max_flows * 2 * max_held) // 1024
 keep = ("flows_active", "flows_created", "flows_expired", "flows_evicted", "flows_untracked",
-        "l7_requests_allowed", "l7_requests_denied")
+        "l7_requests_allowed", "l7_requests_denied", "l7_held_bytes")
 print(json.dumps({
-    "config": {"max_flows": max_flows, "max_held_bytes": max_held},
+    "config": {"max_flows": max_flows, "max_held_bytes": max_held, "max_held_total": held_total},
     "baseline_clients": base,
     "attack_clients": attack,
     "slow_senders": slow,

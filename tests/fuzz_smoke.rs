@@ -1,7 +1,6 @@
 //! The fuzz targets' logic without nightly or libFuzzer: the frame-path
 //! scenarios and the policy-loading input of `fuzz/`, run over the seed
-//! corpus, over bounded random inputs (proptest) and over every input a
-//! fuzzer ever crashed on (`fuzz/regressions/<target>/`).
+//! corpus and over bounded random inputs (proptest).
 //!
 //! `WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_smoke write_seeds` rewrites
 //! the seed corpus in `fuzz/seeds/frames` and `fuzz/seeds/policy`.
@@ -149,27 +148,6 @@ fn policy_seeds_load_and_run() {
     let p = enforcer::policy::Policy::from_sources(&set).expect("shipped policies load");
     assert!(!p.model().rules.is_empty());
     policy_input::check(&policy_input::encode(&texts));
-}
-
-/// Every input a fuzzer crashed on, kept as a regression test.
-#[test]
-fn fuzz_regressions_stay_fixed() {
-    for target in ["frames", "policy"] {
-        let dir = repo().join("fuzz/regressions").join(target);
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.expect("entry").path();
-            let data = std::fs::read(&p).expect("crash input");
-            match target {
-                "frames" => {
-                    run(&Scenario::decode(&data));
-                }
-                _ => policy_input::check(&data),
-            }
-        }
-    }
 }
 
 #[test]
