@@ -2,7 +2,7 @@
 //! scenarios and the policy-loading input of `fuzz/`, run over the seed
 //! corpus and over bounded random inputs (proptest).
 //!
-//! `WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_smoke write_seeds` rewrites
+//! `WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_smoke seed_corpus` rewrites
 //! the seed corpus in `fuzz/seeds/frames` and `fuzz/seeds/policy`.
 
 #[path = "../fuzz/src/policy_input.rs"]
@@ -150,22 +150,39 @@ fn policy_seeds_load_and_run() {
     policy_input::check(&policy_input::encode(&texts));
 }
 
+/// The committed corpus is what `seeds()` and the policy files give:
+/// the frames seeds byte for byte, and every committed policy seed runs
+/// through the target's checks. `WRITE_FUZZ_SEEDS=1` rewrites both.
 #[test]
-#[ignore = "writes the seed corpus; run with WRITE_FUZZ_SEEDS=1"]
-fn write_seeds() {
-    if std::env::var_os("WRITE_FUZZ_SEEDS").is_none() {
-        return;
-    }
+fn seed_corpus_is_current() {
+    let write = std::env::var_os("WRITE_FUZZ_SEEDS").is_some();
     let frames = repo().join("fuzz/seeds/frames");
-    std::fs::create_dir_all(&frames).unwrap();
-    for (name, s) in seeds() {
-        std::fs::write(frames.join(name), s.encode()).unwrap();
-    }
     let policy = repo().join("fuzz/seeds/policy");
-    std::fs::create_dir_all(&policy).unwrap();
-    for (name, data) in policy_seeds() {
-        std::fs::write(policy.join(name), data).unwrap();
+    if write {
+        std::fs::create_dir_all(&frames).unwrap();
+        std::fs::create_dir_all(&policy).unwrap();
+        for (name, data) in policy_seeds() {
+            std::fs::write(policy.join(name), data).unwrap();
+        }
     }
+    for (name, s) in seeds() {
+        let path = frames.join(name);
+        if write {
+            std::fs::write(&path, s.encode()).unwrap();
+        }
+        let on_disk = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            on_disk == s.encode(),
+            "{} is stale: WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_smoke seed_corpus",
+            path.display()
+        );
+    }
+    let mut n = 0;
+    for e in std::fs::read_dir(&policy).expect("fuzz/seeds/policy") {
+        policy_input::check(&std::fs::read(e.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 8, "{n} policy seeds");
 }
 
 /// A seed with a few bytes changed: what libFuzzer's first mutations do.
