@@ -403,7 +403,7 @@ impl Step {
 }
 
 /// Engine knobs worth exploring: small tables and budgets reach the bounds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Knobs {
     pub policy: u8,
     /// 0: the default table size; n: n flows.
@@ -441,20 +441,6 @@ impl Knobs {
         }
         c.tcp_pickup = !self.no_pickup;
         c
-    }
-}
-
-impl Default for Knobs {
-    fn default() -> Self {
-        Knobs {
-            policy: 0,
-            max_flows: 0,
-            held: 0,
-            table_full: 0,
-            reset_on_deny: false,
-            syn_reset: false,
-            no_pickup: false,
-        }
     }
 }
 
@@ -728,7 +714,7 @@ pub fn tcp_checksums_ok(frame: &[u8]) -> Option<bool> {
         }
     };
     let mut ip_ok = true;
-    if let IpAddr::V4(_) = m.src {
+    if m.src.is_ipv4() {
         let ihl = usize::from(frame[m.l3_off] & 0x0f) * 4;
         let mut s = 0;
         add(&mut s, frame.get(m.l3_off..m.l3_off + ihl)?);
