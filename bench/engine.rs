@@ -10,9 +10,12 @@ use enforcer::engine::Engine;
 use enforcer::policy::Policy;
 use enforcer::verdict::{Output, Verdict};
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-use common::*;
+#[path = "../tests/kit/frames.rs"]
+mod frames;
+#[path = "../tests/kit/tcp.rs"]
+mod tcp;
+use frames::*;
+use tcp::Conn;
 
 const POLICY: &str = r#"
 kind: Endpoints

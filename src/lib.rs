@@ -18,6 +18,11 @@
 
 #![deny(unsafe_code)]
 
+// The test kit in `tests/kit` names the crate `enforcer`; parts of it are
+// compiled into the unit tests too.
+#[cfg(test)]
+extern crate self as enforcer;
+
 pub mod config;
 pub mod counters;
 pub mod log;

@@ -1,18 +1,10 @@
 //! `enforcer check` as a user runs it: every shipped policy passes, every
 //! broken fixture fails naming file, line and field.
 
-use std::process::Command;
+mod kit;
 
 fn check(path: &str) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args(["check", path])
-        .output()
-        .expect("run enforcer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    kit::enforcer(&["check", path])
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Evasion: a hostile client (or someone spoofing either side) tries to get a
 //! request past the enforcer that policy denies, or to break a connection it
 //! is not part of. Each test replays frames built by the project's builders
-//! through `Engine::process` and hands what the engine lets out to a model of
+//! through `Engine::on_frame` and hands what the engine lets out to a model of
 //! the receiving Linux stack (`Host`): checksums verified, the first SYN's
 //! ISN kept, in-order bytes only, urgent bytes taken out of the stream,
 //! RSTs accepted only at the exact next sequence number, frames whose TTL
@@ -10,17 +10,18 @@
 //! allowed traffic still does. The last test writes captures of each class
 //! and runs them through the `enforcer replay` binary as well.
 
-mod common;
+mod kit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::*;
 use enforcer::config::EngineConfig;
 use enforcer::engine::Engine;
 use enforcer::packet::view::parse;
 use enforcer::policy::Policy;
 use enforcer::verdict::{Output, Verdict};
+use kit::tcp::Conn;
+use kit::*;
 
 const CLIENT_SIDE: u8 = 0;
 const SERVER_SIDE: u8 = 1;
@@ -328,7 +329,7 @@ fn pickup_spoofed_server_segment_does_not_open_an_unjudged_flow() {
     let mut c = http_conn();
     // Before the client's SYN, a segment "from the server" sent from the
     // client's side, as if the connection were already open.
-    let spoof = tcp(c.server, c.client, 777, c.cseq + 1, ACK, b"");
+    let spoof = c.to_client(777, c.client.snd_nxt + 1, ACK, b"");
     w.client_sends(spoof);
     w.handshake(&mut c);
     w.client_sends(c.client_data(PUT));
@@ -348,8 +349,8 @@ fn pickup_server_segment_on_the_server_side_is_not_adopted_as_l4() {
     // restart, or after its entry expired) must not open the 4-tuple unjudged.
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    c.cseq += 1;
-    c.sseq += 1;
+    c.client.snd_nxt += 1;
+    c.server.snd_nxt += 1;
     let v = w.server_sends(c.server_data(OK));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     w.client_sends(c.client_data(PUT));
@@ -364,8 +365,8 @@ fn pickup_server_segment_on_the_server_side_is_not_adopted_as_l4() {
 fn pickup_client_segment_mid_stream_on_an_l7_port_is_refused() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    c.cseq += 1;
-    c.sseq += 1;
+    c.client.snd_nxt += 1;
+    c.server.snd_nxt += 1;
     let v = w.client_sends(c.client_data(PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w.to_server.is_empty());
@@ -379,7 +380,7 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
     // that a-wing's own (denied) connection then rides on.
     let mut w = Wire::new(EngineConfig::default());
     let mut c = Conn::new(ep(AWING, 40_003), ep(SERVER, 8080));
-    w.client_sends(tcp(c.server, c.client, 777, c.cseq + 1, ACK, b""));
+    w.client_sends(c.to_client(777, c.client.snd_nxt + 1, ACK, b""));
     let v = w.client_sends(c.syn());
     assert!(matches!(v, Verdict::Drop(_)), "the SYN is judged: {v:?}");
     assert_eq!(
@@ -387,8 +388,8 @@ fn pickup_spoof_from_the_wrong_side_does_not_open_a_denied_l4_port() {
         1,
         "only the spoof's entry"
     );
-    c.cseq += 1;
-    c.sseq += 1;
+    c.client.snd_nxt += 1;
+    c.server.snd_nxt += 1;
     let v = w.client_sends(c.client_data(b"hello"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w.server.read.is_empty());
@@ -414,20 +415,13 @@ fn pickup_after_an_l7_flow_was_reset_does_not_readopt_it() {
     w.client_sends(c.client_data(GET));
     w.server_sends(c.server_data(OK));
     // A real RST from the client ends the connection (and the L7 state).
-    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, RST | ACK, b""));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, RST | ACK, b""));
     w.tick(5_000_000_000);
     for _ in 0..3 {
         w.tick(1_000_000);
     }
     // The server's retransmission comes after the entry expired.
-    let v = w.server_sends(tcp(
-        c.server,
-        c.client,
-        c.sseq - 2,
-        c.cseq,
-        ACK | PSH,
-        b"ok",
-    ));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt - 2, c.client.snd_nxt, ACK | PSH, b"ok"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     let before = w.server.read.len();
     w.client_sends(c.client_data(PUT));
@@ -444,12 +438,12 @@ fn syn_second_isn_during_handshake_does_not_rebase_the_stream() {
     w.client_sends(c.syn());
     // A second SYN with another ISN, placed so that the client's PUT, read
     // from the new ISN, would start at an allowed-looking offset.
-    let other_isn = c.cseq.wrapping_add(5000);
-    w.client_sends(tcp(c.client, c.server, other_isn, 0, SYN, b""));
+    let other_isn = c.client.snd_nxt.wrapping_add(5000);
+    w.client_sends(c.to_server(other_isn, 0, SYN, b""));
     w.server_sends(c.syn_ack());
-    c.cseq += 1;
-    c.sseq += 1;
-    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    c.client.snd_nxt += 1;
+    c.server.snd_nxt += 1;
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
     w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     w.client_sends(c.client_data(GET));
@@ -471,8 +465,8 @@ fn syn_late_with_new_isn_does_not_rebase_the_stream() {
         w.server_sends(c.server_data(OK));
         // A SYN with an ISN chosen so that, re-based on it, the PUT below
         // would look like the stream's first bytes.
-        let isn = c.cseq.wrapping_sub(1);
-        let syn = tcp(c.client, c.server, isn.wrapping_add(1000), 0, SYN, b"");
+        let isn = c.client.snd_nxt.wrapping_sub(1);
+        let syn = c.to_server(isn.wrapping_add(1000), 0, SYN, b"");
         w.client_sends(if bad_checksum {
             corrupt_checksum(syn)
         } else {
@@ -513,7 +507,7 @@ fn syn_delayed_duplicate_does_not_stall_the_connection() {
 fn syn_data_is_never_forwarded() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
-    let v = w.client_sends(tcp(c.client, c.server, c.cseq, 0, SYN, PUT));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt, 0, SYN, PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w
         .to_server
@@ -531,14 +525,14 @@ fn syn_ack_with_data_or_for_another_isn_is_dropped() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.client_sends(c.syn());
-    let v = w.server_sends(tcp(c.server, c.client, c.sseq, c.cseq + 1, SYN | ACK, b"x"));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt, c.client.snd_nxt + 1, SYN | ACK, b"x"));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.server_sends(tcp(c.server, c.client, c.sseq, c.cseq + 77, SYN | ACK, b""));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt, c.client.snd_nxt + 77, SYN | ACK, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     w.server_sends(c.syn_ack());
-    c.cseq += 1;
-    c.sseq += 1;
-    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    c.client.snd_nxt += 1;
+    c.server.snd_nxt += 1;
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
     w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
 }
@@ -549,7 +543,7 @@ fn simultaneous_open_is_refused_on_l7_ports() {
     let c = http_conn();
     w.client_sends(c.syn());
     // The "server" sends a bare SYN of its own.
-    let v = w.server_sends(tcp(c.server, c.client, c.sseq, 0, SYN, b""));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt, 0, SYN, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
 }
 
@@ -558,7 +552,7 @@ fn data_before_the_syn_ack_never_reaches_the_server() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.client_sends(c.syn());
-    c.cseq += 1;
+    c.client.snd_nxt += 1;
     let v = w.client_sends(c.client_data(PUT));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert!(w.server.read.is_empty());
@@ -573,8 +567,8 @@ fn bad_checksum_segments_change_nothing() {
     w.handshake(&mut c);
     // A benign request with a bad checksum at the offsets the PUT takes
     // next: judged, it would be "the bytes already decided" there.
-    let seq = c.cseq;
-    let bad = corrupt_checksum(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, GET));
+    let seq = c.client.snd_nxt;
+    let bad = corrupt_checksum(c.to_server(seq, c.server.snd_nxt, ACK | PSH, GET));
     let v = w.client_sends(bad);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.dropped("tcp-bad-checksum"), 1);
@@ -582,19 +576,15 @@ fn bad_checksum_segments_change_nothing() {
     w.client_sends(c.client_data(PUT));
     assert_no_put(&w);
     // A bad-checksum RST and FIN leave the connection alone.
-    w.client_sends(corrupt_checksum(tcp(
-        c.client,
-        c.server,
-        c.cseq,
-        c.sseq,
+    w.client_sends(corrupt_checksum(c.to_server(
+        c.client.snd_nxt,
+        c.server.snd_nxt,
         RST | ACK,
         b"",
     )));
-    w.server_sends(corrupt_checksum(tcp(
-        c.server,
-        c.client,
-        c.sseq,
-        c.cseq,
+    w.server_sends(corrupt_checksum(c.to_client(
+        c.server.snd_nxt,
+        c.client.snd_nxt,
         FIN | ACK,
         b"",
     )));
@@ -640,23 +630,9 @@ fn still_works(w: &mut Wire, c: &mut Conn) {
 #[test]
 fn rst_out_of_window_from_either_side_is_ignored() {
     let (mut w, mut c) = rst_conn();
-    let v = w.client_sends(tcp(
-        c.client,
-        c.server,
-        c.cseq.wrapping_sub(100_000),
-        0,
-        RST,
-        b"",
-    ));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt.wrapping_sub(100_000), 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.server_sends(tcp(
-        c.server,
-        c.client,
-        c.sseq.wrapping_add(1 << 31),
-        0,
-        RST,
-        b"",
-    ));
+    let v = w.server_sends(c.to_client(c.server.snd_nxt.wrapping_add(1 << 31), 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     still_works(&mut w, &mut c);
     w.client_sends(c.client_data(PUT));
@@ -667,7 +643,7 @@ fn rst_out_of_window_from_either_side_is_ignored() {
 fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
     let (mut w, mut c) = rst_conn();
     // Ahead of the next byte: the server answers it with a challenge ACK.
-    let v = w.client_sends(tcp(c.client, c.server, c.cseq + 500, 0, RST, b""));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt + 500, 0, RST, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
     assert!(!w.server.reset, "the host ignores it too");
     still_works(&mut w, &mut c);
@@ -679,7 +655,7 @@ fn rst_in_window_but_not_exact_passes_without_ending_enforcement() {
 #[test]
 fn rst_exact_ends_the_connection_on_both() {
     let (mut w, c) = rst_conn();
-    let v = w.client_sends(tcp(c.client, c.server, c.cseq, 0, RST, b""));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt, 0, RST, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
     assert!(w.server.reset);
     let mut c = c;
@@ -694,14 +670,14 @@ fn rst_during_the_handshake_must_match() {
     let mut c = http_conn();
     w.client_sends(c.syn());
     // Not acknowledging the SYN: ignored (RFC 793 SYN-SENT).
-    let v = w.server_sends(tcp(c.server, c.client, 0, c.cseq + 99, RST | ACK, b""));
+    let v = w.server_sends(c.to_client(0, c.client.snd_nxt + 99, RST | ACK, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
-    let v = w.client_sends(tcp(c.client, c.server, c.cseq + 99_999, 0, RST, b""));
+    let v = w.client_sends(c.to_server(c.client.snd_nxt + 99_999, 0, RST, b""));
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     w.server_sends(c.syn_ack());
-    c.cseq += 1;
-    c.sseq += 1;
-    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+    c.client.snd_nxt += 1;
+    c.server.snd_nxt += 1;
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
     still_works(&mut w, &mut c);
 }
 
@@ -710,7 +686,7 @@ fn rst_answering_the_syn_passes() {
     let mut w = Wire::new(EngineConfig::default());
     let c = http_conn();
     w.client_sends(c.syn());
-    let v = w.server_sends(tcp(c.server, c.client, 0, c.cseq + 1, RST | ACK, b""));
+    let v = w.server_sends(c.to_client(0, c.client.snd_nxt + 1, RST | ACK, b""));
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
 }
 
@@ -742,7 +718,7 @@ fn segments_without_ack_are_dropped() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    let f = tcp(c.client, c.server, c.cseq, 0, PSH, GET);
+    let f = c.to_server(c.client.snd_nxt, 0, PSH, GET);
     let v = w.client_sends(f);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     assert_eq!(w.engine.counters().l7_requests_allowed, 0);
@@ -761,10 +737,10 @@ fn low_ttl_benign_copy_then_denied_retransmission() {
     let benign = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX: 1234567\r\n\r\n";
     let evil = b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n";
     assert_eq!(benign.len(), evil.len());
-    let seq = c.cseq;
+    let seq = c.client.snd_nxt;
     w.client_sends(with_ttl(c.client_data(benign), 1));
     assert!(w.server.read.is_empty(), "died on the way");
-    w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, evil));
+    w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, evil));
     assert_no_put(&w);
     assert_eq!(w.server.read, benign);
 }
@@ -800,11 +776,9 @@ fn exhaustion_ticks_work_only_on_due_timers() {
     assert_eq!(data_frames(&w), sent + 1, "resent once its time came");
     assert!(w.client.text().contains("403"), "{}", w.client.text());
     // The client acknowledges it: nothing left to do.
-    let ack = tcp(
-        c.client,
-        c.server,
-        c.cseq,
-        c.sseq + w.client.read.len() as u32,
+    let ack = c.to_server(
+        c.client.snd_nxt,
+        c.server.snd_nxt + w.client.read.len() as u32,
         ACK,
         b"",
     );
@@ -837,11 +811,11 @@ fn exhaustion_one_byte_out_of_order_segments_stay_within_the_budget() {
     let mut w = Wire::new(cfg);
     let mut c = http_conn();
     w.handshake(&mut c);
-    let base = c.cseq;
+    let base = c.client.snd_nxt;
     // Every other byte of a 40 KB window, one byte per segment, the first
     // byte missing.
     for k in (1..40_000u32).step_by(2) {
-        w.client_sends(tcp(c.client, c.server, base + k, c.sseq, ACK, b"a"));
+        w.client_sends(c.to_server(base + k, c.server.snd_nxt, ACK, b"a"));
     }
     let held = w.engine.held_bytes();
     assert!(held <= budget + 4096, "held {held} > budget {budget}");
@@ -861,23 +835,21 @@ fn exhaustion_out_of_order_reassembly_still_works() {
     let mut w = Wire::new(EngineConfig::default());
     let mut c = http_conn();
     w.handshake(&mut c);
-    let base = c.cseq;
+    let base = c.client.snd_nxt;
     let req = [GET, GET].concat();
     // Pieces 3, 1, 2, 0 of four.
     let q = req.len() / 4;
     for &k in &[3usize, 1, 2, 0] {
         let end = if k == 3 { req.len() } else { (k + 1) * q };
-        w.client_sends(tcp(
-            c.client,
-            c.server,
+        w.client_sends(c.to_server(
             base + (k * q) as u32,
-            c.sseq,
+            c.server.snd_nxt,
             ACK | PSH,
             &req[k * q..end],
         ));
     }
     assert_eq!(w.server.read, req, "both allowed requests, in order");
-    c.cseq += req.len() as u32;
+    c.client.snd_nxt += req.len() as u32;
     w.server_sends(c.server_data(OK));
     w.server_sends(c.server_data(OK));
     assert_eq!(w.client.read, [OK, OK].concat());
@@ -1149,15 +1121,15 @@ fn overlapping_segments_with_different_content_both_orders() {
         let mut w = Wire::new(EngineConfig::default());
         let mut c = http_conn();
         w.handshake(&mut c);
-        let seq = c.cseq;
+        let seq = c.client.snd_nxt;
         let (a, b): (&[u8], &[u8]) = if first_benign {
             (benign, evil)
         } else {
             (evil, benign)
         };
         // Out of order first (a hole of 1 byte), then the overlap in order.
-        w.client_sends(tcp(c.client, c.server, seq + 1, c.sseq, ACK | PSH, &a[1..]));
-        w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
+        w.client_sends(c.to_server(seq + 1, c.server.snd_nxt, ACK | PSH, &a[1..]));
+        w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, b));
         assert_no_put(&w);
         let read = w.server.read.clone();
         assert!(
@@ -1169,9 +1141,9 @@ fn overlapping_segments_with_different_content_both_orders() {
         let mut w = Wire::new(EngineConfig::default());
         let mut c = http_conn();
         w.handshake(&mut c);
-        let seq = c.cseq;
-        w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, a));
-        w.client_sends(tcp(c.client, c.server, seq, c.sseq, ACK | PSH, b));
+        let seq = c.client.snd_nxt;
+        w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, a));
+        w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, b));
         assert_no_put(&w);
         assert!(w.server.read.is_empty() || w.server.read == benign);
     }
@@ -1183,19 +1155,15 @@ fn out_of_window_segments_are_not_judged() {
     let mut c = http_conn();
     w.handshake(&mut c);
     // Far ahead and far behind the stream.
-    w.client_sends(tcp(
-        c.client,
-        c.server,
-        c.cseq.wrapping_add(1 << 30),
-        c.sseq,
+    w.client_sends(c.to_server(
+        c.client.snd_nxt.wrapping_add(1 << 30),
+        c.server.snd_nxt,
         ACK | PSH,
         GET,
     ));
-    w.client_sends(tcp(
-        c.client,
-        c.server,
-        c.cseq.wrapping_sub(1 << 30),
-        c.sseq,
+    w.client_sends(c.to_server(
+        c.client.snd_nxt.wrapping_sub(1 << 30),
+        c.server.snd_nxt,
         ACK | PSH,
         GET,
     ));
@@ -1215,14 +1183,7 @@ fn fin_tricks_do_not_release_an_incomplete_head() {
     w.client_sends(c.client_data(&PUT[..20]));
     w.client_sends(c.client_fin());
     // Data after the FIN (a peer that keeps sending) is not judged either.
-    w.client_sends(tcp(
-        c.client,
-        c.server,
-        c.cseq,
-        c.sseq,
-        ACK | PSH,
-        &PUT[20..],
-    ));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK | PSH, &PUT[20..]));
     assert_no_put(&w);
     assert!(w.server.read.is_empty());
     assert!(w.server.fin, "the FIN itself is passed");
@@ -1237,16 +1198,16 @@ fn port_reuse_after_fin_or_rst_is_a_new_judged_connection() {
         w.client_sends(c.client_data(GET));
         w.server_sends(c.server_data(OK));
         if end_with_rst {
-            w.client_sends(tcp(c.client, c.server, c.cseq, 0, RST, b""));
+            w.client_sends(c.to_server(c.client.snd_nxt, 0, RST, b""));
         } else {
             w.client_sends(c.client_fin());
             w.server_sends(c.server_fin());
-            w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK, b""));
+            w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK, b""));
         }
         // Same 4-tuple, new ISN.
         let mut n = http_conn();
-        n.cseq = 77_000;
-        n.sseq = 880_000;
+        n.client.snd_nxt = 77_000;
+        n.server.snd_nxt = 880_000;
         w.server = Host::default();
         w.handshake(&mut n);
         w.client_sends(n.client_data(PUT));
@@ -1386,7 +1347,7 @@ fn invalid_flag_combinations_are_dropped() {
     let mut c = http_conn();
     w.handshake(&mut c);
     for flags in [SYN | FIN, SYN | RST, FIN, 0, PSH, FIN | PSH] {
-        let f = tcp(c.client, c.server, c.cseq, c.sseq, flags, GET);
+        let f = c.to_server(c.client.snd_nxt, c.server.snd_nxt, flags, GET);
         let v = w.client_sends(f);
         assert!(matches!(v, Verdict::Drop(_)), "flags {flags:#x}: {v:?}");
     }
@@ -1402,14 +1363,14 @@ fn rst_lost_after_the_enforcer_then_a_rebasing_syn_gets_nothing_through() {
     // lines its offsets up with the server's stream then gets no SYN-ACK
     // (only the server's challenge ACK), and nothing passes without one.
     let (mut w, c) = rst_conn();
-    w.client_sends(with_ttl(tcp(c.client, c.server, c.cseq, 0, RST, b""), 1));
+    w.client_sends(with_ttl(c.to_server(c.client.snd_nxt, 0, RST, b""), 1));
     assert!(!w.server.reset);
     let read = w.server.read.clone();
-    let isn = c.cseq.wrapping_sub(1);
-    w.client_sends(tcp(c.client, c.server, isn, 0, SYN, b""));
+    let isn = c.client.snd_nxt.wrapping_sub(1);
+    w.client_sends(c.to_server(isn, 0, SYN, b""));
     // The server, still established, answers with a challenge ACK.
-    w.server_sends(tcp(c.server, c.client, c.sseq, c.cseq, ACK, b""));
-    w.client_sends(tcp(c.client, c.server, c.cseq, c.sseq, ACK | PSH, PUT));
+    w.server_sends(c.to_client(c.server.snd_nxt, c.client.snd_nxt, ACK, b""));
+    w.client_sends(c.to_server(c.client.snd_nxt, c.server.snd_nxt, ACK | PSH, PUT));
     assert_no_put(&w);
     assert_eq!(w.server.read, read);
 }
@@ -1599,7 +1560,7 @@ fn replayed_captures_of_each_class_get_nothing_past() {
         let mut c = http_conn();
         let mut v = vec![(
             CLIENT_SIDE,
-            tcp(c0.server, c0.client, 777, c0.cseq + 1, ACK, b""),
+            c0.to_client(777, c0.client.snd_nxt + 1, ACK, b""),
         )];
         v.extend(hs(&mut c));
         v.push((CLIENT_SIDE, c.client_data(PUT)));
@@ -1614,7 +1575,7 @@ fn replayed_captures_of_each_class_get_nothing_past() {
         v.push((SERVER_SIDE, c.server_data(OK)));
         v.push((
             CLIENT_SIDE,
-            tcp(c.client, c.server, c.cseq.wrapping_add(999), 0, SYN, b""),
+            c.to_server(c.client.snd_nxt.wrapping_add(999), 0, SYN, b""),
         ));
         v.push((CLIENT_SIDE, c.client_data(PUT)));
         captures.push(("late SYN", v, GET));
@@ -1625,14 +1586,7 @@ fn replayed_captures_of_each_class_get_nothing_past() {
         let mut v = hs(&mut c);
         v.push((
             CLIENT_SIDE,
-            tcp(
-                c.client,
-                c.server,
-                c.cseq.wrapping_sub(1 << 20),
-                0,
-                RST,
-                b"",
-            ),
+            c.to_server(c.client.snd_nxt.wrapping_sub(1 << 20), 0, RST, b""),
         ));
         v.push((CLIENT_SIDE, c.client_data(PUT)));
         v.push((CLIENT_SIDE, c.client_data(GET)));

@@ -3,6 +3,8 @@
 //! back into the TAP by the policy-routing rules; stopping removes it all.
 //! Needs root (network namespaces); under CI=true a missing root fails.
 
+mod kit;
+
 use std::net::{IpAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,15 +14,7 @@ use enforcer::hostmode::tap::Tap;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
 fn root_or_skip() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: this test needs root"
-        );
-        eprintln!("skipped: needs root");
-    }
-    root
+    kit::lab::gate(kit::lab::root())
 }
 
 fn sh(cmd: &str) {
@@ -44,6 +38,7 @@ impl Drop for Netns {
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
     use std::os::fd::AsRawFd;
+    // SAFETY: `f` is an open netns file for the duration of the call.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns");
 }
@@ -187,6 +182,7 @@ fn steering_fallback_follows_fail_mode_and_stale_programs_are_removed() {
     let t = std::thread::spawn(move || {
         let na = na.as_str();
         enter(&nb);
+        // SAFETY: a NUL-terminated literal.
         let ifindex = unsafe { libc::if_nametoindex(c"b0".as_ptr()) } as i32;
         assert!(ifindex > 0);
         let host: IpAddr = "10.79.0.2".parse().unwrap();

@@ -2,13 +2,12 @@
 //! skipped otherwise, a failure under CI=true). Each test has its own lab
 //! prefix; run with --test-threads=1.
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::{ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
+use kit::lab::{self, ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
 
 /// Stream `bytes` of random data from awing to the server's port 9000 and
 /// compare sha256 on both ends. Returns the elapsed time.
@@ -56,11 +55,7 @@ fn bulk(lab: &Lab, bytes: u64) -> Duration {
 
 #[test]
 fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
-    let prefix = "dpfwd";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("dpfwd", |lab| {
         // Without the enforcer the wire is open: nothing crosses.
         assert!(
             !lab.ping("awing", SERVER4),
@@ -135,17 +130,12 @@ fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
             !lab.ping("awing", SERVER4),
             "traffic crossed after the enforcer stopped"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn restart_and_crash_recovery_keep_links_working() {
-    let prefix = "dprst";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("dprst", |lab| {
         for round in 0..2 {
             let (args, want): (&[&str], &str) = match round {
                 0 => (&["--poll", "busy", "--workers", "1"], "workers=1 poll=busy"),
@@ -190,8 +180,7 @@ fn restart_and_crash_recovery_keep_links_working() {
         assert!(lab.ping("tracker", SERVER4));
         assert_eq!(lab.stop().unwrap().status.code(), Some(0));
         assert!(lab.xdp_links().is_empty());
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// Run the enforcer once in the lab's enforcer namespace; (exit ok, stderr).
@@ -211,25 +200,23 @@ fn run_once(lab: &Lab, args: &[&str], env_passthrough: bool) -> (bool, String) {
 
 #[test]
 fn refuses_unsafe_setups_with_clear_messages() {
-    let prefix = "dpref";
-    {
-        let Some(lab) = Lab::up(prefix) else { return };
+    lab::with_lab("dpref", |lab| {
         let pol = repo("policies");
         let pol = pol.to_str().unwrap();
-        let (okk, e) = run_once(&lab, &["--iface", "cli0", "--policy", pol], true);
+        let (okk, e) = run_once(lab, &["--iface", "cli0", "--policy", pol], true);
         // Host mode on an interface without addresses: nothing to protect.
         assert!(
             !okk && e.contains("host mode") && e.contains("no global address"),
             "{e}"
         );
         let (okk, e) = run_once(
-            &lab,
+            lab,
             &["--iface", "cli0", "--peer", "nosuch0", "--policy", pol],
             true,
         );
         assert!(!okk && e.contains("nosuch0 does not exist"), "{e}");
         let (okk, e) = run_once(
-            &lab,
+            lab,
             &[
                 "--iface",
                 "cli0",
@@ -242,7 +229,7 @@ fn refuses_unsafe_setups_with_clear_messages() {
         );
         assert!(!okk && e.contains("does not exist"), "{e}");
         if !Path::new("/etc/enforcer").exists() {
-            let (okk, e) = run_once(&lab, &["--iface", "cli0", "--peer", "srv0"], true);
+            let (okk, e) = run_once(lab, &["--iface", "cli0", "--peer", "srv0"], true);
             assert!(
                 !okk && e.contains("write") && e.contains("/etc/enforcer/"),
                 "{e}"
@@ -251,15 +238,15 @@ fn refuses_unsafe_setups_with_clear_messages() {
         // A spare pair in the enforcer's namespace for bad link states.
         assert!(ok(&lab.sh("enf", "ip link add dn0 type veth peer name dn1 && ethtool -K dn0 tx off tso off gso off gro off >/dev/null && ip link set dn1 up")));
         let args = ["--iface", "dn0", "--peer", "srv0", "--policy", pol];
-        let (okk, e) = run_once(&lab, &args, true);
+        let (okk, e) = run_once(lab, &args, true);
         assert!(!okk && e.contains("dn0 is down"), "{e}");
         assert!(ok(&lab.sh("enf", "ip link set dn0 mtu 9000 up")));
-        let (okk, e) = run_once(&lab, &args, true);
+        let (okk, e) = run_once(lab, &args, true);
         assert!(!okk && e.contains("MTU 9000"), "{e}");
         assert!(ok(
             &lab.sh("enf", "ip link set dn0 mtu 1500 && ethtool -K dn0 gro on")
         ));
-        let (okk, e) = run_once(&lab, &args, true);
+        let (okk, e) = run_once(lab, &args, true);
         assert!(!okk && e.contains("ethtool -K dn0"), "{e}");
         assert!(
             lab.xdp_links().is_empty(),
@@ -293,7 +280,7 @@ fn refuses_unsafe_setups_with_clear_messages() {
                 let r = lab.sh("enf", &attach);
                 assert!(ok(&r), "{r:?}");
                 let (okk, e) = run_once(
-                    &lab,
+                    lab,
                     &["--iface", "cli0", "--peer", "srv0", "--policy", pol],
                     true,
                 );
@@ -314,17 +301,12 @@ fn refuses_unsafe_setups_with_clear_messages() {
             ),
             _ => eprintln!("clang -target bpf unavailable: foreign-program check not run"),
         }
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn four_queues_four_workers_carry_parallel_flows() {
-    let prefix = "dpmq";
-    {
-        let Some(mut lab) = Lab::up_with(prefix, 4) else {
-            return;
-        };
+    lab::with_lab_queues("dpmq", 4, |lab| {
         lab.start(Mode::PassThrough, &["--poll", "adaptive"])
             .unwrap();
         let ready = lab
@@ -341,7 +323,7 @@ fn four_queues_four_workers_carry_parallel_flows() {
         let hosts = ["awing", "xwing", "tracker", "outsider"];
         std::thread::scope(|s| {
             for h in hosts {
-                let lab = &lab;
+                let lab = &*lab;
                 s.spawn(move || {
                     let script = "for i in $(seq 20); do curl -s -m 3 http://10.66.0.2/v1/healthz || exit 1; \
                                   curl -s -m 3 -g 'http://[fd66::2]/v1/healthz' || exit 1; done";
@@ -363,20 +345,15 @@ fn four_queues_four_workers_carry_parallel_flows() {
             c["dataplane"]["umem_frames_unaccounted"], 0,
             "UMEM leak: {c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// 1 GiB through the dataplane, sha256 compared on both ends.
 #[test]
 fn one_gib_arrives_byte_exact_through_the_dataplane() {
-    let prefix = "dpbulk";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("dpbulk", |lab| {
         lab.start(Mode::PassThrough, &[]).unwrap();
-        let took = bulk(&lab, 1 << 30);
+        let took = bulk(lab, 1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         let c = st.counters().unwrap();
@@ -385,8 +362,7 @@ fn one_gib_arrives_byte_exact_through_the_dataplane() {
             c["dataplane"]["umem_frames_unaccounted"], 0,
             "UMEM leak: {c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// A dual-stack TCP echo server on the server's port 9000 (the fixture's
@@ -414,11 +390,7 @@ fn echo(lab: &Lab, host: &str, dst: &str) -> String {
 /// tests' business.)
 #[test]
 fn l34_policy_allows_spaceships_and_denies_the_rest() {
-    let prefix = "l34";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l34", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         // ICMP: the icmps rule lets spaceships ping, nobody else.
@@ -432,12 +404,12 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
         // L4-only port: a-wing's connections and their replies pass, v4 and v6.
         let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
         lab.wait_listen("server", 9000);
-        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
-        assert_eq!(echo(&lab, "awing", SERVER6), "echo:hello");
+        assert_eq!(echo(lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(lab, "awing", SERVER6), "echo:hello");
         // Nobody else has a rule for it: their SYNs are dropped.
         for host in ["xwing", "tracker", "outsider"] {
-            assert_eq!(echo(&lab, host, SERVER4), "", "{host} v4");
-            assert_eq!(echo(&lab, host, SERVER6), "", "{host} v6");
+            assert_eq!(echo(lab, host, SERVER4), "", "{host} v4");
+            assert_eq!(echo(lab, host, SERVER6), "", "{host} v6");
         }
 
         // The HTTP port is for spaceships only: a denied SYN is dropped
@@ -460,7 +432,7 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
             lab.ping("xwing", SERVER4),
             "the enforcer went down on L7 traffic"
         );
-        assert_eq!(echo(&lab, "awing", SERVER6), "echo:hello");
+        assert_eq!(echo(lab, "awing", SERVER6), "echo:hello");
 
         let _ = echo_srv.kill();
         let _ = echo_srv.wait();
@@ -488,20 +460,15 @@ fn l34_policy_allows_spaceships_and_denies_the_rest() {
                 .any(|e| e["verdict"] == "allow" && from(e, "10.66.0.11")),
             "no allow for a-wing in the verdict log: {v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn one_gib_arrives_byte_exact_through_an_l4_rule() {
-    let prefix = "l4bulk";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l4bulk", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
-        let took = bulk(&lab, 1 << 30);
+        let took = bulk(lab, 1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0));
@@ -514,25 +481,20 @@ fn one_gib_arrives_byte_exact_through_an_l4_rule() {
             c["engine"]["frames_forwarded"].as_u64().unwrap() > 700_000,
             "{c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// SIGHUP reloads the policy directory; a broken policy is refused and the
 /// running one kept.
 #[test]
 fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
-    let prefix = "hup";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("hup", |lab| {
         let pol = lab::policy_dir(&[]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
         let mut echo_srv = lab.spawn("server", &["python3", "-c", ECHO9000]);
         lab.wait_listen("server", 9000);
         assert_eq!(
-            echo(&lab, "awing", SERVER4),
+            echo(lab, "awing", SERVER4),
             "",
             "port 9000 open before the rule"
         );
@@ -548,8 +510,8 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
             "{:?}",
             lab.enforcer_stdout()
         );
-        assert_eq!(echo(&lab, "awing", SERVER4), "echo:hello");
-        assert_eq!(echo(&lab, "xwing", SERVER4), "");
+        assert_eq!(echo(lab, "awing", SERVER4), "echo:hello");
+        assert_eq!(echo(lab, "xwing", SERVER4), "");
 
         std::fs::write(
             pol.path().join("broken.yaml"),
@@ -572,7 +534,7 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
             lab.enforcer_stderr()
         );
         assert_eq!(
-            echo(&lab, "awing", SERVER4),
+            echo(lab, "awing", SERVER4),
             "echo:hello",
             "the running policy was kept"
         );
@@ -586,15 +548,14 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
             lab.enforcer_stdout()
         );
         assert_eq!(
-            echo(&lab, "awing", SERVER4),
+            echo(lab, "awing", SERVER4),
             "",
             "rule removed, new connections denied"
         );
         let _ = echo_srv.kill();
         let _ = echo_srv.wait();
         assert_eq!(lab.stop().unwrap().status.code(), Some(0));
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// Run Python with bmemcached on a host: each line of `calls` is evaluated
@@ -623,11 +584,7 @@ fn bmemcached(lab: &Lab, host: &str, calls: &[&str]) -> Vec<String> {
 /// denials in the protocols' own words, denied requests never at the server.
 #[test]
 fn seed_scenarios_end_to_end() {
-    let prefix = "seed";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("seed", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
         let nc = |host: &str, text: &str| {
             stdout(&lab.sh(
@@ -639,7 +596,7 @@ fn seed_scenarios_end_to_end() {
         // Memcached guide.
         assert_eq!(
             bmemcached(
-                &lab,
+                lab,
                 "awing",
                 &[
                     "client.set('awing-coord','4309.432,918.980',time=2400)",
@@ -666,7 +623,7 @@ fn seed_scenarios_end_to_end() {
         // Denied, then allowed again on the same connection.
         assert_eq!(
             bmemcached(
-                &lab,
+                lab,
                 "awing",
                 &[
                     "client.get('xwing-coord')",
@@ -678,7 +635,7 @@ fn seed_scenarios_end_to_end() {
         );
         assert_eq!(
             bmemcached(
-                &lab,
+                lab,
                 "tracker",
                 &[
                     "client.get('xwing-coord')",
@@ -753,6 +710,5 @@ fn seed_scenarios_end_to_end() {
             .verdicts()
             .iter()
             .any(|e| e["kind"] == "http" && e["verdict"] == "deny"));
-    }
-    lab::assert_clean(prefix);
+    });
 }

@@ -2,14 +2,13 @@
 //! which runs real memcached and the deathstar app, driven by the seeds'
 //! clients (bmemcached, pymemcache, nc, curl) from the lab's ships. Root
 //! only; under CI=true a missing prerequisite is a failure (see
-//! tests/lab/mod.rs). Run with --test-threads=1.
+//! tests/kit/lab.rs). Run with --test-threads=1.
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
 use std::time::{Duration, Instant};
 
-use lab::{ok, repo, stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, ok, repo, stdout, Lab, Mode, SERVER4};
 
 /// A policy directory with the endpoints and no policy.
 fn endpoints_only() -> tempfile::TempDir {

@@ -1,12 +1,11 @@
 //! The seed scenarios at L7, end to end: real memcached and the deathstar
 //! app behind the real enforcer, driven by the seeds' own clients
 //! (bmemcached, nc, curl) and pymemcache. Root only; under CI=true a missing
-//! prerequisite is a failure (see tests/lab/mod.rs).
+//! prerequisite is a failure (see tests/kit/lab.rs).
 
-#[path = "lab/mod.rs"]
-mod lab;
+mod kit;
 
-use lab::{stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, stdout, Lab, Mode, SERVER4};
 
 /// A policy directory with the endpoints and no policy: nothing enforced,
 /// as in the seeds before their policies are applied.
@@ -52,16 +51,12 @@ const DENIED8: &str = "MemcachedException (\"Code: 8 Message: b'access denied'\"
 
 #[test]
 fn memcached_guide_step_by_step() {
-    let prefix = "l7mc";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l7mc", |lab| {
         // Steps 3 and 4: no policy yet, everyone may do anything.
         let open = endpoints_only();
         lab.start(Mode::Policy(open.path()), &[]).unwrap();
         let aw = bmemcached(
-            &lab,
+            lab,
             "awing",
             "show(lambda: client.set('awing-coord', '4309.432,918.980', time=2400))\n\
              show(lambda: client.get('awing-coord'))\n",
@@ -69,18 +64,18 @@ fn memcached_guide_step_by_step() {
         assert_eq!(aw, ["True", "4309.432,918.980"]);
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "xwing",
                 "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
             ),
             "STORED\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get xwing-coord\\r\\n"),
+            nc(lab, "xwing", "get xwing-coord\\r\\n"),
             "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "VALUE awing-coord 0 16\r\n4309.432,918.980\r\nEND\r\n",
             "over-privileged before the policy"
         );
@@ -90,11 +85,11 @@ fn memcached_guide_step_by_step() {
         lab.start(Mode::Policy(&lab::repo("policies")), &[])
             .unwrap();
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
         let aw = bmemcached(
-            &lab,
+            lab,
             "awing",
             "show(lambda: client.get('awing-coord'))\n\
              show(lambda: client.get('xwing-coord'))\n\
@@ -114,7 +109,7 @@ fn memcached_guide_step_by_step() {
             "a denied get leaves the client usable: no retry needed"
         );
         let tr = bmemcached(
-            &lab,
+            lab,
             "tracker",
             "show(lambda: client.get('xwing-coord'))\n\
              show(lambda: client.set('awing-coord', '0.0,0.0', time=1200))\n\
@@ -125,20 +120,20 @@ fn memcached_guide_step_by_step() {
         // dropped silently and nc ends on its own close.
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "xwing",
                 "set xwing-coord 0 1200 16\\r\\n9854.34,926.9187\\r\\nquit\\r\\n"
             ),
             "STORED\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get xwing-coord\\r\\n"),
+            nc(lab, "xwing", "get xwing-coord\\r\\n"),
             "VALUE xwing-coord 0 16\r\n9854.34,926.9187\r\nEND\r\n"
         );
         // Pipelined on one connection: value, denial, value, in order.
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "xwing",
                 "get xwing-coord\\r\\nget awing-coord\\r\\nget xwing-coord\\r\\n"
             ),
@@ -149,7 +144,7 @@ fn memcached_guide_step_by_step() {
         // Multi-key get: each key alone is allowed to the tracker by a
         // different rule, together by none.
         assert_eq!(
-            nc(&lab, "tracker", "get awing-coord xwing-coord\\r\\n"),
+            nc(lab, "tracker", "get awing-coord xwing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
         // pymemcache (text) from a-wing: its own key works.
@@ -158,7 +153,7 @@ fn memcached_guide_step_by_step() {
             "1.0,2.0"
         );
         // The outsider has no rule at all: it cannot even connect.
-        assert_eq!(nc(&lab, "outsider", "get awing-coord\\r\\n"), "");
+        assert_eq!(nc(lab, "outsider", "get awing-coord\\r\\n"), "");
 
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0), "{st:?}");
@@ -174,8 +169,7 @@ fn memcached_guide_step_by_step() {
                 && e["keys"][0] == "xwing-coord"),
             "verdict log names the denied key: {v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 fn curl_lines(lab: &Lab, host: &str, args: &[&str]) -> Vec<String> {
@@ -189,11 +183,7 @@ fn curl_lines(lab: &Lab, host: &str, args: &[&str]) -> Vec<String> {
 
 #[test]
 fn starwars_http_steps_over_ipv4_and_ipv6() {
-    let prefix = "l7http";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l7http", |lab| {
         lab.start(Mode::Policy(&lab::repo("policies")), &[])
             .unwrap();
         for base in ["http://10.66.0.2", "http://[fd66::2]"] {
@@ -233,23 +223,18 @@ fn starwars_http_steps_over_ipv4_and_ipv6() {
                 || e["x_has_force"] == "true"),
             "{seen:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn denied_request_keeps_the_connection_and_bodies_never_arrive() {
-    let prefix = "l7conn";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("l7conn", |lab| {
         lab.start(Mode::Policy(&lab::repo("policies")), &[])
             .unwrap();
         // curl --next over one connection: 200, 403, 200 and one connect.
         let w = "%{http_code} %{num_connects}\\n";
         let lines = curl_lines(
-            &lab,
+            lab,
             "xwing",
             &[
                 "-o",
@@ -296,6 +281,5 @@ fn denied_request_keeps_the_connection_and_bodies_never_arrive() {
                 && e["path"] == "/v1/cargobay"),
             "{v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }

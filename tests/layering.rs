@@ -1,13 +1,15 @@
 //! The layers of `src/` depend downward only, and only the shells that talk
 //! to the kernel use `unsafe`, each block with its reason.
 //!
-//! Read from the source tree, not the compiler: a module names another by a
-//! path (`crate::engine`, `enforcer::policy` in the binary, `super::` from a
-//! top-level module file). Comments and string literals are blanked first,
-//! so prose may mention any layer.
+//! Read from the source tree as Rust tokens (comments and literals are not
+//! code, so prose may mention any layer): a module names another by a path
+//! (`crate::engine`, `enforcer::policy` in the binary, `super::` from a
+//! top-level module file), also inside macros and `use` groups.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
 
 /// Every top-level module and its rank. A module may name only modules of a
 /// strictly lower rank; modules of one rank are independent of each other.
@@ -37,143 +39,61 @@ fn rank(m: &str) -> Option<u8> {
     RANKS.iter().find(|(n, _)| *n == m).map(|&(_, r)| r)
 }
 
-/// `s` with comments, string and char literals replaced by spaces (lines kept).
-fn code_only(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    let blank = |c: u8| if c == b'\n' { b'\n' } else { b' ' };
-    while i < b.len() {
-        if b[i..].starts_with(b"//") {
-            while i < b.len() && b[i] != b'\n' {
-                out.push(b' ');
-                i += 1;
-            }
-        } else if b[i..].starts_with(b"/*") {
-            let mut depth = 0;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    out.extend_from_slice(b"  ");
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    out.extend_from_slice(b"  ");
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    out.push(blank(b[i]));
-                    i += 1;
-                }
-            }
-        } else if b[i] == b'r' && (b[i..].starts_with(b"r\"") || b[i..].starts_with(b"r#")) {
-            // Raw string: r"..." or r#"..."#.
-            let mut j = i + 1;
-            let mut hashes = 0;
-            while j < b.len() && b[j] == b'#' {
-                hashes += 1;
-                j += 1;
-            }
-            if j < b.len() && b[j] == b'"' && (i == 0 || !is_ident(b[i - 1])) {
-                let close: Vec<u8> = std::iter::once(b'"')
-                    .chain(std::iter::repeat_n(b'#', hashes))
-                    .collect();
-                let end = b[j + 1..]
-                    .windows(close.len())
-                    .position(|w| w == close.as_slice())
-                    .map_or(b.len(), |p| j + 1 + p + close.len());
-                out.extend(b[i..end].iter().map(|&c| blank(c)));
-                i = end;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        } else if b[i] == b'"' {
-            out.push(b' ');
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                if b[i] == b'\\' && i + 1 < b.len() {
-                    out.push(b' ');
-                    i += 1;
-                }
-                out.push(blank(b[i]));
-                i += 1;
-            }
-            out.push(b' ');
-            i += 1;
-        } else if b[i] == b'\'' && i + 2 < b.len() && (b[i + 2] == b'\'' || b[i + 1] == b'\\') {
-            // A char literal ('x', '\n', '\''); lifetimes ('a) are left alone.
-            let end = b[i + 1..]
-                .iter()
-                .enumerate()
-                .skip(1)
-                .find(|&(k, &c)| c == b'\'' && b[i + k] != b'\\')
-                .map_or(b.len(), |(k, _)| i + 1 + k + 1);
-            out.extend(b[i..end].iter().map(|&c| blank(c)));
-            i = end;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// What a file's tokens say: the top-level modules it names after one of
+/// `roots`, and the lines of its `unsafe` blocks and impls (`unsafe fn` and
+/// `unsafe extern` state a contract in their docs instead).
+#[derive(Default)]
+struct Found {
+    named: Vec<String>,
+    unsafe_lines: Vec<usize>,
 }
 
-fn is_ident(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
-
-/// Top-level modules a file names: `root::x`, `root::{x, y::z}`, and for a
-/// top-level module file (`src/x.rs`, `src/x/mod.rs`) `super::x`.
-fn named_modules(code: &str, roots: &[&str]) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let b = code.as_bytes();
-    for root in roots {
-        let pat = format!("{root}::");
-        let mut from = 0;
-        while let Some(p) = code[from..].find(&pat) {
-            let at = from + p;
-            from = at + pat.len();
-            if at > 0 && (is_ident(b[at - 1]) || b[at - 1] == b':') {
-                continue; // `foo_crate::x`, `a::crate::x`
+fn scan(ts: TokenStream, roots: &[&str], found: &mut Found) {
+    let tt: Vec<TokenTree> = ts.into_iter().collect();
+    let ident = |i: usize| match tt.get(i) {
+        Some(TokenTree::Ident(x)) => Some(x.to_string()),
+        _ => None,
+    };
+    let path_sep = |i: usize| {
+        matches!((tt.get(i), tt.get(i + 1)), (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b)))
+            if a.as_char() == ':' && b.as_char() == ':')
+    };
+    for (i, t) in tt.iter().enumerate() {
+        match t {
+            TokenTree::Group(g) => scan(g.stream(), roots, found),
+            // `unsafe fn` and `unsafe extern` state a contract in their docs.
+            TokenTree::Ident(x)
+                if *x == "unsafe" && !matches!(ident(i + 1).as_deref(), Some("fn" | "extern")) =>
+            {
+                found.unsafe_lines.push(x.span().start().line);
             }
-            let rest = &code[from..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // `crate::{a, b::c, d}`: first segment of each top-level entry.
-                let mut depth = 0usize;
-                let mut entry_start = true;
-                for (k, c) in group.char_indices() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => entry_start = true,
-                        c if entry_start && depth == 0 && (c.is_alphanumeric() || c == '_') => {
-                            let name: String = group[k..]
-                                .chars()
-                                .take_while(|&c| c.is_alphanumeric() || c == '_')
-                                .collect();
-                            found.insert(name);
-                            entry_start = false;
+            TokenTree::Ident(x) if roots.iter().any(|r| *x == r) && path_sep(i + 1) => {
+                let after_colon = i > 1 && path_sep(i - 2);
+                if after_colon {
+                    continue; // `a::crate::x` is not a root
+                }
+                match tt.get(i + 3) {
+                    Some(TokenTree::Ident(n)) => found.named.push(n.to_string()),
+                    // `crate::{a, b::c}`: the first name of each entry.
+                    Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Brace => {
+                        let mut first = true;
+                        for e in g.stream() {
+                            match e {
+                                TokenTree::Ident(n) if first => {
+                                    found.named.push(n.to_string());
+                                    first = false;
+                                }
+                                TokenTree::Punct(p) if p.as_char() == ',' => first = true,
+                                _ => first = false,
+                            }
                         }
-                        c if c.is_whitespace() => {}
-                        _ => entry_start = false,
                     }
-                }
-            } else {
-                let name: String = rest
-                    .chars()
-                    .take_while(|&c| c.is_alphanumeric() || c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.insert(name);
+                    _ => {}
                 }
             }
+            _ => {}
         }
     }
-    found
 }
 
 /// The top-level module a source file belongs to, and whether `super::`
@@ -197,14 +117,13 @@ fn violations(files: &[(PathBuf, String)]) -> Vec<String> {
         if module == "lib" {
             continue; // the crate root declares every module
         }
+        let at = format!("src/{}", rel.display());
         let Some(own) = rank(&module) else {
             out.push(format!(
-                "src/{}: top-level module `{module}` has no rank in RANKS",
-                rel.display()
+                "{at}: top-level module `{module}` has no rank in RANKS"
             ));
             continue;
         };
-        let code = code_only(text);
         let mut roots = vec!["crate"];
         if module == "main" {
             roots.push("enforcer");
@@ -212,79 +131,45 @@ fn violations(files: &[(PathBuf, String)]) -> Vec<String> {
         if top {
             roots.push("super");
         }
-        for named in named_modules(&code, &roots) {
-            if named == module || named == "self" || named == "super" {
-                continue;
-            }
-            match rank(&named) {
-                Some(r) if r < own => {}
-                Some(r) => out.push(format!(
-                    "src/{}: `{module}` (rank {own}) names `{named}` (rank {r}): layers depend downward only",
-                    rel.display()
+        let ts = TokenStream::from_str(text).unwrap_or_else(|e| panic!("{at}: {e:?}"));
+        let mut found = Found::default();
+        scan(ts, &roots, &mut found);
+        for named in &found.named {
+            // Items of the crate root, or the module's own: not a layer.
+            match rank(named) {
+                Some(r) if r >= own && *named != module => out.push(format!(
+                    "{at}: `{module}` (rank {own}) names `{named}` (rank {r}): layers depend downward only"
                 )),
-                // Items of the crate root or of the module itself (`super::X`
-                // from a file of `src/`): not a layer.
-                None => {}
+                _ => {}
             }
         }
-        if !UNSAFE_SHELLS.contains(&module.as_str()) && has_unsafe(&code) {
-            out.push(format!(
-                "src/{}: `unsafe` outside the shells that need it ({UNSAFE_SHELLS:?})",
-                rel.display()
-            ));
+        let shell = UNSAFE_SHELLS.contains(&module.as_str());
+        let lines: Vec<&str> = text.lines().collect();
+        for &line in &found.unsafe_lines {
+            if !shell {
+                out.push(format!("{at}:{line}: `unsafe` outside {UNSAFE_SHELLS:?}"));
+            } else if !documented(&lines, line - 1) {
+                out.push(format!(
+                    "{at}:{line}: `unsafe` without a `// SAFETY:` comment"
+                ));
+            }
         }
-        out.extend(undocumented_unsafe(rel, text, &code));
     }
     out
 }
 
-fn unsafe_positions(code: &str) -> Vec<usize> {
-    let b = code.as_bytes();
-    code.match_indices("unsafe")
-        .map(|(i, _)| i)
-        .filter(|&i| (i == 0 || !is_ident(b[i - 1])) && b.get(i + 6).is_none_or(|&c| !is_ident(c)))
-        .collect()
-}
-
-fn has_unsafe(code: &str) -> bool {
-    !unsafe_positions(code).is_empty()
-}
-
-/// `unsafe` blocks and impls without a `// SAFETY:` comment on the lines just
-/// above them (or on the same line). `unsafe fn` and `unsafe extern` state a
-/// contract instead, in their docs.
-fn undocumented_unsafe(rel: &Path, text: &str, code: &str) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    for i in unsafe_positions(code) {
-        let after = code[i + 6..].trim_start();
-        if after.starts_with("fn") || after.starts_with("extern") {
-            continue;
-        }
-        let line = code[..i].matches('\n').count();
-        let mut ok = lines[line].contains("SAFETY:");
-        // Walk up over the comment block (and attributes) right above.
-        let mut k = line;
-        while !ok && k > 0 {
-            k -= 1;
-            let l = lines[k].trim();
-            if l.contains("SAFETY:") {
-                ok = true;
-            } else if !(l.starts_with("//") || l.starts_with("#[")) {
-                // One statement may open the line before the block
-                // (`let x = unsafe {` is on one line; `match unsafe` too).
-                break;
-            }
-        }
-        if !ok {
-            out.push(format!(
-                "src/{}:{}: `unsafe` without a `// SAFETY:` comment",
-                rel.display(),
-                line + 1
-            ));
-        }
+/// A `// SAFETY:` comment on line `i` (0-based) or in the comment block
+/// (and attributes) right above the statement that holds it.
+fn documented(lines: &[&str], i: usize) -> bool {
+    if lines[i].contains("SAFETY:") {
+        return true;
     }
-    out
+    lines[..i]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .take_while(|l| l.starts_with("//") || l.starts_with("#["))
+        .any(|l| l.contains("SAFETY:"))
 }
 
 fn read_tree(dir: &Path, base: &Path, out: &mut Vec<(PathBuf, String)>) {

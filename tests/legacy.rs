@@ -1,9 +1,10 @@
 //! The 2017 Star Wars demo's own policy files, step by step, as decisions;
 //! and `enforcer convert` output, loaded back, decides the same.
 
+mod kit;
+
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 
 use enforcer::l7::http::Http;
 use enforcer::l7::{Parse, Protocol};
@@ -95,16 +96,9 @@ fn converted_policies_decide_the_same() {
         ("http-show", "sw_policy_http.show.json"),
         ("http-real", "sw_policy_http.real.json"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-            .args(["convert", &format!("policies/starwars-2017/{step}/{file}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let yaml = String::from_utf8(out.stdout).unwrap();
+        let (ok, yaml, err) =
+            kit::enforcer(&["convert", &format!("policies/starwars-2017/{step}/{file}")]);
+        assert!(ok, "{err}");
         assert!(yaml.contains("kind: CiliumNetworkPolicy"));
         let dir = tmp.path().join(step);
         std::fs::create_dir(&dir).unwrap();
@@ -123,15 +117,8 @@ fn converted_policies_decide_the_same() {
 #[test]
 fn check_accepts_the_legacy_files_and_reports_expression_errors() {
     for step in ["l4", "http-show", "http-real"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-            .args(["check", &format!("policies/starwars-2017/{step}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{step}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, _, err) = kit::enforcer(&["check", &format!("policies/starwars-2017/{step}")]);
+        assert!(ok, "{step}: {err}");
     }
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("bad.json");
@@ -140,13 +127,8 @@ fn check_accepts_the_legacy_files_and_reports_expression_errors() {
         "{\n  \"name\": \"root\",\n  \"rules\": [{\n    \"coverage\": [\"id.spaceship\"],\n    \"l4\": [{\"out-ports\": [{\"port\": 80, \"l7-parser\": \"http\",\n      \"l7-rules\": [{\"expr\": \"Method(\\\"GET\\\") && Path(/v1/)\"}]}]}]\n  }]\n}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .arg("check")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = kit::enforcer(&[std::ffi::OsStr::new("check"), f.as_os_str()]);
+    assert!(!ok);
     assert!(
         err.contains("bad.json:6: rules[0].l4[0].out-ports[0].l7-rules[0].expr: column 23: expected a quoted string"),
         "{err}"

@@ -1,12 +1,11 @@
 //! `enforcer replay` end to end at L3/L4: generated captures through the real
 //! binary, with the lab's endpoints and policies.
 
-mod common;
+mod kit;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use common::*;
+use kit::replay::{shipped, Replay, Run};
+use kit::tcp::Conn;
+use kit::*;
 
 /// L4-only rules on the lab server (default-deny on ingress once selected):
 /// spaceships may reach TCP 8080, the outsider's /32 UDP 53, the alliance
@@ -51,115 +50,8 @@ const AWING: &str = "10.66.0.11";
 const TRACKER: &str = "10.66.0.13";
 const OUTSIDER: &str = "10.66.0.14";
 
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-struct Run {
-    ok: bool,
-    stderr: String,
-    out: Vec<Vec<u8>>,
-    log: Vec<serde_json::Value>,
-}
-
-impl Run {
-    fn counters(&self) -> serde_json::Value {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.contains("counters: "))
-            .unwrap_or_else(|| {
-                panic!("no summary in stderr: {}", self.stderr);
-            });
-        let json = &line[line.find("counters: ").unwrap() + "counters: ".len()..];
-        serde_json::from_str(json).expect("counters are JSON")
-    }
-    fn drops(&self, reason: &str) -> u64 {
-        self.counters()["drops"][reason].as_u64().unwrap_or(0)
-    }
-}
-
-impl Lab {
-    /// A policy directory with the lab endpoints and the L4 policy.
-    fn new() -> Lab {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pol = dir.path().join("policies");
-        std::fs::create_dir(&pol).unwrap();
-        std::fs::copy(
-            repo().join("policies/endpoints.yaml"),
-            pol.join("endpoints.yaml"),
-        )
-        .unwrap();
-        std::fs::write(pol.join("l4.yaml"), L4_POLICY).unwrap();
-        Lab { dir }
-    }
-
-    fn policies(&self) -> PathBuf {
-        self.dir.path().join("policies")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn replay(&self, policy: &Path, input: &Path, extra: &[&str]) -> Run {
-        let out = self.path("out.pcap");
-        let log = self.path("log.jsonl");
-        let _ = std::fs::remove_file(&out);
-        let _ = std::fs::remove_file(&log);
-        let o = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-            .arg("replay")
-            .arg("--policy")
-            .arg(policy)
-            .arg(input)
-            .arg("-w")
-            .arg(&out)
-            .arg("--log")
-            .arg(&log)
-            .args(extra)
-            .output()
-            .expect("run enforcer");
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(!stderr.contains("panicked"), "enforcer panicked: {stderr}");
-        let out = if out.exists() && o.status.success() {
-            read_pcap(&out)
-        } else {
-            vec![]
-        };
-        let log = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("log line is JSON"))
-            .collect();
-        Run {
-            ok: o.status.success(),
-            stderr,
-            out,
-            log,
-        }
-    }
-
-    /// Write `frames` as a plain pcap, 1 ms apart, and replay them.
-    fn pcap(&self, frames: &[Vec<u8>], extra: &[&str]) -> Run {
-        let recs: Vec<_> = frames
-            .iter()
-            .enumerate()
-            .map(|(i, f)| rec(i as u64 * 1_000_000, 0, f.clone()))
-            .collect();
-        self.replay_recs(&recs, extra)
-    }
-
-    fn replay_recs(&self, recs: &[Rec], extra: &[&str]) -> Run {
-        let input = self.path("in.pcap");
-        write_pcap(&input, recs);
-        let r = self.replay(&self.policies(), &input, extra);
-        assert!(r.ok, "replay failed: {}", r.stderr);
-        r
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+fn l4() -> Replay {
+    Replay::with_policies(&[("l4.yaml", L4_POLICY)])
 }
 
 fn verdicts(r: &Run) -> Vec<(String, String, u64, String)> {
@@ -182,14 +74,14 @@ fn v(s: &str, d: &str, port: u64, verdict: &str) -> (String, String, u64, String
 
 #[test]
 fn allowed_by_identity_with_replies() {
-    let lab = Lab::new();
+    let rp = l4();
     let mut c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
     let mut frames = c.handshake();
     frames.push(c.client_data(b"hello"));
     frames.push(c.server_data(b"world"));
     frames.push(c.client_fin());
     frames.push(c.server_fin());
-    let r = lab.pcap(&frames, &[]);
+    let r = rp.frames(&frames, &[]);
     assert_eq!(
         r.out, frames,
         "every frame of the connection, unchanged and in order"
@@ -201,10 +93,10 @@ fn allowed_by_identity_with_replies() {
 
 #[test]
 fn denied_by_identity_and_world() {
-    let lab = Lab::new();
+    let rp = l4();
     let tracker = Conn::new(ep(TRACKER, 40000), ep(SERVER, 8080));
     let outsider = Conn::new(ep(OUTSIDER, 40000), ep(SERVER, 8080));
-    let r = lab.pcap(&[tracker.syn(), tracker.syn(), outsider.syn()], &[]);
+    let r = rp.frames(&[tracker.syn(), tracker.syn(), outsider.syn()], &[]);
     assert!(r.out.is_empty());
     assert_eq!(
         verdicts(&r),
@@ -219,10 +111,10 @@ fn denied_by_identity_and_world() {
 
 #[test]
 fn denied_by_port() {
-    let lab = Lab::new();
+    let rp = l4();
     let ok = Conn::new(ep(AWING, 40001), ep(SERVER, 8080));
     let bad = Conn::new(ep(AWING, 40002), ep(SERVER, 8081));
-    let r = lab.pcap(&[bad.syn(), ok.syn()], &[]);
+    let r = rp.frames(&[bad.syn(), ok.syn()], &[]);
     assert_eq!(r.out, vec![ok.syn()]);
     assert_eq!(
         verdicts(&r),
@@ -235,11 +127,11 @@ fn denied_by_port() {
 
 #[test]
 fn udp_allowed_by_cidr_only() {
-    let lab = Lab::new();
+    let rp = l4();
     let q = udp(ep(OUTSIDER, 5353), ep(SERVER, 53), b"query");
     let a = udp(ep(SERVER, 53), ep(OUTSIDER, 5353), b"answer");
     let not_in_cidr = udp(ep(AWING, 5353), ep(SERVER, 53), b"query");
-    let r = lab.pcap(&[q.clone(), a.clone(), not_in_cidr], &[]);
+    let r = rp.frames(&[q.clone(), a.clone(), not_in_cidr], &[]);
     assert_eq!(r.out, vec![q, a]);
     assert_eq!(
         verdicts(&r),
@@ -252,7 +144,7 @@ fn udp_allowed_by_cidr_only() {
 
 #[test]
 fn unsolicited_inbound_to_default_deny_endpoint_is_dropped() {
-    let lab = Lab::new();
+    let rp = l4();
     // Mid-connection segments and a fake "answer" to a query the server never sent.
     let ack = tcp(
         ep(OUTSIDER, 443),
@@ -264,7 +156,7 @@ fn unsolicited_inbound_to_default_deny_endpoint_is_dropped() {
     );
     let synack = tcp(ep(OUTSIDER, 443), ep(SERVER, 22), 1, 1, SYN | ACK, &[]);
     let fake = udp(ep(OUTSIDER, 53), ep(SERVER, 5353), b"answer");
-    let r = lab.pcap(&[ack, synack, fake], &[]);
+    let r = rp.frames(&[ack, synack, fake], &[]);
     assert!(r.out.is_empty());
     assert_eq!(r.drops("no-flow"), 2);
     assert_eq!(r.drops("policy-denied"), 1);
@@ -272,13 +164,13 @@ fn unsolicited_inbound_to_default_deny_endpoint_is_dropped() {
 
 #[test]
 fn icmp_follows_l3_icmps_rules_of_the_seed_policy() {
-    let lab = Lab::new();
+    let rp = l4();
     let xwing = "10.66.0.12";
     let req = echo(xwing, SERVER, 7, 1, true, b"ping");
     let rep = echo(SERVER, xwing, 7, 1, false, b"ping");
     let denied = echo(OUTSIDER, SERVER, 8, 1, true, b"ping");
     let unsolicited_reply = echo(OUTSIDER, SERVER, 9, 1, false, b"pong");
-    let input = lab.path("icmp.pcap");
+    let input = rp.path("icmp.pcap");
     write_pcap(
         &input,
         &[
@@ -288,7 +180,7 @@ fn icmp_follows_l3_icmps_rules_of_the_seed_policy() {
             rec(3, 0, unsolicited_reply),
         ],
     );
-    let r = lab.replay(&repo().join("policies"), &input, &[]);
+    let r = rp.file(&shipped(), &input, &[]);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.out, vec![req, rep]);
     assert_eq!(
@@ -302,7 +194,7 @@ fn icmp_follows_l3_icmps_rules_of_the_seed_policy() {
 
 #[test]
 fn ipv6_from_pcapng_interfaces() {
-    let lab = Lab::new();
+    let rp = l4();
     let mut c = Conn::new(ep("fd66::11", 40000), ep("fd66::2", 8080));
     let hs = c.handshake();
     let data = c.client_data(b"v6");
@@ -318,9 +210,9 @@ fn ipv6_from_pcapng_interfaces() {
         rec(5, 0, ping.clone()),
         rec(6, 1, pong.clone()),
     ];
-    let input = lab.path("v6.pcapng");
+    let input = rp.path("v6.pcapng");
     write_pcapng(&input, &recs);
-    let r = lab.replay(&lab.policies(), &input, &[]);
+    let r = rp.file(&rp.policy, &input, &[]);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(
         r.out,
@@ -345,7 +237,7 @@ fn ipv6_from_pcapng_interfaces() {
 
 #[test]
 fn fragments_allowed_denied_overlapping_and_timed_out() {
-    let lab = Lab::new();
+    let rp = l4();
     let ms = 1_000_000;
     let allowed = udp(ep(OUTSIDER, 5353), ep(SERVER, 53), &[0x11; 120]);
     let ok = fragment_evenly(&allowed, 1, 48);
@@ -368,7 +260,7 @@ fn fragments_allowed_denied_overlapping_and_timed_out() {
     recs.extend(ok6.iter().map(|f| rec(4 * ms, 0, f.clone())));
     // Long after: the stale datagram's queue has timed out.
     recs.push(rec(60_000 * ms, 0, allowed.clone()));
-    let r = lab.replay_recs(&recs, &[]);
+    let r = rp.recs(&recs, false, &[]);
     let mut expect: Vec<_> = ok.iter().rev().cloned().collect();
     expect.extend(ok6);
     expect.push(allowed);
@@ -381,44 +273,44 @@ fn fragments_allowed_denied_overlapping_and_timed_out() {
 
 #[test]
 fn flow_table_full() {
-    let lab = Lab::new();
+    let rp = l4();
     let conns: Vec<_> = (0..3)
         .map(|i| Conn::new(ep(AWING, 40000 + i), ep(SERVER, 8080)))
         .collect();
     let syns: Vec<_> = conns.iter().map(|c| c.syn()).collect();
-    let r = lab.pcap(&syns, &["--max-flows", "2", "--table-full", "refuse-all"]);
+    let r = rp.frames(&syns, &["--max-flows", "2", "--table-full", "refuse-all"]);
     assert_eq!(r.out, syns[..2].to_vec());
     assert_eq!(r.drops("flow-table-full"), 1);
     assert_eq!(r.counters()["flows_active"], 2);
 
-    let r = lab.pcap(&syns, &["--max-flows", "2"]);
+    let r = rp.frames(&syns, &["--max-flows", "2"]);
     assert_eq!(r.out, syns, "refuse-l7 (default): L4 flows still pass");
     assert_eq!(r.counters()["flows_untracked"], 1);
 
-    let r = lab.pcap(&syns, &["--max-flows", "2", "--table-full", "evict-oldest"]);
+    let r = rp.frames(&syns, &["--max-flows", "2", "--table-full", "evict-oldest"]);
     assert_eq!(r.out, syns);
     assert_eq!(r.counters()["flows_evicted"], 1);
 }
 
 #[test]
 fn non_ip_passes_unless_told_otherwise() {
-    let lab = Lab::new();
-    let r = lab.pcap(&[arp()], &[]);
+    let rp = l4();
+    let r = rp.frames(&[arp()], &[]);
     assert_eq!(r.out, vec![arp()]);
     assert_eq!(r.counters()["non_ip_passed"], 1);
-    let r = lab.pcap(&[arp()], &["--drop-non-ip"]);
+    let r = rp.frames(&[arp()], &["--drop-non-ip"]);
     assert!(r.out.is_empty());
     assert_eq!(r.drops("non-ip-denied"), 1);
 }
 
 #[test]
 fn truncated_and_bad_length_frames_are_counted() {
-    let lab = Lab::new();
+    let rp = l4();
     let mut c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
     let syn = c.handshake().remove(0);
     let mut bad_len = syn.clone();
     bad_len[16..18].copy_from_slice(&1500u16.to_be_bytes());
-    let r = lab.pcap(
+    let r = rp.frames(
         &[
             syn[..30].to_vec(),
             bad_len,
@@ -435,14 +327,14 @@ fn truncated_and_bad_length_frames_are_counted() {
 
 #[test]
 fn garbage_capture_is_a_clear_error() {
-    let lab = Lab::new();
-    let garbage = lab.path("garbage.pcap");
+    let rp = l4();
+    let garbage = rp.path("garbage.pcap");
     std::fs::write(
         &garbage,
         b"this is not a capture at all, just text\n".repeat(10),
     )
     .unwrap();
-    let r = lab.replay(&lab.policies(), &garbage, &[]);
+    let r = rp.file(&rp.policy, &garbage, &[]);
     assert!(!r.ok);
     assert!(
         r.stderr.contains("not a pcap or pcapng file"),
@@ -450,22 +342,22 @@ fn garbage_capture_is_a_clear_error() {
         r.stderr
     );
 
-    let empty = lab.path("empty.pcap");
+    let empty = rp.path("empty.pcap");
     std::fs::write(&empty, b"").unwrap();
-    let r = lab.replay(&lab.policies(), &empty, &[]);
+    let r = rp.file(&rp.policy, &empty, &[]);
     assert!(!r.ok && r.stderr.contains("not a pcap"), "{}", r.stderr);
 }
 
 #[test]
 fn cut_capture_is_an_error_after_the_frames_it_had() {
-    let lab = Lab::new();
+    let rp = l4();
     // A valid header, then a record claiming more bytes than there are.
-    let cut = lab.path("cut.pcap");
+    let cut = rp.path("cut.pcap");
     let syn = Conn::new(ep(AWING, 1), ep(SERVER, 8080)).syn();
     write_pcap(&cut, &[rec(0, 0, syn.clone()), rec(1, 0, syn)]);
     let bytes = std::fs::read(&cut).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
-    let r = lab.replay(&lab.policies(), &cut, &[]);
+    let r = rp.file(&rp.policy, &cut, &[]);
     assert!(!r.ok);
     assert!(
         r.stderr.contains("unreadable after 1 frames"),
@@ -474,11 +366,11 @@ fn cut_capture_is_an_error_after_the_frames_it_had() {
     );
 
     // Random bytes behind a pcapng magic.
-    let ng = lab.path("junk.pcapng");
+    let ng = rp.path("junk.pcapng");
     let mut junk = vec![0x0a, 0x0d, 0x0d, 0x0a];
     junk.extend((0..500u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     std::fs::write(&ng, junk).unwrap();
-    let r = lab.replay(&lab.policies(), &ng, &[]);
+    let r = rp.file(&rp.policy, &ng, &[]);
     assert!(!r.ok, "{}", r.stderr);
 }
 
@@ -496,20 +388,20 @@ fn payloads(frames: &[Vec<u8>]) -> Vec<(std::net::IpAddr, Vec<u8>)> {
 
 #[test]
 fn l7_verdicts_and_injected_denials_reach_the_output_and_log() {
-    let lab = Lab::new();
+    let rp = l4();
     let mut c = Conn::new(ep(AWING, 40000), ep(SERVER, 11211));
     let mut frames = c.handshake();
     frames.push(c.client_data(b"get awing-coord\r\n"));
     frames.push(c.server_data(b"VALUE awing-coord 0 2\r\nok\r\nEND\r\n"));
     frames.push(c.client_data(b"get xwing-coord\r\n"));
-    let input = lab.path("memcd.pcap");
+    let input = rp.path("memcd.pcap");
     let recs: Vec<_> = frames
         .iter()
         .enumerate()
         .map(|(i, f)| rec(i as u64 * 1_000_000, 0, f.clone()))
         .collect();
     write_pcap(&input, &recs);
-    let r = lab.replay(&repo().join("policies"), &input, &[]);
+    let r = rp.file(&shipped(), &input, &[]);
     assert!(r.ok, "{}", r.stderr);
     let server = ip(SERVER);
     let client = ip(AWING);
@@ -547,11 +439,11 @@ fn l7_verdicts_and_injected_denials_reach_the_output_and_log() {
 #[test]
 fn short_snap_length_capture_counts_cut_frames() {
     use pcap_file::pcap::{PcapHeader, PcapWriter, RawPcapPacket};
-    let lab = Lab::new();
+    let rp = l4();
     let c = Conn::new(ep(AWING, 40000), ep(SERVER, 8080));
     let syn = c.syn();
     let arp_frame = arp();
-    let input = lab.path("snap.pcap");
+    let input = rp.path("snap.pcap");
     let header = PcapHeader {
         snaplen: 40,
         ..Default::default()
@@ -569,7 +461,7 @@ fn short_snap_length_capture_counts_cut_frames() {
         w.write_raw_packet(&raw).unwrap();
     }
     drop(w);
-    let r = lab.replay(&lab.policies(), &input, &[]);
+    let r = rp.file(&rp.policy, &input, &[]);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.drops("malformed"), 1, "the cut TCP frame");
     assert_eq!(r.out, vec![arp_frame[..40].to_vec()]);

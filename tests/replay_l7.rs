@@ -4,14 +4,11 @@
 //! client acknowledges the injected denial); the test reassembles what the
 //! enforcer wrote towards each side and checks the exact bytes.
 
-mod common;
+mod kit;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::*;
-use enforcer::packet::view::parse;
+use kit::replay::{shipped, towards, Replay, Run};
+use kit::tcp::Endpoint;
+use kit::*;
 
 const SERVER: &str = "10.66.0.2";
 const AWING: &str = "10.66.0.11";
@@ -20,87 +17,17 @@ const DENY_403: &[u8] =
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n";
 const MC_DENY: &[u8] = b"CLIENT_ERROR access denied\r\n";
 
-struct Run {
-    out: Vec<Vec<u8>>,
-    log: Vec<serde_json::Value>,
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn replay(frames: &[Vec<u8>], extra: &[&str]) -> Run {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("in.pcap");
-    let out = dir.path().join("out.pcap");
-    let log = dir.path().join("log.jsonl");
-    let recs: Vec<_> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64 * 1_000_000, 0, f.clone()))
-        .collect();
-    write_pcap(&input, &recs);
-    let o = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .arg("replay")
-        .arg("--policy")
-        .arg(repo().join("policies"))
-        .arg(&input)
-        .arg("-w")
-        .arg(&out)
-        .arg("--log")
-        .arg(&log)
-        .args(extra)
-        .output()
-        .expect("run enforcer");
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "replay failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    Run {
-        out: read_pcap(&out),
-        log: std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("log line is JSON"))
-            .collect(),
-    }
+    Replay::new(shipped()).frames(frames, extra)
 }
 
 /// The byte stream (and whether a FIN / RST came) the enforcer sent to
-/// `dst`, reassembled from `start` as a receiver would, checking that
-/// every copy of a byte carries the same value.
+/// `dst`, reassembled from `start` as a receiver would, every copy of a
+/// byte carrying the same value.
 fn stream_to(r: &Run, dst: &str, start: u32) -> (Vec<u8>, bool, bool) {
-    let mut bytes: BTreeMap<u32, u8> = BTreeMap::new();
-    let (mut fin, mut rst) = (None, false);
-    for f in &r.out {
-        let m = parse(f).expect("enforcer wrote an unparsable frame");
-        if m.dst != ip(dst) {
-            continue;
-        }
-        let t = m.tcp().expect("tcp");
-        if t.flags & RST != 0 {
-            rst = true;
-        }
-        if t.flags & SYN != 0 {
-            continue;
-        }
-        let p = m.payload(f);
-        for (i, b) in p.iter().enumerate() {
-            let off = t.seq.wrapping_add(i as u32).wrapping_sub(start);
-            if let Some(old) = bytes.insert(off, *b) {
-                assert_eq!(old, *b, "two different bytes at offset {off} to {dst}");
-            }
-        }
-        if t.flags & FIN != 0 {
-            fin = Some(t.seq.wrapping_add(p.len() as u32).wrapping_sub(start));
-        }
-    }
-    let mut out = Vec::new();
-    while let Some(b) = bytes.get(&(out.len() as u32)) {
-        out.push(*b);
-    }
-    assert_eq!(out.len(), bytes.len(), "gap in the stream to {dst}");
-    let fin = fin == Some(out.len() as u32);
-    (out, fin, rst)
+    let t = towards(&r.out, dst);
+    let (bytes, fin) = t.exact(start);
+    (bytes, fin, t.rst)
 }
 
 fn l7_verdicts(r: &Run) -> Vec<String> {
@@ -115,14 +42,8 @@ fn l7_verdicts(r: &Run) -> Vec<String> {
 /// received (the client's view includes injected denials, the server's
 /// excludes denied requests).
 struct Talk {
-    c: Ep,
-    s: Ep,
-    /// Next seq each side sends.
-    c_snd: u32,
-    s_snd: u32,
-    /// What each side received so far (its next expected seq).
-    c_rcv: u32,
-    s_rcv: u32,
+    c: Endpoint,
+    s: Endpoint,
     frames: Vec<Vec<u8>>,
 }
 
@@ -131,66 +52,37 @@ const S_ISN: u32 = 50_000;
 
 impl Talk {
     fn new(client: &str, port: u16) -> Talk {
-        let (c, s) = (ep(client, 40_000), ep(SERVER, port));
-        let frames = vec![
-            tcp(c, s, C_ISN, 0, SYN, &[]),
-            tcp(s, c, S_ISN, C_ISN + 1, SYN | ACK, &[]),
-            tcp(c, s, C_ISN + 1, S_ISN + 1, ACK, &[]),
-        ];
-        Talk {
-            c,
-            s,
-            c_snd: C_ISN + 1,
-            s_snd: S_ISN + 1,
-            c_rcv: S_ISN + 1,
-            s_rcv: C_ISN + 1,
-            frames,
-        }
+        let (ce, se) = (ep(client, 40_000), ep(SERVER, port));
+        let mut c = Endpoint::new(ce, se, C_ISN, 0);
+        let mut s = Endpoint::new(se, ce, S_ISN, C_ISN + 1);
+        let mut frames = vec![c.segment(SYN, &[]), s.segment(SYN | ACK, &[])];
+        c.rcv_nxt = S_ISN + 1;
+        frames.push(c.ack());
+        Talk { c, s, frames }
     }
 
     /// A request the server receives.
     fn allowed(&mut self, req: &[u8], reply: &[u8]) {
-        self.frames
-            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, ACK | PSH, req));
-        self.c_snd += req.len() as u32;
-        self.s_rcv += req.len() as u32;
-        self.frames.push(tcp(
-            self.s,
-            self.c,
-            self.s_snd,
-            self.s_rcv,
-            ACK | PSH,
-            reply,
-        ));
-        self.s_snd += reply.len() as u32;
-        self.c_rcv += reply.len() as u32;
-        self.client_ack();
+        self.frames.push(self.c.data_segment(req));
+        self.s.rcv_nxt += req.len() as u32;
+        self.frames.push(self.s.data_segment(reply));
+        self.c.rcv_nxt += reply.len() as u32;
+        self.frames.push(self.c.ack());
     }
 
     /// A request the enforcer answers with `denial`.
     fn denied(&mut self, req: &[u8], denial: &[u8]) {
-        self.frames
-            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, ACK | PSH, req));
-        self.c_snd += req.len() as u32;
-        self.c_rcv += denial.len() as u32;
-        self.client_ack();
-    }
-
-    fn client_ack(&mut self) {
-        self.frames
-            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, ACK, &[]));
+        self.frames.push(self.c.data_segment(req));
+        self.c.rcv_nxt += denial.len() as u32;
+        self.frames.push(self.c.ack());
     }
 
     fn close(&mut self) {
-        self.frames
-            .push(tcp(self.c, self.s, self.c_snd, self.c_rcv, FIN | ACK, &[]));
-        self.c_snd += 1;
-        self.s_rcv += 1;
-        self.frames
-            .push(tcp(self.s, self.c, self.s_snd, self.s_rcv, FIN | ACK, &[]));
-        self.s_snd += 1;
-        self.c_rcv += 1;
-        self.client_ack();
+        self.frames.push(self.c.segment(FIN | ACK, &[]));
+        self.s.rcv_nxt += 1;
+        self.frames.push(self.s.segment(FIN | ACK, &[]));
+        self.c.rcv_nxt += 1;
+        self.frames.push(self.c.ack());
     }
 }
 
@@ -249,21 +141,15 @@ fn http_pipelined_denial_between_replies() {
     let bad: &[u8] = b"GET /v1/secret HTTP/1.1\r\nHost: deathstar\r\n\r\n";
     let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
     let all = [get, bad, get].concat();
-    t.frames
-        .push(tcp(t.c, t.s, t.c_snd, t.c_rcv, ACK | PSH, &all));
-    t.c_snd += all.len() as u32;
+    t.frames.push(t.c.data_segment(&all));
     // The server first sees only the first GET...
-    t.s_rcv += get.len() as u32;
-    t.frames
-        .push(tcp(t.s, t.c, t.s_snd, t.s_rcv, ACK | PSH, ok));
-    t.s_snd += ok.len() as u32;
+    t.s.rcv_nxt += get.len() as u32;
+    t.frames.push(t.s.data_segment(ok));
     // ...then the third, released once the 403 is in place.
-    t.s_rcv += get.len() as u32;
-    t.frames
-        .push(tcp(t.s, t.c, t.s_snd, t.s_rcv, ACK | PSH, ok));
-    t.s_snd += ok.len() as u32;
-    t.c_rcv += (2 * ok.len() + DENY_403.len()) as u32;
-    t.client_ack();
+    t.s.rcv_nxt += get.len() as u32;
+    t.frames.push(t.s.data_segment(ok));
+    t.c.rcv_nxt += (2 * ok.len() + DENY_403.len()) as u32;
+    t.frames.push(t.c.ack());
     let r = replay(&t.frames, &[]);
     let (srv, ..) = stream_to(&r, SERVER, C_ISN + 1);
     assert_eq!(srv, [get, get].concat());

@@ -3,80 +3,25 @@
 //! binary with the shipped policies; the assertions are on the exact bytes
 //! each side would receive from the frames in OUT.
 
-mod common;
+mod kit;
 
-use std::collections::BTreeMap;
-use std::process::Command;
-
-use common::*;
-use enforcer::packet::view::parse;
+use kit::replay::{shipped, towards, Replay};
+use kit::tcp::Conn;
+use kit::*;
 
 const SERVER: &str = "10.66.0.2";
 
-/// Run replay over `recs` (pcapng, interface = port); the frames that leave.
+/// Run replay over `recs` (pcapng, interface = side); the frames that leave.
 fn replay(recs: &[Rec], extra: &[&str]) -> (Vec<Vec<u8>>, Vec<serde_json::Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.pcapng");
-    let output = dir.path().join("out.pcap");
-    let log = dir.path().join("log.jsonl");
-    write_pcapng(&input, recs);
-    let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args(["replay", "--policy", "policies"])
-        .arg(&input)
-        .arg("-w")
-        .arg(&output)
-        .arg("--log")
-        .arg(&log)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (read_pcap(&output), events)
+    let r = Replay::new(shipped()).recs(recs, true, extra);
+    (r.out, r.log)
 }
 
 /// The byte stream towards `to` (by seq, first copy wins), from its first
 /// data byte on, and the seqs where each payload started.
 fn stream_to(frames: &[Vec<u8>], to: &str) -> (Vec<u8>, Vec<u32>) {
-    let mut segs: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-    let mut starts = Vec::new();
-    for f in frames {
-        let m = parse(f).unwrap();
-        if m.dst != ip(to) || m.proto != 6 {
-            continue;
-        }
-        let p = m.payload(f);
-        if p.is_empty() {
-            continue;
-        }
-        let seq = m.tcp().unwrap().seq;
-        starts.push(seq);
-        segs.entry(seq).or_insert_with(|| p.to_vec());
-    }
-    let mut out = Vec::new();
-    let Some((&first, _)) = segs.iter().next() else {
-        return (out, starts);
-    };
-    let mut next = first;
-    for (s, d) in segs {
-        if s > next {
-            break; // a gap: the receiver would stop here
-        }
-        let skip = (next - s) as usize;
-        if skip < d.len() {
-            out.extend_from_slice(&d[skip..]);
-            next = s + d.len() as u32;
-        }
-    }
-    (out, starts)
+    let t = towards(frames, to);
+    (t.first_copies(), t.starts())
 }
 
 const GET: &[u8] = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n";
@@ -172,12 +117,7 @@ fn memcached_every_family_from_the_tracker() {
     let c = ep("10.66.0.13", 40001);
     let s = ep(SERVER, 11211);
     let mut conv = Conn::new(c, s);
-    let mut recs: Vec<Rec> = conv
-        .handshake()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
-        .collect();
+    let mut recs = conv.handshake_recs();
     // One request per family the tracker may not use, then one it may.
     let reqs: &[&[u8]] = &[
         b"set awing-coord 0 0 3\r\nabc\r\n",
@@ -227,17 +167,12 @@ fn malformed_frames_and_requests_never_crash_the_replay() {
     let c = ep("10.66.0.11", 40002);
     let s = ep(SERVER, 80);
     let mut conv = Conn::new(c, s);
-    let mut recs: Vec<Rec> = conv
-        .handshake()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
-        .collect();
+    let mut recs = conv.handshake_recs();
     let mut junk = tcp(
         c,
         s,
-        conv.cseq,
-        conv.sseq,
+        conv.client.snd_nxt,
+        conv.server.snd_nxt,
         ACK | PSH,
         b"GET /v1/ HTTP/1.1\r\nHost: x\r\n\r\n",
     );
@@ -260,42 +195,23 @@ fn malformed_frames_and_requests_never_crash_the_replay() {
     );
 }
 
-fn bin(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x80, opcode];
-    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    v.push(extras.len() as u8);
-    v.extend_from_slice(&[0, 0, 0]);
-    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
-    v.extend_from_slice(&opaque.to_be_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(extras);
-    v.extend_from_slice(key);
-    v.extend_from_slice(value);
-    v
-}
-
 #[test]
 fn memcached_binary_quiet_split_and_pipelined() {
     let c = ep("10.66.0.11", 40003);
     let s = ep(SERVER, 11211);
     let mut conv = Conn::new(c, s);
-    let mut recs: Vec<Rec> = conv
-        .handshake()
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| rec(i as u64, (i % 2) as u8, f))
-        .collect();
+    let mut recs = conv.handshake_recs();
     // a-wing: getq of its own key (allowed, quiet), getq of x-wing's (denied,
     // quiet: no reply), setq of x-wing's (denied, quiet), a noop (no key: the
     // seed policy has no rule for it, denied with a reply), a get of its own key
     // split byte by byte.
-    let getq_ok = bin(0x09, 1, b"awing-coord", &[], &[]);
-    let getq_no = bin(0x09, 2, b"xwing-coord", &[], &[]);
-    let setq_no = bin(0x11, 3, b"xwing-coord", &[0; 8], b"0.0,0.0");
-    let noop = bin(0x0a, 4, b"", &[], &[]);
+    let getq_ok = bin_req(0x09, 1, b"awing-coord", &[], &[]);
+    let getq_no = bin_req(0x09, 2, b"xwing-coord", &[], &[]);
+    let setq_no = bin_req(0x11, 3, b"xwing-coord", &[0; 8], b"0.0,0.0");
+    let noop = bin_req(0x0a, 4, b"", &[], &[]);
     let pipelined = [getq_ok.clone(), getq_no, setq_no, noop].concat();
     recs.push(rec(10, 0, conv.client_data(&pipelined)));
-    let get = bin(0x00, 5, b"awing-coord", &[], &[]);
+    let get = bin_req(0x00, 5, b"awing-coord", &[], &[]);
     for (i, b) in get.iter().enumerate() {
         recs.push(rec(20 + i as u64, 0, conv.client_data(&[*b])));
     }

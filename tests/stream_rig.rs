@@ -4,12 +4,12 @@
 //! and denial in order, and both connections end healthy (established,
 //! nothing left unacknowledged).
 
-mod rig;
+mod kit;
 
 use enforcer::config::EngineConfig;
+use kit::faults::Faults;
+use kit::rig::{Request, Rig};
 use proptest::prelude::*;
-use rig::{Faults, Rig};
-use smoltcp::socket::tcp;
 
 const XWING: [u8; 4] = [10, 66, 0, 12];
 const DENIAL: &[u8] = b"CLIENT_ERROR access denied\r\n";
@@ -24,7 +24,7 @@ enum Req {
     SetQuietDenied,
 }
 
-impl Req {
+impl Request for Req {
     fn bytes(self) -> &'static [u8] {
         match self {
             Req::GetAllowed => b"get xwing-coord\r\n",
@@ -99,54 +99,7 @@ fn run(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64) {
 
 fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: EngineConfig) {
     let mut rig = Rig::new(XWING, 11211, cfg, faults, seed);
-    assert!(
-        // The client's first data completes the server's side.
-        rig.run_until(120_000, |r| r.client().state() == tcp::State::Established),
-        "handshake did not complete"
-    );
-    let mut served = 0;
-    let want_server: Vec<u8> = reqs
-        .iter()
-        .filter(|r| r.allowed())
-        .flat_map(|r| r.bytes().to_vec())
-        .collect();
-    let want_client: Vec<u8> = reqs.iter().flat_map(|r| r.reply().to_vec()).collect();
-    if pipelined {
-        let all: Vec<u8> = reqs.iter().flat_map(|r| r.bytes().to_vec()).collect();
-        rig.client_send(&all);
-    } else {
-        let mut expect = 0;
-        for r in reqs {
-            rig.client_send(r.bytes());
-            expect += r.reply().len();
-            let ok = rig.run_until(600_000, |g| {
-                serve(g, &mut served);
-                g.client_got.len() >= expect
-            });
-            assert!(
-                ok,
-                "no reply to {r:?}: client got {:?}",
-                String::from_utf8_lossy(&rig.client_got)
-            );
-        }
-    }
-    let ok = rig.run_until(900_000, |g| {
-        serve(g, &mut served);
-        g.client_got.len() >= want_client.len()
-            && g.server_got.len() >= want_server.len()
-            && g.quiet()
-    });
-    assert_eq!(
-        String::from_utf8_lossy(&rig.server_got),
-        String::from_utf8_lossy(&want_server),
-        "server must read exactly the allowed requests"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&rig.client_got),
-        String::from_utf8_lossy(&want_client),
-        "client must read every reply and denial in order"
-    );
-    assert!(ok, "did not settle (unacknowledged data left)");
+    let mut served = rig.converse(reqs, pipelined, serve);
     // Still usable after everything: one more allowed round trip.
     let before = rig.client_got.len();
     rig.client_send(Req::GetAllowed.bytes());
@@ -168,7 +121,7 @@ fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: Engin
     if std::env::var("RIG_DEBUG").is_ok() {
         eprintln!(
             "faults {faults:?} lost {} counters {}",
-            rig.lost,
+            rig.link.lost,
             c.to_json()
         );
     }
@@ -178,23 +131,13 @@ use Req::*;
 
 #[test]
 fn lossy_handshake_regression() {
-    let f = Faults {
-        drop: 15,
-        dup: 1,
-        reorder: 6,
-        split: 1,
-    };
+    let f = Faults::new(15, 1, 6, 1);
     run(&[GetAllowed], false, f, 14293879913119795383);
 }
 
 #[test]
 fn pipelined_with_faults_regression() {
-    let f = Faults {
-        drop: 2,
-        dup: 1,
-        reorder: 1,
-        split: 1,
-    };
+    let f = Faults::new(2, 1, 1, 1);
     run(
         &[GetAllowed, GetDenied, GetAllowed, SetDenied, SetAllowed],
         true,
@@ -205,23 +148,13 @@ fn pipelined_with_faults_regression() {
 
 #[test]
 fn reordered_handshake_regression() {
-    let f = Faults {
-        drop: 14,
-        dup: 4,
-        reorder: 24,
-        split: 1,
-    };
+    let f = Faults::new(14, 4, 24, 1);
     run(&[GetAllowed], false, f, 7820477270912778129);
 }
 
 #[test]
 fn lost_handshake_ack_before_a_denial_regression() {
-    let f = Faults {
-        drop: 11,
-        dup: 0,
-        reorder: 4,
-        split: 1,
-    };
+    let f = Faults::new(11, 0, 4, 1);
     run(&[SetDenied], false, f, 5873092062168090668);
     run(&[SetDenied], false, f, 5873092063535359550);
     run(&[SetDenied], false, f, 5873092063535526473);
@@ -256,12 +189,7 @@ fn pipelined_mix_without_faults() {
 
 #[test]
 fn seed_sequence_over_a_lossy_link() {
-    let f = Faults {
-        drop: 10,
-        dup: 5,
-        reorder: 10,
-        split: 10,
-    };
+    let f = Faults::new(10, 5, 10, 10);
     run(
         &[GetAllowed, GetDenied, GetAllowed, SetDenied, SetAllowed],
         false,
@@ -279,12 +207,7 @@ fn many_pipelined_requests_with_a_small_hold_budget() {
     let mix = [GetAllowed, GetDenied, SetAllowed, SetQuietDenied, SetDenied];
     let reqs: Vec<Req> = (0..40).map(|i| mix[i * 7 % mix.len()]).collect();
     run_with(&reqs, true, Faults::default(), 4, cfg.clone());
-    let f = Faults {
-        drop: 5,
-        dup: 5,
-        reorder: 10,
-        split: 10,
-    };
+    let f = Faults::new(5, 5, 10, 10);
     run_with(&reqs, true, f, 5, cfg);
 }
 
@@ -316,7 +239,7 @@ proptest! {
             max_held_bytes: if small { 64 } else { 64 * 1024 },
             ..EngineConfig::default()
         };
-        run_with(&reqs, pipelined, Faults { drop, dup, reorder, split }, seed, cfg);
+        run_with(&reqs, pipelined, Faults::new(drop, dup, reorder, split), seed, cfg);
     }
 }
 
@@ -324,12 +247,7 @@ proptest! {
 fn pipelined_denials_with_a_lost_first_segment_regression() {
     // The first released request is lost; the client then retransmits one
     // segment that spans it, a denied request and held requests.
-    let f = Faults {
-        drop: 3,
-        dup: 1,
-        reorder: 1,
-        split: 1,
-    };
+    let f = Faults::new(3, 1, 1, 1);
     run(
         &[
             GetAllowed, GetDenied, GetAllowed, GetDenied, GetAllowed, SetDenied, GetAllowed,
@@ -351,12 +269,7 @@ fn many_pipelined_requests_over_a_lossy_link_regression() {
     let mix = [GetAllowed, GetDenied, SetAllowed, SetQuietDenied, SetDenied];
     let reqs: Vec<Req> = (0..40).map(|i| mix[i * 7 % mix.len()]).collect();
     for seed in 5..9 {
-        let f = Faults {
-            drop: 5,
-            dup: 5,
-            reorder: 10,
-            split: 10,
-        };
+        let f = Faults::new(5, 5, 10, 10);
         run_with(&reqs, true, f, seed, cfg.clone());
     }
 }

@@ -3,12 +3,12 @@
 //! Star Wars policy. The server reads exactly the allowed requests, the
 //! client reads every response and 403 in order, the connection stays usable.
 
-mod rig;
+mod kit;
 
 use enforcer::config::EngineConfig;
+use kit::faults::Faults;
+use kit::rig::{Request, Rig};
 use proptest::prelude::*;
-use rig::{Faults, Rig};
-use smoltcp::socket::tcp;
 
 const AWING: [u8; 4] = [10, 66, 0, 11];
 const DENY_403: &[u8] =
@@ -30,7 +30,7 @@ enum Req {
 
 use Req::*;
 
-impl Req {
+impl Request for Req {
     fn bytes(self) -> &'static [u8] {
         match self {
             Get => b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n",
@@ -88,49 +88,7 @@ fn serve(rig: &mut Rig, done: &mut usize) {
 
 fn run(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64) {
     let mut rig = Rig::new(AWING, 80, EngineConfig::default(), faults, seed);
-    assert!(
-        rig.run_until(120_000, |r| r.client().state() == tcp::State::Established),
-        "handshake did not complete"
-    );
-    let mut served = 0;
-    let want_server: Vec<u8> = reqs
-        .iter()
-        .filter(|r| r.allowed())
-        .flat_map(|r| r.bytes().to_vec())
-        .collect();
-    let want_client: Vec<u8> = reqs.iter().flat_map(|r| r.reply().to_vec()).collect();
-    if pipelined {
-        let all: Vec<u8> = reqs.iter().flat_map(|r| r.bytes().to_vec()).collect();
-        rig.client_send(&all);
-    } else {
-        let mut expect = 0;
-        for r in reqs {
-            rig.client_send(r.bytes());
-            expect += r.reply().len();
-            let ok = rig.run_until(600_000, |g| {
-                serve(g, &mut served);
-                g.client_got.len() >= expect
-            });
-            assert!(ok, "no reply to {r:?}");
-        }
-    }
-    let ok = rig.run_until(900_000, |g| {
-        serve(g, &mut served);
-        g.client_got.len() >= want_client.len()
-            && g.server_got.len() >= want_server.len()
-            && g.quiet()
-    });
-    assert_eq!(
-        String::from_utf8_lossy(&rig.server_got),
-        String::from_utf8_lossy(&want_server),
-        "server must read exactly the allowed requests"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&rig.client_got),
-        String::from_utf8_lossy(&want_client),
-        "client must read every response and denial in order"
-    );
-    assert!(ok, "did not settle");
+    let mut served = rig.converse(reqs, pipelined, serve);
     let before = rig.client_got.len();
     rig.client_send(Get.bytes());
     let ok = rig.run_until(600_000, |g| {
@@ -161,12 +119,7 @@ fn pipelined_with_bodies_and_chunked_denial() {
 
 #[test]
 fn pipelined_over_a_lossy_link() {
-    let f = Faults {
-        drop: 10,
-        dup: 5,
-        reorder: 10,
-        split: 20,
-    };
+    let f = Faults::new(10, 5, 10, 20);
     run(&[Get, Secret, Land, Exhaust, Get], true, f, 3);
 }
 
@@ -193,6 +146,6 @@ proptest! {
         split in 0u32..30,
         seed in any::<u64>(),
     ) {
-        run(&reqs, pipelined, Faults { drop, dup, reorder, split }, seed);
+        run(&reqs, pipelined, Faults::new(drop, dup, reorder, split), seed);
     }
 }

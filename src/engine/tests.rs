@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::packet::view::testkit::*;
+use crate::packet::view::testkit_tcp::Conn;
 use crate::policy::L7Policy;
 
 /// Server 10.66.0.2 / fd66::2 is default-deny on ingress: it accepts TCP 80
@@ -86,7 +87,7 @@ fn allowed_connection_and_its_replies_pass() {
     assert_eq!(out.events.len(), 1, "no further events for the same flow");
     let idx = e
         .flows
-        .find(&FlowKey::new(c.client.ip, 40000, c.server.ip, 80, 6))
+        .find(&FlowKey::new(c.client.me.ip, 40000, c.server.me.ip, 80, 6))
         .unwrap();
     assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Established);
     assert_eq!(e.counters().flows_created, 1);
@@ -413,7 +414,7 @@ fn fragments_are_judged_on_the_reassembled_header() {
 
     // IPv6 TCP SYN in fragments: the header is only whole after reassembly.
     let mut c = Conn::new(ep("fd66::11", 40000), ep("fd66::2", 80));
-    let syn = tcp(c.client, c.server, c.cseq, 0, SYN, &[1; 30]);
+    let syn = tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, SYN, &[1; 30]);
     let frags = fragment_evenly(&syn, 7, 16);
     for f in &frags[..frags.len() - 1] {
         assert_eq!(run(&mut e, 0, f, 2, &mut out), Verdict::Consumed);
@@ -591,7 +592,7 @@ fn closed_connection_tuple_reuse_is_judged_again() {
     run(&mut e, 1, &c.server_fin(), 1, &mut out);
     let idx = e
         .flows
-        .find(&FlowKey::new(c.client.ip, 40000, c.server.ip, 80, 6))
+        .find(&FlowKey::new(c.client.me.ip, 40000, c.server.me.ip, 80, 6))
         .unwrap();
     assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Closed);
     assert_eq!(run(&mut e, 0, &c.syn(), 2, &mut out), FWD);
@@ -609,7 +610,7 @@ fn closed_connection_tuple_reuse_is_judged_again() {
     assert_eq!(run(&mut e, 0, &c.syn(), 5, &mut out), FWD);
     assert_eq!(out.events.len(), 2);
     assert_eq!(e.flows.get(idx).unwrap().state, ConnState::Established);
-    let rst = tcp(c.client, c.server, c.cseq, 0, RST, &[]);
+    let rst = tcp(c.client.me, c.server.me, c.client.snd_nxt, 0, RST, &[]);
     assert_eq!(run(&mut e, 0, &rst, 6, &mut out), FWD);
     assert_eq!(run(&mut e, 0, &c.syn(), 7, &mut out), FWD);
     assert_eq!(out.events.len(), 3);
@@ -691,12 +692,12 @@ fn denied_syn_answered_with_rst_when_configured() {
     let m = view::parse(&rst.frame).unwrap();
     assert_eq!(
         (m.src, m.dst, m.sport, m.dport),
-        (c.server.ip, c.client.ip, 80, 40000)
+        (c.server.me.ip, c.client.me.ip, 80, 40000)
     );
     let t = m.tcp().unwrap();
     assert_eq!(
         (t.flags & (TCP_RST | TCP_ACK), t.ack),
-        (TCP_RST | TCP_ACK, c.cseq + 1)
+        (TCP_RST | TCP_ACK, c.client.snd_nxt + 1)
     );
 }
 

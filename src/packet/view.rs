@@ -434,10 +434,16 @@ pub fn icmp_quoted(frame: &[u8], meta: &FrameMeta) -> Option<QuotedFlow> {
     })
 }
 
-/// The frame builders of the integration tests, shared with unit tests.
+/// The frame builders and TCP endpoints of the integration tests' kit,
+/// shared with unit tests (`testkit::*`, `testkit_tcp::*`).
 #[cfg(test)]
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/kit/frames.rs"]
 pub(crate) mod testkit;
+#[cfg(test)]
+use testkit as frames;
+#[cfg(test)]
+#[path = "../../tests/kit/tcp.rs"]
+pub(crate) mod testkit_tcp;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::compile::{Entity, Item, Model, Peer, PortGroup};
+use super::model::{Entity, Item, Model, Peer, PortGroup};
+use super::selector::label_texts;
 use super::{L7Proto, Policy, PolicyError, Proto};
 
 fn peer_text(p: &Peer, m: &Model) -> String {
@@ -132,17 +133,7 @@ pub fn summary(p: &Policy) -> String {
     let _ = writeln!(out, "endpoints:");
     for e in &m.endpoints {
         let addrs: Vec<String> = e.nets.iter().map(|n| n.to_string()).collect();
-        let labels: Vec<String> = e
-            .labels
-            .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{k}={v}")
-                }
-            })
-            .collect();
+        let labels = label_texts(e.labels.iter());
         let _ = writeln!(
             out,
             "  {:<18} {:<28} {}",

@@ -1,18 +1,22 @@
-//! From documents to the compiled model: endpoints with their addresses,
-//! rules with precomputed subjects and peers, and the per-flow decision.
+//! From documents to the compiled model (`model`): endpoints with their
+//! addresses, rules with precomputed subjects and peers, each port's L7
+//! rules compiled once into a list that every flow on the port shares.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::selector::{normalize, CompiledSelector, Labels};
+use super::describe::{describe_http, describe_memcache};
+use super::model::{
+    CompiledRule, Endpoint, Entity, IcmpMatch, Item, L7Set, Peer, PortGroup, PortRange,
+};
+use super::selector::{normalize, CompiledSelector};
 use super::spec::{
     CidrSet, EgressRule, EndpointSpec, IcmpRule, IngressRule, PortRule, PortValue, Rule, Selector,
 };
-use super::{FlowDecision, L7Policy, L7Proto, L7Rules, L7Stage, NamedRule, Proto, RuleSet};
-use crate::l7::http::HttpRule;
-use crate::l7::memcache::MemcacheRule;
+use super::{L7Rules, NamedRule, RuleList};
+use crate::l7::http::{HttpRule, HttpRuleSpec};
+use crate::l7::memcache::{MemcacheRule, MemcacheRuleSpec};
 
 /// An error found while compiling: field path relative to the document, message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,14 +30,6 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> CompileError {
         field: field.into(),
         message: message.into(),
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub name: String,
-    pub labels: Labels,
-    pub nets: Vec<IpNet>,
-    pub host: bool,
 }
 
 pub fn compile_endpoint(e: &EndpointSpec, at: &str) -> Result<Endpoint, CompileError> {
@@ -69,96 +65,6 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         return Some(n.trunc());
     }
     s.parse::<IpAddr>().ok().map(IpNet::from)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entity {
-    World,
-    All,
-    Cluster,
-    Host,
-}
-
-#[derive(Debug, Clone)]
-pub enum Peer {
-    /// Selected endpoints, by index.
-    Endpoints {
-        sel: CompiledSelector,
-        ids: Vec<usize>,
-    },
-    Entity(Entity),
-    Cidr {
-        net: IpNet,
-        except: Vec<IpNet>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
-    /// IP protocol (6, 17) or None for ANY.
-    pub proto: Option<u8>,
-}
-
-#[derive(Debug, Clone)]
-pub struct L7Set {
-    /// Empty: the port allows every request.
-    pub rules: L7Rules,
-    /// The rules as written, for `check`.
-    pub texts: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PortGroup {
-    pub ports: Vec<PortRange>,
-    pub l7: Option<L7Set>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcmpMatch {
-    pub v6: Option<bool>,
-    pub kind: u8,
-}
-
-/// One ingress/egress item of a rule.
-#[derive(Debug, Clone)]
-pub struct Item {
-    pub name: String,
-    /// None: any peer.
-    pub peers: Option<Vec<Peer>>,
-    /// None (and no icmps): every port and protocol.
-    pub ports: Option<Vec<PortGroup>>,
-    pub icmps: Option<Vec<IcmpMatch>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct CompiledRule {
-    pub name: String,
-    pub subject: Option<CompiledSelector>,
-    pub subject_ids: Vec<usize>,
-    pub ingress: Vec<Item>,
-    pub ingress_deny: Vec<Item>,
-    pub egress: Vec<Item>,
-    pub egress_deny: Vec<Item>,
-    pub enforce_ingress: bool,
-    pub enforce_egress: bool,
-}
-
-/// How an item matched a flow: L7 rules to apply, or the whole port.
-enum ItemMatch<'a> {
-    No,
-    AllowAll,
-    L7(&'a L7Set),
-}
-
-pub struct Model {
-    pub endpoints: Vec<Endpoint>,
-    pub rules: Vec<CompiledRule>,
-    /// Per endpoint: indexes into `rules` that select it.
-    by_subject: Vec<Vec<usize>>,
-    ingress_enforced: Vec<bool>,
-    egress_enforced: Vec<bool>,
 }
 
 fn parse_port(v: &PortValue, at: &str) -> Result<Option<u16>, CompileError> {
@@ -261,18 +167,7 @@ fn compile_ports(
                 }
                 if has_http {
                     let specs = r.http.as_deref().unwrap_or_default();
-                    let (rules, texts) = l7_set(
-                        specs,
-                        &pat,
-                        "http",
-                        rule_name,
-                        describe_http,
-                        HttpRule::compile,
-                    )?;
-                    Some(L7Set {
-                        rules: L7Rules::Http(rules),
-                        texts,
-                    })
+                    Some(l7_set(specs, &pat, rule_name, &HTTP)?)
                 } else if has_mc {
                     match r.l7proto.as_deref() {
                         Some("memcache") => {}
@@ -287,18 +182,7 @@ fn compile_ports(
                         }
                     }
                     let specs = r.l7.as_deref().unwrap_or_default();
-                    let (rules, texts) = l7_set(
-                        specs,
-                        &pat,
-                        "l7",
-                        rule_name,
-                        describe_memcache,
-                        MemcacheRule::compile,
-                    )?;
-                    Some(L7Set {
-                        rules: L7Rules::Memcache(rules),
-                        texts,
-                    })
+                    Some(l7_set(specs, &pat, rule_name, &MEMCACHE)?)
                 } else {
                     None
                 }
@@ -318,74 +202,51 @@ fn compile_ports(
     Ok(groups)
 }
 
+/// How one protocol's rule list is written (`rules.<field>`), described for
+/// `check`, compiled, and tagged with its protocol.
+struct L7Kind<S: 'static, R: 'static> {
+    field: &'static str,
+    describe: fn(&S) -> String,
+    compile: fn(&S) -> Result<R, crate::l7::http::RuleError>,
+    tag: fn(RuleList<R>) -> L7Rules,
+}
+
+const HTTP: L7Kind<HttpRuleSpec, HttpRule> = L7Kind {
+    field: "http",
+    describe: describe_http,
+    compile: HttpRule::compile,
+    tag: L7Rules::Http,
+};
+
+const MEMCACHE: L7Kind<MemcacheRuleSpec, MemcacheRule> = L7Kind {
+    field: "l7",
+    describe: describe_memcache,
+    compile: MemcacheRule::compile,
+    tag: L7Rules::Memcache,
+};
+
 /// Compile one port's L7 rule list (`rules.<field>[k]`), naming each rule
 /// and keeping its text for `check`.
-type NamedList<R> = Arc<[NamedRule<R>]>;
-
 fn l7_set<S, R>(
     specs: &[S],
     pat: &str,
-    field: &str,
     rule_name: &str,
-    describe: fn(&S) -> String,
-    compile: impl Fn(&S) -> Result<R, crate::l7::http::RuleError>,
-) -> Result<(NamedList<R>, Vec<String>), CompileError> {
+    kind: &L7Kind<S, R>,
+) -> Result<L7Set, CompileError> {
+    let field = kind.field;
     let mut rules = Vec::new();
     for (k, spec) in specs.iter().enumerate() {
-        let rule = compile(spec)
+        let rule = (kind.compile)(spec)
             .map_err(|e| err(format!("{pat}.rules.{field}[{k}].{}", e.field), e.message))?;
         rules.push(NamedRule {
             name: format!("{rule_name}/{pat}/{field}[{k}]"),
             rule,
         });
     }
-    Ok((rules.into(), specs.iter().map(describe).collect()))
-}
-
-fn describe_http(h: &crate::l7::http::HttpRuleSpec) -> String {
-    let mut p = Vec::new();
-    if let Some(m) = &h.method {
-        p.push(format!("method {m}"));
-    }
-    if let Some(x) = &h.path {
-        p.push(format!("path {x}"));
-    }
-    if let Some(x) = &h.host {
-        p.push(format!("host {x}"));
-    }
-    for x in &h.headers {
-        p.push(format!("header \"{x}\""));
-    }
-    for m in &h.header_matches {
-        let v = m
-            .value
-            .as_deref()
-            .map(|v| format!(": {v}"))
-            .unwrap_or_default();
-        let mm = m
-            .mismatch
-            .as_deref()
-            .map(|x| format!(" (mismatch {x})"))
-            .unwrap_or_default();
-        p.push(format!("headerMatch \"{}{v}\"{mm}", m.name));
-    }
-    if p.is_empty() {
-        "any request".into()
-    } else {
-        p.join(", ")
-    }
-}
-
-fn describe_memcache(m: &crate::l7::memcache::MemcacheRuleSpec) -> String {
-    let mut p = vec![format!("command {}", m.command.as_deref().unwrap_or("*"))];
-    if let Some(k) = &m.key_exact {
-        p.push(format!("key = {k:?}"));
-    } else if let Some(k) = &m.key_prefix {
-        p.push(format!("key prefix {k:?}"));
-    } else if let Some(k) = &m.key_regex {
-        p.push(format!("key ~ /{k}/"));
-    }
-    p.join(", ")
+    Ok(L7Set {
+        rules: (kind.tag)(rules.into()),
+        texts: specs.iter().map(kind.describe).collect(),
+    })
 }
 
 fn compile_icmps(ic: &[IcmpRule], at: &str) -> Result<Vec<IcmpMatch>, CompileError> {
@@ -519,12 +380,7 @@ fn compile_selectors(
         .map(|(i, s)| {
             let sel =
                 CompiledSelector::compile(s).map_err(|(f, m)| err(format!("{at}[{i}].{f}"), m))?;
-            let ids = eps
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| sel.matches(&e.labels))
-                .map(|(k, _)| k)
-                .collect();
+            let ids = selected(&sel, eps);
             Ok(Peer::Endpoints { sel, ids })
         })
         .collect()
@@ -652,12 +508,7 @@ pub fn compile_rule(
         (Some(s), None) => {
             let sel = CompiledSelector::compile(s)
                 .map_err(|(f, m)| err(format!("{at}.endpointSelector.{f}"), m))?;
-            let ids = eps
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| sel.matches(&e.labels))
-                .map(|(k, _)| k)
-                .collect();
+            let ids = selected(&sel, eps);
             (Some(sel), ids)
         }
         // A node selector selects this host.
@@ -720,361 +571,9 @@ pub fn compile_rule(
     })
 }
 
-impl Peer {
-    fn matches(&self, addr: IpAddr, id: Option<usize>, eps: &[Endpoint]) -> bool {
-        match self {
-            Peer::Endpoints { ids, .. } => id.is_some_and(|i| ids.contains(&i)),
-            Peer::Entity(Entity::All) => true,
-            Peer::Entity(Entity::World) => id.is_none(),
-            Peer::Entity(Entity::Cluster) => id.is_some_and(|i| !eps[i].host),
-            Peer::Entity(Entity::Host) => id.is_some_and(|i| eps[i].host),
-            Peer::Cidr { net, except } => {
-                net.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
-            }
-        }
-    }
-}
-
-impl Item {
-    fn match_flow(
-        &self,
-        addr: IpAddr,
-        id: Option<usize>,
-        eps: &[Endpoint],
-        proto: Proto,
-        dport: u16,
-    ) -> ItemMatch<'_> {
-        if let Some(peers) = &self.peers {
-            if !peers.iter().any(|p| p.matches(addr, id, eps)) {
-                return ItemMatch::No;
-            }
-        }
-        match (&self.ports, &self.icmps) {
-            (None, None) => ItemMatch::AllowAll,
-            (_, Some(ic)) => {
-                let v6 = addr.is_ipv6();
-                if proto == Proto::Icmp
-                    && ic
-                        .iter()
-                        .any(|m| m.kind as u16 == dport && m.v6.is_none_or(|f| f == v6))
-                {
-                    ItemMatch::AllowAll
-                } else {
-                    ItemMatch::No
-                }
-            }
-            (Some(groups), None) => {
-                let p = match proto {
-                    Proto::Tcp => 6,
-                    Proto::Udp => 17,
-                    Proto::Other(132) => 132,
-                    _ => return ItemMatch::No,
-                };
-                let mut best = ItemMatch::No;
-                for g in groups {
-                    let hit = if g.ports.is_empty() {
-                        g.l7.is_none() || p == 6
-                    } else {
-                        g.ports.iter().any(|r| {
-                            r.proto.is_none_or(|x| x == p) && (r.lo..=r.hi).contains(&dport)
-                        })
-                    };
-                    if !hit {
-                        continue;
-                    }
-                    match &g.l7 {
-                        None => return ItemMatch::AllowAll,
-                        Some(s) if s.rules.is_empty() => return ItemMatch::AllowAll,
-                        Some(s) => best = ItemMatch::L7(s),
-                    }
-                }
-                best
-            }
-        }
-    }
-}
-
-/// One enforcement point's outcome for a flow.
-enum Point {
-    NotEnforced,
-    Denied(String),
-    Allowed {
-        names: Vec<String>,
-        allow_all: bool,
-        /// The L7 lists that matched, all of one protocol.
-        lists: Vec<L7Rules>,
-    },
-}
-
-impl Model {
-    pub fn new(endpoints: Vec<Endpoint>, rules: Vec<CompiledRule>) -> Model {
-        let mut by_subject = vec![Vec::new(); endpoints.len()];
-        let mut ingress_enforced = vec![false; endpoints.len()];
-        let mut egress_enforced = vec![false; endpoints.len()];
-        for (ri, r) in rules.iter().enumerate() {
-            for &e in &r.subject_ids {
-                by_subject[e].push(ri);
-                ingress_enforced[e] |= r.enforce_ingress;
-                egress_enforced[e] |= r.enforce_egress;
-            }
-        }
-        Model {
-            endpoints,
-            rules,
-            by_subject,
-            ingress_enforced,
-            egress_enforced,
-        }
-    }
-
-    /// Items that put http and memcache on the same port of one endpoint
-    /// (across rules): `(rule index, item name, endpoint name, port)`, one per
-    /// clashing pair, reported at the later item. `decide` would deny such
-    /// flows; load refuses them instead.
-    pub fn l7_conflicts(&self) -> Vec<(usize, String, String, u16)> {
-        let mut out = Vec::new();
-        for (ep, rules) in self.by_subject.iter().enumerate() {
-            for ingress in [true, false] {
-                let mut seen: Vec<(usize, &Item, PortRange, L7Proto)> = Vec::new();
-                for &ri in rules {
-                    let r = &self.rules[ri];
-                    let items = if ingress { &r.ingress } else { &r.egress };
-                    for it in items {
-                        for g in it.ports.iter().flatten() {
-                            let Some(l7) = &g.l7 else { continue };
-                            for &pr in &g.ports {
-                                let clash = seen.iter().find(|(_, _, q, p)| {
-                                    *p != l7.rules.proto()
-                                        && q.lo <= pr.hi
-                                        && pr.lo <= q.hi
-                                        && (q.proto.is_none()
-                                            || pr.proto.is_none()
-                                            || q.proto == pr.proto)
-                                });
-                                if let Some((_, _, q, _)) = clash {
-                                    out.push((
-                                        ri,
-                                        it.name.clone(),
-                                        self.endpoints[ep].name.clone(),
-                                        pr.lo.max(q.lo),
-                                    ));
-                                } else {
-                                    seen.push((ri, it, pr, l7.rules.proto()));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// The endpoint owning `ip`: the most specific address match.
-    pub fn ident(&self, ip: IpAddr) -> Option<usize> {
-        let mut best: Option<(usize, u8)> = None;
-        for (i, e) in self.endpoints.iter().enumerate() {
-            for n in &e.nets {
-                if n.contains(&ip) && best.is_none_or(|(_, l)| n.prefix_len() > l) {
-                    best = Some((i, n.prefix_len()));
-                }
-            }
-        }
-        best.map(|(i, _)| i)
-    }
-
-    /// Whether any ingress rule selecting `ep` could allow `proto`/`port` from anyone.
-    pub fn ingress_port_open(&self, ep: usize, proto: Proto, port: u16) -> bool {
-        if !self.ingress_enforced[ep] {
-            return true;
-        }
-        self.by_subject[ep].iter().any(|&ri| {
-            self.rules[ri].ingress.iter().any(|it| {
-                let open = Item {
-                    peers: None,
-                    ..it.clone()
-                };
-                !matches!(
-                    open.match_flow(
-                        IpAddr::from([0, 0, 0, 0]),
-                        None,
-                        &self.endpoints,
-                        proto,
-                        port
-                    ),
-                    ItemMatch::No
-                )
-            })
-        })
-    }
-
-    pub fn ingress_enforced(&self, ep: usize) -> bool {
-        self.ingress_enforced[ep]
-    }
-
-    pub fn egress_enforced(&self, ep: usize) -> bool {
-        self.egress_enforced[ep]
-    }
-
-    fn point(
-        &self,
-        ep: Option<usize>,
-        ingress: bool,
-        peer: IpAddr,
-        peer_id: Option<usize>,
-        proto: Proto,
-        dport: u16,
-    ) -> Point {
-        let Some(ep) = ep else {
-            return Point::NotEnforced;
-        };
-        let dir = if ingress { "ingress" } else { "egress" };
-        for &ri in &self.by_subject[ep] {
-            let r = &self.rules[ri];
-            let deny = if ingress {
-                &r.ingress_deny
-            } else {
-                &r.egress_deny
-            };
-            for it in deny {
-                if !matches!(
-                    it.match_flow(peer, peer_id, &self.endpoints, proto, dport),
-                    ItemMatch::No
-                ) {
-                    return Point::Denied(format!("denied by {}", it.name));
-                }
-            }
-        }
-        let enforced = if ingress {
-            self.ingress_enforced[ep]
-        } else {
-            self.egress_enforced[ep]
-        };
-        if !enforced {
-            return Point::NotEnforced;
-        }
-        let mut names = Vec::new();
-        let mut allow_all = false;
-        let mut lists: Vec<L7Rules> = Vec::new();
-        for &ri in &self.by_subject[ep] {
-            let r = &self.rules[ri];
-            let items = if ingress { &r.ingress } else { &r.egress };
-            for it in items {
-                match it.match_flow(peer, peer_id, &self.endpoints, proto, dport) {
-                    ItemMatch::No => {}
-                    ItemMatch::AllowAll => {
-                        names.push(it.name.clone());
-                        allow_all = true;
-                    }
-                    ItemMatch::L7(s) => {
-                        if lists.first().is_some_and(|l| l.proto() != s.rules.proto()) {
-                            return Point::Denied(format!(
-                                "conflicting L7 protocols on port {dport}"
-                            ));
-                        }
-                        names.push(it.name.clone());
-                        // Shares the port's list (an `Arc`), copies no rule.
-                        lists.push(s.rules.clone());
-                    }
-                }
-            }
-        }
-        if names.is_empty() {
-            return Point::Denied(format!(
-                "no {dir} rule of {} allows it",
-                self.endpoints[ep].name
-            ));
-        }
-        Point::Allowed {
-            names,
-            allow_all,
-            lists,
-        }
-    }
-
-    pub fn decide(&self, src: IpAddr, dst: IpAddr, proto: Proto, dport: u16) -> FlowDecision {
-        let sid = self.ident(src);
-        let did = self.ident(dst);
-        let mut names = Vec::new();
-        let mut stages = Vec::new();
-        let mut l7proto = None;
-        for (ingress, ep, peer, peer_id) in [(true, did, src, sid), (false, sid, dst, did)] {
-            match self.point(ep, ingress, peer, peer_id, proto, dport) {
-                Point::NotEnforced => {}
-                Point::Denied(why) => {
-                    return FlowDecision {
-                        allowed: false,
-                        detail: why,
-                        l7: None,
-                    }
-                }
-                Point::Allowed {
-                    names: n,
-                    allow_all,
-                    lists,
-                } => {
-                    names.extend(n);
-                    if let Some(p) = lists.first().map(L7Rules::proto) {
-                        if l7proto.is_some_and(|q| q != p) {
-                            return FlowDecision {
-                                allowed: false,
-                                detail: "ingress and egress L7 protocols differ".into(),
-                                l7: None,
-                            };
-                        }
-                        l7proto = Some(p);
-                    }
-                    if !allow_all {
-                        stages.push(lists);
-                    }
-                }
-            }
-        }
-        let detail = if names.is_empty() {
-            "not enforced".to_string()
-        } else {
-            names.join(",")
-        };
-        let l7 = match (l7proto, stages.is_empty()) {
-            (Some(L7Proto::Http), false) => {
-                Some(L7Policy::Http(Arc::new(rule_set(&stages, |l| match l {
-                    L7Rules::Http(r) => Some(r.clone()),
-                    L7Rules::Memcache(_) => None,
-                }))))
-            }
-            (Some(L7Proto::Memcache), false) => Some(L7Policy::Memcache(Arc::new(rule_set(
-                &stages,
-                |l| match l {
-                    L7Rules::Memcache(r) => Some(r.clone()),
-                    L7Rules::Http(_) => None,
-                },
-            )))),
-            _ => None,
-        };
-        FlowDecision {
-            allowed: true,
-            detail,
-            l7,
-        }
-    }
-}
-
-/// A flow's rule set from its enforcement points' matched lists. The points
-/// were checked to agree on one protocol above; `pick` takes that
-/// protocol's lists.
-fn rule_set<R>(
-    points: &[Vec<L7Rules>],
-    pick: impl Fn(&L7Rules) -> Option<NamedList<R>>,
-) -> RuleSet<R> {
-    RuleSet {
-        stages: points
-            .iter()
-            .map(|lists| L7Stage {
-                allow_all: false,
-                lists: lists.iter().filter_map(&pick).collect(),
-            })
-            .collect(),
-    }
+/// Indexes of the endpoints `sel` selects.
+fn selected(sel: &CompiledSelector, eps: &[Endpoint]) -> Vec<usize> {
+    (0..eps.len())
+        .filter(|&k| sel.matches(&eps[k].labels))
+        .collect()
 }

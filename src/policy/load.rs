@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::compile::{compile_endpoint, compile_rule, CompileError, CompiledRule, Endpoint, Model};
+use super::compile::{compile_endpoint, compile_rule, CompileError};
 use super::locate::LineIndex;
+use super::model::{CompiledRule, Endpoint, Model};
 use super::spec::{EndpointsDoc, PolicyDoc};
 use super::PolicyError;
 
@@ -389,7 +390,7 @@ fn warn_empty_peers(
     r: &CompiledRule,
     out: &mut Vec<PolicyError>,
 ) {
-    use super::compile::Peer;
+    use super::model::Peer;
     for it in r
         .ingress
         .iter()

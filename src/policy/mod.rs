@@ -4,9 +4,12 @@
 
 pub mod check;
 pub mod compile;
+mod describe;
+mod eval;
 pub mod legacy;
 pub mod load;
 pub mod locate;
+pub mod model;
 pub mod selector;
 pub mod spec;
 
@@ -51,12 +54,16 @@ pub struct NamedRule<R> {
     pub rule: R,
 }
 
-/// One port's L7 rule list, compiled once and shared (`Arc`) by every flow
-/// it applies to. Its protocol is its type: a list cannot mix protocols.
+/// One port's rules of one protocol, compiled once and shared by every flow
+/// they apply to.
+pub type RuleList<R> = Arc<[NamedRule<R>]>;
+
+/// One port's L7 rule list. Its protocol is its type: a list cannot mix
+/// protocols.
 #[derive(Debug, Clone)]
 pub enum L7Rules {
-    Http(Arc<[NamedRule<HttpRule>]>),
-    Memcache(Arc<[NamedRule<MemcacheRule>]>),
+    Http(RuleList<HttpRule>),
+    Memcache(RuleList<MemcacheRule>),
 }
 
 impl L7Rules {
@@ -87,7 +94,7 @@ impl L7Rules {
 #[derive(Debug, Clone)]
 pub struct L7Stage<R> {
     pub allow_all: bool,
-    pub lists: Vec<Arc<[NamedRule<R>]>>,
+    pub lists: Vec<RuleList<R>>,
 }
 
 impl<R> Default for L7Stage<R> {
@@ -197,7 +204,7 @@ pub struct FlowDecision {
 
 /// A compiled policy set. Immutable; share it with `Arc`.
 pub struct Policy {
-    model: compile::Model,
+    model: model::Model,
     warnings: Vec<PolicyError>,
     rule_files: Vec<String>,
 }
@@ -206,7 +213,7 @@ impl Default for Policy {
     /// No endpoints, no rules: nothing is enforced.
     fn default() -> Self {
         Policy {
-            model: compile::Model::new(Vec::new(), Vec::new()),
+            model: model::Model::new(Vec::new(), Vec::new()),
             warnings: Vec::new(),
             rule_files: Vec::new(),
         }
@@ -315,7 +322,7 @@ impl Policy {
         &self.warnings
     }
 
-    pub fn model(&self) -> &compile::Model {
+    pub fn model(&self) -> &model::Model {
         &self.model
     }
 

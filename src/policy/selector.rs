@@ -17,6 +17,19 @@ pub fn normalize_key(k: &str) -> String {
     k.to_string()
 }
 
+/// `key=value` per label, or `key` alone for an empty value.
+pub fn label_texts<'a>(labels: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<String> {
+    labels
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.clone()
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect()
+}
+
 pub fn normalize(labels: &BTreeMap<String, LabelValue>) -> Labels {
     labels
         .iter()
@@ -99,17 +112,7 @@ impl CompiledSelector {
     }
 
     pub fn describe(&self) -> String {
-        let mut parts: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{k}={v}")
-                }
-            })
-            .collect();
+        let mut parts = label_texts(self.labels.iter().map(|(k, v)| (k, v)));
         for (k, op, vals) in &self.exprs {
             parts.push(match op {
                 Op::In => format!("{k} in ({})", vals.join(",")),

@@ -1,9 +1,15 @@
-//! Stream layer tests over a toy line protocol and the real ones, with
-//! frames built by etherparse and two minimal TCP endpoints that accept
-//! bytes only in order (as a real receiver's application sees them).
+//! Stream layer tests over a toy line protocol and the real ones: the test
+//! kit's pair of TCP endpoints (`tests/kit/pair.rs`) through a bare stream.
 
-use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+#[path = "../../tests/kit/pair.rs"]
+mod pair;
+use crate::packet::view::testkit as frames;
+use crate::packet::view::testkit_tcp as tcp;
+use frames::{ep, tcp, Ep};
+use pair::{Middle, Pair, CLIENT, SERVER};
 
 use super::conn::Stream;
 use super::StreamCtx;
@@ -13,7 +19,7 @@ use crate::l7::http::{Http, HttpRule, HttpRuleSpec};
 use crate::l7::memcache::{Memcache, MemcacheRule, MemcacheRuleSpec};
 use crate::l7::{Body, Parse, Protocol, ReplyBody, ReplyHead, RequestHead};
 use crate::log::{Decision, FlowTuple, Subject};
-use crate::packet::view::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use crate::packet::view::{parse, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST};
 use crate::policy::{L7Stage, NamedRule, RuleSet};
 use crate::verdict::{Output, Side, Verdict};
 
@@ -128,318 +134,105 @@ fn toy_policy() -> Arc<RuleSet<ToyRule>> {
     policy(vec![ToyRule])
 }
 
-const CLIENT: Side = 0;
-const SERVER: Side = 1;
 const C_ISN: u32 = 0xffff_fff0; // wraps during the tests
 const S_ISN: u32 = 5000;
 
-/// A TCP endpoint that keeps the bytes it received in order.
-#[derive(Default)]
-struct Peer {
-    snd_nxt: u32,
-    rcv_nxt: u32,
-    data: Vec<u8>,
-    ooo: BTreeMap<u32, Vec<u8>>,
-    fin: bool,
-    rst: bool,
-    /// An RST arrived exactly at the next expected seq (acceptable per RFC 5961).
-    rst_in_window: bool,
-    /// Highest ack it got.
-    acked: u32,
-}
-
-impl Peer {
-    fn receive(&mut self, frame: &[u8]) {
-        let m = parse(frame).expect("enforcer emitted an unparsable frame");
-        let t = *m.tcp().unwrap();
-        if t.flags & TCP_RST != 0 {
-            self.rst = true;
-            self.rst_in_window = t.seq == self.rcv_nxt;
-            return;
-        }
-        if t.flags & TCP_ACK != 0 && (t.ack.wrapping_sub(self.acked) as i32) > 0 {
-            self.acked = t.ack;
-        }
-        if t.flags & TCP_SYN != 0 {
-            return;
-        }
-        let p = m.payload(frame).to_vec();
-        if !p.is_empty() || t.flags & TCP_FIN != 0 {
-            self.ooo.insert(t.seq, p.clone());
-            if t.flags & TCP_FIN != 0 {
-                self.ooo
-                    .insert(t.seq.wrapping_add(p.len() as u32), b"\0FIN".to_vec());
-            }
-        }
-        loop {
-            let mut progressed = false;
-            let keys: Vec<u32> = self.ooo.keys().copied().collect();
-            for k in keys {
-                let d = self.ooo[&k].clone();
-                let off = self.rcv_nxt.wrapping_sub(k) as i32;
-                if d == b"\0FIN" {
-                    if off == 0 && !self.fin {
-                        self.fin = true;
-                        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
-                        progressed = true;
-                    }
-                    if off >= 0 {
-                        self.ooo.remove(&k);
-                    }
-                    continue;
-                }
-                if off >= 0 {
-                    self.ooo.remove(&k);
-                    if (off as usize) < d.len() {
-                        self.data.extend_from_slice(&d[off as usize..]);
-                        self.rcv_nxt = self.rcv_nxt.wrapping_add((d.len() - off as usize) as u32);
-                        progressed = true;
-                    }
-                }
-            }
-            if !progressed {
-                break;
-            }
-        }
-    }
-}
-
-struct Rig<P: Protocol> {
+/// The bare stream as the middle of a pair, with the engine's part done
+/// here: the per-call context, and counting the drops it returns.
+struct Bare<P: Protocol> {
     s: Stream<P>,
     cfg: EngineConfig,
     counters: Counters,
-    out: Output,
-    client: Peer,
-    server: Peer,
-    now: u64,
-    /// Verdicts of the frames sent, in order.
-    verdicts: Vec<Verdict>,
-    events: Vec<crate::log::Event>,
-    /// Frames to the server / the client, not yet delivered.
-    to_server: Vec<Vec<u8>>,
-    to_client: Vec<Vec<u8>>,
 }
 
-fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let (a, b, sp, dp) = if from_client {
-        ([10, 0, 0, 1], [10, 0, 0, 2], 40000, 11211)
-    } else {
-        ([10, 0, 0, 2], [10, 0, 0, 1], 11211, 40000)
-    };
-    let mut tcp = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-        .ipv4(a, b, 64)
-        .tcp(sp, dp, seq, 65535);
-    if flags & TCP_ACK != 0 {
-        tcp = tcp.ack(ack);
+fn tuple(src: IpAddr, dst: IpAddr) -> FlowTuple {
+    FlowTuple {
+        src,
+        dst,
+        proto: 6,
+        sport: 40000,
+        dport: 11211,
     }
-    if flags & TCP_SYN != 0 {
-        tcp = tcp.syn();
-    }
-    if flags & TCP_FIN != 0 {
-        tcp = tcp.fin();
-    }
-    if flags & TCP_RST != 0 {
-        tcp = tcp.rst();
-    }
-    if flags & TCP_PSH != 0 {
-        tcp = tcp.psh();
-    }
-    let mut v = Vec::new();
-    tcp.write(&mut v, payload).unwrap();
-    v
 }
 
-impl<P: Protocol> Rig<P> {
-    fn new(proto: P, policy: Arc<RuleSet<P::Rule>>, cfg: EngineConfig) -> Self {
-        let mut r = Rig {
-            s: Stream::new(proto, policy, CLIENT),
-            cfg,
-            counters: Counters::default(),
-            out: Output::default(),
-            client: Peer::default(),
-            server: Peer::default(),
-            now: 0,
-            verdicts: Vec::new(),
-            events: Vec::new(),
-            to_server: Vec::new(),
-            to_client: Vec::new(),
-        };
-        // Handshake.
-        let syn = frame(true, C_ISN.wrapping_sub(1), 0, TCP_SYN, b"");
-        r.input(CLIENT, syn);
-        let synack = frame(false, S_ISN - 1, C_ISN, TCP_SYN | TCP_ACK, b"");
-        r.input(SERVER, synack);
-        r.client = Peer {
-            snd_nxt: C_ISN,
-            rcv_nxt: S_ISN,
-            acked: C_ISN,
-            ..Peer::default()
-        };
-        r.server = Peer {
-            snd_nxt: S_ISN,
-            rcv_nxt: C_ISN,
-            acked: S_ISN,
-            ..Peer::default()
-        };
-        r.to_server.clear();
-        r.to_client.clear();
-        r
-    }
-
-    fn input(&mut self, port: Side, mut f: Vec<u8>) -> Verdict {
-        let meta = parse(&f).unwrap();
+impl<P: Protocol> Middle for Bare<P> {
+    fn on_frame(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+        let meta = parse(frame).unwrap();
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
             over_budget: false,
-            tuple: FlowTuple {
-                src: meta.src,
-                dst: meta.dst,
-                proto: 6,
-                sport: 40000,
-                dport: 11211,
-            },
+            tuple: tuple(meta.src, meta.dst),
         };
-        let v = self
-            .s
-            .on_segment(&mut ctx, port, &mut f, &meta, self.now, &mut self.out);
-        match v {
-            Verdict::Forward(p) => self.route(p, f),
-            Verdict::Drop(r) => self.counters.drop(r),
-            Verdict::Consumed => {}
+        let v = self.s.on_segment(&mut ctx, side, frame, &meta, now, out);
+        if let Verdict::Drop(r) = v {
+            self.counters.drop(r);
         }
-        self.drain();
-        self.verdicts.push(v);
         v
     }
 
-    fn drain(&mut self) {
-        for e in std::mem::take(&mut self.out.emits) {
-            self.route(e.side, e.frame);
-        }
-        self.events.append(&mut self.out.events);
-    }
-
-    fn route(&mut self, port: Side, f: Vec<u8>) {
-        if port == SERVER {
-            self.to_server.push(f);
-        } else {
-            self.to_client.push(f);
-        }
-    }
-
-    fn tick(&mut self, dt: u64) {
-        self.now += dt;
+    fn tick(&mut self, now: u64, out: &mut Output) {
         let mut ctx = StreamCtx {
             cfg: &self.cfg,
             counters: &mut self.counters,
             worker: 0,
             over_budget: false,
-            tuple: FlowTuple {
-                src: "10.0.0.1".parse().unwrap(),
-                dst: "10.0.0.2".parse().unwrap(),
-                proto: 6,
-                sport: 40000,
-                dport: 11211,
-            },
+            tuple: tuple(cli().ip, srv().ip),
         };
-        self.s.on_tick(&mut ctx, self.now, &mut self.out);
-        self.drain();
-    }
-
-    /// Client sends bytes as one segment (not yet processed).
-    fn client_seg(&mut self, data: &[u8]) -> Vec<u8> {
-        let f = frame(
-            true,
-            self.client.snd_nxt,
-            self.client.rcv_nxt,
-            TCP_ACK | TCP_PSH,
-            data,
-        );
-        self.client.snd_nxt = self.client.snd_nxt.wrapping_add(data.len() as u32);
-        f
-    }
-
-    fn server_seg(&mut self, data: &[u8]) -> Vec<u8> {
-        let f = frame(
-            false,
-            self.server.snd_nxt,
-            self.server.rcv_nxt,
-            TCP_ACK | TCP_PSH,
-            data,
-        );
-        self.server.snd_nxt = self.server.snd_nxt.wrapping_add(data.len() as u32);
-        f
-    }
-
-    fn client_send(&mut self, data: &[u8]) -> Verdict {
-        let f = self.client_seg(data);
-        self.input(CLIENT, f)
-    }
-
-    fn server_send(&mut self, data: &[u8]) -> Verdict {
-        let f = self.server_seg(data);
-        self.input(SERVER, f)
-    }
-
-    /// Deliver everything in flight to the endpoints.
-    fn deliver(&mut self) {
-        for f in std::mem::take(&mut self.to_server) {
-            self.server.receive(&f);
-        }
-        for f in std::mem::take(&mut self.to_client) {
-            self.client.receive(&f);
-        }
-    }
-
-    /// Both endpoints acknowledge what they have.
-    fn acks(&mut self) {
-        let f = frame(true, self.client.snd_nxt, self.client.rcv_nxt, TCP_ACK, b"");
-        self.input(CLIENT, f);
-        let f = frame(
-            false,
-            self.server.snd_nxt,
-            self.server.rcv_nxt,
-            TCP_ACK,
-            b"",
-        );
-        self.input(SERVER, f);
-        self.deliver();
-    }
-
-    fn decisions(&self) -> Vec<(Decision, String)> {
-        self.events
-            .iter()
-            .map(|e| {
-                let name = match &e.subject {
-                    Subject::Memcache { keys, .. } => keys.join(","),
-                    Subject::Http { path, .. } => path.clone(),
-                    Subject::Flow => String::new(),
-                };
-                (e.verdict, name)
-            })
-            .collect()
-    }
-
-    /// After everything settled, each side has acknowledged all the other sent.
-    fn assert_healthy(&mut self) {
-        self.acks();
-        self.acks();
-        assert_eq!(
-            self.server.acked, self.server.snd_nxt,
-            "server data not all acked by client"
-        );
-        assert_eq!(
-            self.client.acked, self.client.snd_nxt,
-            "client data not all acked by server"
-        );
-        assert!(!self.client.rst && !self.server.rst);
+        self.s.on_tick(&mut ctx, now, out);
     }
 }
 
+type Rig<P> = Pair<Bare<P>>;
+
+fn cli() -> Ep {
+    ep("10.0.0.1", 40000)
+}
+
+fn srv() -> Ep {
+    ep("10.0.0.2", 11211)
+}
+
+/// A connection through a bare stream, past its handshake.
+fn rig<P: Protocol>(proto: P, policy: Arc<RuleSet<P::Rule>>, cfg: EngineConfig) -> Rig<P> {
+    let bare = Bare {
+        s: Stream::new(proto, policy, CLIENT),
+        cfg,
+        counters: Counters::default(),
+    };
+    let mut r = Pair::new(bare, cli(), srv(), (C_ISN.wrapping_sub(1), S_ISN - 1));
+    r.open();
+    r
+}
+
+/// A segment at any seq and ack, between the rig's endpoints.
+fn frame(from_client: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let (a, b) = if from_client {
+        (cli(), srv())
+    } else {
+        (srv(), cli())
+    };
+    tcp(a, b, seq, ack, flags, payload)
+}
+
+/// The log's decisions, each with the request's key or path.
+fn decisions<P: Protocol>(r: &Rig<P>) -> Vec<(Decision, String)> {
+    r.events
+        .iter()
+        .map(|e| {
+            let name = match &e.subject {
+                Subject::Memcache { keys, .. } => keys.join(","),
+                Subject::Http { path, .. } => path.clone(),
+                Subject::Flow => String::new(),
+            };
+            (e.verdict, name)
+        })
+        .collect()
+}
+
 fn toy() -> Rig<Toy> {
-    Rig::new(Toy, toy_policy(), EngineConfig::default())
+    rig(Toy, toy_policy(), EngineConfig::default())
 }
 
 #[test]
@@ -447,16 +240,17 @@ fn allowed_requests_take_the_fast_path() {
     let mut r = toy();
     assert_eq!(r.client_send(b"ALLOW a\n"), Verdict::Forward(SERVER));
     assert_eq!(
-        r.client_send(b"ALLOW b\nALLOW c\n"),
+        r.client_says(b"ALLOW b\nALLOW c\n"),
         Verdict::Forward(SERVER)
     );
-    r.deliver();
-    assert_eq!(r.server_send(b"A\nB\nC\n"), Verdict::Forward(CLIENT));
-    r.deliver();
+    assert_eq!(r.server_says(b"A\nB\nC\n"), Verdict::Forward(CLIENT));
     assert_eq!(r.server.data, b"ALLOW a\nALLOW b\nALLOW c\n");
     assert_eq!(r.client.data, b"A\nB\nC\n");
-    assert_eq!(r.counters.l7_requests_allowed, 3);
-    assert!(r.out.emits.is_empty());
+    assert_eq!(r.mid.counters.l7_requests_allowed, 3);
+    assert_eq!(
+        r.emitted, 0,
+        "nothing built or released: the original frames went"
+    );
     r.assert_healthy();
 }
 
@@ -471,8 +265,7 @@ fn held_prefix_never_lets_the_original_frame_through() {
     assert_eq!(r.server.data, b"ALLOW a\n");
     let frames_to_server: usize = r.to_server.len();
     assert_eq!(frames_to_server, 0);
-    r.client_send(b"OW b\n");
-    r.deliver();
+    r.client_says(b"OW b\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW b\n");
 }
 
@@ -480,15 +273,13 @@ fn held_prefix_never_lets_the_original_frame_through() {
 fn split_request_is_held_until_complete() {
     let mut r = toy();
     for b in b"ALLOW split\n".chunks(3) {
-        r.client_send(b);
-        r.deliver();
+        r.client_says(b);
         if r.client.snd_nxt.wrapping_sub(C_ISN) < 12 {
             assert!(r.server.data.is_empty(), "partial head reached the server");
         }
     }
     assert_eq!(r.server.data, b"ALLOW split\n");
-    r.server_send(b"ok\n");
-    r.deliver();
+    r.server_says(b"ok\n");
     assert_eq!(r.client.data, b"ok\n");
     r.assert_healthy();
 }
@@ -496,33 +287,28 @@ fn split_request_is_held_until_complete() {
 #[test]
 fn pipelined_allow_deny_allow_keeps_reply_order() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nDENY b\nALLOW c\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nDENY b\nALLOW c\n");
     // c waits until b's denial is in place.
     assert_eq!(r.server.data, b"ALLOW a\n");
-    r.server_send(b"A\n");
-    r.deliver();
+    r.server_says(b"A\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
     assert_eq!(r.client.data, b"A\ndenied b\n");
-    r.server_send(b"C\n");
-    r.deliver();
+    r.server_says(b"C\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     assert_eq!(
-        r.decisions(),
+        decisions(&r),
         vec![
             (Decision::Allow, "a".into()),
             (Decision::Deny, "b".into()),
             (Decision::Allow, "c".into())
         ]
     );
-    assert_eq!(r.counters.l7_requests_denied, 1);
-    assert_eq!(r.counters.dropped(DropReason::L7Denied), 1);
+    assert_eq!(r.mid.counters.l7_requests_denied, 1);
+    assert_eq!(r.mid.counters.dropped(DropReason::L7Denied), 1);
     r.assert_healthy();
     // The connection stays usable both ways.
-    r.client_send(b"ALLOW d\n");
-    r.deliver();
-    r.server_send(b"D\n");
-    r.deliver();
+    r.client_says(b"ALLOW d\n");
+    r.server_says(b"D\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\nD\n");
     r.assert_healthy();
@@ -531,18 +317,15 @@ fn pipelined_allow_deny_allow_keeps_reply_order() {
 #[test]
 fn denial_with_nothing_pending_is_injected_at_once() {
     let mut r = toy();
-    r.client_send(b"DENY x\n");
-    r.deliver();
+    r.client_says(b"DENY x\n");
     assert!(r.server.data.is_empty());
     assert_eq!(r.client.data, b"denied x\n");
     assert_eq!(
         r.client.acked, r.client.snd_nxt,
         "denied bytes must be acknowledged"
     );
-    r.client_send(b"ALLOW y\n");
-    r.deliver();
-    r.server_send(b"Y\n");
-    r.deliver();
+    r.client_says(b"ALLOW y\n");
+    r.server_says(b"Y\n");
     assert_eq!(r.server.data, b"ALLOW y\n");
     assert_eq!(r.client.data, b"denied x\nY\n");
     r.assert_healthy();
@@ -551,18 +334,13 @@ fn denial_with_nothing_pending_is_injected_at_once() {
 #[test]
 fn sequential_allow_deny_allow_like_curl_next() {
     let mut r = toy();
-    r.client_send(b"ALLOW 1\n");
-    r.deliver();
-    r.server_send(b"R1\n");
-    r.deliver();
+    r.client_says(b"ALLOW 1\n");
+    r.server_says(b"R1\n");
     r.acks();
-    r.client_send(b"DENY 2\n");
-    r.deliver();
+    r.client_says(b"DENY 2\n");
     r.acks();
-    r.client_send(b"ALLOW 3\n");
-    r.deliver();
-    r.server_send(b"R3\n");
-    r.deliver();
+    r.client_says(b"ALLOW 3\n");
+    r.server_says(b"R3\n");
     assert_eq!(r.server.data, b"ALLOW 1\nALLOW 3\n");
     assert_eq!(r.client.data, b"R1\ndenied 2\nR3\n");
     r.assert_healthy();
@@ -571,16 +349,13 @@ fn sequential_allow_deny_allow_like_curl_next() {
 #[test]
 fn quiet_denial_is_only_acknowledged() {
     let mut r = toy();
-    r.client_send(b"QDENY q\n");
-    r.deliver();
+    r.client_says(b"QDENY q\n");
     assert!(r.server.data.is_empty());
     assert!(r.client.data.is_empty());
     assert_eq!(r.client.acked, r.client.snd_nxt);
-    r.client_send(b"QALLOW z\nALLOW w\n");
-    r.deliver();
+    r.client_says(b"QALLOW z\nALLOW w\n");
     assert_eq!(r.server.data, b"QALLOW z\nALLOW w\n");
-    r.server_send(b"W\n");
-    r.deliver();
+    r.server_says(b"W\n");
     assert_eq!(r.client.data, b"W\n");
     r.assert_healthy();
 }
@@ -599,16 +374,14 @@ fn out_of_order_and_duplicate_client_segments() {
     r.input(CLIENT, b);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
-    r.server_send(b"A\n");
-    r.deliver();
+    r.server_says(b"A\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
     // Retransmissions of decided bytes: nothing new reaches the server.
     r.input(CLIENT, a);
     r.input(CLIENT, c);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
-    r.server_send(b"C\n");
-    r.deliver();
+    r.server_says(b"C\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     r.assert_healthy();
 }
@@ -616,8 +389,7 @@ fn out_of_order_and_duplicate_client_segments() {
 #[test]
 fn released_bytes_lost_on_the_way_are_resent_from_retransmission() {
     let mut r = toy();
-    r.client_send(b"DENY a\n");
-    r.deliver();
+    r.client_says(b"DENY a\n");
     let f = r.client_seg(b"ALLOW b\n");
     r.input(CLIENT, f.clone());
     // The rebuilt segment to the server is lost.
@@ -625,8 +397,7 @@ fn released_bytes_lost_on_the_way_are_resent_from_retransmission() {
     r.input(CLIENT, f);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW b\n");
-    r.server_send(b"B\n");
-    r.deliver();
+    r.server_says(b"B\n");
     assert_eq!(r.client.data, b"denied a\nB\n");
     r.assert_healthy();
 }
@@ -644,8 +415,7 @@ fn retransmission_with_other_bytes_cannot_smuggle() {
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
     // After a denial too (rebuilt segments).
-    r.server_send(b"A\n");
-    r.deliver();
+    r.server_says(b"A\n");
     r.client_send(b"DENY b\n");
     let seq = r.client.snd_nxt;
     r.client_send(b"ALLOW c\n");
@@ -654,8 +424,7 @@ fn retransmission_with_other_bytes_cannot_smuggle() {
     r.input(CLIENT, evil);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\n");
-    r.server_send(b"C\n");
-    r.deliver();
+    r.server_says(b"C\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\n");
     r.assert_healthy();
 }
@@ -665,13 +434,13 @@ fn injected_denial_is_retransmitted_until_acked() {
     let mut r = toy();
     r.client_send(b"DENY a\n");
     r.to_client.clear(); // lost
-    r.tick(r.cfg.inject_rto_ns / 2);
+    r.tick(r.mid.cfg.inject_rto_ns / 2);
     assert!(r.to_client.is_empty());
-    r.tick(r.cfg.inject_rto_ns);
+    r.tick(r.mid.cfg.inject_rto_ns);
     r.deliver();
     assert_eq!(r.client.data, b"denied a\n");
     r.acks();
-    r.tick(r.cfg.inject_rto_ns * 100);
+    r.tick(r.mid.cfg.inject_rto_ns * 100);
     assert!(r.to_client.is_empty(), "acked denial sent again");
     r.assert_healthy();
 }
@@ -679,8 +448,7 @@ fn injected_denial_is_retransmitted_until_acked() {
 #[test]
 fn server_retransmission_after_injection_is_mapped() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nDENY b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nDENY b\n");
     let f = r.server_seg(b"A\n");
     r.input(SERVER, f.clone());
     r.deliver();
@@ -694,8 +462,7 @@ fn server_retransmission_after_injection_is_mapped() {
 #[test]
 fn out_of_order_server_data_is_dropped_for_resend() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nALLOW b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nALLOW b\n");
     let a = r.server_seg(b"A\n");
     let b = r.server_seg(b"B\n");
     assert_eq!(
@@ -713,28 +480,14 @@ fn out_of_order_server_data_is_dropped_for_resend() {
 fn fin_with_incomplete_head_denies_it() {
     let mut r = toy();
     r.client_send(b"ALLOW a\nALLOW unfinish");
-    let f = frame(
-        true,
-        r.client.snd_nxt,
-        r.client.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"ed",
-    );
-    r.client.snd_nxt = r.client.snd_nxt.wrapping_add(3);
+    let f = r.client.segment(TCP_ACK | TCP_FIN, b"ed");
     r.input(CLIENT, f);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.fin, "FIN must reach the server");
-    assert_eq!(r.decisions().last().unwrap().0, Decision::Deny);
+    assert_eq!(decisions(&r).last().unwrap().0, Decision::Deny);
     r.server_send(b"A\n");
-    let f = frame(
-        false,
-        r.server.snd_nxt,
-        r.server.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"",
-    );
-    r.server.snd_nxt += 1;
+    let f = r.server.segment(TCP_ACK | TCP_FIN, b"");
     r.input(SERVER, f);
     r.deliver();
     assert!(r.client.fin);
@@ -745,16 +498,8 @@ fn fin_with_incomplete_head_denies_it() {
 #[test]
 fn server_fin_with_a_pending_denial_comes_after_it() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nDENY b\n");
-    r.deliver();
-    let f = frame(
-        false,
-        r.server.snd_nxt,
-        r.server.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"A",
-    );
-    r.server.snd_nxt += 2;
+    r.client_says(b"ALLOW a\nDENY b\n");
+    let f = r.server.segment(TCP_ACK | TCP_FIN, b"A");
     r.input(SERVER, f);
     r.deliver();
     assert_eq!(r.client.data, b"Adenied b\n");
@@ -765,15 +510,8 @@ fn server_fin_with_a_pending_denial_comes_after_it() {
 #[test]
 fn client_rst_is_passed_mapped() {
     let mut r = toy();
-    r.client_send(b"DENY a\nALLOW b\n");
-    r.deliver();
-    let f = frame(
-        true,
-        r.client.snd_nxt,
-        r.client.rcv_nxt,
-        TCP_ACK | TCP_RST,
-        b"",
-    );
+    r.client_says(b"DENY a\nALLOW b\n");
+    let f = r.client.segment(TCP_ACK | TCP_RST, b"");
     assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
     r.deliver();
     assert!(r.server.rst && r.server.rst_in_window);
@@ -786,14 +524,7 @@ fn client_rst_is_passed_mapped() {
 #[test]
 fn fin_after_complete_requests_passes_on_fast_path() {
     let mut r = toy();
-    let f = frame(
-        true,
-        r.client.snd_nxt,
-        r.client.rcv_nxt,
-        TCP_ACK | TCP_FIN,
-        b"ALLOW a\n",
-    );
-    r.client.snd_nxt = r.client.snd_nxt.wrapping_add(9);
+    let f = r.client.segment(TCP_ACK | TCP_FIN, b"ALLOW a\n");
     assert_eq!(r.input(CLIENT, f), Verdict::Forward(SERVER));
     r.deliver();
     assert!(r.server.fin);
@@ -805,13 +536,13 @@ fn oversized_head_is_denied_with_resets() {
         max_held_bytes: 64,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(&[b'A'; 40]);
     r.client_send(&[b'A'; 40]);
     r.deliver();
     assert!(r.server.data.is_empty());
     assert!(r.server.rst && r.client.rst);
-    assert_eq!(r.counters.dropped(DropReason::L7HoldOverflow), 1);
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 1);
     assert_eq!(
         r.client_send(b"ALLOW\n"),
         Verdict::Drop(DropReason::L7Denied)
@@ -821,12 +552,11 @@ fn oversized_head_is_denied_with_resets() {
 #[test]
 fn invalid_request_resets_both_sides() {
     let mut r = toy();
-    r.client_send(b"ALLOW a\nGARBAGE\nALLOW b\n");
-    r.deliver();
+    r.client_says(b"ALLOW a\nGARBAGE\nALLOW b\n");
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.rst && r.client.rst);
     assert!(r.client.rst_in_window && r.server.rst_in_window);
-    assert_eq!(r.decisions().last().unwrap().0, Decision::Deny);
+    assert_eq!(decisions(&r).last().unwrap().0, Decision::Deny);
 }
 
 #[test]
@@ -835,9 +565,8 @@ fn deny_action_reset() {
         deny_action: DenyAction::Reset,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
-    r.client_send(b"ALLOW a\nDENY b\n");
-    r.deliver();
+    let mut r = rig(Toy, toy_policy(), cfg);
+    r.client_says(b"ALLOW a\nDENY b\n");
     assert_eq!(r.server.data, b"ALLOW a\n");
     assert!(r.server.rst && r.client.rst);
     // Each RST is in its receiver's sequence space.
@@ -850,7 +579,7 @@ fn bodies_flow_or_vanish_without_being_held() {
         max_held_bytes: 32,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(b"BODY 100\n");
     for _ in 0..10 {
         r.client_send(b"0123456789");
@@ -862,14 +591,12 @@ fn bodies_flow_or_vanish_without_being_held() {
     for _ in 0..5 {
         r.client_send(b"abcdefghij");
     }
-    r.client_send(b"ALLOW z\n");
-    r.deliver();
-    r.server_send(b"Z\n");
-    r.deliver();
+    r.client_says(b"ALLOW z\n");
+    r.server_says(b"Z\n");
     assert_eq!(r.server.data.len(), 9 + 100 + 8);
     assert!(r.server.data.ends_with(b"0123456789ALLOW z\n"));
     assert_eq!(r.client.data, b"ok\ndenied 50\nZ\n");
-    assert_eq!(r.counters.dropped(DropReason::L7HoldOverflow), 0);
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 0);
     r.assert_healthy();
 }
 
@@ -879,13 +606,13 @@ fn held_requests_beyond_the_limit_are_dropped_for_resend() {
         max_held_bytes: 16,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(Toy, toy_policy(), cfg);
+    let mut r = rig(Toy, toy_policy(), cfg);
     r.client_send(b"ALLOW a\nDENY b\n");
     let f1 = r.client_seg(b"ALLOW c\nALLOW d\n");
     let f2 = r.client_seg(b"ALLOW e\n");
     r.input(CLIENT, f1);
     r.input(CLIENT, f2.clone());
-    assert!(r.counters.dropped(DropReason::L7HoldOverflow) >= 1);
+    assert!(r.mid.counters.dropped(DropReason::L7HoldOverflow) >= 1);
     r.deliver();
     r.server_send(b"A\n");
     r.input(CLIENT, f2.clone());
@@ -893,11 +620,9 @@ fn held_requests_beyond_the_limit_are_dropped_for_resend() {
     // c and d await replies: their 16 head bytes fill the pending budget.
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\n");
     // Their replies free the budget: e goes on without a retransmission.
-    r.server_send(b"C\nD\n");
-    r.deliver();
+    r.server_says(b"C\nD\n");
     assert_eq!(r.server.data, b"ALLOW a\nALLOW c\nALLOW d\nALLOW e\n");
-    r.server_send(b"E\n");
-    r.deliver();
+    r.server_says(b"E\n");
     assert_eq!(r.client.data, b"A\ndenied b\nC\nD\nE\n");
     r.assert_healthy();
 }
@@ -987,7 +712,7 @@ fn random_memcached_segments_never_panic() {
                 ..MemcacheRuleSpec::default()
             };
             let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
-            Rig::new(Memcache::new(), p, EngineConfig::default())
+            rig(Memcache::new(), p, EngineConfig::default())
         },
         &[
             b"get public1\r\n",
@@ -1010,7 +735,7 @@ fn http_rig() -> Rig<Http> {
         ..HttpRuleSpec::default()
     };
     let p = policy(vec![HttpRule::compile(&spec).unwrap()]);
-    Rig::new(Http::new(), p, EngineConfig::default())
+    rig(Http::new(), p, EngineConfig::default())
 }
 
 const DENY_403: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n";
@@ -1019,18 +744,13 @@ const DENY_403: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n
 fn http_200_403_200_on_one_connection() {
     let mut r = http_rig();
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
-    r.client_send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
-    r.deliver();
-    r.server_send(ok);
-    r.deliver();
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.server_says(ok);
     r.acks();
-    r.client_send(b"PUT /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
-    r.deliver();
+    r.client_says(b"PUT /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
     r.acks();
-    r.client_send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
-    r.deliver();
-    r.server_send(ok);
-    r.deliver();
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.server_says(ok);
     assert_eq!(
         r.server.data,
         b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /public HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -1045,15 +765,12 @@ fn http_200_403_200_on_one_connection() {
 #[test]
 fn http_pipelined_denial_waits_for_earlier_chunked_reply() {
     let mut r = http_rig();
-    r.client_send(
+    r.client_says(
         b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /secret HTTP/1.1\r\nHost: x\r\n\r\n",
     );
-    r.deliver();
-    r.server_send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
-    r.deliver();
+    r.server_says(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
     assert!(!r.client.data.ends_with(DENY_403));
-    r.server_send(b"0\r\n\r\n");
-    r.deliver();
+    r.server_says(b"0\r\n\r\n");
     assert!(r.client.data.ends_with(b"0\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n"));
     r.assert_healthy();
 }
@@ -1066,19 +783,15 @@ fn memcached_get_allowed_denied_allowed() {
         ..MemcacheRuleSpec::default()
     };
     let p = policy(vec![MemcacheRule::compile(&spec).unwrap()]);
-    let mut r = Rig::new(Memcache::new(), p, EngineConfig::default());
+    let mut r = rig(Memcache::new(), p, EngineConfig::default());
     // Pipelined, as `nc` sends them.
-    r.client_send(b"get public1\r\nget secret\r\nget public2\r\n");
-    r.deliver();
+    r.client_says(b"get public1\r\nget secret\r\nget public2\r\n");
     assert_eq!(r.server.data, b"get public1\r\n");
-    r.server_send(b"VALUE public1 0 1\r\na\r\n");
-    r.deliver();
+    r.server_says(b"VALUE public1 0 1\r\na\r\n");
     assert_eq!(r.server.data, b"get public1\r\n");
-    r.server_send(b"END\r\n");
-    r.deliver();
+    r.server_says(b"END\r\n");
     assert_eq!(r.server.data, b"get public1\r\nget public2\r\n");
-    r.server_send(b"END\r\n");
-    r.deliver();
+    r.server_says(b"END\r\n");
     let deny = Memcache::new().deny_reply(&match Memcache::new().parse_request(b"get k\r\n") {
         Parse::Complete(h) => h.req,
         _ => unreachable!(),
@@ -1093,31 +806,26 @@ fn memcached_get_allowed_denied_allowed() {
 #[test]
 fn http_upgrade_turns_the_connection_into_a_tunnel() {
     let mut r = http_rig();
-    r.client_send(
+    r.client_says(
         b"GET /public HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     );
-    r.deliver();
-    r.server_send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
-    r.deliver();
+    r.server_says(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
     // Not HTTP any more, both ways.
     r.client_send(b"\x81\x05hello");
-    r.server_send(b"\x81\x02hi");
-    r.deliver();
+    r.server_says(b"\x81\x02hi");
     assert!(r.server.data.ends_with(b"\x81\x05hello"));
     assert!(r.client.data.ends_with(b"\x81\x02hi"));
     assert!(!r.server.rst && !r.client.rst);
-    assert_eq!(r.counters.l7_requests_allowed, 1);
+    assert_eq!(r.mid.counters.l7_requests_allowed, 1);
     r.assert_healthy();
 }
 
 #[test]
 fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
     let mut r = toy();
-    r.client_send(b"DENY a\n");
-    r.deliver();
+    r.client_says(b"DENY a\n");
     // The server closes its window; its ACK reaches the client mapped.
-    let f = frame(false, r.server.snd_nxt, r.server.rcv_nxt, TCP_ACK, b"");
-    let mut f = f;
+    let mut f = r.server.ack();
     let m = parse(&f).unwrap();
     f[m.l4_off + 14] = 0;
     f[m.l4_off + 15] = 0;
@@ -1135,8 +843,7 @@ fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
     r.input(CLIENT, probe);
     r.deliver();
     assert_eq!(r.server.data, b"ALLOW b\n");
-    r.server_send(b"B\n");
-    r.deliver();
+    r.server_says(b"B\n");
     assert_eq!(r.client.data, b"denied a\nB\n");
     r.assert_healthy();
 }

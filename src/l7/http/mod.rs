@@ -133,14 +133,8 @@ impl Protocol for Http {
 
 #[cfg(test)]
 mod tests {
+    use super::request::test_request as req;
     use super::*;
-
-    fn req(s: &str) -> HttpRequest {
-        match Http::new().parse_request(s.as_bytes()) {
-            Parse::Complete(h) => h.req,
-            o => panic!("{o:?}"),
-        }
-    }
 
     #[test]
     fn deny_reply_matches_envoy() {

@@ -275,6 +275,15 @@ fn split_absolute(t: &[u8]) -> Result<(&[u8], &[u8]), Stop> {
     Ok((auth, path))
 }
 
+/// A complete request head, parsed, for tests.
+#[cfg(test)]
+pub(crate) fn test_request(s: &str) -> HttpRequest {
+    match parse_request(s.as_bytes()) {
+        Parse::Complete(RequestHead { req, .. }) => req,
+        o => panic!("{o:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,15 +86,8 @@ fn parse(buf: &[u8], req: Option<&HttpRequest>) -> Result<ReplyHead, Stop> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::l7::http::request::parse_request;
-    use crate::l7::RequestHead;
+    use crate::l7::http::request::test_request as req;
 
-    fn req(s: &str) -> HttpRequest {
-        match parse_request(s.as_bytes()) {
-            Parse::Complete(RequestHead { req, .. }) => req,
-            o => panic!("{o:?}"),
-        }
-    }
     fn reply(s: &str, r: Option<&HttpRequest>) -> ReplyHead {
         match parse_response(s.as_bytes(), r) {
             Parse::Complete(h) => h,

@@ -140,15 +140,8 @@ impl HttpRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::l7::http::request::parse_request;
-    use crate::l7::{Parse, RequestHead};
+    use crate::l7::http::request::test_request as req;
 
-    fn req(s: &str) -> HttpRequest {
-        match parse_request(s.as_bytes()) {
-            Parse::Complete(RequestHead { req, .. }) => req,
-            o => panic!("{o:?}"),
-        }
-    }
     fn rule(y: &str) -> HttpRule {
         let spec: HttpRuleSpec = serde_yaml::from_str(y).unwrap();
         HttpRule::compile(&spec).unwrap()

@@ -2,7 +2,6 @@
 //! tests). Frames are built with etherparse's `PacketBuilder`; fragments and
 //! ICMP errors are cut from whole frames so their bytes stay consistent.
 #![allow(dead_code)]
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -228,118 +227,19 @@ pub fn fragment_evenly(frame: &[u8], id: u32, chunk: usize) -> Vec<Vec<u8>> {
     fragments(frame, id, &ranges)
 }
 
-/// A TCP conversation between a client and a server: tracks seq/ack so
-/// frames come out as a real stack would send them.
-pub struct Conn {
-    pub client: Ep,
-    pub server: Ep,
-    pub cseq: u32,
-    pub sseq: u32,
-}
-
-impl Conn {
-    pub fn new(client: Ep, server: Ep) -> Conn {
-        Conn {
-            client,
-            server,
-            cseq: 1000,
-            sseq: 50_000,
-        }
-    }
-    pub fn syn(&self) -> Vec<u8> {
-        tcp(self.client, self.server, self.cseq, 0, SYN, &[])
-    }
-    pub fn syn_ack(&self) -> Vec<u8> {
-        tcp(
-            self.server,
-            self.client,
-            self.sseq,
-            self.cseq + 1,
-            SYN | ACK,
-            &[],
-        )
-    }
-    /// SYN, SYN-ACK, ACK; afterwards seqs point past the SYNs.
-    pub fn handshake(&mut self) -> Vec<Vec<u8>> {
-        let v = vec![
-            self.syn(),
-            self.syn_ack(),
-            tcp(
-                self.client,
-                self.server,
-                self.cseq + 1,
-                self.sseq + 1,
-                ACK,
-                &[],
-            ),
-        ];
-        self.cseq += 1;
-        self.sseq += 1;
-        v
-    }
-    pub fn client_data(&mut self, data: &[u8]) -> Vec<u8> {
-        let f = tcp(
-            self.client,
-            self.server,
-            self.cseq,
-            self.sseq,
-            ACK | PSH,
-            data,
-        );
-        self.cseq += data.len() as u32;
-        f
-    }
-    pub fn server_data(&mut self, data: &[u8]) -> Vec<u8> {
-        let f = tcp(
-            self.server,
-            self.client,
-            self.sseq,
-            self.cseq,
-            ACK | PSH,
-            data,
-        );
-        self.sseq += data.len() as u32;
-        f
-    }
-    pub fn client_fin(&mut self) -> Vec<u8> {
-        let f = tcp(
-            self.client,
-            self.server,
-            self.cseq,
-            self.sseq,
-            FIN | ACK,
-            &[],
-        );
-        self.cseq += 1;
-        f
-    }
-    pub fn server_fin(&mut self) -> Vec<u8> {
-        let f = tcp(
-            self.server,
-            self.client,
-            self.sseq,
-            self.cseq,
-            FIN | ACK,
-            &[],
-        );
-        self.sseq += 1;
-        f
-    }
-}
-
-/// A frame in a capture: time in ns, and the interface (pcapng) / port.
+/// A frame in a capture: time in ns, and the side (the pcapng interface).
 #[derive(Debug, Clone)]
 pub struct Rec {
     pub ts_ns: u64,
-    pub port: u8,
+    pub side: u8,
     pub frame: Vec<u8>,
 }
 
-pub fn rec(ts_ns: u64, port: u8, frame: Vec<u8>) -> Rec {
-    Rec { ts_ns, port, frame }
+pub fn rec(ts_ns: u64, side: u8, frame: Vec<u8>) -> Rec {
+    Rec { ts_ns, side, frame }
 }
 
-/// Write an Ethernet pcap (nanosecond timestamps); ports are not recorded.
+/// Write an Ethernet pcap (nanosecond timestamps); sides are not recorded.
 pub fn write_pcap(path: &Path, recs: &[Rec]) {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
     let f = std::fs::File::create(path).expect("create pcap");
@@ -358,7 +258,7 @@ pub fn write_pcap(path: &Path, recs: &[Rec]) {
     }
 }
 
-/// Write a pcapng with two Ethernet interfaces; `Rec::port` is the interface id.
+/// Write a pcapng with two Ethernet interfaces; `Rec::side` is the interface id.
 pub fn write_pcapng(path: &Path, recs: &[Rec]) {
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
     use pcap_file::pcapng::blocks::interface_description::{
@@ -376,7 +276,7 @@ pub fn write_pcapng(path: &Path, recs: &[Rec]) {
     }
     for r in recs {
         let b = EnhancedPacketBlock {
-            interface_id: u32::from(r.port),
+            interface_id: u32::from(r.side),
             timestamp: Duration::from_nanos(r.ts_ns),
             original_len: r.frame.len() as u32,
             data: std::borrow::Cow::Borrowed(&r.frame),
@@ -395,4 +295,31 @@ pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
         out.push(p.expect("pcap packet").data.into_owned());
     }
     out
+}
+
+/// A memcached binary request (magic 0x80).
+pub fn bin_req(opcode: u8, opaque: u32, key: &[u8], extras: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80, opcode];
+    v.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    v.push(extras.len() as u8);
+    v.extend_from_slice(&[0, 0, 0]);
+    v.extend_from_slice(&((extras.len() + key.len() + value.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&opaque.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(extras);
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v
+}
+
+/// A memcached binary response (magic 0x81).
+pub fn bin_resp(opcode: u8, opaque: u32, status: u16, extras: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x81, opcode, 0, 0, extras.len() as u8, 0];
+    v.extend_from_slice(&status.to_be_bytes());
+    v.extend_from_slice(&((extras.len() + value.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&opaque.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(extras);
+    v.extend_from_slice(value);
+    v
 }

@@ -1,8 +1,10 @@
 //! End-to-end harness: a veth lab (`scripts/lab.sh`) per test and the real
-//! `enforcer` binary inside it. Shared by every `tests/lab*.rs`:
+//! `enforcer` binary inside it, and the root gate of every root test.
+//! Shared by every `tests/lab*.rs`:
 //!
 //! ```ignore
-//! mod lab;
+//! mod kit;
+//! use kit::lab;
 //! let Some(mut lab) = lab::Lab::up("l7http") else { return }; // skipped: not root
 //! lab.start(lab::Mode::Policy(&lab::repo("policies")), &[]).unwrap();
 //! let out = lab.exec("xwing", &["curl", "-s", "http://10.66.0.2/v1/"]);
@@ -11,8 +13,6 @@
 //! Without root (or tools) the lab tests skip with a message, except under
 //! `CI=true`, where that is a failure. `Drop` stops the enforcer and removes
 //! the lab; prefixes keep concurrent labs apart.
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -40,11 +40,19 @@ fn have(cmd: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Root, or why not.
+pub fn root() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
+        Err("lab tests need root (network namespaces, XDP)".into())
+    }
+}
+
 /// What the lab needs, or why it cannot run.
 pub fn prerequisites() -> Result<(), String> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("lab tests need root (network namespaces, XDP)".into());
-    }
+    root()?;
     let mut missing = Vec::new();
     for (tool, args) in [
         ("ip", &["-V"][..]),
@@ -71,7 +79,13 @@ pub fn prerequisites() -> Result<(), String> {
 
 /// True when lab tests should run; prints why not otherwise. Panics under CI.
 pub fn available() -> bool {
-    match prerequisites() {
+    gate(prerequisites())
+}
+
+/// The one gate of every root test: true when `needs` holds; otherwise a
+/// failure under `CI=true`, a printed skip elsewhere (never a silent one).
+pub fn gate(needs: Result<(), String>) -> bool {
+    match needs {
         Ok(()) => true,
         Err(e) if in_ci() => panic!("CI=true and the lab cannot run: {e}"),
         Err(e) => {
@@ -79,6 +93,22 @@ pub fn available() -> bool {
             false
         }
     }
+}
+
+/// Run `test` in a fresh lab (2 queues per enforcer side), then check the
+/// lab is gone. Skipped (or failed under CI) without root: see `gate`.
+pub fn with_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
+    with_lab_queues(prefix, 2, test)
+}
+
+pub fn with_lab_queues(prefix: &str, queues: u32, test: impl FnOnce(&mut Lab)) {
+    {
+        let Some(mut lab) = Lab::up_with(prefix, queues) else {
+            return;
+        };
+        test(&mut lab);
+    }
+    assert_clean(prefix);
 }
 
 /// How the enforcer decides frames.
@@ -373,6 +403,7 @@ impl Lab {
     /// Send a signal to the running enforcer.
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self.enforcer_pid() {
+            // SAFETY: a signal to the enforcer child this lab started.
             unsafe { libc::kill(pid as i32, sig) };
         }
     }
@@ -394,6 +425,7 @@ impl Lab {
 
     fn end(&mut self, sig: libc::c_int) -> Option<Stopped> {
         let mut run = self.enforcer.take()?;
+        // SAFETY: a signal to the enforcer child this lab started.
         unsafe { libc::kill(run.child.id() as i32, sig) };
         let t = Instant::now();
         let status = loop {

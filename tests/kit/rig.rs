@@ -1,19 +1,17 @@
 //! The in-memory test rig: a real smoltcp TCP client and server, each on its
-//! own Ethernet interface, wired through `Engine::process` (client on port 0,
-//! server on port 1) over links that drop, duplicate, reorder and split
-//! frames. Deterministic: time is simulated and faults come from a seed.
+//! own Ethernet interface, wired through `Engine::on_frame` (client on side
+//! 0, server on side 1) over a faulty link (`faults::Link`: drop, duplicate,
+//! reorder, split, corrupt). Deterministic: time is simulated and faults come
+//! from a seed.
 //!
 //! The application on each side is given by the test (closures over the
 //! bytes received); the rig moves frames and runs timers.
-
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use enforcer::config::EngineConfig;
 use enforcer::engine::Engine;
-use enforcer::packet::build::{tcp_segment, SegmentSpec};
 use enforcer::packet::view::parse;
 use enforcer::policy::Policy;
 use enforcer::verdict::{Output, Verdict};
@@ -69,37 +67,10 @@ impl Device for Dev {
     }
 }
 
-/// Fault probabilities, in percent, applied to every frame on every link.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Faults {
-    pub drop: u32,
-    pub dup: u32,
-    pub reorder: u32,
-    pub split: u32,
-}
+use super::faults::{Faults, Link};
+use super::pair::{CLIENT, SERVER};
+use enforcer::verdict::Side;
 
-/// xorshift64*: deterministic and dependency-free.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn pct(&mut self, p: u32) -> bool {
-        p > 0 && (self.next() % 100) < u64::from(p)
-    }
-}
-
-pub const CLIENT_PORT: u8 = 0;
-pub const SERVER_PORT: u8 = 1;
 const STEP_MS: i64 = 5;
 
 pub struct Rig {
@@ -113,23 +84,21 @@ pub struct Rig {
     ch: SocketHandle,
     sh: SocketHandle,
     pub now_ms: i64,
-    pub faults: Faults,
-    rng: Rng,
-    /// Frames in flight: (deliver at ms, to engine port or endpoint, frame).
+    /// Every frame crosses it, into the engine and out of it.
+    pub link: Link,
+    /// Frames in flight: (deliver at ms, to engine side or endpoint, frame).
     wire: Vec<(i64, Hop, Vec<u8>)>,
     /// Bytes each application has read.
     pub client_got: Vec<u8>,
     pub server_got: Vec<u8>,
-    /// Frames the faulty links dropped.
-    pub lost: u64,
     out: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hop {
-    /// Into the engine on this port.
+    /// Into the engine on this side.
     Engine(u8),
-    /// Out of the engine to the endpoint on this port.
+    /// Out of the engine to the endpoint on this side.
     Endpoint(u8),
 }
 
@@ -184,12 +153,10 @@ impl Rig {
             ch,
             sh,
             now_ms: 0,
-            faults,
-            rng: Rng::new(seed),
+            link: Link::new(faults, seed),
             wire: Vec::new(),
             client_got: Vec::new(),
             server_got: Vec::new(),
-            lost: 0,
             out: Output::default(),
         }
     }
@@ -202,39 +169,51 @@ impl Rig {
         self.ssock.get_mut::<tcp::Socket>(self.sh)
     }
 
-    /// Queue bytes on the client socket (all of them, stepping as needed).
-    pub fn client_send(&mut self, mut data: &[u8]) {
-        let mut guard = 0;
-        while !data.is_empty() {
-            let n = if self.client().can_send() {
-                self.client().send_slice(data).unwrap_or(0)
-            } else {
-                0
-            };
-            data = &data[n..];
-            if !data.is_empty() {
-                self.step();
-                guard += 1;
-                assert!(guard < 100_000, "client cannot send");
-            }
+    fn socket(&mut self, side: Side) -> &mut tcp::Socket<'static> {
+        if side == CLIENT {
+            self.client()
+        } else {
+            self.server()
         }
     }
 
-    pub fn server_send(&mut self, mut data: &[u8]) {
-        let mut guard = 0;
-        while !data.is_empty() {
-            let n = if self.server().can_send() {
-                self.server().send_slice(data).unwrap_or(0)
+    /// Queue bytes on one side's socket (all of them, stepping as needed).
+    pub fn send(&mut self, side: Side, mut data: &[u8]) {
+        for _ in 0..100_000 {
+            let s = self.socket(side);
+            let n = if s.can_send() {
+                s.send_slice(data).unwrap_or(0)
             } else {
                 0
             };
             data = &data[n..];
-            if !data.is_empty() {
-                self.step();
-                guard += 1;
-                assert!(guard < 100_000, "server cannot send");
+            if data.is_empty() {
+                return;
+            }
+            self.step();
+        }
+        panic!("side {side} cannot send");
+    }
+
+    pub fn client_send(&mut self, data: &[u8]) {
+        self.send(CLIENT, data)
+    }
+
+    pub fn server_send(&mut self, data: &[u8]) {
+        self.send(SERVER, data)
+    }
+
+    /// What one side's application can read now.
+    fn read(&mut self, side: Side) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while self.socket(side).can_recv() {
+            match self.socket(side).recv_slice(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
+        got
     }
 
     /// One round: both stacks poll, frames cross the links and the engine,
@@ -244,61 +223,32 @@ impl Rig {
         self.cif.poll(now, &mut self.cdev, &mut self.csock);
         self.sif.poll(now, &mut self.sdev, &mut self.ssock);
         while let Some(f) = self.cdev.tx.pop_front() {
-            self.launch(Hop::Engine(CLIENT_PORT), f);
+            self.launch(Hop::Engine(CLIENT), f);
         }
         while let Some(f) = self.sdev.tx.pop_front() {
-            self.launch(Hop::Engine(SERVER_PORT), f);
+            self.launch(Hop::Engine(SERVER), f);
         }
         self.deliver_due();
         let now_ns = self.now_ms as u64 * 1_000_000;
         self.engine.tick(now_ns, &mut self.out);
         self.collect_emits();
         self.deliver_due();
-        let mut buf = [0u8; 4096];
-        while self.client().can_recv() {
-            match self.client().recv_slice(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.client_got.extend_from_slice(&buf[..n]),
-            }
-        }
-        while self.server().can_recv() {
-            match self.server().recv_slice(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.server_got.extend_from_slice(&buf[..n]),
-            }
-        }
+        let got = self.read(CLIENT);
+        self.client_got.extend_from_slice(&got);
+        let got = self.read(SERVER);
+        self.server_got.extend_from_slice(&got);
         self.now_ms += STEP_MS;
     }
 
     /// Put a frame on a link, through the faults.
     fn launch(&mut self, hop: Hop, f: Vec<u8>) {
-        let at = self.now_ms;
-        if self.rng.pct(self.faults.drop) {
-            if std::env::var("RIG_TRACE").is_ok() {
-                eprintln!("{} lost {hop:?} {}", self.now_ms, summary(&f));
-            }
-            self.lost += 1;
-            return;
+        let trace = std::env::var("RIG_TRACE").is_ok();
+        if trace {
+            eprintln!("{} launch {hop:?} {}", self.now_ms, summary(&f));
         }
-        // A SYN delayed past the handshake makes the engine start the flow
-        // over (its L7 state with it); SYNs are not reordered or duplicated.
-        let syn = parse(&f)
-            .ok()
-            .and_then(|m| m.tcp().map(|t| t.flags & 0x02 != 0))
-            .unwrap_or(false);
-        let mut frames = vec![f];
-        if self.rng.pct(self.faults.split) {
-            frames = split(&frames[0]);
-        }
-        for f in frames {
-            let mut delay = 0;
-            if !syn && self.rng.pct(self.faults.reorder) {
-                delay = STEP_MS * (1 + (self.rng.next() % 3) as i64);
-            }
-            if !syn && self.rng.pct(self.faults.dup) {
-                self.wire.push((at + STEP_MS, hop, f.clone()));
-            }
-            self.wire.push((at + delay, hop, f));
+        for (steps, f) in self.link.carry(f) {
+            self.wire
+                .push((self.now_ms + STEP_MS * i64::from(steps), hop, f));
         }
     }
 
@@ -318,13 +268,13 @@ impl Rig {
                     eprintln!("{} deliver {hop:?} {}", self.now_ms, summary(&f));
                 }
                 match hop {
-                    Hop::Endpoint(CLIENT_PORT) => self.cdev.rx.push_back(f),
+                    Hop::Endpoint(CLIENT) => self.cdev.rx.push_back(f),
                     Hop::Endpoint(_) => self.sdev.rx.push_back(f),
-                    Hop::Engine(port) => {
+                    Hop::Engine(side) => {
                         let now_ns = self.now_ms as u64 * 1_000_000;
-                        let v = self.engine.on_frame(port, &mut f, now_ns, &mut self.out);
+                        let v = self.engine.on_frame(side, &mut f, now_ns, &mut self.out);
                         if std::env::var("RIG_TRACE").is_ok() {
-                            eprintln!("{} port {port} {} -> {v:?}", self.now_ms, summary(&f));
+                            eprintln!("{} side {side} {} -> {v:?}", self.now_ms, summary(&f));
                         }
                         if let Verdict::Forward(p) = v {
                             self.launch(Hop::Endpoint(p), f);
@@ -386,36 +336,75 @@ pub fn summary(f: &[u8]) -> String {
     }
 }
 
-/// Split a TCP data segment in two at a random-ish point (the middle),
-/// options dropped; anything else is passed whole.
-fn split(f: &[u8]) -> Vec<Vec<u8>> {
-    let Ok(m) = parse(f) else {
-        return vec![f.to_vec()];
-    };
-    let Some(t) = m.tcp() else {
-        return vec![f.to_vec()];
-    };
-    let p = m.payload(f);
-    if p.len() < 2 || t.flags & 0x07 != 0 {
-        return vec![f.to_vec()];
+/// A request of a scripted conversation.
+pub trait Request: Copy + std::fmt::Debug {
+    fn bytes(self) -> &'static [u8];
+    /// Whether policy lets it reach the server.
+    fn allowed(self) -> bool;
+    /// What the client reads for it (the reply or the denial).
+    fn reply(self) -> &'static [u8];
+}
+
+impl Rig {
+    /// The handshake, then `reqs` (pipelined: all at once; otherwise each
+    /// after the previous reply), answered by `serve` (an application that
+    /// advances its cursor over `server_got`). Asserts the server read
+    /// exactly the allowed requests, the client every reply and denial in
+    /// order, and that everything was acknowledged. Returns the cursor.
+    pub fn converse<R: Request>(
+        &mut self,
+        reqs: &[R],
+        pipelined: bool,
+        mut serve: impl FnMut(&mut Rig, &mut usize),
+    ) -> usize {
+        assert!(
+            // The client's first data completes the server's side.
+            self.run_until(120_000, |r| r.client().state() == tcp::State::Established),
+            "handshake did not complete"
+        );
+        let mut served = 0;
+        let want_server: Vec<u8> = reqs
+            .iter()
+            .filter(|r| r.allowed())
+            .flat_map(|r| r.bytes().to_vec())
+            .collect();
+        let want_client: Vec<u8> = reqs.iter().flat_map(|r| r.reply().to_vec()).collect();
+        if pipelined {
+            let all: Vec<u8> = reqs.iter().flat_map(|r| r.bytes().to_vec()).collect();
+            self.client_send(&all);
+        } else {
+            let mut expect = 0;
+            for r in reqs {
+                self.client_send(r.bytes());
+                expect += r.reply().len();
+                let ok = self.run_until(600_000, |g| {
+                    serve(g, &mut served);
+                    g.client_got.len() >= expect
+                });
+                assert!(
+                    ok,
+                    "no reply to {r:?}: client got {:?}",
+                    String::from_utf8_lossy(&self.client_got)
+                );
+            }
+        }
+        let ok = self.run_until(900_000, |g| {
+            serve(g, &mut served);
+            g.client_got.len() >= want_client.len()
+                && g.server_got.len() >= want_server.len()
+                && g.quiet()
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&self.server_got),
+            String::from_utf8_lossy(&want_server),
+            "server must read exactly the allowed requests"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&self.client_got),
+            String::from_utf8_lossy(&want_client),
+            "client must read every reply and denial in order"
+        );
+        assert!(ok, "did not settle (unacknowledged data left)");
+        served
     }
-    let mid = p.len() / 2;
-    let spec = SegmentSpec {
-        reverse: false,
-        seq: t.seq,
-        ack: t.ack,
-        flags: t.flags,
-        window: t.window,
-    };
-    let a = tcp_segment(f, &m, &spec, &p[..mid]);
-    let b = tcp_segment(
-        f,
-        &m,
-        &SegmentSpec {
-            seq: t.seq.wrapping_add(mid as u32),
-            ..spec
-        },
-        &p[mid..],
-    );
-    vec![a, b]
 }
