@@ -94,7 +94,10 @@ impl Default for EngineConfig {
         EngineConfig {
             max_flows: 65_536,
             table_full: TableFullPolicy::RefuseL7,
-            max_held_bytes: 64 * 1024,
+            // A memcached multi-get is held whole until every key is judged:
+            // 256 KiB takes ~2,700 keys of 93 bytes (memcached itself grows
+            // its buffer without limit for get lines).
+            max_held_bytes: 256 * 1024,
             max_held_total: 256 << 20,
             deny_action: DenyAction::Reply,
             syn_deny: SynDenyAction::Drop,

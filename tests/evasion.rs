@@ -1034,17 +1034,23 @@ fn memcached_lengths_and_keys_memcached_refuses_are_refused() {
         format!("set awing-coord 0 0 4294967313\r\n{smuggle}"),
         format!("set awing-coord 0 0 2147483646\r\n{smuggle}"),
         format!("set awing-coord 0 0 +15\r\n{smuggle}"),
-        format!("set awing-coord 0 0 15 norepl\r\n{smuggle}"),
+        // (`set awing-coord 0 0 15 norepl` is not here: memcached ignores
+        // a sixth token other than `noreply` and reads the 15 bytes as the
+        // value, as the enforcer does.)
         format!("set {} 0 0 15\r\n{smuggle}", "k".repeat(251)),
         format!("set awing\x01coord 0 0 15\r\n{smuggle}"),
         format!("set\tawing-coord 0 0 15\r\n{smuggle}"),
         format!("get awing-coord\0\r\n{smuggle}"),
         format!("ms awing-coord -1\r\n{smuggle}"),
     ];
+    // Each is either refused (a length memcached versions read differently,
+    // a NUL) or framed as memcached frames it: a rejected line is a request
+    // of its own (the server answers its error), and what follows it is the
+    // next request, judged and denied, never forwarded as data.
     for (i, case) in cases.iter().enumerate() {
         for seg in [1460, 1] {
             let w = mc_attempt(case.as_bytes(), seg);
-            assert_eq!(w.engine.counters().l7_requests_allowed, 0, "case {i}");
+            assert!(w.engine.counters().l7_requests_denied >= 1, "case {i}");
         }
     }
 }

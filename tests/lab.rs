@@ -520,7 +520,10 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
         .unwrap();
         lab.signal(libc::SIGHUP);
         let t = Instant::now();
-        while !lab.enforcer_stderr().contains("reload failed") {
+        // The refusal and the errors under it are separate lines: wait for both.
+        while !(lab.enforcer_stderr().contains("reload failed")
+            && lab.enforcer_stderr().contains("broken.yaml"))
+        {
             assert!(
                 t.elapsed() < Duration::from_secs(5),
                 "{}",

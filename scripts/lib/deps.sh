@@ -8,6 +8,8 @@ APT_PACKAGES=(
   iproute2 ethtool iputils-ping procps psmisc tcpdump
   # real servers and clients
   memcached netcat-openbsd curl wrk python3 python3-pip
+  # memaslap (memcaslap) and nginx for the compatibility lab
+  libmemcached-tools nginx-light
 )
 # h11 and httptools: reference parsers of tests/http_differential.rs
 PIP_PACKAGES=(python-binary-memcached pymemcache h11 httptools)

@@ -128,6 +128,44 @@ pub fn strip_sack(frame: &mut [u8], meta: &FrameMeta) -> bool {
     changed
 }
 
+/// The window-scale shift a SYN or SYN-ACK announces (RFC 7323 2.2; at most
+/// 14), or None when it carries no window-scale option.
+pub fn tcp_wscale(frame: &[u8], meta: &FrameMeta) -> Option<u8> {
+    let t = meta.tcp()?;
+    let start = meta.l4_off + TCP_MIN_HEADER;
+    let end = (meta.l4_off + t.header_len).min(frame.len());
+    let mut i = start;
+    while i < end {
+        match frame[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(*frame.get(i + 1)?);
+                if len < 2 || i + len > end {
+                    break;
+                }
+                if kind == 3 && len == 3 {
+                    return Some(frame[i + 2].min(14));
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
+/// Set the TCP window field (the caller fixes the checksum, or calls
+/// `fix_tcp_checksum`). False when the frame has no room for it.
+pub fn set_window(frame: &mut [u8], meta: &FrameMeta, window: u16) -> bool {
+    match frame.get_mut(meta.l4_off + 14..meta.l4_off + 16) {
+        Some(w) if meta.tcp().is_some() => {
+            w.copy_from_slice(&window.to_be_bytes());
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Recompute the TCP checksum of a frame in place.
 pub fn fix_tcp_checksum(frame: &mut [u8], meta: &FrameMeta) {
     let (l3, l4, end) = (meta.l3_off, meta.l4_off, meta.payload_end);

@@ -97,6 +97,8 @@ pub(super) struct FromClient {
     pub(super) max_seg: usize,
     /// The client's latest window, put on segments towards the server.
     pub(super) win: u16,
+    /// Window-scale shift the client's SYN announced (None: no option).
+    pub(super) wscale: Option<u8>,
     /// Latest client ack of the server stream, client view; only grows, and
     /// never beyond what the client was sent.
     pub(super) ack_view: u64,
@@ -124,8 +126,11 @@ pub(super) struct FromServer {
     pub(super) next: u64,
     /// The server's FIN, at this offset.
     pub(super) fin: Option<u64>,
-    /// The server's latest window, put on segments towards the client.
+    /// The server's latest window as the server sent it; the client is
+    /// offered `Stream::client_window` instead.
     pub(super) win: u16,
+    /// Window-scale shift the server's SYN-ACK announced.
+    pub(super) wscale: Option<u8>,
     /// Latest server ack of the client stream, server offsets; only grows,
     /// never beyond `c_out()`.
     pub(super) ack: u64,
@@ -179,6 +184,7 @@ impl<P: Protocol> Stream<P> {
                 removed: Removed::default(),
                 max_seg: MIN_SEG,
                 win: 0,
+                wscale: None,
                 ack_view: 0,
                 tpl: None,
                 sent: VecDeque::new(),
@@ -189,6 +195,7 @@ impl<P: Protocol> Stream<P> {
                 next: 0,
                 fin: None,
                 win: 0,
+                wscale: None,
                 ack: 0,
                 buf: Vec::new(),
                 scanned: 0,
@@ -262,6 +269,52 @@ impl<P: Protocol> Stream<P> {
         )
     }
 
+    /// The window field offered to the client, in place of the server's.
+    ///
+    /// Every client byte past the ack the client holds is kept here until
+    /// the server acknowledges it: released bytes (`cli.sent`), undecided
+    /// ones (`cli.buf`) and, after a reordering or a loss, out-of-order ones
+    /// (a ring of `max_held_bytes` from the next expected byte). Passing on
+    /// a larger server window would let an honest client send more than
+    /// that, and the excess would be dropped (`l7-hold-overflow`) and crawl
+    /// back by retransmission: so the offer is never above `max_held_bytes`.
+    ///
+    /// The other way round, a request head is held whole until judged, and
+    /// the server cannot acknowledge bytes it was not given: a head larger
+    /// than the server's window (a 187 KB multi-get against a 64 KB window)
+    /// would leave the client waiting for an ack that never comes. While a
+    /// head is held the offer therefore covers it plus the server's window,
+    /// up to `max_held_bytes`; the bytes the server's window cannot take
+    /// when the head is released are kept in `cli.sent` and reach it by the
+    /// client's retransmissions, as after any loss.
+    pub(super) fn client_window(&self) -> u16 {
+        // The server's field is scaled only when both SYNs carried the option.
+        let shift = match (self.cli.wscale, self.srv.wscale) {
+            (Some(_), Some(s)) => u32::from(s),
+            _ => 0,
+        };
+        let server = u64::from(self.srv.win) << shift;
+        let held = match self.cli.req {
+            ReqState::Head => self.cli.buf.len() as u64,
+            _ => 0,
+        };
+        let offer = (server + held).min(self.limit as u64);
+        // Round up so that a small offer does not scale down to zero.
+        let field = (offer + (1 << shift) - 1) >> shift;
+        field.min(u64::from(u16::MAX)) as u16
+    }
+
+    /// Put `client_window` on a server frame passed on to the client.
+    pub(super) fn offer_window(&self, frame: &mut [u8], meta: &FrameMeta) {
+        let w = self.client_window();
+        let at = meta.l4_off + 14;
+        if frame.get(at..at + 2).is_some_and(|f| f != w.to_be_bytes())
+            && build::set_window(frame, meta, w)
+        {
+            build::fix_tcp_checksum(frame, meta);
+        }
+    }
+
     /// Build a segment towards the server (client template) or the client.
     pub(super) fn seg(
         &self,
@@ -278,8 +331,8 @@ impl<P: Protocol> Stream<P> {
             }
         } else {
             match (&self.srv.tpl, &self.cli.tpl) {
-                (Some(t), _) => (t, false, self.ack_to_client(), self.srv.win),
-                (None, Some(t)) => (t, true, self.ack_to_client(), self.srv.win),
+                (Some(t), _) => (t, false, self.ack_to_client(), self.client_window()),
+                (None, Some(t)) => (t, true, self.ack_to_client(), self.client_window()),
                 _ => return None,
             }
         };

@@ -45,6 +45,7 @@ impl<P: Protocol> Stream<P> {
                 self.srv.abs = Some(Abs { base: isn });
                 self.srv.tpl = Some(Template::of(frame, meta));
                 self.srv.win = t.window;
+                self.srv.wscale = build::tcp_wscale(frame, meta);
             }
             Some(a) if a.base != isn => return Verdict::Drop(DropReason::TcpInvalid),
             Some(_) => {}
@@ -144,6 +145,7 @@ impl<P: Protocol> Stream<P> {
             self.srv.fin = Some(self.srv.next);
         }
         if !modified_before && inj.is_empty() {
+            self.offer_window(frame, meta);
             return Verdict::Forward(to_client);
         }
         let mut blocks = Vec::with_capacity(inj.len());
@@ -174,6 +176,7 @@ impl<P: Protocol> Stream<P> {
             }
             build::strip_sack(frame, meta);
             let ack = self.ack_to_client();
+            build::set_window(frame, meta, self.client_window());
             build::set_seq_ack(frame, meta, seq, ack);
             if before {
                 // The frame must follow what was emitted before it.

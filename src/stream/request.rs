@@ -82,6 +82,7 @@ impl<P: Protocol> Stream<P> {
             });
             self.cli.tpl = Some(Template::of(frame, meta));
             self.cli.win = t.window;
+            self.cli.wscale = build::tcp_wscale(frame, meta);
         }
         Verdict::Forward(other(self.client_side))
     }
@@ -322,8 +323,23 @@ impl<P: Protocol> Stream<P> {
         }
         if denied || (len > 0 && e <= decided_before as i64) {
             self.ack_client(ctx, out);
+        } else if len > 0 && !self.closed && self.holds_large_head() {
+            // The server acknowledges none of a held head: only our window
+            // update lets the client send the rest of it (`client_window`).
+            self.ack_client(ctx, out);
         }
         Verdict::Consumed
+    }
+
+    /// A request head is held that may not fit the server's window: at
+    /// least half of it is in use by the head.
+    fn holds_large_head(&self) -> bool {
+        let shift = match (self.cli.wscale, self.srv.wscale) {
+            (Some(_), Some(s)) => u32::from(s),
+            _ => 0,
+        };
+        let server = u64::from(self.srv.win) << shift;
+        matches!(self.cli.req, ReqState::Head) && self.cli.buf.len() as u64 * 2 >= server
     }
 
     /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
@@ -506,7 +522,7 @@ impl<P: Protocol> Stream<P> {
 
     /// Bytes in flight to the server, at most: beyond it new client data is
     /// dropped (and retransmitted by the client later).
-    fn sent_limit(&self) -> usize {
+    pub(super) fn sent_limit(&self) -> usize {
         self.limit.saturating_mul(4)
     }
 

@@ -847,3 +847,50 @@ fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
     assert_eq!(r.client.data, b"denied a\nB\n");
     r.assert_healthy();
 }
+
+/// The window the client is offered: never more than the enforcer can hold
+/// of the client's bytes (`max_held_bytes`), and while a head is held,
+/// enough for the head plus the server's window (the server cannot
+/// acknowledge what it was not given).
+#[test]
+fn client_is_offered_only_the_window_the_enforcer_can_honour() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    let window = |f: &[u8]| parse(f).unwrap().tcp().unwrap().window;
+    let server_ack = |r: &mut Rig<Toy>, win: u16| {
+        let mut f = r.server.ack();
+        let m = parse(&f).unwrap();
+        f[m.l4_off + 14..m.l4_off + 16].copy_from_slice(&win.to_be_bytes());
+        crate::packet::build::fix_tcp_checksum(&mut f, &m);
+        r.input(SERVER, f);
+    };
+    // The server offers 65535: passed on as 64.
+    server_ack(&mut r, 65535);
+    assert_eq!(window(r.to_client.last().unwrap()), 64);
+    r.deliver();
+    // A 40-byte head held whole while the server offers 16: the client is
+    // told it may send the head and 16 more, and told at once.
+    server_ack(&mut r, 16);
+    assert_eq!(window(r.to_client.last().unwrap()), 16);
+    r.deliver();
+    r.to_client.clear();
+    let head = [b"ALLOW ".as_slice(), &[b'x'; 34]].concat();
+    let seg = r.client_seg(&head);
+    r.input(CLIENT, seg);
+    let update = r.to_client.last().expect("a window update");
+    assert_eq!(window(update), 16 + 40);
+    assert!(r.server.data.is_empty());
+    r.deliver();
+    // Once the head is decided and released, the server's window again.
+    r.client_send(b"\n");
+    r.deliver();
+    server_ack(&mut r, 16);
+    assert_eq!(window(r.to_client.last().unwrap()), 16);
+    r.server_send(b"X\n");
+    r.deliver();
+    assert_eq!(r.server.data, [head.as_slice(), b"\n"].concat());
+    r.assert_healthy();
+}

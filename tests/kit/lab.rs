@@ -487,6 +487,23 @@ impl Lab {
             .collect()
     }
 
+    /// The verdict log once `done` holds for it (the log is written by its
+    /// own thread, a moment after the frame was judged), or as it is after
+    /// 5 s so that the caller's assertion reports what was there.
+    pub fn verdicts_when(
+        &self,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let t = std::time::Instant::now();
+        loop {
+            let v = self.verdicts();
+            if done(&v) || t.elapsed() > std::time::Duration::from_secs(5) {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The verdict log written so far.
     pub fn verdicts(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)

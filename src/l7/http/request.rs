@@ -109,10 +109,13 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
     let (i, target) = lift(take_while1(is_target_char)(i), "bad request-target")?;
     let (i, _) = lift(sp(i), "bad request line")?;
     let (i, _) = lift(tag(&b"HTTP/1."[..])(i), "unsupported HTTP version")?;
-    let version = match i.first() {
+    // RFC 9110 §2.5: a later minor version is processed as the highest one
+    // the recipient implements (nginx serves HTTP/1.2 as 1.1).
+    let (version, later_minor) = match i.first() {
         None => return Err(Stop::NeedMore),
-        Some(b'0') => Version::Http10,
-        Some(b'1') => Version::Http11,
+        Some(b'0') => (Version::Http10, false),
+        Some(b'1') => (Version::Http11, false),
+        Some(b'2'..=b'9') => (Version::Http11, true),
         Some(_) => return Err(Stop::Invalid("unsupported HTTP version")),
     };
     let i = crlf(&i[1..])?;
@@ -199,6 +202,10 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         }
         if version == Version::Http10 {
             return Err(Stop::Invalid("Transfer-Encoding in HTTP/1.0"));
+        }
+        if later_minor {
+            // A server that does not take 1.x as 1.1 may not read chunked.
+            return Err(Stop::Invalid("Transfer-Encoding in HTTP/1.2 or later"));
         }
         if !te.chunked_last || te.chunked_misplaced {
             return Err(Stop::Invalid("Transfer-Encoding does not end with chunked"));
@@ -409,6 +416,10 @@ mod tests {
             invalid("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             "Transfer-Encoding in HTTP/1.0"
         );
+        assert_eq!(
+            invalid("POST / HTTP/1.2\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "Transfer-Encoding in HTTP/1.2 or later"
+        );
         invalid("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n");
     }
 
@@ -419,7 +430,11 @@ mod tests {
         invalid("GET  /a HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("G(T /a HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET /a HTTP/2.0\r\nHost: a\r\n\r\n");
-        invalid("GET /a HTTP/1.2\r\nHost: a\r\n\r\n");
+        // A later minor version is HTTP/1.1 (RFC 9110 §2.5), Host and all.
+        let h = ok("GET /a HTTP/1.2\r\nHost: a\r\n\r\n");
+        assert_eq!(h.req.version, Version::Http11);
+        invalid("GET /a HTTP/1.2\r\n\r\n");
+        invalid("GET /a HTTP/1.10\r\nHost: a\r\n\r\n");
         invalid("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET /\x7fa HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET /a HTTP/1.1 \r\nHost: a\r\n\r\n");

@@ -44,6 +44,12 @@ pub enum TextCmd {
     MaDecr,
     Mn,
     Me,
+    Extstore,
+    RefreshCerts,
+    Debugtime,
+    /// A line memcached does not know as a command (it answers `ERROR`):
+    /// an unknown name, a blank line, a one-letter word.
+    Unknown,
 }
 
 impl TextCmd {
@@ -82,6 +88,10 @@ impl TextCmd {
             MaIncr | MaDecr => "ma",
             Mn => "mn",
             Me => "me",
+            Extstore => "extstore",
+            RefreshCerts => "refresh_certs",
+            Debugtime => "debugtime",
+            Unknown => "unknown",
         }
     }
 
@@ -258,6 +268,9 @@ impl CmdSet {
             "noop" => CmdSet::of(&[Mn], &[0x0a]),
             "verbosity" => CmdSet::of(&[Verbosity], &[0x1b]),
             "shutdown" => CmdSet::of(&[Shutdown], &[]),
+            "extstore" => CmdSet::of(&[Extstore], &[]),
+            "refresh_certs" => CmdSet::of(&[RefreshCerts], &[]),
+            "debugtime" => CmdSet::of(&[Debugtime], &[]),
             "sasl-list-mechs" => CmdSet::of(&[], &[0x20]),
             "sasl-auth" => CmdSet::of(&[], &[0x21]),
             "sasl-step" => CmdSet::of(&[], &[0x22]),

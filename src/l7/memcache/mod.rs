@@ -51,7 +51,7 @@ pub enum Mode {
 }
 
 /// memcached on one connection; the first byte the client sends picks the
-/// protocol (>= 0x80: binary) for the whole connection.
+/// protocol (0x80, the request magic: binary) for the whole connection.
 #[derive(Debug, Default, Clone)]
 pub struct Memcache {
     mode: Option<Mode>,
@@ -68,6 +68,9 @@ impl Memcache {
 }
 
 pub const TEXT_DENIAL: &[u8] = b"CLIENT_ERROR access denied\r\n";
+/// What memcached answers to a line it does not know as a command; the
+/// enforcer answers the same when no rule lets such a line through.
+pub const TEXT_UNKNOWN: &[u8] = b"ERROR\r\n";
 
 impl Protocol for Memcache {
     type Request = McRequest;
@@ -80,7 +83,12 @@ impl Protocol for Memcache {
             (None, Some(&b)) => {
                 *self
                     .mode
-                    .insert(if b >= 0x80 { Mode::Binary } else { Mode::Text })
+                    // memcached's own test: exactly the request magic.
+                    .insert(if b == binary::MAGIC_REQUEST {
+                        Mode::Binary
+                    } else {
+                        Mode::Text
+                    })
             }
         };
         match mode {
@@ -114,6 +122,7 @@ impl Protocol for Memcache {
         }
         match req.command {
             Command::Binary(op) => Some(binary::deny_response(op, req.opaque)),
+            Command::Text(TextCmd::Unknown) => Some(TEXT_UNKNOWN.to_vec()),
             Command::Text(_) => Some(TEXT_DENIAL.to_vec()),
         }
     }
@@ -284,15 +293,53 @@ mod tests {
         assert_eq!(m.mode(), None);
         parse(&mut m, b"get a\r\n");
         assert_eq!(m.mode(), Some(Mode::Text));
-        // A text connection never switches to binary.
-        assert!(matches!(
-            m.parse_request(&binary::request(0, 0, &[], b"k", &[])),
-            Parse::Invalid(_)
-        ));
+        // A text connection never switches to binary: its bytes are a text
+        // line to memcached too (the NULs in it end that line early).
+        let mut bin = binary::request(0, 0, &[], b"k", &[]);
+        assert_eq!(m.parse_request(&bin), Parse::NeedMore);
+        bin.push(b'\n');
+        assert!(matches!(m.parse_request(&bin), Parse::Invalid(_)));
+        // Only the request magic itself selects binary, as in memcached.
+        let mut t = Memcache::new();
+        parse(&mut t, b"\x81x\r\n");
+        assert_eq!(t.mode(), Some(Mode::Text));
         let mut b = Memcache::new();
         parse(&mut b, &binary::request(0, 0, &[], b"k", &[]));
         assert_eq!(b.mode(), Some(Mode::Binary));
         assert!(matches!(b.parse_request(b"get a\r\n"), Parse::Invalid(_)));
+    }
+
+    #[test]
+    fn unknown_lines_get_memcacheds_answer_unless_allowed_everything() {
+        let m = Memcache::new();
+        for s in ["bogus\r\n", "\r\n", "GET k\r\n"] {
+            let r = treq(s);
+            assert_eq!(m.deny_reply(&r).unwrap(), b"ERROR\r\n", "{s:?}");
+            assert!(m.expects_reply(&r));
+        }
+        let r = treq("bogus\r\n");
+        let everything = MemcacheRule::compile(&MemcacheRuleSpec::default()).unwrap();
+        assert!(everything.matches(&r));
+        for g in ["get", "set", "storage", "writeGroup", "stats"] {
+            assert!(!rule(g, "k").matches(&r), "{g}");
+            let any = MemcacheRule::compile(&spec(Some(g), None, None, None)).unwrap();
+            assert!(!any.matches(&r), "{g}");
+        }
+        // A line memcached rejects is judged as its command, keys included.
+        let bad = treq("set k 0 0 -1\r\n");
+        assert!(rule("set", "k").matches(&bad));
+        assert!(!rule("set", "other").matches(&bad));
+        assert_eq!(m.deny_reply(&bad).unwrap(), TEXT_DENIAL);
+        for (g, s) in [
+            ("extstore", "extstore compact_gas 1\r\n"),
+            ("refresh_certs", "refresh_certs\r\n"),
+            ("debugtime", "debugtime 1\r\n"),
+            ("misbehave", "misbehave\r\n"),
+            ("get", "bget k\r\n"),
+        ] {
+            let any = MemcacheRule::compile(&spec(Some(g), None, None, None)).unwrap();
+            assert!(any.matches(&treq(s)), "{g}");
+        }
     }
 
     #[test]

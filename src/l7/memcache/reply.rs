@@ -46,8 +46,11 @@ pub fn parse_text(buf: &[u8], req: Option<&McRequest>) -> Parse<ReplyHead> {
         _ => None,
     };
     let unsolicited = req.is_none();
-    // A reply to `mn` other than `MN` answers an earlier quiet meta request.
+    // While the oldest request awaiting a reply is `mn`, any reply other
+    // than `MN` answers an earlier quiet meta request (its hit, or an error:
+    // `q` does not hide those).
     let quiet_meta = cmd == Some(TextCmd::Mn) && first != b"MN";
+    let single = |u| unit(head_len, ReplyBody::None, true, u);
     match first {
         b"VALUE" => {
             let _key = toks.next();
@@ -68,21 +71,40 @@ pub fn parse_text(buf: &[u8], req: Option<&McRequest>) -> Parse<ReplyHead> {
         },
         // Multi-line listings (stats, stats cachedump, stats detail dump).
         b"STAT" | b"ITEM" | b"PREFIX" => unit(head_len, ReplyBody::None, false, unsolicited),
+        // Errors end the reply whatever the request (`ERROR: shutdown not
+        // enabled`, `ERROR metadump not allowed`, `Error TLS not enabled`,
+        // a refused `watch`).
+        e if e.len() >= 5 && e[..5].eq_ignore_ascii_case(b"ERROR")
+            || e == b"CLIENT_ERROR"
+            || e == b"SERVER_ERROR" =>
+        {
+            single(unsolicited || quiet_meta)
+        }
         _ if cmd == Some(TextCmd::Watch) => {
             unit(head_len, ReplyBody::UntilClose, true, unsolicited)
         }
-        b"END" | b"STORED" | b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND" | b"DELETED" | b"TOUCHED"
-        | b"OK" | b"RESET" | b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR" | b"VERSION"
-        | b"BUSY" | b"BADCLASS" | b"NOSPARE" | b"NOTFULL" | b"UNSAFE" | b"SAME" | b"MN" => {
-            unit(head_len, ReplyBody::None, true, unsolicited)
-        }
-        b"HD" | b"EN" | b"NF" | b"NS" | b"EX" | b"ME" => {
-            unit(head_len, ReplyBody::None, true, unsolicited || quiet_meta)
-        }
+        b"END"
+        | b"STORED"
+        | b"NOT_STORED"
+        | b"EXISTS"
+        | b"NOT_FOUND"
+        | b"DELETED"
+        | b"TOUCHED"
+        | b"OK"
+        | b"RESET"
+        | b"VERSION"
+        | b"BUSY"
+        | b"BADCLASS"
+        | b"NOSPARE"
+        | b"NOTFULL"
+        | b"UNSAFE"
+        | b"SAME"
+        | b"MN"
+        | b"MEMLIMIT_TOO_SMALL"
+        | b"MEMLIMIT_ADJUST_FAILED" => single(unsolicited),
+        b"HD" | b"EN" | b"NF" | b"NS" | b"EX" | b"ME" => single(unsolicited || quiet_meta),
         // incr/decr result.
-        n if !n.is_empty() && n.iter().all(u8::is_ascii_digit) => {
-            unit(head_len, ReplyBody::None, true, unsolicited)
-        }
+        n if !n.is_empty() && n.iter().all(u8::is_ascii_digit) => single(unsolicited),
         // lru_crawler metadump lines (`key=... exp=...`) until END.
         _ if cmd == Some(TextCmd::LruCrawler) => {
             unit(head_len, ReplyBody::None, false, unsolicited)
@@ -131,6 +153,44 @@ mod tests {
             Parse::Complete(h) => (h.head_len, h.body, h.last, h.unsolicited),
             o => panic!("{s:?}: {o:?}"),
         }
+    }
+
+    #[test]
+    fn server_errors_and_admin_answers_are_one_line() {
+        for (req, line) in [
+            ("shutdown\r\n", "ERROR: shutdown not enabled\r\n"),
+            ("refresh_certs\r\n", "Error TLS not enabled\r\n"),
+            (
+                "cache_memlimit 1\r\n",
+                "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n",
+            ),
+            (
+                "lru_crawler metadump all\r\n",
+                "ERROR metadump not allowed\r\n",
+            ),
+            ("watch\r\n", "CLIENT_ERROR watch commands not allowed\r\n"),
+            ("bogus\r\n", "ERROR\r\n"),
+            (
+                "set k 0 0 -1\r\n",
+                "CLIENT_ERROR bad command line format\r\n",
+            ),
+        ] {
+            let r = treq(req);
+            assert_eq!(
+                t(line, Some(&r)),
+                (line.len(), ReplyBody::None, true, false),
+                "{req:?}"
+            );
+        }
+        // After `watch` is accepted, the log stream runs until close.
+        assert_eq!(
+            t("OK\r\n", Some(&treq("watch\r\n"))).1,
+            ReplyBody::UntilClose
+        );
+        // An error while `mn` waits answers an earlier quiet meta request.
+        let mn = treq("mn\r\n");
+        assert!(t("CLIENT_ERROR bad data chunk\r\n", Some(&mn)).3);
+        assert!(!t("MN\r\n", Some(&mn)).3);
     }
 
     #[test]
