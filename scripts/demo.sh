@@ -3,35 +3,67 @@
 # Wars demo, replayed through the enforcer in a veth lab with the policies in
 # policies/. Prints each command and what it answers, as the seed documents do.
 #
-# Usage: sudo scripts/demo.sh [--host-mode] [--debug]
+# Usage: scripts/demo.sh [starwars-2017] [--host-mode] [--debug]   (as root)
+#   starwars-2017: the 2017 Star Wars demo exactly as typed (IPv6, the demo's
+#                JSON files through `enforcer policy import`), every output
+#                checked; exits 1 on the first difference from the transcript
 #   --host-mode: the server protects itself (`enforcer --iface eth0` on the
 #                server, no wire in between) instead of an inline enforcer
 #   --debug:     skip the release build
+#   ENFORCER_BIN=PATH: use this binary, build nothing (the tests do)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROFILE=release
 HOST_MODE=0
+SCENARIO=seeds
 for a in "$@"; do
   case $a in
     --debug) PROFILE=debug ;;
     --host-mode) HOST_MODE=1 ;;
-    *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+    starwars-2017) SCENARIO=starwars-2017 ;;
+    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
   esac
 done
-source scripts/lib/deps.sh
-install_deps
-if [ "$PROFILE" = release ]; then cargo build --release -q; else cargo build -q; fi
-BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/enforcer"
+if [ -n "${ENFORCER_BIN:-}" ]; then
+  BIN=$(realpath "$ENFORCER_BIN")
+else
+  source scripts/lib/deps.sh
+  install_deps
+  if [ "$PROFILE" = release ]; then cargo build --release -q; else cargo build -q; fi
+  BIN=$(realpath "${CARGO_TARGET_DIR:-target}/$PROFILE/enforcer")
+fi
 
 export LAB_PREFIX="demo$$"
 STATE="/run/enforcer-lab/$LAB_PREFIX"
 LAB="scripts/lab.sh"
+source scripts/lib/starwars-2017.sh
 cleanup() {
   [ -n "${EPID:-}" ] && kill -TERM "$EPID" 2>/dev/null && wait "$EPID" 2>/dev/null || true
+  sw2017_cleanup
   bash "$LAB" down
 }
 trap cleanup EXIT
+
+on() { local h=$1; shift; ip netns exec "$LAB_PREFIX-$h" "$@"; }
+say() { printf '\n# %s\n' "$*"; }
+wait_ready() {
+  for _ in $(seq 300); do
+    grep -q '^ready ' "$STATE/enforcer.out" 2>/dev/null && break
+    kill -0 "$EPID" 2>/dev/null || { cat "$STATE/enforcer.err" >&2; exit 1; }
+    sleep 0.1
+  done
+  grep '^ready ' "$STATE/enforcer.out" || { echo "enforcer not ready" >&2; exit 1; }
+}
+
+if [ $SCENARIO = starwars-2017 ]; then
+  [ $HOST_MODE = 1 ] && { echo "starwars-2017 runs inline only" >&2; exit 2; }
+  bash "$LAB" up
+  rc=0
+  sw2017 || rc=$?
+  exit $rc
+fi
+
 if [ $HOST_MODE = 1 ]; then
   bash "$LAB" up --host-mode
   echo "== starting the enforcer on the server itself: enforcer --iface eth0 --policy policies/"
@@ -44,15 +76,8 @@ else
     --log "$STATE/verdicts.jsonl" >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
 fi
 EPID=$!
-for _ in $(seq 300); do
-  grep -q '^ready ' "$STATE/enforcer.out" 2>/dev/null && break
-  kill -0 "$EPID" 2>/dev/null || { cat "$STATE/enforcer.err" >&2; exit 1; }
-  sleep 0.1
-done
-grep '^ready ' "$STATE/enforcer.out" || { echo "enforcer not ready" >&2; exit 1; }
+wait_ready
 
-on() { local h=$1; shift; ip netns exec "$LAB_PREFIX-$h" "$@"; }
-say() { printf '\n# %s\n' "$*"; }
 show() { local h=$1; shift; printf '%s$ %s\n' "$h" "$*"; on "$h" bash -c "$*" || true; }
 
 # A python session in one ship, printed like the guide's interpreter.

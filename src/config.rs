@@ -85,6 +85,10 @@ pub struct EngineConfig {
     /// Initial retransmission timeout for bytes the engine injected.
     pub inject_rto_ns: u64,
     pub fail: FailMode,
+    /// Audit mode: what the policy would deny (a new flow at L3/L4, a
+    /// request at L7) is forwarded and logged with verdict `audit` and the
+    /// reason it would have been denied.
+    pub audit: bool,
 }
 
 const SEC: u64 = 1_000_000_000;
@@ -112,6 +116,7 @@ impl Default for EngineConfig {
             frag_timeout_ns: 30 * SEC,
             inject_rto_ns: 200_000_000,
             fail: FailMode::Closed,
+            audit: false,
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Counters {
     pub fragments_reassembled: u64,
     pub l7_requests_allowed: u64,
     pub l7_requests_denied: u64,
+    /// Audit mode: requests the policy would deny, forwarded.
+    pub l7_requests_audited: u64,
     /// Times a held request or reply head was parsed: about one per
     /// arriving line, not one per segment (see `Protocol::head_may_end`).
     pub l7_head_parses: u64,
@@ -99,6 +101,7 @@ impl Counters {
         self.fragments_reassembled += o.fragments_reassembled;
         self.l7_requests_allowed += o.l7_requests_allowed;
         self.l7_requests_denied += o.l7_requests_denied;
+        self.l7_requests_audited += o.l7_requests_audited;
         self.l7_head_parses += o.l7_head_parses;
         self.l7_internal_errors += o.l7_internal_errors;
         self.l7_held_bytes += o.l7_held_bytes;

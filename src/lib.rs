@@ -11,7 +11,8 @@
 //! 4. `stream`: per-connection L7 state over the policy's rule sets;
 //! 5. `engine`: flow table, L3/L4 verdicts, hands L7 flows to `stream`;
 //! 6. shells: `dataplane` (AF_XDP), `hostmode` (kernel side of host mode),
-//!    `replay` (pcap), and the binary (`main.rs`).
+//!    `replay` (pcap); over them `control` (the control socket, policy
+//!    import, observers, metrics) and the binary (`main.rs`).
 //!
 //! Nothing below the shells performs I/O or reads a clock: time is passed in.
 //! Only the shells that talk to the kernel may use `unsafe`.
@@ -40,3 +41,5 @@ pub mod dataplane;
 #[allow(unsafe_code)]
 pub mod hostmode;
 pub mod replay;
+
+pub mod control;

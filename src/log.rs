@@ -14,6 +14,8 @@ use std::net::IpAddr;
 pub enum Decision {
     Allow,
     Deny,
+    /// Audit mode: would have been denied (`reason`), forwarded.
+    Audit,
 }
 
 /// The 5-tuple as seen by the initiator of the flow.

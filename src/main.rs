@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
+use enforcer::control::{self, client, client::Format, filter::Filter};
 use enforcer::dataplane::{self, PollMode, RunArgs};
 use enforcer::hostmode::steer::FailMode;
 use enforcer::policy;
@@ -17,7 +18,14 @@ use enforcer::replay::{self, ReplayArgs};
     name = "enforcer",
     version,
     about = "Inline L7 network policy enforcer (AF_XDP) for CiliumNetworkPolicy",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+      enforcer --iface eth1 --peer eth2 --policy /etc/enforcer      inline between two ports\n  \
+      enforcer --iface eth0                                         protect this host (host mode)\n  \
+      enforcer --iface eth1 --peer eth2 --metrics 127.0.0.1:9464    with Prometheus metrics\n  \
+      enforcer status                                               ask the running enforcer\n  \
+      enforcer policy import sw_policy_http.yaml                    change its policy\n  \
+      enforcer observe --verdict deny                               follow its denials"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,19 +34,120 @@ struct Cli {
     run: RunOpts,
 }
 
+#[derive(Args, Debug, Clone)]
+struct ControlOpt {
+    /// Control socket of the enforcer to talk to.
+    #[arg(long, env = "ENFORCER_CONTROL", default_value = control::DEFAULT_CONTROL)]
+    control: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct OutputOpt {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: Format,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Print the policies in force and their revision.
+    #[command(after_help = "Example:\n  enforcer policy get -o json")]
+    Get {
+        #[command(flatten)]
+        control: ControlOpt,
+        #[command(flatten)]
+        out: OutputOpt,
+    },
+    /// Validate a policy file, write it into the policy directory (replacing
+    /// one of the same name) and reload; prints the new revision. Nothing
+    /// changes when it has errors.
+    #[command(
+        after_help = "Example:\n  enforcer policy import sw_policy_http.real.json\n  Revision: 3"
+    )]
+    Import {
+        #[command(flatten)]
+        control: ControlOpt,
+        /// CiliumNetworkPolicy YAML, Endpoints, or a 2017 JSON policy.
+        file: PathBuf,
+    },
+    /// Remove a policy file (by name, extension optional) and reload.
+    #[command(after_help = "Example:\n  enforcer policy delete sw_policy_http.real")]
+    Delete {
+        #[command(flatten)]
+        control: ControlOpt,
+        name: String,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Show a running enforcer: mode, AF_XDP binding, workers, policy revision, counters.
+    #[command(
+        after_help = "Examples:\n  enforcer status\n  enforcer status -o json --control /run/enforcer/lab.sock"
+    )]
+    Status {
+        #[command(flatten)]
+        control: ControlOpt,
+        #[command(flatten)]
+        out: OutputOpt,
+    },
+    /// Get, import or delete the policies of a running enforcer.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Follow a running enforcer's verdicts (all given filters must match;
+    /// a filter given twice matches either value).
+    #[command(after_help = "Examples:\n  \
+        enforcer observe --verdict deny\n  \
+        enforcer observe --from-label org=alliance --protocol http --http-method PUT\n  \
+        enforcer observe --memcache-command get --memcache-key awing-coord -o json")]
+    Observe {
+        #[command(flatten)]
+        control: ControlOpt,
+        #[command(flatten)]
+        out: OutputOpt,
+        /// allow, deny or audit.
+        #[arg(long)]
+        verdict: Vec<String>,
+        /// Source endpoint label: KEY or KEY=VALUE.
+        #[arg(long)]
+        from_label: Vec<String>,
+        /// Destination endpoint label: KEY or KEY=VALUE.
+        #[arg(long)]
+        to_label: Vec<String>,
+        /// http, memcache, tcp, udp or icmp.
+        #[arg(long)]
+        protocol: Vec<String>,
+        #[arg(long)]
+        http_method: Vec<String>,
+        /// Regular expression matched against the whole path.
+        #[arg(long)]
+        http_path: Vec<String>,
+        #[arg(long)]
+        memcache_command: Vec<String>,
+        #[arg(long)]
+        memcache_key: Vec<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Validate policies and endpoints and print what they allow.
+    #[command(after_help = "Example:\n  enforcer check /etc/enforcer")]
     Check {
         /// Policy file or directory.
         path: PathBuf,
     },
     /// Print a 2017-format (JSON) policy as CiliumNetworkPolicy YAML.
+    #[command(after_help = "Example:\n  enforcer convert sw_policy_http.real.json > sw.yaml")]
     Convert {
         /// Legacy policy file.
         path: PathBuf,
     },
     /// Run the engine over a capture: frames that would leave the enforcer and the verdict log.
+    #[command(
+        after_help = "Example:\n  enforcer replay --policy policies in.pcap -w out.pcap --log verdicts.jsonl"
+    )]
     Replay {
         #[arg(long)]
         policy: PathBuf,
@@ -83,6 +192,16 @@ struct RunOpts {
     /// dropped until the enforcer runs again.
     #[arg(long, value_enum, default_value = "open")]
     fail: FailMode,
+    /// Control socket (status, policy, observe) [default: /run/enforcer/enforcer.sock].
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (host:port) at /metrics (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Do not reload when a file in the policy directory changes (SIGHUP and
+    /// `enforcer policy` still do).
+    #[arg(long)]
+    no_watch: bool,
     #[command(flatten)]
     engine: EngineOpts,
 }
@@ -107,6 +226,10 @@ struct EngineOpts {
     /// Drop non-IP frames (ARP, ...) instead of passing them.
     #[arg(long)]
     drop_non_ip: bool,
+    /// Audit mode: forward what the policy would deny (new flows at L3/L4,
+    /// requests at L7) and log it with verdict `audit` and the reason.
+    #[arg(long)]
+    audit: bool,
     /// Bytes all L7 flows of a worker may hold together; above it no flow
     /// starts holding more (docs/security.md).
     #[arg(long, default_value_t = EngineConfig::default().max_held_total)]
@@ -159,6 +282,7 @@ impl EngineOpts {
                 SynArg::Reset => SynDenyAction::Reset,
             },
             pass_non_ip: !self.drop_non_ip,
+            audit: self.audit,
             max_held_total: self.max_held_total,
             fail: match self.l7_fail {
                 L7FailArg::Closed => enforcer::config::FailMode::Closed,
@@ -172,6 +296,40 @@ impl EngineOpts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Some(Cmd::Status { control, out }) => client::status(&control.control, out.output),
+        Some(Cmd::Policy { cmd }) => match cmd {
+            PolicyCmd::Get { control, out } => client::policy_get(&control.control, out.output),
+            PolicyCmd::Import { control, file } => client::policy_import(&control.control, &file),
+            PolicyCmd::Delete { control, name } => client::policy_delete(&control.control, &name),
+        },
+        Some(Cmd::Observe {
+            control,
+            out,
+            verdict,
+            from_label,
+            to_label,
+            protocol,
+            http_method,
+            http_path,
+            memcache_command,
+            memcache_key,
+            count,
+        }) => {
+            let filter = Filter {
+                verdict,
+                from_label,
+                to_label,
+                protocol,
+                http_method,
+                http_path,
+                memcache_command,
+                memcache_key,
+            };
+            match filter.clone().compile() {
+                Err(e) => Err(e),
+                Ok(_) => client::observe(&control.control, filter, out.output, count),
+            }
+        }
         Some(Cmd::Check { path }) => policy::check::run(&path),
         Some(Cmd::Convert { path }) => {
             policy::legacy::convert_file(&path).map(|yaml| print!("{yaml}"))
@@ -194,17 +352,36 @@ fn main() -> ExitCode {
                 eprintln!("enforcer: --iface is required (see --help)");
                 return ExitCode::from(2);
             };
-            dataplane::run(&RunArgs {
-                iface,
-                peer: cli.run.peer.clone(),
-                policy: cli.run.policy.clone(),
-                workers: cli.run.workers,
-                poll: cli.run.poll,
-                log: cli.run.log.clone(),
-                umem_frames: cli.run.umem_frames,
-                fail: cli.run.fail,
-                engine: cli.run.engine.config(),
-            })
+            let opts = control::Options {
+                explicit: cli.run.control.is_some(),
+                control: cli
+                    .run
+                    .control
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(control::DEFAULT_CONTROL)),
+                metrics: cli.run.metrics.clone(),
+                watch: !cli.run.no_watch,
+            };
+            let mut running = None;
+            let r = dataplane::run_with(
+                &RunArgs {
+                    iface,
+                    peer: cli.run.peer.clone(),
+                    policy: cli.run.policy.clone(),
+                    workers: cli.run.workers,
+                    poll: cli.run.poll,
+                    log: cli.run.log.clone(),
+                    umem_frames: cli.run.umem_frames,
+                    fail: cli.run.fail,
+                    engine: cli.run.engine.config(),
+                },
+                &mut |h| {
+                    running = Some(control::start(h, &opts)?);
+                    Ok(())
+                },
+            );
+            drop(running);
+            r
         }
     };
     match res {

@@ -29,7 +29,8 @@ const RANKS: &[(&str, u8)] = &[
     ("hostmode", 6),
     ("dataplane", 7),
     ("replay", 7),
-    ("main", 8),
+    ("control", 8),
+    ("main", 9),
 ];
 
 /// Modules that may contain `unsafe` (each `#[allow(unsafe_code)]` in lib.rs).

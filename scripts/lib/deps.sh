@@ -6,6 +6,8 @@ APT_PACKAGES=(
   libelf-dev zlib1g-dev pkg-config clang llvm m4 libpcap-dev bpftool
   # the lab
   iproute2 ethtool iputils-ping procps psmisc tcpdump
+  # packaging test (systemd-analyze verify)
+  systemd
   # real servers and clients
   memcached netcat-openbsd curl wrk python3 python3-pip
   # memaslap (memcaslap) and nginx for the compatibility lab

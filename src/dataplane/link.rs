@@ -257,6 +257,14 @@ impl Link {
         }
     }
 
+    /// AF_XDP links: the socket's binding and kernel statistics.
+    pub fn queue_stats(&self) -> Option<super::stats::QueueStats> {
+        match &self.io {
+            Io::Xsk(x) => Some(x.queue_stats()),
+            Io::Tap(..) => None,
+        }
+    }
+
     pub fn stats(&self, dp: &mut DpCounters) {
         if let Io::Xsk(x) = &self.io {
             x.stats(dp);

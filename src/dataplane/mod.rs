@@ -1,6 +1,7 @@
 //! The live shell: AF_XDP sockets (xsk-rs), UMEM, per-core workers and their
 //! poll loops, XDP program life cycle. Everything with syscalls lives here.
 
+mod handle;
 mod handoff;
 mod host;
 mod iface;
@@ -9,8 +10,7 @@ mod stats;
 mod worker;
 mod xsk;
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,9 +20,11 @@ use crate::counters::Counters;
 use crate::policy::Policy;
 
 use crate::hostmode::steer::FailMode;
+pub use handle::{read_sources, Handle, InForce, Info, Observed, ReloadResult, Snapshot, Tally};
 use handoff::{Channels, Waker};
 use iface::IfaceInfo;
 use stats::{DpCounters, WorkerStats};
+pub use stats::{QueueStats, SideCount};
 use worker::{HostMacs, LinkSpec, Shared, WorkerSpec};
 use xsk::{QueueSpec, Steer};
 
@@ -136,22 +138,16 @@ fn assign_queues(ifaces: &[&IfaceInfo], workers: usize) -> Vec<Vec<QueueSpec>> {
 
 /// SIGHUP: load the policy again and hand it to every worker; a policy with
 /// errors is refused and the running one kept.
-fn reload(shared: &Shared, src: &PolicySource) {
-    if src.passthrough {
+fn reload(handle: &Handle) {
+    if handle.info().passthrough {
         eprintln!("enforcer: SIGHUP ignored in pass-through mode");
         return;
     }
-    let path = &src.path;
-    let loaded = match &src.host {
-        Some(h) => Policy::load_on_host(path, h),
-        None => Policy::load(path),
-    };
-    match loaded {
-        Ok(p) => {
-            *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(p));
-            shared.policy_gen.fetch_add(1, Ordering::Release);
-            println!("policy reloaded from {}", path.display());
-        }
+    match handle.reload("sighup") {
+        Ok(_) => println!(
+            "policy reloaded from {}",
+            handle.info().policy_path.display()
+        ),
         Err(errs) => {
             eprintln!("enforcer: policy reload failed, keeping the running policy:");
             for e in errs {
@@ -180,38 +176,6 @@ fn totals(shared: &Shared, unaccounted: Option<u64>) -> serde_json::Value {
         }
     }
     serde_json::json!({ "counters": { "dataplane": dpv, "engine": eng.to_json() } })
-}
-
-fn spawn_logger(
-    path: &Path,
-) -> Result<
-    (
-        crossbeam_channel::Sender<worker::Logged>,
-        std::thread::JoinHandle<()>,
-    ),
-    String,
-> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("log {}: {e}", path.display()))?;
-    let (tx, rx) = crossbeam_channel::bounded::<worker::Logged>(65_536);
-    let h = std::thread::Builder::new()
-        .name("enforcer-log".into())
-        .spawn(move || {
-            let mut w = BufWriter::new(file);
-            while let Ok((ev, p)) = rx.recv() {
-                let _ = w.write_all(ev.to_json_line(&*p).as_bytes());
-                while let Ok((ev, p)) = rx.try_recv() {
-                    let _ = w.write_all(ev.to_json_line(&*p).as_bytes());
-                }
-                let _ = w.flush();
-            }
-            let _ = w.flush();
-        })
-        .map_err(|e| format!("logger thread: {e}"))?;
-    Ok((tx, h))
 }
 
 /// Where the policy comes from, for SIGHUP: the same path, loaded the same
@@ -279,7 +243,15 @@ fn choose_poll(asked: Option<PollMode>) -> (PollMode, usize) {
     (poll, ncpu)
 }
 
+/// What runs once the workers are ready, before `ready` is printed: a
+/// control plane gets its `Handle` here.
+pub type OnReady<'a> = &'a mut dyn FnMut(Handle) -> Result<(), String>;
+
 pub fn run(args: &RunArgs) -> Result<(), String> {
+    run_with(args, &mut |_| Ok(()))
+}
+
+pub fn run_with(args: &RunArgs, on_ready: OnReady<'_>) -> Result<(), String> {
     let (policy_path, defaulted) =
         resolve_policy(args.policy.as_deref(), Path::new(DEFAULT_POLICY_DIR))?;
     if std::env::var_os("ENFORCER_DEBUG").is_none() {
@@ -292,8 +264,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         policy_path.display().to_string()
     };
     match args.peer.as_deref() {
-        Some(peer) => run_inline(args, peer, &policy_path, &origin, passthrough),
-        None => run_host(args, &policy_path, &origin, passthrough),
+        Some(peer) => run_inline(args, peer, &policy_path, &origin, passthrough, on_ready),
+        None => run_host(args, &policy_path, &origin, passthrough, on_ready),
     }
 }
 
@@ -303,6 +275,7 @@ fn run_inline(
     policy_path: &Path,
     origin: &str,
     passthrough: bool,
+    on_ready: OnReady<'_>,
 ) -> Result<(), String> {
     if peer == args.iface {
         return Err("--iface and --peer must be different interfaces".into());
@@ -392,6 +365,7 @@ fn run_inline(
         None,
         &mut hooks,
         &ready,
+        on_ready,
     )
 }
 
@@ -413,6 +387,7 @@ fn run_host(
     policy_path: &Path,
     origin: &str,
     passthrough: bool,
+    on_ready: OnReady<'_>,
 ) -> Result<(), String> {
     let max_frame = xsk::FRAME_DATA;
     let a = iface::inspect(&args.iface, max_frame)?;
@@ -529,6 +504,7 @@ fn run_host(
         Some(misses_tx),
         &mut hm,
         &ready,
+        on_ready,
     )
 }
 
@@ -566,15 +542,11 @@ fn serve(
     misses: Option<crossbeam_channel::Sender<std::net::IpAddr>>,
     hooks: &mut dyn Hooks,
     ready_line: &str,
+    on_ready: OnReady<'_>,
 ) -> Result<(), String> {
     let ncpu = choose_poll(Some(poll)).1;
-    let (events, logger) = match &args.log {
-        Some(p) => {
-            let (tx, h) = spawn_logger(p)?;
-            (Some(tx), Some(h))
-        }
-        None => (None, None),
-    };
+    let (events_tx, events_rx) = crossbeam_channel::bounded::<worker::Logged>(65_536);
+    let events = Some(events_tx);
     let wakers = (0..workers)
         .map(|_| Waker::new())
         .collect::<Result<Vec<_>, _>>()?;
@@ -589,6 +561,28 @@ fn serve(
         neighbors: Mutex::new(Arc::new(Default::default())),
         neighbors_gen: std::sync::atomic::AtomicU64::new(0),
     });
+    let info = Info {
+        mode: if plan.host.is_some() {
+            "host"
+        } else {
+            "inline"
+        },
+        iface: args.iface.clone(),
+        peer: args.peer.clone(),
+        workers,
+        poll: poll.name(),
+        policy_path: src.path.clone(),
+        passthrough: src.passthrough,
+        audit: args.engine.audit,
+        host: src.host.clone(),
+    };
+    let sources = handle::read_sources(&src.path).unwrap_or_default();
+    let handle = Handle::new(shared.clone(), info, sources);
+    let logger = Some(handle::spawn_dispatch(
+        handle.clone(),
+        args.log.as_deref(),
+        events_rx,
+    )?);
     // Neighbours before the first frame (host mode).
     hooks.tick(&shared);
     let Some(total_frames) = umem_frames.checked_mul(workers as u32) else {
@@ -658,13 +652,18 @@ fn serve(
         }
     }
     if failure.is_none() {
+        if let Err(e) = on_ready(handle.clone()) {
+            failure = Some(e);
+        }
+    }
+    if failure.is_none() {
         println!("{ready_line}");
         let _ = std::io::stdout().flush();
         while !STOP.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
             hooks.tick(&shared);
             if RELOAD.swap(false, Ordering::Relaxed) {
-                reload(&shared, src);
+                reload(&handle);
             }
             if DUMP.swap(false, Ordering::Relaxed) {
                 println!("{}", totals(&shared, None));

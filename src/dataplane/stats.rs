@@ -68,4 +68,54 @@ pub struct WorkerStats {
     pub engine: Counters,
     /// At exit: UMEM frames this worker holds (free list and rings).
     pub frames_held: u64,
+    /// Frames and bytes received per side, by what became of them.
+    pub sides: [SideCount; 2],
+    /// One per AF_XDP socket: its bind mode and the kernel's statistics.
+    pub queues: Vec<QueueStats>,
+    /// Bytes held for undecided L7 requests, now.
+    pub held_bytes: u64,
+    /// Time in loop turns that had work, and since the worker started:
+    /// their ratio is how busy the worker is (a busy-polling worker spins
+    /// at 100% CPU whatever this says).
+    pub busy_ns: u64,
+    pub run_ns: u64,
+}
+
+/// What became of the frames received on one side.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SideCount {
+    pub forwarded_frames: u64,
+    pub forwarded_bytes: u64,
+    pub dropped_frames: u64,
+    pub dropped_bytes: u64,
+    /// Held by the engine, or their bytes left in frames it built.
+    pub consumed_frames: u64,
+    pub consumed_bytes: u64,
+}
+
+impl SideCount {
+    pub fn merge(&mut self, o: &SideCount) {
+        self.forwarded_frames += o.forwarded_frames;
+        self.forwarded_bytes += o.forwarded_bytes;
+        self.dropped_frames += o.dropped_frames;
+        self.dropped_bytes += o.dropped_bytes;
+        self.consumed_frames += o.consumed_frames;
+        self.consumed_bytes += o.consumed_bytes;
+    }
+}
+
+/// One AF_XDP socket as bound, and its `XDP_STATISTICS`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    pub iface: String,
+    pub queue: u32,
+    pub side: u8,
+    /// Zero-copy (the driver's rings map the UMEM) rather than copy mode.
+    pub zero_copy: bool,
+    pub need_wakeup: bool,
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
 }

@@ -19,7 +19,7 @@ use xsk_rs::{FrameDesc, Umem};
 
 use super::handoff::{rebalance, Channels, Waker};
 use super::link::{Link, Rewrite};
-use super::stats::{DpCounters, WorkerStats};
+use super::stats::{DpCounters, SideCount, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
 use super::PollMode;
 use crate::config::EngineConfig;
@@ -151,6 +151,13 @@ impl Judge {
         }
     }
 
+    fn held_bytes(&self) -> u64 {
+        match self {
+            Judge::Engine { engine, .. } => engine.held_total() as u64,
+            Judge::PassThrough(_) => 0,
+        }
+    }
+
     fn panics(&self) -> u64 {
         match self {
             Judge::Engine { panics, .. } => *panics,
@@ -238,10 +245,7 @@ pub fn run(
     let quota = spec.frames.len();
     let mut free = std::mem::take(&mut spec.frames);
     let links = match open_links(&mut spec, &shared, &mut free) {
-        Ok(l) => {
-            let _ = ready.send(Ok(()));
-            l
-        }
+        Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
@@ -260,6 +264,9 @@ pub fn run(
         out: Output::default(),
         pending: [Vec::with_capacity(BATCH * 2), Vec::with_capacity(BATCH * 2)],
         dp: DpCounters::default(),
+        sides: [SideCount::default(); 2],
+        busy_ns: 0,
+        run_ns: 0,
         ch,
         to_wake: 0,
         links,
@@ -290,13 +297,22 @@ pub fn run(
         });
     }
 
+    // Ready once the control plane can see this worker's sockets.
+    w.publish(&shared);
+    let _ = ready.send(Ok(()));
     let t0 = Instant::now();
     let mut last_tick = t0;
     let mut last_publish = t0;
     let mut idle = 0u32;
+    let mut last_turn = (t0, false);
     while !shared.stop.load(Ordering::Relaxed) {
         let now_i = Instant::now();
         let now = now_i.duration_since(t0).as_nanos() as u64;
+        // Busy time: the length of every turn that found work.
+        if last_turn.1 {
+            w.busy_ns += now_i.duration_since(last_turn.0).as_nanos() as u64;
+        }
+        w.run_ns = now;
         let mut work = w.reclaim();
         work += w.receive(now);
         w.wake_owners(&shared);
@@ -315,6 +331,7 @@ pub fn run(
             w.publish(&shared);
         }
 
+        last_turn = (now_i, work > 0);
         if work > 0 {
             idle = 0;
             continue;
@@ -366,6 +383,9 @@ struct Worker {
     /// Frames to transmit, per side.
     pending: [Vec<FrameDesc>; 2],
     dp: DpCounters,
+    sides: [SideCount; 2],
+    busy_ns: u64,
+    run_ns: u64,
     ch: Channels,
     /// Workers handed a frame during this batch (bit per worker).
     to_wake: u64,
@@ -439,11 +459,18 @@ impl Worker {
     /// The engine's verdict on one frame: queue it for TX or free it, then
     /// whatever the engine emitted.
     fn judge(&mut self, side: Side, d: &mut FrameDesc, now: u64) {
-        let v = {
+        let (v, len) = {
             // SAFETY: the frame is ours (received or handed over).
             let mut data = unsafe { self.umem.data_mut(d) };
-            self.judge
-                .on_frame(side, data.contents_mut(), now, &mut self.out)
+            let frame = data.contents_mut();
+            let len = frame.len() as u64;
+            (self.judge.on_frame(side, frame, now, &mut self.out), len)
+        };
+        let c = &mut self.sides[side as usize & 1];
+        match v {
+            Verdict::Forward(_) => (c.forwarded_frames += 1, c.forwarded_bytes += len),
+            Verdict::Drop(_) => (c.dropped_frames += 1, c.dropped_bytes += len),
+            Verdict::Consumed => (c.consumed_frames += 1, c.consumed_bytes += len),
         };
         match v {
             Verdict::Forward(p) if (p as usize) < 2 => self.pending[p as usize].push(*d),
@@ -618,6 +645,11 @@ impl Worker {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
             g.dp = dp;
             g.engine = self.judge.counters();
+            g.sides = self.sides;
+            g.queues = self.links.iter().filter_map(|l| l.queue_stats()).collect();
+            g.held_bytes = self.judge.held_bytes();
+            g.busy_ns = self.busy_ns;
+            g.run_ns = self.run_ns;
         }
     }
 

@@ -11,7 +11,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use super::stats::DpCounters;
+use super::stats::{DpCounters, QueueStats};
 use crate::verdict::Side;
 
 pub const FRAME_SIZE: u32 = 4096;
@@ -82,6 +82,24 @@ fn set_busy_poll(fd: libc::c_int) -> bool {
     a && b && c
 }
 
+/// Whether the kernel bound the socket in zero-copy mode (`XDP_OPTIONS`);
+/// `Socket::new` asks for neither mode, so the driver picks.
+fn zero_copy(fd: RawFd) -> bool {
+    let mut opt: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: reads at most `len` bytes into a live u32.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_OPTIONS,
+            &mut opt as *mut u32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    r == 0 && opt & libc::XDP_OPTIONS_ZEROCOPY != 0
+}
+
 pub struct Xsk {
     tx: TxQueue,
     rx: RxQueue,
@@ -89,6 +107,8 @@ pub struct Xsk {
     cq: CompQueue,
     /// Frames on the TX ring not yet completed.
     in_flight: usize,
+    /// What the socket is bound to, and how (for status and metrics).
+    bound: Box<QueueStats>,
 }
 
 /// How a socket gets its frames: libxdp's default program (inline), or our
@@ -142,12 +162,21 @@ impl Xsk {
             crate::hostmode::steer::bind(map, q.queue, rx.fd().as_raw_fd())
                 .map_err(|e| socket_err(q, e))?;
         }
+        let bound = Box::new(QueueStats {
+            iface: q.iface.clone(),
+            queue: q.queue,
+            side: q.side,
+            zero_copy: zero_copy(rx.fd().as_raw_fd()),
+            need_wakeup: true,
+            ..QueueStats::default()
+        });
         Ok(Xsk {
             tx,
             rx,
             fq,
             cq,
             in_flight: 0,
+            bound,
         })
     }
 
@@ -228,6 +257,19 @@ impl Xsk {
         self.in_flight as u64
             + (RING_SIZE - self.fq.nb_free_exact().min(RING_SIZE)) as u64
             + self.rx.nb_avail_exact() as u64
+    }
+
+    /// The socket's binding and its kernel statistics now.
+    pub fn queue_stats(&self) -> QueueStats {
+        let mut q = (*self.bound).clone();
+        if let Ok(st) = self.rx.fd().xdp_statistics() {
+            q.rx_dropped = st.rx_dropped();
+            q.rx_ring_full = st.rx_ring_full();
+            q.rx_fill_ring_empty = st.rx_fill_ring_empty_descs();
+            q.rx_invalid_descs = st.rx_invalid_descs();
+            q.tx_invalid_descs = st.tx_invalid_descs();
+        }
+        q
     }
 
     pub fn stats(&self, dp: &mut DpCounters) {

@@ -325,11 +325,34 @@ impl Engine {
         if let Some(f) = &self.decide_override {
             return f(src, dst, Proto::from_ip_proto(proto), dport);
         }
-        self.policy
-            .decide(src, dst, Proto::from_ip_proto(proto), dport)
+        let d = self
+            .policy
+            .decide(src, dst, Proto::from_ip_proto(proto), dport);
+        if d.allowed || !self.cfg.audit {
+            return d;
+        }
+        // Audit mode: the flow passes, without L7 rules (none allow it), and
+        // its event tells why it would have been denied (see `event`).
+        FlowDecision {
+            allowed: true,
+            detail: String::new(),
+            l7: None,
+            audit: Some(d.detail),
+        }
     }
 
     fn event(&self, now: u64, tuple: FlowTuple, d: &FlowDecision) -> Event {
+        if let Some(why) = d.audit.as_ref().filter(|_| d.allowed) {
+            return Event {
+                time_ns: now,
+                worker: self.worker,
+                flow: tuple,
+                subject: Subject::Flow,
+                verdict: Decision::Audit,
+                rule: None,
+                reason: Some(why.to_string()),
+            };
+        }
         Event {
             time_ns: now,
             worker: self.worker,
@@ -518,6 +541,7 @@ impl Engine {
                             allowed: false,
                             detail: "side changed L7 protocol; connection must restart".into(),
                             l7: None,
+                            audit: None,
                         };
                     }
                 }
@@ -534,6 +558,7 @@ impl Engine {
                 allowed: false,
                 detail: "side gained L7 rules; connection must restart".into(),
                 l7: None,
+                audit: None,
             };
         }
         self.counters.flows_redecided += 1;

@@ -21,6 +21,7 @@ fn lab_decide(src: IpAddr, dst: IpAddr, proto: Proto, dport: u16) -> FlowDecisio
             allowed: true,
             detail: "not selected".into(),
             l7: None,
+            audit: None,
         };
     }
     let wing = ["10.66.0.11", "10.66.0.12", "fd66::11", "fd66::12"]
@@ -45,6 +46,7 @@ fn lab_decide(src: IpAddr, dst: IpAddr, proto: Proto, dport: u16) -> FlowDecisio
         allowed,
         detail,
         l7,
+        audit: None,
     }
 }
 
@@ -625,6 +627,7 @@ fn policy_swap_redecides_lazily() {
         allowed: a.get(),
         detail: "x".into(),
         l7: None,
+        audit: None,
     }));
     let mut out = Output::default();
     let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
@@ -807,6 +810,7 @@ fn l7_timers_queue_only_flows_with_deadlines() {
             allowed: true,
             detail: String::new(),
             l7: if i % 2 == 0 { l7.clone() } else { None },
+            audit: None,
         };
         // Every third flow stays busy; the others go idle.
         let now = if i % 3 == 0 { 1_000 * SECOND } else { 0 };
@@ -839,6 +843,7 @@ fn policy_swap_adding_l7_rules_ends_live_l4_connections() {
         allowed: true,
         detail: "x".into(),
         l7: flag.get().then(|| L7Policy::Http(Arc::default())),
+        audit: None,
     }));
     let mut out = Output::default();
     let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
@@ -879,6 +884,7 @@ fn l7_engine(fail: crate::config::FailMode) -> Engine {
         allowed: true,
         detail: "x".into(),
         l7: Some(L7Policy::Http(Arc::default())),
+        audit: None,
     }));
     e
 }

@@ -568,6 +568,7 @@ pub fn compile_rule(
         // Allow sections put the endpoint into default deny; deny-only policies do not.
         enforce_ingress: dd.ingress.unwrap_or(r.ingress.is_some()),
         enforce_egress: dd.egress.unwrap_or(r.egress.is_some()),
+        audit: false,
     })
 }
 

@@ -254,14 +254,21 @@ impl Model {
         let mut names = Vec::new();
         let mut stages = Vec::new();
         let mut l7proto = None;
+        let mut audited = None;
         for (ingress, ep, peer, peer_id) in [(true, did, src, sid), (false, sid, dst, did)] {
+            let audit = ep.is_some_and(|e| self.audit.get(e) == Some(&true));
             match self.point(ep, ingress, peer, peer_id, proto, dport) {
                 Point::NotEnforced => {}
+                // The other point may still deny it for real.
+                Point::Denied(why) if audit => {
+                    audited.get_or_insert(why);
+                }
                 Point::Denied(why) => {
                     return FlowDecision {
                         allowed: false,
                         detail: why,
                         l7: None,
+                        audit: None,
                     }
                 }
                 Point::Allowed {
@@ -276,12 +283,13 @@ impl Model {
                                 allowed: false,
                                 detail: "ingress and egress L7 protocols differ".into(),
                                 l7: None,
+                                audit: None,
                             };
                         }
                         l7proto = Some(p);
                     }
                     if !allow_all {
-                        stages.push(lists);
+                        stages.push((lists, audit));
                     }
                 }
             }
@@ -311,6 +319,7 @@ impl Model {
             allowed: true,
             detail,
             l7,
+            audit: audited,
         }
     }
 }
@@ -319,15 +328,16 @@ impl Model {
 /// were checked to agree on one protocol above; `pick` takes that
 /// protocol's lists.
 fn rule_set<R>(
-    points: &[Vec<L7Rules>],
+    points: &[(Vec<L7Rules>, bool)],
     pick: impl Fn(&L7Rules) -> Option<RuleList<R>>,
 ) -> RuleSet<R> {
     RuleSet {
         stages: points
             .iter()
-            .map(|lists| L7Stage {
+            .map(|(lists, audit)| L7Stage {
                 allow_all: false,
                 lists: lists.iter().filter_map(&pick).collect(),
+                audit: *audit,
             })
             .collect(),
     }

@@ -81,6 +81,11 @@ fn located(doc: &Doc<'_>, ix: &LineIndex, e: CompileError) -> PolicyError {
     }
 }
 
+/// A policy annotated with this (`"true"`) is in audit mode: an endpoint all
+/// of whose policies carry it has what they would deny forwarded and logged
+/// as `audit` instead (see `model::Model`).
+pub const AUDIT_ANNOTATION: &str = "enforcer.io/audit";
+
 /// Files to read: the path itself, or a directory's *.yaml|*.yml|*.json, sorted.
 pub fn files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let top = |m: String| PolicyError {
@@ -298,9 +303,16 @@ pub fn load_sources_on(
                     },
                 ));
             }
+            let audit = doc
+                .metadata
+                ._other
+                .get("annotations")
+                .and_then(|a| a.get(AUDIT_ANNOTATION))
+                .is_some_and(|v| v.as_str() == Some("true") || v.as_bool() == Some(true));
             for (at, s) in specs {
                 match compile_rule(s, &at, &name, &endpoints) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        r.audit = audit;
                         if r.subject_ids.is_empty() {
                             let sel = r
                                 .subject

@@ -95,6 +95,9 @@ impl L7Rules {
 pub struct L7Stage<R> {
     pub allow_all: bool,
     pub lists: Vec<RuleList<R>>,
+    /// The stage's endpoint is in audit mode: a request no list allows
+    /// passes, flagged (`L7Verdict::audit`).
+    pub audit: bool,
 }
 
 impl<R> Default for L7Stage<R> {
@@ -102,6 +105,7 @@ impl<R> Default for L7Stage<R> {
         L7Stage {
             allow_all: false,
             lists: Vec::new(),
+            audit: false,
         }
     }
 }
@@ -150,6 +154,9 @@ pub struct L7Verdict {
     pub allowed: bool,
     /// Matched rule names (allows) or a reason (denies).
     pub detail: String,
+    /// Allowed only by a stage in audit mode; `detail` says why it would
+    /// have been denied.
+    pub audit: bool,
 }
 
 impl<R> RuleSet<R> {
@@ -161,6 +168,7 @@ impl<R> RuleSet<R> {
     /// Apply `matches` (true when a rule accepts the request) over all stages.
     pub fn decide(&self, mut matches: impl FnMut(&R) -> bool) -> L7Verdict {
         let mut names = Vec::new();
+        let mut audited = false;
         for st in &self.stages {
             if st.allow_all {
                 continue;
@@ -172,13 +180,23 @@ impl<R> RuleSet<R> {
                 .find(|r| matches(&r.rule))
             {
                 Some(r) => names.push(r.name.as_str()),
+                // Other stages may still deny it for real.
+                None if st.audit => audited = true,
                 None => {
                     return L7Verdict {
                         allowed: false,
                         detail: "no L7 rule matches".into(),
+                        audit: false,
                     };
                 }
             }
+        }
+        if audited {
+            return L7Verdict {
+                allowed: true,
+                detail: "no L7 rule matches".into(),
+                audit: true,
+            };
         }
         let detail = if names.is_empty() {
             "allow-all".into()
@@ -188,6 +206,7 @@ impl<R> RuleSet<R> {
         L7Verdict {
             allowed: true,
             detail,
+            audit: false,
         }
     }
 }
@@ -200,6 +219,9 @@ pub struct FlowDecision {
     pub detail: String,
     /// Set when the destination port carries L7 rules (either direction's).
     pub l7: Option<L7Policy>,
+    /// Audit mode: allowed only because the point that denies it is in
+    /// audit mode; why it would have been denied.
+    pub audit: Option<String>,
 }
 
 /// A compiled policy set. Immutable; share it with `Arc`.

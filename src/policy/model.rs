@@ -91,6 +91,8 @@ pub struct CompiledRule {
     pub egress_deny: Vec<Item>,
     pub enforce_ingress: bool,
     pub enforce_egress: bool,
+    /// The policy is annotated `enforcer.io/audit: "true"`.
+    pub audit: bool,
 }
 /// A compiled policy set: endpoints, rules, and the indexes `decide` uses.
 pub struct Model {
@@ -100,6 +102,9 @@ pub struct Model {
     pub(super) by_subject: Vec<Vec<usize>>,
     pub(super) ingress_enforced: Vec<bool>,
     pub(super) egress_enforced: Vec<bool>,
+    /// Per endpoint: every policy selecting it is annotated for audit, so
+    /// what it would deny passes (flagged) instead.
+    pub(super) audit: Vec<bool>,
     /// Which endpoint owns an address (longest prefix).
     owners: PrefixTable,
 }
@@ -116,6 +121,10 @@ impl Model {
                 egress_enforced[e] |= r.enforce_egress;
             }
         }
+        let audit = by_subject
+            .iter()
+            .map(|rs: &Vec<usize>| !rs.is_empty() && rs.iter().all(|&ri| rules[ri].audit))
+            .collect();
         let mut owners = PrefixTable::default();
         for (i, e) in endpoints.iter().enumerate() {
             for n in &e.nets {
@@ -128,6 +137,7 @@ impl Model {
             rules,
             by_subject,
             ingress_enforced,
+            audit,
             egress_enforced,
         }
     }

@@ -434,6 +434,27 @@ impl<P: Protocol> Stream<P> {
         });
     }
 
+    /// Audit mode: a request the rules would deny, forwarded.
+    pub(super) fn log_audit(
+        &self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        now: u64,
+        subject: Subject,
+        reason: String,
+    ) {
+        ctx.counters.l7_requests_audited += 1;
+        out.events.push(Event {
+            time_ns: now,
+            worker: ctx.worker,
+            flow: ctx.tuple,
+            subject,
+            verdict: Decision::Audit,
+            rule: None,
+            reason: Some(reason),
+        });
+    }
+
     pub fn on_segment(
         &mut self,
         ctx: &mut StreamCtx<'_>,

@@ -463,9 +463,17 @@ impl<P: Protocol> Stream<P> {
                         Parse::Complete(h) => {
                             let head_len = h.head_len.min(avail.len());
                             let proto = &self.proto;
-                            let v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
+                            let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
                             let subject = self.proto.subject(&h.req);
-                            self.log(ctx, out, now, subject, v.allowed, v.detail);
+                            if v.audit || (!v.allowed && ctx.cfg.audit) {
+                                // Audit mode: the request goes on as if allowed;
+                                // the log says it would not have been, and why.
+                                self.log_audit(ctx, out, now, subject, v.detail);
+                                v.allowed = true;
+                                v.detail = String::new();
+                            } else {
+                                self.log(ctx, out, now, subject, v.allowed, v.detail);
+                            }
                             if v.allowed {
                                 rel.extend_from_slice(&avail[..head_len]);
                                 if self.proto.expects_reply(&h.req) {

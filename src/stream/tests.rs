@@ -126,6 +126,7 @@ fn policy<R>(rules: Vec<R>) -> Arc<RuleSet<R>> {
         stages: vec![L7Stage {
             allow_all: false,
             lists: vec![list.into()],
+            audit: false,
         }],
     })
 }

@@ -148,6 +148,8 @@ pub struct Lab {
     pub prefix: String,
     enforcer: Option<Running>,
     pub log: PathBuf,
+    /// The enforcer's control socket (`--control`), one per lab.
+    pub control: PathBuf,
     /// Host mode: no wire namespace; the enforcer runs on the server's eth0.
     pub host_mode: bool,
 }
@@ -200,6 +202,7 @@ impl Lab {
             prefix: prefix.into(),
             enforcer: None,
             log: PathBuf::from(format!("/run/enforcer-lab/{prefix}/verdicts.jsonl")),
+            control: PathBuf::from(format!("/run/enforcer-lab/{prefix}/enforcer.sock")),
             host_mode,
         })
     }
@@ -304,6 +307,9 @@ impl Lab {
             }
         }
         cmd.arg("--log").arg(&self.log);
+        if !extra.contains(&"--control") {
+            cmd.arg("--control").arg(&self.control);
+        }
         cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -359,6 +365,25 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Run a client command (`status`, `policy ...`, `observe ...`) against
+    /// this lab's enforcer, from the root namespace (the socket is a file).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut a: Vec<&str> = args.to_vec();
+        let sock = self.control.to_str().expect("utf-8 path");
+        // Subcommand words first, then the socket.
+        let at = a
+            .iter()
+            .position(|w| w.starts_with('-'))
+            .unwrap_or(a.len())
+            .min(if a.first() == Some(&"policy") { 2 } else { 1 });
+        a.insert(at, sock);
+        a.insert(at, "--control");
+        Command::new(BIN)
+            .args(&a)
+            .output()
+            .expect("run enforcer client")
     }
 
     pub fn enforcer_pid(&self) -> Option<u32> {
