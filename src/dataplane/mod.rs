@@ -149,10 +149,14 @@ fn reload(handle: &Handle) {
             handle.info().policy_path.display()
         ),
         Err(errs) => {
-            eprintln!("enforcer: policy reload failed, keeping the running policy:");
+            // One write, so that a reader never sees the refusal without
+            // the errors that explain it.
+            let mut msg =
+                String::from("enforcer: policy reload failed, keeping the running policy:\n");
             for e in errs {
-                eprintln!("  {e}");
+                msg.push_str(&format!("  {e}\n"));
             }
+            eprint!("{msg}");
         }
     }
     let _ = std::io::stdout().flush();
