@@ -13,7 +13,8 @@ APT_PACKAGES=(
   # memaslap (memcaslap) and nginx for the compatibility lab
   libmemcached-tools nginx-light
 )
-PIP_PACKAGES=(python-binary-memcached pymemcache)
+# h11 and httptools: reference parsers of tests/http_differential.rs
+PIP_PACKAGES=(python-binary-memcached pymemcache h11 httptools)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -27,7 +28,7 @@ install_deps() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  if ! python3 -c 'import bmemcached, pymemcache' 2>/dev/null; then
+  if ! python3 -c 'import bmemcached, pymemcache, h11, httptools' 2>/dev/null; then
     python3 -m pip install -q "${PIP_PACKAGES[@]}" 2>/dev/null \
       || python3 -m pip install -q --break-system-packages "${PIP_PACKAGES[@]}"
   fi

@@ -37,6 +37,11 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
+    /// In a trailer field's name, before its colon.
+    TrailerName {
+        len: usize,
+    },
+    /// In a trailer field's value.
     Trailer {
         len: usize,
     },
@@ -145,10 +150,26 @@ impl ChunkedDecoder {
                     b'\r' => State::FinalLf,
                     b' ' | b'\t' => return self.fail("obs-fold in trailer"),
                     b'\n' => return self.fail("bare LF in trailer"),
-                    _ => {
+                    // Only header fields: a server that stops at the last
+                    // chunk's line would read a non-field line (a request
+                    // line, say) as the next request, one nobody judged.
+                    _ if super::head::is_tchar(c) => {
                         self.count_trailer()?;
-                        State::Trailer { len: 1 }
+                        State::TrailerName { len: 1 }
                     }
+                    _ => return self.fail("trailer line is not a header field"),
+                },
+                State::TrailerName { len } => match c {
+                    _ if len >= MAX_LINE => return self.fail("trailer line too long"),
+                    b':' => {
+                        self.count_trailer()?;
+                        State::Trailer { len: len + 1 }
+                    }
+                    _ if super::head::is_tchar(c) => {
+                        self.count_trailer()?;
+                        State::TrailerName { len: len + 1 }
+                    }
+                    _ => return self.fail("trailer line is not a header field"),
                 },
                 State::Trailer { len } => match c {
                     b'\r' => State::TrailerLf,
@@ -277,6 +298,31 @@ mod tests {
             trailers.extend_from_slice(b"X: 123456\r\n");
         }
         assert_eq!(whole(&trailers), Err(ChunkError("trailers too large")));
+    }
+
+    /// A last chunk without its final CRLF, followed by a request: h11 and
+    /// llhttp refuse it, a server that ends the body at the last chunk's
+    /// line reads a second request. Trailer lines must be header fields.
+    #[test]
+    fn trailer_lines_are_header_fields() {
+        for bad in [
+            &b"0\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\n: empty-name\r\n\r\n",
+            b"0\r\nX Y: v\r\n\r\n",
+            b"0\r\nX\t: v\r\n\r\n",
+        ] {
+            let mut d = ChunkedDecoder::new();
+            assert_eq!(
+                d.feed(bad),
+                Err(ChunkError("trailer line is not a header field")),
+                "{bad:?}"
+            );
+        }
+        let good = b"0\r\nX-T:1\r\nY: 2 3\r\n\r\n";
+        assert_eq!(whole(good), Ok((good.len(), true)));
+        let long_name = [b"0\r\n".as_slice(), &vec![b'a'; MAX_LINE + 1]].concat();
+        assert_eq!(whole(&long_name), Err(ChunkError("trailer line too long")));
     }
 
     #[test]
