@@ -5,7 +5,7 @@
 
 mod kit;
 
-use kit::lab::{self, stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, bmemcached, nc, stdout, Lab, Mode, DENIED8};
 
 /// A policy directory with the endpoints and no policy: nothing enforced,
 /// as in the seeds before their policies are applied.
@@ -18,36 +18,6 @@ fn endpoints_only() -> tempfile::TempDir {
     .expect("copy");
     dir
 }
-
-/// `echo -en CMD | nc SERVER 11211`, as the memcached guide runs it.
-fn nc(lab: &Lab, host: &str, cmd: &str) -> String {
-    let script = format!("printf '{cmd}' | nc -N -w 3 {SERVER4} 11211");
-    stdout(&lab.sh(host, &script))
-}
-
-/// Run python with bmemcached on a host; `steps` print one line each.
-fn bmemcached(lab: &Lab, host: &str, steps: &str) -> Vec<String> {
-    let script = format!(
-        "import bmemcached\n\
-         client = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
-         def show(f):\n\
-         \x20   try:\n\
-         \x20       r = f()\n\
-         \x20       print(r.decode() if isinstance(r, bytes) else r)\n\
-         \x20   except bmemcached.exceptions.MemcachedException as e:\n\
-         \x20       print('MemcachedException', e.args)\n\
-         {steps}"
-    );
-    let out = lab.exec(host, &["python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out).lines().map(str::to_string).collect()
-}
-
-const DENIED8: &str = "MemcachedException (\"Code: 8 Message: b'access denied'\", 8)";
 
 #[test]
 fn memcached_guide_step_by_step() {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kit::lab::{self, ok, stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, nc, ok, stdout, Lab, Mode, SERVER4};
 
 /// A policy directory holding only the lab's endpoints: nothing enforced.
 fn endpoints_only() -> tempfile::TempDir {
@@ -45,14 +45,6 @@ fn http(lab: &Lab, host: &str, method: &str, path: &str, extra: &[&str]) -> Stri
     let mut a = vec!["-X", method, "-o", "/dev/null", "-w", "%{http_code}"];
     a.extend_from_slice(extra);
     stdout(&lab.curl(host, &url, &a))
-}
-
-/// One memcached text command from `host`, with nc as the seeds run it.
-fn nc(lab: &Lab, host: &str, cmd: &str) -> String {
-    stdout(&lab.sh(
-        host,
-        &format!("printf '{cmd}' | nc -N -w 3 {SERVER4} 11211"),
-    ))
 }
 
 /// The deathstar policy with PUT /v1/exhaust-port allowed without the

@@ -596,3 +596,36 @@ pub fn stdout(o: &Output) -> String {
 pub fn ok(o: &Output) -> bool {
     o.status.success()
 }
+
+/// `printf CMD | nc SERVER 11211` on a host, as the memcached guide runs it.
+pub fn nc(lab: &Lab, host: &str, cmd: &str) -> String {
+    let script = format!("printf '{cmd}' | nc -N -w 3 {SERVER4} 11211");
+    stdout(&lab.sh(host, &script))
+}
+
+/// Python with bmemcached on a host, as the memcached guide runs it;
+/// `steps` print one line each (`show(lambda: ...)` prints a result or the
+/// exception).
+pub fn bmemcached(lab: &Lab, host: &str, steps: &str) -> Vec<String> {
+    let script = format!(
+        "import bmemcached\n\
+         client = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
+         def show(f):\n\
+         \x20   try:\n\
+         \x20       r = f()\n\
+         \x20       print(r.decode() if isinstance(r, bytes) else r)\n\
+         \x20   except bmemcached.exceptions.MemcachedException as e:\n\
+         \x20       print('MemcachedException', e.args)\n\
+         {steps}"
+    );
+    let out = lab.exec(host, &["python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+/// What bmemcached prints for a binary denial (status 0x0008).
+pub const DENIED8: &str = "MemcachedException (\"Code: 8 Message: b'access denied'\", 8)";
