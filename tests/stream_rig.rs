@@ -223,7 +223,13 @@ fn req() -> impl Strategy<Value = Req> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // A fixed seed: CI runs the same cases every time (the HTTP rig's random
+    // seed once found a stall under heavy loss; see stream_rig_http.rs).
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x656e_666f_7263_6572),
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn random_mixes_and_faults(
         reqs in proptest::collection::vec(req(), 1..12),
