@@ -42,4 +42,6 @@ pub mod dataplane;
 pub mod hostmode;
 pub mod replay;
 
+pub mod tools;
+
 pub mod control;

@@ -12,6 +12,7 @@ use enforcer::dataplane::{self, PollMode, RunArgs};
 use enforcer::hostmode::steer::FailMode;
 use enforcer::policy;
 use enforcer::replay::{self, ReplayArgs};
+use enforcer::tools::compare::{self, CompareArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,12 +146,17 @@ enum Cmd {
         path: PathBuf,
     },
     /// Run the engine over a capture: frames that would leave the enforcer and the verdict log.
-    #[command(
-        after_help = "Example:\n  enforcer replay --policy policies in.pcap -w out.pcap --log verdicts.jsonl"
-    )]
+    /// With --compare, what changes from the OLD policy to this one (docs/tools.md).
+    #[command(after_help = "Examples:\n  \
+          enforcer replay --policy policies in.pcap -w out.pcap --log verdicts.jsonl\n  \
+          enforcer replay --policy new/ --compare policies/ in.pcap -w out.pcap --log changes.jsonl")]
     Replay {
         #[arg(long)]
         policy: PathBuf,
+        /// What-if: list every decision that differs under this (old)
+        /// policy, then a summary; --log then writes those as JSON lines.
+        #[arg(long, value_name = "OLD")]
+        compare: Option<PathBuf>,
         /// pcap or pcapng input.
         input: PathBuf,
         /// pcap output.
@@ -336,6 +342,22 @@ fn main() -> ExitCode {
         }
         Some(Cmd::Replay {
             policy,
+            compare: Some(old),
+            input,
+            output,
+            log,
+            engine,
+        }) => compare::run(&CompareArgs {
+            new: policy,
+            old,
+            input,
+            output,
+            log,
+            engine: engine.config(),
+        }),
+        Some(Cmd::Replay {
+            policy,
+            compare: None,
             input,
             output,
             log,

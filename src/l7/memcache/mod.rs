@@ -10,7 +10,7 @@ pub mod text;
 use serde::Deserialize;
 
 pub use crate::l7::http::RuleError;
-pub use command::{Command, TextCmd};
+pub use command::{group_of, Command, TextCmd};
 pub use rule::MemcacheRule;
 
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};

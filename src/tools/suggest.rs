@@ -1,0 +1,1 @@
+//! `enforcer suggest`: placeholder replaced below.
