@@ -13,6 +13,7 @@ use enforcer::hostmode::steer::FailMode;
 use enforcer::policy;
 use enforcer::replay::{self, ReplayArgs};
 use enforcer::tools::compare::{self, CompareArgs};
+use enforcer::tools::suggest::{self, SuggestArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -144,6 +145,30 @@ enum Cmd {
     Convert {
         /// Legacy policy file.
         path: PathBuf,
+    },
+    /// Print the least-privilege CiliumNetworkPolicy for what a capture or a
+    /// verdict log shows: per identity pair and port, the requests seen.
+    #[command(after_help = "Examples:\n  \
+        enforcer suggest --endpoints policies/endpoints.yaml traffic.pcap > suggested.yaml\n  \
+        enforcer suggest --endpoints policies/ --merge-paths --key-prefix audit.jsonl")]
+    Suggest {
+        /// Endpoints document (file or directory; policies in it are ignored).
+        #[arg(long)]
+        endpoints: PathBuf,
+        /// A capture (pcap, pcapng) or a verdict log (JSON lines).
+        input: PathBuf,
+        /// HTTP: merge the paths of one method under their common prefix (`/v1/.*`).
+        #[arg(long)]
+        merge_paths: bool,
+        /// HTTP: require the Host header seen.
+        #[arg(long)]
+        http_host: bool,
+        /// memcached: allow keys by prefix (up to the first separator) instead of exactly.
+        #[arg(long)]
+        key_prefix: bool,
+        /// memcached: characters that end a key prefix.
+        #[arg(long, default_value = "-:_/.")]
+        key_separators: String,
     },
     /// Run the engine over a capture: frames that would leave the enforcer and the verdict log.
     /// With --compare, what changes from the OLD policy to this one (docs/tools.md).
@@ -340,6 +365,21 @@ fn main() -> ExitCode {
         Some(Cmd::Convert { path }) => {
             policy::legacy::convert_file(&path).map(|yaml| print!("{yaml}"))
         }
+        Some(Cmd::Suggest {
+            endpoints,
+            input,
+            merge_paths,
+            http_host,
+            key_prefix,
+            key_separators,
+        }) => suggest::run(&SuggestArgs {
+            endpoints,
+            input,
+            merge_paths,
+            with_host: http_host,
+            key_prefix,
+            key_separators,
+        }),
         Some(Cmd::Replay {
             policy,
             compare: Some(old),

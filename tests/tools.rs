@@ -14,6 +14,7 @@ use kit::*;
 const SERVER: &str = "10.66.0.2";
 const AWING: &str = "10.66.0.11";
 const XWING: &str = "10.66.0.12";
+const TRACKER: &str = "10.66.0.13";
 const OUTSIDER: &str = "10.66.0.14";
 
 const SW: &str = include_str!("../policies/sw-deathstar-http.yaml");
@@ -248,4 +249,266 @@ fn what_if_against_itself_changes_nothing() {
         stdout,
         "0 decisions changed (0 newly allowed, 0 newly denied) of 9\n"
     );
+}
+
+// ================================================================ suggest
+
+/// The memcached guide's fleet at work, as an unenforced capture: the A-wing
+/// (binary protocol) sets and reads its coordinates, the X-wing (text, with
+/// nc) too, the tracker reads both.
+fn fleet() -> Capture {
+    const GET: u8 = 0x00;
+    const SET: u8 = 0x01;
+    let flags = [0u8; 4];
+    let set_extras = [0, 0, 0, 0, 0, 0, 0x09, 0x60];
+    let mut c = Capture::default();
+    c.talk(
+        AWING,
+        11211,
+        &[
+            (
+                &bin_req(SET, 1, b"awing-coord", &set_extras, b"4309.432,918.980"),
+                &bin_resp(SET, 1, 0, &[], b""),
+            ),
+            (
+                &bin_req(GET, 2, b"awing-coord", &[], b""),
+                &bin_resp(GET, 2, 0, &flags, b"4309.432,918.980"),
+            ),
+        ],
+    );
+    c.talk(
+        XWING,
+        11211,
+        &[
+            (
+                b"set xwing-coord 0 1200 16\r\n8893.34,234.3290\r\n",
+                b"STORED\r\n",
+            ),
+            // nc's script ends with quit, which memcached answers by closing.
+            (b"quit\r\n", b""),
+        ],
+    );
+    c.talk(
+        XWING,
+        11211,
+        &[(
+            b"get xwing-coord\r\n",
+            b"VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n",
+        )],
+    );
+    c.talk(
+        TRACKER,
+        11211,
+        &[
+            (
+                &bin_req(GET, 1, b"awing-coord", &[], b""),
+                &bin_resp(GET, 1, 0, &flags, b"4309.432,918.980"),
+            ),
+            (
+                &bin_req(GET, 2, b"xwing-coord", &[], b""),
+                &bin_resp(GET, 2, 0, &flags, b"8893.34,234.3290"),
+            ),
+        ],
+    );
+    c
+}
+
+/// `enforcer suggest` over `input`; the YAML it printed.
+fn suggest(input: &Path, extra: &[&str]) -> String {
+    let eps = shipped().join("endpoints.yaml");
+    let mut args = vec!["suggest", "--endpoints", s(&eps)];
+    args.extend_from_slice(extra);
+    args.push(s(input));
+    let (ok, yaml, stderr) = enforcer(&args);
+    assert!(ok, "{stderr}");
+    yaml
+}
+
+/// L7 verdicts of a replay: (verdict, request) per decision.
+fn l7_decisions(run: &kit::replay::Run) -> Vec<(String, String)> {
+    run.log
+        .iter()
+        .filter(|e| e["kind"] != "flow")
+        .map(|e| {
+            let what = match e["kind"].as_str() {
+                Some("http") => format!(
+                    "{} {}",
+                    e["method"].as_str().unwrap(),
+                    e["path"].as_str().unwrap()
+                ),
+                _ => format!("{} {}", e["command"].as_str().unwrap(), e["keys"]),
+            };
+            (e["verdict"].as_str().unwrap().to_string(), what)
+        })
+        .collect()
+}
+
+/// Writes `yaml` next to the shipped endpoints and checks it the way an
+/// operator would.
+fn install(r: &Replay, name: &str, yaml: &str) -> PathBuf {
+    let dir = policy_dir(r, name, &[("suggested.yaml", yaml)]);
+    let (ok, out, err) = enforcer(&["check", s(&dir)]);
+    assert!(ok, "check refuses the suggestion:\n{out}{err}\n{yaml}");
+    dir
+}
+
+#[test]
+fn suggestion_from_the_memcached_guide_allows_its_traffic_and_no_foreign_key() {
+    let r = Replay::new(PathBuf::new());
+    let input = r.path("fleet.pcap");
+    fleet().write(&input);
+    let yaml = suggest(&input, &[]);
+    for want in [
+        "name: \"suggested-server\"",
+        "l7proto: memcache",
+        "- command: \"get\"\n          keyExact: \"awing-coord\"",
+        "- command: \"set\"\n          keyExact: \"xwing-coord\"",
+        "- command: \"quit\"\n",
+    ] {
+        assert!(yaml.contains(want), "{want:?} in\n{yaml}");
+    }
+    assert_eq!(yaml.matches("CiliumNetworkPolicy").count(), 1, "{yaml}");
+    assert_eq!(yaml.matches("fromEndpoints").count(), 3, "{yaml}");
+    let dir = install(&r, "suggested", &yaml);
+
+    // The same traffic under the suggestion: nothing denied.
+    let same = r.file(&dir, &input, &[]);
+    assert!(same.ok, "{}", same.stderr);
+    let got = l7_decisions(&same);
+    assert_eq!(got.len(), 7, "{got:?}");
+    assert!(got.iter().all(|(v, _)| v == "allow"), "{got:?}");
+    assert!(same.log.iter().all(|e| e["verdict"] == "allow"));
+
+    // Foreign keys and commands not seen are denied; seen ones still pass.
+    let mut bad = Capture::default();
+    bad.talk(
+        XWING,
+        11211,
+        &[
+            (b"get xwing-coord\r\n", b"END\r\n"),
+            (b"get awing-coord\r\n", b"END\r\n"),
+            (b"delete xwing-coord\r\n", b"DELETED\r\n"),
+        ],
+    );
+    bad.talk(
+        TRACKER,
+        11211,
+        &[(
+            &bin_req(0x01, 7, b"awing-coord", &[0; 8], b"0.0,0.0"),
+            &bin_resp(0x01, 7, 0, &[], b""),
+        )],
+    );
+    let input = r.path("bad.pcap");
+    bad.write(&input);
+    let run = r.file(&dir, &input, &[]);
+    assert!(run.ok, "{}", run.stderr);
+    let got: Vec<String> = l7_decisions(&run)
+        .into_iter()
+        .map(|(v, w)| format!("{v} {w}"))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "allow get [\"xwing-coord\"]",
+            "deny get [\"awing-coord\"]",
+            "deny delete [\"xwing-coord\"]",
+            "deny set [\"awing-coord\"]",
+        ]
+    );
+}
+
+#[test]
+fn suggestion_from_an_audit_log_equals_the_one_from_the_capture() {
+    let r = Replay::new(PathBuf::new());
+    let input = r.path("fleet.pcap");
+    fleet().write(&input);
+    // The shipped policy in audit mode logs every decision, would-be denials included.
+    let run = r.file(&shipped(), &input, &["--audit"]);
+    assert!(run.ok, "{}", run.stderr);
+    let log = r.path("audit.jsonl");
+    let lines: Vec<String> = run.log.iter().map(|v| v.to_string()).collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let body = |y: &str| -> String {
+        y.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(body(&suggest(&log, &[])), body(&suggest(&input, &[])));
+    // Prefix mode: one key prefix per ship.
+    let yaml = suggest(&log, &["--key-prefix"]);
+    assert!(yaml.contains("keyPrefix: \"awing-\""), "{yaml}");
+    assert!(!yaml.contains("keyExact"), "{yaml}");
+    install(&r, "prefix", &yaml);
+}
+
+#[test]
+fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
+    let r = Replay::new(PathBuf::new());
+    let input = r.path("sw.pcap");
+    starwars().write(&input);
+    let yaml = suggest(&input, &[]);
+    for want in [
+        "- method: \"GET\"\n          path: \"/v1/\"",
+        "- method: \"POST\"\n          path: \"/v1/request-landing\"",
+        "- method: \"PUT\"\n          path: \"/v1/exhaust-port\"",
+        "fromCIDR:\n    - \"10.66.0.14/32\"",
+    ] {
+        assert!(yaml.contains(want), "{want:?} in\n{yaml}");
+    }
+    assert!(!yaml.contains("headers"), "headers are left out: {yaml}");
+    let dir = install(&r, "exact", &yaml);
+    let same = r.file(&dir, &input, &[]);
+    assert!(same.ok, "{}", same.stderr);
+    assert!(
+        same.log.iter().all(|e| e["verdict"] == "allow"),
+        "{:?}",
+        same.log
+    );
+    assert_eq!(
+        l7_decisions(&same).len(),
+        6,
+        "5 HTTP and 1 memcached request"
+    );
+
+    let mut other = Capture::default();
+    let healthz: &[u8] = b"GET /v1/healthz HTTP/1.1\r\nHost: deathstar\r\n\r\n";
+    other.talk(AWING, 80, &[(GET, OK), (healthz, OK)]);
+    let input2 = r.path("other.pcap");
+    other.write(&input2);
+    let run = r.file(&dir, &input2, &[]);
+    let got: Vec<String> = l7_decisions(&run)
+        .into_iter()
+        .map(|(v, w)| format!("{v} {w}"))
+        .collect();
+    assert_eq!(got, ["allow GET /v1/", "deny GET /v1/healthz"]);
+
+    // Merged: one rule per method under the common directory.
+    let merged = suggest(&input, &["--merge-paths"]);
+    assert!(
+        merged.contains("- method: \"GET\"\n          path: \"/v1/\""),
+        "one GET path stays exact: {merged}"
+    );
+    let dir = install(&r, "merged", &merged);
+    let mut two = Capture::default();
+    two.talk(AWING, 80, &[(LAND, LANDED)]);
+    let land2: &[u8] =
+        b"POST /v1/request-refuel HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n\r\n";
+    two.talk(AWING, 80, &[(land2, OK)]);
+    let input3 = r.path("two.pcap");
+    two.write(&input3);
+    let merged = suggest(&input3, &["--merge-paths"]);
+    assert!(merged.contains("path: \"/v1/.*\""), "{merged}");
+    let dir2 = install(&r, "merged2", &merged);
+    let run = r.file(&dir2, &input2, &[]);
+    let got: Vec<String> = l7_decisions(&run)
+        .into_iter()
+        .map(|(v, w)| format!("{v} {w}"))
+        .collect();
+    assert_eq!(
+        got,
+        ["deny GET /v1/", "deny GET /v1/healthz"],
+        "only POST was seen"
+    );
+    let _ = dir;
 }

@@ -14,9 +14,12 @@ use crate::log::{Decision, Event, FlowTuple, Subject};
 /// how-many-th connection on that 5-tuple) and, for an L7 decision, the
 /// request's index within the connection. Two runs over one capture agree
 /// on these keys even where their byte streams differ.
+/// A flow's 5-tuple as its initiator sends: src, dst, protocol, ports.
+pub type Tuple = (IpAddr, IpAddr, u8, u16, u16);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DecisionKey {
-    pub tuple: (IpAddr, IpAddr, u8, u16, u16),
+    pub tuple: Tuple,
     pub conn: u32,
     /// None: the flow's own (L3/L4) decision.
     pub request: Option<u32>,
@@ -25,10 +28,11 @@ pub struct DecisionKey {
 /// Numbers the decisions of one run as they are made (see `DecisionKey`).
 #[derive(Default)]
 pub struct Keyer {
-    flows: std::collections::HashMap<(IpAddr, IpAddr, u8, u16, u16), (u32, u32)>,
+    /// Per 5-tuple: its current connection number, and the next request index.
+    flows: std::collections::HashMap<Tuple, (u32, u32)>,
 }
 
-pub fn tuple_of(f: &FlowTuple) -> (IpAddr, IpAddr, u8, u16, u16) {
+pub fn tuple_of(f: &FlowTuple) -> Tuple {
     (f.src, f.dst, f.proto, f.sport, f.dport)
 }
 
