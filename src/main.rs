@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
+use enforcer::config::{
+    check_content_type, check_http_body, check_http_header, check_http_status,
+    check_memcache_message, DenyAction, DenyReply, EngineConfig, SynDenyAction, TableFullPolicy,
+};
 use enforcer::control::{self, client, client::Format, filter::Filter};
 use enforcer::dataplane::{self, PollMode, RunArgs};
 use enforcer::hostmode::steer::FailMode;
@@ -269,6 +272,22 @@ struct EngineOpts {
     /// ends it, open lets it go on unjudged (L3/L4 only).
     #[arg(long, value_enum, default_value = "closed")]
     l7_fail: L7FailArg,
+    /// Status of the HTTP denial (200-599, one with a body); a policy's
+    /// `enforcer.io/http-deny-status` annotation overrides it (docs/tools.md).
+    #[arg(long, value_name = "CODE", default_value_t = 403, value_parser = |s: &str| check_http_status(s))]
+    http_deny_status: u16,
+    /// Body of the HTTP denial (sent followed by CRLF).
+    #[arg(long, value_name = "TEXT", default_value = "Access denied", value_parser = |s: &str| check_http_body(s))]
+    http_deny_body: String,
+    /// Content-Type of the HTTP denial.
+    #[arg(long, value_name = "TYPE", default_value = "text/plain", value_parser = |s: &str| check_content_type(s))]
+    http_deny_content_type: String,
+    /// Extra header of the HTTP denial, `Name: value` (repeat for more).
+    #[arg(long, value_name = "HEADER", value_parser = |s: &str| check_http_header(s))]
+    http_deny_header: Vec<(String, String)>,
+    /// Message of the memcached text denial: `CLIENT_ERROR <message>`.
+    #[arg(long, value_name = "TEXT", default_value = "access denied", value_parser = |s: &str| check_memcache_message(s))]
+    memcache_deny_message: String,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -318,6 +337,13 @@ impl EngineOpts {
             fail: match self.l7_fail {
                 L7FailArg::Closed => enforcer::config::FailMode::Closed,
                 L7FailArg::Open => enforcer::config::FailMode::Open,
+            },
+            deny_reply: DenyReply {
+                http_status: self.http_deny_status,
+                http_body: self.http_deny_body.clone(),
+                http_content_type: self.http_deny_content_type.clone(),
+                http_headers: self.http_deny_header.clone(),
+                memcache_message: self.memcache_deny_message.clone(),
             },
             ..EngineConfig::default()
         }
