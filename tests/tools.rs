@@ -512,3 +512,158 @@ fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
     );
     let _ = dir;
 }
+
+// ================================================================ deny replies
+
+/// A conversation where each side acks what it received: the client's view
+/// includes the injected denials, the server's excludes denied requests.
+struct Talk {
+    c: kit::tcp::Endpoint,
+    s: kit::tcp::Endpoint,
+    frames: Vec<Vec<u8>>,
+}
+
+const C_ISN: u32 = 1000;
+const S_ISN: u32 = 50_000;
+
+impl Talk {
+    fn new(client: &str, port: u16) -> Talk {
+        let (ce, se) = (ep(client, 40_000), ep(SERVER, port));
+        let mut c = kit::tcp::Endpoint::new(ce, se, C_ISN, 0);
+        let mut s = kit::tcp::Endpoint::new(se, ce, S_ISN, C_ISN + 1);
+        let mut frames = vec![c.segment(SYN, &[]), s.segment(SYN | ACK, &[])];
+        c.rcv_nxt = S_ISN + 1;
+        frames.push(c.ack());
+        Talk { c, s, frames }
+    }
+
+    fn allowed(&mut self, req: &[u8], reply: &[u8]) {
+        self.frames.push(self.c.data_segment(req));
+        self.s.rcv_nxt += req.len() as u32;
+        self.frames.push(self.s.data_segment(reply));
+        self.c.rcv_nxt += reply.len() as u32;
+        self.frames.push(self.c.ack());
+    }
+
+    fn denied(&mut self, req: &[u8], denial_len: usize) {
+        self.frames.push(self.c.data_segment(req));
+        self.c.rcv_nxt += denial_len as u32;
+        self.frames.push(self.c.ack());
+    }
+}
+
+/// The Star Wars policy with its own HTTP denial.
+fn sw_with_reply() -> String {
+    let ann = "  name: \"deathstar-http\"\n  annotations:\n    \
+               enforcer.io/http-deny-status: \"451\"\n    \
+               enforcer.io/http-deny-body: \"{\\\"error\\\": \\\"the Force is required\\\"}\"\n    \
+               enforcer.io/http-deny-content-type: application/json\n    \
+               enforcer.io/http-deny-headers: |\n      X-Denied-By: enforcer\n      Retry-After: 3600\n";
+    let out = SW.replace("  name: \"deathstar-http\"\n", ann);
+    assert_ne!(out, SW);
+    out
+}
+
+const SW_DENIAL: &[u8] = b"HTTP/1.1 451 Unavailable For Legal Reasons\r\nContent-Type: application/json\r\nContent-Length: 36\r\nX-Denied-By: enforcer\r\nRetry-After: 3600\r\n\r\n{\"error\": \"the Force is required\"}\r\n";
+
+fn client_stream(run: &kit::replay::Run, client: &str) -> Vec<u8> {
+    towards(&run.out, client).exact(S_ISN + 1).0
+}
+
+#[test]
+fn a_policy_sets_its_own_http_denial_and_the_connection_goes_on() {
+    let r = Replay::with_policies(&[("sw.yaml", &sw_with_reply()), ("memcd.yaml", MEMCD)]);
+    let mut t = Talk::new(AWING, 80);
+    t.allowed(GET, OK);
+    t.denied(PUT, SW_DENIAL.len());
+    t.allowed(GET, OK);
+    let run = r.frames(&t.frames, &[]);
+    assert_eq!(client_stream(&run, AWING), [OK, SW_DENIAL, OK].concat());
+    let srv = towards(&run.out, SERVER).exact(C_ISN + 1).0;
+    assert_eq!(
+        srv,
+        [GET, GET].concat(),
+        "the server reads the two GETs only"
+    );
+}
+
+#[test]
+fn global_deny_flags_apply_where_no_policy_sets_its_own() {
+    let r = Replay::with_policies(&[("sw.yaml", &sw_with_reply()), ("memcd.yaml", MEMCD)]);
+    let flags = [
+        "--memcache-deny-message",
+        "not your key",
+        "--http-deny-status",
+        "418",
+    ];
+    let mc: &[u8] = b"CLIENT_ERROR not your key\r\n";
+    let mut t = Talk::new(XWING, 11211);
+    t.allowed(b"get xwing-coord\r\n", b"END\r\n");
+    t.denied(b"get awing-coord\r\n", mc.len());
+    t.allowed(b"get xwing-coord\r\n", b"END\r\n");
+    let run = r.frames(&t.frames, &flags);
+    assert_eq!(
+        client_stream(&run, XWING),
+        [b"END\r\n", mc, b"END\r\n"].concat()
+    );
+    // The HTTP policy's annotation wins over the flag for its denials.
+    let mut t = Talk::new(AWING, 80);
+    t.denied(PUT, SW_DENIAL.len());
+    let run = r.frames(&t.frames, &flags);
+    assert_eq!(client_stream(&run, AWING), SW_DENIAL);
+    // Under the shipped policy (no annotations), the flags' denial.
+    let flags = [
+        "--http-deny-status",
+        "418",
+        "--http-deny-body",
+        "no",
+        "--http-deny-header",
+        "X-Why: policy",
+    ];
+    let teapot: &[u8] = b"HTTP/1.1 418 I'm a teapot\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nX-Why: policy\r\n\r\nno\r\n";
+    let mut t = Talk::new(AWING, 80);
+    t.denied(PUT, teapot.len());
+    t.allowed(GET, OK);
+    let run = Replay::new(shipped()).frames(&t.frames, &flags);
+    assert_eq!(client_stream(&run, AWING), [teapot, OK].concat());
+}
+
+#[test]
+fn a_bad_deny_annotation_is_a_policy_error_with_file_line_and_field() {
+    let r = Replay::new(PathBuf::new());
+    let bad = SW.replace(
+        "  name: \"deathstar-http\"\n",
+        "  name: \"deathstar-http\"\n  annotations:\n    enforcer.io/http-deny-status: \"304\"\n",
+    );
+    let dir = policy_dir(&r, "bad", &[("sw.yaml", &bad)]);
+    let (ok, out, err) = enforcer(&["check", s(&dir)]);
+    assert!(!ok, "{out}");
+    let want = format!(
+        "{}:8: metadata.annotations.enforcer.io/http-deny-status: status 304 carries no body",
+        dir.join("sw.yaml").display()
+    );
+    assert!(err.contains(&want), "{want:?} in {err}");
+    let typo = SW.replace(
+        "  name: \"deathstar-http\"\n",
+        "  name: \"deathstar-http\"\n  annotations:\n    enforcer.io/http-deny-stauts: \"451\"\n",
+    );
+    std::fs::write(dir.join("sw.yaml"), typo).unwrap();
+    let (ok, _, err) = enforcer(&["check", s(&dir)]);
+    assert!(!ok);
+    assert!(err.contains("sw.yaml:8: metadata.annotations.enforcer.io/http-deny-stauts: unknown enforcer annotation"), "{err}");
+    // And a bad flag is refused before anything runs.
+    let (ok, _, err) = enforcer(&[
+        "replay",
+        "--policy",
+        s(&shipped()),
+        "--http-deny-header",
+        "Content-Length: 0",
+        "x",
+        "-w",
+        "y",
+    ]);
+    assert!(
+        !ok && err.contains("Content-Length is set by the enforcer"),
+        "{err}"
+    );
+}
