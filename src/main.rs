@@ -166,6 +166,10 @@ enum Cmd {
         /// HTTP: require the Host header seen.
         #[arg(long)]
         http_host: bool,
+        /// HTTP: require this header with the value seen, where a request
+        /// carried it (repeat for more; capture input only).
+        #[arg(long, value_name = "NAME")]
+        http_header: Vec<String>,
         /// memcached: allow keys by prefix (up to the first separator) instead of exactly.
         #[arg(long)]
         key_prefix: bool,
@@ -396,6 +400,7 @@ fn main() -> ExitCode {
             input,
             merge_paths,
             http_host,
+            http_header,
             key_prefix,
             key_separators,
         }) => suggest::run(&SuggestArgs {
@@ -403,6 +408,7 @@ fn main() -> ExitCode {
             input,
             merge_paths,
             with_host: http_host,
+            headers: http_header,
             key_prefix,
             key_separators,
         }),

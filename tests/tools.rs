@@ -667,3 +667,63 @@ fn a_bad_deny_annotation_is_a_policy_error_with_file_line_and_field() {
         "{err}"
     );
 }
+
+#[test]
+fn suggestion_requires_the_headers_asked_for_with_the_values_seen() {
+    let r = Replay::new(PathBuf::new());
+    let mut c = Capture::default();
+    // A chunked body in front: the header reading must find the next request.
+    let chunked: &[u8] = b"POST /v1/request-landing HTTP/1.1\r\nHost: deathstar\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nship\r\n0\r\n\r\n";
+    c.talk(
+        AWING,
+        80,
+        &[(GET, OK), (chunked, LANDED), (PUT_FORCE, PANIC)],
+    );
+    let input = r.path("force.pcap");
+    c.write(&input);
+    let yaml = suggest(&input, &["--http-header", "X-Has-Force"]);
+    assert!(
+        yaml.contains(
+            "- method: \"PUT\"\n          path: \"/v1/exhaust-port\"\n          headers:\n          - \"X-Has-Force: true\"\n"
+        ),
+        "{yaml}"
+    );
+    assert_eq!(
+        yaml.matches("headers:").count(),
+        1,
+        "only the PUT carried it: {yaml}"
+    );
+    let dir = install(&r, "force", &yaml);
+    let same = r.file(&dir, &input, &[]);
+    assert!(
+        same.log.iter().all(|e| e["verdict"] == "allow"),
+        "{:?}",
+        same.log
+    );
+    let mut t = Capture::default();
+    t.talk(AWING, 80, &[(PUT, PANIC)]);
+    let unforced = r.path("unforced.pcap");
+    t.write(&unforced);
+    let run = r.file(&dir, &unforced, &[]);
+    assert_eq!(
+        l7_decisions(&run),
+        [("deny".to_string(), "PUT /v1/exhaust-port".to_string())]
+    );
+    // Without the option no header is required; a log cannot give one.
+    assert!(!suggest(&input, &[]).contains("headers:"));
+    let log = r.path("v.jsonl");
+    std::fs::write(&log, "").unwrap();
+    let eps = shipped().join("endpoints.yaml");
+    let (ok, _, err) = enforcer(&[
+        "suggest",
+        "--endpoints",
+        s(&eps),
+        "--http-header",
+        "X-Has-Force",
+        s(&log),
+    ]);
+    assert!(
+        !ok && err.contains("--http-header needs a capture"),
+        "{err}"
+    );
+}

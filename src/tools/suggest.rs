@@ -18,16 +18,19 @@
 //! would take egress rules, which make the source default-deny for all its
 //! other egress too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::{DecisionKey, Keyer, Tuple};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
+use crate::l7::http::{parse_request, ChunkedDecoder};
 use crate::l7::memcache::group_of;
+use crate::l7::{Body, Parse};
 use crate::log::{Decision, Event, Subject};
 use crate::policy::{L7Proto, Policy};
 use crate::replay;
@@ -41,6 +44,9 @@ pub struct SuggestArgs {
     pub merge_paths: bool,
     /// HTTP: require the Host seen.
     pub with_host: bool,
+    /// HTTP: require these headers with the value seen, where a request
+    /// carried them (capture input only).
+    pub headers: Vec<String>,
     /// memcached: `keyPrefix` (the key up to its first separator) instead of `keyExact`.
     pub key_prefix: bool,
     /// Characters that end a key prefix.
@@ -55,6 +61,8 @@ enum Seen {
         method: String,
         host: String,
         path: String,
+        /// `Name: value` of the asked-for headers the request carried.
+        headers: Vec<String>,
     },
     Memcache {
         command: String,
@@ -79,9 +87,12 @@ enum Peer {
 }
 
 /// What one port of one destination saw from one source.
+/// An HTTP request as a rule sees it: method, host, path, headers.
+type HttpSeen = (String, String, String, Vec<String>);
+
 #[derive(Debug, Default)]
 struct PortSeen {
-    http: BTreeSet<(String, String, String)>,
+    http: BTreeSet<HttpSeen>,
     memcache: BTreeSet<(String, Vec<String>)>,
 }
 
@@ -122,9 +133,14 @@ fn observe(obs: &[Obs], policy: &Policy) -> Observed {
             .or_default();
         match &x.seen {
             Seen::Flow => {}
-            Seen::Http { method, host, path } => {
+            Seen::Http {
+                method,
+                host,
+                path,
+                headers,
+            } => {
                 port.http
-                    .insert((method.clone(), host.clone(), path.clone()));
+                    .insert((method.clone(), host.clone(), path.clone(), headers.clone()));
             }
             Seen::Memcache { command, keys } => {
                 port.memcache.insert((command.clone(), keys.clone()));
@@ -193,15 +209,16 @@ fn merged_path(paths: &[&str]) -> String {
     }
 }
 
-fn http_rules(seen: &BTreeSet<(String, String, String)>, args: &SuggestArgs, out: &mut String) {
+fn http_rules(seen: &BTreeSet<HttpSeen>, args: &SuggestArgs, out: &mut String) {
     out.push_str("      rules:\n        http:\n");
-    // (method, host) → paths
-    let mut groups: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-    for (m, h, p) in seen {
+    // (method, host, headers) → paths
+    type Group<'a> = (&'a str, &'a str, &'a [String]);
+    let mut groups: BTreeMap<Group<'_>, Vec<&str>> = BTreeMap::new();
+    for (m, h, p, hs) in seen {
         let host = if args.with_host { h.as_str() } else { "" };
-        groups.entry((m, host)).or_default().push(p);
+        groups.entry((m, host, hs)).or_default().push(p);
     }
-    for ((m, h), mut paths) in groups {
+    for ((m, h, hs), mut paths) in groups {
         paths.dedup();
         let paths: Vec<String> = if args.merge_paths {
             vec![merged_path(&paths)]
@@ -213,6 +230,12 @@ fn http_rules(seen: &BTreeSet<(String, String, String)>, args: &SuggestArgs, out
             let _ = writeln!(out, "          path: {}", q(&p));
             if args.with_host {
                 let _ = writeln!(out, "          host: {}", q(&exact(h)));
+            }
+            if !hs.is_empty() {
+                out.push_str("          headers:\n");
+                for h in hs {
+                    let _ = writeln!(out, "          - {}", q(h));
+                }
             }
         }
     }
@@ -491,6 +514,7 @@ fn from_event(ev: &Event) -> Obs {
                 method: method.clone(),
                 host: host.clone(),
                 path: path.clone(),
+                headers: Vec::new(),
             },
             Subject::Memcache { command, keys } => Seen::Memcache {
                 command: command.clone(),
@@ -500,25 +524,168 @@ fn from_event(ev: &Event) -> Obs {
     }
 }
 
-fn from_capture(input: &Path, endpoints: &Policy) -> Result<(Vec<Obs>, u64), String> {
+fn from_capture(
+    input: &Path,
+    endpoints: &Policy,
+    headers: &[String],
+) -> Result<(Vec<Obs>, u64), String> {
     let ports = l7_ports(input)?;
+    let seen_headers = if headers.is_empty() {
+        HashMap::new()
+    } else {
+        http_headers(input, &ports, headers)?
+    };
     let policy = Arc::new(observing_policy(endpoints, &ports)?);
     let mut engines = [Engine::new(policy, EngineConfig::default(), 0)];
     let mut obs = Vec::new();
     let mut denied = 0;
+    let mut keyer = Keyer::default();
     replay::drive(input, &mut engines, |_, _, _, out| {
         for ev in &out.events {
+            let key = keyer.key(ev);
             // Denied here: a request that did not parse; not traffic to keep.
             if ev.verdict == Decision::Deny {
                 denied += 1;
-            } else {
-                obs.push(from_event(ev));
+                continue;
             }
+            let mut o = from_event(ev);
+            if let (Seen::Http { headers, .. }, Some(h)) = (&mut o.seen, seen_headers.get(&key)) {
+                headers.clone_from(h);
+            }
+            obs.push(o);
         }
         out.clear();
         Ok(())
     })?;
     Ok((obs, denied))
+}
+
+/// Client bytes kept per connection for header look-ups.
+const MAX_CONN_BYTES: usize = 64 << 20;
+
+/// One connection's client → server bytes by stream offset.
+struct ClientBytes {
+    isn: u32,
+    segs: BTreeMap<u32, Vec<u8>>,
+    kept: usize,
+}
+
+impl ClientBytes {
+    /// The stream from its start up to the first gap, the first copy of
+    /// each byte winning.
+    fn contiguous(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = Vec::new();
+        for (&off, d) in &self.segs {
+            let off = off as usize;
+            if off > out.len() {
+                break;
+            }
+            let skip = out.len() - off;
+            if skip < d.len() {
+                out.extend_from_slice(&d[skip..]);
+            }
+        }
+        out
+    }
+}
+
+/// The asked-for headers of every HTTP request in a capture, by decision
+/// key. A second reading of the clients' byte streams with the engine's
+/// own parser: the engine's decisions carry no header values. Requests are
+/// numbered per connection as `Keyer` numbers decisions (a connection per
+/// SYN with a new initial sequence number), so the two agree.
+fn http_headers(
+    input: &Path,
+    ports: &BTreeMap<(IpAddr, u16), L7Proto>,
+    names: &[String],
+) -> Result<HashMap<DecisionKey, Vec<String>>, String> {
+    let mut conns: BTreeMap<(Tuple, u32), ClientBytes> = BTreeMap::new();
+    let mut current: HashMap<Tuple, u32> = HashMap::new();
+    replay::each_frame(input, |_, _, data| {
+        let Ok(m) = crate::packet::parse(&data) else {
+            return Ok(());
+        };
+        let Some(t) = m.tcp() else {
+            return Ok(());
+        };
+        if ports.get(&(m.dst, m.dport)) != Some(&L7Proto::Http) {
+            return Ok(());
+        }
+        let tuple = (m.src, m.dst, m.proto, m.sport, m.dport);
+        if t.flags & 0x12 == 0x02 {
+            let n = current.entry(tuple).or_insert(0);
+            let same = conns.get(&(tuple, *n)).is_some_and(|c| c.isn == t.seq);
+            if !same {
+                *n += 1;
+                conns.insert(
+                    (tuple, *n),
+                    ClientBytes {
+                        isn: t.seq,
+                        segs: BTreeMap::new(),
+                        kept: 0,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        let p = m.payload(&data);
+        let Some(c) = current
+            .get(&tuple)
+            .and_then(|n| conns.get_mut(&(tuple, *n)))
+        else {
+            return Ok(());
+        };
+        if p.is_empty() || c.kept + p.len() > MAX_CONN_BYTES {
+            return Ok(());
+        }
+        let off = t.seq.wrapping_sub(c.isn.wrapping_add(1));
+        // Longer copies win: a retransmission may carry more.
+        let e = c.segs.entry(off).or_default();
+        if p.len() > e.len() {
+            c.kept += p.len() - e.len();
+            *e = p.to_vec();
+        }
+        Ok(())
+    })?;
+    let mut out = HashMap::new();
+    for ((tuple, conn), c) in &conns {
+        let buf = c.contiguous();
+        let mut off = 0usize;
+        let mut index = 0u32;
+        while off < buf.len() {
+            let Parse::Complete(h) = parse_request(&buf[off..]) else {
+                break;
+            };
+            let mut hs = Vec::new();
+            for name in names {
+                for v in h.req.header_values(name.as_bytes()) {
+                    hs.push(format!("{name}: {}", String::from_utf8_lossy(v)));
+                }
+            }
+            let key = DecisionKey {
+                tuple: *tuple,
+                conn: *conn,
+                request: Some(index),
+            };
+            out.insert(key, hs);
+            index += 1;
+            off += h.head_len;
+            match h.body {
+                Body::None => {}
+                Body::Length(n) => {
+                    off = off.saturating_add(usize::try_from(n).unwrap_or(usize::MAX))
+                }
+                Body::Chunked => {
+                    let mut d = ChunkedDecoder::new();
+                    match d.feed(buf.get(off..).unwrap_or(&[])) {
+                        Ok((used, true)) => off += used,
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn from_log(input: &Path) -> Result<(Vec<Obs>, u64), String> {
@@ -567,6 +734,7 @@ fn from_log(input: &Path) -> Result<(Vec<Obs>, u64), String> {
                 method: field("method")?.into(),
                 host: field("host")?.into(),
                 path: field("path")?.into(),
+                headers: Vec::new(),
             },
             "memcache" => Seen::Memcache {
                 command: field("command")?.into(),
@@ -608,7 +776,12 @@ fn is_capture(path: &Path) -> Result<bool, String> {
 pub fn suggest(args: &SuggestArgs) -> Result<String, String> {
     let endpoints = replay::load_policy(&args.endpoints)?;
     let (obs, denied) = if is_capture(&args.input)? {
-        from_capture(&args.input, &endpoints)?
+        from_capture(&args.input, &endpoints, &args.headers)?
+    } else if !args.headers.is_empty() {
+        return Err(format!(
+            "{}: a verdict log holds no header values; --http-header needs a capture",
+            args.input.display()
+        ));
     } else {
         from_log(&args.input)?
     };
