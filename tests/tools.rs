@@ -629,6 +629,21 @@ fn global_deny_flags_apply_where_no_policy_sets_its_own() {
 }
 
 #[test]
+fn check_shows_a_policys_own_denial() {
+    let r = Replay::new(PathBuf::new());
+    let dir = policy_dir(&r, "p", &[("sw.yaml", &sw_with_reply())]);
+    let (ok, out, err) = enforcer(&["check", s(&dir)]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "  denial (annotations): HTTP status 451, body \"{\\\"error\\\": \\\"the Force is required\\\"}\", \
+             content type application/json, header \"X-Denied-By: enforcer\", header \"Retry-After: 3600\"\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_bad_deny_annotation_is_a_policy_error_with_file_line_and_field() {
     let r = Replay::new(PathBuf::new());
     let bad = SW.replace(
