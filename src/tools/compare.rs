@@ -39,28 +39,28 @@ pub struct CompareArgs {
     pub engine: EngineConfig,
 }
 
-/// One side's view of a decision.
+/// One policy's outcome of a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Side {
+pub struct Outcome {
     pub verdict: &'static str,
     /// The rule that allows it, or why it is denied.
     pub because: String,
 }
 
-impl Side {
+impl Outcome {
     fn passes(&self) -> bool {
         self.verdict == "allow"
     }
 }
 
-fn side_of(ev: &Event) -> Side {
+fn outcome_of(ev: &Event) -> Outcome {
     if passes(ev.verdict) {
-        Side {
+        Outcome {
             verdict: "allow",
             because: ev.rule.clone().unwrap_or_default(),
         }
     } else {
-        Side {
+        Outcome {
             verdict: "deny",
             because: ev.reason.clone().unwrap_or_default(),
         }
@@ -68,20 +68,20 @@ fn side_of(ev: &Event) -> Side {
 }
 
 /// A request one run never judged: its flow's verdict.
-fn inferred(flow: Option<&Event>) -> Side {
+fn inferred(flow: Option<&Event>) -> Outcome {
     match flow {
-        Some(f) if passes(f.verdict) => Side {
+        Some(f) if passes(f.verdict) => Outcome {
             verdict: "allow",
             because: format!(
                 "no L7 rules on the port (flow allowed by {})",
                 f.rule.as_deref().unwrap_or("")
             ),
         },
-        Some(f) => Side {
+        Some(f) => Outcome {
             verdict: "deny",
             because: format!("flow denied: {}", f.reason.as_deref().unwrap_or("")),
         },
-        None => Side {
+        None => Outcome {
             verdict: "allow",
             because: "flow not judged (picked up mid-stream)".into(),
         },
@@ -100,8 +100,8 @@ pub struct Change {
     /// Index of the request within its connection (absent: the flow's own decision).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<u32>,
-    pub old: Side,
-    pub new: Side,
+    pub old: Outcome,
+    pub new: Outcome,
     /// `newly-allowed` or `newly-denied`.
     pub change: &'static str,
 }
@@ -181,11 +181,11 @@ impl Decisions {
         self.by_key.entry(k).or_insert_with(|| ev.clone());
     }
 
-    fn side(&self, k: &DecisionKey) -> Option<Side> {
-        self.by_key.get(k).map(side_of)
+    fn outcome(&self, k: &DecisionKey) -> Option<Outcome> {
+        self.by_key.get(k).map(outcome_of)
     }
 
-    fn inferred(&self, k: &DecisionKey) -> Side {
+    fn inferred(&self, k: &DecisionKey) -> Outcome {
         let flow = DecisionKey {
             request: None,
             ..*k
@@ -206,8 +206,8 @@ fn changes(old: &Decisions, new: &Decisions, ids: &dyn Identities) -> (Vec<Chang
     let mut sum = Summary::default();
     for (k, ev) in keys {
         sum.total += 1;
-        let o = old.side(k).unwrap_or_else(|| old.inferred(k));
-        let n = new.side(k).unwrap_or_else(|| new.inferred(k));
+        let o = old.outcome(k).unwrap_or_else(|| old.inferred(k));
+        let n = new.outcome(k).unwrap_or_else(|| new.inferred(k));
         if o.passes() == n.passes() {
             continue;
         }
