@@ -73,9 +73,11 @@ pub struct EngineConfig {
     pub pass_non_ip: bool,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
-    /// Idle timeout of half-open TCP flows (SYN seen, handshake not done):
-    /// short, so that a SYN flood's entries leave quickly. A client's SYN
-    /// retransmission after it is judged as a new flow.
+    /// Idle timeout of TCP flows whose SYN nobody answered yet: short, so
+    /// that a SYN flood's entries leave quickly. A client's SYN
+    /// retransmission after it is judged as a new flow. Once the SYN-ACK
+    /// passed, the flow takes `tcp_transitory_timeout_ns` (the client sends
+    /// no SYN again, and an L7 flow is never adopted mid-stream).
     pub tcp_syn_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub icmp_timeout_ns: u64,

@@ -938,3 +938,26 @@ fn internal_error_in_a_stream_fails_open_when_asked() {
         FWD
     );
 }
+
+#[test]
+fn answered_handshake_outlives_the_syn_timeout() {
+    // The client's ACK and first data after the SYN-ACK are lost; its
+    // retransmission comes 16 s later, past the half-open timeout. The
+    // entry must still be there: an L7 connection is never adopted again.
+    let mut e = l7_engine(crate::config::FailMode::Closed);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    let hs = c.handshake();
+    assert_eq!(run(&mut e, 0, &hs[0], 0, &mut out), FWD);
+    assert_eq!(run(&mut e, 1, &hs[1], SECOND, &mut out), BACK);
+    let late = SECOND + e.cfg.tcp_syn_timeout_ns + 6 * SECOND;
+    e.tick(late, &mut out);
+    assert_eq!(e.flow_count(), 1, "answered: not half-open any more");
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(run(&mut e, 0, &c.client_data(req), late, &mut out), FWD);
+    // A SYN nobody answered still leaves after the short timeout.
+    run(&mut e, 0, &syn_from(7), late, &mut out);
+    e.tick(late + e.cfg.tcp_syn_timeout_ns + 1, &mut out);
+    assert_eq!(e.flow_count(), 1);
+    assert_eq!(e.counters().flows_expired, 1);
+}
