@@ -223,13 +223,9 @@ fn req() -> impl Strategy<Value = Req> {
 }
 
 proptest! {
-    // A fixed seed: CI runs the same cases every time (the HTTP rig's random
-    // seed once found a stall under heavy loss; see stream_rig_http.rs).
-    #![proptest_config(ProptestConfig {
-        cases: 96,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x656e_666f_7263_6572),
-        ..ProptestConfig::default()
-    })]
+    // Fixed-seed cases (see `kit::rig::proptest_config`); cases other
+    // seeds found are kept as named tests.
+    #![proptest_config(kit::rig::proptest_config(96))]
     #[test]
     fn random_mixes_and_faults(
         reqs in proptest::collection::vec(req(), 1..12),

@@ -135,13 +135,9 @@ fn req() -> impl Strategy<Value = Req> {
 }
 
 proptest! {
-    // A fixed seed: CI runs the same 64 cases every time. Cases random
-    // seeds found are kept as named tests below.
-    #![proptest_config(ProptestConfig {
-        cases: 64,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x656e_666f_7263_6572),
-        ..ProptestConfig::default()
-    })]
+    // Fixed-seed cases (see `kit::rig::proptest_config`); cases other
+    // seeds found are kept as named tests.
+    #![proptest_config(kit::rig::proptest_config(64))]
     #[test]
     fn random_mixes_and_faults(
         reqs in proptest::collection::vec(req(), 1..10),

@@ -408,3 +408,22 @@ impl Rig {
         served
     }
 }
+
+/// Proptest settings for the rigs: `cases` cases from a fixed seed, so CI
+/// runs the same ones every time. `PROPTEST_CASES` and `PROPTEST_RNG_SEED`
+/// override them for a local hunt over other seeds (a case found that way
+/// becomes a named regression test).
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let env = Config::default();
+    let set = |k: &str| std::env::var_os(k).is_some();
+    Config {
+        cases: if set("PROPTEST_CASES") { env.cases } else { cases },
+        rng_seed: if set("PROPTEST_RNG_SEED") {
+            env.rng_seed
+        } else {
+            RngSeed::Fixed(0x656e_666f_7263_6572)
+        },
+        ..env
+    }
+}
