@@ -84,6 +84,12 @@ pub struct EngineConfig {
     /// Pending IP fragment reassemblies per engine, and their lifetime.
     pub max_frag_queues: usize,
     pub frag_timeout_ns: u64,
+    /// Longest time an L7 request head may take to arrive once its first
+    /// byte did (HAProxy's `timeout http-request`): a head trickled in
+    /// below every idle timeout would otherwise hold its bytes forever. At
+    /// the deadline the head is denied and the connection ends: HTTP with
+    /// `deny_action` reply gets a 408 first, everything else an RST.
+    pub l7_head_timeout_ns: u64,
     /// Initial retransmission timeout for bytes the engine injected.
     pub inject_rto_ns: u64,
     pub fail: FailMode,
@@ -116,6 +122,9 @@ impl Default for EngineConfig {
             icmp_timeout_ns: 30 * SEC,
             max_frag_queues: 1024,
             frag_timeout_ns: 30 * SEC,
+            // Apache's mod_reqtimeout allows 20-40 s for a head, nginx's
+            // client_header_timeout 60 s, HAProxy advises a few seconds.
+            l7_head_timeout_ns: 30 * SEC,
             inject_rto_ns: 200_000_000,
             fail: FailMode::Closed,
             audit: false,

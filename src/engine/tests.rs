@@ -961,3 +961,34 @@ fn answered_handshake_outlives_the_syn_timeout() {
     assert_eq!(e.flow_count(), 1);
     assert_eq!(e.counters().flows_expired, 1);
 }
+
+#[test]
+fn slow_request_head_is_timed_out_by_the_timer_queue() {
+    let mut e = l7_engine(crate::config::FailMode::Closed);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    assert_eq!(e.timers_pending(), 0, "nothing held, no timer");
+    run(
+        &mut e,
+        0,
+        &c.client_data(b"GET / HTTP/1.1\r\n"),
+        SECOND,
+        &mut out,
+    );
+    assert_eq!(e.timers_pending(), 1);
+    out.emits.clear();
+    e.tick(SECOND + e.cfg.l7_head_timeout_ns - 1, &mut out);
+    assert!(out.emits.is_empty());
+    e.tick(SECOND + e.cfg.l7_head_timeout_ns, &mut out);
+    assert_eq!(e.counters().l7_head_timeouts, 1);
+    assert!(
+        out.emits
+            .iter()
+            .any(|m| m.side == 0 && m.frame.ends_with(b"Request timeout\r\n")),
+        "the 408 goes to the client"
+    );
+    assert_eq!(e.held_total(), e.held_bytes());
+}

@@ -173,6 +173,16 @@ impl<P: Protocol> Stream<P> {
                 self.srv.inserted.prune(acked);
             }
         }
+        if self.draining.is_some() && t.flags & TCP_RST == 0 {
+            if self.queue.is_empty() && self.srv.inj.is_empty() {
+                // The client has the timeout reply: the connection ends.
+                self.reset(ctx, out);
+                return Verdict::Consumed;
+            }
+            if meta.payload_end > meta.payload_off || t.flags & TCP_FIN != 0 {
+                return Verdict::Drop(DropReason::L7Denied);
+            }
+        }
         let payload = meta.payload(frame);
         let len = payload.len() as u64;
         let modified_before = self.modified();
@@ -461,6 +471,7 @@ impl<P: Protocol> Stream<P> {
                             return true;
                         }
                         Parse::Complete(h) => {
+                            self.cli.head_since = None;
                             let head_len = h.head_len.min(avail.len());
                             let proto = &self.proto;
                             let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
@@ -523,9 +534,51 @@ impl<P: Protocol> Stream<P> {
                 // A large head once held must not keep its memory.
                 self.cli.buf = Vec::new();
             }
+            // The head clock runs from the first held byte of a head.
+            self.cli.head_since = match self.cli.req {
+                ReqState::Head if !self.cli.buf.is_empty() => self.cli.head_since.or(Some(now)),
+                _ => None,
+            };
         }
         self.cli.sent.extend(&rel[rel_start..]);
         denied
+    }
+
+    /// The held head did not complete within `l7_head_timeout_ns` of its
+    /// first byte (a slow sender holding our memory, as slowloris holds a
+    /// server's). Like HAProxy's `timeout http-request`: the head is
+    /// denied, the protocol's timeout reply (HTTP 408, in reply order) goes
+    /// to the client, and the connection ends once the client acknowledged
+    /// it; without such a reply (memcached, or `deny_action` reset) it is
+    /// reset at once. A head held only because earlier requests wait is
+    /// our delay, not the client's: its clock starts over.
+    pub(super) fn head_timed_out(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
+        if !held || self.waiting() || self.draining.is_some() {
+            self.cli.head_since = held.then_some(now).filter(|_| self.draining.is_none());
+            return;
+        }
+        ctx.counters.l7_head_timeouts += 1;
+        self.cli.head_since = None;
+        let subj = self.proto.unparsed_subject();
+        self.log(ctx, out, now, subj, false, "request head timeout".into());
+        let reply = match ctx.cfg.deny_action {
+            DenyAction::Reply => self.proto.timeout_reply(),
+            DenyAction::Reset => None,
+        };
+        let Some(reply) = reply else {
+            self.reset(ctx, out);
+            return;
+        };
+        let at = self.decided();
+        self.cli.removed.add(at, self.cli.buf.len() as u64);
+        self.cli.buf = Vec::new();
+        self.cli.scanned = 0;
+        self.cli.ooo.clear();
+        self.queue.push_back(Pending::Denial(reply));
+        self.draining = Some(now.saturating_add(self.head_timeout));
+        self.flush_denials(ctx, now, out);
+        self.ack_client(ctx, out);
     }
 
     /// Bytes in flight to the server, at most: beyond it new client data is

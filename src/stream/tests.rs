@@ -895,3 +895,115 @@ fn client_is_offered_only_the_window_the_enforcer_can_honour() {
     assert_eq!(r.server.data, [head.as_slice(), b"\n"].concat());
     r.assert_healthy();
 }
+
+const SEC: u64 = 1_000_000_000;
+
+#[test]
+fn trickled_head_times_out_with_resets() {
+    // Toy has no timeout reply: the connection is reset, counted, logged.
+    let mut r = toy();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    r.client_says(b"ALLOW a\n");
+    r.server_says(b"A\n");
+    // One byte every 2 s: far below any idle timeout.
+    for b in b"ALLOW slow" {
+        r.tick(2 * SEC);
+        r.client_says(&[*b]);
+    }
+    assert!(
+        !r.client.rst && !r.server.rst,
+        "still within the head timeout"
+    );
+    r.tick(t);
+    r.deliver();
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+    assert_eq!(r.server.data, b"ALLOW a\n", "nothing of the slow head");
+    assert_eq!(
+        decisions(&r).last().unwrap(),
+        &(Decision::Deny, String::new())
+    );
+    assert_eq!(
+        r.client_send(b"ALLOW c\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+}
+
+#[test]
+fn head_clock_starts_with_each_head() {
+    // Heads that each complete in time never time out, however long the
+    // connection lives; a head held behind a denial is not the client's delay.
+    let mut r = toy();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    for i in 0..4 {
+        r.client_says(b"ALLOW ");
+        r.tick(t - SEC);
+        r.client_says(format!("{i}\n").as_bytes());
+        r.server_says(b"A\n");
+        r.tick(t - SEC);
+    }
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    r.client_says(b"ALLOW x\nDENY y\nALLOW z\n");
+    r.to_client.clear();
+    r.tick(t + SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    r.server_says(b"X\n");
+    r.server_says(b"Z\n");
+    assert_eq!(r.server.data.ends_with(b"ALLOW x\nALLOW z\n"), true);
+    r.assert_healthy();
+}
+
+#[test]
+fn http_head_timeout_answers_408_then_resets() {
+    let mut r = http_rig();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\nX-A: ");
+    r.tick(t / 2);
+    r.client_says(b"1\r\n");
+    r.tick(t / 2 + 1);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    // More of the head while the 408 is unacknowledged: never judged.
+    assert_eq!(
+        r.client_send(b"X-B: 2\r\n\r\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+    r.deliver();
+    assert_eq!(r.client.data, crate::l7::http::TIMEOUT_REPLY);
+    assert!(!r.client.rst, "the 408 is read before the connection ends");
+    let ack = r.client.ack();
+    r.input(CLIENT, ack);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+    assert!(r.server.data.is_empty());
+}
+
+#[test]
+fn http_408_never_acknowledged_still_ends() {
+    let mut r = http_rig();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    r.client_says(b"GET /pub");
+    r.tick(t);
+    r.to_client.clear(); // the 408 is lost, and the client goes silent
+    r.tick(t / 2);
+    assert!(!r.to_client.is_empty(), "the 408 is retransmitted");
+    r.to_client.clear();
+    r.tick(t / 2);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+}
+
+#[test]
+fn head_timeout_with_deny_action_reset() {
+    let cfg = EngineConfig {
+        deny_action: DenyAction::Reset,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    r.client_says(b"ALLOW");
+    r.tick(r.mid.cfg.l7_head_timeout_ns);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.data.is_empty());
+}

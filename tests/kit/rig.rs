@@ -418,7 +418,11 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
     let env = Config::default();
     let set = |k: &str| std::env::var_os(k).is_some();
     Config {
-        cases: if set("PROPTEST_CASES") { env.cases } else { cases },
+        cases: if set("PROPTEST_CASES") {
+            env.cases
+        } else {
+            cases
+        },
         rng_seed: if set("PROPTEST_RNG_SEED") {
             env.rng_seed
         } else {

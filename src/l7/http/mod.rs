@@ -58,6 +58,8 @@ impl std::error::Error for RuleError {}
 /// Body of the denial, as Cilium's Envoy filter sends it (its default
 /// `denied_403_body` "Access denied" with CRLF appended).
 pub const DENY_BODY: &[u8] = b"Access denied\r\n";
+/// Sent when a request head did not arrive in time; the connection ends.
+pub const TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 17\r\nConnection: close\r\n\r\nRequest timeout\r\n";
 
 /// HTTP/1.x on one connection. Stateless: the framing of a reply depends only
 /// on the request it answers, which the stream layer passes in.
@@ -86,6 +88,12 @@ impl Protocol for Http {
 
     fn parse_reply(&mut self, buf: &[u8], req: Option<&HttpRequest>) -> Parse<ReplyHead> {
         response::parse_response(buf, req)
+    }
+
+    /// HAProxy's answer to `timeout http-request`: 408, then the
+    /// connection closes.
+    fn timeout_reply(&self) -> Option<Vec<u8>> {
+        Some(TIMEOUT_REPLY.to_vec())
     }
 
     fn deny_reply(&self, req: &HttpRequest) -> Option<Vec<u8>> {
