@@ -275,3 +275,29 @@ fn many_pipelined_requests_over_a_lossy_link_regression() {
         run_with(&reqs, true, f, seed, cfg.clone());
     }
 }
+
+#[test]
+fn sequential_quiet_sets_and_denials_with_a_small_hold_budget_regression() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        GetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        GetDenied,
+        GetAllowed,
+        GetAllowed,
+        GetDenied,
+        SetQuietAllowed,
+        SetQuietAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(9, 2, 10, 0),
+        28986785303656270,
+        cfg,
+    );
+}

@@ -316,6 +316,7 @@ impl<P: Protocol> Stream<P> {
             self.emit(ctx, out, true, f);
             sent = true;
         }
+        let resent = sent;
         sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
         if fin_now && rel.is_empty() {
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
@@ -332,6 +333,12 @@ impl<P: Protocol> Stream<P> {
             self.ack_server(ctx, out);
         }
         if denied || (len > 0 && e <= decided_before as i64) {
+            self.ack_client(ctx, out);
+        } else if len > 0 && s < decided_before as i64 && !resent {
+            // A retransmission reaching back into bytes the server already
+            // acknowledged (its ACK was lost), with new bytes we hold: the
+            // server sees none of it and would not answer, so we do, or
+            // the client resends it forever.
             self.ack_client(ctx, out);
         } else if len > 0 && !self.closed && self.holds_large_head() {
             // The server acknowledges none of a held head: only our window

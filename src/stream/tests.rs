@@ -1007,3 +1007,33 @@ fn head_timeout_with_deny_action_reset() {
     assert!(r.client.rst && r.server.rst);
     assert!(r.client.data.is_empty());
 }
+
+#[test]
+fn retransmission_past_acked_bytes_into_a_held_head_is_acknowledged() {
+    // The server's ACK of "QALLOW a\n" is lost; the client resends it with
+    // the start of its next head, which we hold. Nothing reaches the
+    // server, so the ACK the client needs must come from us.
+    let mut r = toy();
+    let start = r.client.snd_nxt;
+    r.client_says(b"QALLOW a\n");
+    r.lose_next_to = Some(CLIENT);
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    assert_eq!(r.client.acked, start, "the server's ACK was lost");
+    let again = frame(
+        true,
+        start,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_PSH,
+        b"QALLOW a\nALLOW b",
+    );
+    r.client.snd_nxt = start.wrapping_add(16);
+    r.input(CLIENT, again);
+    r.deliver();
+    assert_eq!(r.client.acked, start.wrapping_add(9));
+    assert_eq!(r.server.data, b"QALLOW a\n");
+    r.client_says(b"\n");
+    r.server_says(b"B\n");
+    assert_eq!(r.client.data, b"B\n");
+    r.assert_healthy();
+}
