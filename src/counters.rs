@@ -32,6 +32,7 @@ reasons! {
     FragmentTimeout => "fragment-timeout",
     TcpInvalid => "tcp-invalid",
     TcpBadChecksum => "tcp-bad-checksum",
+    TcpOutOfWindow => "tcp-out-of-window",
     WrongSide => "wrong-side",
     InternalError => "internal-error",
     L7Denied => "l7-denied",

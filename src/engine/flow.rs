@@ -190,6 +190,101 @@ pub struct FlowEntry {
     /// The deadline this entry has in the engine's timer queue (when `l7`
     /// has one); a queued deadline that differs is stale.
     pub l7_timer: Option<u64>,
+    /// Sequence-space knowledge of a TCP flow without L7 state, to judge
+    /// its RSTs (an L7 flow's stream does that itself).
+    pub seq: SeqTrack,
+}
+
+/// What an L3/L4-only TCP flow's segments say about where each receiver
+/// stands, enough for the RFC 5961 RST check: an RST is acceptable when its
+/// sequence number lies within the receiver's window from the receiver's
+/// latest ack. Index 0 is the initiator's direction.
+///
+/// Only the receiver's own segments move its ack and window, so a spoof
+/// from the other side (the clients' side posing as a client) cannot widen
+/// what its RST must hit. Windows are scaled as both SYNs agreed; on a flow
+/// adopted mid-stream the scale is unknown and the widest (14) is assumed,
+/// and until the receiver has sent an ACK nothing is known: its RSTs pass
+/// unchecked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeqTrack {
+    /// Latest ack each direction carried: where its sender's receive side
+    /// stands in the other direction's stream.
+    ack: [u32; 2],
+    /// Largest receive window each direction advertised, in bytes.
+    win: [u32; 2],
+    /// Window-scale shift each direction's SYN announced.
+    shift: [Option<u8>; 2],
+    /// Bit d: `ack[d]` known; bit 2 + d: direction d's SYN seen.
+    seen: u8,
+    /// The initiator's ISN + 1: what an RST answering its SYN acknowledges.
+    syn_next: u32,
+}
+
+/// TCP flags the tracker looks at.
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+impl SeqTrack {
+    fn scale(&self, d: usize) -> u32 {
+        if self.seen & 0b1100 != 0b1100 {
+            // No handshake seen: the scale in use is unknown.
+            return 14;
+        }
+        match self.shift {
+            [Some(_), Some(_)] => u32::from(self.shift[d].unwrap_or(0).min(14)),
+            _ => 0,
+        }
+    }
+
+    /// A segment in direction `d` (0: from the initiator) was forwarded;
+    /// `wscale` is its SYN's window-scale option.
+    #[inline]
+    pub fn track(
+        &mut self,
+        d: usize,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+        wscale: Option<u8>,
+    ) {
+        if flags & SYN != 0 {
+            self.seen |= 4 << d;
+            self.shift[d] = wscale;
+            if d == 0 {
+                self.syn_next = seq.wrapping_add(1);
+            }
+        }
+        if flags & ACK != 0 {
+            let known = self.seen & (1 << d) != 0;
+            if !known || (ack.wrapping_sub(self.ack[d]) as i32) > 0 {
+                self.ack[d] = ack;
+            }
+            self.seen |= 1 << d;
+        }
+        // A SYN's own window is never scaled.
+        let shift = if flags & SYN != 0 { 0 } else { self.scale(d) };
+        self.win[d] = self.win[d].max(u32::from(window) << shift);
+    }
+
+    /// Whether an RST in direction `d` is one its receiver would accept.
+    /// `syn_sent`: only the initiator's SYN has been seen; an RST from the
+    /// responder then must acknowledge it (RFC 9293, SYN-SENT).
+    pub fn rst_acceptable(&self, d: usize, seq: u32, ack: u32, flags: u8, syn_sent: bool) -> bool {
+        debug_assert!(flags & RST != 0);
+        if syn_sent {
+            let syn_seen = self.seen & 4 != 0;
+            return d == 0 || !syn_seen || (flags & ACK != 0 && ack == self.syn_next);
+        }
+        let r = 1 - d;
+        if self.seen & (1 << r) == 0 {
+            return true;
+        }
+        let off = seq.wrapping_sub(self.ack[r]) as i32;
+        off >= 0 && off as u32 <= self.win[r]
+    }
 }
 
 impl FlowEntry {
@@ -431,6 +526,7 @@ mod tests {
             referenced: true,
             l7: None,
             l7_timer: None,
+            seq: SeqTrack::default(),
         }
     }
 

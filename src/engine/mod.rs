@@ -40,7 +40,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::log::{Decision, Event, FlowTuple, Subject};
-use crate::packet::build::{tcp_checksum_ok, tcp_segment, SegmentSpec};
+use crate::packet::build::{tcp_checksum_ok, tcp_segment, tcp_wscale, SegmentSpec};
 use crate::packet::view::{self, FrameMeta, L4Meta, ParseError, TcpMeta};
 use crate::packet::view::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -506,6 +506,7 @@ impl Engine {
             referenced: true,
             l7,
             l7_timer: None,
+            seq: Default::default(),
         };
         let Some(idx) = self.flows.insert(entry) else {
             return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
@@ -725,10 +726,19 @@ impl Engine {
         };
         let fwd = e.from_initiator(meta.src, meta.sport);
         let before = e.state;
-        e.state = next_state(e.state, fwd, f);
         if e.l7.is_none() {
+            // RFC 5961 (an L7 flow's stream judges its RSTs itself).
+            let d = usize::from(!fwd);
+            let syn_sent = before == ConnState::SynSent;
+            if f & TCP_RST != 0 && !e.seq.rst_acceptable(d, t.seq, t.ack, f, syn_sent) {
+                return Verdict::Drop(DropReason::TcpOutOfWindow);
+            }
+            let ws = if syn { tcp_wscale(buf, meta) } else { None };
+            e.seq.track(d, t.seq, t.ack, f, t.window, ws);
+            e.state = next_state(before, fwd, f);
             return Verdict::Forward(other(side));
         }
+        e.state = next_state(e.state, fwd, f);
         if f & TCP_RST != 0 {
             // The stream judges an RST (RFC 5961); the entry follows it.
             e.state = before;

@@ -992,3 +992,63 @@ fn slow_request_head_is_timed_out_by_the_timer_queue() {
     );
     assert_eq!(e.held_total(), e.held_bytes());
 }
+
+#[test]
+fn rsts_on_l4_flows_are_sequence_checked() {
+    let mut e = engine();
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    // Before the SYN-ACK, a responder's RST must acknowledge the SYN.
+    let syn = c.syn();
+    assert_eq!(run(&mut e, 0, &syn, 0, &mut out), FWD);
+    let isn = c.client.snd_nxt;
+    let blind = tcp(c.server.me, c.client.me, 7, isn + 5, RST | ACK, &[]);
+    assert_eq!(
+        run(&mut e, 1, &blind, 0, &mut out),
+        Verdict::Drop(DropReason::TcpOutOfWindow)
+    );
+    let hs = c.handshake();
+    run(&mut e, 1, &hs[1], 1, &mut out);
+    run(&mut e, 0, &hs[2], 1, &mut out);
+    run(&mut e, 0, &c.client_data(b"hello"), 2, &mut out);
+    run(&mut e, 1, &c.server_data(b"world"), 2, &mut out);
+    let key = FlowKey::new(c.client.me.ip, 40000, c.server.me.ip, 80, 6);
+    let state = |e: &Engine| e.flows.get(e.flows.find(&key).unwrap()).unwrap().state;
+    // The server acknowledged up to the client's next byte and offers a
+    // 64240-byte window: a client RST before that or beyond the window is
+    // one the server would not take, and our state stays.
+    let next = c.client.snd_nxt;
+    for seq in [next.wrapping_sub(1), next.wrapping_sub(100_000), next + 64_241, next + (1 << 30)] {
+        let rst = tcp(c.client.me, c.server.me, seq, 0, RST, &[]);
+        assert_eq!(
+            run(&mut e, 0, &rst, 3, &mut out),
+            Verdict::Drop(DropReason::TcpOutOfWindow),
+            "seq {seq}"
+        );
+    }
+    assert_eq!(state(&e), ConnState::Established);
+    assert_eq!(e.counters().dropped(DropReason::TcpOutOfWindow), 5);
+    // Within the window (bytes in flight): accepted, the flow is over.
+    let rst = tcp(c.client.me, c.server.me, next + 1000, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &rst, 4, &mut out), FWD);
+    assert_eq!(state(&e), ConnState::Closed);
+
+    // Adopted mid-stream: the server's side is unknown until it sends an
+    // ACK; then the window is assumed at the widest scale.
+    let mut d = Conn::new(ep("10.66.0.11", 40001), ep("10.66.0.2", 80));
+    d.handshake();
+    assert_eq!(run(&mut e, 0, &d.client_data(b"x"), 5, &mut out), FWD);
+    let rst = tcp(d.client.me, d.server.me, 12345, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &rst, 5, &mut out), FWD, "nothing known yet");
+    let mut d = Conn::new(ep("10.66.0.11", 40002), ep("10.66.0.2", 80));
+    d.handshake();
+    assert_eq!(run(&mut e, 0, &d.client_data(b"x"), 6, &mut out), FWD);
+    assert_eq!(run(&mut e, 1, &d.server_data(b"y"), 6, &mut out), BACK);
+    let old = tcp(d.client.me, d.server.me, d.client.snd_nxt - 2, 0, RST, &[]);
+    assert_eq!(
+        run(&mut e, 0, &old, 7, &mut out),
+        Verdict::Drop(DropReason::TcpOutOfWindow)
+    );
+    let wide = tcp(d.client.me, d.server.me, d.client.snd_nxt + 1_000_000, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &wide, 7, &mut out), FWD);
+}
