@@ -122,9 +122,12 @@ impl Default for EngineConfig {
             icmp_timeout_ns: 30 * SEC,
             max_frag_queues: 1024,
             frag_timeout_ns: 30 * SEC,
-            // Apache's mod_reqtimeout allows 20-40 s for a head, nginx's
-            // client_header_timeout 60 s, HAProxy advises a few seconds.
-            l7_head_timeout_ns: 30 * SEC,
+            // nginx's client_header_timeout. Shorter would cut honest
+            // clients: the server cannot acknowledge a held head's bytes,
+            // so a client that lost segments (and, with Nagle, its last
+            // small one waits for an ack) finishes the head only at its
+            // retransmission timeout, which backs off to tens of seconds.
+            l7_head_timeout_ns: 60 * SEC,
             inject_rto_ns: 200_000_000,
             fail: FailMode::Closed,
             audit: false,

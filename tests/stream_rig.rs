@@ -103,7 +103,7 @@ fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: Engin
     // Still usable after everything: one more allowed round trip.
     let before = rig.client_got.len();
     rig.client_send(Req::GetAllowed.bytes());
-    let ok = rig.run_until(600_000, |g| {
+    let ok = rig.run_until(kit::rig::LOSSY_BUDGET_MS, |g| {
         serve(g, &mut served);
         g.client_got.len() >= before + Req::GetAllowed.reply().len()
     });
@@ -112,7 +112,7 @@ fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: Engin
     // A server whose handshake ACK was lost and that got no data yet is
     // still in SYN-RECEIVED until now; smoltcp does not answer its SYN-ACK
     // retransmissions once established.
-    let ok = rig.run_until(900_000, |g| g.quiet() && g.established());
+    let ok = rig.run_until(kit::rig::LOSSY_BUDGET_MS, |g| g.quiet() && g.established());
     assert!(ok, "connection not healthy");
     let c = rig.engine.counters();
     let denied = reqs.iter().filter(|r| !r.allowed()).count() as u64;
@@ -298,6 +298,29 @@ fn sequential_quiet_sets_and_denials_with_a_small_hold_budget_regression() {
         false,
         Faults::new(9, 2, 10, 0),
         28986785303656270,
+        cfg,
+    );
+}
+
+#[test]
+fn sequential_gets_then_quiet_sets_small_budget_regression() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        GetAllowed,
+        GetAllowed,
+        GetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(8, 0, 19, 16),
+        16397135359149923379,
         cfg,
     );
 }

@@ -1018,7 +1018,12 @@ fn rsts_on_l4_flows_are_sequence_checked() {
     // 64240-byte window: a client RST before that or beyond the window is
     // one the server would not take, and our state stays.
     let next = c.client.snd_nxt;
-    for seq in [next.wrapping_sub(1), next.wrapping_sub(100_000), next + 64_241, next + (1 << 30)] {
+    for seq in [
+        next.wrapping_sub(1),
+        next.wrapping_sub(100_000),
+        next + 64_241,
+        next + (1 << 30),
+    ] {
         let rst = tcp(c.client.me, c.server.me, seq, 0, RST, &[]);
         assert_eq!(
             run(&mut e, 0, &rst, 3, &mut out),
@@ -1049,6 +1054,13 @@ fn rsts_on_l4_flows_are_sequence_checked() {
         run(&mut e, 0, &old, 7, &mut out),
         Verdict::Drop(DropReason::TcpOutOfWindow)
     );
-    let wide = tcp(d.client.me, d.server.me, d.client.snd_nxt + 1_000_000, 0, RST, &[]);
+    let wide = tcp(
+        d.client.me,
+        d.server.me,
+        d.client.snd_nxt + 1_000_000,
+        0,
+        RST,
+        &[],
+    );
     assert_eq!(run(&mut e, 0, &wide, 7, &mut out), FWD);
 }
