@@ -1291,16 +1291,11 @@ fn exhaustion_syn_flood_entries_leave_quickly() {
         w.client_sends(f.syn());
     }
     assert_eq!(w.engine.flow_count(), 901, "the table is full");
-    let late = Conn::new(ep(AWING, 9_000), ep(SERVER, 80));
-    assert!(
-        matches!(w.client_sends(late.syn()), Verdict::Drop(_)),
-        "fresh handshakes are not taken over"
-    );
-    // A second later the flood's handshakes give way to new connections.
-    w.tick(syn_timeout / 10);
+    // However fresh, the flood's handshakes give way to new connections
+    // (early drop of the stalest near the hand); finished ones never do.
     let mut n = Conn::new(ep(AWING, 9_001), ep(SERVER, 80));
     w.handshake(&mut n);
-    assert!(w.engine.counters().flows_evicted >= 1);
+    assert_eq!(w.engine.counters().flows_evicted, 1);
     // And they all leave with the half-open timeout.
     for _ in 0..3 {
         w.tick(syn_timeout / 2 + 1);
@@ -1308,7 +1303,7 @@ fn exhaustion_syn_flood_entries_leave_quickly() {
     assert_eq!(
         w.engine.flow_count(),
         2,
-        "only the established connections stay"
+        "only the established connections stay (the old one and the new)"
     );
     let before = w.server.read.len();
     w.client_sends(c.client_data(GET));

@@ -345,6 +345,8 @@ impl Timeouts {
 const SWEEP_BUDGET: usize = 1024;
 /// Slots the hand looks at for an expired entry before a full table refuses.
 const RECLAIM_BUDGET: usize = 8;
+/// Slots looked at for a half-open entry to drop when the table is full.
+const EARLY_DROP_SCAN: usize = 32;
 
 pub struct FlowTable {
     map: HashMap<FlowKey, u32, SeededState>,
@@ -467,21 +469,29 @@ impl FlowTable {
             .sum()
     }
 
-    /// Look a few slots ahead of the hand for a half-open TCP entry (SYN
-    /// seen, handshake not finished) idle for more than `min_idle`.
-    pub fn reclaim_half_open(&mut self, now: u64, min_idle: u64) -> Option<(u32, FlowEntry)> {
+    /// Early drop, as conntrack does with entries not yet assured: among
+    /// the next `EARLY_DROP_SCAN` slots after the hand, remove the half-open
+    /// TCP entry (SYN seen, handshake not finished) idle the longest, however
+    /// fresh. A SYN flood answered by the server refreshes its entries with
+    /// every SYN-ACK retransmission, so an idle minimum would let it keep
+    /// every slot; without one, a handshake lives about as long as the flood
+    /// takes to come round the table (a LAN handshake needs far less), and
+    /// once finished it is never taken. Established flows are never chosen.
+    pub fn reclaim_half_open(&mut self, now: u64) -> Option<(u32, FlowEntry)> {
         let n = self.slots.len();
-        for _ in 0..RECLAIM_BUDGET.min(n) {
+        let mut best: Option<(usize, u64)> = None;
+        for _ in 0..EARLY_DROP_SCAN.min(n) {
             self.hand = (self.hand + 1) % n;
             if let Some(e) = self.slots.get(self.hand).and_then(Option::as_ref) {
                 let half_open = matches!(e.state, ConnState::SynSent | ConnState::SynReceived);
-                if half_open && now.saturating_sub(e.last_seen) > min_idle {
-                    let idx = self.hand as u32;
-                    return self.remove(idx).map(|e| (idx, e));
+                let idle = now.saturating_sub(e.last_seen);
+                if half_open && best.is_none_or(|(_, b)| idle > b) {
+                    best = Some((self.hand, idle));
                 }
             }
         }
-        None
+        let idx = best?.0 as u32;
+        self.remove(idx).map(|e| (idx, e))
     }
 
     /// Remove idle entries from the next `SWEEP_BUDGET` slots; `f` sees each.
@@ -603,5 +613,31 @@ mod tests {
         t.expire(200, &T, |_, e| gone.push(e.init_sport));
         assert_eq!(gone, vec![2, 1]);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn early_drop_takes_the_longest_idle_half_open_entry_only() {
+        let mut t = FlowTable::new(8);
+        for p in 1..=8u16 {
+            let mut e = entry(p, 100 + u64::from(p));
+            if p % 2 == 0 {
+                e.state = ConnState::SynReceived;
+            }
+            t.insert(e).unwrap();
+        }
+        // Half-open: 2, 4, 6, 8; the oldest (2) goes first, however fresh
+        // (1 ns idle is enough).
+        let (_, e) = t.reclaim_half_open(109).unwrap();
+        assert_eq!(e.init_sport, 2);
+        let mut taken: Vec<u16> = (0..3)
+            .map(|_| t.reclaim_half_open(109).unwrap().1.init_sport)
+            .collect();
+        taken.sort();
+        assert_eq!(taken, vec![4, 6, 8]);
+        assert!(
+            t.reclaim_half_open(1_000_000).is_none(),
+            "established flows are never taken"
+        );
+        assert_eq!(t.len(), 4);
     }
 }

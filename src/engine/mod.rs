@@ -24,8 +24,8 @@
 //! * A packet is never judged as the "reply" of a flow that is not stored:
 //!   with default-open egress that would let anyone in.
 //! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first,
-//!   then (for a new TCP flow) a half-open one idle for a tenth of
-//!   `tcp_syn_timeout_ns`, so that a SYN flood cannot lock new connections out.
+//!   then (for a new TCP flow) the longest idle of the half-open ones near
+//!   the CLOCK hand, so that a SYN flood cannot lock new connections out.
 //! * A policy swap re-decides each flow on its next packet; a flow now
 //!   denied is removed (one event), an allowed one keeps its L7 state. A TCP
 //!   connection whose port gained L7 rules is ended the same way (it cannot
@@ -457,12 +457,11 @@ impl Engine {
             }
         }
         if self.flows.is_full() && init.proto == IPPROTO_TCP {
-            // A SYN flood must not lock new connections out for the whole
-            // half-open timeout: a handshake idle for a tenth of it gives
-            // way to a new connection (as a full SYN queue would). Finished
-            // handshakes are never taken this way.
-            let min_idle = self.cfg.tcp_syn_timeout_ns / 10;
-            if let Some((idx, e)) = self.flows.reclaim_half_open(now, min_idle) {
+            // A SYN flood must not lock new connections out: an unfinished
+            // handshake gives way to a new connection (conntrack's early
+            // drop; `FlowTable::reclaim_half_open`). Finished handshakes are
+            // never taken this way.
+            if let Some((idx, e)) = self.flows.reclaim_half_open(now) {
                 self.counters.flows_evicted += 1;
                 self.forget(idx, &e);
             }

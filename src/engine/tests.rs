@@ -477,6 +477,18 @@ fn syn_from(port: u16) -> Vec<u8> {
     tcp(ep("10.66.0.11", port), ep("10.66.0.2", 80), 1, 0, SYN, &[])
 }
 
+/// A finished handshake from a-wing's `port` to the server's port 80 at
+/// `now`: an entry no new flow may take (unlike a half-open one).
+fn established_from(e: &mut Engine, port: u16, now: u64, out: &mut Output) {
+    let mut c = Conn::new(ep("10.66.0.11", port), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        assert_eq!(
+            run(e, (i % 2) as u8, f, now, out),
+            Verdict::Forward(1 - (i % 2) as u8)
+        );
+    }
+}
+
 #[test]
 fn full_table_refuse_l7_passes_l4_flows_untracked() {
     let mut e = engine_with(EngineConfig {
@@ -484,8 +496,8 @@ fn full_table_refuse_l7_passes_l4_flows_untracked() {
         ..EngineConfig::default()
     });
     let mut out = Output::default();
-    assert_eq!(run(&mut e, 0, &syn_from(1), 0, &mut out), FWD);
-    assert_eq!(run(&mut e, 0, &syn_from(2), 0, &mut out), FWD);
+    established_from(&mut e, 1, 0, &mut out);
+    established_from(&mut e, 2, 0, &mut out);
     // Third L4 flow: passes, not stored; its replies pass statelessly.
     let mut c = Conn::new(ep("10.66.0.11", 3), ep("10.66.0.2", 80));
     let hs = c.handshake();
@@ -517,14 +529,14 @@ fn full_table_refuse_all_and_evict_oldest() {
     };
     let mut e = engine_with(cfg.clone());
     let mut out = Output::default();
-    run(&mut e, 0, &syn_from(1), 0, &mut out);
-    run(&mut e, 0, &syn_from(2), 0, &mut out);
+    established_from(&mut e, 1, 0, &mut out);
+    established_from(&mut e, 2, 0, &mut out);
     assert_eq!(
         run(&mut e, 0, &syn_from(3), 0, &mut out),
         Verdict::Drop(DropReason::TableFull)
     );
     // Expired entries are reclaimed before refusing.
-    let later = cfg.tcp_transitory_timeout_ns + 10;
+    let later = cfg.tcp_established_timeout_ns + 10;
     assert_eq!(run(&mut e, 0, &syn_from(3), later, &mut out), FWD);
     assert_eq!(e.counters().flows_expired, 1);
 
@@ -532,11 +544,43 @@ fn full_table_refuse_all_and_evict_oldest() {
         table_full: TableFullPolicy::EvictOldest,
         ..cfg
     });
-    run(&mut e, 0, &syn_from(1), 0, &mut out);
-    run(&mut e, 0, &syn_from(2), 0, &mut out);
+    established_from(&mut e, 1, 0, &mut out);
+    established_from(&mut e, 2, 0, &mut out);
     assert_eq!(run(&mut e, 0, &syn_from(3), 1, &mut out), FWD);
     assert_eq!(e.counters().flows_evicted, 1);
     assert_eq!(e.flow_count(), 2);
+}
+
+#[test]
+fn syn_flood_gives_way_to_new_l7_connections() {
+    // A table full of half-open flows that are all fresh (a flood the
+    // server answers, each SYN-ACK retransmission refreshing its entry):
+    // new L7 connections still get in, taking the stalest handshake;
+    // finished ones are never taken.
+    let mut e = engine_with(EngineConfig {
+        max_flows: 64,
+        ..EngineConfig::default()
+    });
+    let mut out = Output::default();
+    established_from(&mut e, 1, 0, &mut out);
+    for p in 2..=64 {
+        assert_eq!(run(&mut e, 0, &syn_from(p), p as u64, &mut out), FWD);
+    }
+    assert!(e.flows.is_full());
+    let now = 100;
+    for k in 0..100u16 {
+        let mut c = Conn::new(ep("10.66.0.12", 5000 + k), ep("10.66.0.2", 11211));
+        assert_eq!(
+            run(&mut e, 0, &c.syn(), now, &mut out),
+            FWD,
+            "new L7 connection {k}"
+        );
+    }
+    assert_eq!(e.counters().flows_evicted, 100);
+    assert_eq!(e.counters().dropped(DropReason::TableFull), 0);
+    let key = FlowKey::new(ip("10.66.0.11"), 1, ip("10.66.0.2"), 80, 6);
+    assert!(e.flows.find(&key).is_some(), "the established flow stays");
+    assert_eq!(e.held_total(), e.held_bytes());
 }
 
 #[test]
