@@ -122,12 +122,14 @@ impl Default for EngineConfig {
             icmp_timeout_ns: 30 * SEC,
             max_frag_queues: 1024,
             frag_timeout_ns: 30 * SEC,
-            // nginx's client_header_timeout. Shorter would cut honest
-            // clients: the server cannot acknowledge a held head's bytes,
-            // so a client that lost segments (and, with Nagle, its last
-            // small one waits for an ack) finishes the head only at its
-            // retransmission timeout, which backs off to tens of seconds.
-            l7_head_timeout_ns: 60 * SEC,
+            // Longer than Linux's largest retransmission timeout (120 s),
+            // unlike nginx's 60 s: nothing acknowledges a held head's bytes
+            // (the server has not got them), so a client whose head
+            // straddles a segment it lost, or whose last small segment
+            // waits for an ack (Nagle), finishes the head only at its next
+            // retransmission, and after a few losses that backs off to
+            // minutes.
+            l7_head_timeout_ns: 180 * SEC,
             inject_rto_ns: 200_000_000,
             fail: FailMode::Closed,
             audit: false,

@@ -324,3 +324,70 @@ fn sequential_gets_then_quiet_sets_small_budget_regression() {
         cfg,
     );
 }
+
+/// Found by a random-seed hunt once held heads had a timeout (then 60 s):
+/// with a 64-byte budget each transmission ends in the start of the next
+/// head, held and never acknowledged; the client sends the rest only at its
+/// retransmission timeout, which had backed off past the head timeout.
+#[test]
+fn quiet_sets_in_a_row_small_budget_regression() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        SetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(3, 0, 11, 0),
+        6712970870808002075,
+        cfg,
+    );
+}
+
+#[test]
+fn quiet_sets_between_replies_small_budget_regression() {
+    // Like the one above: every round trip ends with the start of the next
+    // head held, which nothing acknowledges, so the client (Nagle) sends
+    // the rest only at its retransmission timeout, backed off to a minute.
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        SetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        GetAllowed,
+        GetAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(11, 1, 3, 1),
+        12334756932245170474,
+        cfg.clone(),
+    );
+    let reqs = [
+        GetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        GetAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(5, 1, 3, 11),
+        17882246108309620060,
+        cfg,
+    );
+}
