@@ -391,3 +391,19 @@ fn quiet_sets_between_replies_small_budget_regression() {
         cfg,
     );
 }
+
+#[test]
+fn quiet_set_denial_get_lossy_small_budget_regression() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [SetQuietAllowed, GetDenied, GetAllowed];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(12, 1, 16, 11),
+        14741723339777947092,
+        cfg,
+    );
+}
