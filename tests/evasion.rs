@@ -1504,6 +1504,59 @@ fn exhaustion_slow_holders_cannot_pass_the_worker_budget() {
     assert_eq!(w.server.read, GET);
 }
 
+#[test]
+fn exhaustion_trickled_heads_are_timed_out() {
+    // Slowloris within every idle timeout: one byte every 10 s. At the head
+    // timeout HTTP gets a 408, then both sides an RST; memcached the RSTs
+    // at once. What they held is freed; nothing of them reached a server.
+    let cfg = EngineConfig::default();
+    let timeout = cfg.l7_head_timeout_ns;
+    let mut w = Wire::new(cfg);
+    let mut h = http_conn();
+    w.handshake(&mut h);
+    let mut m = mc_conn();
+    w.handshake(&mut m);
+    let start = w.now;
+    let mut i = 0;
+    while w.now - start < timeout - 10_000_000_000 {
+        w.client_sends(h.client_data(&PUT[i..i + 1]));
+        w.client_sends(m.client_data(&MC_ALLOWED[i % 4..i % 4 + 1]));
+        w.tick(10_000_000_000);
+        i += 1;
+    }
+    assert_eq!(w.engine.counters().l7_head_timeouts, 0);
+    assert!(w.engine.held_total() > 0);
+    w.tick(10_000_000_000);
+    assert_eq!(w.engine.counters().l7_head_timeouts, 2);
+    assert!(
+        w.client
+            .read
+            .starts_with(b"HTTP/1.1 408 Request Timeout\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&w.client.read)
+    );
+    assert!(w.server.read.is_empty());
+    // The client reads the 408; the connection ends.
+    let ack = h.to_server(
+        h.client.snd_nxt,
+        h.server.snd_nxt + w.client.read.len() as u32,
+        ACK,
+        b"",
+    );
+    w.client_sends(ack);
+    assert!(
+        matches!(w.client_sends(h.client_data(GET)), Verdict::Drop(_)),
+        "the connection is over"
+    );
+    assert!(matches!(
+        w.client_sends(m.client_data(MC_ALLOWED)),
+        Verdict::Drop(_)
+    ));
+    assert_eq!(w.engine.counters().l7_requests_allowed, 0);
+    assert_eq!(w.engine.held_total(), 0);
+    assert_eq!(w.engine.held_total(), w.engine.held_bytes());
+}
+
 // ================================================================ through `enforcer replay`
 
 /// Frames with the side each arrives on.
