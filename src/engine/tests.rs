@@ -569,7 +569,7 @@ fn syn_flood_gives_way_to_new_l7_connections() {
     assert!(e.flows.is_full());
     let now = 100;
     for k in 0..100u16 {
-        let mut c = Conn::new(ep("10.66.0.12", 5000 + k), ep("10.66.0.2", 11211));
+        let c = Conn::new(ep("10.66.0.12", 5000 + k), ep("10.66.0.2", 11211));
         assert_eq!(
             run(&mut e, 0, &c.syn(), now, &mut out),
             FWD,

@@ -950,7 +950,7 @@ fn head_clock_starts_with_each_head() {
     assert_eq!(r.mid.counters.l7_head_timeouts, 0);
     r.server_says(b"X\n");
     r.server_says(b"Z\n");
-    assert_eq!(r.server.data.ends_with(b"ALLOW x\nALLOW z\n"), true);
+    assert!(r.server.data.ends_with(b"ALLOW x\nALLOW z\n"));
     r.assert_healthy();
 }
 
