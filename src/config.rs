@@ -73,11 +73,15 @@ pub struct EngineConfig {
     pub pass_non_ip: bool,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
-    /// Idle timeout of TCP flows whose SYN nobody answered yet: short, so
-    /// that a SYN flood's entries leave quickly. A client's SYN
-    /// retransmission after it is judged as a new flow. Once the SYN-ACK
-    /// passed, the flow takes `tcp_transitory_timeout_ns` (the client sends
-    /// no SYN again, and an L7 flow is never adopted mid-stream).
+    /// Idle timeout of TCP flows whose SYN nobody answered yet. Longer than
+    /// the gaps between a handshake's retransmissions (Linux: SYNs up to
+    /// 32 s apart, SYN-ACKs up to 16 s), or a SYN-ACK retransmission meets
+    /// no flow and is dropped; a SYN flood's entries give way to new
+    /// connections by early drop instead (`FlowTable::reclaim_half_open`).
+    /// A client's SYN retransmission after it is judged as a new flow. Once
+    /// the SYN-ACK passed, the flow takes `tcp_transitory_timeout_ns` (the
+    /// client sends no SYN again, and an L7 flow is never adopted
+    /// mid-stream).
     pub tcp_syn_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub icmp_timeout_ns: u64,
@@ -117,7 +121,7 @@ impl Default for EngineConfig {
             pass_non_ip: true,
             tcp_established_timeout_ns: 6 * 3600 * SEC,
             tcp_transitory_timeout_ns: 60 * SEC,
-            tcp_syn_timeout_ns: 10 * SEC,
+            tcp_syn_timeout_ns: 60 * SEC,
             udp_timeout_ns: 60 * SEC,
             icmp_timeout_ns: 30 * SEC,
             max_frag_queues: 1024,

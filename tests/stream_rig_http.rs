@@ -174,3 +174,14 @@ fn one_get_lossy_reordered_split_regression() {
         11738818655304779588,
     );
 }
+
+/// Found by a random-seed hunt: SYN-ACKs lost for 15 s, the unanswered
+/// flow then expired after 10 s idle (the half-open timeout of the time)
+/// between the client's SYN retransmissions, and the server's SYN-ACK
+/// retransmissions at 32 s and 64 s met no flow. (smoltcp, unlike Linux,
+/// does not answer a duplicate SYN in SYN-RECEIVED with its SYN-ACK, so
+/// the client's later SYN did not help either.)
+#[test]
+fn handshake_under_heavy_loss_regression() {
+    run(&[Get], false, Faults::new(13, 1, 3, 1), 6139508179091007611);
+}

@@ -325,13 +325,14 @@ impl Timeouts {
     pub fn for_entry(&self, e: &FlowEntry) -> u64 {
         match e.proto {
             6 if e.state.established() => self.tcp_established,
-            // Only a SYN nobody answered is short-lived. Once the SYN-ACK
-            // passed, the client counts as connected and sends no SYN
-            // again: an entry gone while its ACK and first data are lost
-            // (and the server still retransmits its SYN-ACK, gaps up to
-            // 32 s on Linux) would leave a connection that can never
-            // resume, since an L7 flow is never adopted mid-stream. So it
-            // lives the transitory timeout, as conntrack's SYN_RECV (60 s).
+            // `tcp_syn` (which an operator may shorten against floods)
+            // only for a SYN nobody answered. Once the SYN-ACK passed, the
+            // client counts as connected and sends no SYN again: an entry
+            // gone while its ACK and first data are lost (and the server
+            // still retransmits its SYN-ACK, gaps up to 16 s on Linux)
+            // would leave a connection that can never resume, since an L7
+            // flow is never adopted mid-stream. So it lives the transitory
+            // timeout, as conntrack's SYN_RECV (60 s).
             6 if e.state == ConnState::SynSent => self.tcp_syn,
             6 => self.tcp_transitory,
             1 | 58 => self.icmp,

@@ -986,9 +986,12 @@ fn internal_error_in_a_stream_fails_open_when_asked() {
 #[test]
 fn answered_handshake_outlives_the_syn_timeout() {
     // The client's ACK and first data after the SYN-ACK are lost; its
-    // retransmission comes 16 s later, past the half-open timeout. The
-    // entry must still be there: an L7 connection is never adopted again.
+    // retransmission comes 16 s later, past a short half-open timeout (an
+    // operator's choice). The entry must still be there: an L7 connection
+    // is never adopted again.
     let mut e = l7_engine(crate::config::FailMode::Closed);
+    e.cfg.tcp_syn_timeout_ns = 10 * SECOND;
+    e.timeouts.tcp_syn = e.cfg.tcp_syn_timeout_ns;
     let mut out = Output::default();
     let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
     let hs = c.handshake();
