@@ -37,12 +37,7 @@ const MAX_LITERAL: usize = 4096;
 const MAX_REPEAT: usize = 60_000;
 const SLOTS: usize = 8;
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-pub const URG: u8 = 0x20;
+pub use frames::{ACK, FIN, PSH, RST, SYN};
 
 /// Reads the input front to back; past its end every read yields zero.
 pub struct Reader<'a> {
