@@ -407,3 +407,25 @@ fn quiet_set_denial_get_lossy_small_budget_regression() {
         cfg,
     );
 }
+
+#[test]
+fn get_then_quiet_sets_lossy_small_budget_regression() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        GetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(10, 1, 2, 5),
+        5688882494769249510,
+        cfg,
+    );
+}

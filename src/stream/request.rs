@@ -39,6 +39,11 @@ pub(super) enum ReqState {
 /// the scale factors in use.
 pub(super) const RST_WINDOW: u64 = 1 << 30;
 
+/// Times a held head's clock may start over on evidence of a lost ACK:
+/// bounded, so that a client resending old bytes holds a head for at most
+/// `HEAD_CLOCK_RESTARTS + 1` head timeouts.
+const HEAD_CLOCK_RESTARTS: u8 = 3;
+
 /// Longest head still held while the worker is over `max_held_total`.
 const BUDGET_HEAD: usize = 1024;
 
@@ -332,6 +337,12 @@ impl<P: Protocol> Stream<P> {
             // The ack and window it carried still matter to the server.
             self.ack_server(ctx, out);
         }
+        if len > 0 && s < decided_before as i64 && !resent && !denied {
+            // The client resends bytes the server already acknowledged: it
+            // never got that ACK, and whatever it holds back meanwhile
+            // (the rest of a held head) is loss, not slowness.
+            self.lost_ack_seen(now);
+        }
         if denied || (len > 0 && e <= decided_before as i64) {
             self.ack_client(ctx, out);
         } else if len > 0 && s < decided_before as i64 && !resent {
@@ -479,6 +490,7 @@ impl<P: Protocol> Stream<P> {
                         }
                         Parse::Complete(h) => {
                             self.cli.head_since = None;
+                            self.cli.head_restarts = 0;
                             let head_len = h.head_len.min(avail.len());
                             let proto = &self.proto;
                             let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
@@ -541,14 +553,39 @@ impl<P: Protocol> Stream<P> {
                 // A large head once held must not keep its memory.
                 self.cli.buf = Vec::new();
             }
-            // The head clock runs from the first held byte of a head.
-            self.cli.head_since = match self.cli.req {
-                ReqState::Head if !self.cli.buf.is_empty() => self.cli.head_since.or(Some(now)),
-                _ => None,
-            };
         }
         self.cli.sent.extend(&rel[rel_start..]);
+        if !self.closed {
+            self.arm_head_clock(now);
+        }
         denied
+    }
+
+    /// The head clock runs from the first held byte of a head, or, when
+    /// bytes released before it still wait for the server's ack, from that
+    /// ack: until then the client may be stalled by a loss ahead of the
+    /// head (its retransmissions back off to a minute or two), not slow.
+    /// The server's acks are not the client's to fake.
+    pub(super) fn arm_head_clock(&mut self, now: u64) {
+        let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
+        if !held {
+            self.cli.head_restarts = 0;
+        }
+        self.cli.head_since = match (held, self.cli.head_since) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => self.cli.sent.is_empty().then_some(now),
+        };
+    }
+
+    /// A held head's clock starts over when the client shows it lost an ACK
+    /// (`HEAD_CLOCK_RESTARTS` times at most per head, since a client can
+    /// resend old bytes at will).
+    fn lost_ack_seen(&mut self, now: u64) {
+        if self.cli.head_since.is_some() && self.cli.head_restarts < HEAD_CLOCK_RESTARTS {
+            self.cli.head_restarts += 1;
+            self.cli.head_since = Some(now);
+        }
     }
 
     /// The held head did not complete within `l7_head_timeout_ns` of its

@@ -1037,3 +1037,44 @@ fn retransmission_past_acked_bytes_into_a_held_head_is_acknowledged() {
     assert_eq!(r.client.data, b"B\n");
     r.assert_healthy();
 }
+
+#[test]
+fn head_clock_waits_for_acks_of_what_came_before() {
+    // "ALLOW a\n" is released, "ALLOW b" held. Until the server acknowledged
+    // the released bytes the client may be stalled by a loss, not slow: the
+    // clock starts with that ack.
+    let mut r = toy();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    let start = r.client.snd_nxt;
+    r.client_send(b"ALLOW a\nALLOW b");
+    r.deliver();
+    r.tick(t + SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    r.tick(t - SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    // The client never got that ACK and resends: the clock starts over, a
+    // bounded number of times (it could resend at will).
+    let again = |r: &mut Rig<Toy>| {
+        let f = frame(
+            true,
+            start,
+            r.client.rcv_nxt,
+            TCP_ACK | TCP_PSH,
+            b"ALLOW a\nALLOW b",
+        );
+        r.input(CLIENT, f);
+    };
+    for _ in 0..3 {
+        again(&mut r);
+        r.tick(t - SEC);
+        assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    }
+    again(&mut r);
+    r.tick(2 * SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert_eq!(r.server.data, b"ALLOW a\n");
+}
