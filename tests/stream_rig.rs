@@ -429,3 +429,39 @@ fn get_then_quiet_sets_lossy_small_budget_regression() {
         cfg,
     );
 }
+
+/// Found by a random-seed hunt: not an enforcer defect. Seven SYN-ACKs in a
+/// row were lost (three after the enforcer passed them), past the 120 s the
+/// rig then gave a handshake.
+#[test]
+fn handshake_under_heavy_loss_regression() {
+    run(
+        &[GetAllowed],
+        false,
+        Faults::new(13, 1, 7, 1),
+        618662890734352118,
+    );
+}
+
+#[test]
+fn sets_then_quiet_sets_lossy_small_budget_regression() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        SetAllowed,
+        GetAllowed,
+        SetAllowed,
+        SetAllowed,
+        SetQuietAllowed,
+        SetQuietAllowed,
+    ];
+    run_with(
+        &reqs,
+        false,
+        Faults::new(10, 6, 9, 14),
+        11015669686455748639,
+        cfg,
+    );
+}

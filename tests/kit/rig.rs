@@ -368,7 +368,8 @@ impl Rig {
     ) -> usize {
         assert!(
             // The client's first data completes the server's side.
-            self.run_until(120_000, |r| r.client().state() == tcp::State::Established),
+            self.run_until(LOSSY_BUDGET_MS, |r| r.client().state()
+                == tcp::State::Established),
             "handshake did not complete"
         );
         let mut served = 0;
