@@ -513,7 +513,8 @@ impl<P: Protocol> Stream<P> {
             .min()
     }
 
-    /// Retransmit injected bytes the client has not acknowledged.
+    /// Timers: the head timeout, the end of a drain, and retransmission of
+    /// injected bytes the client has not acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
         if self.closed {
             return;
