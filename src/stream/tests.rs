@@ -1078,3 +1078,29 @@ fn head_clock_waits_for_acks_of_what_came_before() {
     assert!(r.client.rst && r.server.rst);
     assert_eq!(r.server.data, b"ALLOW a\n");
 }
+
+#[test]
+fn http_408_waits_for_the_reply_before_it() {
+    let mut r = http_rig();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /pub");
+    // The server acknowledges the first request (the clock starts) but
+    // answers it only after the head timed out.
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    r.tick(t);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    r.deliver();
+    assert!(r.client.data.is_empty(), "the 408 comes after the reply");
+    r.server_says(ok);
+    let mut want = ok.to_vec();
+    want.extend_from_slice(crate::l7::http::TIMEOUT_REPLY);
+    assert_eq!(r.client.data, want);
+    assert_eq!(r.server.data, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    let ack = r.client.ack();
+    r.input(CLIENT, ack);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+}
