@@ -690,6 +690,66 @@ fn rst_answering_the_syn_passes() {
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
 }
 
+const L4_POLICY: &str = r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {app: db}
+  addresses: ["10.66.0.2"]
+- name: client
+  labels: {app: client}
+  addresses: ["10.66.0.11"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "db"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: db
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "5432"
+        protocol: TCP
+"#;
+
+#[test]
+fn rst_on_l4_flows_out_of_window_is_dropped() {
+    // A port without L7 rules: the entry still follows each receiver's ack
+    // and window, and an RST outside them (which the receiver would ignore)
+    // neither passes nor ends the flow.
+    let p = Policy::from_str("db.yaml", L4_POLICY).expect("policy");
+    let mut w = Wire::new(EngineConfig::default());
+    w.engine.set_policy(Arc::new(p));
+    let mut c = Conn::new(ep(AWING, 40_100), ep(SERVER, 5432));
+    w.handshake(&mut c);
+    w.client_sends(c.client_data(b"query"));
+    w.server_sends(c.server_data(b"rows"));
+    for seq in [
+        c.client.snd_nxt.wrapping_sub(1),
+        c.client.snd_nxt.wrapping_add(1 << 20),
+    ] {
+        let v = w.client_sends(c.to_server(seq, 0, RST, b""));
+        assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    }
+    let v = w.server_sends(c.to_client(c.server.snd_nxt.wrapping_add(1 << 31), 0, RST, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert!(!w.server.reset && !w.client.reset);
+    assert_eq!(w.dropped("tcp-out-of-window"), 3);
+    // The connection goes on; the real end passes.
+    let before = w.server.read.len();
+    w.client_sends(c.client_data(b"more"));
+    assert_eq!(&w.server.read[before..], b"more");
+    let v = w.client_sends(c.to_server(c.client.snd_nxt, 0, RST, b""));
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    assert!(w.server.reset);
+}
+
 // ================================================================ bytes read differently
 
 #[test]
