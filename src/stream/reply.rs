@@ -89,11 +89,15 @@ impl<P: Protocol> Stream<P> {
         if t.flags & TCP_ACK != 0 {
             let c_out = self.c_out();
             let a = cabs.abs(t.ack, c_out);
-            if a > self.srv.ack as i64 && a <= c_out as i64 {
+            let advanced = a > self.srv.ack as i64 && a <= c_out as i64;
+            if advanced {
                 self.srv.ack = a as u64;
                 self.trim_sent(self.srv.ack);
                 let acked = self.cli.removed.to_client_ack(self.srv.ack);
                 self.cli.removed.prune(acked);
+            }
+            if t.flags & TCP_RST == 0 {
+                self.push_owned(ctx, now, out, advanced);
             }
         }
         let modified_before = self.modified();
@@ -146,6 +150,11 @@ impl<P: Protocol> Stream<P> {
         }
         if !modified_before && inj.is_empty() {
             self.offer_window(frame, meta);
+            if self.acks_ahead() {
+                // The client holds our ack of bytes the server has not
+                // acknowledged yet: never show it an older one.
+                build::set_seq_ack(frame, meta, t.seq, self.ack_to_client());
+            }
             return Verdict::Forward(to_client);
         }
         let mut blocks = Vec::with_capacity(inj.len());
