@@ -196,6 +196,17 @@ fn multiget_of_2000_keys() {
         let f = multiget(&lab, 2000);
         assert!(f[0].parse::<usize>().unwrap() > 180_000, "{f:?}");
         assert_eq!(&f[1..], ["2000", "compat:00007"], "{f:?}");
+        let st = lab.stop().unwrap();
+        let c = st.counters().unwrap();
+        eprintln!("owned retransmits: {}", c["engine"]["l7_owned_retransmits"]);
+        assert_eq!(
+            c["engine"]["drops"]["l7-hold-overflow"]
+                .as_u64()
+                .unwrap_or(0),
+            0,
+            "{c}"
+        );
+        assert_eq!(c["engine"]["l7_requests_denied"].as_u64(), Some(0), "{c}");
     }
     lab::assert_clean(prefix);
 }

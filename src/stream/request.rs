@@ -430,7 +430,9 @@ impl<P: Protocol> Stream<P> {
     /// server's ack and send its window's worth again, doubling the timeout
     /// (up to 64 times `inject_rto_ns`).
     pub(super) fn retransmit_owned(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
-        let Some((due, rto)) = self.cli.rtx else { return };
+        let Some((due, rto)) = self.cli.rtx else {
+            return;
+        };
         if self.closed || self.srv.ack >= self.owned_end() {
             self.cli.rtx = None;
             return;
