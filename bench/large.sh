@@ -13,7 +13,8 @@
 # counters. CFGS adds the bare AF_XDP forwarder (`forwarder`, the
 # dataplane with no engine: ENFORCER_PASSTHROUGH=1) as a third column.
 # Also the middlebox process's CPU per round (less noisy than wall time on
-# a shared machine: what the engine costs beyond the bare dataplane). Writes bench/results/large.jsonl.
+# a shared machine: what the engine costs beyond the bare dataplane).
+# PERF=1 records the enforcer's profile per round (bench/results/large-perf-N.data). Writes bench/results/large.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=5
@@ -133,7 +134,14 @@ for round in $(seq 1 "$ROUNDS"); do
     grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
     sleep 0.5
     t0=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
+    perf_pid=""
+    if [ -n "${PERF:-}" ] && [ "$cfg" = enforcer ]; then
+      perf record -q -F 2000 -g -p "$MB_PID" -o "$OUT/large-perf-$round.data" 2>/dev/null &
+      perf_pid=$!
+      sleep 0.5
+    fi
     loads "$cfg" "$round"
+    [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
     t1=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
     echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"cpu\",\"cpu_s\":$(((t1 - t0) * 1000 / HZ))e-3}" >>"$RES"
     kill -INT "$MB_PID"

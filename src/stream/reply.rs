@@ -138,9 +138,8 @@ impl<P: Protocol> Stream<P> {
         if e > self.srv.next as i64 {
             let skip = (self.srv.next as i64 - s).max(0) as usize;
             let start = self.srv.next.max(s.max(0) as u64);
-            let fresh = payload[skip..].to_vec();
             self.srv.next = e as u64;
-            self.track(ctx, &fresh, start, &mut inj);
+            self.track(ctx, &payload[skip..], start, &mut inj);
         }
         let fin = t.flags & TCP_FIN != 0;
         if fin && e == self.srv.next as i64 && self.srv.fin.is_none() {
@@ -257,6 +256,25 @@ impl<P: Protocol> Stream<P> {
     ) {
         if matches!(self.srv.reply, ReplyState::Tunnel) {
             return;
+        }
+        let (mut bytes, mut start) = (bytes, start);
+        if self.srv.buf.is_empty() {
+            // Body bytes are counted, never kept: a bulk reply passes
+            // without a copy per segment.
+            if let ReplyState::Body { left, completes } = &mut self.srv.reply {
+                let n = (*left).min(bytes.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    let c = *completes;
+                    self.srv.reply = ReplyState::Head;
+                    self.unit_done(c, start + n as u64, inj);
+                }
+                bytes = &bytes[n..];
+                start += n as u64;
+                if bytes.is_empty() {
+                    return;
+                }
+            }
         }
         let buf_start = start.saturating_sub(self.srv.buf.len() as u64);
         self.srv.buf.extend_from_slice(bytes);
