@@ -9,12 +9,13 @@
 # a 1 MB value (pymemcache, byte-exact check), curl GET of an 8 MB file and
 # POST of an 8 MB body to nginx. Prints per load the median seconds of
 # each middlebox and enforcer/bridge as a rate ratio (bridge time /
-# enforcer time: 1.0 = as fast as the bridge), and the enforcer's drop
-# counters. CFGS adds the bare AF_XDP forwarder (`forwarder`, the
+# enforcer time: 1.0 = as fast as the bridge), the same for the best
+# sample of each, and the enforcer's drop counters. CFGS adds the bare AF_XDP forwarder (`forwarder`, the
 # dataplane with no engine: ENFORCER_PASSTHROUGH=1) as a third column.
 # Also the middlebox process's CPU per round (less noisy than wall time on
 # a shared machine: what the engine costs beyond the bare dataplane).
-# PERF=1 records the enforcer's profile per round (bench/results/large-perf-N.data). Writes bench/results/large.jsonl.
+# PERF=1 profiles the enforcer per round (top symbols: bench/results/large-perf-N.txt;
+# the profiler slows it: no figures from such a run). Writes bench/results/large.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=5
@@ -136,12 +137,17 @@ for round in $(seq 1 "$ROUNDS"); do
     t0=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
     perf_pid=""
     if [ -n "${PERF:-}" ] && [ "$cfg" = enforcer ]; then
-      perf record -q -F 2000 -g -p "$MB_PID" -o "$OUT/large-perf-$round.data" 2>/dev/null &
+      perf record -q -F 2000 -g -p "$MB_PID" -o "$STATE/perf-$round.data" 2>/dev/null &
       perf_pid=$!
       sleep 0.5
     fi
     loads "$cfg" "$round"
-    [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid"
+      wait "$perf_pid" || true
+      perf report -i "$STATE/perf-$round.data" --no-children --stdio --sort dso,symbol 2>/dev/null |
+        grep -E '^ +[0-9]' | head -25 >"$OUT/large-perf-$round.txt" || true
+    fi
     t1=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
     echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"cpu\",\"cpu_s\":$(((t1 - t0) * 1000 / HZ))e-3}" >>"$RES"
     kill -INT "$MB_PID"
@@ -172,6 +178,13 @@ for load in loads:
         med[cfg] = statistics.median(v) if v else float("nan")
     print("%-14s" % load + "".join("%12.4f" % med[c] for c in cfgs)
           + "".join("%10.2f" % (med[cfgs[0]] / med[c]) for c in cfgs[1:]))
+# The least disturbed sample of each: what the path can do when the
+# machine's other load leaves it alone.
+print("\nbest of %d samples" % len([r for r in rows if r["cfg"] == cfgs[0] and r["load"] == loads[0]]))
+for load in loads:
+    best = {c: min(r["s"] for r in rows if r["cfg"] == c and r["load"] == load) for c in cfgs}
+    print("%-14s" % load + "".join("%12.4f" % best[c] for c in cfgs)
+          + "".join("%10.2f" % (best[cfgs[0]] / best[c]) for c in cfgs[1:]))
 for cfg in cfgs[1:]:
     v = [r["cpu_s"] for r in rows if r["cfg"] == cfg and r["load"] == "cpu"]
     if v:
