@@ -116,6 +116,17 @@ pub(super) struct FromClient {
     /// judged).
     pub(super) sent: VecDeque<u8>,
     pub(super) sent_base: u64,
+    /// Client offset up to which the enforcer acknowledged client bytes on
+    /// its own (held head bytes, which the server cannot acknowledge before
+    /// it has them); only grows, never beyond `next`. Bytes below it that
+    /// went to the server are ours to deliver (`request.rs`, `push_owned`).
+    pub(super) own_ack: u64,
+    /// Server offset: released bytes below it went to the server while
+    /// inside its window (so only a loss keeps them from it).
+    pub(super) tx_edge: u64,
+    /// Retransmission timer for bytes we acknowledged and the server did not
+    /// yet: (deadline, current timeout).
+    pub(super) rtx: Option<(u64, u64)>,
 }
 
 /// What the enforcer knows of the server's segments: the server→client byte
@@ -203,6 +214,9 @@ impl<P: Protocol> Stream<P> {
                 tpl: None,
                 sent: VecDeque::new(),
                 sent_base: 0,
+                own_ack: 0,
+                tx_edge: 0,
+                rtx: None,
             },
             srv: FromServer {
                 abs: None,
@@ -269,8 +283,32 @@ impl<P: Protocol> Stream<P> {
     /// Ack (client seq space) to put on segments towards the client.
     pub(super) fn ack_to_client(&self) -> u32 {
         let Some(c) = self.cli.abs else { return 0 };
+        c.seq(self.client_acked())
+    }
+
+    /// Client offset acknowledged to the client: the server's ack mapped
+    /// (never beyond decided bytes), or what we acknowledged ourselves.
+    pub(super) fn client_acked(&self) -> u64 {
         let limit = self.decided() + u64::from(self.cli.fin_sent);
-        c.seq(self.cli.removed.to_client_ack(self.srv.ack).min(limit))
+        let mapped = self.cli.removed.to_client_ack(self.srv.ack).min(limit);
+        mapped.max(self.cli.own_ack)
+    }
+
+    /// We acknowledged client bytes the server has not: every segment
+    /// towards the client needs its ack rewritten (an ack older than the
+    /// one the client holds would also carry a window it ignores).
+    pub(super) fn acks_ahead(&self) -> bool {
+        let limit = self.decided() + u64::from(self.cli.fin_sent);
+        self.cli.own_ack > self.cli.removed.to_client_ack(self.srv.ack).min(limit)
+    }
+
+    /// The server's receive window in bytes, scaled as both SYNs agreed.
+    pub(super) fn server_window(&self) -> u64 {
+        let shift = match (self.cli.wscale, self.srv.wscale) {
+            (Some(_), Some(s)) => u32::from(s),
+            _ => 0,
+        };
+        u64::from(self.srv.win) << shift
     }
 
     /// Ack (server seq space) to put on segments towards the server.
@@ -293,28 +331,29 @@ impl<P: Protocol> Stream<P> {
     /// (a ring of `max_held_bytes` from the next expected byte). Passing on
     /// a larger server window would let an honest client send more than
     /// that, and the excess would be dropped (`l7-hold-overflow`) and crawl
-    /// back by retransmission: so the offer is never above `max_held_bytes`.
+    /// back by retransmission: so the offer never reaches beyond the
+    /// server's ack plus `max_held_bytes`.
     ///
-    /// The other way round, a request head is held whole until judged, and
-    /// the server cannot acknowledge bytes it was not given: a head larger
-    /// than the server's window (a 187 KB multi-get against a 64 KB window)
-    /// would leave the client waiting for an ack that never comes. While a
-    /// head is held the offer therefore covers it plus the server's window,
-    /// up to `max_held_bytes`; the bytes the server's window cannot take
-    /// when the head is released are kept in `cli.sent` and reach it by the
-    /// client's retransmissions, as after any loss.
+    /// The offer is a right edge, in client offsets, minus the ack the
+    /// client holds (`client_acked`): the server's edge (its ack mapped
+    /// plus its window, clamped), or, while a request head is held, the
+    /// hold's edge (`max_held_bytes` past the decided bytes: the head is
+    /// acknowledged by us as it arrives, and may grow to the limit). Once a
+    /// held head is released into a smaller server window the offer is
+    /// zero until the server's acks catch up with ours.
     pub(super) fn client_window(&self) -> u16 {
         // The server's field is scaled only when both SYNs carried the option.
         let shift = match (self.cli.wscale, self.srv.wscale) {
             (Some(_), Some(s)) => u32::from(s),
             _ => 0,
         };
-        let server = u64::from(self.srv.win) << shift;
-        let held = match self.cli.req {
-            ReqState::Head => self.cli.buf.len() as u64,
-            _ => 0,
-        };
-        let offer = (server + held).min(self.limit as u64);
+        let limit = self.limit as u64;
+        let mapped = self.cli.removed.to_client_ack(self.srv.ack);
+        let mut edge = mapped.saturating_add(self.server_window().min(limit));
+        if matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty() {
+            edge = edge.max(self.decided().saturating_add(limit));
+        }
+        let offer = edge.saturating_sub(self.client_acked());
         // Round up so that a small offer does not scale down to zero.
         let field = (offer + (1 << shift) - 1) >> shift;
         field.min(u64::from(u16::MAX)) as u16
@@ -417,6 +456,7 @@ impl<P: Protocol> Stream<P> {
         self.queue.clear();
         self.pending_bytes = 0;
         self.cli.sent = VecDeque::new();
+        self.cli.rtx = None;
         self.srv.inj.clear();
     }
 
@@ -510,11 +550,13 @@ impl<P: Protocol> Stream<P> {
             .map(|b| b.sent_ns.saturating_add(b.rto_ns))
             .chain(head)
             .chain(self.draining)
+            .chain(self.cli.rtx.map(|(d, _)| d))
             .min()
     }
 
-    /// Timers: the head timeout, the end of a drain, and retransmission of
-    /// injected bytes the client has not acknowledged.
+    /// Timers: the head timeout, the end of a drain, retransmission of
+    /// injected bytes the client has not acknowledged, and of client bytes
+    /// we acknowledged that the server has not.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
         if self.closed {
             return;
@@ -551,5 +593,6 @@ impl<P: Protocol> Stream<P> {
             let f = self.seg(false, sabs.seq(at), TCP_PSH, &bytes);
             self.emit(ctx, out, false, f);
         }
+        self.retransmit_owned(ctx, now, out);
     }
 }

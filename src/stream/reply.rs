@@ -89,12 +89,16 @@ impl<P: Protocol> Stream<P> {
         if t.flags & TCP_ACK != 0 {
             let c_out = self.c_out();
             let a = cabs.abs(t.ack, c_out);
-            if a > self.srv.ack as i64 && a <= c_out as i64 {
+            let advanced = a > self.srv.ack as i64 && a <= c_out as i64;
+            if advanced {
                 self.srv.ack = a as u64;
                 self.trim_sent(self.srv.ack);
                 self.arm_head_clock(now);
                 let acked = self.cli.removed.to_client_ack(self.srv.ack);
                 self.cli.removed.prune(acked);
+            }
+            if t.flags & TCP_RST == 0 {
+                self.push_owned(ctx, now, out, advanced);
             }
         }
         let modified_before = self.modified();
@@ -135,9 +139,8 @@ impl<P: Protocol> Stream<P> {
         if e > self.srv.next as i64 {
             let skip = (self.srv.next as i64 - s).max(0) as usize;
             let start = self.srv.next.max(s.max(0) as u64);
-            let fresh = payload[skip..].to_vec();
             self.srv.next = e as u64;
-            self.track(ctx, &fresh, start, &mut inj);
+            self.track(ctx, &payload[skip..], start, &mut inj);
         }
         let fin = t.flags & TCP_FIN != 0;
         if fin && e == self.srv.next as i64 && self.srv.fin.is_none() {
@@ -147,6 +150,11 @@ impl<P: Protocol> Stream<P> {
         }
         if !modified_before && inj.is_empty() {
             self.offer_window(frame, meta);
+            if self.acks_ahead() {
+                // The client holds our ack of bytes the server has not
+                // acknowledged yet: never show it an older one.
+                build::set_seq_ack(frame, meta, t.seq, self.ack_to_client());
+            }
             return Verdict::Forward(to_client);
         }
         let mut blocks = Vec::with_capacity(inj.len());
@@ -249,6 +257,25 @@ impl<P: Protocol> Stream<P> {
     ) {
         if matches!(self.srv.reply, ReplyState::Tunnel) {
             return;
+        }
+        let (mut bytes, mut start) = (bytes, start);
+        if self.srv.buf.is_empty() {
+            // Body bytes are counted, never kept: a bulk reply passes
+            // without a copy per segment.
+            if let ReplyState::Body { left, completes } = &mut self.srv.reply {
+                let n = (*left).min(bytes.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    let c = *completes;
+                    self.srv.reply = ReplyState::Head;
+                    self.unit_done(c, start + n as u64, inj);
+                }
+                bytes = &bytes[n..];
+                start += n as u64;
+                if bytes.is_empty() {
+                    return;
+                }
+            }
         }
         let buf_start = start.saturating_sub(self.srv.buf.len() as u64);
         self.srv.buf.extend_from_slice(bytes);

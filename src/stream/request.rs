@@ -285,6 +285,7 @@ impl<P: Protocol> Stream<P> {
             && rel.len() == payload.len()
             && fin == fin_now;
         if fast {
+            self.note_tx(out_before, out_before + rel.len() as u64);
             return Verdict::Forward(fwd);
         }
         let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
@@ -323,6 +324,8 @@ impl<P: Protocol> Stream<P> {
         }
         let resent = sent;
         sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        self.note_tx(out_before, out_before + rel.len() as u64);
+        self.arm_owned(ctx, now);
         if fin_now && rel.is_empty() {
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
             self.emit(ctx, out, true, f);
@@ -343,31 +346,134 @@ impl<P: Protocol> Stream<P> {
             // (the rest of a held head) is loss, not slowness.
             self.lost_ack_seen(now);
         }
-        if denied || (len > 0 && e <= decided_before as i64) {
+        let own_before = self.cli.own_ack;
+        self.own_held();
+        self.arm_owned(ctx, now);
+        if denied
+            || self.cli.own_ack > own_before
+            || (len > 0 && e <= decided_before.max(own_before) as i64)
+        {
+            // Denied bytes, a held head we now acknowledge ourselves, or a
+            // retransmission of bytes we acknowledged (our ACK was lost).
             self.ack_client(ctx, out);
         } else if len > 0 && s < decided_before as i64 && !resent {
             // A retransmission reaching back into bytes the server already
-            // acknowledged (its ACK was lost), with new bytes we hold: the
-            // server sees none of it and would not answer, so we do, or
-            // the client resends it forever.
-            self.ack_client(ctx, out);
-        } else if len > 0 && !self.closed && self.holds_large_head() {
-            // The server acknowledges none of a held head: only our window
-            // update lets the client send the rest of it (`client_window`).
+            // acknowledged (its ACK was lost): the server sees only bytes it
+            // has and would not answer, so we do, or the client resends it
+            // forever.
             self.ack_client(ctx, out);
         }
         Verdict::Consumed
     }
 
-    /// A request head is held that may not fit the server's window: at
-    /// least half of it is in use by the head.
-    fn holds_large_head(&self) -> bool {
-        let shift = match (self.cli.wscale, self.srv.wscale) {
-            (Some(_), Some(s)) => u32::from(s),
-            _ => 0,
+    /// A request head is held: acknowledge every byte received, as a proxy
+    /// would. The server acknowledges none of a held head (it does not
+    /// have it), and a client waits for acks once its congestion window of
+    /// unacknowledged bytes is out: without ours, a head larger than that
+    /// window (a 187 KB multi-get on a fresh connection; any head of two
+    /// segments after a timeout cut the window to one) would wait for
+    /// retransmission timeouts that never end it. From here on these bytes
+    /// are ours to deliver: the client will not send them again.
+    fn own_held(&mut self) {
+        if self.closed || !matches!(self.cli.req, ReqState::Head) || self.cli.buf.is_empty() {
+            return;
+        }
+        self.cli.own_ack = self.cli.own_ack.max(self.cli.next);
+    }
+
+    /// Server offset up to which released bytes are ours to deliver (we
+    /// acknowledged them to the client).
+    fn owned_end(&self) -> u64 {
+        let c = self.cli.own_ack.min(self.decided());
+        self.cli.removed.to_server(c)
+    }
+
+    /// Released bytes `[lo, hi)` (server offsets) just went to the server:
+    /// those inside its window count as delivered but for a loss.
+    fn note_tx(&mut self, lo: u64, hi: u64) {
+        let base = self.cli.tx_edge.max(self.srv.ack);
+        if lo <= base {
+            let edge = self.srv.ack + self.server_window();
+            self.cli.tx_edge = base.max(hi.min(edge));
+        }
+    }
+
+    /// Bytes we acknowledged went to the server: run the retransmission
+    /// timer until the server acknowledges them.
+    fn arm_owned(&mut self, ctx: &StreamCtx<'_>, now: u64) {
+        if self.cli.rtx.is_none() && !self.closed && self.srv.ack < self.owned_end() {
+            let rto = ctx.cfg.inject_rto_ns;
+            self.cli.rtx = Some((now.saturating_add(rto), rto));
+        }
+    }
+
+    /// Send kept bytes from server offset `from` up to the server's window
+    /// (at least one segment when `probe`: a zero window is answered with
+    /// an ACK that tells us when it opens).
+    fn send_kept(&mut self, ctx: &mut StreamCtx<'_>, out: &mut Output, from: u64, probe: bool) {
+        let Some(cabs) = self.cli.abs else { return };
+        let end = self.cli.sent_base + self.cli.sent.len() as u64;
+        let from = from.max(self.cli.sent_base);
+        let chunk = self.cli.max_seg.max(MIN_SEG) as u64;
+        let mut to = end.min(self.srv.ack + self.server_window());
+        if probe {
+            to = to.max(from.saturating_add(chunk).min(end));
+        }
+        let mut at = from;
+        while at < to {
+            let n = chunk.min(to - at);
+            let i = (at - self.cli.sent_base) as usize;
+            let bytes: Vec<u8> = self.cli.sent.range(i..i + n as usize).copied().collect();
+            let f = self.seg(true, cabs.seq(at), TCP_PSH, &bytes);
+            self.emit(ctx, out, true, f);
+            at += n;
+        }
+        self.cli.tx_edge = self.cli.tx_edge.max(to);
+    }
+
+    /// A server segment moved its ack or window (`advanced`: its ack grew).
+    /// While bytes we acknowledged are not acknowledged by the server, we
+    /// are their sender: send what its window now takes, and keep a
+    /// retransmission timer running (reset by every advance).
+    pub(super) fn push_owned(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        now: u64,
+        out: &mut Output,
+        advanced: bool,
+    ) {
+        if self.closed || self.srv.ack >= self.owned_end() {
+            self.cli.rtx = None;
+            return;
+        }
+        let rto = ctx.cfg.inject_rto_ns;
+        if advanced || self.cli.rtx.is_none() {
+            self.cli.rtx = Some((now.saturating_add(rto), rto));
+        }
+        let from = self.cli.tx_edge.max(self.srv.ack);
+        self.send_kept(ctx, out, from, false);
+    }
+
+    /// The retransmission timer of owned bytes ran out: go back to the
+    /// server's ack and send its window's worth again, doubling the timeout
+    /// (up to 64 times `inject_rto_ns`).
+    pub(super) fn retransmit_owned(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        let Some((due, rto)) = self.cli.rtx else {
+            return;
         };
-        let server = u64::from(self.srv.win) << shift;
-        matches!(self.cli.req, ReqState::Head) && self.cli.buf.len() as u64 * 2 >= server
+        if self.closed || self.srv.ack >= self.owned_end() {
+            self.cli.rtx = None;
+            return;
+        }
+        if now < due {
+            return;
+        }
+        let rto = rto
+            .saturating_mul(2)
+            .min(ctx.cfg.inject_rto_ns.saturating_mul(64));
+        self.cli.rtx = Some((now.saturating_add(rto), rto));
+        ctx.counters.l7_owned_retransmits += 1;
+        self.send_kept(ctx, out, self.srv.ack, true);
     }
 
     /// Decide whatever complete requests `c_buf` holds. Allowed bytes go to
@@ -689,6 +795,8 @@ impl<P: Protocol> Stream<P> {
             return;
         }
         self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
+        self.note_tx(out_before, out_before + rel.len() as u64);
+        self.arm_owned(ctx, now);
         if fin_now && rel.is_empty() {
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
             self.emit(ctx, out, true, f);

@@ -38,6 +38,16 @@ pub fn is_value_char(c: u8) -> bool {
     c == b'\t' || c == b' ' || (0x21..=0x7e).contains(&c) || c >= 0x80
 }
 
+/// Bytes a header field value may carry here: every byte but NUL, CR and
+/// LF. RFC 9110 excludes the other controls too, but they cannot move a
+/// line end (nginx serves them); CR and LF can, NUL ends a C string. The
+/// framing headers check their own syntax (digits, tokens), and Host
+/// refuses controls, so a control byte never changes what is framed or
+/// routed.
+pub fn is_field_byte(c: u8) -> bool {
+    c != 0 && c != b'\r' && c != b'\n'
+}
+
 pub fn token(i: &[u8]) -> PResult<'_, &[u8]> {
     take_while1(is_tchar)(i)
 }
@@ -88,7 +98,7 @@ pub fn header_lines<'a>(
         }
         let (rest, name) = lift(token(i), "bad header name")?;
         let (rest, _) = lift(tag(&b":"[..])(rest), "bad header name")?;
-        let (rest, value) = lift(take_while(is_value_char)(rest), "bad header value")?;
+        let (rest, value) = lift(take_while(is_field_byte)(rest), "bad header value")?;
         i = crlf(rest)?;
         on(name, trim_ows(value))?;
     }

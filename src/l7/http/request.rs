@@ -118,7 +118,13 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         Some(b'2'..=b'9') => (Version::Http11, true),
         Some(_) => return Err(Stop::Invalid("unsupported HTTP version")),
     };
-    let i = crlf(&i[1..])?;
+    // Spaces before the line end (nginx takes them; the line still ends at
+    // its CRLF for everyone).
+    let mut i = &i[1..];
+    while let [b' ', rest @ ..] = i {
+        i = rest;
+    }
+    let i = crlf(i)?;
 
     let mut headers = Vec::new();
     let mut host_hdr: Option<&[u8]> = None;
@@ -132,7 +138,7 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
             if host_hdr.is_some() {
                 return Err(Stop::Invalid("repeated Host"));
             }
-            if value.iter().any(|&c| c == b' ' || c == b'\t' || c == b'@') {
+            if value.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'@') {
                 return Err(Stop::Invalid("bad Host"));
             }
             host_hdr = Some(value);
@@ -437,7 +443,9 @@ mod tests {
         invalid("GET /a HTTP/1.10\r\nHost: a\r\n\r\n");
         invalid("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET /\x7fa HTTP/1.1\r\nHost: a\r\n\r\n");
-        invalid("GET /a HTTP/1.1 \r\nHost: a\r\n\r\n");
+        // Spaces before the line end pass (nginx takes them); a tab does not.
+        assert_eq!(ok("GET /a HTTP/1.1  \r\nHost: a\r\n\r\n").head_len, 30);
+        invalid("GET /a HTTP/1.1\t\r\nHost: a\r\n\r\n");
         invalid("GET a HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET * HTTP/1.1\r\nHost: a\r\n\r\n");
         invalid("GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -457,6 +465,38 @@ mod tests {
         );
         // Invalid is reported as soon as it is visible, without the full head.
         assert!(matches!(parse_request(b"GE\nT"), Parse::Invalid(_)));
+    }
+
+    /// HTTP/0.9 simple requests are refused: nginx reads the line alone,
+    /// llhttp a header block after it (tests/http_differential.rs).
+    #[test]
+    fn simple_requests_of_http_0_9_are_refused() {
+        assert_eq!(invalid("GET /foo/bar\r\n"), "bad request line");
+        assert_eq!(
+            invalid("GET /foo/bar HTTP/0.9\r\n\r\n"),
+            "unsupported HTTP version"
+        );
+    }
+
+    /// Control bytes in field values pass (they cannot move a line end);
+    /// NUL, a bare CR and controls in Host do not.
+    #[test]
+    fn control_bytes_in_field_values() {
+        let h = ok("POST / HTTP/1.1\r\nHost: a\r\nX: \x01v\x7f\x1b\r\nContent-Length: 1\r\n\r\nx");
+        assert_eq!(
+            h.req.header_values(b"x").next(),
+            Some(&b"\x01v\x7f\x1b"[..])
+        );
+        assert_eq!(h.body, Body::Length(1));
+        invalid("GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n");
+        invalid("GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n");
+        assert_eq!(invalid("GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n"), "bad Host");
+        invalid("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\x01\r\n\r\nx");
+        invalid("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x01\r\n\r\n");
+        invalid("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n");
+        // Names stay tokens: a control byte or a space in one is refused.
+        invalid("GET / HTTP/1.1\r\nHost: a\r\n\x01X: v\r\n\r\n");
+        invalid("GET / HTTP/1.1\r\nHost: a\r\nX : v\r\n\r\n");
     }
 
     #[test]

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Large transfers through the kernel bridge and through the enforcer (L7
+# rules on both ports, default settings), in one run, interleaved round by
+# round so that the machine's noise falls on both alike:
+#
+#   sudo [REPS=5] [CFGS="enforcer forwarder"] bash bench/large.sh [ROUNDS] [--args "ENFORCER ARGS"]
+#
+# Per round and middlebox, REPS times each: memcached (`-I 16m`) set and get of an 8 MB and
+# a 1 MB value (pymemcache, byte-exact check), curl GET of an 8 MB file and
+# POST of an 8 MB body to nginx. Prints per load the median seconds of
+# each middlebox and enforcer/bridge as a rate ratio (bridge time /
+# enforcer time: 1.0 = as fast as the bridge), the same for the best
+# sample of each, and the enforcer's drop counters. CFGS adds the bare AF_XDP forwarder (`forwarder`, the
+# dataplane with no engine: ENFORCER_PASSTHROUGH=1) as a third column.
+# Also the middlebox process's CPU per round (less noisy than wall time on
+# a shared machine: what the engine costs beyond the bare dataplane).
+# PERF=1 profiles the enforcer per round (top symbols: bench/results/large-perf-N.txt;
+# the profiler slows it: no figures from such a run). Writes bench/results/large.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=5
+REPS=${REPS:-5}
+CFGS=${CFGS:-enforcer}
+ARGS=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --args) ARGS=$2; shift ;;
+    [0-9]*) ROUNDS=$1 ;;
+    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench/large.sh: needs root (namespaces, AF_XDP)" >&2; exit 1; }
+cargo build --release -q --bin enforcer
+BIN=target/release/enforcer
+HZ=$(getconf CLK_TCK)
+
+P=cp$$
+STATE=/run/enforcer-lab/$P
+OUT=bench/results
+mkdir -p "$OUT"
+RES=$OUT/large.jsonl
+: >"$RES"
+lab() { bash scripts/lab.sh -p "$P" -q 1 "$@"; }
+nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
+MB_PID=""
+cleanup() {
+  [ -n "$MB_PID" ] && kill "$MB_PID" 2>/dev/null && wait "$MB_PID" 2>/dev/null || true
+  lab down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+LAB_OWNER=$$ lab up >/dev/null
+# memcached with a 16 MB item limit and nginx, in place of the lab's.
+for port in 11211 80; do
+  for pid in $(nsx server ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
+done
+listening() { nsx server ss -ltnH "sport = :$1" | grep -q .; }
+for port in 11211 80; do
+  for _ in $(seq 50); do listening $port || break; sleep 0.1; done
+done
+nsx server memcached -u nobody -p 11211 -U 0 -l 0.0.0.0 -I 16m -m 512 -d
+head -c 8388608 /dev/urandom >"$STATE/big.bin"
+head -c 8388608 /dev/urandom >"$STATE/up.bin"
+cat >"$STATE/nginx.conf" <<NGINX
+user root;
+worker_processes 1;
+daemon on;
+pid $STATE/nginx.pid;
+error_log $STATE/nginx.err;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_max_body_size 64m;
+  server { listen 80; root $STATE; location /upload { return 200 "got it\n"; } }
+}
+NGINX
+nsx server nginx -c "$STATE/nginx.conf"
+for port in 11211 80; do
+  for _ in $(seq 50); do listening $port && break; sleep 0.1; done
+  listening $port || { echo "bench/large.sh: nothing listens on $port" >&2; exit 1; }
+done
+mkdir -p "$STATE/pol"
+cp policies/endpoints.yaml tests/fixtures/compat.yaml "$STATE/pol/"
+WANT_SHA=$(sha256sum <"$STATE/big.bin" | cut -d' ' -f1)
+
+cat >"$STATE/mc.py" <<'PY'
+import json, os, sys, time
+from pymemcache.client.base import Client
+reps = int(sys.argv[1])
+c = Client(("10.66.0.2", 11211), connect_timeout=5, timeout=60)
+for size in [8_000_000] * reps + [1_000_000] * reps:
+    v = os.urandom(size)
+    t0 = time.time(); ok = c.set("big", v, noreply=False); t1 = time.time()
+    g = c.get("big"); t2 = time.time()
+    print(json.dumps({"load": "mc_set_%dMB" % (size // 1_000_000), "s": t1 - t0, "ok": bool(ok)}))
+    print(json.dumps({"load": "mc_get_%dMB" % (size // 1_000_000), "s": t2 - t1, "ok": g == v}))
+PY
+
+loads() { # CFG ROUND
+  local cfg=$1 round=$2 line
+  nsx awing python3 "$STATE/mc.py" "$REPS" | while read -r line; do
+    echo "{\"cfg\":\"$cfg\",\"round\":$round,${line#\{}" >>"$RES"
+  done
+  local k
+  for k in $(seq "$REPS"); do
+    line=$(nsx awing sh -c "curl -s -m 60 -o '$STATE/got.bin' -w '%{time_total}' http://10.66.0.2/big.bin")
+    local ok=false
+    [ "$(sha256sum <"$STATE/got.bin" | cut -d' ' -f1)" = "$WANT_SHA" ] && ok=true
+    echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"http_get_8MB\",\"s\":$line,\"ok\":$ok}" >>"$RES"
+    line=$(nsx awing sh -c "curl -s -m 60 -o /dev/null -w '%{time_total} %{http_code}' --data-binary @'$STATE/up.bin' http://10.66.0.2/upload")
+    echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"http_post_8MB\",\"s\":${line% *},\"ok\":$([ "${line#* }" = 200 ] && echo true || echo false)}" >>"$RES"
+  done
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS: bridge" >&2
+  nsx enf ip link add br0 type bridge stp_state 0 forward_delay 0
+  nsx enf ip link set cli0 master br0
+  nsx enf ip link set srv0 master br0
+  nsx enf ip link set br0 up
+  sleep 1
+  loads bridge "$round"
+  nsx enf ip link del br0
+  sleep 0.3
+
+  for cfg in $CFGS; do
+    echo "round $round/$ROUNDS: $cfg" >&2
+    env=()
+    [ "$cfg" = forwarder ] && env=(env ENFORCER_PASSTHROUGH=1)
+    # shellcheck disable=SC2086
+    ip netns exec "$P-enf" "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$STATE/pol" $ARGS >"$STATE/enforcer.out" 2>&1 &
+    MB_PID=$!
+    for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+    grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
+    sleep 0.5
+    t0=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
+    perf_pid=""
+    if [ -n "${PERF:-}" ] && [ "$cfg" = enforcer ]; then
+      perf record -q -F 2000 -g -p "$MB_PID" -o "$STATE/perf-$round.data" 2>/dev/null &
+      perf_pid=$!
+      sleep 0.5
+    fi
+    loads "$cfg" "$round"
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid"
+      wait "$perf_pid" || true
+      perf report -i "$STATE/perf-$round.data" --no-children --stdio --sort dso,symbol 2>/dev/null |
+        grep -E '^ +[0-9]' | head -25 >"$OUT/large-perf-$round.txt" || true
+    fi
+    t1=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
+    echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"cpu\",\"cpu_s\":$(((t1 - t0) * 1000 / HZ))e-3}" >>"$RES"
+    kill -INT "$MB_PID"
+    wait "$MB_PID" || true
+    MB_PID=""
+    c=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -1 || true)
+    [ -n "$c" ] && echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"counters\",\"counters\":$c}" >>"$RES"
+  done
+done
+
+python3 - "$RES" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+loads = []
+for r in rows:
+    if r["load"] not in ("counters", "cpu") and r["load"] not in loads:
+        loads.append(r["load"])
+bad = [r for r in rows if r.get("ok") is False]
+cfgs = []
+for r in rows:
+    if r["cfg"] not in cfgs:
+        cfgs.append(r["cfg"])
+print("%-14s" % "load" + "".join("%12s" % (c + " s") for c in cfgs) + "".join("%10s" % (c[:4] + "/br") for c in cfgs[1:]))
+for load in loads:
+    med = {}
+    for cfg in cfgs:
+        v = [r["s"] for r in rows if r["cfg"] == cfg and r["load"] == load]
+        med[cfg] = statistics.median(v) if v else float("nan")
+    print("%-14s" % load + "".join("%12.4f" % med[c] for c in cfgs)
+          + "".join("%10.2f" % (med[cfgs[0]] / med[c]) for c in cfgs[1:]))
+# The least disturbed sample of each: what the path can do when the
+# machine's other load leaves it alone.
+print("\nbest of %d samples" % len([r for r in rows if r["cfg"] == cfgs[0] and r["load"] == loads[0]]))
+for load in loads:
+    best = {c: min(r["s"] for r in rows if r["cfg"] == c and r["load"] == load) for c in cfgs}
+    print("%-14s" % load + "".join("%12.4f" % best[c] for c in cfgs)
+          + "".join("%10.2f" % (best[cfgs[0]] / best[c]) for c in cfgs[1:]))
+for cfg in cfgs[1:]:
+    v = [r["cpu_s"] for r in rows if r["cfg"] == cfg and r["load"] == "cpu"]
+    if v:
+        print("%s: median CPU seconds (utime+stime) per round of loads: %.3f" % (cfg, statistics.median(v)))
+for r in rows:
+    if r["load"] == "counters":
+        e = r["counters"]["counters"]["engine"] if "counters" in r["counters"] else r["counters"]
+        print("%s round %d drops: %s" % (r["cfg"], r["round"], json.dumps(e.get("drops", e))))
+print("not byte-exact / failed:", len(bad))
+PY
