@@ -238,6 +238,12 @@ impl Engine {
     }
 
     fn classify(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+        // Plain TCP and UDP (never a fragment, never link control) go
+        // straight on; `meta` stays where it was built instead of moving
+        // through a `Result`, whose copy stalled on the stores just made.
+        if let Some(meta) = view::parse_fast(frame) {
+            return self.l4(side, frame, &meta, now, out, true);
+        }
         let meta = match view::parse(frame) {
             Ok(m) => m,
             Err(ParseError::NotIp { .. }) => return self.non_ip(side),
@@ -307,6 +313,9 @@ impl Engine {
                 }
             }
             L4Meta::Udp | L4Meta::Other => {
+                if self.stored_datagram(side, meta, now) {
+                    return Verdict::Forward(other(side));
+                }
                 let init = Initiator {
                     src: meta.src,
                     sport: meta.sport,
@@ -569,6 +578,25 @@ impl Engine {
         false
     }
 
+    /// The hot path of UDP (and other port-less protocols): a datagram of a
+    /// stored flow, from its own side, decided under the current policy.
+    /// What `datagram` would do for it, read from the frame in place. False:
+    /// not such a datagram, nothing done.
+    #[inline]
+    fn stored_datagram(&mut self, side: Side, meta: &FrameMeta, now: u64) -> bool {
+        let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, meta.proto);
+        let gen = self.policy_gen;
+        let Some(e) = self.flows.find(&key).and_then(|i| self.flows.get_mut(i)) else {
+            return false;
+        };
+        if e.policy_gen != gen || !e.on_its_side(e.sent_by(&meta.src, meta.sport), side) {
+            return false;
+        }
+        e.last_seen = now;
+        e.referenced = true;
+        true
+    }
+
     /// UDP, ICMP and other datagram protocols. `may_create`: this packet can
     /// start a flow (not an echo reply).
     fn datagram(
@@ -621,6 +649,38 @@ impl Engine {
         self.cfg.table_full == TableFullPolicy::RefuseL7 && self.flows.is_full()
     }
 
+    /// The hot path: a segment without SYN, FIN or RST of a stored L4-only
+    /// flow, from its own side, decided under the current policy. Everything
+    /// `tcp` below would do for it, in one look at the entry: no checksum
+    /// (nothing changes but the idle clock and the handshake's last step),
+    /// no re-decision, no stream. False: not such a segment, nothing done;
+    /// `tcp` takes it the long way.
+    #[inline]
+    fn established_l4(
+        &mut self,
+        idx: u32,
+        side: Side,
+        meta: &FrameMeta,
+        flags: u8,
+        now: u64,
+    ) -> bool {
+        let gen = self.policy_gen;
+        let Some(e) = self.flows.get_mut(idx) else {
+            return false;
+        };
+        if e.l7.is_some() || e.policy_gen != gen {
+            return false;
+        }
+        let fwd = e.sent_by(&meta.src, meta.sport);
+        if !e.on_its_side(fwd, side) {
+            return false;
+        }
+        e.last_seen = now;
+        e.referenced = true;
+        e.state = next_state(e.state, fwd, flags);
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn tcp(
         &mut self,
@@ -638,8 +698,13 @@ impl Engine {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
         let syn_only = syn && f & TCP_ACK == 0;
-        let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
+        let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
+        if let Some(i) = idx.filter(|_| f & (TCP_SYN | TCP_FIN | TCP_RST) == 0) {
+            if self.established_l4(i, side, meta, f, now) {
+                return Verdict::Forward(other(side));
+            }
+        }
         // One look at the entry: (has L7 state, from the initiator, on its
         // side, adopted mid-stream, closed).
         let found = idx.and_then(|i| self.flows.get(i)).map(|e| {
