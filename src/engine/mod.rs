@@ -59,21 +59,34 @@ use frag::{FragKey, FragOutcome, Reassembler};
 
 /// Which worker a frame belongs to, for shells with several engines: the
 /// same for both directions of a flow, for all fragments of a datagram and
-/// for ICMP errors about the flow (hashed on the quoted datagram). Hashes the
-/// address pair only, since fragments after the first carry no ports.
-/// Non-IP and malformed frames hash to 0.
+/// for ICMP errors about the flow (hashed on the quoted datagram).
+///
+/// TCP hashes its connection (addresses and ports), so that the many
+/// connections between one client and one server spread over the workers;
+/// the rest hashes the address pair only, since fragments after the first
+/// carry no ports. A TCP segment that arrives fragmented (rare: TCP sends
+/// with DF set) therefore meets the engine of its address pair, not of its
+/// connection; there it has no flow and is judged as any segment without
+/// one (adopted only as policy allows it in its own direction and never on
+/// an L7 port, where fragments are refused anyway): never more than policy
+/// allows, at worst a drop. Non-IP and malformed frames hash to 0.
 pub fn steering_hash(frame: &[u8]) -> u64 {
     let Ok(m) = view::parse(frame) else { return 0 };
-    let (a, b) = match m.l4 {
+    let pair = |a: &IpAddr, b: &IpAddr| FlowKey::between(a, 0, b, 0, 0);
+    let key = match m.l4 {
+        L4Meta::Tcp(_) => FlowKey::between(&m.src, m.sport, &m.dst, m.dport, IPPROTO_TCP),
         L4Meta::Icmp { kind, .. } if view::icmp_is_error(m.proto, kind) => {
             match view::icmp_quoted(frame, &m) {
-                Some(q) => (q.src, q.dst),
-                None => (m.src, m.dst),
+                Some(q) if q.proto == IPPROTO_TCP => {
+                    FlowKey::between(&q.src, q.sport, &q.dst, q.dport, IPPROTO_TCP)
+                }
+                Some(q) => pair(&q.src, &q.dst),
+                None => pair(&m.src, &m.dst),
             }
         }
-        _ => (m.src, m.dst),
+        _ => pair(&m.src, &m.dst),
     };
-    FlowKey::new(a, 0, b, 0, 0).symmetric_hash()
+    key.symmetric_hash()
 }
 
 pub struct Engine {
