@@ -600,10 +600,12 @@ impl Worker {
             let next = self.ch.pools.handoffs.take();
             let batch = std::mem::replace(&mut self.outbox[owner], next);
             let n = batch.len() as u64;
-            let Some(tx) = self.ch.handoff_tx.get(owner) else {
-                continue;
+            // (`outbox` has a batch per worker, and so does `handoff_tx`.)
+            let sent = match self.ch.handoff_tx.get(owner) {
+                Some(tx) => tx.try_send(batch),
+                None => Err(TrySendError::Disconnected(batch)),
             };
-            match tx.try_send(batch) {
+            match sent {
                 Ok(()) => {
                     self.dp.handoff_out += n;
                     self.dp.handoff_batches_out += 1;
