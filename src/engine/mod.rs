@@ -665,16 +665,17 @@ impl Engine {
     /// The hot path: a segment without SYN, FIN or RST of a stored L4-only
     /// flow, from its own side, decided under the current policy. Everything
     /// `tcp` below would do for it, in one look at the entry: no checksum
-    /// (nothing changes but the idle clock and the handshake's last step),
-    /// no re-decision, no stream. False: not such a segment, nothing done;
-    /// `tcp` takes it the long way.
+    /// (nothing changes but the idle clock, the sequence tracking the RST
+    /// check needs, and the handshake's last step), no re-decision, no
+    /// stream. False: not such a segment, nothing done; `tcp` takes it the
+    /// long way. What `tcp` adds for L4-only segments must be added here too.
     #[inline]
     fn established_l4(
         &mut self,
         idx: u32,
         side: Side,
         meta: &FrameMeta,
-        flags: u8,
+        t: &TcpMeta,
         now: u64,
     ) -> bool {
         let gen = self.policy_gen;
@@ -690,7 +691,10 @@ impl Engine {
         }
         e.last_seen = now;
         e.referenced = true;
-        e.state = next_state(e.state, fwd, flags);
+        // No SYN here, so no window-scale option to read.
+        e.seq
+            .track(usize::from(!fwd), t.seq, t.ack, t.flags, t.window, None);
+        e.state = next_state(e.state, fwd, t.flags);
         true
     }
 
@@ -714,7 +718,7 @@ impl Engine {
         let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
         if let Some(i) = idx.filter(|_| f & (TCP_SYN | TCP_FIN | TCP_RST) == 0) {
-            if self.established_l4(i, side, meta, f, now) {
+            if self.established_l4(i, side, meta, t, now) {
                 return Verdict::Forward(other(side));
             }
         }
