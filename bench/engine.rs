@@ -124,6 +124,20 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // The same for UDP: a datagram of a stored flow (the 64 B lab load).
+    let mut dg = udp(ep("10.66.1.7", 40_001), ep("10.66.0.2", 53), &[0x61; 18]);
+    assert_eq!(e.on_frame(0, &mut dg, now, &mut out), Verdict::Forward(1));
+    assert_eq!(e.flow_count(), 2);
+    out.clear();
+    g.bench_function("established_udp_datagram", |b| {
+        b.iter(|| {
+            now += 1;
+            let v = e.on_frame(0, &mut dg, now, &mut out);
+            out.clear();
+            v
+        })
+    });
+
     let trace = mixed_trace(200);
     g.throughput(Throughput::Elements(trace.len() as u64));
     g.bench_function("mixed_trace_per_frame", |b| {

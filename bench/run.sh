@@ -47,7 +47,7 @@ if [ $QUICK = 1 ]; then RATES="100000 200000 400000"; BULK_MB=64; else RATES="50
 MAXW=1
 for w in $WORKERS; do if ((w > MAXW)); then MAXW=$w; fi; done
 
-P=bench$$
+P=${BENCH_PREFIX:-bench}$$ # BENCH_PREFIX keeps concurrent labs apart
 STATE=/run/enforcer-lab/$P
 OUT=bench/results
 mkdir -p "$OUT"

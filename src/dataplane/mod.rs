@@ -21,7 +21,7 @@ use crate::policy::Policy;
 
 use crate::hostmode::steer::FailMode;
 pub use handle::{read_sources, Handle, InForce, Info, Observed, ReloadResult, Snapshot, Tally};
-use handoff::{Channels, Waker};
+use handoff::Waker;
 use iface::IfaceInfo;
 use stats::{DpCounters, WorkerStats};
 pub use stats::{QueueStats, SideCount};
@@ -593,14 +593,16 @@ fn serve(
         return Err("--umem-frames times the worker count is too large".into());
     };
     let (umem, mut frames) = xsk::new_umem(total_frames)?;
-    let (spare_tx, spare_rx) = crossbeam_channel::bounded(total_frames as usize);
-    let (htx, hrx): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| crossbeam_channel::bounded(4096))
-        .unzip();
-    let hrx_keep = hrx.clone();
+    let links_per_worker = plan.links.iter().map(Vec::len).max().unwrap_or(1);
+    let (mesh, in_transit) = handoff::mesh(
+        workers,
+        xsk::BATCH * links_per_worker,
+        events.clone(),
+        misses.clone(),
+    );
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();
-    for (id, (links, handoff_rx)) in plan.links.into_iter().zip(hrx).enumerate() {
+    for (id, (links, ch)) in plan.links.into_iter().zip(mesh).enumerate() {
         let spec = WorkerSpec {
             id: id as u16,
             workers,
@@ -614,14 +616,6 @@ fn serve(
             steer: plan.steer,
             host: plan.host,
         };
-        let ch = Channels {
-            handoff_tx: htx.clone(),
-            handoff_rx,
-            spare_tx: spare_tx.clone(),
-            spare_rx: spare_rx.clone(),
-            events: events.clone(),
-            misses: misses.clone(),
-        };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
         let h = std::thread::Builder::new()
             .name(format!("enforcer-w{id}"))
@@ -634,7 +628,6 @@ fn serve(
             }
         }
     }
-    drop(htx);
     drop(events);
     drop(misses);
     let mut failure = None;
@@ -695,11 +688,7 @@ fn serve(
         .iter()
         .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).frames_held)
         .sum::<u64>()
-        + hrx_keep
-            .iter()
-            .map(|r| r.try_iter().count() as u64)
-            .sum::<u64>()
-        + spare_rx.try_iter().count() as u64;
+        + in_transit.frames();
     let unaccounted = failure
         .is_none()
         .then(|| (total_frames as u64).abs_diff(held));

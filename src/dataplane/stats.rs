@@ -15,8 +15,12 @@ pub struct DpCounters {
     pub no_free_frame: u64,
     /// Emitted frames larger than a UMEM frame.
     pub frame_too_large: u64,
+    /// Frames handed to / received from the worker that owns their flow.
     pub handoff_out: u64,
     pub handoff_in: u64,
+    /// Channel operations those took (a batch per owner per receive turn).
+    pub handoff_batches_out: u64,
+    pub handoff_batches_in: u64,
     /// Frames for another worker dropped because its channel was full.
     pub handoff_full: u64,
     /// Verdict events dropped because the logger fell behind.
@@ -48,6 +52,8 @@ impl DpCounters {
         self.frame_too_large += o.frame_too_large;
         self.handoff_out += o.handoff_out;
         self.handoff_in += o.handoff_in;
+        self.handoff_batches_out += o.handoff_batches_out;
+        self.handoff_batches_in += o.handoff_batches_in;
         self.handoff_full += o.handoff_full;
         self.events_dropped += o.events_dropped;
         self.no_next_hop += o.no_next_hop;

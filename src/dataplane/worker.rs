@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 use xsk_rs::{FrameDesc, Umem};
 
-use super::handoff::{rebalance, Channels, Waker};
+use super::handoff::{rebalance, Channels, Handoff, Waker};
 use super::link::{Link, Rewrite};
 use super::stats::{DpCounters, SideCount, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
@@ -267,6 +267,7 @@ pub fn run(
         sides: [SideCount::default(); 2],
         busy_ns: 0,
         run_ns: 0,
+        outbox: (0..spec.workers).map(|_| Vec::new()).collect(),
         ch,
         to_wake: 0,
         links,
@@ -396,6 +397,8 @@ struct Worker {
     busy_ns: u64,
     run_ns: u64,
     ch: Channels,
+    /// Frames for each other worker, sent once per receive turn.
+    outbox: Vec<Handoff>,
     /// Workers handed a frame during this batch (bit per worker).
     to_wake: u64,
     links: Vec<Link>,
@@ -435,35 +438,39 @@ impl Worker {
                     // 0: non-IP or malformed, judged where it arrived.
                     let owner = (h % self.workers as u64) as usize;
                     if h != 0 && owner != self.id as usize {
-                        if !self.hand_over(owner, side, d) {
-                            self.free.push(d);
-                        }
+                        self.hand_over(owner, side, d);
                         continue;
                     }
                 }
                 self.judge(side, &mut d, now);
             }
         }
+        self.send_handoffs();
         work
     }
 
     /// Frames of our flows received by other workers.
     fn take_handoffs(&mut self, now: u64) -> usize {
         let mut n = 0;
-        // Up to four batches a turn: each other worker may have handed over
-        // a batch per link since our last turn, and a channel that only
-        // drains as fast as one link fills overflows (`handoff_full`).
-        for _ in 0..BATCH * 4 {
-            let Ok((side, mut d)) = self.ch.handoff_rx.try_recv() else {
+        // Up to four batches from each other worker a turn: each may have
+        // handed over a batch since our last turn, and a channel that only
+        // drains as fast as it fills overflows (`handoff_full`).
+        for _ in 0..4 * self.workers.max(2) {
+            let Ok(mut batch) = self.ch.handoff_rx.try_recv() else {
                 break;
             };
-            n += 1;
-            self.dp.handoff_in += 1;
-            if let Some(l) = self.tx_link[side as usize & 1].and_then(|i| self.links.get_mut(i)) {
-                // SAFETY: the sender gave this frame up; only we refer to it.
-                l.observe(unsafe { self.umem.data(&d) }.contents());
+            n += batch.len();
+            self.dp.handoff_in += batch.len() as u64;
+            self.dp.handoff_batches_in += 1;
+            for (side, mut d) in batch.drain(..) {
+                if let Some(l) = self.tx_link[side as usize & 1].and_then(|i| self.links.get_mut(i))
+                {
+                    // SAFETY: the sender gave this frame up; only we refer to it.
+                    l.observe(unsafe { self.umem.data(&d) }.contents());
+                }
+                self.judge(side, &mut d, now);
             }
-            self.judge(side, &mut d, now);
+            self.ch.pools.handoffs.give(batch);
         }
         n
     }
@@ -569,21 +576,46 @@ impl Worker {
         }
     }
 
-    /// Give a frame to its flow's owner; false when it could not be (the
-    /// frame is then still ours, and dropped).
-    fn hand_over(&mut self, owner: usize, side: Side, d: FrameDesc) -> bool {
-        let Some(tx) = self.ch.handoff_tx.get(owner) else {
-            return false;
-        };
-        match tx.try_send((side, d)) {
-            Ok(()) => {
-                self.dp.handoff_out += 1;
-                self.to_wake |= 1u64 << (owner % 64);
-                true
+    /// Queue a frame for its flow's owner (sent by `send_handoffs`).
+    fn hand_over(&mut self, owner: usize, side: Side, d: FrameDesc) {
+        match self.outbox.get_mut(owner) {
+            Some(b) => {
+                if b.capacity() == 0 {
+                    *b = self.ch.pools.handoffs.take();
+                }
+                b.push((side, d));
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dp.handoff_full += 1;
-                false
+            None => self.free.push(d),
+        }
+    }
+
+    /// Send each owner its batch, one channel operation each. A batch the
+    /// owner cannot take now (its channel is full: it is far behind) is
+    /// dropped, counted in `handoff_full`.
+    fn send_handoffs(&mut self) {
+        for owner in 0..self.outbox.len() {
+            if self.outbox[owner].is_empty() {
+                continue;
+            }
+            let next = self.ch.pools.handoffs.take();
+            let batch = std::mem::replace(&mut self.outbox[owner], next);
+            let n = batch.len() as u64;
+            // (`outbox` has a batch per worker, and so does `handoff_tx`.)
+            let sent = match self.ch.handoff_tx.get(owner) {
+                Some(tx) => tx.try_send(batch),
+                None => Err(TrySendError::Disconnected(batch)),
+            };
+            match sent {
+                Ok(()) => {
+                    self.dp.handoff_out += n;
+                    self.dp.handoff_batches_out += 1;
+                    self.to_wake |= 1u64 << (owner % 64);
+                }
+                Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
+                    self.dp.handoff_full += n;
+                    self.free.extend(b.drain(..).map(|(_, d)| d));
+                    self.ch.pools.handoffs.give(b);
+                }
             }
         }
     }
@@ -595,6 +627,7 @@ impl Worker {
                 self.quota,
                 &self.ch.spare_tx,
                 &self.ch.spare_rx,
+                &self.ch.pools.spares,
             );
             self.dp.frames_to_spare += given;
             self.dp.frames_from_spare += taken;

@@ -59,21 +59,34 @@ use frag::{FragKey, FragOutcome, Reassembler};
 
 /// Which worker a frame belongs to, for shells with several engines: the
 /// same for both directions of a flow, for all fragments of a datagram and
-/// for ICMP errors about the flow (hashed on the quoted datagram). Hashes the
-/// address pair only, since fragments after the first carry no ports.
-/// Non-IP and malformed frames hash to 0.
+/// for ICMP errors about the flow (hashed on the quoted datagram).
+///
+/// TCP hashes its connection (addresses and ports), so that the many
+/// connections between one client and one server spread over the workers;
+/// the rest hashes the address pair only, since fragments after the first
+/// carry no ports. A TCP segment that arrives fragmented (rare: TCP sends
+/// with DF set) therefore meets the engine of its address pair, not of its
+/// connection; there it has no flow and is judged as any segment without
+/// one (adopted only as policy allows it in its own direction and never on
+/// an L7 port, where fragments are refused anyway): never more than policy
+/// allows, at worst a drop. Non-IP and malformed frames hash to 0.
 pub fn steering_hash(frame: &[u8]) -> u64 {
     let Ok(m) = view::parse(frame) else { return 0 };
-    let (a, b) = match m.l4 {
+    let pair = |a: &IpAddr, b: &IpAddr| FlowKey::between(a, 0, b, 0, 0);
+    let key = match m.l4 {
+        L4Meta::Tcp(_) => FlowKey::between(&m.src, m.sport, &m.dst, m.dport, IPPROTO_TCP),
         L4Meta::Icmp { kind, .. } if view::icmp_is_error(m.proto, kind) => {
             match view::icmp_quoted(frame, &m) {
-                Some(q) => (q.src, q.dst),
-                None => (m.src, m.dst),
+                Some(q) if q.proto == IPPROTO_TCP => {
+                    FlowKey::between(&q.src, q.sport, &q.dst, q.dport, IPPROTO_TCP)
+                }
+                Some(q) => pair(&q.src, &q.dst),
+                None => pair(&m.src, &m.dst),
             }
         }
-        _ => (m.src, m.dst),
+        _ => pair(&m.src, &m.dst),
     };
-    FlowKey::new(a, 0, b, 0, 0).symmetric_hash()
+    key.symmetric_hash()
 }
 
 pub struct Engine {
@@ -238,6 +251,12 @@ impl Engine {
     }
 
     fn classify(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+        // Plain TCP and UDP (never a fragment, never link control) go
+        // straight on; `meta` stays where it was built instead of moving
+        // through a `Result`, whose copy stalled on the stores just made.
+        if let Some(meta) = view::parse_fast(frame) {
+            return self.l4(side, frame, &meta, now, out, true);
+        }
         let meta = match view::parse(frame) {
             Ok(m) => m,
             Err(ParseError::NotIp { .. }) => return self.non_ip(side),
@@ -307,6 +326,9 @@ impl Engine {
                 }
             }
             L4Meta::Udp | L4Meta::Other => {
+                if self.stored_datagram(side, meta, now) {
+                    return Verdict::Forward(other(side));
+                }
                 let init = Initiator {
                     src: meta.src,
                     sport: meta.sport,
@@ -569,6 +591,25 @@ impl Engine {
         false
     }
 
+    /// The hot path of UDP (and other port-less protocols): a datagram of a
+    /// stored flow, from its own side, decided under the current policy.
+    /// What `datagram` would do for it, read from the frame in place. False:
+    /// not such a datagram, nothing done.
+    #[inline]
+    fn stored_datagram(&mut self, side: Side, meta: &FrameMeta, now: u64) -> bool {
+        let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, meta.proto);
+        let gen = self.policy_gen;
+        let Some(e) = self.flows.find(&key).and_then(|i| self.flows.get_mut(i)) else {
+            return false;
+        };
+        if e.policy_gen != gen || !e.on_its_side(e.sent_by(&meta.src, meta.sport), side) {
+            return false;
+        }
+        e.last_seen = now;
+        e.referenced = true;
+        true
+    }
+
     /// UDP, ICMP and other datagram protocols. `may_create`: this packet can
     /// start a flow (not an echo reply).
     fn datagram(
@@ -621,6 +662,42 @@ impl Engine {
         self.cfg.table_full == TableFullPolicy::RefuseL7 && self.flows.is_full()
     }
 
+    /// The hot path: a segment without SYN, FIN or RST of a stored L4-only
+    /// flow, from its own side, decided under the current policy. Everything
+    /// `tcp` below would do for it, in one look at the entry: no checksum
+    /// (nothing changes but the idle clock, the sequence tracking the RST
+    /// check needs, and the handshake's last step), no re-decision, no
+    /// stream. False: not such a segment, nothing done; `tcp` takes it the
+    /// long way. What `tcp` adds for L4-only segments must be added here too.
+    #[inline]
+    fn established_l4(
+        &mut self,
+        idx: u32,
+        side: Side,
+        meta: &FrameMeta,
+        t: &TcpMeta,
+        now: u64,
+    ) -> bool {
+        let gen = self.policy_gen;
+        let Some(e) = self.flows.get_mut(idx) else {
+            return false;
+        };
+        if e.l7.is_some() || e.policy_gen != gen {
+            return false;
+        }
+        let fwd = e.sent_by(&meta.src, meta.sport);
+        if !e.on_its_side(fwd, side) {
+            return false;
+        }
+        e.last_seen = now;
+        e.referenced = true;
+        // No SYN here, so no window-scale option to read.
+        e.seq
+            .track(usize::from(!fwd), t.seq, t.ack, t.flags, t.window, None);
+        e.state = next_state(e.state, fwd, t.flags);
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn tcp(
         &mut self,
@@ -638,8 +715,13 @@ impl Engine {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
         let syn_only = syn && f & TCP_ACK == 0;
-        let key = FlowKey::new(meta.src, meta.sport, meta.dst, meta.dport, IPPROTO_TCP);
+        let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, IPPROTO_TCP);
         let mut idx = self.flows.find(&key);
+        if let Some(i) = idx.filter(|_| f & (TCP_SYN | TCP_FIN | TCP_RST) == 0) {
+            if self.established_l4(i, side, meta, t, now) {
+                return Verdict::Forward(other(side));
+            }
+        }
         // One look at the entry: (has L7 state, from the initiator, on its
         // side, adopted mid-stream, closed).
         let found = idx.and_then(|i| self.flows.get(i)).map(|e| {

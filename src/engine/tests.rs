@@ -769,6 +769,27 @@ fn steering_keeps_flows_fragments_and_errors_together() {
     assert_eq!(steering_hash(&arp()), 0);
 }
 
+#[test]
+fn steering_spreads_the_connections_of_one_address_pair() {
+    let owners = |n: u64| {
+        let mut seen = [0usize; 2];
+        for p in 0..64u16 {
+            let mut c = Conn::new(ep("10.66.0.11", 40_000 + p), ep("10.66.0.2", 80));
+            let hs = c.handshake();
+            let h = steering_hash(&hs[0]);
+            // Both directions, every segment, and an error about it.
+            assert!(hs.iter().all(|f| steering_hash(f) == h));
+            assert_eq!(h, steering_hash(&c.server_data(b"reply")));
+            let err = unreachable("10.66.0.1", "10.66.0.11", &c.client_data(b"q"));
+            assert_eq!(h, steering_hash(&err));
+            seen[(h % n) as usize] += 1;
+        }
+        seen
+    };
+    let [a, b] = owners(2);
+    assert!(a > 8 && b > 8, "64 connections over 2 workers: {a} / {b}");
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;

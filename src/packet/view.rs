@@ -1,7 +1,7 @@
 //! A borrowed reading of one Ethernet frame: offsets and the few header fields
 //! the engine needs. Parse once per frame; everything else reads `FrameMeta`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -106,7 +106,115 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// learns the L4 header by reassembling (`parse_l4` on the datagram).
 /// An IPv6 "atomic" fragment (offset 0, no more fragments) is read as a whole
 /// datagram (RFC 6946).
+#[inline(always)]
 pub fn parse(frame: &[u8]) -> Result<FrameMeta, ParseError> {
+    match parse_fast(frame) {
+        Some(m) => Ok(m),
+        None => parse_general(frame),
+    }
+}
+
+#[inline(always)]
+fn be16(f: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([f[i], f[i + 1]])
+}
+
+#[inline(always)]
+fn be32(f: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]])
+}
+
+/// Nearly every frame on the wire: untagged Ethernet, IPv4 without options
+/// and not fragmented (or IPv6 with no extension header), carrying TCP or
+/// UDP. Read at fixed offsets, this costs a few loads and compares where the
+/// general path walks header slices. It gives exactly what `parse_general`
+/// gives for such a frame (a property test holds them to it) and None for
+/// anything else, errors included, which the general path then reads and
+/// reports: the fast path may only ever decline, never decide differently.
+#[inline(always)]
+pub fn parse_fast(f: &[u8]) -> Option<FrameMeta> {
+    const V4_L4: usize = ETH_HEADER_LEN + 20;
+    const V6_L4: usize = ETH_HEADER_LEN + 40;
+    if f.len() < V4_L4 + 8 {
+        return None;
+    }
+    let (l4_off, end, src, dst, proto) = match be16(f, 12) {
+        ETHERTYPE_IPV4 if f[14] == 0x45 => {
+            let total = usize::from(be16(f, 16));
+            // MF and fragment offset: fragments take the general path.
+            if be16(f, 20) & 0x3fff != 0 || total < 20 || ETH_HEADER_LEN + total > f.len() {
+                return None;
+            }
+            // Whole-word loads and stores: the engine reads these back at
+            // once, and a value assembled byte by byte stalls that read.
+            (
+                V4_L4,
+                ETH_HEADER_LEN + total,
+                IpAddr::V4(Ipv4Addr::from_bits(be32(f, 26))),
+                IpAddr::V4(Ipv4Addr::from_bits(be32(f, 30))),
+                f[23],
+            )
+        }
+        ETHERTYPE_IPV6 if f[14] >> 4 == 6 && f.len() >= V6_L4 + 8 => {
+            let end = V6_L4 + usize::from(be16(f, 18));
+            if end > f.len() {
+                return None;
+            }
+            let a = u128::from_be_bytes(f[22..38].try_into().ok()?);
+            let b = u128::from_be_bytes(f[38..54].try_into().ok()?);
+            (
+                V6_L4,
+                end,
+                IpAddr::V6(Ipv6Addr::from_bits(a)),
+                IpAddr::V6(Ipv6Addr::from_bits(b)),
+                f[20],
+            )
+        }
+        _ => return None,
+    };
+    let data = end.checked_sub(l4_off)?;
+    let (l4, header_len, l4_end) = match proto {
+        IPPROTO_TCP if data >= 20 => {
+            let header_len = usize::from((f[l4_off + 12] & 0xf0) >> 2);
+            if header_len < 20 || header_len > data {
+                return None;
+            }
+            let t = TcpMeta {
+                seq: be32(f, l4_off + 4),
+                ack: be32(f, l4_off + 8),
+                flags: f[l4_off + 13],
+                window: be16(f, l4_off + 14),
+                header_len,
+            };
+            (L4Meta::Tcp(t), header_len, end)
+        }
+        IPPROTO_UDP if data >= 8 => {
+            let len = usize::from(be16(f, l4_off + 4));
+            if len < 8 || len > data {
+                return None;
+            }
+            (L4Meta::Udp, 8, l4_off + len)
+        }
+        _ => return None,
+    };
+    Some(FrameMeta {
+        l3_off: ETH_HEADER_LEN,
+        l4_off,
+        payload_off: l4_off + header_len,
+        payload_end: l4_end,
+        src,
+        dst,
+        proto,
+        sport: be16(f, l4_off),
+        dport: be16(f, l4_off + 2),
+        l4,
+        fragment: None,
+    })
+}
+
+/// Every frame `parse_fast` declines: VLAN tags, IPv4 options, IPv6
+/// extension headers, fragments, ICMP, other protocols, and every error.
+fn parse_general(frame: &[u8]) -> Result<FrameMeta, ParseError> {
     let eth = etherparse::Ethernet2HeaderSlice::from_slice(frame)
         .map_err(|_| ParseError::Malformed("short ethernet header"))?;
     let mut ethertype = eth.ether_type().0;
@@ -634,7 +742,106 @@ mod tests {
         assert_eq!((q6.proto, q6.sport, q6.dport), (6, 4000, 80));
     }
 
+    #[test]
+    fn common_frames_take_the_fast_path() {
+        let frames = [
+            tcp(
+                ep("10.66.0.11", 40000),
+                ep("10.66.0.2", 80),
+                7,
+                9,
+                ACK,
+                b"hi",
+            ),
+            tcp(ep("fd66::11", 40000), ep("fd66::2", 80), 7, 9, SYN, &[]),
+            udp(ep("10.66.0.11", 5000), ep("10.66.0.2", 53), b"q"),
+            udp(ep("fd66::11", 5000), ep("fd66::2", 53), b""),
+        ];
+        for f in &frames {
+            assert_eq!(parse_fast(f), parse_general(f).ok(), "{f:02x?}");
+            assert!(parse_fast(f).is_some(), "{f:02x?}");
+        }
+        // And what it must leave to the general path.
+        let t = tcp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), 0, 0, SYN, &[]);
+        let declined = [
+            vlan_tag(&t, 0x8100, 5),
+            echo("10.66.0.12", "10.66.0.2", 77, 1, true, b"ping"),
+            fragment_evenly(
+                &udp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), &[0; 40]),
+                1,
+                16,
+            )
+            .remove(1),
+            t[..40].to_vec(),
+            arp(),
+        ];
+        for f in &declined {
+            assert_eq!(parse_fast(f), None, "{f:02x?}");
+        }
+    }
+
+    /// The fast path's output for a frame, when it gives one, is the general
+    /// path's: it may decline, never differ.
+    fn fast_agrees(f: &[u8]) -> Result<(), TestCaseError> {
+        if let Some(m) = parse_fast(f) {
+            prop_assert_eq!(Ok(m), parse_general(f));
+        }
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn fast_path_agrees_with_the_general_one(
+            kind in 0usize..4,
+            flips in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+            pad in 0usize..24,
+            cut in 0usize..120,
+        ) {
+            let mut f = match kind {
+                0 => tcp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), 5, 6, ACK, b"payload"),
+                1 => tcp(ep("fd66::11", 1), ep("fd66::2", 2), 5, 6, ACK, b"payload"),
+                2 => udp(ep("10.66.0.11", 1), ep("10.66.0.2", 2), b"payload"),
+                _ => udp(ep("fd66::11", 1), ep("fd66::2", 2), b"payload"),
+            };
+            f.extend(std::iter::repeat_n(0u8, pad));
+            for (i, b) in flips {
+                if let Some(x) = f.get_mut(i) {
+                    *x = b;
+                }
+            }
+            f.truncate(cut);
+            fast_agrees(&f)?;
+        }
+
+        #[test]
+        fn fast_path_agrees_on_random_bytes(
+            head in prop_oneof![Just([0x08u8, 0x00, 0x45]), Just([0x86, 0xdd, 0x60])],
+            proto in prop_oneof![Just(6u8), Just(17u8), any::<u8>()],
+            ip_len in 0u16..130,
+            udp_len in 0u16..100,
+            mut bytes in proptest::collection::vec(any::<u8>(), 42..120),
+        ) {
+            // Random bytes in the fields that decide, but with lengths near
+            // the frame's and (IPv4) no fragment bits, so that most cases
+            // get past the first checks.
+            bytes[12..15].copy_from_slice(&head);
+            let l4 = if head[0] == 0x08 {
+                bytes[16..18].copy_from_slice(&ip_len.to_be_bytes());
+                bytes[20] &= 0x40;
+                bytes[21] = 0;
+                bytes[23] = proto;
+                34
+            } else {
+                bytes[18..20].copy_from_slice(&ip_len.to_be_bytes());
+                bytes[20] = proto;
+                54
+            };
+            if proto == 17 && bytes.len() >= l4 + 6 {
+                bytes[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+            }
+            fast_agrees(&bytes)?;
+        }
+
         #[test]
         fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             if let Ok(m) = parse(&bytes) {
