@@ -17,6 +17,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+// The test kit's frame builders, so that fuzz seeds and tests build frames one way.
+#[allow(dead_code, unused_imports)]
+#[path = "../../tests/kit/frames.rs"]
+mod frames;
+use frames::fragments;
+pub use frames::tcp_frame;
+
 use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
 use enforcer::engine::Engine;
 use enforcer::packet::view;
@@ -30,12 +37,7 @@ const MAX_LITERAL: usize = 4096;
 const MAX_REPEAT: usize = 60_000;
 const SLOTS: usize = 8;
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-pub const URG: u8 = 0x20;
+pub use frames::{ACK, FIN, PSH, RST, SYN};
 
 /// Reads the input front to back; past its end every read yields zero.
 pub struct Reader<'a> {
@@ -586,114 +588,6 @@ impl Conn {
     }
 }
 
-fn mac(a: IpAddr) -> [u8; 6] {
-    match a {
-        IpAddr::V4(v) => {
-            let o = v.octets();
-            [0x02, 0x04, o[0], o[1], o[2], o[3]]
-        }
-        IpAddr::V6(v) => {
-            let o = v.octets();
-            [0x02, 0x06, o[12], o[13], o[14], o[15]]
-        }
-    }
-}
-
-/// An Ethernet/IP/TCP frame with correct checksums.
-#[allow(clippy::too_many_arguments)]
-pub fn tcp_frame(
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    ttl: u8,
-    urgent: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let eth = etherparse::PacketBuilder::ethernet2(mac(src), mac(dst));
-    let ip = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), ttl),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), ttl),
-        _ => unreachable!("one family per connection"),
-    };
-    let mut b = ip.tcp(sport, dport, seq, 64240);
-    if flags & SYN != 0 {
-        b = b.syn();
-    }
-    if flags & ACK != 0 {
-        b = b.ack(ack);
-    }
-    if flags & FIN != 0 {
-        b = b.fin();
-    }
-    if flags & RST != 0 {
-        b = b.rst();
-    }
-    if flags & PSH != 0 {
-        b = b.psh();
-    }
-    if flags & URG != 0 {
-        b = b.urg(urgent);
-    }
-    if flags & 0x40 != 0 {
-        b = b.ece();
-    }
-    if flags & 0x80 != 0 {
-        b = b.cwr();
-    }
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).expect("tcp frame");
-    v
-}
-
-/// Cut `frame`'s L4 bytes into IP fragments covering `ranges` (v4 or v6).
-fn fragments(frame: &[u8], id: u16, ranges: &[(usize, usize)]) -> Vec<Vec<u8>> {
-    let v4 = frame.get(14).is_some_and(|b| b >> 4 == 4);
-    let hlen = if v4 { 20 } else { 40 };
-    if frame.len() < 14 + hlen {
-        return Vec::new();
-    }
-    let (eth, rest) = frame.split_at(14);
-    let (hdr, payload) = rest.split_at(hlen);
-    ranges
-        .iter()
-        .map(|&(s, e)| {
-            let more = e < payload.len();
-            let mut v = eth.to_vec();
-            let mut h = hdr.to_vec();
-            if v4 {
-                h[2..4].copy_from_slice(&((20 + e - s) as u16).to_be_bytes());
-                h[4..6].copy_from_slice(&id.to_be_bytes());
-                let ff = (if more { 0x2000 } else { 0 }) | (s / 8) as u16;
-                h[6..8].copy_from_slice(&ff.to_be_bytes());
-                h[10..12].copy_from_slice(&[0, 0]);
-                let mut sum = 0u32;
-                for c in h.chunks(2) {
-                    sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-                }
-                while sum > 0xffff {
-                    sum = (sum & 0xffff) + (sum >> 16);
-                }
-                h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-                v.extend_from_slice(&h);
-            } else {
-                let next = h[6];
-                h[4..6].copy_from_slice(&((8 + e - s) as u16).to_be_bytes());
-                h[6] = 44;
-                v.extend_from_slice(&h);
-                v.extend_from_slice(&[next, 0]);
-                v.extend_from_slice(&(((s / 8) as u16) << 3 | u16::from(more)).to_be_bytes());
-                v.extend_from_slice(&u32::from(id).to_be_bytes());
-            }
-            v.extend_from_slice(&payload[s..e]);
-            v
-        })
-        .collect()
-}
-
 /// Whether a whole (unfragmented) TCP frame's checksum verifies, and for
 /// IPv4 its header checksum too; None for anything else. Written apart from
 /// `packet::build` so that one cannot hide a bug of the other.
@@ -989,7 +883,7 @@ impl Harness {
                     vec![(0, cut), (from, l4)]
                 };
                 self.frag_id = self.frag_id.wrapping_add(1);
-                for fr in fragments(&f, self.frag_id, &ranges) {
+                for fr in fragments(&f, u32::from(self.frag_id), &ranges) {
                     self.send(port, fr);
                 }
             }

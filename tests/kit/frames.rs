@@ -16,6 +16,9 @@ pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const PSH: u8 = 0x08;
 pub const ACK: u8 = 0x10;
+pub const URG: u8 = 0x20;
+pub const ECE: u8 = 0x40;
+pub const CWR: u8 = 0x80;
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -32,9 +35,9 @@ pub fn ep(addr: &str, port: u16) -> Ep {
     Ep { ip: ip(addr), port }
 }
 
-fn macs(src: IpAddr, dst: IpAddr) -> ([u8; 6], [u8; 6]) {
-    // Stable per-address MACs keep captures readable.
-    let mac = |a: IpAddr| match a {
+/// A stable MAC per address keeps captures readable.
+pub fn mac(a: IpAddr) -> [u8; 6] {
+    match a {
         IpAddr::V4(v) => {
             let o = v.octets();
             [0x02, 0x04, o[0], o[1], o[2], o[3]]
@@ -43,23 +46,50 @@ fn macs(src: IpAddr, dst: IpAddr) -> ([u8; 6], [u8; 6]) {
             let o = v.octets();
             [0x02, 0x06, o[12], o[13], o[14], o[15]]
         }
-    };
-    (mac(src), mac(dst))
+    }
 }
 
 fn ip_step(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let (sm, dm) = macs(src, dst);
-    let eth = PacketBuilder::ethernet2(sm, dm);
+    ip_step_ttl(src, dst, 64)
+}
+
+fn ip_step_ttl(
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let eth = PacketBuilder::ethernet2(mac(src), mac(dst));
     match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), ttl),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), ttl),
         _ => panic!("mixed address families"),
     }
 }
 
 /// A TCP segment with the given flags (SYN, ACK, ...).
 pub fn tcp(src: Ep, dst: Ep, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut b = ip_step(src.ip, dst.ip).tcp(src.port, dst.port, seq, 64240);
+    tcp_frame(
+        src.ip, dst.ip, src.port, dst.port, seq, ack, flags, 64, 0, payload,
+    )
+}
+
+/// A TCP segment with every field the evasion and fuzz scenarios vary: any
+/// flag combination (URG, ECE, CWR too), the TTL/hop limit and the urgent
+/// pointer.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    ttl: u8,
+    urgent: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip_step_ttl(src, dst, ttl).tcp(sport, dport, seq, 64240);
     if flags & SYN != 0 {
         b = b.syn();
     }
@@ -74,6 +104,15 @@ pub fn tcp(src: Ep, dst: Ep, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> V
     }
     if flags & PSH != 0 {
         b = b.psh();
+    }
+    if flags & URG != 0 {
+        b = b.urg(urgent);
+    }
+    if flags & ECE != 0 {
+        b = b.ece();
+    }
+    if flags & CWR != 0 {
+        b = b.cwr();
     }
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).expect("tcp frame");
