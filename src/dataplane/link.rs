@@ -29,48 +29,48 @@ enum Io {
 
 /// When to read a TAP next. An AF_XDP ring shows frames with a memory load;
 /// a TAP only with a `read` syscall, and a worker spinning through idle
-/// turns would spend most of its time on empty ones (a dozen per HTTP
-/// request, measured, for one frame read). So a TAP is read again at once
-/// only while reads return frames; after an empty one the next read waits
-/// 1, 2, 4 … up to `TAP_MAX_GAP` turns. What makes frames likely resets the
+/// turns spent most of its reads on empty ones (10 to 60 per HTTP request
+/// in `bench/host.sh`, for one frame). So a TAP is read again on the next
+/// turn only while reads return frames; after an empty one the next read
+/// waits 0.5, 1, 2 … µs, at most `TAP_MAX_GAP`. Time, not turns: a busy
+/// turn on the wire can take a hundred microseconds, and the host's frames
+/// must not wait for many of them. What makes frames likely resets the
 /// gap: a write into the TAP (the host answers within microseconds: the
 /// write itself ran its stack and woke the application), and poll()
 /// returning (the TAP is in the poll set, so a worker asleep never misses
-/// it). Idle spins then cost about log2 of their length in reads, and a
-/// busy worker that writes every turn reads every turn as before.
+/// it). An idle spin then costs a read per doubling of its length, then
+/// one per `TAP_MAX_GAP`; a worker that writes every turn reads every turn
+/// as before.
 #[derive(Default)]
 struct Probe {
-    /// Turns to skip before the next read.
-    wait: u32,
-    /// The gap after the next empty read (doubles, capped).
-    gap: u32,
+    /// Not before this (the worker's clock, ns).
+    next: u64,
+    /// The gap after the next empty read (ns; doubles, capped).
+    gap: u64,
 }
 
-/// At most this many turns between reads of an idle TAP while the worker
-/// spins: the delay of a frame the host sends out of the blue (idle turns
-/// take well under a microsecond).
-const TAP_MAX_GAP: u32 = 32;
+/// The longest wait between reads of an idle TAP: the delay of a frame the
+/// host sends while the worker is busy elsewhere or spinning.
+const TAP_MAX_GAP: u64 = 16_000;
+const TAP_MIN_GAP: u64 = 500;
 
 impl Probe {
-    fn due(&mut self) -> bool {
-        if self.wait > 0 {
-            self.wait -= 1;
-            return false;
-        }
-        true
+    fn due(&self, now: u64) -> bool {
+        now >= self.next
     }
 
-    fn got(&mut self, frames: usize) {
+    fn got(&mut self, frames: usize, now: u64) {
         if frames > 0 {
             self.gap = 0;
+            self.next = 0;
         } else {
-            self.wait = self.gap;
-            self.gap = (self.gap * 2).clamp(1, TAP_MAX_GAP);
+            self.next = now + self.gap;
+            self.gap = (self.gap * 2).clamp(TAP_MIN_GAP, TAP_MAX_GAP);
         }
     }
 
     fn soon(&mut self) {
-        self.wait = 0;
+        self.next = 0;
         self.gap = 0;
     }
 }
@@ -134,17 +134,19 @@ impl Link {
     }
 
     /// Received frames into `into`; returns how many. A TAP reads each frame
-    /// into a free UMEM frame; with none free it leaves them queued.
+    /// into a free UMEM frame; with none free it leaves them queued. `now`:
+    /// the worker's clock (ns), for when to read an idle TAP again.
     pub fn recv(
         &mut self,
         umem: &Umem,
         free: &mut Vec<FrameDesc>,
         into: &mut [FrameDesc],
+        now: u64,
     ) -> usize {
         let n = match &mut self.io {
             Io::Xsk(x) => x.recv(into),
             Io::Tap(t, probe) => {
-                if !probe.due() {
+                if !probe.due(now) {
                     return 0;
                 }
                 let mut n = 0;
@@ -172,7 +174,7 @@ impl Link {
                     into[n] = d;
                     n += 1;
                 }
-                probe.got(n);
+                probe.got(n, now);
                 n
             }
         };
