@@ -12,7 +12,8 @@
 //! 5. `engine`: flow table, L3/L4 verdicts, hands L7 flows to `stream`;
 //! 6. shells: `dataplane` (AF_XDP), `hostmode` (kernel side of host mode),
 //!    `replay` (pcap); over them `control` (the control socket, policy
-//!    import, observers, metrics) and the binary (`main.rs`).
+//!    import, observers, metrics), `tools` (what-if and suggest, over
+//!    `replay`) and the binary (`main.rs`).
 //!
 //! Nothing below the shells performs I/O or reads a clock: time is passed in.
 //! Only the shells that talk to the kernel may use `unsafe`.
@@ -41,5 +42,7 @@ pub mod dataplane;
 #[allow(unsafe_code)]
 pub mod hostmode;
 pub mod replay;
+
+pub mod tools;
 
 pub mod control;

@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use enforcer::config::{DenyAction, EngineConfig, SynDenyAction, TableFullPolicy};
+use enforcer::config::{
+    check_content_type, check_http_body, check_http_header, check_http_status,
+    check_memcache_message, DenyAction, DenyReply, EngineConfig, SynDenyAction, TableFullPolicy,
+};
 use enforcer::control::{self, client, client::Format, filter::Filter};
 use enforcer::dataplane::{self, PollMode, RunArgs};
 use enforcer::hostmode::steer::FailMode;
 use enforcer::policy;
 use enforcer::replay::{self, ReplayArgs};
+use enforcer::tools::compare::{self, CompareArgs};
+use enforcer::tools::suggest::{self, SuggestArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -144,13 +149,46 @@ enum Cmd {
         /// Legacy policy file.
         path: PathBuf,
     },
+    /// Print the least-privilege CiliumNetworkPolicy for what a capture or a
+    /// verdict log shows: per identity pair and port, the requests seen.
+    #[command(after_help = "Examples:\n  \
+        enforcer suggest --endpoints policies/endpoints.yaml traffic.pcap > suggested.yaml\n  \
+        enforcer suggest --endpoints policies/ --merge-paths --key-prefix audit.jsonl")]
+    Suggest {
+        /// Endpoints document (file or directory; policies in it are ignored).
+        #[arg(long)]
+        endpoints: PathBuf,
+        /// A capture (pcap, pcapng) or a verdict log (JSON lines).
+        input: PathBuf,
+        /// HTTP: merge the paths of one method under their common prefix (`/v1/.*`).
+        #[arg(long)]
+        merge_paths: bool,
+        /// HTTP: require the Host header seen.
+        #[arg(long)]
+        http_host: bool,
+        /// HTTP: require this header with the value seen, where a request
+        /// carried it (repeat for more; capture input only).
+        #[arg(long, value_name = "NAME")]
+        http_header: Vec<String>,
+        /// memcached: allow keys by prefix (up to the first separator) instead of exactly.
+        #[arg(long)]
+        key_prefix: bool,
+        /// memcached: characters that end a key prefix.
+        #[arg(long, default_value = "-:_/.")]
+        key_separators: String,
+    },
     /// Run the engine over a capture: frames that would leave the enforcer and the verdict log.
-    #[command(
-        after_help = "Example:\n  enforcer replay --policy policies in.pcap -w out.pcap --log verdicts.jsonl"
-    )]
+    /// With --compare, what changes from the OLD policy to this one (docs/tools.md).
+    #[command(after_help = "Examples:\n  \
+          enforcer replay --policy policies in.pcap -w out.pcap --log verdicts.jsonl\n  \
+          enforcer replay --policy new/ --compare policies/ in.pcap -w out.pcap --log changes.jsonl")]
     Replay {
         #[arg(long)]
         policy: PathBuf,
+        /// What-if: list every decision that differs under this (old)
+        /// policy, then a summary; --log then writes those as JSON lines.
+        #[arg(long, value_name = "OLD")]
+        compare: Option<PathBuf>,
         /// pcap or pcapng input.
         input: PathBuf,
         /// pcap output.
@@ -238,6 +276,22 @@ struct EngineOpts {
     /// ends it, open lets it go on unjudged (L3/L4 only).
     #[arg(long, value_enum, default_value = "closed")]
     l7_fail: L7FailArg,
+    /// Status of the HTTP denial (200-599, one with a body); a policy's
+    /// `enforcer.io/http-deny-status` annotation overrides it (docs/tools.md).
+    #[arg(long, value_name = "CODE", default_value_t = 403, value_parser = |s: &str| check_http_status(s))]
+    http_deny_status: u16,
+    /// Body of the HTTP denial (sent followed by CRLF).
+    #[arg(long, value_name = "TEXT", default_value = "Access denied", value_parser = |s: &str| check_http_body(s))]
+    http_deny_body: String,
+    /// Content-Type of the HTTP denial.
+    #[arg(long, value_name = "TYPE", default_value = "text/plain", value_parser = |s: &str| check_content_type(s))]
+    http_deny_content_type: String,
+    /// Extra header of the HTTP denial, `Name: value` (repeat for more).
+    #[arg(long, value_name = "HEADER", value_parser = |s: &str| check_http_header(s))]
+    http_deny_header: Vec<(String, String)>,
+    /// Message of the memcached text denial: `CLIENT_ERROR <message>`.
+    #[arg(long, value_name = "TEXT", default_value = "access denied", value_parser = |s: &str| check_memcache_message(s))]
+    memcache_deny_message: String,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -288,6 +342,13 @@ impl EngineOpts {
                 L7FailArg::Closed => enforcer::config::FailMode::Closed,
                 L7FailArg::Open => enforcer::config::FailMode::Open,
             },
+            deny_reply: DenyReply {
+                http_status: self.http_deny_status,
+                http_body: self.http_deny_body.clone(),
+                http_content_type: self.http_deny_content_type.clone(),
+                http_headers: self.http_deny_header.clone(),
+                memcache_message: self.memcache_deny_message.clone(),
+            },
             ..EngineConfig::default()
         }
     }
@@ -334,8 +395,41 @@ fn main() -> ExitCode {
         Some(Cmd::Convert { path }) => {
             policy::legacy::convert_file(&path).map(|yaml| print!("{yaml}"))
         }
+        Some(Cmd::Suggest {
+            endpoints,
+            input,
+            merge_paths,
+            http_host,
+            http_header,
+            key_prefix,
+            key_separators,
+        }) => suggest::run(&SuggestArgs {
+            endpoints,
+            input,
+            merge_paths,
+            with_host: http_host,
+            headers: http_header,
+            key_prefix,
+            key_separators,
+        }),
         Some(Cmd::Replay {
             policy,
+            compare: Some(old),
+            input,
+            output,
+            log,
+            engine,
+        }) => compare::run(&CompareArgs {
+            new: policy,
+            old,
+            input,
+            output,
+            log,
+            engine: engine.config(),
+        }),
+        Some(Cmd::Replay {
+            policy,
+            compare: None,
             input,
             output,
             log,

@@ -238,25 +238,99 @@ impl Sink {
     }
 }
 
-pub fn run(args: &ReplayArgs) -> Result<(), String> {
-    // The capture first: a wrong file is the cheaper mistake to report.
-    let mut input = Input::open(&args.input)?;
-    let policy = Policy::load(&args.policy).map_err(|errs| {
+/// A policy file or directory, its errors joined into one message.
+pub fn load_policy(path: &Path) -> Result<Policy, String> {
+    Policy::load(path).map_err(|errs| {
         errs.iter()
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join("\n")
-    })?;
-    let out_file =
-        File::create(&args.output).map_err(|e| format!("{}: {e}", args.output.display()))?;
+    })
+}
+
+/// Every frame of the capture at `input`, in order, with its timestamp
+/// (ns) and side (see the module docs). Returns the number of frames read.
+pub fn each_frame(
+    input: &Path,
+    mut f: impl FnMut(u64, Side, Vec<u8>) -> Result<(), String>,
+) -> Result<u64, String> {
+    let mut capture = Input::open(input)?;
+    let mut sides = Sides::default();
+    let mut frames = 0u64;
+    loop {
+        let fr = match capture.next() {
+            Ok(Some(fr)) => fr,
+            Ok(None) => return Ok(frames),
+            Err(e) => {
+                return Err(format!(
+                    "{}: unreadable after {frames} frames: {e}",
+                    input.display()
+                ))
+            }
+        };
+        frames += 1;
+        let side = fr.side.unwrap_or_else(|| sides.side_of(&fr.data));
+        f(fr.ts_ns, side, fr.data)?;
+    }
+}
+
+/// Runs `engines` side by side over the capture at `input`, each on its own
+/// copy of every frame, on the capture's clock (timers included). After each
+/// step of engine `i`, `sink(i, ts_ns, forwarded, out)` gets the input frame
+/// when that engine forwarded it (possibly rewritten) and its output, which
+/// the sink must clear. Returns the number of frames read.
+pub fn drive(
+    input: &Path,
+    engines: &mut [Engine],
+    mut sink: impl FnMut(usize, u64, Option<&[u8]>, &mut Output) -> Result<(), String>,
+) -> Result<u64, String> {
+    let mut out = Output::default();
+    let mut last_tick = None;
+    let last = engines.len().saturating_sub(1);
+    each_frame(input, |ts, side, mut data| {
+        let tick = last_tick.is_none_or(|t: u64| ts >= t.saturating_add(TICK_NS));
+        if tick {
+            last_tick = Some(ts);
+        }
+        for (i, engine) in engines.iter_mut().enumerate() {
+            if tick {
+                engine.tick(ts, &mut out);
+                sink(i, ts, None, &mut out)?;
+            }
+            // The last engine may rewrite the capture's own buffer.
+            let mut copy;
+            let frame = if i == last {
+                &mut data
+            } else {
+                copy = data.clone();
+                &mut copy
+            };
+            let v = engine.on_frame(side, frame, ts, &mut out);
+            let fwd = matches!(v, Verdict::Forward(_)).then_some(&frame[..]);
+            sink(i, ts, fwd, &mut out)?;
+        }
+        Ok(())
+    })
+}
+
+/// The output capture: nanosecond pcap, Ethernet.
+pub fn pcap_writer(path: &Path) -> Result<PcapWriter<BufWriter<File>>, String> {
+    let out_file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let header = PcapHeader {
         datalink: DataLink::ETHERNET,
         ts_resolution: TsResolution::NanoSecond,
         snaplen: SNAPLEN,
         ..Default::default()
     };
-    let pcap = PcapWriter::with_header(BufWriter::new(out_file), header)
-        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    PcapWriter::with_header(BufWriter::new(out_file), header)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn run(args: &ReplayArgs) -> Result<(), String> {
+    // The capture first: a wrong file is the cheaper mistake to report.
+    Input::open(&args.input)?;
+    let policy = load_policy(&args.policy)?;
+    let pcap = pcap_writer(&args.output)?;
     let log = match &args.log {
         Some(p) => Some(BufWriter::new(
             File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
@@ -269,37 +343,13 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         written: 0,
     };
     let policy = Arc::new(policy);
-    let mut engine = Engine::new(policy.clone(), args.engine.clone(), 0);
-    let mut sides = Sides::default();
-    let mut out = Output::default();
-    let mut last_tick = None;
-    let mut frames = 0u64;
-
-    let result = loop {
-        let f = match input.next() {
-            Ok(Some(f)) => f,
-            Ok(None) => break Ok(()),
-            Err(e) => {
-                break Err(format!(
-                    "{}: unreadable after {frames} frames: {e}",
-                    args.input.display()
-                ))
-            }
-        };
-        frames += 1;
-        if last_tick.is_none_or(|t: u64| f.ts_ns >= t.saturating_add(TICK_NS)) {
-            engine.tick(f.ts_ns, &mut out);
-            sink.drain(f.ts_ns, &policy, &mut out)?;
-            last_tick = Some(f.ts_ns);
+    let mut engines = [Engine::new(policy.clone(), args.engine.clone(), 0)];
+    let result = drive(&args.input, &mut engines, |_, ts, fwd, out| {
+        if let Some(f) = fwd {
+            sink.frame(ts, f)?;
         }
-        let side = f.side.unwrap_or_else(|| sides.side_of(&f.data));
-        let mut data = f.data;
-        let v = engine.on_frame(side, &mut data, f.ts_ns, &mut out);
-        if let Verdict::Forward(_) = v {
-            sink.frame(f.ts_ns, &data)?;
-        }
-        sink.drain(f.ts_ns, &policy, &mut out)?;
-    };
+        sink.drain(ts, &policy, out)
+    });
 
     sink.pcap
         .into_writer()
@@ -308,15 +358,16 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     if let Some(mut l) = sink.log.take() {
         l.flush().map_err(|e| format!("writing log: {e}"))?;
     }
-    let c = engine.counters();
+    let c = engines[0].counters();
     let dropped: u64 = c.drops.iter().sum();
     eprintln!(
-        "replay: {frames} frames in, {} out, {dropped} dropped, {} flows; counters: {}",
+        "replay: {} frames in, {} out, {dropped} dropped, {} flows; counters: {}",
+        result.as_ref().map_or(0, |n| *n),
         sink.written,
         c.flows_created,
         c.to_json()
     );
-    result
+    result.map(|_| ())
 }
 
 #[cfg(test)]

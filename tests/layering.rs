@@ -29,6 +29,7 @@ const RANKS: &[(&str, u8)] = &[
     ("hostmode", 6),
     ("dataplane", 7),
     ("replay", 7),
+    ("tools", 8),
     ("control", 8),
     ("main", 9),
 ];

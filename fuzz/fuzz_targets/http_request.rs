@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(p.parse_request(&head[..h.head_len - 1]), Parse::NeedMore);
         }
         let _ = p.subject(&h.req);
-        let _ = p.deny_reply(&h.req);
+        let _ = p.deny_reply(&h.req, &enforcer::config::DenyReply::default());
     }
 });

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(h.head_len <= data.len());
         assert_eq!(binary::parse(&data[..h.head_len - 1]), Parse::NeedMore);
         let mut m = Memcache::new();
-        if let Some(d) = m.deny_reply(&h.req) {
+        if let Some(d) = m.deny_reply(&h.req, &enforcer::config::DenyReply::default()) {
             assert_eq!(
                 binary::Header::read(&d).map(|x| x.opaque),
                 Some(h.req.opaque)

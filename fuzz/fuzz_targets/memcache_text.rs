@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(h.head_len <= data.len());
         assert_eq!(text::parse(&data[..h.head_len - 1]), Parse::NeedMore);
         let mut m = Memcache::new();
-        let _ = m.deny_reply(&h.req);
+        let _ = m.deny_reply(&h.req, &enforcer::config::DenyReply::default());
         let _ = m.subject(&h.req);
         if let Parse::Complete(r) = m.parse_reply(data, Some(&h.req)) {
             assert!(r.head_len <= data.len());

@@ -76,8 +76,9 @@ pub trait Protocol: Send {
     }
     /// Parse the next reply unit, for the oldest request still awaiting one.
     fn parse_reply(&mut self, buf: &[u8], req: Option<&Self::Request>) -> Parse<ReplyHead>;
-    /// The denial the client gets, or None when the request expects no reply.
-    fn deny_reply(&self, req: &Self::Request) -> Option<Vec<u8>>;
+    /// The denial the client gets, with the contents `reply` sets, or None
+    /// when the request expects no reply.
+    fn deny_reply(&self, req: &Self::Request, reply: &crate::config::DenyReply) -> Option<Vec<u8>>;
     /// False for `noreply` / quiet requests.
     fn expects_reply(&self, req: &Self::Request) -> bool;
     /// Request attributes for the verdict log.

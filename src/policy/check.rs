@@ -127,6 +127,27 @@ fn proto_name(p: L7Proto) -> &'static str {
 }
 
 /// The human summary of a loaded policy set.
+/// A policy's own deny reply, the fields it sets.
+fn deny_text(d: &crate::config::DenyReplyOverride) -> String {
+    let mut p = Vec::new();
+    if let Some(s) = d.http_status {
+        p.push(format!("HTTP status {s}"));
+    }
+    if let Some(b) = &d.http_body {
+        p.push(format!("body {b:?}"));
+    }
+    if let Some(t) = &d.http_content_type {
+        p.push(format!("content type {t}"));
+    }
+    for (n, v) in d.http_headers.iter().flatten() {
+        p.push(format!("header \"{n}: {v}\""));
+    }
+    if let Some(m) = &d.memcache_message {
+        p.push(format!("memcached \"CLIENT_ERROR {m}\""));
+    }
+    p.join(", ")
+}
+
 pub fn summary(p: &Policy) -> String {
     let m = p.model();
     let mut out = String::new();
@@ -164,6 +185,9 @@ pub fn summary(p: &Policy) -> String {
                 subjects.join(", ")
             }
         );
+        if let Some(d) = &r.deny_reply {
+            let _ = writeln!(out, "  denial (annotations): {}", deny_text(d));
+        }
         for (items, title, word) in [
             (&r.ingress, "ingress", "from"),
             (&r.ingress_deny, "ingress deny", "from"),

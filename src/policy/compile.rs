@@ -569,6 +569,7 @@ pub fn compile_rule(
         enforce_ingress: dd.ingress.unwrap_or(r.ingress.is_some()),
         enforce_egress: dd.egress.unwrap_or(r.egress.is_some()),
         audit: false,
+        deny_reply: None,
     })
 }
 

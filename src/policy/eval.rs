@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::model::{Endpoint, Entity, Item, L7Set, Model, Peer, PortRange};
+use crate::config::DenyReplyOverride;
+
 use super::{FlowDecision, L7Policy, L7Proto, L7Rules, L7Stage, Proto, RuleList, RuleSet};
 
 /// How an item matched a flow: L7 rules to apply, or the whole port.
@@ -98,6 +100,8 @@ enum Point {
         allow_all: bool,
         /// The L7 lists that matched, all of one protocol.
         lists: Vec<L7Rules>,
+        /// The deny reply of the first policy with L7 lists here that sets one.
+        deny_reply: Option<Arc<DenyReplyOverride>>,
     },
 }
 
@@ -212,6 +216,7 @@ impl Model {
         let mut names = Vec::new();
         let mut allow_all = false;
         let mut lists: Vec<L7Rules> = Vec::new();
+        let mut deny_reply = None;
         for &ri in &self.by_subject[ep] {
             let r = &self.rules[ri];
             let items = if ingress { &r.ingress } else { &r.egress };
@@ -231,6 +236,9 @@ impl Model {
                         names.push(it.name.clone());
                         // Shares the port's list (an `Arc`), copies no rule.
                         lists.push(s.rules.clone());
+                        if deny_reply.is_none() {
+                            deny_reply = r.deny_reply.clone();
+                        }
                     }
                 }
             }
@@ -245,6 +253,7 @@ impl Model {
             names,
             allow_all,
             lists,
+            deny_reply,
         }
     }
 
@@ -275,6 +284,7 @@ impl Model {
                     names: n,
                     allow_all,
                     lists,
+                    deny_reply,
                 } => {
                     names.extend(n);
                     if let Some(p) = lists.first().map(L7Rules::proto) {
@@ -289,7 +299,7 @@ impl Model {
                         l7proto = Some(p);
                     }
                     if !allow_all {
-                        stages.push((lists, audit));
+                        stages.push((lists, audit, deny_reply));
                     }
                 }
             }
@@ -327,17 +337,18 @@ impl Model {
 /// A flow's rule set from its enforcement points' matched lists. The points
 /// were checked to agree on one protocol above; `pick` takes that
 /// protocol's lists.
-fn rule_set<R>(
-    points: &[(Vec<L7Rules>, bool)],
-    pick: impl Fn(&L7Rules) -> Option<RuleList<R>>,
-) -> RuleSet<R> {
+/// One enforcement point's matched lists, its audit mode and deny reply.
+type Stage = (Vec<L7Rules>, bool, Option<Arc<DenyReplyOverride>>);
+
+fn rule_set<R>(points: &[Stage], pick: impl Fn(&L7Rules) -> Option<RuleList<R>>) -> RuleSet<R> {
     RuleSet {
         stages: points
             .iter()
-            .map(|(lists, audit)| L7Stage {
+            .map(|(lists, audit, deny_reply)| L7Stage {
                 allow_all: false,
                 lists: lists.iter().filter_map(&pick).collect(),
                 audit: *audit,
+                deny_reply: deny_reply.clone(),
             })
             .collect(),
     }

@@ -81,10 +81,7 @@ fn located(doc: &Doc<'_>, ix: &LineIndex, e: CompileError) -> PolicyError {
     }
 }
 
-/// A policy annotated with this (`"true"`) is in audit mode: an endpoint all
-/// of whose policies carry it has what they would deny forwarded and logged
-/// as `audit` instead (see `model::Model`).
-pub const AUDIT_ANNOTATION: &str = "enforcer.io/audit";
+pub use super::annotations::AUDIT_ANNOTATION;
 
 /// Files to read: the path itself, or a directory's *.yaml|*.yml|*.json, sorted.
 pub fn files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
@@ -303,16 +300,28 @@ pub fn load_sources_on(
                     },
                 ));
             }
-            let audit = doc
-                .metadata
-                ._other
-                .get("annotations")
-                .and_then(|a| a.get(AUDIT_ANNOTATION))
-                .is_some_and(|v| v.as_str() == Some("true") || v.as_bool() == Some(true));
+            let ann = match super::annotations::read(&doc.metadata._other) {
+                Ok(a) => a,
+                Err(es) if legacy => {
+                    errors.extend(es.into_iter().map(|ce| PolicyError {
+                        file: d.file.to_string(),
+                        line: Some(d.first_line),
+                        field: Some(format!("(converted) {}", ce.field)),
+                        message: ce.message,
+                    }));
+                    continue;
+                }
+                Err(es) => {
+                    errors.extend(es.into_iter().map(|ce| located(d, &ix, ce)));
+                    continue;
+                }
+            };
+            let deny_reply = ann.deny.map(std::sync::Arc::new);
             for (at, s) in specs {
                 match compile_rule(s, &at, &name, &endpoints) {
                     Ok(mut r) => {
-                        r.audit = audit;
+                        r.audit = ann.audit;
+                        r.deny_reply = deny_reply.clone();
                         if r.subject_ids.is_empty() {
                             let sel = r
                                 .subject

@@ -2,6 +2,7 @@
 //! validated (errors name file, line and field) and compiled once into an
 //! immutable `Policy` that workers share read-only.
 
+pub mod annotations;
 pub mod check;
 pub mod compile;
 mod describe;
@@ -17,6 +18,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::DenyReplyOverride;
 use crate::l7::http::HttpRule;
 use crate::l7::memcache::MemcacheRule;
 
@@ -98,6 +100,9 @@ pub struct L7Stage<R> {
     /// The stage's endpoint is in audit mode: a request no list allows
     /// passes, flagged (`L7Verdict::audit`).
     pub audit: bool,
+    /// The deny reply of the policy whose rules make this stage (the first
+    /// in load order that sets one), for the requests the stage denies.
+    pub deny_reply: Option<Arc<DenyReplyOverride>>,
 }
 
 impl<R> Default for L7Stage<R> {
@@ -106,6 +111,7 @@ impl<R> Default for L7Stage<R> {
             allow_all: false,
             lists: Vec::new(),
             audit: false,
+            deny_reply: None,
         }
     }
 }
@@ -157,6 +163,8 @@ pub struct L7Verdict {
     /// Allowed only by a stage in audit mode; `detail` says why it would
     /// have been denied.
     pub audit: bool,
+    /// Denied by a stage whose policy sets its own deny reply.
+    pub deny_reply: Option<Arc<DenyReplyOverride>>,
 }
 
 impl<R> RuleSet<R> {
@@ -187,6 +195,7 @@ impl<R> RuleSet<R> {
                         allowed: false,
                         detail: "no L7 rule matches".into(),
                         audit: false,
+                        deny_reply: st.deny_reply.clone(),
                     };
                 }
             }
@@ -196,6 +205,7 @@ impl<R> RuleSet<R> {
                 allowed: true,
                 detail: "no L7 rule matches".into(),
                 audit: true,
+                deny_reply: None,
             };
         }
         let detail = if names.is_empty() {
@@ -207,6 +217,7 @@ impl<R> RuleSet<R> {
             allowed: true,
             detail,
             audit: false,
+            deny_reply: None,
         }
     }
 }

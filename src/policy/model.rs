@@ -93,6 +93,8 @@ pub struct CompiledRule {
     pub enforce_egress: bool,
     /// The policy is annotated `enforcer.io/audit: "true"`.
     pub audit: bool,
+    /// The policy's deny-reply annotations (`annotations`), if any.
+    pub deny_reply: Option<std::sync::Arc<crate::config::DenyReplyOverride>>,
 }
 /// A compiled policy set: endpoints, rules, and the indexes `decide` uses.
 pub struct Model {

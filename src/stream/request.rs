@@ -488,7 +488,11 @@ impl<P: Protocol> Stream<P> {
                                     self.reset(ctx, out);
                                     return true;
                                 }
-                                if let Some(r) = self.proto.deny_reply(&h.req) {
+                                // The denying policy's own reply, else the global one.
+                                let own =
+                                    v.deny_reply.as_ref().map(|o| o.apply(&ctx.cfg.deny_reply));
+                                let reply = own.as_ref().unwrap_or(&ctx.cfg.deny_reply);
+                                if let Some(r) = self.proto.deny_reply(&h.req, reply) {
                                     self.queue.push_back(Pending::Denial(r));
                                 }
                             }

@@ -86,7 +86,7 @@ impl Protocol for Toy {
         }
     }
 
-    fn deny_reply(&self, req: &ToyReq) -> Option<Vec<u8>> {
+    fn deny_reply(&self, req: &ToyReq, _: &crate::config::DenyReply) -> Option<Vec<u8>> {
         (!req.quiet).then(|| format!("denied {}\n", req.name).into_bytes())
     }
 
@@ -127,6 +127,7 @@ fn policy<R>(rules: Vec<R>) -> Arc<RuleSet<R>> {
             allow_all: false,
             lists: vec![list.into()],
             audit: false,
+            deny_reply: None,
         }],
     })
 }
@@ -793,10 +794,13 @@ fn memcached_get_allowed_denied_allowed() {
     r.server_says(b"END\r\n");
     assert_eq!(r.server.data, b"get public1\r\nget public2\r\n");
     r.server_says(b"END\r\n");
-    let deny = Memcache::new().deny_reply(&match Memcache::new().parse_request(b"get k\r\n") {
-        Parse::Complete(h) => h.req,
-        _ => unreachable!(),
-    });
+    let deny = Memcache::new().deny_reply(
+        &match Memcache::new().parse_request(b"get k\r\n") {
+            Parse::Complete(h) => h.req,
+            _ => unreachable!(),
+        },
+        &crate::config::DenyReply::default(),
+    );
     let mut want = b"VALUE public1 0 1\r\na\r\nEND\r\n".to_vec();
     want.extend_from_slice(&deny.unwrap());
     want.extend_from_slice(b"END\r\n");

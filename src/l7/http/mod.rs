@@ -14,6 +14,7 @@ pub use request::{parse_request, HttpRequest, Version};
 pub use response::parse_response;
 pub use rule::HttpRule;
 
+use crate::config::DenyReply;
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
 use crate::log::Subject;
 
@@ -55,9 +56,45 @@ impl std::fmt::Display for RuleError {
 
 impl std::error::Error for RuleError {}
 
-/// Body of the denial, as Cilium's Envoy filter sends it (its default
-/// `denied_403_body` "Access denied" with CRLF appended).
+/// Body of the default denial, as Cilium's Envoy filter sends it (its
+/// default `denied_403_body` "Access denied" with CRLF appended).
 pub const DENY_BODY: &[u8] = b"Access denied\r\n";
+
+/// The reason phrase of a status code (clients ignore it; people read it).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        423 => "Locked",
+        429 => "Too Many Requests",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Denied",
+    }
+}
 
 /// HTTP/1.x on one connection. Stateless: the framing of a reply depends only
 /// on the request it answers, which the stream layer passes in.
@@ -88,11 +125,24 @@ impl Protocol for Http {
         response::parse_response(buf, req)
     }
 
-    fn deny_reply(&self, req: &HttpRequest) -> Option<Vec<u8>> {
+    /// The reply's values were checked when read (`config::check_*`): a
+    /// status with a body, header lines without CR/LF and none of the
+    /// framing headers, which are ours: the length is the body's, and the
+    /// connection stays open unless the request itself closes it.
+    fn deny_reply(&self, req: &HttpRequest, reply: &DenyReply) -> Option<Vec<u8>> {
         let close = req.version == Version::Http10 || req.connection_close;
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n");
-        out.extend_from_slice(format!("Content-Length: {}\r\n", DENY_BODY.len()).as_bytes());
+        let body_len = reply.http_body.len() + 2;
+        let mut out = Vec::with_capacity(128 + body_len);
+        let status = reply.http_status;
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {body_len}\r\n",
+            reason_phrase(status),
+            reply.http_content_type
+        );
+        out.extend_from_slice(head.as_bytes());
+        for (name, value) in &reply.http_headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
         }
@@ -100,7 +150,8 @@ impl Protocol for Http {
         // A response to HEAD carries the length but never the body; sending
         // it would desynchronise the client's framing of the next response.
         if !req.is_head() {
-            out.extend_from_slice(DENY_BODY);
+            out.extend_from_slice(reply.http_body.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Some(out)
     }
@@ -141,18 +192,18 @@ mod tests {
         let h = Http::new();
         let r = req("PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n");
         assert_eq!(
-            h.deny_reply(&r).unwrap(),
+            h.deny_reply(&r, &DenyReply::default()).unwrap(),
             b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nAccess denied\r\n"
         );
         let r10 = req("GET / HTTP/1.0\r\n\r\n");
         let close = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         for r in [r10, close] {
-            let d = h.deny_reply(&r).unwrap();
+            let d = h.deny_reply(&r, &DenyReply::default()).unwrap();
             assert!(d.windows(19).any(|w| w == b"Connection: close\r\n"));
             assert!(d.ends_with(b"\r\n\r\nAccess denied\r\n"));
         }
         let head = req("HEAD /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n");
-        let d = h.deny_reply(&head).unwrap();
+        let d = h.deny_reply(&head, &DenyReply::default()).unwrap();
         assert!(
             d.ends_with(b"Content-Length: 15\r\n\r\n"),
             "{:?}",
@@ -166,7 +217,7 @@ mod tests {
             })
         ));
         // The denial parses as one complete response of the advertised length.
-        let d = h.deny_reply(&r).unwrap();
+        let d = h.deny_reply(&r, &DenyReply::default()).unwrap();
         match parse_response(&d, Some(&r)) {
             Parse::Complete(ReplyHead {
                 head_len,
@@ -178,6 +229,44 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
+    }
+
+    #[test]
+    fn a_custom_denial_keeps_its_framing() {
+        let h = Http::new();
+        let reply = DenyReply {
+            http_status: 451,
+            http_body: "{\"error\": \"not for you\"}".into(),
+            http_content_type: "application/json".into(),
+            http_headers: vec![("X-Denied-By".into(), "enforcer".into())],
+            ..DenyReply::default()
+        };
+        let r = req("GET /v1/secret HTTP/1.1\r\nHost: deathstar\r\n\r\n");
+        let d = h.deny_reply(&r, &reply).unwrap();
+        let text = String::from_utf8(d.clone()).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 451 Unavailable For Legal Reasons\r\nContent-Type: application/json\r\n\
+             Content-Length: 26\r\nX-Denied-By: enforcer\r\n\r\n{\"error\": \"not for you\"}\r\n"
+        );
+        match parse_response(&d, Some(&r)) {
+            Parse::Complete(ReplyHead {
+                head_len,
+                body: crate::l7::ReplyBody::Length(n),
+                last: true,
+                ..
+            }) => assert_eq!(head_len as u64 + n, d.len() as u64),
+            o => panic!("{o:?}"),
+        }
+        // An empty body still frames: CRLF only.
+        let empty = DenyReply {
+            http_body: String::new(),
+            ..reply
+        };
+        assert!(h
+            .deny_reply(&r, &empty)
+            .unwrap()
+            .ends_with(b"Content-Length: 2\r\nX-Denied-By: enforcer\r\n\r\n\r\n"));
     }
 
     #[test]

@@ -283,6 +283,115 @@ impl CmdSet {
     }
 }
 
+/// Every text command (for name look-ups).
+const TEXT_CMDS: &[TextCmd] = {
+    use TextCmd::*;
+    &[
+        Set,
+        Add,
+        Replace,
+        Append,
+        Prepend,
+        Cas,
+        Get,
+        Gets,
+        Gat,
+        Gats,
+        Delete,
+        Incr,
+        Decr,
+        Touch,
+        Stats,
+        FlushAll,
+        Version,
+        Verbosity,
+        Quit,
+        Shutdown,
+        Slabs,
+        Lru,
+        LruCrawler,
+        Watch,
+        CacheMemlimit,
+        Misbehave,
+        Mg,
+        MsSet,
+        MsAdd,
+        MsReplace,
+        MsAppend,
+        MsPrepend,
+        Md,
+        MaIncr,
+        MaDecr,
+        Mn,
+        Me,
+        Extstore,
+        RefreshCerts,
+        Debugtime,
+    ]
+};
+
+/// Group names from narrowest to widest, as `group_of` tries them.
+const GROUPS: &[&str] = &[
+    "get",
+    "set",
+    "add",
+    "replace",
+    "append",
+    "prepend",
+    "cas",
+    "incr",
+    "decr",
+    "delete",
+    "touch",
+    "gat",
+    "stats",
+    "flush_all",
+    "version",
+    "verbosity",
+    "quit",
+    "noop",
+    "slabs",
+    "lru",
+    "lru_crawler",
+    "watch",
+    "cache_memlimit",
+    "misbehave",
+    "shutdown",
+    "extstore",
+    "refresh_certs",
+    "debugtime",
+    "sasl-list-mechs",
+    "sasl-auth",
+    "sasl-step",
+    "storage",
+    "writeGroup",
+];
+
+/// The narrowest group a rule's `command` can name that allows every
+/// command logged as `name` (a log names `ms` for all of its modes, so
+/// `ms` needs `storage`). None for a name no group covers.
+pub fn group_of(name: &str) -> Option<String> {
+    let mut cmds: Vec<Command> = TEXT_CMDS
+        .iter()
+        .filter(|c| c.name() == name)
+        .map(|&c| Command::Text(c))
+        .collect();
+    cmds.extend(
+        (0..=u8::MAX)
+            .filter(|&op| opcode_name(op) == Some(name))
+            .map(Command::Binary),
+    );
+    if cmds.is_empty() {
+        return None;
+    }
+    let covers = |g: &str| CmdSet::group(g).is_some_and(|s| cmds.iter().all(|&c| s.contains(c)));
+    if let Some(g) = GROUPS.iter().find(|g| covers(g)) {
+        return Some(g.to_string());
+    }
+    // Cilium's one-opcode groups (range, vbucket, tap) are named by opcode.
+    covers(name).then(|| name.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +454,35 @@ mod tests {
         for op in [0x00, 0x01, 0x07, 0x0a, 0x0c, 0x10, 0x1b, 0x1c, 0x1d, 0x23] {
             assert!(!is_quiet(op), "{op:#x}");
         }
+    }
+
+    #[test]
+    fn group_of_a_logged_name() {
+        for (name, group) in [
+            ("get", "get"),
+            ("gets", "get"),
+            ("getkq", "get"),
+            ("mg", "get"),
+            ("set", "set"),
+            ("setq", "set"),
+            ("ms", "storage"),
+            ("ma", "storage"),
+            ("increment", "incr"),
+            ("md", "delete"),
+            ("flush", "flush_all"),
+            ("me", "stats"),
+            ("quit", "quit"),
+            ("noop", "noop"),
+        ] {
+            let g = group_of(name);
+            assert_eq!(g.as_deref(), Some(group), "{name}");
+            // The group it names really allows every command of that name.
+            let set = CmdSet::group(group).unwrap();
+            for &c in TEXT_CMDS.iter().filter(|c| c.name() == name) {
+                assert!(set.contains(Command::Text(c)), "{name}");
+            }
+        }
+        assert_eq!(group_of("unknown"), None);
+        assert_eq!(group_of("frobnicate"), None);
     }
 }

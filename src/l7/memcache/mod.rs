@@ -10,9 +10,10 @@ pub mod text;
 use serde::Deserialize;
 
 pub use crate::l7::http::RuleError;
-pub use command::{Command, TextCmd};
+pub use command::{group_of, Command, TextCmd};
 pub use rule::MemcacheRule;
 
+use crate::config::DenyReply;
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
 use crate::log::Subject;
 
@@ -67,6 +68,7 @@ impl Memcache {
     }
 }
 
+/// The default text denial (`DenyReply::memcache_message` "access denied").
 pub const TEXT_DENIAL: &[u8] = b"CLIENT_ERROR access denied\r\n";
 /// What memcached answers to a line it does not know as a command; the
 /// enforcer answers the same when no rule lets such a line through.
@@ -116,14 +118,19 @@ impl Protocol for Memcache {
         }
     }
 
-    fn deny_reply(&self, req: &McRequest) -> Option<Vec<u8>> {
+    /// Text denials carry the configured message (checked printable, one
+    /// line); binary ones keep their fixed body, which clients show only
+    /// as the status's text.
+    fn deny_reply(&self, req: &McRequest, reply: &DenyReply) -> Option<Vec<u8>> {
         if !self.expects_reply(req) {
             return None;
         }
         match req.command {
             Command::Binary(op) => Some(binary::deny_response(op, req.opaque)),
             Command::Text(TextCmd::Unknown) => Some(TEXT_UNKNOWN.to_vec()),
-            Command::Text(_) => Some(TEXT_DENIAL.to_vec()),
+            Command::Text(_) => {
+                Some(format!("CLIENT_ERROR {}\r\n", reply.memcache_message).into_bytes())
+            }
         }
     }
 
@@ -314,7 +321,11 @@ mod tests {
         let m = Memcache::new();
         for s in ["bogus\r\n", "\r\n", "GET k\r\n"] {
             let r = treq(s);
-            assert_eq!(m.deny_reply(&r).unwrap(), b"ERROR\r\n", "{s:?}");
+            assert_eq!(
+                m.deny_reply(&r, &DenyReply::default()).unwrap(),
+                b"ERROR\r\n",
+                "{s:?}"
+            );
             assert!(m.expects_reply(&r));
         }
         let r = treq("bogus\r\n");
@@ -329,7 +340,10 @@ mod tests {
         let bad = treq("set k 0 0 -1\r\n");
         assert!(rule("set", "k").matches(&bad));
         assert!(!rule("set", "other").matches(&bad));
-        assert_eq!(m.deny_reply(&bad).unwrap(), TEXT_DENIAL);
+        assert_eq!(
+            m.deny_reply(&bad, &DenyReply::default()).unwrap(),
+            TEXT_DENIAL
+        );
         for (g, s) in [
             ("extstore", "extstore compact_gas 1\r\n"),
             ("refresh_certs", "refresh_certs\r\n"),
@@ -347,8 +361,16 @@ mod tests {
         let m = Memcache::new();
         let get = treq("get xwing-coord\r\n");
         assert_eq!(
-            m.deny_reply(&get).unwrap(),
+            m.deny_reply(&get, &DenyReply::default()).unwrap(),
             b"CLIENT_ERROR access denied\r\n"
+        );
+        let own = DenyReply {
+            memcache_message: "not your key".into(),
+            ..DenyReply::default()
+        };
+        assert_eq!(
+            m.deny_reply(&get, &own).unwrap(),
+            b"CLIENT_ERROR not your key\r\n"
         );
         assert!(m.expects_reply(&get));
         for s in [
@@ -359,10 +381,10 @@ mod tests {
         ] {
             let r = treq(s);
             assert!(!m.expects_reply(&r), "{s:?}");
-            assert_eq!(m.deny_reply(&r), None, "{s:?}");
+            assert_eq!(m.deny_reply(&r, &DenyReply::default()), None, "{s:?}");
         }
         let bget = breq(0x00, b"k", &[], &[]);
-        let d = m.deny_reply(&bget).unwrap();
+        let d = m.deny_reply(&bget, &DenyReply::default()).unwrap();
         let h = binary::Header::read(&d).unwrap();
         assert_eq!(
             (h.magic, h.opcode, h.vbucket_or_status, h.opaque),
@@ -371,7 +393,7 @@ mod tests {
         assert_eq!(&d[24..], b"access denied");
         let set = breq(0x01, b"k", &[0; 8], b"v");
         assert_eq!(
-            binary::Header::read(&m.deny_reply(&set).unwrap())
+            binary::Header::read(&m.deny_reply(&set, &DenyReply::default()).unwrap())
                 .unwrap()
                 .opcode,
             0x01
@@ -379,10 +401,10 @@ mod tests {
         for op in [0x09, 0x0d, 0x17] {
             let r = breq(op, if op == 0x17 { b"" } else { b"k" }, &[], &[]);
             assert!(!m.expects_reply(&r));
-            assert_eq!(m.deny_reply(&r), None, "{op:#x}");
+            assert_eq!(m.deny_reply(&r, &DenyReply::default()), None, "{op:#x}");
         }
         let quit = breq(0x07, b"", &[], &[]);
-        assert!(m.expects_reply(&quit) && m.deny_reply(&quit).is_some());
+        assert!(m.expects_reply(&quit) && m.deny_reply(&quit, &DenyReply::default()).is_some());
     }
 
     #[test]
