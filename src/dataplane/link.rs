@@ -322,3 +322,67 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reads an idle TAP gets between `from` and `to` (ns), one loop
+    /// turn every `turn` ns, none of them finding a frame.
+    fn idle_reads(p: &mut Probe, from: u64, to: u64, turn: u64) -> Vec<u64> {
+        let mut reads = Vec::new();
+        let mut now = from;
+        while now < to {
+            if p.due(now) {
+                reads.push(now);
+                p.got(0, now);
+            }
+            now += turn;
+        }
+        reads
+    }
+
+    #[test]
+    fn idle_tap_reads_thin_out_to_the_cap() {
+        let mut p = Probe::default();
+        let reads = idle_reads(&mut p, 0, 200_000, 100);
+        // 0, 0.1 (gap 0), then 0.5, 1, 2, 4, 8 µs gaps, then every 16 µs.
+        assert_eq!(&reads[..7], &[0, 100, 600, 1_600, 3_600, 7_600, 15_600]);
+        let gaps: Vec<u64> = reads.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g <= TAP_MAX_GAP), "{gaps:?}");
+        assert!(gaps[gaps.len() - 3..].iter().all(|&g| g == TAP_MAX_GAP));
+        // 200 µs idle: 18 reads, against 2 000 turns.
+        assert!(reads.len() < 25, "{}", reads.len());
+    }
+
+    #[test]
+    fn a_write_or_a_frame_makes_the_next_turn_read() {
+        let mut p = Probe::default();
+        idle_reads(&mut p, 0, 100_000, 100);
+        assert!(!p.due(100_000));
+        p.soon();
+        assert!(
+            p.due(100_000),
+            "a write into the TAP: read on the next turn"
+        );
+        idle_reads(&mut p, 100_000, 200_000, 100);
+        p.got(3, 200_000);
+        assert!(p.due(200_100), "frames came: read again on the next turn");
+        p.got(0, 200_100);
+        assert!(
+            p.due(200_200),
+            "the first empty read after frames leaves no gap"
+        );
+        p.got(0, 200_200);
+        assert!(!p.due(200_300));
+        assert!(p.due(200_700));
+    }
+
+    /// Busy turns longer than the cap: the TAP is read on every one of them.
+    #[test]
+    fn long_turns_read_every_turn() {
+        let mut p = Probe::default();
+        let reads = idle_reads(&mut p, 0, 1_000_000, 100_000);
+        assert_eq!(reads.len(), 10);
+    }
+}
