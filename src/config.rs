@@ -224,15 +224,27 @@ pub struct EngineConfig {
     pub pass_non_ip: bool,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
-    /// Idle timeout of half-open TCP flows (SYN seen, handshake not done):
-    /// short, so that a SYN flood's entries leave quickly. A client's SYN
-    /// retransmission after it is judged as a new flow.
+    /// Idle timeout of TCP flows whose SYN nobody answered yet. Longer than
+    /// the gaps between a handshake's retransmissions (Linux: SYNs up to
+    /// 32 s apart, SYN-ACKs up to 16 s), or a SYN-ACK retransmission meets
+    /// no flow and is dropped; a SYN flood's entries give way to new
+    /// connections by early drop instead (`FlowTable::reclaim_half_open`).
+    /// A client's SYN retransmission after it is judged as a new flow. Once
+    /// the SYN-ACK passed, the flow takes `tcp_transitory_timeout_ns` (the
+    /// client sends no SYN again, and an L7 flow is never adopted
+    /// mid-stream).
     pub tcp_syn_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub icmp_timeout_ns: u64,
     /// Pending IP fragment reassemblies per engine, and their lifetime.
     pub max_frag_queues: usize,
     pub frag_timeout_ns: u64,
+    /// Longest time an L7 request head may take to arrive once its first
+    /// byte did (HAProxy's `timeout http-request`): a head trickled in
+    /// below every idle timeout would otherwise hold its bytes forever. At
+    /// the deadline the head is denied and the connection ends: HTTP with
+    /// `deny_action` reply gets a 408 first, everything else an RST.
+    pub l7_head_timeout_ns: u64,
     /// Initial retransmission timeout for bytes the engine injected.
     pub inject_rto_ns: u64,
     pub fail: FailMode,
@@ -262,11 +274,19 @@ impl Default for EngineConfig {
             pass_non_ip: true,
             tcp_established_timeout_ns: 6 * 3600 * SEC,
             tcp_transitory_timeout_ns: 60 * SEC,
-            tcp_syn_timeout_ns: 10 * SEC,
+            tcp_syn_timeout_ns: 60 * SEC,
             udp_timeout_ns: 60 * SEC,
             icmp_timeout_ns: 30 * SEC,
             max_frag_queues: 1024,
             frag_timeout_ns: 30 * SEC,
+            // Longer than Linux's largest retransmission timeout (120 s),
+            // unlike nginx's 60 s: nothing acknowledges a held head's bytes
+            // (the server has not got them), so a client whose head
+            // straddles a segment it lost, or whose last small segment
+            // waits for an ack (Nagle), finishes the head only at its next
+            // retransmission, and after a few losses that backs off to
+            // minutes.
+            l7_head_timeout_ns: 180 * SEC,
             inject_rto_ns: 200_000_000,
             fail: FailMode::Closed,
             audit: false,

@@ -32,6 +32,7 @@ reasons! {
     FragmentTimeout => "fragment-timeout",
     TcpInvalid => "tcp-invalid",
     TcpBadChecksum => "tcp-bad-checksum",
+    TcpOutOfWindow => "tcp-out-of-window",
     WrongSide => "wrong-side",
     InternalError => "internal-error",
     L7Denied => "l7-denied",
@@ -66,6 +67,8 @@ pub struct Counters {
     /// Times a held request or reply head was parsed: about one per
     /// arriving line, not one per segment (see `Protocol::head_may_end`).
     pub l7_head_parses: u64,
+    /// Request heads that did not arrive within `l7_head_timeout_ns`.
+    pub l7_head_timeouts: u64,
     /// Bytes the worker's L7 flows hold now (a gauge; see `max_held_total`).
     pub l7_held_bytes: u64,
     /// L7 flows whose stream state hit an internal error (see `FailMode`).
@@ -103,6 +106,7 @@ impl Counters {
         self.l7_requests_denied += o.l7_requests_denied;
         self.l7_requests_audited += o.l7_requests_audited;
         self.l7_head_parses += o.l7_head_parses;
+        self.l7_head_timeouts += o.l7_head_timeouts;
         self.l7_internal_errors += o.l7_internal_errors;
         self.l7_held_bytes += o.l7_held_bytes;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

@@ -292,6 +292,10 @@ struct EngineOpts {
     /// Message of the memcached text denial: `CLIENT_ERROR <message>`.
     #[arg(long, value_name = "TEXT", default_value = "access denied", value_parser = |s: &str| check_memcache_message(s))]
     memcache_deny_message: String,
+    /// Seconds an L7 request head may take to arrive once it started; then
+    /// the request is denied and the connection ends (HTTP: 408 first).
+    #[arg(long, default_value_t = EngineConfig::default().l7_head_timeout_ns / 1_000_000_000)]
+    l7_head_timeout: u64,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -338,6 +342,7 @@ impl EngineOpts {
             pass_non_ip: !self.drop_non_ip,
             audit: self.audit,
             max_held_total: self.max_held_total,
+            l7_head_timeout_ns: self.l7_head_timeout.saturating_mul(1_000_000_000),
             fail: match self.l7_fail {
                 L7FailArg::Closed => enforcer::config::FailMode::Closed,
                 L7FailArg::Open => enforcer::config::FailMode::Open,

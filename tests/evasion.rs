@@ -690,6 +690,66 @@ fn rst_answering_the_syn_passes() {
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
 }
 
+const L4_POLICY: &str = r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {app: db}
+  addresses: ["10.66.0.2"]
+- name: client
+  labels: {app: client}
+  addresses: ["10.66.0.11"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "db"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: db
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "5432"
+        protocol: TCP
+"#;
+
+#[test]
+fn rst_on_l4_flows_out_of_window_is_dropped() {
+    // A port without L7 rules: the entry still follows each receiver's ack
+    // and window, and an RST outside them (which the receiver would ignore)
+    // neither passes nor ends the flow.
+    let p = Policy::from_str("db.yaml", L4_POLICY).expect("policy");
+    let mut w = Wire::new(EngineConfig::default());
+    w.engine.set_policy(Arc::new(p));
+    let mut c = Conn::new(ep(AWING, 40_100), ep(SERVER, 5432));
+    w.handshake(&mut c);
+    w.client_sends(c.client_data(b"query"));
+    w.server_sends(c.server_data(b"rows"));
+    for seq in [
+        c.client.snd_nxt.wrapping_sub(1),
+        c.client.snd_nxt.wrapping_add(1 << 20),
+    ] {
+        let v = w.client_sends(c.to_server(seq, 0, RST, b""));
+        assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    }
+    let v = w.server_sends(c.to_client(c.server.snd_nxt.wrapping_add(1 << 31), 0, RST, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    assert!(!w.server.reset && !w.client.reset);
+    assert_eq!(w.dropped("tcp-out-of-window"), 3);
+    // The connection goes on; the real end passes.
+    let before = w.server.read.len();
+    w.client_sends(c.client_data(b"more"));
+    assert_eq!(&w.server.read[before..], b"more");
+    let v = w.client_sends(c.to_server(c.client.snd_nxt, 0, RST, b""));
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    assert!(w.server.reset);
+}
+
 // ================================================================ bytes read differently
 
 #[test]
@@ -1291,16 +1351,11 @@ fn exhaustion_syn_flood_entries_leave_quickly() {
         w.client_sends(f.syn());
     }
     assert_eq!(w.engine.flow_count(), 901, "the table is full");
-    let late = Conn::new(ep(AWING, 9_000), ep(SERVER, 80));
-    assert!(
-        matches!(w.client_sends(late.syn()), Verdict::Drop(_)),
-        "fresh handshakes are not taken over"
-    );
-    // A second later the flood's handshakes give way to new connections.
-    w.tick(syn_timeout / 10);
+    // However fresh, the flood's handshakes give way to new connections
+    // (early drop of the stalest near the hand); finished ones never do.
     let mut n = Conn::new(ep(AWING, 9_001), ep(SERVER, 80));
     w.handshake(&mut n);
-    assert!(w.engine.counters().flows_evicted >= 1);
+    assert_eq!(w.engine.counters().flows_evicted, 1);
     // And they all leave with the half-open timeout.
     for _ in 0..3 {
         w.tick(syn_timeout / 2 + 1);
@@ -1308,7 +1363,7 @@ fn exhaustion_syn_flood_entries_leave_quickly() {
     assert_eq!(
         w.engine.flow_count(),
         2,
-        "only the established connections stay"
+        "only the established connections stay (the old one and the new)"
     );
     let before = w.server.read.len();
     w.client_sends(c.client_data(GET));
@@ -1507,6 +1562,59 @@ fn exhaustion_slow_holders_cannot_pass_the_worker_budget() {
     w.handshake(&mut c);
     w.client_sends(c.client_data(GET));
     assert_eq!(w.server.read, GET);
+}
+
+#[test]
+fn exhaustion_trickled_heads_are_timed_out() {
+    // Slowloris within every idle timeout: one byte every 10 s. At the head
+    // timeout HTTP gets a 408, then both sides an RST; memcached the RSTs
+    // at once. What they held is freed; nothing of them reached a server.
+    let cfg = EngineConfig::default();
+    let timeout = cfg.l7_head_timeout_ns;
+    let mut w = Wire::new(cfg);
+    let mut h = http_conn();
+    w.handshake(&mut h);
+    let mut m = mc_conn();
+    w.handshake(&mut m);
+    let start = w.now;
+    let mut i = 0;
+    while w.now - start < timeout - 10_000_000_000 {
+        w.client_sends(h.client_data(&PUT[i..i + 1]));
+        w.client_sends(m.client_data(&MC_ALLOWED[i % 4..i % 4 + 1]));
+        w.tick(10_000_000_000);
+        i += 1;
+    }
+    assert_eq!(w.engine.counters().l7_head_timeouts, 0);
+    assert!(w.engine.held_total() > 0);
+    w.tick(10_000_000_000);
+    assert_eq!(w.engine.counters().l7_head_timeouts, 2);
+    assert!(
+        w.client
+            .read
+            .starts_with(b"HTTP/1.1 408 Request Timeout\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&w.client.read)
+    );
+    assert!(w.server.read.is_empty());
+    // The client reads the 408; the connection ends.
+    let ack = h.to_server(
+        h.client.snd_nxt,
+        h.server.snd_nxt + w.client.read.len() as u32,
+        ACK,
+        b"",
+    );
+    w.client_sends(ack);
+    assert!(
+        matches!(w.client_sends(h.client_data(GET)), Verdict::Drop(_)),
+        "the connection is over"
+    );
+    assert!(matches!(
+        w.client_sends(m.client_data(MC_ALLOWED)),
+        Verdict::Drop(_)
+    ));
+    assert_eq!(w.engine.counters().l7_requests_allowed, 0);
+    assert_eq!(w.engine.held_total(), 0);
+    assert_eq!(w.engine.held_total(), w.engine.held_bytes());
 }
 
 // ================================================================ through `enforcer replay`

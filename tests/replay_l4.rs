@@ -278,13 +278,37 @@ fn flow_table_full() {
         .map(|i| Conn::new(ep(AWING, 40000 + i), ep(SERVER, 8080)))
         .collect();
     let syns: Vec<_> = conns.iter().map(|c| c.syn()).collect();
-    let r = rp.frames(&syns, &["--max-flows", "2", "--table-full", "refuse-all"]);
-    assert_eq!(r.out, syns[..2].to_vec());
+    // Two finished handshakes fill the table: refuse-all refuses the third.
+    let mut recs = Vec::new();
+    for k in 0..2 {
+        let mut c = Conn::new(ep(AWING, 40000 + k), ep(SERVER, 8080));
+        for mut r in c.handshake_recs() {
+            r.ts_ns += u64::from(k) * 1_000_000;
+            recs.push(r);
+        }
+    }
+    let full = recs.len();
+    recs.push(rec(3_000_000, 0, syns[2].clone()));
+    let r = rp.recs(
+        &recs,
+        false,
+        &["--max-flows", "2", "--table-full", "refuse-all"],
+    );
+    assert_eq!(r.out.len(), full, "the handshakes pass, the third SYN not");
     assert_eq!(r.drops("flow-table-full"), 1);
     assert_eq!(r.counters()["flows_active"], 2);
+    // Two half-open ones: the new SYN takes the place of the staler
+    // (early drop), whatever the table-full policy.
+    let r = rp.frames(&syns, &["--max-flows", "2", "--table-full", "refuse-all"]);
+    assert_eq!(r.out, syns);
+    assert_eq!(r.counters()["flows_evicted"], 1);
 
-    let r = rp.frames(&syns, &["--max-flows", "2"]);
-    assert_eq!(r.out, syns, "refuse-l7 (default): L4 flows still pass");
+    let r = rp.recs(&recs, false, &["--max-flows", "2"]);
+    assert_eq!(
+        r.out.len(),
+        full + 1,
+        "refuse-l7 (default): L4 flows still pass"
+    );
     assert_eq!(r.counters()["flows_untracked"], 1);
 
     let r = rp.frames(&syns, &["--max-flows", "2", "--table-full", "evict-oldest"]);

@@ -190,6 +190,101 @@ pub struct FlowEntry {
     /// The deadline this entry has in the engine's timer queue (when `l7`
     /// has one); a queued deadline that differs is stale.
     pub l7_timer: Option<u64>,
+    /// Sequence-space knowledge of a TCP flow without L7 state, to judge
+    /// its RSTs (an L7 flow's stream does that itself).
+    pub seq: SeqTrack,
+}
+
+/// What an L3/L4-only TCP flow's segments say about where each receiver
+/// stands, enough for the RFC 5961 RST check: an RST is acceptable when its
+/// sequence number lies within the receiver's window from the receiver's
+/// latest ack. Index 0 is the initiator's direction.
+///
+/// Only the receiver's own segments move its ack and window, so a spoof
+/// from the other side (the clients' side posing as a client) cannot widen
+/// what its RST must hit. Windows are scaled as both SYNs agreed; on a flow
+/// adopted mid-stream the scale is unknown and the widest (14) is assumed,
+/// and until the receiver has sent an ACK nothing is known: its RSTs pass
+/// unchecked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeqTrack {
+    /// Latest ack each direction carried: where its sender's receive side
+    /// stands in the other direction's stream.
+    ack: [u32; 2],
+    /// Largest receive window each direction advertised, in bytes.
+    win: [u32; 2],
+    /// Window-scale shift each direction's SYN announced.
+    shift: [Option<u8>; 2],
+    /// Bit d: `ack[d]` known; bit 2 + d: direction d's SYN seen.
+    seen: u8,
+    /// The initiator's ISN + 1: what an RST answering its SYN acknowledges.
+    syn_next: u32,
+}
+
+/// TCP flags the tracker looks at.
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+impl SeqTrack {
+    fn scale(&self, d: usize) -> u32 {
+        if self.seen & 0b1100 != 0b1100 {
+            // No handshake seen: the scale in use is unknown.
+            return 14;
+        }
+        match self.shift {
+            [Some(_), Some(_)] => u32::from(self.shift[d].unwrap_or(0).min(14)),
+            _ => 0,
+        }
+    }
+
+    /// A segment in direction `d` (0: from the initiator) was forwarded;
+    /// `wscale` is its SYN's window-scale option.
+    #[inline]
+    pub fn track(
+        &mut self,
+        d: usize,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+        wscale: Option<u8>,
+    ) {
+        if flags & SYN != 0 {
+            self.seen |= 4 << d;
+            self.shift[d] = wscale;
+            if d == 0 {
+                self.syn_next = seq.wrapping_add(1);
+            }
+        }
+        if flags & ACK != 0 {
+            let known = self.seen & (1 << d) != 0;
+            if !known || (ack.wrapping_sub(self.ack[d]) as i32) > 0 {
+                self.ack[d] = ack;
+            }
+            self.seen |= 1 << d;
+        }
+        // A SYN's own window is never scaled.
+        let shift = if flags & SYN != 0 { 0 } else { self.scale(d) };
+        self.win[d] = self.win[d].max(u32::from(window) << shift);
+    }
+
+    /// Whether an RST in direction `d` is one its receiver would accept.
+    /// `syn_sent`: only the initiator's SYN has been seen; an RST from the
+    /// responder then must acknowledge it (RFC 9293, SYN-SENT).
+    pub fn rst_acceptable(&self, d: usize, seq: u32, ack: u32, flags: u8, syn_sent: bool) -> bool {
+        debug_assert!(flags & RST != 0);
+        if syn_sent {
+            let syn_seen = self.seen & 4 != 0;
+            return d == 0 || !syn_seen || (flags & ACK != 0 && ack == self.syn_next);
+        }
+        let r = 1 - d;
+        if self.seen & (1 << r) == 0 {
+            return true;
+        }
+        let off = seq.wrapping_sub(self.ack[r]) as i32;
+        off >= 0 && off as u32 <= self.win[r]
+    }
 }
 
 impl FlowEntry {
@@ -230,7 +325,15 @@ impl Timeouts {
     pub fn for_entry(&self, e: &FlowEntry) -> u64 {
         match e.proto {
             6 if e.state.established() => self.tcp_established,
-            6 if matches!(e.state, ConnState::SynSent | ConnState::SynReceived) => self.tcp_syn,
+            // `tcp_syn` (which an operator may shorten against floods)
+            // only for a SYN nobody answered. Once the SYN-ACK passed, the
+            // client counts as connected and sends no SYN again: an entry
+            // gone while its ACK and first data are lost (and the server
+            // still retransmits its SYN-ACK, gaps up to 16 s on Linux)
+            // would leave a connection that can never resume, since an L7
+            // flow is never adopted mid-stream. So it lives the transitory
+            // timeout, as conntrack's SYN_RECV (60 s).
+            6 if e.state == ConnState::SynSent => self.tcp_syn,
             6 => self.tcp_transitory,
             1 | 58 => self.icmp,
             _ => self.udp,
@@ -243,6 +346,8 @@ impl Timeouts {
 const SWEEP_BUDGET: usize = 1024;
 /// Slots the hand looks at for an expired entry before a full table refuses.
 const RECLAIM_BUDGET: usize = 8;
+/// Slots looked at for a half-open entry to drop when the table is full.
+const EARLY_DROP_SCAN: usize = 32;
 
 pub struct FlowTable {
     map: HashMap<FlowKey, u32, SeededState>,
@@ -365,21 +470,29 @@ impl FlowTable {
             .sum()
     }
 
-    /// Look a few slots ahead of the hand for a half-open TCP entry (SYN
-    /// seen, handshake not finished) idle for more than `min_idle`.
-    pub fn reclaim_half_open(&mut self, now: u64, min_idle: u64) -> Option<(u32, FlowEntry)> {
+    /// Early drop, as conntrack does with entries not yet assured: among
+    /// the next `EARLY_DROP_SCAN` slots after the hand, remove the half-open
+    /// TCP entry (SYN seen, handshake not finished) idle the longest, however
+    /// fresh. A SYN flood answered by the server refreshes its entries with
+    /// every SYN-ACK retransmission, so an idle minimum would let it keep
+    /// every slot; without one, a handshake lives about as long as the flood
+    /// takes to come round the table (a LAN handshake needs far less), and
+    /// once finished it is never taken. Established flows are never chosen.
+    pub fn reclaim_half_open(&mut self, now: u64) -> Option<(u32, FlowEntry)> {
         let n = self.slots.len();
-        for _ in 0..RECLAIM_BUDGET.min(n) {
+        let mut best: Option<(usize, u64)> = None;
+        for _ in 0..EARLY_DROP_SCAN.min(n) {
             self.hand = (self.hand + 1) % n;
             if let Some(e) = self.slots.get(self.hand).and_then(Option::as_ref) {
                 let half_open = matches!(e.state, ConnState::SynSent | ConnState::SynReceived);
-                if half_open && now.saturating_sub(e.last_seen) > min_idle {
-                    let idx = self.hand as u32;
-                    return self.remove(idx).map(|e| (idx, e));
+                let idle = now.saturating_sub(e.last_seen);
+                if half_open && best.is_none_or(|(_, b)| idle > b) {
+                    best = Some((self.hand, idle));
                 }
             }
         }
-        None
+        let idx = best?.0 as u32;
+        self.remove(idx).map(|e| (idx, e))
     }
 
     /// Remove idle entries from the next `SWEEP_BUDGET` slots; `f` sees each.
@@ -424,6 +537,7 @@ mod tests {
             referenced: true,
             l7: None,
             l7_timer: None,
+            seq: SeqTrack::default(),
         }
     }
 
@@ -500,5 +614,31 @@ mod tests {
         t.expire(200, &T, |_, e| gone.push(e.init_sport));
         assert_eq!(gone, vec![2, 1]);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn early_drop_takes_the_longest_idle_half_open_entry_only() {
+        let mut t = FlowTable::new(8);
+        for p in 1..=8u16 {
+            let mut e = entry(p, 100 + u64::from(p));
+            if p % 2 == 0 {
+                e.state = ConnState::SynReceived;
+            }
+            t.insert(e).unwrap();
+        }
+        // Half-open: 2, 4, 6, 8; the oldest (2) goes first, however fresh
+        // (1 ns idle is enough).
+        let (_, e) = t.reclaim_half_open(109).unwrap();
+        assert_eq!(e.init_sport, 2);
+        let mut taken: Vec<u16> = (0..3)
+            .map(|_| t.reclaim_half_open(109).unwrap().1.init_sport)
+            .collect();
+        taken.sort();
+        assert_eq!(taken, vec![4, 6, 8]);
+        assert!(
+            t.reclaim_half_open(1_000_000).is_none(),
+            "established flows are never taken"
+        );
+        assert_eq!(t.len(), 4);
     }
 }

@@ -24,8 +24,8 @@
 //! * A packet is never judged as the "reply" of a flow that is not stored:
 //!   with default-open egress that would let anyone in.
 //! * Full table: see `TableFullPolicy`. Expired flows are reclaimed first,
-//!   then (for a new TCP flow) a half-open one idle for a tenth of
-//!   `tcp_syn_timeout_ns`, so that a SYN flood cannot lock new connections out.
+//!   then (for a new TCP flow) the longest idle of the half-open ones near
+//!   the CLOCK hand, so that a SYN flood cannot lock new connections out.
 //! * A policy swap re-decides each flow on its next packet; a flow now
 //!   denied is removed (one event), an allowed one keeps its L7 state. A TCP
 //!   connection whose port gained L7 rules is ended the same way (it cannot
@@ -40,7 +40,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::log::{Decision, Event, FlowTuple, Subject};
-use crate::packet::build::{tcp_checksum_ok, tcp_segment, SegmentSpec};
+use crate::packet::build::{tcp_checksum_ok, tcp_segment, tcp_wscale, SegmentSpec};
 use crate::packet::view::{self, FrameMeta, L4Meta, ParseError, TcpMeta};
 use crate::packet::view::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -457,12 +457,11 @@ impl Engine {
             }
         }
         if self.flows.is_full() && init.proto == IPPROTO_TCP {
-            // A SYN flood must not lock new connections out for the whole
-            // half-open timeout: a handshake idle for a tenth of it gives
-            // way to a new connection (as a full SYN queue would). Finished
-            // handshakes are never taken this way.
-            let min_idle = self.cfg.tcp_syn_timeout_ns / 10;
-            if let Some((idx, e)) = self.flows.reclaim_half_open(now, min_idle) {
+            // A SYN flood must not lock new connections out: an unfinished
+            // handshake gives way to a new connection (conntrack's early
+            // drop; `FlowTable::reclaim_half_open`). Finished handshakes are
+            // never taken this way.
+            if let Some((idx, e)) = self.flows.reclaim_half_open(now) {
                 self.counters.flows_evicted += 1;
                 self.forget(idx, &e);
             }
@@ -506,6 +505,7 @@ impl Engine {
             referenced: true,
             l7,
             l7_timer: None,
+            seq: Default::default(),
         };
         let Some(idx) = self.flows.insert(entry) else {
             return NewFlow::Refused(Verdict::Drop(DropReason::TableFull));
@@ -725,10 +725,19 @@ impl Engine {
         };
         let fwd = e.from_initiator(meta.src, meta.sport);
         let before = e.state;
-        e.state = next_state(e.state, fwd, f);
         if e.l7.is_none() {
+            // RFC 5961 (an L7 flow's stream judges its RSTs itself).
+            let d = usize::from(!fwd);
+            let syn_sent = before == ConnState::SynSent;
+            if f & TCP_RST != 0 && !e.seq.rst_acceptable(d, t.seq, t.ack, f, syn_sent) {
+                return Verdict::Drop(DropReason::TcpOutOfWindow);
+            }
+            let ws = if syn { tcp_wscale(buf, meta) } else { None };
+            e.seq.track(d, t.seq, t.ack, f, t.window, ws);
+            e.state = next_state(before, fwd, f);
             return Verdict::Forward(other(side));
         }
+        e.state = next_state(e.state, fwd, f);
         if f & TCP_RST != 0 {
             // The stream judges an RST (RFC 5961); the entry follows it.
             e.state = before;

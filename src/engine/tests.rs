@@ -477,6 +477,18 @@ fn syn_from(port: u16) -> Vec<u8> {
     tcp(ep("10.66.0.11", port), ep("10.66.0.2", 80), 1, 0, SYN, &[])
 }
 
+/// A finished handshake from a-wing's `port` to the server's port 80 at
+/// `now`: an entry no new flow may take (unlike a half-open one).
+fn established_from(e: &mut Engine, port: u16, now: u64, out: &mut Output) {
+    let mut c = Conn::new(ep("10.66.0.11", port), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        assert_eq!(
+            run(e, (i % 2) as u8, f, now, out),
+            Verdict::Forward(1 - (i % 2) as u8)
+        );
+    }
+}
+
 #[test]
 fn full_table_refuse_l7_passes_l4_flows_untracked() {
     let mut e = engine_with(EngineConfig {
@@ -484,8 +496,8 @@ fn full_table_refuse_l7_passes_l4_flows_untracked() {
         ..EngineConfig::default()
     });
     let mut out = Output::default();
-    assert_eq!(run(&mut e, 0, &syn_from(1), 0, &mut out), FWD);
-    assert_eq!(run(&mut e, 0, &syn_from(2), 0, &mut out), FWD);
+    established_from(&mut e, 1, 0, &mut out);
+    established_from(&mut e, 2, 0, &mut out);
     // Third L4 flow: passes, not stored; its replies pass statelessly.
     let mut c = Conn::new(ep("10.66.0.11", 3), ep("10.66.0.2", 80));
     let hs = c.handshake();
@@ -517,14 +529,14 @@ fn full_table_refuse_all_and_evict_oldest() {
     };
     let mut e = engine_with(cfg.clone());
     let mut out = Output::default();
-    run(&mut e, 0, &syn_from(1), 0, &mut out);
-    run(&mut e, 0, &syn_from(2), 0, &mut out);
+    established_from(&mut e, 1, 0, &mut out);
+    established_from(&mut e, 2, 0, &mut out);
     assert_eq!(
         run(&mut e, 0, &syn_from(3), 0, &mut out),
         Verdict::Drop(DropReason::TableFull)
     );
     // Expired entries are reclaimed before refusing.
-    let later = cfg.tcp_transitory_timeout_ns + 10;
+    let later = cfg.tcp_established_timeout_ns + 10;
     assert_eq!(run(&mut e, 0, &syn_from(3), later, &mut out), FWD);
     assert_eq!(e.counters().flows_expired, 1);
 
@@ -532,11 +544,43 @@ fn full_table_refuse_all_and_evict_oldest() {
         table_full: TableFullPolicy::EvictOldest,
         ..cfg
     });
-    run(&mut e, 0, &syn_from(1), 0, &mut out);
-    run(&mut e, 0, &syn_from(2), 0, &mut out);
+    established_from(&mut e, 1, 0, &mut out);
+    established_from(&mut e, 2, 0, &mut out);
     assert_eq!(run(&mut e, 0, &syn_from(3), 1, &mut out), FWD);
     assert_eq!(e.counters().flows_evicted, 1);
     assert_eq!(e.flow_count(), 2);
+}
+
+#[test]
+fn syn_flood_gives_way_to_new_l7_connections() {
+    // A table full of half-open flows that are all fresh (a flood the
+    // server answers, each SYN-ACK retransmission refreshing its entry):
+    // new L7 connections still get in, taking the stalest handshake;
+    // finished ones are never taken.
+    let mut e = engine_with(EngineConfig {
+        max_flows: 64,
+        ..EngineConfig::default()
+    });
+    let mut out = Output::default();
+    established_from(&mut e, 1, 0, &mut out);
+    for p in 2..=64 {
+        assert_eq!(run(&mut e, 0, &syn_from(p), p as u64, &mut out), FWD);
+    }
+    assert!(e.flows.is_full());
+    let now = 100;
+    for k in 0..100u16 {
+        let c = Conn::new(ep("10.66.0.12", 5000 + k), ep("10.66.0.2", 11211));
+        assert_eq!(
+            run(&mut e, 0, &c.syn(), now, &mut out),
+            FWD,
+            "new L7 connection {k}"
+        );
+    }
+    assert_eq!(e.counters().flows_evicted, 100);
+    assert_eq!(e.counters().dropped(DropReason::TableFull), 0);
+    let key = FlowKey::new(ip("10.66.0.11"), 1, ip("10.66.0.2"), 80, 6);
+    assert!(e.flows.find(&key).is_some(), "the established flow stays");
+    assert_eq!(e.held_total(), e.held_bytes());
 }
 
 #[test]
@@ -937,4 +981,133 @@ fn internal_error_in_a_stream_fails_open_when_asked() {
         run(&mut e, 0, &c.client_data(b" HTTP/1.1"), 2, &mut out),
         FWD
     );
+}
+
+#[test]
+fn answered_handshake_outlives_the_syn_timeout() {
+    // The client's ACK and first data after the SYN-ACK are lost; its
+    // retransmission comes 16 s later, past a short half-open timeout (an
+    // operator's choice). The entry must still be there: an L7 connection
+    // is never adopted again.
+    let mut e = l7_engine(crate::config::FailMode::Closed);
+    e.cfg.tcp_syn_timeout_ns = 10 * SECOND;
+    e.timeouts.tcp_syn = e.cfg.tcp_syn_timeout_ns;
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    let hs = c.handshake();
+    assert_eq!(run(&mut e, 0, &hs[0], 0, &mut out), FWD);
+    assert_eq!(run(&mut e, 1, &hs[1], SECOND, &mut out), BACK);
+    let late = SECOND + e.cfg.tcp_syn_timeout_ns + 6 * SECOND;
+    e.tick(late, &mut out);
+    assert_eq!(e.flow_count(), 1, "answered: not half-open any more");
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(run(&mut e, 0, &c.client_data(req), late, &mut out), FWD);
+    // A SYN nobody answered still leaves after the short timeout.
+    run(&mut e, 0, &syn_from(7), late, &mut out);
+    e.tick(late + e.cfg.tcp_syn_timeout_ns + 1, &mut out);
+    assert_eq!(e.flow_count(), 1);
+    assert_eq!(e.counters().flows_expired, 1);
+}
+
+#[test]
+fn slow_request_head_is_timed_out_by_the_timer_queue() {
+    let mut e = l7_engine(crate::config::FailMode::Closed);
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    for (i, f) in c.handshake().iter().enumerate() {
+        run(&mut e, (i % 2) as u8, f, 0, &mut out);
+    }
+    assert_eq!(e.timers_pending(), 0, "nothing held, no timer");
+    run(
+        &mut e,
+        0,
+        &c.client_data(b"GET / HTTP/1.1\r\n"),
+        SECOND,
+        &mut out,
+    );
+    assert_eq!(e.timers_pending(), 1);
+    out.emits.clear();
+    e.tick(SECOND + e.cfg.l7_head_timeout_ns - 1, &mut out);
+    assert!(out.emits.is_empty());
+    e.tick(SECOND + e.cfg.l7_head_timeout_ns, &mut out);
+    assert_eq!(e.counters().l7_head_timeouts, 1);
+    assert!(
+        out.emits
+            .iter()
+            .any(|m| m.side == 0 && m.frame.ends_with(b"Request timeout\r\n")),
+        "the 408 goes to the client"
+    );
+    assert_eq!(e.held_total(), e.held_bytes());
+}
+
+#[test]
+fn rsts_on_l4_flows_are_sequence_checked() {
+    let mut e = engine();
+    let mut out = Output::default();
+    let mut c = Conn::new(ep("10.66.0.11", 40000), ep("10.66.0.2", 80));
+    // Before the SYN-ACK, a responder's RST must acknowledge the SYN.
+    let syn = c.syn();
+    assert_eq!(run(&mut e, 0, &syn, 0, &mut out), FWD);
+    let isn = c.client.snd_nxt;
+    let blind = tcp(c.server.me, c.client.me, 7, isn + 5, RST | ACK, &[]);
+    assert_eq!(
+        run(&mut e, 1, &blind, 0, &mut out),
+        Verdict::Drop(DropReason::TcpOutOfWindow)
+    );
+    let hs = c.handshake();
+    run(&mut e, 1, &hs[1], 1, &mut out);
+    run(&mut e, 0, &hs[2], 1, &mut out);
+    run(&mut e, 0, &c.client_data(b"hello"), 2, &mut out);
+    run(&mut e, 1, &c.server_data(b"world"), 2, &mut out);
+    let key = FlowKey::new(c.client.me.ip, 40000, c.server.me.ip, 80, 6);
+    let state = |e: &Engine| e.flows.get(e.flows.find(&key).unwrap()).unwrap().state;
+    // The server acknowledged up to the client's next byte and offers a
+    // 64240-byte window: a client RST before that or beyond the window is
+    // one the server would not take, and our state stays.
+    let next = c.client.snd_nxt;
+    for seq in [
+        next.wrapping_sub(1),
+        next.wrapping_sub(100_000),
+        next + 64_241,
+        next + (1 << 30),
+    ] {
+        let rst = tcp(c.client.me, c.server.me, seq, 0, RST, &[]);
+        assert_eq!(
+            run(&mut e, 0, &rst, 3, &mut out),
+            Verdict::Drop(DropReason::TcpOutOfWindow),
+            "seq {seq}"
+        );
+    }
+    assert_eq!(state(&e), ConnState::Established);
+    assert_eq!(e.counters().dropped(DropReason::TcpOutOfWindow), 5);
+    // Within the window (bytes in flight): accepted, the flow is over.
+    let rst = tcp(c.client.me, c.server.me, next + 1000, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &rst, 4, &mut out), FWD);
+    assert_eq!(state(&e), ConnState::Closed);
+
+    // Adopted mid-stream: the server's side is unknown until it sends an
+    // ACK; then the window is assumed at the widest scale.
+    let mut d = Conn::new(ep("10.66.0.11", 40001), ep("10.66.0.2", 80));
+    d.handshake();
+    assert_eq!(run(&mut e, 0, &d.client_data(b"x"), 5, &mut out), FWD);
+    let rst = tcp(d.client.me, d.server.me, 12345, 0, RST, &[]);
+    assert_eq!(run(&mut e, 0, &rst, 5, &mut out), FWD, "nothing known yet");
+    let mut d = Conn::new(ep("10.66.0.11", 40002), ep("10.66.0.2", 80));
+    d.handshake();
+    assert_eq!(run(&mut e, 0, &d.client_data(b"x"), 6, &mut out), FWD);
+    assert_eq!(run(&mut e, 1, &d.server_data(b"y"), 6, &mut out), BACK);
+    let old = tcp(d.client.me, d.server.me, d.client.snd_nxt - 2, 0, RST, &[]);
+    assert_eq!(
+        run(&mut e, 0, &old, 7, &mut out),
+        Verdict::Drop(DropReason::TcpOutOfWindow)
+    );
+    let wide = tcp(
+        d.client.me,
+        d.server.me,
+        d.client.snd_nxt + 1_000_000,
+        0,
+        RST,
+        &[],
+    );
+    assert_eq!(run(&mut e, 0, &wide, 7, &mut out), FWD);
 }

@@ -79,6 +79,12 @@ pub trait Protocol: Send {
     /// The denial the client gets, with the contents `reply` sets, or None
     /// when the request expects no reply.
     fn deny_reply(&self, req: &Self::Request, reply: &crate::config::DenyReply) -> Option<Vec<u8>>;
+    /// What the client gets when its request head did not arrive in time
+    /// (`EngineConfig::l7_head_timeout_ns`) before the connection ends;
+    /// None: the connection is reset without a word.
+    fn timeout_reply(&self) -> Option<Vec<u8>> {
+        None
+    }
     /// False for `noreply` / quiet requests.
     fn expects_reply(&self, req: &Self::Request) -> bool;
     /// Request attributes for the verdict log.

@@ -91,6 +91,12 @@ pub(super) struct FromClient {
     /// (0: none); the head is re-parsed only once bytes that may end it
     /// arrived (`Protocol::head_may_end`).
     pub(super) scanned: usize,
+    /// When the first byte of the undecided head in `buf` arrived (None:
+    /// no head held): the head must be complete by
+    /// `l7_head_timeout_ns` after it (`Stream::head_timed_out`).
+    pub(super) head_since: Option<u64>,
+    /// Times `head_since` started over for the head held now.
+    pub(super) head_restarts: u8,
     /// Client bytes the server never saw.
     pub(super) removed: Removed,
     /// Largest client payload seen: the size of rebuilt segments.
@@ -162,6 +168,12 @@ pub(crate) struct Stream<P: Protocol> {
     pub(super) pending_bytes: usize,
     /// `max_held_bytes`, as of the latest call.
     pub(super) limit: usize,
+    /// A head timed out and its timeout reply went into the queue: the
+    /// connection ends (reset) once the client acknowledged the reply, or
+    /// at this deadline. Client data meanwhile is dropped.
+    pub(super) draining: Option<u64>,
+    /// `l7_head_timeout_ns`, as of the latest call.
+    pub(super) head_timeout: u64,
 }
 
 impl<P: Protocol> Stream<P> {
@@ -181,6 +193,8 @@ impl<P: Protocol> Stream<P> {
                 fin_sent: false,
                 req: ReqState::Head,
                 scanned: 0,
+                head_since: None,
+                head_restarts: 0,
                 removed: Removed::default(),
                 max_seg: MIN_SEG,
                 win: 0,
@@ -207,6 +221,8 @@ impl<P: Protocol> Stream<P> {
             queue: VecDeque::new(),
             pending_bytes: 0,
             limit: usize::MAX,
+            draining: None,
+            head_timeout: u64::MAX,
         }
     }
 
@@ -471,6 +487,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Drop(DropReason::L7Denied);
         }
         self.limit = ctx.cfg.max_held_bytes;
+        self.head_timeout = ctx.cfg.l7_head_timeout_ns;
         if in_side == self.client_side {
             self.client_segment(ctx, frame, meta, &t, now, out)
         } else {
@@ -483,19 +500,42 @@ impl<P: Protocol> Stream<P> {
         if self.closed {
             return None;
         }
+        let head = self
+            .cli
+            .head_since
+            .map(|t| t.saturating_add(self.head_timeout));
         self.srv
             .inj
             .iter()
             .map(|b| b.sent_ns.saturating_add(b.rto_ns))
+            .chain(head)
+            .chain(self.draining)
             .min()
     }
 
-    /// Retransmit injected bytes the client has not acknowledged.
+    /// Timers: the head timeout, the end of a drain, and retransmission of
+    /// injected bytes the client has not acknowledged.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
-        let Some(sabs) = self.srv.abs else { return };
         if self.closed {
             return;
         }
+        self.head_timeout = ctx.cfg.l7_head_timeout_ns;
+        if self.draining.is_some_and(|d| now >= d) {
+            // The client never acknowledged the timeout reply.
+            self.reset(ctx, out);
+            return;
+        }
+        if self
+            .cli
+            .head_since
+            .is_some_and(|t| now >= t.saturating_add(self.head_timeout))
+        {
+            self.head_timed_out(ctx, now, out);
+            if self.closed {
+                return;
+            }
+        }
+        let Some(sabs) = self.srv.abs else { return };
         let mut frames = Vec::new();
         for b in self.srv.inj.iter_mut() {
             if now.saturating_sub(b.sent_ns) >= b.rto_ns {

@@ -115,7 +115,8 @@ impl L7Flow {
         }
     }
 
-    /// Retransmit injected bytes not yet acknowledged.
+    /// Run due timers: retransmit injected bytes not yet acknowledged, time
+    /// out a request head that did not arrive in time.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now_ns: u64, out: &mut Output) {
         match &mut self.inner {
             Inner::Http(s) => s.on_tick(ctx, now_ns, out),

@@ -92,6 +92,7 @@ impl<P: Protocol> Stream<P> {
             if a > self.srv.ack as i64 && a <= c_out as i64 {
                 self.srv.ack = a as u64;
                 self.trim_sent(self.srv.ack);
+                self.arm_head_clock(now);
                 let acked = self.cli.removed.to_client_ack(self.srv.ack);
                 self.cli.removed.prune(acked);
             }

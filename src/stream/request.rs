@@ -39,6 +39,11 @@ pub(super) enum ReqState {
 /// the scale factors in use.
 pub(super) const RST_WINDOW: u64 = 1 << 30;
 
+/// Times a held head's clock may start over on evidence of a lost ACK:
+/// bounded, so that a client resending old bytes holds a head for at most
+/// `HEAD_CLOCK_RESTARTS + 1` head timeouts.
+const HEAD_CLOCK_RESTARTS: u8 = 3;
+
 /// Longest head still held while the worker is over `max_held_total`.
 const BUDGET_HEAD: usize = 1024;
 
@@ -171,6 +176,16 @@ impl<P: Protocol> Stream<P> {
                     .inj
                     .retain(|b| b.view_start + b.bytes.len() as u64 > acked);
                 self.srv.inserted.prune(acked);
+            }
+        }
+        if self.draining.is_some() && t.flags & TCP_RST == 0 {
+            if self.queue.is_empty() && self.srv.inj.is_empty() {
+                // The client has the timeout reply: the connection ends.
+                self.reset(ctx, out);
+                return Verdict::Consumed;
+            }
+            if meta.payload_end > meta.payload_off || t.flags & TCP_FIN != 0 {
+                return Verdict::Drop(DropReason::L7Denied);
             }
         }
         let payload = meta.payload(frame);
@@ -306,6 +321,7 @@ impl<P: Protocol> Stream<P> {
             self.emit(ctx, out, true, f);
             sent = true;
         }
+        let resent = sent;
         sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
         if fin_now && rel.is_empty() {
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
@@ -321,7 +337,19 @@ impl<P: Protocol> Stream<P> {
             // The ack and window it carried still matter to the server.
             self.ack_server(ctx, out);
         }
+        if len > 0 && s < decided_before as i64 && !resent && !denied {
+            // The client resends bytes the server already acknowledged: it
+            // never got that ACK, and whatever it holds back meanwhile
+            // (the rest of a held head) is loss, not slowness.
+            self.lost_ack_seen(now);
+        }
         if denied || (len > 0 && e <= decided_before as i64) {
+            self.ack_client(ctx, out);
+        } else if len > 0 && s < decided_before as i64 && !resent {
+            // A retransmission reaching back into bytes the server already
+            // acknowledged (its ACK was lost), with new bytes we hold: the
+            // server sees none of it and would not answer, so we do, or
+            // the client resends it forever.
             self.ack_client(ctx, out);
         } else if len > 0 && !self.closed && self.holds_large_head() {
             // The server acknowledges none of a held head: only our window
@@ -461,6 +489,8 @@ impl<P: Protocol> Stream<P> {
                             return true;
                         }
                         Parse::Complete(h) => {
+                            self.cli.head_since = None;
+                            self.cli.head_restarts = 0;
                             let head_len = h.head_len.min(avail.len());
                             let proto = &self.proto;
                             let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
@@ -529,7 +559,74 @@ impl<P: Protocol> Stream<P> {
             }
         }
         self.cli.sent.extend(&rel[rel_start..]);
+        if !self.closed {
+            self.arm_head_clock(now);
+        }
         denied
+    }
+
+    /// The head clock runs from the first held byte of a head, or, when
+    /// bytes released before it still wait for the server's ack, from that
+    /// ack: until then the client may be stalled by a loss ahead of the
+    /// head (its retransmissions back off to a minute or two), not slow.
+    /// The server's acks are not the client's to fake.
+    pub(super) fn arm_head_clock(&mut self, now: u64) {
+        let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
+        if !held {
+            self.cli.head_restarts = 0;
+        }
+        self.cli.head_since = match (held, self.cli.head_since) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => self.cli.sent.is_empty().then_some(now),
+        };
+    }
+
+    /// A held head's clock starts over when the client shows it lost an ACK
+    /// (`HEAD_CLOCK_RESTARTS` times at most per head, since a client can
+    /// resend old bytes at will).
+    fn lost_ack_seen(&mut self, now: u64) {
+        if self.cli.head_since.is_some() && self.cli.head_restarts < HEAD_CLOCK_RESTARTS {
+            self.cli.head_restarts += 1;
+            self.cli.head_since = Some(now);
+        }
+    }
+
+    /// The held head did not complete within `l7_head_timeout_ns` of its
+    /// first byte (a slow sender holding our memory, as slowloris holds a
+    /// server's). Like HAProxy's `timeout http-request`: the head is
+    /// denied, the protocol's timeout reply (HTTP 408, in reply order) goes
+    /// to the client, and the connection ends once the client acknowledged
+    /// it; without such a reply (memcached, or `deny_action` reset) it is
+    /// reset at once. A head held only because earlier requests wait is
+    /// our delay, not the client's: its clock starts over.
+    pub(super) fn head_timed_out(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
+        if !held || self.waiting() || self.draining.is_some() {
+            self.cli.head_since = held.then_some(now).filter(|_| self.draining.is_none());
+            return;
+        }
+        ctx.counters.l7_head_timeouts += 1;
+        self.cli.head_since = None;
+        let subj = self.proto.unparsed_subject();
+        self.log(ctx, out, now, subj, false, "request head timeout".into());
+        let reply = match ctx.cfg.deny_action {
+            DenyAction::Reply => self.proto.timeout_reply(),
+            DenyAction::Reset => None,
+        };
+        let Some(reply) = reply else {
+            self.reset(ctx, out);
+            return;
+        };
+        let at = self.decided();
+        self.cli.removed.add(at, self.cli.buf.len() as u64);
+        self.cli.buf = Vec::new();
+        self.cli.scanned = 0;
+        self.cli.ooo.clear();
+        self.queue.push_back(Pending::Denial(reply));
+        self.draining = Some(now.saturating_add(self.head_timeout));
+        self.flush_denials(ctx, now, out);
+        self.ack_client(ctx, out);
     }
 
     /// Bytes in flight to the server, at most: beyond it new client data is

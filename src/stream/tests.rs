@@ -899,3 +899,212 @@ fn client_is_offered_only_the_window_the_enforcer_can_honour() {
     assert_eq!(r.server.data, [head.as_slice(), b"\n"].concat());
     r.assert_healthy();
 }
+
+const SEC: u64 = 1_000_000_000;
+
+#[test]
+fn trickled_head_times_out_with_resets() {
+    // Toy has no timeout reply: the connection is reset, counted, logged.
+    let mut r = toy();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    r.client_says(b"ALLOW a\n");
+    r.server_says(b"A\n");
+    // One byte every 2 s: far below any idle timeout.
+    for b in b"ALLOW slow" {
+        r.tick(2 * SEC);
+        r.client_says(&[*b]);
+    }
+    assert!(
+        !r.client.rst && !r.server.rst,
+        "still within the head timeout"
+    );
+    r.tick(t);
+    r.deliver();
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+    assert_eq!(r.server.data, b"ALLOW a\n", "nothing of the slow head");
+    assert_eq!(
+        decisions(&r).last().unwrap(),
+        &(Decision::Deny, String::new())
+    );
+    assert_eq!(
+        r.client_send(b"ALLOW c\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+}
+
+#[test]
+fn head_clock_starts_with_each_head() {
+    // Heads that each complete in time never time out, however long the
+    // connection lives; a head held behind a denial is not the client's delay.
+    let mut r = toy();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    for i in 0..4 {
+        r.client_says(b"ALLOW ");
+        r.tick(t - SEC);
+        r.client_says(format!("{i}\n").as_bytes());
+        r.server_says(b"A\n");
+        r.tick(t - SEC);
+    }
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    r.client_says(b"ALLOW x\nDENY y\nALLOW z\n");
+    r.to_client.clear();
+    r.tick(t + SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    r.server_says(b"X\n");
+    r.server_says(b"Z\n");
+    assert!(r.server.data.ends_with(b"ALLOW x\nALLOW z\n"));
+    r.assert_healthy();
+}
+
+#[test]
+fn http_head_timeout_answers_408_then_resets() {
+    let mut r = http_rig();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\nX-A: ");
+    r.tick(t / 2);
+    r.client_says(b"1\r\n");
+    r.tick(t / 2 + 1);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    // More of the head while the 408 is unacknowledged: never judged.
+    assert_eq!(
+        r.client_send(b"X-B: 2\r\n\r\n"),
+        Verdict::Drop(DropReason::L7Denied)
+    );
+    r.deliver();
+    assert_eq!(r.client.data, crate::l7::http::TIMEOUT_REPLY);
+    assert!(!r.client.rst, "the 408 is read before the connection ends");
+    let ack = r.client.ack();
+    r.input(CLIENT, ack);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+    assert!(r.server.data.is_empty());
+}
+
+#[test]
+fn http_408_never_acknowledged_still_ends() {
+    let mut r = http_rig();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    r.client_says(b"GET /pub");
+    r.tick(t);
+    r.to_client.clear(); // the 408 is lost, and the client goes silent
+    r.tick(t / 2);
+    assert!(!r.to_client.is_empty(), "the 408 is retransmitted");
+    r.to_client.clear();
+    r.tick(t / 2);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+}
+
+#[test]
+fn head_timeout_with_deny_action_reset() {
+    let cfg = EngineConfig {
+        deny_action: DenyAction::Reset,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    r.client_says(b"ALLOW");
+    r.tick(r.mid.cfg.l7_head_timeout_ns);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.data.is_empty());
+}
+
+#[test]
+fn retransmission_past_acked_bytes_into_a_held_head_is_acknowledged() {
+    // The server's ACK of "QALLOW a\n" is lost; the client resends it with
+    // the start of its next head, which we hold. Nothing reaches the
+    // server, so the ACK the client needs must come from us.
+    let mut r = toy();
+    let start = r.client.snd_nxt;
+    r.client_says(b"QALLOW a\n");
+    r.lose_next_to = Some(CLIENT);
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    assert_eq!(r.client.acked, start, "the server's ACK was lost");
+    let again = frame(
+        true,
+        start,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_PSH,
+        b"QALLOW a\nALLOW b",
+    );
+    r.client.snd_nxt = start.wrapping_add(16);
+    r.input(CLIENT, again);
+    r.deliver();
+    assert_eq!(r.client.acked, start.wrapping_add(9));
+    assert_eq!(r.server.data, b"QALLOW a\n");
+    r.client_says(b"\n");
+    r.server_says(b"B\n");
+    assert_eq!(r.client.data, b"B\n");
+    r.assert_healthy();
+}
+
+#[test]
+fn head_clock_waits_for_acks_of_what_came_before() {
+    // "ALLOW a\n" is released, "ALLOW b" held. Until the server acknowledged
+    // the released bytes the client may be stalled by a loss, not slow: the
+    // clock starts with that ack.
+    let mut r = toy();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    let start = r.client.snd_nxt;
+    r.client_send(b"ALLOW a\nALLOW b");
+    r.deliver();
+    r.tick(t + SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    r.tick(t - SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    // The client never got that ACK and resends: the clock starts over, a
+    // bounded number of times (it could resend at will).
+    let again = |r: &mut Rig<Toy>| {
+        let f = frame(
+            true,
+            start,
+            r.client.rcv_nxt,
+            TCP_ACK | TCP_PSH,
+            b"ALLOW a\nALLOW b",
+        );
+        r.input(CLIENT, f);
+    };
+    for _ in 0..3 {
+        again(&mut r);
+        r.tick(t - SEC);
+        assert_eq!(r.mid.counters.l7_head_timeouts, 0);
+    }
+    again(&mut r);
+    r.tick(2 * SEC);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert_eq!(r.server.data, b"ALLOW a\n");
+}
+
+#[test]
+fn http_408_waits_for_the_reply_before_it() {
+    let mut r = http_rig();
+    let t = r.mid.cfg.l7_head_timeout_ns;
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    r.client_says(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\nGET /pub");
+    // The server acknowledges the first request (the clock starts) but
+    // answers it only after the head timed out.
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    r.tick(t);
+    assert_eq!(r.mid.counters.l7_head_timeouts, 1);
+    r.deliver();
+    assert!(r.client.data.is_empty(), "the 408 comes after the reply");
+    r.server_says(ok);
+    let mut want = ok.to_vec();
+    want.extend_from_slice(crate::l7::http::TIMEOUT_REPLY);
+    assert_eq!(r.client.data, want);
+    assert_eq!(r.server.data, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n");
+    let ack = r.client.ack();
+    r.input(CLIENT, ack);
+    r.deliver();
+    assert!(r.client.rst && r.server.rst);
+    assert!(r.client.rst_in_window && r.server.rst_in_window);
+}

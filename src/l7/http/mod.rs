@@ -59,6 +59,8 @@ impl std::error::Error for RuleError {}
 /// Body of the default denial, as Cilium's Envoy filter sends it (its
 /// default `denied_403_body` "Access denied" with CRLF appended).
 pub const DENY_BODY: &[u8] = b"Access denied\r\n";
+/// Sent when a request head did not arrive in time; the connection ends.
+pub const TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 17\r\nConnection: close\r\n\r\nRequest timeout\r\n";
 
 /// The reason phrase of a status code (clients ignore it; people read it).
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -123,6 +125,12 @@ impl Protocol for Http {
 
     fn parse_reply(&mut self, buf: &[u8], req: Option<&HttpRequest>) -> Parse<ReplyHead> {
         response::parse_response(buf, req)
+    }
+
+    /// HAProxy's answer to `timeout http-request`: 408, then the
+    /// connection closes.
+    fn timeout_reply(&self) -> Option<Vec<u8>> {
+        Some(TIMEOUT_REPLY.to_vec())
     }
 
     /// The reply's values were checked when read (`config::check_*`): a
