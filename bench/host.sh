@@ -3,8 +3,15 @@
 # with no enforcer (the kernel alone), then with `enforcer --iface eth0`
 # running on the server itself (seed policies, L7 rules on), in one run.
 #
-#   sudo bash bench/host.sh [SECONDS]        (default 10 s per load)
+#   sudo bash bench/host.sh [SECONDS] [REPS]   (default 10 s per load, 3 repetitions)
+#   ENFORCER_BIN=path  another build to measure (e.g. an earlier commit)
 #
+# Each repetition measures the kernel alone, then a fresh enforcer, back to
+# back, so the two see the same machine; the report gives medians over the
+# repetitions, each repetition's figures, and the load average beside them
+# (a shared machine: the enforcer's CPU per request, from /proc, is the
+# figure that other load disturbs least, with its sleeps and syscalls per
+# request: counts that other load disturbs even less).
 # HTTP: wrk from a-wing to nginx on the server (GET /v1/, allowed by the
 # Star Wars rules). memcached: bench/loadgen.rs from a-wing (get
 # awing-coord, allowed by the seed policy), 4 connections x 8 pipelined
@@ -12,19 +19,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
+REPS=${2:-3}
 source scripts/lib/deps.sh
 install_deps
 command -v nginx >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 cargo build --release -q --bin enforcer --example loadgen
-BIN=target/release/enforcer
+BIN=${ENFORCER_BIN:-target/release/enforcer}
 LOADGEN=target/release/examples/loadgen
 
-P=hbench$$
+P=${BENCH_PREFIX:-hbench$$}
 STATE=/run/enforcer-lab/$P
 lab() { bash scripts/lab.sh -p "$P" -q 2 "$@"; }
 nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
 ENF_PID=""
+OUT=$(mktemp)
 cleanup() {
+  rm -f "$OUT"
   [ -n "$ENF_PID" ] && kill "$ENF_PID" 2>/dev/null && wait "$ENF_PID" 2>/dev/null || true
   lab down >/dev/null 2>&1 || true
 }
@@ -64,50 +74,109 @@ mc_ops() { # prints "ops/s errors"
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["ops_per_s"], d["errors"])' "$out"
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Times the enforcer's threads went to sleep (poll, futex): each costs a wake-up.
+sleeps() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
+# With perf: the enforcer's read/write/poll/sendto calls during one load
+# (the TAP costs a read or write per frame; counts do not depend on load).
+SYSCALLS=(read write poll sendto)
+count_syscalls() { # PID SECONDS FILE
+  if command -v perf >/dev/null; then
+    perf stat -x, -e "$(printf 'syscalls:sys_enter_%s,' "${SYSCALLS[@]}" | sed 's/,$//')" \
+      -p "$1" -o "$3" -- sleep "$2" >/dev/null 2>&1 || true
+  fi
+}
+syscall_counts() { # FILE -> "read write poll sendto" (0 without perf)
+  local f=$1 out="" n c
+  for c in "${SYSCALLS[@]}"; do
+    n=$(awk -F, -v e="syscalls:sys_enter_$c" '$3 == e {print $1}' "$f" 2>/dev/null)
+    out+="${n:-0} "
+  done
+  echo "$out"
+}
 ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
   nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
 }
 
-echo "baseline: the same server, no enforcer" >&2
-printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
-read -r B_HTTP B_HTTP_ERR < <(http_rps)
-read -r B_MC B_MC_ERR < <(mc_ops)
-B_PING=$(ping_avg_us)
-
-echo "enforcer: host mode on the server's eth0, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
-# shellcheck disable=SC2086
-ip netns exec "$P-server" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
-  >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
-ENF_PID=$!
-for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
-grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
-T0=$(cpu_ticks "$ENF_PID")
-read -r E_HTTP E_HTTP_ERR < <(http_rps)
-T1=$(cpu_ticks "$ENF_PID")
-read -r E_MC E_MC_ERR < <(mc_ops)
-T2=$(cpu_ticks "$ENF_PID")
-E_PING=$(ping_avg_us)
+stop_enforcer() {
+  kill "$ENF_PID" 2>/dev/null || true
+  wait "$ENF_PID" 2>/dev/null || true
+  ENF_PID=""
+}
 HZ=$(getconf CLK_TCK)
-kill -USR1 "$ENF_PID"
-sleep 0.3
+printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
+for rep in $(seq "$REPS"); do
+  echo "repetition $rep/$REPS: the kernel alone" >&2
+  L0=$(cut -d' ' -f1 /proc/loadavg)
+  read -r B_HTTP B_HTTP_ERR < <(http_rps)
+  read -r B_MC B_MC_ERR < <(mc_ops)
+  B_PING=$(ping_avg_us)
 
-python3 - "$DUR" "$HZ" "$B_HTTP" "$B_HTTP_ERR" "$E_HTTP" "$E_HTTP_ERR" "$B_MC" "$B_MC_ERR" "$E_MC" "$E_MC_ERR" "$T0" "$T1" "$T2" "$B_PING" "$E_PING" <<'PY'
-import json, sys
-dur, hz, bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2, bp, ep = sys.argv[1:]
-dur, hz = float(dur), float(hz)
-bh, eh, bm, em = map(float, (bh, eh, bm, em))
-t0, t1, t2 = map(float, (t0, t1, t2))
-http_us = (t1 - t0) / hz / max(eh * dur, 1) * 1e6
-mc_us = (t2 - t1) / hz / max(em * dur, 1) * 1e6
+  echo "repetition $rep/$REPS: host mode on the server's eth0, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
+  # shellcheck disable=SC2086
+  ip netns exec "$P-server" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
+    >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
+  ENF_PID=$!
+  for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+  grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
+  T0=$(cpu_ticks "$ENF_PID")
+  S0=$(sleeps "$ENF_PID")
+  count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-http" &
+  SYS_PID=$!
+  read -r E_HTTP E_HTTP_ERR < <(http_rps)
+  wait "$SYS_PID"
+  T1=$(cpu_ticks "$ENF_PID")
+  S1=$(sleeps "$ENF_PID")
+  count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-mc" &
+  SYS_PID=$!
+  read -r E_MC E_MC_ERR < <(mc_ops)
+  wait "$SYS_PID"
+  T2=$(cpu_ticks "$ENF_PID")
+  S2=$(sleeps "$ENF_PID")
+  E_PING=$(ping_avg_us)
+  L1=$(cut -d' ' -f1 /proc/loadavg)
+  kill -USR1 "$ENF_PID"
+  sleep 0.3
+  COUNTERS=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 || true)
+  stop_enforcer
+  echo "$B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")" >>"$OUT"
+done
+
+python3 - "$DUR" "$HZ" "$OUT" <<'PY'
+import json, statistics, sys
+dur, hz = float(sys.argv[1]), float(sys.argv[2])
+reps = []
+for line in open(sys.argv[3]):
+    v = list(map(float, line.split()))
+    bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2, bp, ep, l0, l1, s0, s1, s2 = v[:18]
+    sys_http, sys_mc = v[18:22], v[22:26]
+    names = ("read", "write", "poll", "sendto")
+    per = lambda counts, n: {k: round(c / max(n, 1), 2) for k, c in zip(names, counts)} if any(counts) else None
+    reps.append({
+        "http_rps": {"no_enforcer": bh, "host_mode": eh},
+        "http_ratio": round(eh / bh, 3) if bh else None,
+        "http_enforcer_cpu_us_per_req": round((t1 - t0) / hz / max(eh * dur, 1) * 1e6, 2),
+        "mc_ops": {"no_enforcer": bm, "host_mode": em},
+        "mc_ratio": round(em / bm, 3) if bm else None,
+        "mc_enforcer_cpu_us_per_op": round((t2 - t1) / hz / max(em * dur, 1) * 1e6, 2),
+        "http_enforcer_sleeps_per_req": round((s1 - s0) / max(eh * dur, 1), 3),
+        "mc_enforcer_sleeps_per_op": round((s2 - s1) / max(em * dur, 1), 3),
+        "http_enforcer_syscalls_per_req": per(sys_http, eh * dur),
+        "mc_enforcer_syscalls_per_op": per(sys_mc, em * dur),
+        "errors": int(bhe + ehe + bme + eme),
+        "ping_rtt_avg_us": {"no_enforcer": int(bp), "host_mode": int(ep)},
+        "loadavg_1m": {"before": l0, "after": l1},
+    })
+def med(key):
+    v = [r[key] for r in reps if r[key] is not None]
+    return round(statistics.median(v), 3) if v else None
 r = {
-  "http": {"no_enforcer_rps": bh, "host_mode_rps": eh, "ratio": round(eh / bh, 3) if bh else None,
-           "errors": {"no_enforcer": int(bhe), "host_mode": int(ehe)}, "enforcer_cpu_us_per_req": round(http_us, 2)},
-  "memcached": {"no_enforcer_ops": bm, "host_mode_ops": em, "ratio": round(em / bm, 3) if bm else None,
-                "errors": {"no_enforcer": int(bme), "host_mode": int(eme)}, "enforcer_cpu_us_per_op": round(mc_us, 2)},
-  "ping_rtt_avg_us": {"no_enforcer": int(bp or 0), "host_mode": int(ep or 0)},
-  "seconds_per_load": dur,
+    "median": {k: med(k) for k in ("http_ratio", "http_enforcer_cpu_us_per_req",
+                                   "http_enforcer_sleeps_per_req", "mc_ratio",
+                                   "mc_enforcer_cpu_us_per_op", "mc_enforcer_sleeps_per_op")},
+    "repetitions": reps,
+    "seconds_per_load": dur,
 }
 print(json.dumps(r, indent=2))
 PY
-echo "enforcer counters:" >&2
-grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 >&2 || true
+echo "enforcer counters (last repetition):" >&2
+echo "$COUNTERS" >&2

@@ -24,16 +24,56 @@ use crate::verdict::Side;
 
 enum Io {
     Xsk(Xsk),
-    /// A TAP queue, and how many more turns to skip before reading it again.
-    Tap(Tap, u32),
+    Tap(Tap, Probe),
 }
 
-/// An empty TAP costs a `read` syscall to find out (an AF_XDP ring costs a
-/// memory load): after one comes back empty, skip this many loop turns
-/// before trying again, unless poll() says it is readable. A spinning worker
-/// then spends a fifth of the syscalls on an idle TAP, for a delay of a few
-/// turns (microseconds) on the host's next frame.
-const TAP_IDLE_SKIP: u32 = 4;
+/// When to read a TAP next. An AF_XDP ring shows frames with a memory load;
+/// a TAP only with a `read` syscall, and a worker spinning through idle
+/// turns spent most of its reads on empty ones (10 to 60 per HTTP request
+/// in `bench/host.sh`, for one frame). So a TAP is read again on the next
+/// turn only while reads return frames; after an empty one the next read
+/// waits 0.5, 1, 2 … µs, at most `TAP_MAX_GAP`. Time, not turns: a busy
+/// turn on the wire can take a hundred microseconds, and the host's frames
+/// must not wait for many of them. What makes frames likely resets the
+/// gap: a write into the TAP (the host answers within microseconds: the
+/// write itself ran its stack and woke the application), and poll()
+/// returning (the TAP is in the poll set, so a worker asleep never misses
+/// it). An idle spin then costs a read per doubling of its length, then
+/// one per `TAP_MAX_GAP`; a worker that writes every turn reads every turn
+/// as before.
+#[derive(Default)]
+struct Probe {
+    /// Not before this (the worker's clock, ns).
+    next: u64,
+    /// The gap after the next empty read (ns; doubles, capped).
+    gap: u64,
+}
+
+/// The longest wait between reads of an idle TAP: the delay of a frame the
+/// host sends while the worker is busy elsewhere or spinning.
+const TAP_MAX_GAP: u64 = 16_000;
+const TAP_MIN_GAP: u64 = 500;
+
+impl Probe {
+    fn due(&self, now: u64) -> bool {
+        now >= self.next
+    }
+
+    fn got(&mut self, frames: usize, now: u64) {
+        if frames > 0 {
+            self.gap = 0;
+            self.next = 0;
+        } else {
+            self.next = now + self.gap;
+            self.gap = (self.gap * 2).clamp(TAP_MIN_GAP, TAP_MAX_GAP);
+        }
+    }
+
+    fn soon(&mut self) {
+        self.next = 0;
+        self.gap = 0;
+    }
+}
 
 /// What a link does to a frame's MAC addresses before it leaves.
 pub enum Rewrite {
@@ -64,7 +104,7 @@ impl Link {
     pub fn tap(side: Side, t: Tap, rewrite: Rewrite) -> Link {
         Link {
             side,
-            io: Io::Tap(t, 0),
+            io: Io::Tap(t, Probe::default()),
             rewrite,
         }
     }
@@ -88,26 +128,27 @@ impl Link {
 
     /// poll() woke us: read a TAP at once.
     pub fn woken(&mut self) {
-        if let Io::Tap(_, skip) = &mut self.io {
-            *skip = 0;
+        if let Io::Tap(_, probe) = &mut self.io {
+            probe.soon();
         }
     }
 
     /// Received frames into `into`; returns how many. A TAP reads each frame
-    /// into a free UMEM frame; with none free it leaves them queued.
+    /// into a free UMEM frame; with none free it leaves them queued. `now`:
+    /// the worker's clock (ns), for when to read an idle TAP again.
     pub fn recv(
         &mut self,
         umem: &Umem,
         free: &mut Vec<FrameDesc>,
         into: &mut [FrameDesc],
+        now: u64,
     ) -> usize {
         let n = match &mut self.io {
             Io::Xsk(x) => x.recv(into),
-            Io::Tap(_, skip) if *skip > 0 => {
-                *skip -= 1;
-                0
-            }
-            Io::Tap(t, skip) => {
+            Io::Tap(t, probe) => {
+                if !probe.due(now) {
+                    return 0;
+                }
                 let mut n = 0;
                 while n < into.len().min(BATCH) {
                     let Some(mut d) = free.pop() else { break };
@@ -128,14 +169,12 @@ impl Link {
                     };
                     if got == 0 {
                         free.push(d);
-                        if n == 0 {
-                            *skip = TAP_IDLE_SKIP;
-                        }
                         break;
                     }
                     into[n] = d;
                     n += 1;
                 }
+                probe.got(n, now);
                 n
             }
         };
@@ -210,7 +249,10 @@ impl Link {
         }
         match &mut self.io {
             Io::Xsk(x) => x.send(frames, free, dp),
-            Io::Tap(t, _) => {
+            Io::Tap(t, probe) => {
+                if !frames.is_empty() {
+                    probe.soon();
+                }
                 let mut sent = 0;
                 for mut d in frames.drain(..) {
                     let ok = {
@@ -278,5 +320,69 @@ impl Link {
         if let Io::Xsk(x) = &self.io {
             x.stats(dp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reads an idle TAP gets between `from` and `to` (ns), one loop
+    /// turn every `turn` ns, none of them finding a frame.
+    fn idle_reads(p: &mut Probe, from: u64, to: u64, turn: u64) -> Vec<u64> {
+        let mut reads = Vec::new();
+        let mut now = from;
+        while now < to {
+            if p.due(now) {
+                reads.push(now);
+                p.got(0, now);
+            }
+            now += turn;
+        }
+        reads
+    }
+
+    #[test]
+    fn idle_tap_reads_thin_out_to_the_cap() {
+        let mut p = Probe::default();
+        let reads = idle_reads(&mut p, 0, 200_000, 100);
+        // 0, 0.1 (gap 0), then 0.5, 1, 2, 4, 8 µs gaps, then every 16 µs.
+        assert_eq!(&reads[..7], &[0, 100, 600, 1_600, 3_600, 7_600, 15_600]);
+        let gaps: Vec<u64> = reads.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g <= TAP_MAX_GAP), "{gaps:?}");
+        assert!(gaps[gaps.len() - 3..].iter().all(|&g| g == TAP_MAX_GAP));
+        // 200 µs idle: 18 reads, against 2 000 turns.
+        assert!(reads.len() < 25, "{}", reads.len());
+    }
+
+    #[test]
+    fn a_write_or_a_frame_makes_the_next_turn_read() {
+        let mut p = Probe::default();
+        idle_reads(&mut p, 0, 100_000, 100);
+        assert!(!p.due(100_000));
+        p.soon();
+        assert!(
+            p.due(100_000),
+            "a write into the TAP: read on the next turn"
+        );
+        idle_reads(&mut p, 100_000, 200_000, 100);
+        p.got(3, 200_000);
+        assert!(p.due(200_100), "frames came: read again on the next turn");
+        p.got(0, 200_100);
+        assert!(
+            p.due(200_200),
+            "the first empty read after frames leaves no gap"
+        );
+        p.got(0, 200_200);
+        assert!(!p.due(200_300));
+        assert!(p.due(200_700));
+    }
+
+    /// Busy turns longer than the cap: the TAP is read on every one of them.
+    #[test]
+    fn long_turns_read_every_turn() {
+        let mut p = Probe::default();
+        let reads = idle_reads(&mut p, 0, 1_000_000, 100_000);
+        assert_eq!(reads.len(), 10);
     }
 }

@@ -427,7 +427,7 @@ impl Worker {
         let mut work = 0;
         for li in 0..self.links.len() {
             let side = self.links[li].side;
-            let n = self.links[li].recv(&self.umem, &mut self.free, &mut self.rx_descs);
+            let n = self.links[li].recv(&self.umem, &mut self.free, &mut self.rx_descs, now);
             work += n;
             self.dp.rx_frames += n as u64;
             for i in 0..n {
