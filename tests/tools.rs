@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kit::frames::{rec, write_pcap, Rec};
 use kit::replay::{shipped, towards, Replay};
-use kit::tcp::Conn;
+use kit::tcp::{Conn, Talk, TALK_C_ISN as C_ISN, TALK_S_ISN as S_ISN};
 use kit::*;
 
 const SERVER: &str = "10.66.0.2";
@@ -515,43 +515,6 @@ fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
 
 // ================================================================ deny replies
 
-/// A conversation where each side acks what it received: the client's view
-/// includes the injected denials, the server's excludes denied requests.
-struct Talk {
-    c: kit::tcp::Endpoint,
-    s: kit::tcp::Endpoint,
-    frames: Vec<Vec<u8>>,
-}
-
-const C_ISN: u32 = 1000;
-const S_ISN: u32 = 50_000;
-
-impl Talk {
-    fn new(client: &str, port: u16) -> Talk {
-        let (ce, se) = (ep(client, 40_000), ep(SERVER, port));
-        let mut c = kit::tcp::Endpoint::new(ce, se, C_ISN, 0);
-        let mut s = kit::tcp::Endpoint::new(se, ce, S_ISN, C_ISN + 1);
-        let mut frames = vec![c.segment(SYN, &[]), s.segment(SYN | ACK, &[])];
-        c.rcv_nxt = S_ISN + 1;
-        frames.push(c.ack());
-        Talk { c, s, frames }
-    }
-
-    fn allowed(&mut self, req: &[u8], reply: &[u8]) {
-        self.frames.push(self.c.data_segment(req));
-        self.s.rcv_nxt += req.len() as u32;
-        self.frames.push(self.s.data_segment(reply));
-        self.c.rcv_nxt += reply.len() as u32;
-        self.frames.push(self.c.ack());
-    }
-
-    fn denied(&mut self, req: &[u8], denial_len: usize) {
-        self.frames.push(self.c.data_segment(req));
-        self.c.rcv_nxt += denial_len as u32;
-        self.frames.push(self.c.ack());
-    }
-}
-
 /// The Star Wars policy with its own HTTP denial.
 fn sw_with_reply() -> String {
     let ann = "  name: \"deathstar-http\"\n  annotations:\n    \
@@ -573,7 +536,7 @@ fn client_stream(run: &kit::replay::Run, client: &str) -> Vec<u8> {
 #[test]
 fn a_policy_sets_its_own_http_denial_and_the_connection_goes_on() {
     let r = Replay::with_policies(&[("sw.yaml", &sw_with_reply()), ("memcd.yaml", MEMCD)]);
-    let mut t = Talk::new(AWING, 80);
+    let mut t = Talk::new(AWING, SERVER, 80);
     t.allowed(GET, OK);
     t.denied(PUT, SW_DENIAL.len());
     t.allowed(GET, OK);
@@ -597,7 +560,7 @@ fn global_deny_flags_apply_where_no_policy_sets_its_own() {
         "418",
     ];
     let mc: &[u8] = b"CLIENT_ERROR not your key\r\n";
-    let mut t = Talk::new(XWING, 11211);
+    let mut t = Talk::new(XWING, SERVER, 11211);
     t.allowed(b"get xwing-coord\r\n", b"END\r\n");
     t.denied(b"get awing-coord\r\n", mc.len());
     t.allowed(b"get xwing-coord\r\n", b"END\r\n");
@@ -607,7 +570,7 @@ fn global_deny_flags_apply_where_no_policy_sets_its_own() {
         [b"END\r\n", mc, b"END\r\n"].concat()
     );
     // The HTTP policy's annotation wins over the flag for its denials.
-    let mut t = Talk::new(AWING, 80);
+    let mut t = Talk::new(AWING, SERVER, 80);
     t.denied(PUT, SW_DENIAL.len());
     let run = r.frames(&t.frames, &flags);
     assert_eq!(client_stream(&run, AWING), SW_DENIAL);
@@ -621,7 +584,7 @@ fn global_deny_flags_apply_where_no_policy_sets_its_own() {
         "X-Why: policy",
     ];
     let teapot: &[u8] = b"HTTP/1.1 418 I'm a teapot\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nX-Why: policy\r\n\r\nno\r\n";
-    let mut t = Talk::new(AWING, 80);
+    let mut t = Talk::new(AWING, SERVER, 80);
     t.denied(PUT, teapot.len());
     t.allowed(GET, OK);
     let run = Replay::new(shipped()).frames(&t.frames, &flags);

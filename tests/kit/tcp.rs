@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use enforcer::packet::view::parse;
 
-use super::frames::{rec, tcp, Ep, Rec, ACK, FIN, PSH, RST, SYN};
+use super::frames::{ep, rec, tcp, Ep, Rec, ACK, FIN, PSH, RST, SYN};
 
 /// One end of the connection.
 #[derive(Debug, Clone)]
@@ -236,5 +236,54 @@ impl Conn {
 
     pub fn server_fin(&mut self) -> Vec<u8> {
         self.from(false, FIN | ACK, &[])
+    }
+}
+
+/// A scripted conversation for replay captures: each side sends with its
+/// own seq and acks what it received (the client's view includes injected
+/// denials, the server's excludes denied requests).
+pub struct Talk {
+    pub c: Endpoint,
+    pub s: Endpoint,
+    pub frames: Vec<Vec<u8>>,
+}
+
+pub const TALK_C_ISN: u32 = 1000;
+pub const TALK_S_ISN: u32 = 50_000;
+
+impl Talk {
+    /// The handshake of `client`:40000 with `server`:`port`.
+    pub fn new(client: &str, server: &str, port: u16) -> Talk {
+        let (ce, se) = (ep(client, 40_000), ep(server, port));
+        let mut c = Endpoint::new(ce, se, TALK_C_ISN, 0);
+        let mut s = Endpoint::new(se, ce, TALK_S_ISN, TALK_C_ISN + 1);
+        let mut frames = vec![c.segment(SYN, &[]), s.segment(SYN | ACK, &[])];
+        c.rcv_nxt = TALK_S_ISN + 1;
+        frames.push(c.ack());
+        Talk { c, s, frames }
+    }
+
+    /// A request the server receives.
+    pub fn allowed(&mut self, req: &[u8], reply: &[u8]) {
+        self.frames.push(self.c.data_segment(req));
+        self.s.rcv_nxt += req.len() as u32;
+        self.frames.push(self.s.data_segment(reply));
+        self.c.rcv_nxt += reply.len() as u32;
+        self.frames.push(self.c.ack());
+    }
+
+    /// A request the enforcer answers with a denial of `denial_len` bytes.
+    pub fn denied(&mut self, req: &[u8], denial_len: usize) {
+        self.frames.push(self.c.data_segment(req));
+        self.c.rcv_nxt += denial_len as u32;
+        self.frames.push(self.c.ack());
+    }
+
+    pub fn close(&mut self) {
+        self.frames.push(self.c.segment(FIN | ACK, &[]));
+        self.s.rcv_nxt += 1;
+        self.frames.push(self.s.segment(FIN | ACK, &[]));
+        self.c.rcv_nxt += 1;
+        self.frames.push(self.c.ack());
     }
 }
