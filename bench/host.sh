@@ -4,7 +4,11 @@
 # running on the server itself (seed policies, L7 rules on), in one run.
 #
 #   sudo bash bench/host.sh [SECONDS] [REPS]   (default 10 s per load, 3 repetitions)
-#   ENFORCER_BIN=path  another build to measure (e.g. an earlier commit)
+#   ENFORCER_BIN="path..."  the build(s) to measure (default: this tree's);
+#                           with several (e.g. an earlier commit's and this
+#                           one's), each repetition measures each of them
+#                           right after the kernel alone, and the report
+#                           gives medians per build
 #
 # Each repetition measures the kernel alone, then a fresh enforcer, back to
 # back, so the two see the same machine; the report gives medians over the
@@ -24,7 +28,8 @@ source scripts/lib/deps.sh
 install_deps
 command -v nginx >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 cargo build --release -q --bin enforcer --example loadgen
-BIN=${ENFORCER_BIN:-target/release/enforcer}
+read -r -a BINS <<<"${ENFORCER_BIN:-target/release/enforcer}"
+for b in "${BINS[@]}"; do [ -x "$b" ] || { echo "host.sh: $b is not an executable" >&2; exit 1; }; done
 LOADGEN=target/release/examples/loadgen
 
 P=${BENCH_PREFIX:-hbench$$}
@@ -110,48 +115,60 @@ for rep in $(seq "$REPS"); do
   read -r B_HTTP B_HTTP_ERR < <(http_rps)
   read -r B_MC B_MC_ERR < <(mc_ops)
   B_PING=$(ping_avg_us)
-
-  echo "repetition $rep/$REPS: host mode on the server's eth0, adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
-  # shellcheck disable=SC2086
-  ip netns exec "$P-server" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
-    >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
-  ENF_PID=$!
-  for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
-  grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
-  T0=$(cpu_ticks "$ENF_PID")
-  S0=$(sleeps "$ENF_PID")
-  count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-http" &
-  SYS_PID=$!
-  read -r E_HTTP E_HTTP_ERR < <(http_rps)
-  wait "$SYS_PID"
-  T1=$(cpu_ticks "$ENF_PID")
-  S1=$(sleeps "$ENF_PID")
-  count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-mc" &
-  SYS_PID=$!
-  read -r E_MC E_MC_ERR < <(mc_ops)
-  wait "$SYS_PID"
-  T2=$(cpu_ticks "$ENF_PID")
-  S2=$(sleeps "$ENF_PID")
-  E_PING=$(ping_avg_us)
-  L1=$(cut -d' ' -f1 /proc/loadavg)
-  kill -USR1 "$ENF_PID"
-  sleep 0.3
-  COUNTERS=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 || true)
-  stop_enforcer
-  echo "$B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")" >>"$OUT"
+  # Odd repetitions take the builds in order, even ones in reverse: none is
+  # always the one measured furthest from the kernel-alone figures.
+  ORDER=("${!BINS[@]}")
+  ((rep % 2 == 0)) && mapfile -t ORDER < <(printf '%s\n' "${ORDER[@]}" | tac)
+  for bi in "${ORDER[@]}"; do
+    BIN=${BINS[$bi]}
+    echo "repetition $rep/$REPS: host mode on the server's eth0 ($BIN), adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
+    # shellcheck disable=SC2086
+    ip netns exec "$P-server" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
+      >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
+    ENF_PID=$!
+    for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+    grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
+    READY=$(grep '^ready ' "$STATE/enforcer.out")
+    T0=$(cpu_ticks "$ENF_PID")
+    S0=$(sleeps "$ENF_PID")
+    count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-http" &
+    SYS_PID=$!
+    read -r E_HTTP E_HTTP_ERR < <(http_rps)
+    wait "$SYS_PID"
+    T1=$(cpu_ticks "$ENF_PID")
+    S1=$(sleeps "$ENF_PID")
+    count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-mc" &
+    SYS_PID=$!
+    read -r E_MC E_MC_ERR < <(mc_ops)
+    wait "$SYS_PID"
+    T2=$(cpu_ticks "$ENF_PID")
+    S2=$(sleeps "$ENF_PID")
+    E_PING=$(ping_avg_us)
+    L1=$(cut -d' ' -f1 /proc/loadavg)
+    kill -USR1 "$ENF_PID"
+    sleep 0.3
+    COUNTERS=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 || true)
+    stop_enforcer
+    W=$(grep -o 'workers=[0-9]*' <<<"$READY" | cut -d= -f2)
+    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")" >>"$OUT"
+  done
 done
 
-python3 - "$DUR" "$HZ" "$OUT" <<'PY'
+python3 - "$DUR" "$HZ" "$OUT" "${BINS[@]}" <<'PY'
 import json, statistics, sys
 dur, hz = float(sys.argv[1]), float(sys.argv[2])
-reps = []
+bins = sys.argv[4:]
+per_build = {b: [] for b in range(len(bins))}
 for line in open(sys.argv[3]):
     v = list(map(float, line.split()))
+    build, workers, v = int(v[0]), int(v[1]), v[2:]
+    reps = per_build[build]
     bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2, bp, ep, l0, l1, s0, s1, s2 = v[:18]
     sys_http, sys_mc = v[18:22], v[22:26]
     names = ("read", "write", "poll", "sendto")
     per = lambda counts, n: {k: round(c / max(n, 1), 2) for k, c in zip(names, counts)} if any(counts) else None
     reps.append({
+        "workers": workers,
         "http_rps": {"no_enforcer": bh, "host_mode": eh},
         "http_ratio": round(eh / bh, 3) if bh else None,
         "http_enforcer_cpu_us_per_req": round((t1 - t0) / hz / max(eh * dur, 1) * 1e6, 2),
@@ -166,14 +183,22 @@ for line in open(sys.argv[3]):
         "ping_rtt_avg_us": {"no_enforcer": int(bp), "host_mode": int(ep)},
         "loadavg_1m": {"before": l0, "after": l1},
     })
-def med(key):
-    v = [r[key] for r in reps if r[key] is not None]
+def med(reps, key, sub=None):
+    v = [r[key] if sub is None else (r[key] or {}).get(sub) for r in reps]
+    v = [x for x in v if x is not None]
     return round(statistics.median(v), 3) if v else None
-r = {
-    "median": {k: med(k) for k in ("http_ratio", "http_enforcer_cpu_us_per_req",
+def summary(reps):
+    m = {k: med(reps, k) for k in ("http_ratio", "http_enforcer_cpu_us_per_req",
                                    "http_enforcer_sleeps_per_req", "mc_ratio",
-                                   "mc_enforcer_cpu_us_per_op", "mc_enforcer_sleeps_per_op")},
-    "repetitions": reps,
+                                   "mc_enforcer_cpu_us_per_op", "mc_enforcer_sleeps_per_op")}
+    for load, key in (("http", "http_enforcer_syscalls_per_req"), ("mc", "mc_enforcer_syscalls_per_op")):
+        m[key] = {c: med(reps, key, c) for c in ("read", "write", "poll", "sendto")}
+    for load in ("http_rps", "mc_ops"):
+        m[load] = {k: med(reps, load, k) for k in ("no_enforcer", "host_mode")}
+    return m
+r = {
+    "builds": [{"build": bins[b], "median": summary(reps), "repetitions": reps}
+               for b, reps in per_build.items()],
     "seconds_per_load": dur,
 }
 print(json.dumps(r, indent=2))

@@ -95,6 +95,49 @@ pub fn macs(ifindex: u32) -> (Mac, Mac) {
     )
 }
 
+/// The CPUs no worker runs on (worker `i` is pinned to CPU `i % ncpu`), as
+/// a sysfs CPU mask (32-bit hex groups, most significant first), or None
+/// when the workers cover every CPU.
+pub fn spare_cpu_mask(workers: usize, ncpu: usize) -> Option<String> {
+    if ncpu == 0 || workers >= ncpu {
+        return None;
+    }
+    let mut groups = vec![0u32; ncpu.div_ceil(32)];
+    for cpu in workers..ncpu {
+        groups[cpu / 32] |= 1 << (cpu % 32);
+    }
+    Some(
+        groups
+            .iter()
+            .rev()
+            .map(|g| format!("{g:08x}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Where the host's receive work for frames written into the TAP runs.
+/// A `write` into a TAP runs the host's whole receive path (IP, TCP, the
+/// wake-up of the service) inside the writer's syscall, so without RPS the
+/// worker's core carries it serially with everything else. RPS on the
+/// TAP's queues hands each frame to a CPU no worker runs on (the write
+/// only queues it there), so that work runs beside the worker. The setting
+/// lives on the TAP and vanishes with it. Returns the queues set.
+pub fn spread_tap_receive(tap: &str, mask: &str) -> Result<usize, String> {
+    let dir = format!("/sys/class/net/{tap}/queues");
+    let entries = fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut n = 0;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("rx-") {
+            continue;
+        }
+        let f = e.path().join("rps_cpus");
+        fs::write(&f, mask).map_err(|e| format!("{}: {e}", f.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn state_file(iface: &str) -> PathBuf {
     let ns = fs::metadata("/proc/self/ns/net")
         .map(|m| m.ino())
@@ -297,5 +340,19 @@ impl Drop for HostMode {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_file(state_file(&self.iface));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_cpus_are_those_without_a_worker() {
+        assert_eq!(spare_cpu_mask(1, 2).as_deref(), Some("00000002"));
+        assert_eq!(spare_cpu_mask(2, 8).as_deref(), Some("000000fc"));
+        assert_eq!(spare_cpu_mask(2, 2), None);
+        assert_eq!(spare_cpu_mask(3, 2), None);
+        assert_eq!(spare_cpu_mask(1, 40).as_deref(), Some("000000ff,fffffffe"));
     }
 }

@@ -126,10 +126,16 @@ impl Link {
         }
     }
 
-    /// poll() woke us: read a TAP at once.
-    pub fn woken(&mut self) {
+    /// The worker slept in poll(): read a TAP at once if it was found
+    /// readable (or not looked at); one found empty counts as an empty read
+    /// at `now`.
+    pub fn woken(&mut self, readable: bool, now: u64) {
         if let Io::Tap(_, probe) = &mut self.io {
-            probe.soon();
+            if readable {
+                probe.soon();
+            } else {
+                probe.got(0, now);
+            }
         }
     }
 

@@ -196,6 +196,7 @@ struct Plan {
     links: Vec<Vec<LinkSpec>>,
     steer: Steer,
     host: Option<HostMacs>,
+    idle_spins: u32,
 }
 
 /// Load the policy `--policy` names, or the default directory.
@@ -222,6 +223,24 @@ fn load_policy(
 }
 
 fn choose_workers(asked: Option<usize>, queues: usize, what: &str) -> Result<usize, String> {
+    choose_workers_or(asked, queues, queues, what)
+}
+
+/// Host mode's default worker count: half the CPUs (at least one, at most
+/// one per queue). The services the enforcer protects run on the same
+/// cores, and a worker under load takes a whole core: on two cores, one
+/// worker left nginx and wrk a core and served 1.6x the requests of two
+/// (`bench/host.sh`). `--workers` still overrides.
+fn host_default_workers(queues: usize, ncpu: usize) -> usize {
+    (ncpu / 2).clamp(1, queues.max(1))
+}
+
+fn choose_workers_or(
+    asked: Option<usize>,
+    default: usize,
+    queues: usize,
+    what: &str,
+) -> Result<usize, String> {
     match asked {
         Some(0) => Err("--workers must be at least 1".into()),
         Some(n) if n > queues => {
@@ -231,7 +250,7 @@ fn choose_workers(asked: Option<usize>, queues: usize, what: &str) -> Result<usi
             Ok(queues)
         }
         Some(n) => Ok(n),
-        None => Ok(queues),
+        None => Ok(default),
     }
 }
 
@@ -305,6 +324,7 @@ fn run_inline(
             .collect(),
         steer: Steer::Libxdp,
         host: None,
+        idle_spins: worker::IDLE_SPINS,
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
 
@@ -431,8 +451,13 @@ fn run_host(
         println!("mounted bpffs on /sys/fs/bpf");
     }
     let queues = a.rx_queues as usize;
-    let workers = choose_workers(args.workers, queues, &format!("{} has", a.name))?;
-    let (poll, _) = choose_poll(args.poll);
+    let (poll, ncpu) = choose_poll(args.poll);
+    let workers = choose_workers_or(
+        args.workers,
+        host_default_workers(queues, ncpu),
+        queues,
+        &format!("{} has", a.name),
+    )?;
     let fail = args.fail;
 
     install_signals();
@@ -460,6 +485,12 @@ fn run_host(
                 return Err(e);
             }
         };
+    if let Some(mask) = host::spare_cpu_mask(workers, ncpu) {
+        // Best effort: without it the worker's core runs the host's receive.
+        if let Err(e) = host::spread_tap_receive(&hm.tap, &mask) {
+            eprintln!("enforcer: warning: RPS on {}: {e}", hm.tap);
+        }
+    }
     let mut links: Vec<Vec<LinkSpec>> = (0..workers).map(|_| Vec::new()).collect();
     for (w, qs) in assign_queues(&[&a], workers).into_iter().enumerate() {
         links[w].extend(qs.into_iter().map(LinkSpec::Queue));
@@ -472,6 +503,7 @@ fn run_host(
         links,
         steer: Steer::XskMap(hm.xsk_map()),
         host: Some(hm.macs),
+        idle_spins: worker::HOST_IDLE_SPINS,
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
     let ready = format!(
@@ -615,6 +647,7 @@ fn serve(
             engine: args.engine.clone(),
             steer: plan.steer,
             host: plan.host,
+            idle_spins: plan.idle_spins,
         };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
         let h = std::thread::Builder::new()
@@ -727,6 +760,18 @@ mod tests {
         assert!(resolve_policy(Some(&missing), dir.path())
             .unwrap_err()
             .contains("does not exist"));
+    }
+
+    #[test]
+    fn host_mode_leaves_half_the_cores_to_the_host() {
+        assert_eq!(host_default_workers(2, 2), 1);
+        assert_eq!(host_default_workers(2, 1), 1);
+        assert_eq!(host_default_workers(8, 8), 4);
+        assert_eq!(host_default_workers(2, 16), 2, "at most one per queue");
+        assert_eq!(choose_workers_or(None, 1, 2, "x").unwrap(), 1);
+        assert_eq!(choose_workers_or(Some(2), 1, 2, "x").unwrap(), 2);
+        assert_eq!(choose_workers_or(Some(5), 1, 2, "x").unwrap(), 2);
+        assert!(choose_workers_or(Some(0), 1, 2, "x").is_err());
     }
 
     fn info(name: &str, q: u32) -> IfaceInfo {

@@ -33,8 +33,17 @@ use crate::verdict::{other, Output, Side, Verdict};
 
 const TICK: Duration = Duration::from_millis(1);
 const PUBLISH: Duration = Duration::from_millis(100);
-/// Idle loop turns before an adaptive worker sleeps in poll().
-const IDLE_SPINS: u32 = 200;
+/// Idle loop turns before an adaptive worker sleeps in poll(), inline: its
+/// cores are the enforcer's, and a spinning worker sees the next frame
+/// without a wake-up.
+pub const IDLE_SPINS: u32 = 200;
+/// The same in host mode, where the worker shares its cores with the
+/// services it protects: the frame it waits for is mostly their reply, which
+/// needs the CPU a spinning worker takes. A few turns (about two
+/// microseconds) catch what the host sends at once (a SYN-ACK, an ACK, run
+/// inside our own write into the TAP); then the worker sleeps until poll()
+/// says a socket or the TAP is readable.
+pub const HOST_IDLE_SPINS: u32 = 16;
 
 pub enum LinkSpec {
     Queue(QueueSpec),
@@ -62,6 +71,8 @@ pub struct WorkerSpec {
     pub engine: EngineConfig,
     pub steer: Steer,
     pub host: Option<HostMacs>,
+    /// Idle turns before sleeping (adaptive poll).
+    pub idle_spins: u32,
 }
 
 /// An event on its way to the log writer, with the policy it was decided
@@ -307,6 +318,8 @@ pub fn run(
     let mut last_publish = t0;
     let mut idle = 0u32;
     let mut last_turn = (t0, false);
+    // At least one: `idle_spins * 16` bounds the wait for an unsent TX ring.
+    let idle_spins = spec.idle_spins.max(1);
     while !shared.stop.load(Ordering::Relaxed) {
         let now_i = Instant::now();
         let now = now_i.duration_since(t0).as_nanos() as u64;
@@ -353,23 +366,33 @@ pub fn run(
             // (Bounded: a TX ring the kernel does not take, a link down,
             // must not keep the worker spinning.)
             PollMode::Adaptive
-                if idle >= IDLE_SPINS && (idle >= IDLE_SPINS * 16 || !w.tx_unsent()) =>
+                if idle >= idle_spins && (idle >= idle_spins * 16 || !w.tx_unsent()) =>
             {
                 // Sleep until a frame arrives or is handed over, at most one
                 // tick (timers, stop).
                 if let Some(wk) = me {
                     wk.sleeping.store(true, Ordering::SeqCst);
                 }
+                let mut polled = false;
                 if w.ch.handoff_rx.is_empty() {
+                    for p in pollfds.iter_mut() {
+                        p.revents = 0;
+                    }
                     // SAFETY: `pollfds` is a live array of its stated length.
-                    unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1) };
+                    let rc = unsafe {
+                        libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1)
+                    };
+                    polled = rc >= 0;
                 }
                 if let Some(wk) = me {
                     wk.sleeping.store(false, Ordering::SeqCst);
                     wk.drain();
                 }
-                for l in w.links.iter_mut() {
-                    l.woken();
+                // poll() just looked at every link: a TAP it did not find
+                // readable need not be read now (an empty read is a syscall).
+                let now = t0.elapsed().as_nanos() as u64;
+                for (l, p) in w.links.iter_mut().zip(&pollfds) {
+                    l.woken(!polled || p.revents != 0, now);
                 }
                 idle = 0;
             }
