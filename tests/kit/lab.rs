@@ -473,6 +473,25 @@ impl Lab {
         })
     }
 
+    /// SIGTERM the enforcer and check that it ended cleanly: exit status 0,
+    /// no engine panic, every UMEM frame accounted for and, in host mode,
+    /// nothing it added left on the server. Its last counters.
+    pub fn stop_clean(&mut self) -> serde_json::Value {
+        let st = self.stop().expect("running");
+        assert_eq!(st.status.code(), Some(0), "{st:?}");
+        if self.host_mode {
+            let left = self.host_leftovers();
+            assert!(left.is_empty(), "left after a clean stop: {left:?}");
+        }
+        let c = st.counters().expect("counters");
+        assert_eq!(c["dataplane"]["engine_panics"], 0, "{c}");
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
+        c
+    }
+
     /// XDP programs attached in the enforcer's namespace (`ip -o link` lines).
     pub fn xdp_links(&self) -> Vec<String> {
         let out = self.exec(self.enforcer_host(), &["ip", "-o", "link"]);
@@ -556,6 +575,24 @@ pub fn unique(prefix: &str) -> String {
 pub fn assert_clean(prefix: &str) {
     let left = leftover_namespaces(&unique(prefix));
     assert!(left.is_empty(), "namespaces left: {left:?}");
+}
+
+/// A temporary policy directory holding only the lab's endpoints
+/// (`policies/endpoints.yaml`): nothing enforced, as in the guides before
+/// their policies are applied.
+pub fn endpoints_only() -> tempfile::TempDir {
+    dir_with(&[])
+}
+
+/// A temporary policy directory: the lab's endpoints plus `files` (paths
+/// relative to the repository).
+pub fn dir_with(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in std::iter::once(&"policies/endpoints.yaml").chain(files) {
+        let p = repo(f);
+        std::fs::copy(&p, dir.path().join(p.file_name().expect("file name"))).expect("copy policy");
+    }
+    dir
 }
 
 /// A temporary policy directory: `policies/*.yaml` plus `extra` files
