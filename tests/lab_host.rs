@@ -30,42 +30,29 @@ fn http_code(lab: &Lab, host: &str, args: &[&str]) -> String {
 /// The memcached guide in host mode (see `kit::guide::memcached`).
 #[test]
 fn memcached_guide_in_host_mode() {
-    let prefix = "hmmc";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
-        guide::memcached(&mut lab);
-    }
-    lab::assert_clean(prefix);
+    lab::with_host_lab("hmmc", |lab| {
+        guide::memcached(lab);
+    });
 }
 
 #[test]
 fn starwars_in_host_mode_over_ipv4_and_ipv6() {
-    let prefix = "hmsw";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmsw", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
         assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
-        guide::starwars(&lab);
-        guide::denial_keeps_the_connection(&lab);
+        guide::starwars(lab);
+        guide::denial_keeps_the_connection(lab);
         assert!(lab.ping("xwing", SERVER4), "the x-wing's radar ping");
         lab.stop_clean();
         // The host answers directly again.
-        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
-    }
-    lab::assert_clean(prefix);
+        assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
+    });
 }
 
 #[test]
 fn egress_l7_rule_judges_connections_the_host_opens() {
     let prefix = "hmeg";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab(prefix, |lab| {
         // An HTTP service on the a-wing for the server to call.
         let log = format!("/run/enforcer-lab/{}/awing-http.log", lab.prefix);
         let deathstar = repo("scripts/deathstar.py");
@@ -89,7 +76,7 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         for base in ["http://10.66.0.11:8080", "http://[fd66::11]:8080"] {
             assert_eq!(
-                http_code(&lab, "server", &[&format!("{base}/v1/")]),
+                http_code(lab, "server", &[&format!("{base}/v1/")]),
                 "200",
                 "{base}"
             );
@@ -104,7 +91,7 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
         let r = lab.curl("server", "http://10.66.0.12/v1/", &[]);
         assert_eq!(r.status.code(), Some(28), "{r:?}");
         // Ingress is still judged while egress is.
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
         let seen: Vec<serde_json::Value> = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
@@ -124,8 +111,7 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
         lab.stop_clean();
         let _ = srv.kill();
         let _ = srv.wait();
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// A long-lived echo connection from the a-wing to the server's port 9000
@@ -225,11 +211,7 @@ fn within_seconds(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn stop_kill_and_restart_with_a_connection_open() {
-    let prefix = "hmlc";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmlc", |lab| {
         let dir = dir_with(&[
             "policies/sw-deathstar-http.yaml",
             "tests/fixtures/bulk-l4.yaml",
@@ -237,24 +219,24 @@ fn stop_kill_and_restart_with_a_connection_open() {
         let put =
             |lab: &Lab| http_code(lab, "xwing", &["-XPUT", "http://10.66.0.2/v1/exhaust-port"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(put(&lab), "403", "enforced");
-        let echo = Echo::start(&lab);
+        assert_eq!(put(lab), "403", "enforced");
+        let echo = Echo::start(lab);
 
         // Clean stop: everything removed, the host answers directly (the
         // deathstar itself answers a forceless PUT with 503).
         lab.stop_clean();
-        assert_eq!(put(&lab), "503", "unenforced after a clean stop");
+        assert_eq!(put(lab), "503", "unenforced after a clean stop");
         echo.advances("after a clean stop");
 
         // Start again: enforcement is back, the open connection picked up.
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(put(&lab), "403");
+        assert_eq!(put(lab), "403");
         echo.advances("after a restart");
 
         // kill -9 (fail open, the default): the host is reachable directly.
         let st = lab.kill().unwrap();
         assert!(st.status.code().is_none(), "killed: {st:?}");
-        within_seconds("reachable after kill -9", || put(&lab) == "503");
+        within_seconds("reachable after kill -9", || put(lab) == "503");
         assert!(lab.ping("tracker", SERVER4), "not black-holed");
         echo.advances("after kill -9");
         let left = lab.host_leftovers();
@@ -266,7 +248,7 @@ fn stop_kill_and_restart_with_a_connection_open() {
         // Restart: what the dead run left goes, enforcement within seconds.
         let t = Instant::now();
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(put(&lab), "403");
+        assert_eq!(put(lab), "403");
         eprintln!("enforcing again {:?} after the restart began", t.elapsed());
         // Nothing of the dead run next to the new one: one TAP, one program,
         // one rule per address.
@@ -298,17 +280,12 @@ fn stop_kill_and_restart_with_a_connection_open() {
         lab.stop_clean();
         let out = echo.finish();
         assert!(out.starts_with("OK "), "{out}");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn fail_closed_keeps_the_host_closed_after_a_crash() {
-    let prefix = "hmfc";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmfc", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &["--fail", "closed"])
             .unwrap();
         assert!(lab.ready_line().contains("fail=closed"));
@@ -334,17 +311,12 @@ fn fail_closed_keeps_the_host_closed_after_a_crash() {
         assert!(lab.ping("xwing", SERVER4), "enforcing again");
         lab.stop_clean();
         assert!(lab.ping("tracker", SERVER4), "open after a clean stop");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn host_firewall_form_and_refusals() {
-    let prefix = "hmfw";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmfw", |lab| {
         // Cilium's host firewall: a clusterwide policy with nodeSelector.
         let dir = dir_with(&["tests/fixtures/host-firewall.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
@@ -353,18 +325,18 @@ fn host_firewall_form_and_refusals() {
             "{}",
             lab.ready_line()
         );
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
-        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
         assert_eq!(
-            nc(&lab, "awing", "get awing-coord\\r\\n"),
+            nc(lab, "awing", "get awing-coord\\r\\n"),
             "",
             "11211 closed"
         );
         // A reload keeps the host endpoint (nodeSelector still selects it).
         lab.signal(libc::SIGHUP);
         assert!(lab.wait_stdout("policy reloaded", 1));
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
-        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
         // SSH is cut by this policy: said at start.
         assert!(
             lab.enforcer_stderr().contains("TCP/22"),
@@ -392,8 +364,8 @@ fn host_firewall_form_and_refusals() {
             "{}",
             lab.ready_line()
         );
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
-        assert_eq!(http_code(&lab, "awing", &["http://10.66.0.2/v1/"]), "000");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "awing", &["http://10.66.0.2/v1/"]), "000");
         lab.stop_clean();
 
         // Refusals say what to do and leave nothing behind.
@@ -421,17 +393,12 @@ fn host_firewall_form_and_refusals() {
         }
         let left = lab.host_leftovers();
         assert!(left.is_empty(), "refusals leave nothing: {left:?}");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn one_gib_arrives_byte_exact_in_host_mode() {
-    let prefix = "hmgb";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmgb", |lab| {
         let dir = dir_with(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -469,8 +436,7 @@ fn one_gib_arrives_byte_exact_in_host_mode() {
             c["dataplane"]["rx_frames"].as_u64().unwrap() > 500_000,
             "{c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// No `--policy`: /etc/enforcer/ is read and the ready line says so. The

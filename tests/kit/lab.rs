@@ -102,8 +102,17 @@ pub fn with_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
 }
 
 pub fn with_lab_queues(prefix: &str, queues: u32, test: impl FnOnce(&mut Lab)) {
+    run_in(Lab::up_with(prefix, queues), prefix, test)
+}
+
+/// `with_lab` for a host-mode lab (`Lab::up_host`).
+pub fn with_host_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
+    run_in(Lab::up_host(prefix), prefix, test)
+}
+
+fn run_in(lab: Option<Lab>, prefix: &str, test: impl FnOnce(&mut Lab)) {
     {
-        let Some(mut lab) = Lab::up_with(prefix, queues) else {
+        let Some(mut lab) = lab else {
             return;
         };
         test(&mut lab);
@@ -263,6 +272,17 @@ impl Lab {
         ok(&self.exec(host, &["ping", "-c", "2", "-i", "0.2", "-W", "2", dst]))
     }
 
+    /// A Python script on a lab host, which must succeed; its stdout.
+    pub fn python(&self, host: &str, script: &str) -> String {
+        let out = self.exec(host, &["python3", "-c", script]);
+        assert!(
+            out.status.success(),
+            "python on {host} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    }
+
     /// `set` then `get` with pymemcache (text protocol); the value read back.
     pub fn memcache_roundtrip(&self, host: &str, key: &str, value: &str) -> String {
         let script = format!(
@@ -271,6 +291,8 @@ impl Lab {
              c.set('{key}', '{value}')\n\
              print(c.get('{key}').decode())\n"
         );
+        // Not `python`: a caller may expect the script to fail (a denied
+        // set raises), and reads that as an empty answer.
         stdout(&self.exec(host, &["python3", "-c", &script]))
             .trim()
             .to_string()
@@ -655,13 +677,10 @@ pub fn bmemcached(lab: &Lab, host: &str, steps: &str) -> Vec<String> {
          \x20       print('MemcachedException', e.args)\n\
          {steps}"
     );
-    let out = lab.exec(host, &["python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out).lines().map(str::to_string).collect()
+    lab.python(host, &script)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// What bmemcached prints for a binary denial (status 0x0008).
