@@ -289,10 +289,7 @@ proptest! {
     fn random_mixes_and_faults(
         reqs in proptest::collection::vec(req(), 1..12),
         pipelined in any::<bool>(),
-        drop in 0u32..15,
-        dup in 0u32..10,
-        reorder in 0u32..30,
-        split in 0u32..30,
+        faults in kit::rig::faults(),
         seed in any::<u64>(),
         small in any::<bool>(),
     ) {
@@ -300,6 +297,6 @@ proptest! {
             max_held_bytes: if small { 64 } else { 64 * 1024 },
             ..EngineConfig::default()
         };
-        run_with(&reqs, pipelined, Faults::new(drop, dup, reorder, split), seed, cfg);
+        run_with(&reqs, pipelined, faults, seed, cfg);
     }
 }
