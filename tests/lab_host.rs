@@ -9,7 +9,7 @@ mod kit;
 use std::time::{Duration, Instant};
 
 use kit::guide;
-use kit::lab::{self, dir_with, endpoints_only, nc, ok, repo, stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, dir_with, endpoints_only, nc, repo, stdout, Lab, Mode, SERVER4};
 
 fn http_code(lab: &Lab, host: &str, args: &[&str]) -> String {
     let mut a = vec![
@@ -401,36 +401,7 @@ fn one_gib_arrives_byte_exact_in_host_mode() {
     lab::with_host_lab("hmgb", |lab| {
         let dir = dir_with(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().display();
-        let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
-        let mut srv = lab.spawn("server", &["bash", "-c", &server]);
-        lab.wait_listen("server", 9000);
-        let t = Instant::now();
-        let client = format!(
-            "set -o pipefail; head -c 1073741824 /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
-        );
-        let out = lab.exec("awing", &["bash", "-c", &client]);
-        assert!(ok(&out), "sender: {}", String::from_utf8_lossy(&out.stderr));
-        let elapsed = t.elapsed();
-        let t2 = Instant::now();
-        while srv.try_wait().unwrap().is_none() {
-            assert!(
-                t2.elapsed() < Duration::from_secs(30),
-                "receiver did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = std::fs::read_to_string(tmp.path().join("sent.sha")).unwrap();
-        let recv = std::fs::read_to_string(tmp.path().join("recv.sha")).unwrap();
-        assert!(sent.len() >= 64);
-        assert_eq!(
-            sent.split_whitespace().next(),
-            recv.split_whitespace().next(),
-            "1 GiB differs"
-        );
-        eprintln!("1 GiB through host mode in {:.2} s", elapsed.as_secs_f64());
+        lab.bulk(1 << 30);
         let c = lab.stop_clean();
         assert!(
             c["dataplane"]["rx_frames"].as_u64().unwrap() > 500_000,
@@ -444,11 +415,7 @@ fn one_gib_arrives_byte_exact_in_host_mode() {
 /// own /etc is never touched.
 #[test]
 fn without_policy_flag_etc_enforcer_is_read() {
-    let prefix = "hmet";
-    {
-        let Some(lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmet", |lab| {
         let over = tempfile::tempdir().unwrap();
         let upper = over.path().join("upper");
         let work = over.path().join("work");
@@ -487,11 +454,7 @@ fn without_policy_flag_etc_enforcer_is_read() {
                 break;
             }
         }
-        let enforced = http_code(
-            &lab,
-            "xwing",
-            &["-XPUT", "http://10.66.0.2/v1/exhaust-port"],
-        );
+        let enforced = http_code(lab, "xwing", &["-XPUT", "http://10.66.0.2/v1/exhaust-port"]);
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let st = child.wait().unwrap();
         let ready = ready.expect("ready line");
@@ -506,6 +469,5 @@ fn without_policy_flag_etc_enforcer_is_read() {
             "{:?}",
             lab.host_leftovers()
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }

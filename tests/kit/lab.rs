@@ -259,6 +259,50 @@ impl Lab {
         }
     }
 
+    /// Stream `bytes` of random data from awing to the server's port 9000 and
+    /// compare sha256 on both ends. Returns the elapsed time.
+    pub fn bulk(&self, bytes: u64) -> Duration {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
+        let mut srv = self.spawn("server", &["bash", "-c", &server]);
+        self.wait_listen("server", 9000);
+        let t = Instant::now();
+        let client = format!(
+            "set -o pipefail; head -c {bytes} /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
+        );
+        let out = self.exec("awing", &["bash", "-c", &client]);
+        let elapsed = t.elapsed();
+        assert!(
+            ok(&out),
+            "sender failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t2 = Instant::now();
+        while srv.try_wait().unwrap().is_none() {
+            assert!(
+                t2.elapsed() < Duration::from_secs(30),
+                "receiver did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300)); // tee's sha256sum
+        let sent = std::fs::read_to_string(dir.path().join("sent.sha")).unwrap();
+        let recv = std::fs::read_to_string(dir.path().join("recv.sha")).unwrap();
+        assert_eq!(
+            sent.split_whitespace().next(),
+            recv.split_whitespace().next(),
+            "bulk data differs"
+        );
+        assert!(sent.len() >= 64);
+        eprintln!(
+            "bulk: {bytes} bytes in {:.2} s = {:.2} Gbit/s",
+            elapsed.as_secs_f64(),
+            bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+        );
+        elapsed
+    }
+
     /// `curl -s -m 3 -g EXTRA URL` on a host.
     pub fn curl(&self, host: &str, url: &str, extra: &[&str]) -> Output {
         let mut args = vec!["curl", "-s", "-m", "3", "-g"];
