@@ -7,6 +7,7 @@ mod kit;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kit::guide;
 use kit::lab::{self, bmemcached, nc, ok, repo, stdout, Lab, Mode, DENIED8, SERVER4, SERVER6};
 
 #[test]
@@ -526,27 +527,7 @@ fn seed_scenarios_end_to_end() {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
 
         // Memcached guide.
-        assert_eq!(
-            bmemcached(
-                lab,
-                "awing",
-                "show(lambda: client.set('awing-coord','4309.432,918.980',time=2400))\n\
-                 show(lambda: client.get('awing-coord'))\n",
-            ),
-            ["True", "4309.432,918.980"]
-        );
-        assert_eq!(
-            nc(
-                lab,
-                "xwing",
-                "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
-            ),
-            "STORED\r\n"
-        );
-        assert_eq!(
-            nc(lab, "xwing", "get xwing-coord\\r\\n"),
-            "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
-        );
+        guide::memcached_own_keys(lab);
         assert_eq!(
             nc(lab, "xwing", "get awing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
