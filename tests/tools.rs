@@ -354,6 +354,35 @@ fn l7_decisions(run: &kit::replay::Run) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Replays `input` under the policy directory `dir`, which must succeed:
+/// "verdict request" per L7 decision.
+fn l7_verdicts_under(r: &Replay, dir: &Path, input: &Path) -> Vec<String> {
+    let run = r.file(dir, input, &[]);
+    assert!(run.ok, "{}", run.stderr);
+    l7_decisions(&run)
+        .into_iter()
+        .map(|(v, w)| format!("{v} {w}"))
+        .collect()
+}
+
+/// Installs a suggestion (see `install`) and replays the capture it came
+/// from under it: every decision an allow, `l7` of them of L7 requests.
+/// The policy directory.
+fn install_allowing(r: &Replay, name: &str, yaml: &str, input: &Path, l7: usize) -> PathBuf {
+    let dir = install(r, name, yaml);
+    let same = r.file(&dir, input, &[]);
+    assert!(same.ok, "{}", same.stderr);
+    let got = l7_decisions(&same);
+    assert_eq!(got.len(), l7, "{got:?}");
+    assert!(got.iter().all(|(v, _)| v == "allow"), "{got:?}");
+    assert!(
+        same.log.iter().all(|e| e["verdict"] == "allow"),
+        "{:?}",
+        same.log
+    );
+    dir
+}
+
 /// Writes `yaml` next to the shipped endpoints and checks it the way an
 /// operator would.
 fn install(r: &Replay, name: &str, yaml: &str) -> PathBuf {
@@ -379,15 +408,8 @@ fn suggestion_from_the_memcached_guide_allows_its_traffic_and_no_foreign_key() {
     );
     assert_eq!(yaml.matches("CiliumNetworkPolicy").count(), 1, "{yaml}");
     assert_eq!(yaml.matches("fromEndpoints").count(), 3, "{yaml}");
-    let dir = install(&r, "suggested", &yaml);
-
     // The same traffic under the suggestion: nothing denied.
-    let same = r.file(&dir, &input, &[]);
-    assert!(same.ok, "{}", same.stderr);
-    let got = l7_decisions(&same);
-    assert_eq!(got.len(), 7, "{got:?}");
-    assert!(got.iter().all(|(v, _)| v == "allow"), "{got:?}");
-    assert!(same.log.iter().all(|e| e["verdict"] == "allow"));
+    let dir = install_allowing(&r, "suggested", &yaml, &input, 7);
 
     // Foreign keys and commands not seen are denied; seen ones still pass.
     let mut bad = Capture::default();
@@ -410,14 +432,8 @@ fn suggestion_from_the_memcached_guide_allows_its_traffic_and_no_foreign_key() {
     );
     let input = r.path("bad.pcap");
     bad.write(&input);
-    let run = r.file(&dir, &input, &[]);
-    assert!(run.ok, "{}", run.stderr);
-    let got: Vec<String> = l7_decisions(&run)
-        .into_iter()
-        .map(|(v, w)| format!("{v} {w}"))
-        .collect();
     assert_eq!(
-        got,
+        l7_verdicts_under(&r, &dir, &input),
         [
             "allow get [\"xwing-coord\"]",
             "deny get [\"awing-coord\"]",
@@ -464,31 +480,18 @@ fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
         ],
     );
     assert!(!yaml.contains("headers"), "headers are left out: {yaml}");
-    let dir = install(&r, "exact", &yaml);
-    let same = r.file(&dir, &input, &[]);
-    assert!(same.ok, "{}", same.stderr);
-    assert!(
-        same.log.iter().all(|e| e["verdict"] == "allow"),
-        "{:?}",
-        same.log
-    );
-    assert_eq!(
-        l7_decisions(&same).len(),
-        6,
-        "5 HTTP and 1 memcached request"
-    );
+    // 5 HTTP and 1 memcached request.
+    let dir = install_allowing(&r, "exact", &yaml, &input, 6);
 
     let mut other = Capture::default();
     let healthz: &[u8] = b"GET /v1/healthz HTTP/1.1\r\nHost: deathstar\r\n\r\n";
     other.talk(AWING, 80, &[(GET, OK), (healthz, OK)]);
     let input2 = r.path("other.pcap");
     other.write(&input2);
-    let run = r.file(&dir, &input2, &[]);
-    let got: Vec<String> = l7_decisions(&run)
-        .into_iter()
-        .map(|(v, w)| format!("{v} {w}"))
-        .collect();
-    assert_eq!(got, ["allow GET /v1/", "deny GET /v1/healthz"]);
+    assert_eq!(
+        l7_verdicts_under(&r, &dir, &input2),
+        ["allow GET /v1/", "deny GET /v1/healthz"]
+    );
 
     // Merged: one rule per method under the common directory.
     let merged = suggest(&input, &["--merge-paths"]);
@@ -507,13 +510,8 @@ fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
     let merged = suggest(&input3, &["--merge-paths"]);
     assert!(merged.contains("path: \"/v1/.*\""), "{merged}");
     let dir2 = install(&r, "merged2", &merged);
-    let run = r.file(&dir2, &input2, &[]);
-    let got: Vec<String> = l7_decisions(&run)
-        .into_iter()
-        .map(|(v, w)| format!("{v} {w}"))
-        .collect();
     assert_eq!(
-        got,
+        l7_verdicts_under(&r, &dir2, &input2),
         ["deny GET /v1/", "deny GET /v1/healthz"],
         "only POST was seen"
     );
