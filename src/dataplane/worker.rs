@@ -44,8 +44,8 @@ const MAX_SLEEP_MS: u64 = 100;
 pub const IDLE_SPINS: u32 = 200;
 /// The same in host mode, where the worker shares its cores with the
 /// services it protects: the frame it waits for is mostly their reply, which
-/// needs the CPU a spinning worker takes. A few turns (about two
-/// microseconds) catch what the host sends at once (a SYN-ACK, an ACK, run
+/// needs the CPU a spinning worker takes. A few turns (microseconds)
+/// catch what the host sends at once (a SYN-ACK, an ACK, run
 /// inside our own write into the TAP); then the worker sleeps until poll()
 /// says a socket or the TAP is readable.
 pub const HOST_IDLE_SPINS: u32 = 16;
