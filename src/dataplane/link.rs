@@ -59,16 +59,8 @@ impl Probe {
         now >= self.next
     }
 
-    /// A turn's reads returned `frames`; `drained`: the last one found the
-    /// TAP empty. Frames and a drained TAP mean the host sent a burst and
-    /// the burst is read: the next read waits the shortest gap instead of
-    /// coming on the next turn (where it was nearly always empty, and the
-    /// one after it too: two syscalls per burst for nothing).
-    fn got(&mut self, frames: usize, drained: bool, now: u64) {
-        if frames > 0 && drained {
-            self.next = now + TAP_MIN_GAP;
-            self.gap = 2 * TAP_MIN_GAP;
-        } else if frames > 0 {
+    fn got(&mut self, frames: usize, now: u64) {
+        if frames > 0 {
             self.gap = 0;
             self.next = 0;
         } else {
@@ -142,7 +134,7 @@ impl Link {
             if readable {
                 probe.soon();
             } else {
-                probe.got(0, true, now);
+                probe.got(0, now);
             }
         }
     }
@@ -164,7 +156,6 @@ impl Link {
                     return 0;
                 }
                 let mut n = 0;
-                let mut drained = false;
                 while n < into.len().min(BATCH) {
                     let Some(mut d) = free.pop() else { break };
                     let got = {
@@ -184,13 +175,12 @@ impl Link {
                     };
                     if got == 0 {
                         free.push(d);
-                        drained = true;
                         break;
                     }
                     into[n] = d;
                     n += 1;
                 }
-                probe.got(n, drained, now);
+                probe.got(n, now);
                 n
             }
         };
@@ -351,7 +341,7 @@ mod tests {
         while now < to {
             if p.due(now) {
                 reads.push(now);
-                p.got(0, true, now);
+                p.got(0, now);
             }
             now += turn;
         }
@@ -382,33 +372,16 @@ mod tests {
             "a write into the TAP: read on the next turn"
         );
         idle_reads(&mut p, 100_000, 200_000, 100);
-        p.got(BATCH, false, 200_000);
-        assert!(
-            p.due(200_100),
-            "a full batch, more may wait: read again on the next turn"
-        );
-        p.got(0, true, 200_100);
+        p.got(3, 200_000);
+        assert!(p.due(200_100), "frames came: read again on the next turn");
+        p.got(0, 200_100);
         assert!(
             p.due(200_200),
             "the first empty read after frames leaves no gap"
         );
-        p.got(0, true, 200_200);
+        p.got(0, 200_200);
         assert!(!p.due(200_300));
         assert!(p.due(200_700));
-    }
-
-    #[test]
-    fn a_drained_burst_waits_the_shortest_gap() {
-        let mut p = Probe::default();
-        p.got(2, true, 1_000);
-        assert!(
-            !p.due(1_100),
-            "the read that ended the burst found it empty"
-        );
-        assert!(p.due(1_000 + TAP_MIN_GAP));
-        p.got(0, true, 1_500);
-        assert!(!p.due(2_000));
-        assert!(p.due(2_500), "then the gaps double as after any empty read");
     }
 
     /// Busy turns longer than the cap: the TAP is read on every one of them.
