@@ -239,14 +239,15 @@ impl Engine {
         out: &mut Output,
     ) -> Verdict {
         self.counters.frames_in += 1;
-        // Plain TCP and UDP (never a fragment, never link control) go
-        // straight on; `meta` stays where it was built instead of moving
-        // through a `Result`, whose copy stalled on the stores just made.
-        // An established L4 frame ends here, with nothing to emit.
+        // Plain TCP and UDP (never a fragment, never link control) of an
+        // established L4 flow end here, with nothing to emit. `meta` never
+        // leaves this function, so it lives in registers, not in a stack
+        // copy written field by field and read back (which cost as much as
+        // the lookup); every other frame is parsed again by `classify`, a
+        // small part of its cost.
         let mut found = None;
-        let fast = view::parse_fast(frame);
-        if let Some(meta) = &fast {
-            match self.established(side, meta, now_ns) {
+        if let Some(meta) = view::parse_fast(frame) {
+            match self.established(side, &meta, now_ns) {
                 Ok(()) => {
                     self.counters.frames_forwarded += 1;
                     return Verdict::Forward(other(side));
@@ -255,10 +256,7 @@ impl Engine {
             }
         }
         let emits_before = out.emits.len();
-        let v = match &fast {
-            Some(meta) => self.l4(side, frame, meta, now_ns, out, true, found),
-            None => self.classify(side, frame, now_ns, out),
-        };
+        let v = self.classify(side, frame, now_ns, out, found);
         match v {
             Verdict::Forward(_) => self.counters.frames_forwarded += 1,
             Verdict::Drop(r) => self.counters.drop(r),
@@ -268,8 +266,15 @@ impl Engine {
         v
     }
 
-    /// A frame `parse_fast` declined.
-    fn classify(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
+    /// A frame `established` declined; `found` is what it learnt (see `l4`).
+    fn classify(
+        &mut self,
+        side: Side,
+        frame: &mut [u8],
+        now: u64,
+        out: &mut Output,
+        found: Option<Option<u32>>,
+    ) -> Verdict {
         let meta = match view::parse(frame) {
             Ok(m) => m,
             Err(ParseError::NotIp { .. }) => return self.non_ip(side),
@@ -281,7 +286,7 @@ impl Engine {
         if is_v6_link_control(&meta) {
             return self.non_ip(side);
         }
-        self.l4(side, frame, &meta, now, out, true, None)
+        self.l4(side, frame, &meta, now, out, true, found)
     }
 
     fn non_ip(&mut self, side: Side) -> Verdict {
