@@ -20,7 +20,7 @@
 # CPU of the middlebox: utime+stime of its process from /proc (the kernel
 # bridge has none: it runs in softirqs) and of the whole machine (/proc/stat).
 # Writes bench/results/results.jsonl, results.md (the table) and *.png.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 DUR=10
 QUICK=0
@@ -61,6 +61,8 @@ cleanup() {
   lab down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
+# Under set -e a failing command ends the run; name it rather than exit silently.
+trap 'echo "bench/run.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 
 LAB_OWNER=$$ lab up >/dev/null
 for pid in $(nsx server ss -ltnpH 'sport = :80' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
@@ -197,12 +199,19 @@ enf_start() { # POLICY_DIR|pass WORKERS POLL
   sleep 0.5
 }
 enf_stop() { # CFG: the counters line joins the results
-  kill -INT "$MB_PID"
-  wait "$MB_PID" || true
+  local c rc=0
+  kill -INT "$MB_PID" 2>/dev/null || echo "bench/run.sh: $1: the enforcer had already exited" >&2
+  wait "$MB_PID" || rc=$?
   MB_PID=""
-  local c
-  c=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -1)
-  [ -n "$c" ] && echo "{\"cfg\":\"$1\",\"test\":\"counters\",\"counters\":$c}" >>"$RES"
+  # A run without its counters line is a dead or hung enforcer: say so and
+  # show its last words, instead of ending the whole run without a message.
+  c=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -1 || true)
+  if [ -n "$c" ]; then
+    echo "{\"cfg\":\"$1\",\"test\":\"counters\",\"counters\":$c}" >>"$RES"
+  else
+    echo "bench/run.sh: $1: no counters from the enforcer (exit status $rc); its last output:" >&2
+    tail -n 20 "$STATE/enforcer.out" >&2
+  fi
 }
 udp_set() { # CFG [curve]
   udp64 "$1" 1 0
