@@ -152,7 +152,7 @@ impl<P: Protocol> Stream<P> {
             if self.acks_ahead() {
                 // The client holds our ack of bytes the server has not
                 // acknowledged yet: never show it an older one.
-                build::set_seq_ack(frame, meta, t.seq, self.ack_to_client());
+                build::patch_tcp(frame, meta, 8, &self.ack_to_client().to_be_bytes());
             }
             return Verdict::Forward(to_client);
         }

@@ -196,6 +196,9 @@ impl<P: Protocol> Stream<P> {
         let next_before = self.cli.next;
         let decided_before = self.decided();
         let out_before = self.c_out();
+        if self.pass_known(ctx, payload, s, fin, modified_before, now) {
+            return Verdict::Forward(fwd);
+        }
 
         // Bytes already decided: resend the kept ones (the server may have
         // lost what we sent), mapped into the server's offsets.
@@ -257,7 +260,9 @@ impl<P: Protocol> Stream<P> {
             ctx.counters.drop(DropReason::L7Duplicate);
         }
 
-        let mut rel = Vec::new();
+        // Reused from call to call: no allocation per segment.
+        let mut rel = std::mem::take(&mut self.cli.rel);
+        rel.clear();
         let mark = out.emits.len();
         let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
@@ -268,6 +273,7 @@ impl<P: Protocol> Stream<P> {
             let resets = out.emits.split_off(mark.min(out.emits.len()));
             self.send_released(ctx, out, cabs, out_before, &rel, false);
             out.emits.extend(resets);
+            self.keep_rel(rel);
             return Verdict::Consumed;
         }
         let fast = !self.modified()
@@ -281,6 +287,7 @@ impl<P: Protocol> Stream<P> {
             && fin == fin_now;
         if fast {
             self.note_tx(out_before, out_before + rel.len() as u64);
+            self.keep_rel(rel);
             return Verdict::Forward(fwd);
         }
         let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
@@ -297,6 +304,7 @@ impl<P: Protocol> Stream<P> {
                 build::strip_sack(frame, meta);
             }
             build::set_seq_ack(frame, meta, seq, ack);
+            self.keep_rel(rel);
             return Verdict::Forward(fwd);
         }
         let mut sent = false;
@@ -346,7 +354,66 @@ impl<P: Protocol> Stream<P> {
             // ACK was lost; the server would not answer bytes it has).
             self.ack_client(ctx, out);
         }
+        self.keep_rel(rel);
         Verdict::Consumed
+    }
+
+    /// Bytes whose framing is already known (the body of an allowed
+    /// request, or a tunnel), in order, on a stream nothing was removed
+    /// from or inserted into, with nothing held: they go on as the client's
+    /// own frame, without reassembly or parsing. The one copy kept is the
+    /// one every released byte has until the server acknowledges it
+    /// (`cli.sent`). Anything else (a segment reaching past the body into
+    /// the next head, a FIN, a budget reached) takes the general path.
+    fn pass_known(
+        &mut self,
+        ctx: &StreamCtx<'_>,
+        payload: &[u8],
+        s: i64,
+        fin: bool,
+        modified: bool,
+        now: u64,
+    ) -> bool {
+        let n = payload.len() as u64;
+        if n == 0
+            || fin
+            || modified
+            || self.closed
+            || s != self.cli.next as i64
+            || !self.cli.buf.is_empty()
+            || self.cli.ooo.memory() != 0
+            || self.cli.fin.is_some()
+            || self.cli.ooo_fin.is_some()
+            || self.draining.is_some()
+        {
+            return false;
+        }
+        // The general path's budgets (`l7-hold-overflow` there).
+        if self.cli.sent.len() >= self.sent_limit()
+            || (ctx.over_budget && !self.cli.sent.is_empty())
+            || (payload.len() > ctx.cfg.max_held_bytes && self.waiting())
+        {
+            return false;
+        }
+        match &mut self.cli.req {
+            ReqState::Body {
+                allowed: true,
+                left,
+            } if *left >= n => {
+                *left -= n;
+                if *left == 0 {
+                    self.cli.req = ReqState::Head;
+                }
+            }
+            ReqState::Pass => {}
+            _ => return false,
+        }
+        let at = self.c_out();
+        self.cli.next += n;
+        self.cli.sent.extend(payload);
+        self.note_tx(at, at + n);
+        self.arm_owned(ctx, now);
+        true
     }
 
     /// A request head is held: acknowledge every byte received, as a proxy
@@ -719,7 +786,11 @@ impl<P: Protocol> Stream<P> {
             .min(self.cli.sent.len() as u64);
         self.cli.sent.drain(..n as usize);
         self.cli.sent_base += n;
-        if self.cli.sent.is_empty() && self.cli.sent.capacity() > KEEP_CAPACITY {
+        // While a body streams, the server's acks empty this buffer again
+        // and again: freeing it each time would cost an allocation (and a
+        // regrowth) per round trip. It is freed once the body is over.
+        let streaming = matches!(self.cli.req, ReqState::Body { .. });
+        if self.cli.sent.is_empty() && self.cli.sent.capacity() > KEEP_CAPACITY && !streaming {
             self.cli.sent = VecDeque::new();
         }
     }
@@ -759,7 +830,8 @@ impl<P: Protocol> Stream<P> {
             return;
         }
         let out_before = self.c_out();
-        let mut rel = Vec::new();
+        let mut rel = std::mem::take(&mut self.cli.rel);
+        rel.clear();
         let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
         if self.closed {
@@ -775,6 +847,16 @@ impl<P: Protocol> Stream<P> {
         if denied {
             self.ack_client(ctx, out);
         }
+        self.keep_rel(rel);
+    }
+
+    /// The released-bytes scratch goes back for the next call, unless a
+    /// large release grew it (a large head must not keep its memory).
+    fn keep_rel(&mut self, mut rel: Vec<u8>) {
+        if rel.capacity() > KEEP_CAPACITY {
+            rel = Vec::new();
+        }
+        self.cli.rel = rel;
     }
 
     /// Segments carrying released bytes `rel` from server offset `at`.
