@@ -175,7 +175,11 @@ pub fn patch_tcp(frame: &mut [u8], meta: &FrameMeta, at: usize, new: &[u8]) -> b
     let l4 = meta.l4_off;
     let end = at + new.len();
     let clear_of_checksum = end <= 16 || at >= 18;
-    if at % 2 != 0 || new.len() % 2 != 0 || !clear_of_checksum || l4 + end.max(18) > frame.len() {
+    if !at.is_multiple_of(2)
+        || !new.len().is_multiple_of(2)
+        || !clear_of_checksum
+        || l4 + end.max(18) > frame.len()
+    {
         return false;
     }
     let mut c = u32::from(!u16::from_be_bytes([frame[l4 + 16], frame[l4 + 17]]));
