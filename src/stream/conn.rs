@@ -467,7 +467,7 @@ impl<P: Protocol> Stream<P> {
         now: u64,
         subject: Subject,
         allowed: bool,
-        detail: String,
+        detail: Arc<str>,
     ) {
         if allowed {
             ctx.counters.l7_requests_allowed += 1;
@@ -503,7 +503,7 @@ impl<P: Protocol> Stream<P> {
         out: &mut Output,
         now: u64,
         subject: Subject,
-        reason: String,
+        reason: Arc<str>,
     ) {
         ctx.counters.l7_requests_audited += 1;
         out.events.push(Event {

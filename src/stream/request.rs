@@ -639,7 +639,7 @@ impl<P: Protocol> Stream<P> {
                                 now,
                                 subj,
                                 false,
-                                format!("invalid request: {why}"),
+                                format!("invalid request: {why}").into(),
                             );
                             self.reset(ctx, out);
                             return true;
@@ -655,7 +655,6 @@ impl<P: Protocol> Stream<P> {
                                 // the log says it would not have been, and why.
                                 self.log_audit(ctx, out, now, subject, v.detail);
                                 v.allowed = true;
-                                v.detail = String::new();
                             } else {
                                 self.log(ctx, out, now, subject, v.allowed, v.detail);
                             }

@@ -57,12 +57,12 @@ fn outcome_of(ev: &Event) -> Outcome {
     if passes(ev.verdict) {
         Outcome {
             verdict: "allow",
-            because: ev.rule.clone().unwrap_or_default(),
+            because: ev.rule.as_deref().unwrap_or_default().to_string(),
         }
     } else {
         Outcome {
             verdict: "deny",
-            because: ev.reason.clone().unwrap_or_default(),
+            because: ev.reason.as_deref().unwrap_or_default().to_string(),
         }
     }
 }

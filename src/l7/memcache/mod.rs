@@ -141,7 +141,7 @@ impl Protocol for Memcache {
 
     fn subject(&self, req: &McRequest) -> Subject {
         Subject::Memcache {
-            command: req.command.name().to_string(),
+            command: req.command.name(),
             keys: req
                 .keys
                 .iter()
@@ -152,7 +152,7 @@ impl Protocol for Memcache {
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Memcache {
-            command: String::new(),
+            command: "",
             keys: Vec::new(),
         }
     }
