@@ -118,7 +118,7 @@ fn policy<R>(rules: Vec<R>) -> Arc<RuleSet<R>> {
         .into_iter()
         .enumerate()
         .map(|(i, rule)| NamedRule {
-            name: format!("test/rule[{i}]"),
+            name: format!("test/rule[{i}]").into(),
             rule,
         })
         .collect();

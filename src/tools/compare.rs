@@ -313,8 +313,8 @@ mod tests {
             },
             subject,
             verdict,
-            rule: passes(verdict).then(|| why.to_string()),
-            reason: (!passes(verdict)).then(|| why.to_string()),
+            rule: passes(verdict).then(|| why.into()),
+            reason: (!passes(verdict)).then(|| why.into()),
         }
     }
 
