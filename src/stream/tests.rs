@@ -603,6 +603,45 @@ fn bodies_flow_or_vanish_without_being_held() {
 }
 
 #[test]
+fn known_body_bytes_pass_as_sent_and_resends_get_the_kept_copy() {
+    let mut r = toy();
+    assert_eq!(r.client_send(b"BODY 30\n"), Verdict::Forward(SERVER));
+    r.deliver();
+    let seq = r.client.snd_nxt;
+    assert_eq!(r.client_send(b"0123456789"), Verdict::Forward(SERVER));
+    // Lost on the way; the client's resend carries other bytes: the
+    // server gets the ones that went before, as for judged bytes.
+    r.to_server.clear();
+    let evil = frame(
+        true,
+        seq,
+        r.client.rcv_nxt,
+        TCP_ACK | TCP_PSH,
+        b"ALLOW x\nZZ",
+    );
+    r.input(CLIENT, evil);
+    assert_eq!(r.client_send(b"abcdefghij"), Verdict::Forward(SERVER));
+    // The body's end and the next head in one segment: the general path.
+    r.client_send(b"KLMNOPQRSTALLOW y\n");
+    r.deliver();
+    assert_eq!(
+        r.server.data,
+        b"BODY 30\n0123456789abcdefghijKLMNOPQRSTALLOW y\n"
+    );
+    assert_eq!(r.mid.counters.l7_requests_allowed, 2);
+    r.server_says(b"B\nY\n");
+    assert_eq!(r.client.data, b"B\nY\n");
+    // A body that fits exactly ends where the next head starts.
+    assert_eq!(r.client_send(b"BODY 4\n"), Verdict::Forward(SERVER));
+    assert_eq!(r.client_send(b"wxyz"), Verdict::Forward(SERVER));
+    assert_eq!(r.client_says(b"ALLOW z\n"), Verdict::Forward(SERVER));
+    r.server_says(b"B\nZ\n");
+    assert!(r.server.data.ends_with(b"BODY 4\nwxyzALLOW z\n"));
+    assert_eq!(r.mid.counters.l7_requests_allowed, 4);
+    r.assert_healthy();
+}
+
+#[test]
 fn held_requests_beyond_the_limit_are_dropped_for_resend() {
     let cfg = EngineConfig {
         max_held_bytes: 16,
