@@ -95,8 +95,6 @@ pub(super) struct FromClient {
     /// no head held): the head must be complete by
     /// `l7_head_timeout_ns` after it (`Stream::head_timed_out`).
     pub(super) head_since: Option<u64>,
-    /// Times `head_since` started over for the head held now.
-    pub(super) head_restarts: u8,
     /// Client bytes the server never saw.
     pub(super) removed: Removed,
     /// Largest client payload seen: the size of rebuilt segments.
@@ -207,7 +205,6 @@ impl<P: Protocol> Stream<P> {
                 req: ReqState::Head,
                 scanned: 0,
                 head_since: None,
-                head_restarts: 0,
                 removed: Removed::default(),
                 max_seg: MIN_SEG,
                 win: 0,

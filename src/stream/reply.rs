@@ -93,7 +93,6 @@ impl<P: Protocol> Stream<P> {
             if advanced {
                 self.srv.ack = a as u64;
                 self.trim_sent(self.srv.ack);
-                self.arm_head_clock(now);
                 let acked = self.cli.removed.to_client_ack(self.srv.ack);
                 self.cli.removed.prune(acked);
             }

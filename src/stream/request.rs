@@ -39,11 +39,6 @@ pub(super) enum ReqState {
 /// the scale factors in use.
 pub(super) const RST_WINDOW: u64 = 1 << 30;
 
-/// Times a held head's clock may start over on evidence of a lost ACK:
-/// bounded, so that a client resending old bytes holds a head for at most
-/// `HEAD_CLOCK_RESTARTS + 1` head timeouts.
-const HEAD_CLOCK_RESTARTS: u8 = 3;
-
 /// Longest head still held while the worker is over `max_held_total`.
 const BUDGET_HEAD: usize = 1024;
 
@@ -348,12 +343,6 @@ impl<P: Protocol> Stream<P> {
             // The ack and window it carried still matter to the server.
             self.ack_server(ctx, out);
         }
-        if len > 0 && s < decided_before as i64 && !resent && !denied {
-            // The client resends bytes the server already acknowledged: it
-            // never got that ACK, and whatever it holds back meanwhile
-            // (the rest of a held head) is loss, not slowness.
-            self.lost_ack_seen(now);
-        }
         let own_before = self.cli.own_ack;
         self.own_held();
         self.arm_owned(ctx, now);
@@ -366,9 +355,10 @@ impl<P: Protocol> Stream<P> {
             self.ack_client(ctx, out);
         } else if len > 0 && s < decided_before as i64 && !resent {
             // A retransmission reaching back into bytes the server already
-            // acknowledged (its ACK was lost): the server sees only bytes it
-            // has and would not answer, so we do, or the client resends it
-            // forever.
+            // acknowledged (its ACK was lost), with new bytes we could not
+            // take (a budget was full): the server sees only bytes it has
+            // and would not answer, so we do, or the client resends the
+            // acknowledged bytes with them until room frees up.
             self.ack_client(ctx, out);
         }
         self.keep_rel(rel);
@@ -663,7 +653,6 @@ impl<P: Protocol> Stream<P> {
                         }
                         Parse::Complete(h) => {
                             self.cli.head_since = None;
-                            self.cli.head_restarts = 0;
                             let head_len = h.head_len.min(avail.len());
                             let proto = &self.proto;
                             let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
@@ -737,31 +726,20 @@ impl<P: Protocol> Stream<P> {
         denied
     }
 
-    /// The head clock runs from the first held byte of a head, or, when
-    /// bytes released before it still wait for the server's ack, from that
-    /// ack: until then the client may be stalled by a loss ahead of the
-    /// head (its retransmissions back off to a minute or two), not slow.
-    /// The server's acks are not the client's to fake.
-    pub(super) fn arm_head_clock(&mut self, now: u64) {
+    /// The head clock runs from the first held byte of a head. Nothing
+    /// but the client's own pace decides when the head is complete: every
+    /// held byte is acknowledged by us as it arrives (`own_held`), and so
+    /// is everything before it, released bytes included, which we then
+    /// deliver ourselves (`push_owned`). Neither a lost ACK (the client's
+    /// resend is answered at once) nor a slow or lossy server can stall
+    /// the client's sending of the head.
+    fn arm_head_clock(&mut self, now: u64) {
         let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
-        if !held {
-            self.cli.head_restarts = 0;
-        }
         self.cli.head_since = match (held, self.cli.head_since) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
-            (true, None) => self.cli.sent.is_empty().then_some(now),
+            (true, None) => Some(now),
         };
-    }
-
-    /// A held head's clock starts over when the client shows it lost an ACK
-    /// (`HEAD_CLOCK_RESTARTS` times at most per head, since a client can
-    /// resend old bytes at will).
-    fn lost_ack_seen(&mut self, now: u64) {
-        if self.cli.head_since.is_some() && self.cli.head_restarts < HEAD_CLOCK_RESTARTS {
-            self.cli.head_restarts += 1;
-            self.cli.head_since = Some(now);
-        }
     }
 
     /// The held head did not complete within `l7_head_timeout_ns` of its
