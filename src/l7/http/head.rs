@@ -74,8 +74,16 @@ pub fn is_value_char(c: u8) -> bool {
 /// refuses controls, so a control byte never changes what is framed or
 /// routed.
 pub fn is_field_byte(c: u8) -> bool {
-    c != 0 && c != b'\r' && c != b'\n'
+    FIELD[usize::from(c)]
 }
+
+const FIELD: [bool; 256] = {
+    let mut t = [true; 256];
+    t[0] = false;
+    t[b'\r' as usize] = false;
+    t[b'\n' as usize] = false;
+    t
+};
 
 pub fn token(i: &[u8]) -> PResult<'_, &[u8]> {
     take_while1(is_tchar)(i)

@@ -61,9 +61,11 @@ impl Matcher {
         // Compiled in any case: a pattern the regex crate refuses is an
         // error whatever form it has.
         let re = Regex::new(&format!("^(?:{s})$"))?;
-        // `escape` leaves a string alone exactly when it holds no
-        // metacharacter, i.e. when the regex matches that string only.
-        let literal = |p: &str| regex::escape(p) == p;
+        // Outside a class only these are special (`-`, `&`, `~` act inside
+        // classes only, `#` and blanks only under the `x` flag, which takes
+        // a parenthesis to set): without them the regex matches the string
+        // itself and nothing else.
+        let literal = |p: &str| !p.contains(|c| "\\.+*?()|[]{}^$".contains(c));
         if let Some(p) = s.strip_suffix(".*").filter(|p| literal(p)) {
             return Ok(Matcher::Prefix(p.as_bytes().to_vec(), re));
         }
@@ -287,8 +289,14 @@ mod tests {
             "(?i)get",
             "x-.*",
             "GET|HEAD.*",
+            "/v1/request-landing",
+            "a#b c&d~e",
+            "\\.",
         ];
-        let values: [&[u8]; 18] = [
+        let values: [&[u8]; 21] = [
+            b"/v1/request-landing",
+            b"a#b c&d~e",
+            b".",
             b"",
             b"GET",
             b"get",
@@ -326,6 +334,10 @@ mod tests {
         assert!(matches!(
             Matcher::compile("a.b").unwrap(),
             Matcher::Regex(_)
+        ));
+        assert!(matches!(
+            Matcher::compile("/v1/request-landing").unwrap(),
+            Matcher::AnyOf(_)
         ));
     }
 

@@ -276,7 +276,12 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             }
             // Every key of the line, also past memcached's 23-token window
             // (it reads multi-gets in batches).
-            let keys = t.all().skip(first).collect();
+            // The window holds the whole line unless it is full.
+            let keys = if t.n < MAX_TOKENS - 1 {
+                t.toks[first.min(t.n)..t.n].iter().copied().collect()
+            } else {
+                t.all().skip(first).collect()
+            };
             simple(cmd, keys, false)
         }
         b"set" => update(Set, [6, 7]),
