@@ -38,6 +38,42 @@ fn policy() -> Arc<Policy> {
     Arc::new(Policy::load(std::path::Path::new("policies")).expect("shipped policies load"))
 }
 
+/// One server (`app`) open to one client (the a-wing's address) on `port`,
+/// with `rules` (YAML under the port, at its indentation; empty for an L4
+/// port): a policy for what the shipped ones do not have.
+fn one_port_policy(app: &str, port: u16, rules: &str) -> Arc<Policy> {
+    let yaml = format!(
+        r#"
+kind: Endpoints
+endpoints:
+- name: server
+  labels: {{app: {app}}}
+  addresses: ["{SERVER}"]
+- name: client
+  labels: {{app: client}}
+  addresses: ["{AWING}"]
+---
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "{app}"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: {app}
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "{port}"
+        protocol: TCP
+{rules}"#
+    );
+    Arc::new(Policy::from_str(&format!("{app}.yaml"), &yaml).expect("policy"))
+}
+
 // ---------------------------------------------------------------- receivers
 
 /// What a Linux TCP receiver makes of the frames it is handed.
@@ -236,6 +272,25 @@ impl Wire {
         }
     }
 
+    /// `bytes` from the client of `c`, in segments of `seg` bytes.
+    fn client_sends_in_pieces(&mut self, c: &mut Conn, bytes: &[u8], seg: usize) {
+        for piece in bytes.chunks(seg) {
+            self.client_sends(c.client_data(piece));
+        }
+    }
+
+    /// The client of `c` acknowledges everything this wire's client read
+    /// (`c` being the only connection that got anything).
+    fn client_acks_all_it_read(&mut self, c: &Conn) -> Verdict {
+        let ack = c.to_server(
+            c.client.snd_nxt,
+            c.server.snd_nxt + self.client.read.len() as u32,
+            ACK,
+            b"",
+        );
+        self.client_sends(ack)
+    }
+
     fn handshake(&mut self, c: &mut Conn) {
         for (i, f) in c.handshake().into_iter().enumerate() {
             let side = if i == 1 { SERVER_SIDE } else { CLIENT_SIDE };
@@ -256,6 +311,13 @@ impl Wire {
             .find(|r| r.as_str() == reason)
             .map_or(0, |r| self.engine.counters().dropped(*r))
     }
+}
+
+/// A wire with the shipped policies and `c`'s handshake through it.
+fn connected(mut c: Conn) -> (Wire, Conn) {
+    let mut w = Wire::new(EngineConfig::default());
+    w.handshake(&mut c);
+    (w, c)
 }
 
 fn http_conn() -> Conn {
@@ -458,9 +520,7 @@ fn syn_second_isn_during_handshake_does_not_rebase_the_stream() {
 #[test]
 fn syn_late_with_new_isn_does_not_rebase_the_stream() {
     for bad_checksum in [false, true] {
-        let mut w = Wire::new(EngineConfig::default());
-        let mut c = http_conn();
-        w.handshake(&mut c);
+        let (mut w, mut c) = connected(http_conn());
         w.client_sends(c.client_data(GET));
         w.server_sends(c.server_data(OK));
         // A SYN with an ISN chosen so that, re-based on it, the PUT below
@@ -562,9 +622,7 @@ fn data_before_the_syn_ack_never_reaches_the_server() {
 
 #[test]
 fn bad_checksum_segments_change_nothing() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     // A benign request with a bad checksum at the offsets the PUT takes
     // next: judged, it would be "the bytes already decided" there.
     let seq = c.client.snd_nxt;
@@ -607,9 +665,7 @@ fn bad_checksum_syn_opens_nothing() {
 // ================================================================ RSTs (RFC 5961)
 
 fn rst_conn() -> (Wire, Conn) {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     w.client_sends(c.client_data(GET));
     w.server_sends(c.server_data(OK));
     (w, c)
@@ -690,42 +746,13 @@ fn rst_answering_the_syn_passes() {
     assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
 }
 
-const L4_POLICY: &str = r#"
-kind: Endpoints
-endpoints:
-- name: server
-  labels: {app: db}
-  addresses: ["10.66.0.2"]
-- name: client
-  labels: {app: client}
-  addresses: ["10.66.0.11"]
----
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "db"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: db
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "5432"
-        protocol: TCP
-"#;
-
 #[test]
 fn rst_on_l4_flows_out_of_window_is_dropped() {
     // A port without L7 rules: the entry still follows each receiver's ack
     // and window, and an RST outside them (which the receiver would ignore)
     // neither passes nor ends the flow.
-    let p = Policy::from_str("db.yaml", L4_POLICY).expect("policy");
     let mut w = Wire::new(EngineConfig::default());
-    w.engine.set_policy(Arc::new(p));
+    w.engine.set_policy(one_port_policy("db", 5432, ""));
     let mut c = Conn::new(ep(AWING, 40_100), ep(SERVER, 5432));
     w.handshake(&mut c);
     w.client_sends(c.client_data(b"query"));
@@ -758,9 +785,7 @@ fn urgent_data_is_read_in_band() {
     // stream: "XPUT ..." judged as one (invalid or denied) thing would be
     // read as "PUT ...". The enforcer clears URG, so the host reads what was
     // judged.
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     let mut req = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX-Pad: ".to_vec();
     let urg_at = req.len();
     req.extend_from_slice(b"Z\r\n\r\n");
@@ -775,9 +800,7 @@ fn urgent_data_is_read_in_band() {
 
 #[test]
 fn segments_without_ack_are_dropped() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     let f = c.to_server(c.client.snd_nxt, 0, PSH, GET);
     let v = w.client_sends(f);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
@@ -791,9 +814,7 @@ fn low_ttl_benign_copy_then_denied_retransmission() {
     // The benign bytes die before the server (TTL); the retransmission at
     // the same offsets carries the denied request. The server gets the
     // judged copy, never the retransmission's bytes.
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     let benign = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX: 1234567\r\n\r\n";
     let evil = b"PUT /v1/exhaust-port HTTP/1.1\r\nHost: deathstar\r\n\r\n";
     assert_eq!(benign.len(), evil.len());
@@ -836,13 +857,7 @@ fn exhaustion_ticks_work_only_on_due_timers() {
     assert_eq!(data_frames(&w), sent + 1, "resent once its time came");
     assert!(w.client.text().contains("403"), "{}", w.client.text());
     // The client acknowledges it: nothing left to do.
-    let ack = c.to_server(
-        c.client.snd_nxt,
-        c.server.snd_nxt + w.client.read.len() as u32,
-        ACK,
-        b"",
-    );
-    w.client_sends(ack);
+    w.client_acks_all_it_read(&c);
     w.tick(w.engine.config().inject_rto_ns * 4);
     assert_eq!(w.engine.timers_pending(), 0);
     assert_eq!(data_frames(&w), sent + 1, "nothing resent after the ack");
@@ -850,9 +865,7 @@ fn exhaustion_ticks_work_only_on_due_timers() {
 
 #[test]
 fn exhaustion_head_one_byte_per_segment_is_parsed_per_line() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     let mut req = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nX-Long: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 16_000));
     req.extend_from_slice(b"\r\n\r\n");
@@ -892,9 +905,7 @@ fn exhaustion_one_byte_out_of_order_segments_stay_within_the_budget() {
 
 #[test]
 fn exhaustion_out_of_order_reassembly_still_works() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     let base = c.client.snd_nxt;
     let req = [GET, GET].concat();
     // Pieces 3, 1, 2, 0 of four.
@@ -921,12 +932,8 @@ fn exhaustion_out_of_order_reassembly_still_works() {
 /// server answering nothing. The denied PUT must never be read; returns the
 /// wire for more checks.
 fn http_attempt(bytes: &[u8], seg: usize) -> Wire {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
-    for chunk in bytes.chunks(seg) {
-        w.client_sends(c.client_data(chunk));
-    }
+    let (mut w, mut c) = connected(http_conn());
+    w.client_sends_in_pieces(&mut c, bytes, seg);
     assert_no_put(&w);
     w
 }
@@ -1011,9 +1018,7 @@ fn http_many_tiny_segments_still_judge_each_request() {
 
 #[test]
 fn http_upgrade_refused_by_the_server_opens_no_tunnel() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     let up = b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
     w.client_sends(c.client_data(up));
     // The server does not switch protocols: an ordinary reply.
@@ -1022,9 +1027,7 @@ fn http_upgrade_refused_by_the_server_opens_no_tunnel() {
     assert_no_put(&w);
     assert_eq!(w.engine.counters().l7_requests_denied, 1);
     // Had it switched (101), bytes would pass as a tunnel from then on.
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     w.client_sends(c.client_data(up));
     w.server_sends(c.server_data(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
@@ -1035,9 +1038,7 @@ fn http_upgrade_refused_by_the_server_opens_no_tunnel() {
 
 #[test]
 fn http_connect_is_judged_and_refused_tunnels_stay_closed() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     w.client_sends(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
     assert_eq!(
         w.engine.counters().l7_requests_denied,
@@ -1052,12 +1053,8 @@ fn http_connect_is_judged_and_refused_tunnels_stay_closed() {
 // ================================================================ memcached
 
 fn mc_attempt(bytes: &[u8], seg: usize) -> Wire {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = mc_conn();
-    w.handshake(&mut c);
-    for chunk in bytes.chunks(seg) {
-        w.client_sends(c.client_data(chunk));
-    }
+    let (mut w, mut c) = connected(mc_conn());
+    w.client_sends_in_pieces(&mut c, bytes, seg);
     assert!(
         !w.server_read().contains("xwing-coord"),
         "the denied key reached the server: {:?}",
@@ -1119,12 +1116,8 @@ fn memcached_lengths_and_keys_memcached_refuses_are_refused() {
 fn memcached_keys_split_across_segments_are_judged_whole() {
     let req = [MC_ALLOWED, MC_DENIED, MC_ALLOWED].concat();
     for seg in [1, 2, 5, 13] {
-        let mut w = Wire::new(EngineConfig::default());
-        let mut c = mc_conn();
-        w.handshake(&mut c);
-        for chunk in req.chunks(seg) {
-            w.client_sends(c.client_data(chunk));
-        }
+        let (mut w, mut c) = connected(mc_conn());
+        w.client_sends_in_pieces(&mut c, &req, seg);
         assert_eq!(
             w.server.read, MC_ALLOWED,
             "seg {seg}: the third waits for the denial"
@@ -1157,9 +1150,7 @@ fn memcached_binary_header_split_at_every_byte() {
     let denied = bin_get(b"xwing-coord");
     let allowed = bin_get(b"awing-coord");
     for cut in 1..denied.len() {
-        let mut w = Wire::new(EngineConfig::default());
-        let mut c = mc_conn();
-        w.handshake(&mut c);
+        let (mut w, mut c) = connected(mc_conn());
         w.client_sends(c.client_data(&denied[..cut]));
         w.client_sends(c.client_data(&denied[cut..]));
         w.client_sends(c.client_data(&allowed));
@@ -1184,9 +1175,7 @@ fn overlapping_segments_with_different_content_both_orders() {
     let evil = PUT;
     assert_eq!(benign.len(), evil.len());
     for first_benign in [true, false] {
-        let mut w = Wire::new(EngineConfig::default());
-        let mut c = http_conn();
-        w.handshake(&mut c);
+        let (mut w, c) = connected(http_conn());
         let seq = c.client.snd_nxt;
         let (a, b): (&[u8], &[u8]) = if first_benign {
             (benign, evil)
@@ -1204,9 +1193,7 @@ fn overlapping_segments_with_different_content_both_orders() {
             w.server_read()
         );
         // And in order, then a changed retransmission over it.
-        let mut w = Wire::new(EngineConfig::default());
-        let mut c = http_conn();
-        w.handshake(&mut c);
+        let (mut w, c) = connected(http_conn());
         let seq = c.client.snd_nxt;
         w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, a));
         w.client_sends(c.to_server(seq, c.server.snd_nxt, ACK | PSH, b));
@@ -1217,9 +1204,7 @@ fn overlapping_segments_with_different_content_both_orders() {
 
 #[test]
 fn out_of_window_segments_are_not_judged() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     // Far ahead and far behind the stream.
     w.client_sends(c.to_server(
         c.client.snd_nxt.wrapping_add(1 << 30),
@@ -1242,9 +1227,7 @@ fn out_of_window_segments_are_not_judged() {
 
 #[test]
 fn fin_tricks_do_not_release_an_incomplete_head() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     // Half a request, then a FIN: the half is never forwarded.
     w.client_sends(c.client_data(&PUT[..20]));
     w.client_sends(c.client_fin());
@@ -1258,9 +1241,7 @@ fn fin_tricks_do_not_release_an_incomplete_head() {
 #[test]
 fn port_reuse_after_fin_or_rst_is_a_new_judged_connection() {
     for end_with_rst in [false, true] {
-        let mut w = Wire::new(EngineConfig::default());
-        let mut c = http_conn();
-        w.handshake(&mut c);
+        let (mut w, mut c) = connected(http_conn());
         w.client_sends(c.client_data(GET));
         w.server_sends(c.server_data(OK));
         if end_with_rst {
@@ -1376,9 +1357,7 @@ fn exhaustion_syn_flood_entries_leave_quickly() {
 
 #[test]
 fn exhaustion_reply_head_one_byte_per_segment_is_parsed_per_line() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     w.client_sends(c.client_data(GET));
     let before = w.engine.counters().l7_head_parses;
     let mut reply = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
@@ -1404,9 +1383,7 @@ fn exhaustion_reply_head_one_byte_per_segment_is_parsed_per_line() {
 
 #[test]
 fn invalid_flag_combinations_are_dropped() {
-    let mut w = Wire::new(EngineConfig::default());
-    let mut c = http_conn();
-    w.handshake(&mut c);
+    let (mut w, mut c) = connected(http_conn());
     for flags in [SYN | FIN, SYN | RST, FIN, 0, PSH, FIN | PSH] {
         let f = c.to_server(c.client.snd_nxt, c.server.snd_nxt, flags, GET);
         let v = w.client_sends(f);
@@ -1436,33 +1413,8 @@ fn rst_lost_after_the_enforcer_then_a_rebasing_syn_gets_nothing_through() {
     assert_eq!(w.server.read, read);
 }
 
-const CONNECT_POLICY: &str = r#"
-kind: Endpoints
-endpoints:
-- name: server
-  labels: {app: proxy}
-  addresses: ["10.66.0.2"]
-- name: client
-  labels: {app: client}
-  addresses: ["10.66.0.11"]
----
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "proxy"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: proxy
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "80"
-        protocol: TCP
-      rules:
+/// CONNECT, and GET /v1/.
+const CONNECT_RULES: &str = r#"      rules:
         http:
         - method: "CONNECT"
         - method: "GET"
@@ -1471,9 +1423,9 @@ spec:
 
 #[test]
 fn http_connect_refused_by_the_server_opens_no_tunnel() {
-    let p = Policy::from_str("proxy.yaml", CONNECT_POLICY).expect("policy");
+    let proxy = || one_port_policy("proxy", 80, CONNECT_RULES);
     let mut w = Wire::new(EngineConfig::default());
-    w.engine.set_policy(Arc::new(p));
+    w.engine.set_policy(proxy());
     let mut c = http_conn();
     w.handshake(&mut c);
     w.client_sends(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
@@ -1489,9 +1441,7 @@ fn http_connect_refused_by_the_server_opens_no_tunnel() {
     );
     // Accepted, it is a tunnel: bytes pass from then on.
     let mut w = Wire::new(EngineConfig::default());
-    w.engine.set_policy(Arc::new(
-        Policy::from_str("proxy.yaml", CONNECT_POLICY).expect("policy"),
-    ));
+    w.engine.set_policy(proxy());
     let mut c = http_conn();
     w.handshake(&mut c);
     w.client_sends(c.client_data(b"CONNECT deathstar:443 HTTP/1.1\r\nHost: deathstar:443\r\n\r\n"));
@@ -1597,13 +1547,7 @@ fn exhaustion_trickled_heads_are_timed_out() {
     );
     assert!(w.server.read.is_empty());
     // The client reads the 408; the connection ends.
-    let ack = h.to_server(
-        h.client.snd_nxt,
-        h.server.snd_nxt + w.client.read.len() as u32,
-        ACK,
-        b"",
-    );
-    w.client_sends(ack);
+    w.client_acks_all_it_read(&h);
     assert!(
         matches!(w.client_sends(h.client_data(GET)), Verdict::Drop(_)),
         "the connection is over"
@@ -1737,33 +1681,8 @@ fn replayed_captures_of_each_class_get_nothing_past() {
     assert!(!server.text().contains("xwing"), "{:?}", server.text());
 }
 
-const MC_PREFIX_POLICY: &str = r#"
-kind: Endpoints
-endpoints:
-- name: server
-  labels: {app: memcd}
-  addresses: ["10.66.0.2"]
-- name: client
-  labels: {app: client}
-  addresses: ["10.66.0.11"]
----
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "mc-prefix"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: memcd
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: '11211'
-        protocol: TCP
-      rules:
+/// memcached gets of keys starting with "e".
+const MC_PREFIX_RULES: &str = r#"      rules:
         l7proto: memcache
         l7:
         - command: get
@@ -1774,9 +1693,9 @@ spec:
 fn memcached_base64_keys_are_judged_as_memcached_decodes_them() {
     // Rules allow keys starting with "e". memcached decodes a `b` key:
     // "eHdpbmctY29vcmQ=" is xwing-coord to it, and must be judged as that.
-    let p = Policy::from_str("mc.yaml", MC_PREFIX_POLICY).expect("policy");
     let mut w = Wire::new(EngineConfig::default());
-    w.engine.set_policy(Arc::new(p));
+    w.engine
+        .set_policy(one_port_policy("memcd", 11211, MC_PREFIX_RULES));
     let mut c = mc_conn();
     w.handshake(&mut c);
     w.client_sends(c.client_data(b"mg eHdpbmctY29vcmQ= b v\r\n"));

@@ -7,51 +7,8 @@ mod kit;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kit::lab::{self, ok, repo, stdout, Lab, Mode, SERVER4, SERVER6};
-
-/// Stream `bytes` of random data from awing to the server's port 9000 and
-/// compare sha256 on both ends. Returns the elapsed time.
-fn bulk(lab: &Lab, bytes: u64) -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
-    let mut srv = lab.spawn("server", &["bash", "-c", &server]);
-    lab.wait_listen("server", 9000);
-    let t = Instant::now();
-    let client = format!(
-        "set -o pipefail; head -c {bytes} /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
-    );
-    let out = lab.exec("awing", &["bash", "-c", &client]);
-    let elapsed = t.elapsed();
-    assert!(
-        ok(&out),
-        "sender failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t2 = Instant::now();
-    while srv.try_wait().unwrap().is_none() {
-        assert!(
-            t2.elapsed() < Duration::from_secs(30),
-            "receiver did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // tee's sha256sum
-    let sent = std::fs::read_to_string(dir.path().join("sent.sha")).unwrap();
-    let recv = std::fs::read_to_string(dir.path().join("recv.sha")).unwrap();
-    assert_eq!(
-        sent.split_whitespace().next(),
-        recv.split_whitespace().next(),
-        "bulk data differs"
-    );
-    assert!(sent.len() >= 64);
-    eprintln!(
-        "bulk: {bytes} bytes in {:.2} s = {:.2} Gbit/s",
-        elapsed.as_secs_f64(),
-        bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
-    );
-    elapsed
-}
+use kit::guide;
+use kit::lab::{self, bmemcached, nc, ok, repo, stdout, Lab, Mode, DENIED8, SERVER4, SERVER6};
 
 #[test]
 fn dataplane_forwards_both_families_and_detaches_on_sigterm() {
@@ -353,7 +310,7 @@ fn four_queues_four_workers_carry_parallel_flows() {
 fn one_gib_arrives_byte_exact_through_the_dataplane() {
     lab::with_lab("dpbulk", |lab| {
         lab.start(Mode::PassThrough, &[]).unwrap();
-        let took = bulk(lab, 1 << 30);
+        let took = lab.bulk(1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         let c = st.counters().unwrap();
@@ -468,7 +425,7 @@ fn one_gib_arrives_byte_exact_through_an_l4_rule() {
     lab::with_lab("l4bulk", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
-        let took = bulk(lab, 1 << 30);
+        let took = lab.bulk(1 << 30);
         assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0));
@@ -561,27 +518,6 @@ fn sighup_reloads_the_policy_and_keeps_it_on_errors() {
     });
 }
 
-/// Run Python with bmemcached on a host: each line of `calls` is evaluated
-/// and printed (value or `ERR <status>`), like the guide's interpreter.
-fn bmemcached(lab: &Lab, host: &str, calls: &[&str]) -> Vec<String> {
-    let script = format!(
-        "import bmemcached, sys\n\
-         client = bmemcached.Client(('{SERVER4}:11211',), socket_timeout=3)\n\
-         for line in sys.argv[1:]:\n\
-         \x20   try:\n\
-         \x20       r = eval(line)\n\
-         \x20       print(r.decode() if isinstance(r, bytes) else r)\n\
-         \x20   except bmemcached.exceptions.MemcachedException as e:\n\
-         \x20       print('ERR', e.code)\n"
-    );
-    let mut args = vec!["python3", "-c", &script];
-    args.extend_from_slice(calls);
-    stdout(&lab.exec(host, &args))
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 /// The seed scenarios' key steps through the real enforcer with `policies/`
 /// (what `scripts/demo.sh` shows): per-request memcached and HTTP decisions,
 /// denials in the protocols' own words, denied requests never at the server.
@@ -589,38 +525,11 @@ fn bmemcached(lab: &Lab, host: &str, calls: &[&str]) -> Vec<String> {
 fn seed_scenarios_end_to_end() {
     lab::with_lab("seed", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
-        let nc = |host: &str, text: &str| {
-            stdout(&lab.sh(
-                host,
-                &format!("printf '{text}' | nc -N -w 2 {SERVER4} 11211"),
-            ))
-        };
 
         // Memcached guide.
+        guide::memcached_own_keys(lab);
         assert_eq!(
-            bmemcached(
-                lab,
-                "awing",
-                &[
-                    "client.set('awing-coord','4309.432,918.980',time=2400)",
-                    "client.get('awing-coord')"
-                ]
-            ),
-            ["True", "4309.432,918.980"]
-        );
-        assert_eq!(
-            nc(
-                "xwing",
-                "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
-            ),
-            "STORED\r\n"
-        );
-        assert_eq!(
-            nc("xwing", "get xwing-coord\\r\\n"),
-            "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
-        );
-        assert_eq!(
-            nc("xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
         // Denied, then allowed again on the same connection.
@@ -628,24 +537,20 @@ fn seed_scenarios_end_to_end() {
             bmemcached(
                 lab,
                 "awing",
-                &[
-                    "client.get('xwing-coord')",
-                    "client.set('xwing-coord','0.0,0.0',time=2400)",
-                    "client.get('awing-coord')"
-                ]
+                "show(lambda: client.get('xwing-coord'))\n\
+                 show(lambda: client.set('xwing-coord','0.0,0.0',time=2400))\n\
+                 show(lambda: client.get('awing-coord'))\n",
             ),
-            ["ERR 8", "ERR 8", "4309.432,918.980"]
+            [DENIED8, DENIED8, "4309.432,918.980"]
         );
         assert_eq!(
             bmemcached(
                 lab,
                 "tracker",
-                &[
-                    "client.get('xwing-coord')",
-                    "client.set('awing-coord','0.0,0.0',time=1200)"
-                ]
+                "show(lambda: client.get('xwing-coord'))\n\
+                 show(lambda: client.set('awing-coord','0.0,0.0',time=1200))\n",
             ),
-            ["8893.34,234.3290", "ERR 8"]
+            ["8893.34,234.3290", DENIED8]
         );
         // Nothing denied changed a value.
         assert_eq!(
@@ -653,7 +558,7 @@ fn seed_scenarios_end_to_end() {
             "9852.542,892.1318"
         );
         assert_eq!(
-            nc("tracker", "get xwing-coord\\r\\n"),
+            nc(lab, "tracker", "get xwing-coord\\r\\n"),
             "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
         );
 
@@ -693,14 +598,7 @@ fn seed_scenarios_end_to_end() {
         assert_eq!(puts.len(), 1, "{puts:?}");
         assert_eq!(puts[0]["x_has_force"], "true");
 
-        let st = lab.stop().unwrap();
-        assert_eq!(st.status.code(), Some(0), "{st:?}");
-        let c = st.counters().unwrap();
-        assert_eq!(c["dataplane"]["engine_panics"], 0, "{c}");
-        assert_eq!(
-            c["dataplane"]["umem_frames_unaccounted"], 0,
-            "UMEM leak: {c}"
-        );
+        let c = lab.stop_clean();
         assert!(
             c["engine"]["l7_requests_denied"].as_u64().unwrap() >= 5,
             "{c}"

@@ -6,29 +6,61 @@
 
 mod kit;
 
-use kit::lab::{self, stdout, Lab, Mode, SERVER4};
+use kit::lab::{self, nc, stdout, Lab, Mode, SERVER4};
 
-/// endpoints.yaml + tests/fixtures/compat.yaml: a-wing may use every
-/// command group, x-wing get and set of any key, the tracker only get.
-fn policy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for f in ["policies/endpoints.yaml", "tests/fixtures/compat.yaml"] {
-        let p = lab::repo(f);
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).expect("copy policy");
-    }
+/// Start the enforcer with endpoints.yaml + tests/fixtures/compat.yaml:
+/// a-wing may use every command group, x-wing get and set of any key, the
+/// tracker only get. The directory is the enforcer's as long as it runs.
+fn start_with_policy(lab: &mut Lab) -> tempfile::TempDir {
+    let dir = lab::dir_with(&["tests/fixtures/compat.yaml"]);
+    lab.start(Mode::Policy(dir.path()), &[]).unwrap();
     dir
 }
 
-/// tests/kit/mc_session.py against `addr`: step name -> reply.
-fn session(lab: &Lab, host: &str, addr: &str) -> serde_json::Map<String, serde_json::Value> {
-    let script = lab::repo("tests/kit/mc_session.py");
-    let out = lab.exec(host, &["python3", script.to_str().unwrap(), addr, "11211"]);
-    assert!(
-        out.status.success(),
-        "mc_session on {host}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("session JSON")
+/// A client script of tests/kit (its arguments: address, port) run twice:
+/// on the server against `127.0.0.1` (the server directly) and on the
+/// a-wing against the server (through the enforcer). Both outputs.
+fn direct_and_through(lab: &Lab, script: &str, port: &str) -> (String, String) {
+    let script = lab::repo(script);
+    let script = script.to_str().expect("utf-8 path");
+    let run = |host: &str, addr: &str| {
+        let out = lab.exec(host, &["python3", script, addr, port]);
+        assert!(
+            out.status.success(),
+            "{script} on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    (run("server", "127.0.0.1"), run("awing", SERVER4))
+}
+
+/// Line by line, what the client script read through the enforcer is what
+/// it read directly (lines start with the request's name), except for the
+/// requests `refused` names, which the enforcer resets.
+fn assert_as_directly(direct: &str, through: &str, refused: impl Fn(&str, &str) -> bool) {
+    for (d, t) in direct.lines().zip(through.lines()) {
+        let name = d.split(' ').next().unwrap();
+        if refused(name, d) {
+            assert!(
+                t.ends_with("ConnectionResetError") || t.ends_with("<closed>"),
+                "{name}: through the enforcer {t:?}, directly {d:?}"
+            );
+        } else {
+            assert_eq!(t, d, "through the enforcer vs directly");
+        }
+    }
+}
+
+/// An engine counter of the last counters line; a drop reason no frame had
+/// is absent, read as 0.
+fn engine(c: &serde_json::Value, key: &str) -> u64 {
+    match key.strip_prefix("drops/") {
+        Some(reason) => c["engine"]["drops"][reason].as_u64().unwrap_or(0),
+        None => c["engine"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no engine counter {key}: {c}")),
+    }
 }
 
 /// Replies of one memcached at two moments differ in numbers (cas values,
@@ -55,22 +87,16 @@ fn normalize(step: &str, reply: &str) -> String {
     digits
 }
 
-fn nc(lab: &Lab, host: &str, input: &str) -> String {
-    let script = format!("printf '{input}' | nc -N -w 3 {SERVER4} 11211");
-    stdout(&lab.sh(host, &script))
-}
-
 #[test]
 fn memcached_answers_every_command_and_error_itself() {
-    let prefix = "cmpmc";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
+    lab::with_lab("cmpmc", |lab| {
+        let _pol = start_with_policy(lab);
+        // tests/kit/mc_session.py: step name -> reply.
+        let (direct, through) = direct_and_through(lab, "tests/kit/mc_session.py", "11211");
+        let json = |s: &str| -> serde_json::Map<String, serde_json::Value> {
+            serde_json::from_str(s).expect("session JSON")
         };
-        let pol = policy();
-        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
-        let direct = session(&lab, "server", "127.0.0.1");
-        let through = session(&lab, "awing", SERVER4);
+        let (direct, through) = (json(&direct), json(&through));
         assert_eq!(direct.len(), through.len());
         for (step, want) in &direct {
             let want = want.as_str().unwrap();
@@ -130,22 +156,15 @@ fn memcached_answers_every_command_and_error_itself() {
         // own answer, from the enforcer), and the connection goes on.
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "tracker",
                 "set k 0 0 -1\\r\\nbogus\\r\\n\\r\\nget k\\r\\n"
             ),
             "CLIENT_ERROR access denied\r\nERROR\r\nERROR\r\nEND\r\n"
         );
 
-        let st = lab.stop().unwrap();
-        let c = st.counters().unwrap();
-        assert_eq!(
-            c["engine"]["drops"]["l7-hold-overflow"]
-                .as_u64()
-                .unwrap_or(0),
-            0,
-            "{c}"
-        );
+        let c = lab.stop_clean();
+        assert_eq!(engine(&c, "drops/l7-hold-overflow"), 0, "{c}");
         let v = lab.verdicts();
         assert!(
             v.iter().any(|e| e["kind"] == "memcache"
@@ -153,8 +172,7 @@ fn memcached_answers_every_command_and_error_itself() {
                 && e["command"] == "unknown"),
             "{v:?}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// pymemcache sets `n` keys of ~93 bytes, then reads them with one
@@ -171,13 +189,10 @@ fn multiget(lab: &Lab, n: usize) -> Vec<String> {
          ok = sum(1 for k in keys if got.get(k) == k[:12].encode())\n\
          print(line, ok, c.get('compat:00007:' + 'x' * 80).decode())\n"
     );
-    let out = lab.exec("awing", &["python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out).split_whitespace().map(String::from).collect()
+    lab.python("awing", &script)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 /// A 187 KB line on a fresh connection: the line is held whole until every
@@ -186,44 +201,26 @@ fn multiget(lab: &Lab, n: usize) -> Vec<String> {
 /// memcached (docs/stream.md, "Held heads are acknowledged").
 #[test]
 fn multiget_of_2000_keys() {
-    let prefix = "cmpmg2k";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
-        let pol = policy();
-        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
-        let f = multiget(&lab, 2000);
+    lab::with_lab("cmpmg2k", |lab| {
+        let _pol = start_with_policy(lab);
+        let f = multiget(lab, 2000);
         assert!(f[0].parse::<usize>().unwrap() > 180_000, "{f:?}");
         assert_eq!(&f[1..], ["2000", "compat:00007"], "{f:?}");
-        let st = lab.stop().unwrap();
-        let c = st.counters().unwrap();
+        let c = lab.stop_clean();
         eprintln!("owned retransmits: {}", c["engine"]["l7_owned_retransmits"]);
-        assert_eq!(
-            c["engine"]["drops"]["l7-hold-overflow"]
-                .as_u64()
-                .unwrap_or(0),
-            0,
-            "{c}"
-        );
-        assert_eq!(c["engine"]["l7_requests_denied"].as_u64(), Some(0), "{c}");
-    }
-    lab::assert_clean(prefix);
+        assert_eq!(engine(&c, "drops/l7-hold-overflow"), 0, "{c}");
+        assert_eq!(engine(&c, "l7_requests_denied"), 0, "{c}");
+    });
 }
 
 #[test]
 fn long_multiget_and_binary_groups() {
-    let prefix = "cmpmg";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
-        let pol = policy();
-        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
+    lab::with_lab("cmpmg", |lab| {
+        let _pol = start_with_policy(lab);
         // 140 keys: a 13 KB line, beyond memcached's 2048-byte limit for
         // other commands and the 8 KB the enforcer used to take, within a
         // fresh connection's congestion window (10 segments).
-        let f = multiget(&lab, 140);
+        let f = multiget(lab, 140);
         assert!(f[0].parse::<usize>().unwrap() > 13_000, "{f:?}");
         assert_eq!(&f[1..], ["140", "compat:00007"], "{f:?}");
 
@@ -250,13 +247,11 @@ fn long_multiget_and_binary_groups() {
              print(op(0x1c, b'\\0\\0\\0\\x64', b't'), op(0x1d, b'\\0\\0\\0\\x64', b't'), op(0x23, b'\\0\\0\\0\\x64', b't'))\n\
              print(op(0x0a), op(0x0b), op(0x10), op(0x20), op(0x30))\n"
         );
-        let out = lab.exec("awing", &["python3", "-c", &script]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
+        let lines: Vec<String> = lab
+            .python("awing", &script)
+            .lines()
+            .map(String::from)
+            .collect();
         assert_eq!(lines[0], "True v True True", "{lines:?}");
         assert_eq!(lines[1], "7 6 True", "{lines:?}");
         assert_eq!(lines[2], "v True [('b', 'w')]", "{lines:?}");
@@ -270,32 +265,21 @@ fn long_multiget_and_binary_groups() {
         assert_eq!(&last[..3], ["a/0", "b/0", "10/0"], "{lines:?}");
         assert!(last[3..].iter().all(|r| !r.ends_with("/8")), "{lines:?}");
 
-        let st = lab.stop().unwrap();
-        let c = st.counters().unwrap();
-        assert_eq!(
-            c["engine"]["l7_requests_denied"].as_u64().unwrap_or(0),
-            0,
-            "{c}"
-        );
-    }
-    lab::assert_clean(prefix);
+        let c = lab.stop_clean();
+        assert_eq!(engine(&c, "l7_requests_denied"), 0, "{c}");
+    });
 }
 
 #[test]
 fn memaslap_runs_10_s_with_zero_errors() {
-    let prefix = "cmpms";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("cmpms", |lab| {
         assert!(
             lab.exec("xwing", &["sh", "-c", "command -v memcaslap"])
                 .status
                 .success(),
             "memcaslap (libmemcached-tools) missing: scripts/lib/deps.sh installs it"
         );
-        let pol = policy();
-        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
+        let _pol = start_with_policy(lab);
         // x-wing may get and set any key: memaslap's keys carry control
         // and high bytes, which memcached takes as key bytes.
         let out = lab.exec(
@@ -345,22 +329,10 @@ fn memaslap_runs_10_s_with_zero_errors() {
         eprintln!("memaslap through the enforcer: {ops} ops in 10 s");
         assert!(field("cmd_get:") > 0 && field("cmd_set:") > 0, "{text}");
         assert!(ops > 10_000, "memaslap barely moved: {text}");
-        let st = lab.stop().unwrap();
-        let c = st.counters().unwrap();
-        assert_eq!(
-            c["engine"]["l7_requests_denied"].as_u64().unwrap_or(0),
-            0,
-            "{c}"
-        );
-        assert_eq!(
-            c["engine"]["drops"]["l7-hold-overflow"]
-                .as_u64()
-                .unwrap_or(0),
-            0,
-            "{c}"
-        );
-    }
-    lab::assert_clean(prefix);
+        let c = lab.stop_clean();
+        assert_eq!(engine(&c, "l7_requests_denied"), 0, "{c}");
+        assert_eq!(engine(&c, "drops/l7-hold-overflow"), 0, "{c}");
+    });
 }
 
 /// Kill the processes of `comm` in the lab's `host` namespace (by pid) and
@@ -425,13 +397,7 @@ fn big_values(lab: &Lab, sizes: &[usize]) -> Vec<(usize, bool, f64, f64)> {
          \x20   print(size, ok and g == v, '%.4f' % (t1 - t), '%.4f' % (t2 - t1))\n",
         list.join(", ")
     );
-    let out = lab.exec("awing", &["python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
+    lab.python("awing", &script)
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
@@ -448,12 +414,9 @@ fn big_values(lab: &Lab, sizes: &[usize]) -> Vec<(usize, bool, f64, f64)> {
 #[test]
 fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
     let prefix = "cmpbig";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab(prefix, |lab| {
         // memcached with a 16 MB item limit, in place of the lab's.
-        kill_in(&lab, "server", "memcached", 11211);
+        kill_in(lab, "server", "memcached", 11211);
         let mc = lab.exec(
             "server",
             &[
@@ -482,12 +445,11 @@ fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
             .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
             .collect();
         std::fs::write(www.path().join("big.bin"), &big).unwrap();
-        start_nginx(&lab, www.path());
+        start_nginx(lab, www.path());
 
-        let pol = policy();
-        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
+        let _pol = start_with_policy(lab);
         let sizes = [1_000_000, 8_000_000, 1_000_000, 8_000_000];
-        let through = big_values(&lab, &sizes);
+        let through = big_values(lab, &sizes);
         for (size, ok, set, get) in &through {
             eprintln!("through the enforcer: {size} B set {set:.4} s get {get:.4} s");
             assert!(ok, "{size} B value not read back byte-exact");
@@ -515,46 +477,21 @@ fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
 
         // Request shapes the RFCs allow: nginx's answer through the enforcer
         // is its answer directly, except for the documented refusals.
-        let shapes = lab::repo("tests/kit/http_shapes.py");
-        let shapes = shapes.to_str().unwrap();
-        let direct = stdout(&lab.exec("server", &["python3", shapes, "127.0.0.1", "80"]));
-        let through = stdout(&lab.exec("awing", &["python3", shapes, SERVER4, "80"]));
+        let (direct, through) = direct_and_through(lab, "tests/kit/http_shapes.py", "80");
         assert!(direct.lines().count() > 20, "{direct}");
         // A body on GET: servers disagree on whether they read it (docs/l7.md).
-        let refused = ["get-body"];
-        for (d, t) in direct.lines().zip(through.lines()) {
-            let name = d.split(' ').next().unwrap();
-            if refused.contains(&name) {
-                assert!(
-                    t.ends_with("ConnectionResetError") || t.ends_with("<closed>"),
-                    "{t}"
-                );
-            } else {
-                assert_eq!(t, d, "through the enforcer vs nginx directly");
-            }
-        }
-        let st = lab.stop().unwrap();
-        let c = st.counters().unwrap();
-        assert_eq!(
-            c["engine"]["drops"]["l7-hold-overflow"]
-                .as_u64()
-                .unwrap_or(0),
-            0,
-            "{c}"
-        );
-        assert!(
-            c["engine"]["l7_requests_allowed"].as_u64().unwrap() >= 10,
-            "{c}"
-        );
+        assert_as_directly(&direct, &through, |name, _| name == "get-body");
+        let c = lab.stop_clean();
+        assert_eq!(engine(&c, "drops/l7-hold-overflow"), 0, "{c}");
+        assert!(engine(&c, "l7_requests_allowed") >= 10, "{c}");
 
         // The same through the dataplane alone, for the figures.
         lab.start(Mode::PassThrough, &[]).unwrap();
-        for (size, ok, set, get) in big_values(&lab, &sizes) {
+        for (size, ok, set, get) in big_values(lab, &sizes) {
             eprintln!("pass-through: {size} B set {set:.4} s get {get:.4} s");
             assert!(ok);
         }
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// The 15 shapes a public desync corpus (aws/http-desync-guardian) rates
@@ -564,46 +501,24 @@ fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
 /// enforcer refuses too.
 #[test]
 fn desync_corpus_acceptable_shapes_as_nginx_serves_them() {
-    let prefix = "cmpdg";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("cmpdg", |lab| {
         let www = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(www.path().join("foo")).unwrap();
         std::fs::write(www.path().join("foo/bar"), "bar\n").unwrap();
         std::fs::write(www.path().join("endpoint_a"), "a\n").unwrap();
-        start_nginx(&lab, www.path());
-        let pol = policy();
-        lab.start(Mode::Policy(pol.path()), &[]).unwrap();
-        let corpus = lab::repo("tests/kit/http_desync_corpus.py");
-        let corpus = corpus.to_str().unwrap();
-        let direct = stdout(&lab.exec("server", &["python3", corpus, "127.0.0.1", "80"]));
-        let through = stdout(&lab.exec("awing", &["python3", corpus, SERVER4, "80"]));
+        start_nginx(lab, www.path());
+        let _pol = start_with_policy(lab);
+        let (direct, through) = direct_and_through(lab, "tests/kit/http_desync_corpus.py", "80");
         eprintln!("nginx directly:\n{direct}\nthrough the enforcer:\n{through}");
         assert_eq!(direct.lines().count(), 15, "{direct}");
         assert_eq!(through.lines().count(), 15, "{through}");
         // Refused although nginx serves it: HTTP/0.9, which nginx reads as
         // the line alone and llhttp as a line and a header block (docs/l7.md).
-        let ambiguous = ["dg-http09-simple"];
-        for (d, t) in direct.lines().zip(through.lines()) {
-            let name = d.split(' ').next().unwrap();
+        assert_as_directly(&direct, &through, |name, d| {
             let refused_by_nginx = d.contains(" 400 ") || d.ends_with("<closed>");
-            if ambiguous.contains(&name) || refused_by_nginx {
-                assert!(
-                    t.ends_with("ConnectionResetError") || t.ends_with("<closed>"),
-                    "{name}: through the enforcer {t:?}, nginx {d:?}"
-                );
-            } else {
-                assert_eq!(t, d, "through the enforcer vs nginx directly");
-            }
-        }
-        let st = lab.stop().unwrap();
-        let c = st.counters().unwrap();
-        assert!(
-            c["engine"]["l7_requests_allowed"].as_u64().unwrap() >= 4,
-            "{c}"
-        );
-    }
-    lab::assert_clean(prefix);
+            name == "dg-http09-simple" || refused_by_nginx
+        });
+        let c = lab.stop_clean();
+        assert!(engine(&c, "l7_requests_allowed") >= 4, "{c}");
+    });
 }

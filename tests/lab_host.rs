@@ -8,28 +8,8 @@ mod kit;
 
 use std::time::{Duration, Instant};
 
-use kit::lab::{self, bmemcached, nc, ok, repo, stdout, Lab, Mode, DENIED8, SERVER4};
-
-/// A policy directory with the endpoints and no policy.
-fn endpoints_only() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        repo("policies/endpoints.yaml"),
-        dir.path().join("endpoints.yaml"),
-    )
-    .expect("copy");
-    dir
-}
-
-/// A policy directory with the endpoints and the given files.
-fn dir_with(files: &[&str]) -> tempfile::TempDir {
-    let dir = endpoints_only();
-    for f in files {
-        let p = repo(f);
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).expect("copy");
-    }
-    dir
-}
+use kit::guide;
+use kit::lab::{self, dir_with, endpoints_only, nc, repo, stdout, Lab, Mode, SERVER4};
 
 fn http_code(lab: &Lab, host: &str, args: &[&str]) -> String {
     let mut a = vec![
@@ -47,222 +27,32 @@ fn http_code(lab: &Lab, host: &str, args: &[&str]) -> String {
     stdout(&lab.exec(host, &a))
 }
 
-/// Stop cleanly and check that nothing the enforcer added is left.
-fn stop_clean(lab: &mut Lab) -> serde_json::Value {
-    let st = lab.stop().expect("running");
-    assert_eq!(st.status.code(), Some(0), "{st:?}");
-    let left = lab.host_leftovers();
-    assert!(left.is_empty(), "left after a clean stop: {left:?}");
-    let c = st.counters().expect("counters");
-    assert_eq!(c["dataplane"]["engine_panics"], 0, "{c}");
-    assert_eq!(
-        c["dataplane"]["umem_frames_unaccounted"], 0,
-        "UMEM leak: {c}"
-    );
-    c
-}
-
+/// The memcached guide in host mode (see `kit::guide::memcached`).
 #[test]
 fn memcached_guide_in_host_mode() {
-    let prefix = "hmmc";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
-        // Steps 3 and 4: no policy selects the server yet: host mode refuses
-        // to start, and the server answers everyone directly.
-        let open = endpoints_only();
-        let e = lab.start(Mode::Policy(open.path()), &[]).unwrap_err();
-        assert!(e.contains("no policy selects this host"), "{e}");
-        let aw = bmemcached(
-            &lab,
-            "awing",
-            "show(lambda: client.set('awing-coord', '4309.432,918.980', time=2400))\n\
-             show(lambda: client.get('awing-coord'))\n",
-        );
-        assert_eq!(aw, ["True", "4309.432,918.980"]);
-        assert_eq!(
-            nc(
-                &lab,
-                "xwing",
-                "set xwing-coord 0 1200 16\\r\\n8893.34,234.3290\\r\\n"
-            ),
-            "STORED\r\n"
-        );
-        assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
-            "VALUE awing-coord 0 16\r\n4309.432,918.980\r\nEND\r\n",
-            "over-privileged before the policy"
-        );
-
-        // Step 5: the seed policy, enforced by the server itself.
-        lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
-        let ready = lab.ready_line();
-        assert!(
-            ready.contains("mode=host")
-                && ready.contains("host=server")
-                && ready.contains("addresses=10.66.0.2,fd66::2"),
-            "{ready}"
-        );
-        assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
-            "CLIENT_ERROR access denied\r\n"
-        );
-        let aw = bmemcached(
-            &lab,
-            "awing",
-            "show(lambda: client.get('awing-coord'))\n\
-             show(lambda: client.get('xwing-coord'))\n\
-             show(lambda: client.get('awing-coord'))\n\
-             show(lambda: client.set('awing-coord', '9852.542,892.1318', time=1200))\n\
-             show(lambda: client.get('awing-coord'))\n",
-        );
-        assert_eq!(
-            aw,
-            [
-                "4309.432,918.980",
-                DENIED8,
-                "4309.432,918.980",
-                "True",
-                "9852.542,892.1318"
-            ],
-            "the next get after a denial succeeds, no retry"
-        );
-        let tr = bmemcached(
-            &lab,
-            "tracker",
-            "show(lambda: client.get('xwing-coord'))\n\
-             show(lambda: client.set('awing-coord', '0.0,0.0', time=1200))\n\
-             show(lambda: client.get('awing-coord'))\n",
-        );
-        assert_eq!(tr, ["8893.34,234.3290", DENIED8, "9852.542,892.1318"]);
-        assert_eq!(
-            nc(
-                &lab,
-                "xwing",
-                "get xwing-coord\\r\\nget awing-coord\\r\\nget xwing-coord\\r\\n"
-            ),
-            "VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n\
-             CLIENT_ERROR access denied\r\n\
-             VALUE xwing-coord 0 16\r\n8893.34,234.3290\r\nEND\r\n"
-        );
-        assert_eq!(
-            nc(&lab, "tracker", "get awing-coord xwing-coord\\r\\n"),
-            "CLIENT_ERROR access denied\r\n"
-        );
-        assert_eq!(
-            lab.memcache_roundtrip("awing", "awing-coord", "1.0,2.0"),
-            "1.0,2.0"
-        );
-        // No rule for the outsider: it cannot even connect.
-        assert_eq!(nc(&lab, "outsider", "get awing-coord\\r\\n"), "");
-        // IPv6 too.
-        let r = lab.sh(
-            "xwing",
-            "printf 'get awing-coord\\r\\n' | nc -N -w 3 fd66::2 11211",
-        );
-        assert_eq!(stdout(&r), "CLIENT_ERROR access denied\r\n");
-
-        let c = stop_clean(&mut lab);
-        assert!(
-            c["engine"]["l7_requests_denied"].as_u64().unwrap() >= 6,
-            "{c}"
-        );
-        let v = lab.verdicts();
-        assert!(
-            v.iter().any(|e| e["kind"] == "memcache"
-                && e["verdict"] == "deny"
-                && e["keys"][0] == "xwing-coord"),
-            "{v:?}"
-        );
-    }
-    lab::assert_clean(prefix);
+    lab::with_host_lab("hmmc", |lab| {
+        guide::memcached(lab);
+    });
 }
 
 #[test]
 fn starwars_in_host_mode_over_ipv4_and_ipv6() {
-    let prefix = "hmsw";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmsw", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
         assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
-        for base in ["http://10.66.0.2", "http://[fd66::2]"] {
-            let landing = lab.curl(
-                "awing",
-                &format!("{base}/v1/request-landing"),
-                &["-X", "POST"],
-            );
-            assert_eq!(stdout(&landing), "Ship landed\n");
-            let api = stdout(&lab.curl("xwing", &format!("{base}/v1/"), &[]));
-            assert!(api.contains("\"name\": \"Death Star\""), "{api}");
-            let port = stdout(&lab.curl(
-                "xwing",
-                &format!("{base}/v1/exhaust-port"),
-                &["-i", "-X", "PUT"],
-            ));
-            assert!(port.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{port}");
-            assert!(port.ends_with("Access denied\r\n"), "{port}");
-            let force = stdout(&lab.curl(
-                "xwing",
-                &format!("{base}/v1/exhaust-port"),
-                &["-i", "-X", "PUT", "-H", "X-Has-Force: true"],
-            ));
-            assert!(force.starts_with("HTTP/1.1 503"), "{force}");
-            assert!(force.contains("Panic: deathstar exploded"), "{force}");
-            // Not a spaceship: no rule, no connection.
-            let r = lab.curl("tracker", &format!("{base}/v1/"), &[]);
-            assert_eq!(r.status.code(), Some(28), "{r:?}");
-        }
-        // One connection: 200, 403, 200.
-        let w = "%{http_code} %{num_connects}\\n";
-        let mut a = vec!["curl", "-s", "-m", "5"];
-        for (i, (m, path)) in [
-            ("GET", "/v1/"),
-            ("PUT", "/v1/exhaust-port"),
-            ("GET", "/v1/"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            if i > 0 {
-                a.push("--next");
-            }
-            a.extend_from_slice(&["-o", "/dev/null", "-w", w, "-X", m]);
-            a.push(if *path == "/v1/" {
-                "http://10.66.0.2/v1/"
-            } else {
-                "http://10.66.0.2/v1/exhaust-port"
-            });
-        }
-        let lines: Vec<String> = stdout(&lab.exec("xwing", &a))
-            .lines()
-            .map(String::from)
-            .collect();
-        assert_eq!(lines, ["200 1", "403 0", "200 0"], "one TCP connection");
+        guide::starwars(lab);
+        guide::denial_keeps_the_connection(lab);
         assert!(lab.ping("xwing", SERVER4), "the x-wing's radar ping");
-        let seen = lab.deathstar_log();
-        assert!(
-            seen.iter().all(|e| e["method"] != "PUT"
-                || e["path"] != "/v1/exhaust-port"
-                || e["x_has_force"] == "true"),
-            "{seen:?}"
-        );
-        stop_clean(&mut lab);
+        lab.stop_clean();
         // The host answers directly again.
-        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
-    }
-    lab::assert_clean(prefix);
+        assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
+    });
 }
 
 #[test]
 fn egress_l7_rule_judges_connections_the_host_opens() {
     let prefix = "hmeg";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab(prefix, |lab| {
         // An HTTP service on the a-wing for the server to call.
         let log = format!("/run/enforcer-lab/{}/awing-http.log", lab.prefix);
         let deathstar = repo("scripts/deathstar.py");
@@ -286,7 +76,7 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         for base in ["http://10.66.0.11:8080", "http://[fd66::11]:8080"] {
             assert_eq!(
-                http_code(&lab, "server", &[&format!("{base}/v1/")]),
+                http_code(lab, "server", &[&format!("{base}/v1/")]),
                 "200",
                 "{base}"
             );
@@ -301,7 +91,7 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
         let r = lab.curl("server", "http://10.66.0.12/v1/", &[]);
         assert_eq!(r.status.code(), Some(28), "{r:?}");
         // Ingress is still judged while egress is.
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
         let seen: Vec<serde_json::Value> = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
@@ -318,11 +108,10 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
             .verdicts()
             .iter()
             .any(|e| e["kind"] == "http" && e["verdict"] == "deny"));
-        stop_clean(&mut lab);
+        lab.stop_clean();
         let _ = srv.kill();
         let _ = srv.wait();
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// A long-lived echo connection from the a-wing to the server's port 9000
@@ -422,11 +211,7 @@ fn within_seconds(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn stop_kill_and_restart_with_a_connection_open() {
-    let prefix = "hmlc";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmlc", |lab| {
         let dir = dir_with(&[
             "policies/sw-deathstar-http.yaml",
             "tests/fixtures/bulk-l4.yaml",
@@ -434,24 +219,24 @@ fn stop_kill_and_restart_with_a_connection_open() {
         let put =
             |lab: &Lab| http_code(lab, "xwing", &["-XPUT", "http://10.66.0.2/v1/exhaust-port"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(put(&lab), "403", "enforced");
-        let echo = Echo::start(&lab);
+        assert_eq!(put(lab), "403", "enforced");
+        let echo = Echo::start(lab);
 
         // Clean stop: everything removed, the host answers directly (the
         // deathstar itself answers a forceless PUT with 503).
-        stop_clean(&mut lab);
-        assert_eq!(put(&lab), "503", "unenforced after a clean stop");
+        lab.stop_clean();
+        assert_eq!(put(lab), "503", "unenforced after a clean stop");
         echo.advances("after a clean stop");
 
         // Start again: enforcement is back, the open connection picked up.
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(put(&lab), "403");
+        assert_eq!(put(lab), "403");
         echo.advances("after a restart");
 
         // kill -9 (fail open, the default): the host is reachable directly.
         let st = lab.kill().unwrap();
         assert!(st.status.code().is_none(), "killed: {st:?}");
-        within_seconds("reachable after kill -9", || put(&lab) == "503");
+        within_seconds("reachable after kill -9", || put(lab) == "503");
         assert!(lab.ping("tracker", SERVER4), "not black-holed");
         echo.advances("after kill -9");
         let left = lab.host_leftovers();
@@ -463,7 +248,7 @@ fn stop_kill_and_restart_with_a_connection_open() {
         // Restart: what the dead run left goes, enforcement within seconds.
         let t = Instant::now();
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(put(&lab), "403");
+        assert_eq!(put(lab), "403");
         eprintln!("enforcing again {:?} after the restart began", t.elapsed());
         // Nothing of the dead run next to the new one: one TAP, one program,
         // one rule per address.
@@ -492,20 +277,15 @@ fn stop_kill_and_restart_with_a_connection_open() {
             );
         }
         echo.advances("after kill -9 and a restart");
-        stop_clean(&mut lab);
+        lab.stop_clean();
         let out = echo.finish();
         assert!(out.starts_with("OK "), "{out}");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn fail_closed_keeps_the_host_closed_after_a_crash() {
-    let prefix = "hmfc";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmfc", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &["--fail", "closed"])
             .unwrap();
         assert!(lab.ready_line().contains("fail=closed"));
@@ -529,19 +309,14 @@ fn fail_closed_keeps_the_host_closed_after_a_crash() {
             lab.enforcer_stdout()
         );
         assert!(lab.ping("xwing", SERVER4), "enforcing again");
-        stop_clean(&mut lab);
+        lab.stop_clean();
         assert!(lab.ping("tracker", SERVER4), "open after a clean stop");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn host_firewall_form_and_refusals() {
-    let prefix = "hmfw";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmfw", |lab| {
         // Cilium's host firewall: a clusterwide policy with nodeSelector.
         let dir = dir_with(&["tests/fixtures/host-firewall.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
@@ -550,25 +325,25 @@ fn host_firewall_form_and_refusals() {
             "{}",
             lab.ready_line()
         );
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
-        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
         assert_eq!(
-            nc(&lab, "awing", "get awing-coord\\r\\n"),
+            nc(lab, "awing", "get awing-coord\\r\\n"),
             "",
             "11211 closed"
         );
         // A reload keeps the host endpoint (nodeSelector still selects it).
         lab.signal(libc::SIGHUP);
         assert!(lab.wait_stdout("policy reloaded", 1));
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
-        assert_eq!(http_code(&lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "000");
         // SSH is cut by this policy: said at start.
         assert!(
             lab.enforcer_stderr().contains("TCP/22"),
             "{}",
             lab.enforcer_stderr()
         );
-        stop_clean(&mut lab);
+        lab.stop_clean();
 
         // The same policy with no Endpoints entry for the server: the host's
         // addresses make an endpoint of their own.
@@ -589,9 +364,9 @@ fn host_firewall_form_and_refusals() {
             "{}",
             lab.ready_line()
         );
-        assert_eq!(http_code(&lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
-        assert_eq!(http_code(&lab, "awing", &["http://10.66.0.2/v1/"]), "000");
-        stop_clean(&mut lab);
+        assert_eq!(http_code(lab, "xwing", &["http://10.66.0.2/v1/"]), "200");
+        assert_eq!(http_code(lab, "awing", &["http://10.66.0.2/v1/"]), "000");
+        lab.stop_clean();
 
         // Refusals say what to do and leave nothing behind.
         let run = |args: &[&str]| {
@@ -618,56 +393,21 @@ fn host_firewall_form_and_refusals() {
         }
         let left = lab.host_leftovers();
         assert!(left.is_empty(), "refusals leave nothing: {left:?}");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn one_gib_arrives_byte_exact_in_host_mode() {
-    let prefix = "hmgb";
-    {
-        let Some(mut lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmgb", |lab| {
         let dir = dir_with(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().display();
-        let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
-        let mut srv = lab.spawn("server", &["bash", "-c", &server]);
-        lab.wait_listen("server", 9000);
-        let t = Instant::now();
-        let client = format!(
-            "set -o pipefail; head -c 1073741824 /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
-        );
-        let out = lab.exec("awing", &["bash", "-c", &client]);
-        assert!(ok(&out), "sender: {}", String::from_utf8_lossy(&out.stderr));
-        let elapsed = t.elapsed();
-        let t2 = Instant::now();
-        while srv.try_wait().unwrap().is_none() {
-            assert!(
-                t2.elapsed() < Duration::from_secs(30),
-                "receiver did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = std::fs::read_to_string(tmp.path().join("sent.sha")).unwrap();
-        let recv = std::fs::read_to_string(tmp.path().join("recv.sha")).unwrap();
-        assert!(sent.len() >= 64);
-        assert_eq!(
-            sent.split_whitespace().next(),
-            recv.split_whitespace().next(),
-            "1 GiB differs"
-        );
-        eprintln!("1 GiB through host mode in {:.2} s", elapsed.as_secs_f64());
-        let c = stop_clean(&mut lab);
+        lab.bulk(1 << 30);
+        let c = lab.stop_clean();
         assert!(
             c["dataplane"]["rx_frames"].as_u64().unwrap() > 500_000,
             "{c}"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// No `--policy`: /etc/enforcer/ is read and the ready line says so. The
@@ -675,11 +415,7 @@ fn one_gib_arrives_byte_exact_in_host_mode() {
 /// own /etc is never touched.
 #[test]
 fn without_policy_flag_etc_enforcer_is_read() {
-    let prefix = "hmet";
-    {
-        let Some(lab) = Lab::up_host(prefix) else {
-            return;
-        };
+    lab::with_host_lab("hmet", |lab| {
         let over = tempfile::tempdir().unwrap();
         let upper = over.path().join("upper");
         let work = over.path().join("work");
@@ -718,11 +454,7 @@ fn without_policy_flag_etc_enforcer_is_read() {
                 break;
             }
         }
-        let enforced = http_code(
-            &lab,
-            "xwing",
-            &["-XPUT", "http://10.66.0.2/v1/exhaust-port"],
-        );
+        let enforced = http_code(lab, "xwing", &["-XPUT", "http://10.66.0.2/v1/exhaust-port"]);
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let st = child.wait().unwrap();
         let ready = ready.expect("ready line");
@@ -737,6 +469,5 @@ fn without_policy_flag_etc_enforcer_is_read() {
             "{:?}",
             lab.host_leftovers()
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }

@@ -10,18 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kit::lab::{self, nc, ok, stdout, Lab, Mode, SERVER4};
-
-/// A policy directory holding only the lab's endpoints: nothing enforced.
-fn endpoints_only() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        lab::repo("policies/endpoints.yaml"),
-        dir.path().join("endpoints.yaml"),
-    )
-    .expect("copy");
-    dir
-}
+use kit::lab::{self, endpoints_only, nc, ok, stdout, Lab, Mode, SERVER4};
 
 fn json(o: &std::process::Output) -> serde_json::Value {
     assert!(
@@ -61,10 +50,7 @@ fn open_exhaust() -> String {
 #[test]
 fn status_and_policy_get_import_delete_against_a_running_enforcer() {
     let prefix = "opsctl";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab(prefix, |lab| {
         let dir = endpoints_only();
         lab.start(Mode::Policy(dir.path()), &["--no-watch"])
             .unwrap();
@@ -96,7 +82,7 @@ fn status_and_policy_get_import_delete_against_a_running_enforcer() {
         }
 
         // Nothing enforced yet: the PUT reaches the deathstar.
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
 
         // Import: the new revision, and the rules in force at once.
         let file = dir
@@ -110,8 +96,8 @@ fn status_and_policy_get_import_delete_against_a_running_enforcer() {
         assert!(ok(&out), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(stdout(&out), "Revision: 2\n");
         assert!(dir.path().join(file.file_name().unwrap()).exists());
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
-        assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(http(lab, "xwing", "GET", "/v1/", &[]), "200");
 
         // A broken import names file, line and field, and changes nothing.
         let bad = dir
@@ -139,8 +125,8 @@ fn status_and_policy_get_import_delete_against_a_running_enforcer() {
         );
         assert!(err.contains(&at), "{at:?} not in {err}");
         assert!(!dir.path().join(bad.file_name().unwrap()).exists());
-        assert_eq!(revision(&lab), 2);
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(revision(lab), 2);
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
         let st = json(&lab.ctl(&["status", "-o", "json"]));
         assert_eq!(st["policy"]["last_reload"]["ok"], false);
         assert_eq!(st["policy"]["reloads_failed"], 1);
@@ -174,7 +160,7 @@ fn status_and_policy_get_import_delete_against_a_running_enforcer() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!dir.path().join(file.file_name().unwrap()).exists());
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
 
         // SIGHUP reloads what is on disk.
         std::fs::copy(
@@ -182,11 +168,11 @@ fn status_and_policy_get_import_delete_against_a_running_enforcer() {
             dir.path().join("sw.yaml"),
         )
         .unwrap();
-        assert_eq!(revision(&lab), 3, "--no-watch: no reload without a signal");
+        assert_eq!(revision(lab), 3, "--no-watch: no reload without a signal");
         lab.signal(libc::SIGHUP);
         assert!(lab.wait_stdout("policy reloaded", 3));
-        assert_eq!(revision(&lab), 4);
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(revision(lab), 4);
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
 
         // Clients reach this enforcer only through its own socket.
         let out = Command::new(lab::BIN)
@@ -199,8 +185,7 @@ fn status_and_policy_get_import_delete_against_a_running_enforcer() {
         let stopped = lab.stop().expect("stopped");
         assert!(stopped.status.success(), "{}", stopped.stderr);
         assert!(!lab.control.exists(), "socket removed at exit");
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// Removes a file when dropped.
@@ -213,21 +198,17 @@ impl Drop for Remove {
 
 #[test]
 fn a_changed_file_in_the_policy_directory_is_reloaded() {
-    let prefix = "opswatch";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("opswatch", |lab| {
         let dir = endpoints_only();
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
         std::fs::copy(
             lab::repo("policies/sw-deathstar-http.yaml"),
             dir.path().join("sw.yaml"),
         )
         .unwrap();
         assert!(lab.wait_stdout("change in the directory, revision 2", 1));
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
         // A broken edit is refused with a log line; the old rules stay.
         std::fs::write(
             dir.path().join("sw.yaml"),
@@ -247,8 +228,8 @@ fn a_changed_file_in_the_policy_directory_is_reloaded() {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(lab.enforcer_stderr().contains("sw.yaml"));
-        assert_eq!(revision(&lab), 2);
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(revision(lab), 2);
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
         // An import is not reloaded a second time by the watcher.
         std::fs::remove_file(dir.path().join("sw.yaml")).unwrap();
         assert!(lab.wait_stdout("change in the directory, revision 3", 1));
@@ -259,10 +240,9 @@ fn a_changed_file_in_the_policy_directory_is_reloaded() {
             "Revision: 4\n"
         );
         std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(revision(&lab), 4);
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
-    }
-    lab::assert_clean(prefix);
+        assert_eq!(revision(lab), 4);
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+    });
 }
 
 /// `enforcer observe ARGS -o json` against the lab, its output collected.
@@ -317,11 +297,7 @@ fn sig(v: &serde_json::Value) -> String {
 
 #[test]
 fn observe_filters_show_exactly_the_matching_events() {
-    let prefix = "opsobs";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("opsobs", |lab| {
         let dir = lab::policy_dir(&[]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         let filters: &[&[&str]] = &[
@@ -345,25 +321,25 @@ fn observe_filters_show_exactly_the_matching_events() {
                 "tcp",
             ],
         ];
-        let obs: Vec<Child> = filters.iter().map(|f| observer(&lab, f)).collect();
+        let obs: Vec<Child> = filters.iter().map(|f| observer(lab, f)).collect();
         std::thread::sleep(Duration::from_millis(500));
         // The scripted sequence: one connection each.
-        assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(http(lab, "xwing", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
         assert_eq!(
-            http(&lab, "awing", "POST", "/v1/request-landing", &[]),
+            http(lab, "awing", "POST", "/v1/request-landing", &[]),
             "200"
         );
         assert_eq!(
-            nc(&lab, "awing", "set awing-coord 0 0 3\\r\\nabc\\r\\n"),
+            nc(lab, "awing", "set awing-coord 0 0 3\\r\\nabc\\r\\n"),
             "STORED\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
         // The outsider is "world": denied at L3/L4 (its SYN dropped).
-        assert_ne!(http(&lab, "outsider", "GET", "/v1/", &["-m", "1"]), "200");
+        assert_ne!(http(lab, "outsider", "GET", "/v1/", &["-m", "1"]), "200");
         std::thread::sleep(Duration::from_millis(500));
         let got: Vec<Vec<String>> = obs
             .into_iter()
@@ -420,7 +396,7 @@ fn observe_filters_show_exactly_the_matching_events() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
         let t = Instant::now();
         while c.try_wait().unwrap().is_none() {
             assert!(
@@ -437,8 +413,7 @@ fn observe_filters_show_exactly_the_matching_events() {
         );
         let st = json(&lab.ctl(&["status", "-o", "json"]));
         assert_eq!(st["counters"]["events_undelivered"], 0);
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// A metric's value, summed over the series whose labels contain `labels`.
@@ -458,30 +433,26 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> u64 {
 
 #[test]
 fn metrics_count_what_was_sent() {
-    let prefix = "opsmet";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("opsmet", |lab| {
         let dir = lab::policy_dir(&[]);
         lab.start(Mode::Policy(dir.path()), &["--metrics", "127.0.0.1:9464"])
             .unwrap();
         for _ in 0..5 {
-            assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
+            assert_eq!(http(lab, "xwing", "GET", "/v1/", &[]), "200");
         }
         for _ in 0..3 {
-            assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+            assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
         }
         for _ in 0..2 {
             assert_eq!(
-                nc(&lab, "xwing", "get awing-coord\\r\\n"),
+                nc(lab, "xwing", "get awing-coord\\r\\n"),
                 "CLIENT_ERROR access denied\r\n"
             );
         }
         // Four requests on one connection: 3 allowed, 1 denied.
         assert_eq!(
             nc(
-                &lab,
+                lab,
                 "awing",
                 "set awing-coord 0 0 1\\r\\nx\\r\\nget awing-coord\\r\\nget awing-coord\\r\\nget xwing-coord\\r\\n"
             ),
@@ -599,17 +570,12 @@ fn metrics_count_what_was_sent() {
                 "the dashboard queries {n}, /metrics has no such series"
             );
         }
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 #[test]
 fn twenty_reloads_under_wrk_lose_no_request_and_switch_rules_when_asked() {
-    let prefix = "opswrk";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("opswrk", |lab| {
         let dir = lab::policy_dir(&[]);
         lab.start(Mode::Policy(dir.path()), &["--no-watch"])
             .unwrap();
@@ -656,12 +622,12 @@ fn twenty_reloads_under_wrk_lose_no_request_and_switch_rules_when_asked() {
                     .count();
                 lab.signal(libc::SIGHUP);
                 assert!(lab.wait_stdout("policy reloaded", before + 1));
-                assert_eq!(revision(&lab), i + 2);
+                assert_eq!(revision(lab), i + 2);
             }
             // The new rules apply to the very next request.
             let want = if opened { "503" } else { "403" };
             assert_eq!(
-                http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]),
+                http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]),
                 want,
                 "reload {i}"
             );
@@ -683,8 +649,7 @@ fn twenty_reloads_under_wrk_lose_no_request_and_switch_rules_when_asked() {
         assert_eq!(st["policy"]["reloads_ok"], 20);
         assert_eq!(st["policy"]["reloads_failed"], 0);
         assert!(Path::new(&lab.control).exists());
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// The 2017 demo's transcript, step by step (scripts/demo.sh starwars-2017
@@ -736,33 +701,29 @@ fn the_2017_starwars_transcript_passes() {
 
 #[test]
 fn audit_mode_forwards_would_be_denials_and_logs_them() {
-    let prefix = "opsaud";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("opsaud", |lab| {
         let dir = lab::policy_dir(&[]);
         lab.start(
             Mode::Policy(dir.path()),
             &["--audit", "--metrics", "127.0.0.1:9464"],
         )
         .unwrap();
-        let obs = observer(&lab, &["--verdict", "audit"]);
+        let obs = observer(lab, &["--verdict", "audit"]);
         std::thread::sleep(Duration::from_millis(500));
         // HTTP: denied without the header, so the deathstar answers itself.
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
-        assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(lab, "xwing", "GET", "/v1/", &[]), "200");
         // memcached: the x-wing may not read the a-wing's key.
         assert_eq!(
-            nc(&lab, "awing", "set awing-coord 0 0 3\\r\\nabc\\r\\n"),
+            nc(lab, "awing", "set awing-coord 0 0 3\\r\\nabc\\r\\n"),
             "STORED\r\n"
         );
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "VALUE awing-coord 0 3\r\nabc\r\nEND\r\n"
         );
         // L3/L4: the outsider (world) is let in.
-        assert_eq!(http(&lab, "outsider", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(lab, "outsider", "GET", "/v1/", &[]), "200");
         std::thread::sleep(Duration::from_millis(300));
         let got: Vec<String> = events(obs)
             .iter()
@@ -801,8 +762,7 @@ fn audit_mode_forwards_would_be_denials_and_logs_them() {
             ),
             1
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }
 
 /// The deathstar policy annotated for audit.
@@ -817,22 +777,18 @@ fn audited_deathstar() -> String {
 
 #[test]
 fn a_policy_annotated_for_audit_audits_its_endpoint_until_another_policy_enforces_it() {
-    let prefix = "opspaud";
-    {
-        let Some(mut lab) = Lab::up(prefix) else {
-            return;
-        };
+    lab::with_lab("opspaud", |lab| {
         let dir = endpoints_only();
         let text = audited_deathstar();
         assert!(text.contains("enforcer.io/audit"));
         std::fs::write(dir.path().join("sw.yaml"), text).unwrap();
         lab.start(Mode::Policy(dir.path()), &["--no-watch"])
             .unwrap();
-        let obs = observer(&lab, &["--verdict", "audit"]);
+        let obs = observer(lab, &["--verdict", "audit"]);
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
-        assert_eq!(http(&lab, "outsider", "GET", "/v1/", &[]), "200");
-        assert_eq!(http(&lab, "xwing", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "503");
+        assert_eq!(http(lab, "outsider", "GET", "/v1/", &[]), "200");
+        assert_eq!(http(lab, "xwing", "GET", "/v1/", &[]), "200");
         std::thread::sleep(Duration::from_millis(300));
         let got: Vec<String> = events(obs).iter().map(sig).collect();
         assert_eq!(
@@ -857,12 +813,11 @@ fn a_policy_annotated_for_audit_audits_its_endpoint_until_another_policy_enforce
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(http(&lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
-        assert_ne!(http(&lab, "outsider", "GET", "/v1/", &["-m", "1"]), "200");
+        assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
+        assert_ne!(http(lab, "outsider", "GET", "/v1/", &["-m", "1"]), "200");
         assert_eq!(
-            nc(&lab, "xwing", "get awing-coord\\r\\n"),
+            nc(lab, "xwing", "get awing-coord\\r\\n"),
             "CLIENT_ERROR access denied\r\n"
         );
-    }
-    lab::assert_clean(prefix);
+    });
 }

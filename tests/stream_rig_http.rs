@@ -142,13 +142,10 @@ proptest! {
     fn random_mixes_and_faults(
         reqs in proptest::collection::vec(req(), 1..10),
         pipelined in any::<bool>(),
-        drop in 0u32..15,
-        dup in 0u32..10,
-        reorder in 0u32..30,
-        split in 0u32..30,
+        faults in kit::rig::faults(),
         seed in any::<u64>(),
     ) {
-        run(&reqs, pipelined, Faults::new(drop, dup, reorder, split), seed);
+        run(&reqs, pipelined, faults, seed);
     }
 }
 

@@ -120,13 +120,28 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A scratch directory for one test holding `capture` as `name`, and the
+/// capture's path.
+fn scratch_with(capture: Capture, name: &str) -> (Replay, PathBuf) {
+    let r = Replay::new(PathBuf::new());
+    let input = r.path(name);
+    capture.write(&input);
+    (r, input)
+}
+
+/// `text` (a suggestion, a line of output) contains every one of `wants`.
+#[track_caller]
+fn assert_contains_all(text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+}
+
 // ================================================================ what-if
 
 #[test]
 fn what_if_without_the_force_rule_lists_exactly_the_exhaust_port_request() {
-    let r = Replay::new(PathBuf::new());
-    let input = r.path("in.pcap");
-    starwars().write(&input);
+    let (r, input) = scratch_with(starwars(), "in.pcap");
     // The Force is no longer required: the exhaust-port rule without its header.
     let no_force = SW.replace(
         "          headers:\n          - \"X-Has-Force: true\"\n",
@@ -151,14 +166,12 @@ fn what_if_without_the_force_rule_lists_exactly_the_exhaust_port_request() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "one change and the summary:\n{stdout}");
     let change = lines[0];
-    for want in [
+    assert_contains_all(change, &[
         "a-wing -> server",
         "10.66.0.2:80",
         "http PUT deathstar/v1/exhaust-port",
         "deny (no L7 rule matches) -> allow (deathstar-http/spec.ingress[0].toPorts[0]/http[2])",
-    ] {
-        assert!(change.contains(want), "{want:?} in {change:?}");
-    }
+    ]);
     // Decisions: 2 flows (a-wing, x-wing) and the outsider's, 5 HTTP
     // requests, 1 memcached request.
     assert_eq!(
@@ -230,9 +243,7 @@ fn what_if_without_the_force_rule_lists_exactly_the_exhaust_port_request() {
 
 #[test]
 fn what_if_against_itself_changes_nothing() {
-    let r = Replay::new(PathBuf::new());
-    let input = r.path("in.pcap");
-    starwars().write(&input);
+    let (r, input) = scratch_with(starwars(), "in.pcap");
     let out = r.path("out.pcap");
     let (ok, stdout, stderr) = enforcer(&[
         "replay",
@@ -343,6 +354,35 @@ fn l7_decisions(run: &kit::replay::Run) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Replays `input` under the policy directory `dir`, which must succeed:
+/// "verdict request" per L7 decision.
+fn l7_verdicts_under(r: &Replay, dir: &Path, input: &Path) -> Vec<String> {
+    let run = r.file(dir, input, &[]);
+    assert!(run.ok, "{}", run.stderr);
+    l7_decisions(&run)
+        .into_iter()
+        .map(|(v, w)| format!("{v} {w}"))
+        .collect()
+}
+
+/// Installs a suggestion (see `install`) and replays the capture it came
+/// from under it: every decision an allow, `l7` of them of L7 requests.
+/// The policy directory.
+fn install_allowing(r: &Replay, name: &str, yaml: &str, input: &Path, l7: usize) -> PathBuf {
+    let dir = install(r, name, yaml);
+    let same = r.file(&dir, input, &[]);
+    assert!(same.ok, "{}", same.stderr);
+    let got = l7_decisions(&same);
+    assert_eq!(got.len(), l7, "{got:?}");
+    assert!(got.iter().all(|(v, _)| v == "allow"), "{got:?}");
+    assert!(
+        same.log.iter().all(|e| e["verdict"] == "allow"),
+        "{:?}",
+        same.log
+    );
+    dir
+}
+
 /// Writes `yaml` next to the shipped endpoints and checks it the way an
 /// operator would.
 fn install(r: &Replay, name: &str, yaml: &str) -> PathBuf {
@@ -354,30 +394,22 @@ fn install(r: &Replay, name: &str, yaml: &str) -> PathBuf {
 
 #[test]
 fn suggestion_from_the_memcached_guide_allows_its_traffic_and_no_foreign_key() {
-    let r = Replay::new(PathBuf::new());
-    let input = r.path("fleet.pcap");
-    fleet().write(&input);
+    let (r, input) = scratch_with(fleet(), "fleet.pcap");
     let yaml = suggest(&input, &[]);
-    for want in [
-        "name: \"suggested-server\"",
-        "l7proto: memcache",
-        "- command: \"get\"\n          keyExact: \"awing-coord\"",
-        "- command: \"set\"\n          keyExact: \"xwing-coord\"",
-        "- command: \"quit\"\n",
-    ] {
-        assert!(yaml.contains(want), "{want:?} in\n{yaml}");
-    }
+    assert_contains_all(
+        &yaml,
+        &[
+            "name: \"suggested-server\"",
+            "l7proto: memcache",
+            "- command: \"get\"\n          keyExact: \"awing-coord\"",
+            "- command: \"set\"\n          keyExact: \"xwing-coord\"",
+            "- command: \"quit\"\n",
+        ],
+    );
     assert_eq!(yaml.matches("CiliumNetworkPolicy").count(), 1, "{yaml}");
     assert_eq!(yaml.matches("fromEndpoints").count(), 3, "{yaml}");
-    let dir = install(&r, "suggested", &yaml);
-
     // The same traffic under the suggestion: nothing denied.
-    let same = r.file(&dir, &input, &[]);
-    assert!(same.ok, "{}", same.stderr);
-    let got = l7_decisions(&same);
-    assert_eq!(got.len(), 7, "{got:?}");
-    assert!(got.iter().all(|(v, _)| v == "allow"), "{got:?}");
-    assert!(same.log.iter().all(|e| e["verdict"] == "allow"));
+    let dir = install_allowing(&r, "suggested", &yaml, &input, 7);
 
     // Foreign keys and commands not seen are denied; seen ones still pass.
     let mut bad = Capture::default();
@@ -400,14 +432,8 @@ fn suggestion_from_the_memcached_guide_allows_its_traffic_and_no_foreign_key() {
     );
     let input = r.path("bad.pcap");
     bad.write(&input);
-    let run = r.file(&dir, &input, &[]);
-    assert!(run.ok, "{}", run.stderr);
-    let got: Vec<String> = l7_decisions(&run)
-        .into_iter()
-        .map(|(v, w)| format!("{v} {w}"))
-        .collect();
     assert_eq!(
-        got,
+        l7_verdicts_under(&r, &dir, &input),
         [
             "allow get [\"xwing-coord\"]",
             "deny get [\"awing-coord\"]",
@@ -419,9 +445,7 @@ fn suggestion_from_the_memcached_guide_allows_its_traffic_and_no_foreign_key() {
 
 #[test]
 fn suggestion_from_an_audit_log_equals_the_one_from_the_capture() {
-    let r = Replay::new(PathBuf::new());
-    let input = r.path("fleet.pcap");
-    fleet().write(&input);
+    let (r, input) = scratch_with(fleet(), "fleet.pcap");
     // The shipped policy in audit mode logs every decision, would-be denials included.
     let run = r.file(&shipped(), &input, &["--audit"]);
     assert!(run.ok, "{}", run.stderr);
@@ -444,44 +468,30 @@ fn suggestion_from_an_audit_log_equals_the_one_from_the_capture() {
 
 #[test]
 fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
-    let r = Replay::new(PathBuf::new());
-    let input = r.path("sw.pcap");
-    starwars().write(&input);
+    let (r, input) = scratch_with(starwars(), "sw.pcap");
     let yaml = suggest(&input, &[]);
-    for want in [
-        "- method: \"GET\"\n          path: \"/v1/\"",
-        "- method: \"POST\"\n          path: \"/v1/request-landing\"",
-        "- method: \"PUT\"\n          path: \"/v1/exhaust-port\"",
-        "fromCIDR:\n    - \"10.66.0.14/32\"",
-    ] {
-        assert!(yaml.contains(want), "{want:?} in\n{yaml}");
-    }
+    assert_contains_all(
+        &yaml,
+        &[
+            "- method: \"GET\"\n          path: \"/v1/\"",
+            "- method: \"POST\"\n          path: \"/v1/request-landing\"",
+            "- method: \"PUT\"\n          path: \"/v1/exhaust-port\"",
+            "fromCIDR:\n    - \"10.66.0.14/32\"",
+        ],
+    );
     assert!(!yaml.contains("headers"), "headers are left out: {yaml}");
-    let dir = install(&r, "exact", &yaml);
-    let same = r.file(&dir, &input, &[]);
-    assert!(same.ok, "{}", same.stderr);
-    assert!(
-        same.log.iter().all(|e| e["verdict"] == "allow"),
-        "{:?}",
-        same.log
-    );
-    assert_eq!(
-        l7_decisions(&same).len(),
-        6,
-        "5 HTTP and 1 memcached request"
-    );
+    // 5 HTTP and 1 memcached request.
+    let dir = install_allowing(&r, "exact", &yaml, &input, 6);
 
     let mut other = Capture::default();
     let healthz: &[u8] = b"GET /v1/healthz HTTP/1.1\r\nHost: deathstar\r\n\r\n";
     other.talk(AWING, 80, &[(GET, OK), (healthz, OK)]);
     let input2 = r.path("other.pcap");
     other.write(&input2);
-    let run = r.file(&dir, &input2, &[]);
-    let got: Vec<String> = l7_decisions(&run)
-        .into_iter()
-        .map(|(v, w)| format!("{v} {w}"))
-        .collect();
-    assert_eq!(got, ["allow GET /v1/", "deny GET /v1/healthz"]);
+    assert_eq!(
+        l7_verdicts_under(&r, &dir, &input2),
+        ["allow GET /v1/", "deny GET /v1/healthz"]
+    );
 
     // Merged: one rule per method under the common directory.
     let merged = suggest(&input, &["--merge-paths"]);
@@ -500,13 +510,8 @@ fn suggestion_from_the_starwars_traffic_keeps_exact_paths_or_merges_them() {
     let merged = suggest(&input3, &["--merge-paths"]);
     assert!(merged.contains("path: \"/v1/.*\""), "{merged}");
     let dir2 = install(&r, "merged2", &merged);
-    let run = r.file(&dir2, &input2, &[]);
-    let got: Vec<String> = l7_decisions(&run)
-        .into_iter()
-        .map(|(v, w)| format!("{v} {w}"))
-        .collect();
     assert_eq!(
-        got,
+        l7_verdicts_under(&r, &dir2, &input2),
         ["deny GET /v1/", "deny GET /v1/healthz"],
         "only POST was seen"
     );

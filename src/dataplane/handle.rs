@@ -214,6 +214,7 @@ impl Handle {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(p));
                 self.0.shared.policy_gen.fetch_add(1, Ordering::Release);
+                self.0.shared.wake_all();
                 st.ok += 1;
                 st.in_force.revision += 1;
                 st.in_force.sources = sources;

@@ -281,6 +281,7 @@ impl HostMode {
             let n = l2::read_neighbors(&self.iface);
             *shared.neighbors.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(n);
             shared.neighbors_gen.fetch_add(1, Ordering::Release);
+            shared.wake_all();
         }
     }
 

@@ -673,7 +673,8 @@ fn serve(
         }
     }
     hooks.stop();
-    shared.stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.wake_all();
     for h in handles {
         if h.join().is_err() && failure.is_none() {
             failure = Some("a worker panicked".into());

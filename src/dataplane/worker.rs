@@ -33,6 +33,11 @@ use crate::verdict::{other, Output, Side, Verdict};
 
 const TICK: Duration = Duration::from_millis(1);
 const PUBLISH: Duration = Duration::from_millis(100);
+/// The longest an idle adaptive worker sleeps: flow expiry and published
+/// counters are this late at most. Frames, hand-offs, a stop or a reload
+/// wake it at once (fds and its waker); the engine's own timers (an owned
+/// retransmission, a head timeout) set a shorter sleep.
+const MAX_SLEEP_MS: u64 = 100;
 /// Idle loop turns before an adaptive worker sleeps in poll().
 const IDLE_SPINS: u32 = 200;
 
@@ -80,6 +85,16 @@ pub struct Shared {
     pub neighbors_gen: AtomicU64,
 }
 
+impl Shared {
+    /// Wake sleeping workers after a change they must see now (stop, a new
+    /// policy, new neighbours): an idle worker sleeps up to `MAX_SLEEP_MS`.
+    pub fn wake_all(&self) {
+        for wk in &self.wakers {
+            wk.wake();
+        }
+    }
+}
+
 /// What decides frames: the engine, or (private switch for bring-up without a
 /// policy) a wire that forwards every frame to the other side.
 enum Judge {
@@ -118,6 +133,21 @@ impl Judge {
                 c.frames_forwarded += 1;
                 Verdict::Forward(other(side))
             }
+        }
+    }
+
+    /// How long an idle worker may sleep before the core needs a tick.
+    fn sleep_ms(&self, now: u64) -> u64 {
+        match self {
+            Judge::Engine { engine, .. } => match engine.next_timer() {
+                // Round up: a wake-up just before the deadline is a wasted one.
+                Some(d) => d
+                    .saturating_sub(now)
+                    .div_ceil(1_000_000)
+                    .clamp(1, MAX_SLEEP_MS),
+                None => MAX_SLEEP_MS,
+            },
+            Judge::PassThrough(_) => MAX_SLEEP_MS,
         }
     }
 
@@ -355,14 +385,22 @@ pub fn run(
             PollMode::Adaptive
                 if idle >= IDLE_SPINS && (idle >= IDLE_SPINS * 16 || !w.tx_unsent()) =>
             {
-                // Sleep until a frame arrives or is handed over, at most one
-                // tick (timers, stop).
+                // Sleep until a frame arrives or is handed over, the control
+                // plane wakes us (stop, reload), or the core's next timer.
                 if let Some(wk) = me {
                     wk.sleeping.store(true, Ordering::SeqCst);
                 }
-                if w.ch.handoff_rx.is_empty() {
+                // Checked after `sleeping` is set: a stop or hand-off that came
+                // before it is seen here, one after it writes the waker.
+                if w.ch.handoff_rx.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+                    // Frames the kernel did not take yet: kick again soon.
+                    let ms = if w.tx_unsent() {
+                        1
+                    } else {
+                        w.judge.sleep_ms(now)
+                    } as libc::c_int;
                     // SAFETY: `pollfds` is a live array of its stated length.
-                    unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1) };
+                    unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
                 }
                 if let Some(wk) = me {
                     wk.sleeping.store(false, Ordering::SeqCst);

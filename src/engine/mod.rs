@@ -421,6 +421,15 @@ impl Engine {
         }
     }
 
+    /// The earliest L7 timer (ns, the clock `tick` is given), if any. It may
+    /// be a stale one whose flow has moved on: a shell that wakes for it early
+    /// only runs a tick that finds nothing. Everything else the tick does
+    /// (flow and fragment expiry) counts in seconds and can wait for the
+    /// shell's housekeeping interval.
+    pub fn next_timer(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((d, _))| *d)
+    }
+
     /// L7 timers pending (queued deadlines, stale ones included).
     pub fn timers_pending(&self) -> usize {
         self.timers.len()

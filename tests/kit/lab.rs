@@ -102,8 +102,17 @@ pub fn with_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
 }
 
 pub fn with_lab_queues(prefix: &str, queues: u32, test: impl FnOnce(&mut Lab)) {
+    run_in(Lab::up_with(prefix, queues), prefix, test)
+}
+
+/// `with_lab` for a host-mode lab (`Lab::up_host`).
+pub fn with_host_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
+    run_in(Lab::up_host(prefix), prefix, test)
+}
+
+fn run_in(lab: Option<Lab>, prefix: &str, test: impl FnOnce(&mut Lab)) {
     {
-        let Some(mut lab) = Lab::up_with(prefix, queues) else {
+        let Some(mut lab) = lab else {
             return;
         };
         test(&mut lab);
@@ -250,6 +259,50 @@ impl Lab {
         }
     }
 
+    /// Stream `bytes` of random data from awing to the server's port 9000 and
+    /// compare sha256 on both ends. Returns the elapsed time.
+    pub fn bulk(&self, bytes: u64) -> Duration {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let server = format!("nc -l {SERVER4} 9000 </dev/null | sha256sum > {d}/recv.sha");
+        let mut srv = self.spawn("server", &["bash", "-c", &server]);
+        self.wait_listen("server", 9000);
+        let t = Instant::now();
+        let client = format!(
+            "set -o pipefail; head -c {bytes} /dev/urandom | tee >(sha256sum > {d}/sent.sha) | nc -N {SERVER4} 9000"
+        );
+        let out = self.exec("awing", &["bash", "-c", &client]);
+        let elapsed = t.elapsed();
+        assert!(
+            ok(&out),
+            "sender failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t2 = Instant::now();
+        while srv.try_wait().unwrap().is_none() {
+            assert!(
+                t2.elapsed() < Duration::from_secs(30),
+                "receiver did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300)); // tee's sha256sum
+        let sent = std::fs::read_to_string(dir.path().join("sent.sha")).unwrap();
+        let recv = std::fs::read_to_string(dir.path().join("recv.sha")).unwrap();
+        assert_eq!(
+            sent.split_whitespace().next(),
+            recv.split_whitespace().next(),
+            "bulk data differs"
+        );
+        assert!(sent.len() >= 64);
+        eprintln!(
+            "bulk: {bytes} bytes in {:.2} s = {:.2} Gbit/s",
+            elapsed.as_secs_f64(),
+            bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+        );
+        elapsed
+    }
+
     /// `curl -s -m 3 -g EXTRA URL` on a host.
     pub fn curl(&self, host: &str, url: &str, extra: &[&str]) -> Output {
         let mut args = vec!["curl", "-s", "-m", "3", "-g"];
@@ -263,6 +316,17 @@ impl Lab {
         ok(&self.exec(host, &["ping", "-c", "2", "-i", "0.2", "-W", "2", dst]))
     }
 
+    /// A Python script on a lab host, which must succeed; its stdout.
+    pub fn python(&self, host: &str, script: &str) -> String {
+        let out = self.exec(host, &["python3", "-c", script]);
+        assert!(
+            out.status.success(),
+            "python on {host} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    }
+
     /// `set` then `get` with pymemcache (text protocol); the value read back.
     pub fn memcache_roundtrip(&self, host: &str, key: &str, value: &str) -> String {
         let script = format!(
@@ -271,6 +335,8 @@ impl Lab {
              c.set('{key}', '{value}')\n\
              print(c.get('{key}').decode())\n"
         );
+        // Not `python`: a caller may expect the script to fail (a denied
+        // set raises), and reads that as an empty answer.
         stdout(&self.exec(host, &["python3", "-c", &script]))
             .trim()
             .to_string()
@@ -473,6 +539,25 @@ impl Lab {
         })
     }
 
+    /// SIGTERM the enforcer and check that it ended cleanly: exit status 0,
+    /// no engine panic, every UMEM frame accounted for and, in host mode,
+    /// nothing it added left on the server. Its last counters.
+    pub fn stop_clean(&mut self) -> serde_json::Value {
+        let st = self.stop().expect("running");
+        assert_eq!(st.status.code(), Some(0), "{st:?}");
+        if self.host_mode {
+            let left = self.host_leftovers();
+            assert!(left.is_empty(), "left after a clean stop: {left:?}");
+        }
+        let c = st.counters().expect("counters");
+        assert_eq!(c["dataplane"]["engine_panics"], 0, "{c}");
+        assert_eq!(
+            c["dataplane"]["umem_frames_unaccounted"], 0,
+            "UMEM leak: {c}"
+        );
+        c
+    }
+
     /// XDP programs attached in the enforcer's namespace (`ip -o link` lines).
     pub fn xdp_links(&self) -> Vec<String> {
         let out = self.exec(self.enforcer_host(), &["ip", "-o", "link"]);
@@ -558,6 +643,24 @@ pub fn assert_clean(prefix: &str) {
     assert!(left.is_empty(), "namespaces left: {left:?}");
 }
 
+/// A temporary policy directory holding only the lab's endpoints
+/// (`policies/endpoints.yaml`): nothing enforced, as in the guides before
+/// their policies are applied.
+pub fn endpoints_only() -> tempfile::TempDir {
+    dir_with(&[])
+}
+
+/// A temporary policy directory: the lab's endpoints plus `files` (paths
+/// relative to the repository).
+pub fn dir_with(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in std::iter::once(&"policies/endpoints.yaml").chain(files) {
+        let p = repo(f);
+        std::fs::copy(&p, dir.path().join(p.file_name().expect("file name"))).expect("copy policy");
+    }
+    dir
+}
+
 /// A temporary policy directory: `policies/*.yaml` plus `extra` files
 /// (paths relative to the repository), e.g. a test fixture.
 pub fn policy_dir(extra: &[&str]) -> tempfile::TempDir {
@@ -618,13 +721,10 @@ pub fn bmemcached(lab: &Lab, host: &str, steps: &str) -> Vec<String> {
          \x20       print('MemcachedException', e.args)\n\
          {steps}"
     );
-    let out = lab.exec(host, &["python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out).lines().map(str::to_string).collect()
+    lab.python(host, &script)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// What bmemcached prints for a binary denial (status 0x0008).

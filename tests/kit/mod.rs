@@ -1,13 +1,14 @@
 //! The shared test kit: frame and capture builders (`frames`), one TCP
 //! endpoint model (`tcp`), one pair of endpoints stepped through a middle
 //! (`pair`), faults as a wrapper around any link (`faults`), the smoltcp rig
-//! (`rig`), one replay runner (`replay`) and one lab with its root gate
-//! (`lab`). Every integration test uses it as `mod kit;`; `frames`, `tcp`
+//! (`rig`), one replay runner (`replay`), one lab with its root gate
+//! (`lab`) and the seed guides as walks over it (`guide`). Every integration test uses it as `mod kit;`; `frames`, `tcp`
 //! and `pair` are also compiled into the library's unit tests.
 #![allow(dead_code)]
 
 pub mod faults;
 pub mod frames;
+pub mod guide;
 pub mod lab;
 pub mod pair;
 pub mod replay;

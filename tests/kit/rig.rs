@@ -419,6 +419,14 @@ impl Rig {
     }
 }
 
+/// Faults for a random case: up to 14 % dropped, 9 % duplicated, 29 %
+/// reordered and 29 % split, no corruption.
+pub fn faults() -> impl proptest::strategy::Strategy<Value = Faults> {
+    use proptest::strategy::Strategy;
+    (0u32..15, 0u32..10, 0u32..30, 0u32..30)
+        .prop_map(|(drop, dup, reorder, split)| Faults::new(drop, dup, reorder, split))
+}
+
 /// Proptest settings for the rigs: `cases` cases from a fixed seed, so CI
 /// runs the same ones every time. `PROPTEST_CASES` and `PROPTEST_RNG_SEED`
 /// override them for a local hunt over other seeds (a case found that way
