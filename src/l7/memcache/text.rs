@@ -45,7 +45,10 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
         [rest @ .., b'\r'] if nl > 1 => rest,
         l => l,
     };
-    if line.len() > MAX_LINE && !multiget(line) {
+    // The bytes before the LF, CR included: had they arrived without the
+    // LF, they would be refused above, so they are refused with it too
+    // (the answer must not depend on how the line was split).
+    if nl > MAX_LINE && !multiget(line) {
         return Parse::Invalid("command line too long");
     }
     // memcached reads the line as a C string: a NUL would end it early.
@@ -738,6 +741,17 @@ mod tests {
             parse(&long.as_bytes()[..MAX_LINE + 1]),
             Parse::Invalid(_)
         ));
+        // At the limit with its CR: refused whole as when cut before the LF
+        // (found by fuzzing); one byte shorter it is a line like any other.
+        let at_limit = format!("{}\r\n", "x".repeat(MAX_LINE));
+        invalid(&at_limit);
+        assert!(matches!(
+            parse(&at_limit.as_bytes()[..MAX_LINE + 1]),
+            Parse::Invalid(_)
+        ));
+        let below = format!("{}\r\n", "x".repeat(MAX_LINE - 1));
+        assert_eq!(cmd(&below), TextCmd::Unknown);
+        assert_eq!(parse(&below.as_bytes()[..MAX_LINE]), Parse::NeedMore);
         // A multi-get may be longer (the stream's hold bound applies).
         let get = format!("  get {}", "k ".repeat(3 * MAX_LINE));
         assert_eq!(parse(get.as_bytes()), Parse::NeedMore);
