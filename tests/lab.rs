@@ -310,8 +310,9 @@ fn four_queues_four_workers_carry_parallel_flows() {
 fn one_gib_arrives_byte_exact_through_the_dataplane() {
     lab::with_lab("dpbulk", |lab| {
         lab.start(Mode::PassThrough, &[]).unwrap();
+        // The time is for the log; speed is the benchmarks' to judge.
         let took = lab.bulk(1 << 30);
-        assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
+        eprintln!("1 GiB in {took:?}");
         let st = lab.stop().unwrap();
         let c = st.counters().unwrap();
         assert_eq!(c["dataplane"]["no_free_frame"], 0, "{c}");
@@ -425,8 +426,9 @@ fn one_gib_arrives_byte_exact_through_an_l4_rule() {
     lab::with_lab("l4bulk", |lab| {
         let pol = lab::policy_dir(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(pol.path()), &[]).unwrap();
+        // The time is for the log; speed is the benchmarks' to judge.
         let took = lab.bulk(1 << 30);
-        assert!(took < Duration::from_secs(120), "1 GiB took {took:?}");
+        eprintln!("1 GiB in {took:?}");
         let st = lab.stop().unwrap();
         assert_eq!(st.status.code(), Some(0));
         let c = st.counters().unwrap();

@@ -346,6 +346,7 @@ fn kill_in(lab: &Lab, host: &str, comm: &str, port: u16) {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if name.trim() == comm {
             if let Ok(p) = pid.parse::<i32>() {
+                // SAFETY: kill(2) with a pid read from the lab's namespace; no memory is shared.
                 unsafe { libc::kill(p, libc::SIGTERM) };
             }
         }

@@ -35,9 +35,9 @@ fn denied_request_keeps_the_connection_and_bodies_never_arrive() {
         // A denied POST with a 1 MB body: 403, and not one body byte at the server.
         let r = lab.sh(
             "awing",
-            "head -c 1048576 /dev/zero > /tmp/l7conn-body && \
-             curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST --data-binary @/tmp/l7conn-body \
-             http://10.66.0.2/v1/cargobay; rm -f /tmp/l7conn-body",
+            "f=$(mktemp) && head -c 1048576 /dev/zero > \"$f\" && \
+             curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST --data-binary @\"$f\" \
+             http://10.66.0.2/v1/cargobay; rm -f \"$f\"",
         );
         assert_eq!(stdout(&r), "403");
         let seen = lab.deathstar_log();
