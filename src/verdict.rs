@@ -43,6 +43,9 @@ pub struct Output {
 }
 
 impl Output {
+    /// Called after every frame: inlined, clearing an empty output is two
+    /// length checks.
+    #[inline]
     pub fn clear(&mut self) {
         self.emits.clear();
         self.events.clear();

@@ -3,7 +3,6 @@
 //! and CLOCK eviction (an approximation of least-recently-used that costs one
 //! bit per frame instead of list surgery).
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
@@ -13,20 +12,31 @@ use crate::verdict::Side;
 /// Both endpoints of a flow in a canonical order, so that A→B and B→A give
 /// the same key. For ICMP echo both "ports" are the echo id. Addresses are
 /// IPv6 numbers (IPv4 mapped), so ordering and hashing are integer work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ports and protocol share one word (`lo_port | hi_port << 16 | proto << 32`):
+/// the key is five words, hashed as they are and compared without branches.
+#[derive(Debug, Clone, Copy)]
 pub struct FlowKey {
     lo: u128,
     hi: u128,
-    lo_port: u16,
-    hi_port: u16,
-    proto: u8,
+    rest: u64,
 }
+
+impl PartialEq for FlowKey {
+    /// One test on the xor of every word instead of a branch per field
+    /// (the derived comparison): a table probe compares on every frame.
+    #[inline]
+    fn eq(&self, o: &FlowKey) -> bool {
+        ((self.lo ^ o.lo) | (self.hi ^ o.hi) | u128::from(self.rest ^ o.rest)) == 0
+    }
+}
+
+impl Eq for FlowKey {}
 
 /// By reference: read through a pointer, a v4 address is one 4-byte load.
 /// Copied by value first, it is read as wider words than the parser wrote,
 /// and the load waits for the stores to retire (a store-forwarding stall
 /// that cost more than the rest of an established frame).
-#[inline]
+#[inline(always)]
 fn addr128(ip: &IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => 0xffff_0000_0000 | u128::from(a.to_bits()),
@@ -43,24 +53,33 @@ impl FlowKey {
     /// `new` for addresses that live in a parsed frame (see `addr128`).
     #[inline]
     pub fn between(src: &IpAddr, sport: u16, dst: &IpAddr, dport: u16, proto: u8) -> FlowKey {
+        FlowKey::oriented(src, sport, dst, dport, proto).0
+    }
+
+    /// `between`, and whether the sender (`src`, `sport`) became the key's
+    /// high end. Both frames of one direction get the same answer, the two
+    /// directions opposite ones, except for a flow from an endpoint to
+    /// itself, whose two directions are one. So an entry that records its
+    /// initiator's answer (`FlowEntry::init_hi`) tells a frame's direction
+    /// by one compare of this bit instead of an address and a port.
+    #[inline(always)]
+    pub fn oriented(
+        src: &IpAddr,
+        sport: u16,
+        dst: &IpAddr,
+        dport: u16,
+        proto: u8,
+    ) -> (FlowKey, bool) {
         let (a, b) = (addr128(src), addr128(dst));
-        if (a, sport) <= (b, dport) {
-            FlowKey {
-                lo: a,
-                hi: b,
-                lo_port: sport,
-                hi_port: dport,
-                proto,
-            }
+        // `(a, sport) > (b, dport)`, without the branch a tuple compare takes.
+        let swap = (a > b) | ((a == b) & (sport > dport));
+        let (lo, hi, lo_port, hi_port) = if swap {
+            (b, a, dport, sport)
         } else {
-            FlowKey {
-                lo: b,
-                hi: a,
-                lo_port: dport,
-                hi_port: sport,
-                proto,
-            }
-        }
+            (a, b, sport, dport)
+        };
+        let rest = u64::from(lo_port) | u64::from(hi_port) << 16 | u64::from(proto) << 32;
+        (FlowKey { lo, hi, rest }, swap)
     }
 
     /// Direction-independent hash with a fixed seed: the same on every
@@ -71,13 +90,11 @@ impl FlowKey {
 }
 
 impl Hash for FlowKey {
-    #[inline]
+    #[inline(always)]
     fn hash<H: Hasher>(&self, h: &mut H) {
         h.write_u128(self.lo);
         h.write_u128(self.hi);
-        h.write_u64(
-            u64::from(self.lo_port) | u64::from(self.hi_port) << 16 | u64::from(self.proto) << 32,
-        );
+        h.write_u64(self.rest);
     }
 }
 
@@ -96,14 +113,14 @@ pub struct FlowHasher {
     n: usize,
 }
 
-#[inline]
+#[inline(always)]
 fn fold(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
 }
 
 impl Hasher for FlowHasher {
-    #[inline]
+    #[inline(always)]
     fn write_u64(&mut self, x: u64) {
         match self.words.get_mut(self.n) {
             Some(w) => {
@@ -115,7 +132,7 @@ impl Hasher for FlowHasher {
             None => self.words[4] = fold(self.words[4] ^ x, self.keys[5]),
         }
     }
-    #[inline]
+    #[inline(always)]
     fn write_u128(&mut self, x: u128) {
         self.write_u64(x as u64);
         self.write_u64((x >> 64) as u64);
@@ -127,7 +144,7 @@ impl Hasher for FlowHasher {
             self.write_u64(u64::from_ne_bytes(w));
         }
     }
-    #[inline]
+    #[inline(always)]
     fn finish(&self) -> u64 {
         let (k, w) = (&self.keys, &self.words);
         let a = fold(w[0] ^ k[0], w[1] ^ k[1]);
@@ -165,7 +182,7 @@ impl SeededState {
 
 impl BuildHasher for SeededState {
     type Hasher = FlowHasher;
-    #[inline]
+    #[inline(always)]
     fn build_hasher(&self) -> FlowHasher {
         FlowHasher {
             keys: self.keys,
@@ -211,6 +228,9 @@ pub struct FlowEntry {
     /// Port the initiator's frames arrive on; the responder's arrive on the
     /// other one. A frame from either address on the wrong side is a spoof.
     pub client_side: Side,
+    /// The initiator is the high end of `key` (`FlowKey::oriented`): a
+    /// frame whose sender's answer equals this one comes from the initiator.
+    pub init_hi: bool,
     /// Adopted mid-stream (no SYN seen): the initiator is only a guess.
     pub picked_up: bool,
     /// Policy generation the decision was made under.
@@ -239,7 +259,7 @@ pub struct FlowEntry {
 /// adopted mid-stream the scale is unknown and the widest (14) is assumed,
 /// and until the receiver has sent an ACK nothing is known: its RSTs pass
 /// unchecked.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct SeqTrack {
     /// Latest ack each direction carried: where its sender's receive side
     /// stands in the other direction's stream.
@@ -248,6 +268,10 @@ pub struct SeqTrack {
     win: [u32; 2],
     /// Window-scale shift each direction's SYN announced.
     shift: [Option<u8>; 2],
+    /// The shift each direction's windows are scaled by, as `shift` and
+    /// `seen` give it; kept up to date at each SYN, so that the segments in
+    /// between (nearly all) read it instead of working it out.
+    scale: [u8; 2],
     /// Bit d: `ack[d]` known; bit 2 + d: direction d's SYN seen.
     seen: u8,
     /// The initiator's ISN + 1: what an RST answering its SYN acknowledges.
@@ -259,21 +283,37 @@ const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
+impl Default for SeqTrack {
+    fn default() -> SeqTrack {
+        SeqTrack {
+            ack: [0; 2],
+            win: [0; 2],
+            shift: [None; 2],
+            // No handshake seen: the scale in use is unknown.
+            scale: [14; 2],
+            seen: 0,
+            syn_next: 0,
+        }
+    }
+}
+
 impl SeqTrack {
-    fn scale(&self, d: usize) -> u32 {
+    /// The scale of direction `d`'s windows, from what the SYNs said.
+    fn scale_of(&self, d: usize) -> u8 {
         if self.seen & 0b1100 != 0b1100 {
             // No handshake seen: the scale in use is unknown.
             return 14;
         }
         match self.shift {
-            [Some(_), Some(_)] => u32::from(self.shift[d].unwrap_or(0).min(14)),
+            // Scaling is on only when both SYNs carried the option.
+            [Some(_), Some(_)] => self.shift[d].unwrap_or(0).min(14),
             _ => 0,
         }
     }
 
     /// A segment in direction `d` (0: from the initiator) was forwarded;
     /// `wscale` is its SYN's window-scale option.
-    #[inline]
+    #[inline(always)]
     pub fn track(
         &mut self,
         d: usize,
@@ -289,6 +329,7 @@ impl SeqTrack {
             if d == 0 {
                 self.syn_next = seq.wrapping_add(1);
             }
+            self.scale = [self.scale_of(0), self.scale_of(1)];
         }
         if flags & ACK != 0 {
             let known = self.seen & (1 << d) != 0;
@@ -298,13 +339,14 @@ impl SeqTrack {
             self.seen |= 1 << d;
         }
         // A SYN's own window is never scaled.
-        let shift = if flags & SYN != 0 { 0 } else { self.scale(d) };
+        let shift = if flags & SYN != 0 { 0 } else { self.scale[d] };
         self.win[d] = self.win[d].max(u32::from(window) << shift);
     }
 
     /// Whether an RST in direction `d` is one its receiver would accept.
     /// `syn_sent`: only the initiator's SYN has been seen; an RST from the
     /// responder then must acknowledge it (RFC 9293, SYN-SENT).
+    #[inline]
     pub fn rst_acceptable(&self, d: usize, seq: u32, ack: u32, flags: u8, syn_sent: bool) -> bool {
         debug_assert!(flags & RST != 0);
         if syn_sent {
@@ -334,7 +376,7 @@ impl FlowEntry {
 
     /// A frame in direction `fwd` (from the initiator) arrived on `side`,
     /// where that direction's frames arrive.
-    #[inline]
+    #[inline(always)]
     pub fn on_its_side(&self, fwd: bool, side: Side) -> bool {
         fwd == (side == self.client_side)
     }
@@ -388,10 +430,91 @@ const RECLAIM_BUDGET: usize = 8;
 /// Slots looked at for a half-open entry to drop when the table is full.
 const EARLY_DROP_SCAN: usize = 32;
 
+/// The flow index: open addressing with linear probing over a power-of-two
+/// array, at most half full. A bucket holds the low 32 bits of its entry's
+/// hash (`<< 32`) and its slot number + 1 (0: empty). A lookup compares the
+/// stored hash bits before it reads an entry, and compares keys on the entry
+/// itself, which the frame needs next anyway: one cache line per lookup
+/// besides the entry's own, where a map of keys to slots reads the key's
+/// bucket, then the slot. Removal shifts the run after the hole back (no
+/// tombstones), from the stored hash bits, without rehashing. The hash is
+/// keyed per table (`SeededState::random`), so no peer can aim at one run.
+struct FlowIndex {
+    buckets: Vec<u64>,
+    mask: usize,
+}
+
+impl FlowIndex {
+    fn with_room(n: usize) -> FlowIndex {
+        let size = (2 * n).next_power_of_two().max(8);
+        FlowIndex {
+            buckets: vec![0; size],
+            mask: size - 1,
+        }
+    }
+
+    #[inline(always)]
+    fn bucket(h: u32, slot: u32) -> u64 {
+        u64::from(h) << 32 | u64::from(slot + 1)
+    }
+
+    /// Place a slot with hash `h`; the caller keeps the index at most half full.
+    fn place(&mut self, h: u32, slot: u32) {
+        let mut i = h as usize & self.mask;
+        while self.buckets[i] != 0 {
+            i = (i + 1) & self.mask;
+        }
+        self.buckets[i] = FlowIndex::bucket(h, slot);
+    }
+
+    /// Room for `n` entries at most half full: doubled, every bucket placed
+    /// again from its stored hash bits.
+    fn reserve(&mut self, n: usize) {
+        if 2 * n <= self.buckets.len() {
+            return;
+        }
+        let old = std::mem::replace(self, FlowIndex::with_room(n.max(self.buckets.len())));
+        for b in old.buckets.into_iter().filter(|&b| b != 0) {
+            self.place((b >> 32) as u32, (b as u32) - 1);
+        }
+    }
+
+    /// Remove the bucket of `slot` (hash `h`), closing the gap: each later
+    /// bucket of the run moves into the hole unless its home lies after the
+    /// hole (then it would no longer be found from there).
+    fn take(&mut self, h: u32, slot: u32) {
+        let want = FlowIndex::bucket(h, slot);
+        let mut hole = h as usize & self.mask;
+        while self.buckets[hole] != want {
+            if self.buckets[hole] == 0 {
+                debug_assert!(false, "slot {slot} not in the index");
+                return;
+            }
+            hole = (hole + 1) & self.mask;
+        }
+        let mut j = (hole + 1) & self.mask;
+        loop {
+            let b = self.buckets[j];
+            if b == 0 {
+                break;
+            }
+            let home = (b >> 32) as usize & self.mask;
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.buckets[hole] = b;
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        self.buckets[hole] = 0;
+    }
+}
+
 pub struct FlowTable {
-    map: HashMap<FlowKey, u32, SeededState>,
+    index: FlowIndex,
+    seed: SeededState,
     slots: Vec<Option<FlowEntry>>,
     free: Vec<u32>,
+    len: usize,
     max: usize,
     hand: usize,
     sweep: usize,
@@ -402,9 +525,11 @@ impl FlowTable {
         // Grow on demand: a huge limit should not cost memory up front.
         let initial = max.min(4096);
         FlowTable {
-            map: HashMap::with_capacity_and_hasher(initial, SeededState::random()),
+            index: FlowIndex::with_room(initial),
+            seed: SeededState::random(),
             slots: Vec::with_capacity(initial),
             free: Vec::new(),
+            len: 0,
             max,
             hand: 0,
             sweep: 0,
@@ -412,23 +537,57 @@ impl FlowTable {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     pub fn is_full(&self) -> bool {
-        self.map.len() >= self.max
+        self.len >= self.max
     }
 
-    #[inline]
+    /// The bucket-and-tag part of the key's keyed hash. Spelled out rather
+    /// than `hash_one`, which the compiler left as a call on the hot path.
+    #[inline(always)]
+    #[allow(clippy::manual_hash_one)]
+    fn hash(&self, key: &FlowKey) -> u32 {
+        let mut h = self.seed.build_hasher();
+        key.hash(&mut h);
+        h.finish() as u32
+    }
+
+    #[inline(always)]
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
-        self.map.get(key).copied()
+        let h = self.hash(key);
+        let tag = u64::from(h) << 32;
+        let mut i = h as usize & self.index.mask;
+        loop {
+            // At most half full: a run always ends.
+            let b = *self.index.buckets.get(i)?;
+            if b == 0 {
+                return None;
+            }
+            if b & !0xffff_ffff == tag {
+                let slot = (b as u32).wrapping_sub(1);
+                let hit = self.slots.get(slot as usize).and_then(Option::as_ref);
+                if hit.is_some_and(|e| e.key == *key) {
+                    return Some(slot);
+                }
+            }
+            i = (i + 1) & self.index.mask;
+        }
     }
 
-    #[inline]
+    /// `find`, and the entry.
+    #[inline(always)]
+    pub fn find_mut(&mut self, key: &FlowKey) -> Option<(u32, &mut FlowEntry)> {
+        let slot = self.find(key)?;
+        self.get_mut(slot).map(|e| (slot, e))
+    }
+
+    #[inline(always)]
     pub fn get_mut(&mut self, idx: u32) -> Option<&mut FlowEntry> {
         self.slots.get_mut(idx as usize).and_then(Option::as_mut)
     }
@@ -437,13 +596,14 @@ impl FlowTable {
         self.slots.get(idx as usize).and_then(Option::as_ref)
     }
 
-    /// Insert; the caller checked `is_full` (and evicted if it wanted to).
-    /// Returns None when the table is full.
+    /// Insert; the caller checked `is_full` (and evicted if it wanted to)
+    /// and that no entry has this key. Returns None when the table is full.
     pub fn insert(&mut self, entry: FlowEntry) -> Option<u32> {
         if self.is_full() {
             return None;
         }
-        let key = entry.key;
+        debug_assert!(self.find(&entry.key).is_none(), "key inserted twice");
+        let h = self.hash(&entry.key);
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(entry);
@@ -454,13 +614,17 @@ impl FlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.map.insert(key, idx);
+        self.len += 1;
+        self.index.reserve(self.len);
+        self.index.place(h, idx);
         Some(idx)
     }
 
     pub fn remove(&mut self, idx: u32) -> Option<FlowEntry> {
         let e = self.slots.get_mut(idx as usize)?.take()?;
-        self.map.remove(&e.key);
+        let h = self.hash(&e.key);
+        self.index.take(h, idx);
+        self.len -= 1;
         self.free.push(idx);
         Some(e)
     }
@@ -569,6 +733,7 @@ mod tests {
             resp_port: 80,
             proto: 6,
             client_side: 0,
+            init_hi: false,
             picked_up: false,
             policy_gen: 0,
             state: ConnState::Established,
@@ -623,7 +788,8 @@ mod tests {
         }
         let distinct: std::collections::HashSet<FlowKey> = keys.iter().copied().collect();
         let mut hashes: Vec<u64> = distinct.iter().map(|k| s.hash_one(k)).collect();
-        let mut buckets: Vec<u64> = hashes.iter().map(|h| h >> 57).collect();
+        // The index takes its bucket from the low bits: all used.
+        let mut buckets: Vec<u64> = hashes.iter().map(|h| h & 127).collect();
         hashes.sort_unstable();
         hashes.dedup();
         assert_eq!(
@@ -631,7 +797,6 @@ mod tests {
             distinct.len(),
             "64-bit hashes of distinct keys collide"
         );
-        // hashbrown takes its control byte from the top 7 bits: all used.
         buckets.sort_unstable();
         buckets.dedup();
         assert_eq!(buckets.len(), 128);
@@ -639,6 +804,66 @@ mod tests {
         let t = SeededState::random();
         let k = keys[0];
         assert_ne!(s.hash_one(k), t.hash_one(k));
+    }
+
+    #[test]
+    fn orientation_tells_a_frames_direction_as_its_addresses_do() {
+        let eps = [
+            ("10.0.0.1", 1000),
+            ("10.0.0.2", 80),
+            ("10.0.0.1", 80),
+            ("10.0.0.2", 1000),
+            ("fd66::2", 80),
+            ("fd66::11", 1),
+        ];
+        for (a, pa) in eps {
+            for (b, pb) in eps {
+                let (a, b) = (ip(a), ip(b));
+                let (k, init_hi) = FlowKey::oriented(&a, pa, &b, pb, 6);
+                let (back, back_hi) = FlowKey::oriented(&b, pb, &a, pa, 6);
+                assert_eq!(k, back);
+                let e = FlowEntry {
+                    key: k,
+                    init_src: a,
+                    init_sport: pa,
+                    init_hi,
+                    ..entry(pa, 0)
+                };
+                // What `sent_by` says of the reverse direction, the bit
+                // says: backward, unless a and b are one endpoint.
+                assert_eq!(back_hi == e.init_hi, e.sent_by(&b, pb), "{a}:{pa} {b}:{pb}");
+                assert_eq!(back_hi == init_hi, (a, pa) == (b, pb));
+            }
+        }
+    }
+
+    #[test]
+    fn windows_are_scaled_as_both_syns_agreed() {
+        let (c, s) = (1000u32, 5000u32);
+        let handshake = |cs: Option<u8>, ss: Option<u8>| {
+            let mut t = SeqTrack::default();
+            t.track(0, c, 0, SYN, 100, cs);
+            t.track(1, s, c + 1, SYN | ACK, 100, ss);
+            t.track(0, c + 1, s + 1, ACK, 1000, None);
+            t.track(1, s + 1, c + 1, ACK, 500, None);
+            t
+        };
+        // Both SYNs carry the option: the client's windows are scaled by 2,
+        // the server's by 7 (4000 and 64000 bytes).
+        let t = handshake(Some(2), Some(7));
+        assert!(t.rst_acceptable(1, s + 1 + 4000, 0, RST, false));
+        assert!(!t.rst_acceptable(1, s + 1 + 4001, 0, RST, false));
+        assert!(t.rst_acceptable(0, c + 1 + 64_000, 0, RST, false));
+        assert!(!t.rst_acceptable(0, c + 1 + 64_001, 0, RST, false));
+        // One SYN without it: no scaling either way (RFC 7323 2.2).
+        let t = handshake(Some(2), None);
+        assert!(t.rst_acceptable(0, c + 1 + 500, 0, RST, false));
+        assert!(!t.rst_acceptable(0, c + 1 + 501, 0, RST, false));
+        // No handshake seen (adopted mid-stream): the widest scale.
+        let mut t = SeqTrack::default();
+        t.track(1, s, c, ACK, 1, None);
+        assert!(t.rst_acceptable(0, c + (1 << 14), 0, RST, false));
+        assert!(!t.rst_acceptable(0, c + (1 << 14) + 1, 0, RST, false));
     }
 
     #[test]
@@ -652,6 +877,39 @@ mod tests {
         assert!(t.find(&entry(1, 0).key).is_none());
         assert_eq!(t.insert(entry(3, 0)), Some(a));
         assert_eq!(t.find(&entry(3, 0).key), Some(a));
+    }
+
+    #[test]
+    fn index_finds_every_entry_through_growth_and_removals() {
+        // Inserts and removals in a scrambled order, checked against a
+        // model after each step: removal must close every gap it leaves.
+        let mut t = FlowTable::new(5000);
+        let mut live = std::collections::BTreeMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = (x % 3000) as u16;
+            let e = entry(port, 0);
+            match live.get(&port) {
+                Some(&idx) if x & 0x10000 != 0 => {
+                    let gone = t.remove(idx).unwrap();
+                    assert_eq!(gone.init_sport, port);
+                    live.remove(&port);
+                }
+                Some(_) => {}
+                None => {
+                    live.insert(port, t.insert(e).unwrap());
+                }
+            }
+            if step % 997 == 0 || step > 19_900 {
+                assert_eq!(t.len(), live.len());
+                for p in 0..3000u16 {
+                    assert_eq!(t.find(&entry(p, 0).key), live.get(&p).copied(), "port {p}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -239,8 +239,24 @@ impl Engine {
         out: &mut Output,
     ) -> Verdict {
         self.counters.frames_in += 1;
+        // Plain TCP and UDP (never a fragment, never link control) of an
+        // established L4 flow end here, with nothing to emit. `meta` never
+        // leaves this function, so it lives in registers, not in a stack
+        // copy written field by field and read back (which cost as much as
+        // the lookup); every other frame is parsed again by `classify`, a
+        // small part of its cost.
+        let mut found = None;
+        if let Some(meta) = view::parse_fast(frame) {
+            match self.established(side, &meta, now_ns) {
+                Ok(()) => {
+                    self.counters.frames_forwarded += 1;
+                    return Verdict::Forward(other(side));
+                }
+                Err(looked) => found = looked,
+            }
+        }
         let emits_before = out.emits.len();
-        let v = self.classify(side, frame, now_ns, out);
+        let v = self.classify(side, frame, now_ns, out, found);
         match v {
             Verdict::Forward(_) => self.counters.frames_forwarded += 1,
             Verdict::Drop(r) => self.counters.drop(r),
@@ -250,13 +266,15 @@ impl Engine {
         v
     }
 
-    fn classify(&mut self, side: Side, frame: &mut [u8], now: u64, out: &mut Output) -> Verdict {
-        // Plain TCP and UDP (never a fragment, never link control) go
-        // straight on; `meta` stays where it was built instead of moving
-        // through a `Result`, whose copy stalled on the stores just made.
-        if let Some(meta) = view::parse_fast(frame) {
-            return self.l4(side, frame, &meta, now, out, true);
-        }
+    /// A frame `established` declined; `found` is what it learnt (see `l4`).
+    fn classify(
+        &mut self,
+        side: Side,
+        frame: &mut [u8],
+        now: u64,
+        out: &mut Output,
+        found: Option<Option<u32>>,
+    ) -> Verdict {
         let meta = match view::parse(frame) {
             Ok(m) => m,
             Err(ParseError::NotIp { .. }) => return self.non_ip(side),
@@ -268,7 +286,7 @@ impl Engine {
         if is_v6_link_control(&meta) {
             return self.non_ip(side);
         }
-        self.l4(side, frame, &meta, now, out, true)
+        self.l4(side, frame, &meta, now, out, true, found)
     }
 
     fn non_ip(&mut self, side: Side) -> Verdict {
@@ -282,6 +300,9 @@ impl Engine {
 
     /// `whole` is false for a reassembled datagram: `buf` then holds only the
     /// IP payload and the verdict applies to its held fragments.
+    /// `found`: the flow table's answer for the frame's key, when
+    /// `established` already asked (and declined the frame).
+    #[allow(clippy::too_many_arguments)]
     fn l4(
         &mut self,
         side: Side,
@@ -290,9 +311,18 @@ impl Engine {
         now: u64,
         out: &mut Output,
         whole: bool,
+        mut found: Option<Option<u32>>,
     ) -> Verdict {
+        if found.is_none() && matches!(meta.l4, L4Meta::Tcp(_) | L4Meta::Udp | L4Meta::Other) {
+            // Frames the general parser read (VLAN tags, IP options,
+            // reassembled datagrams) take the same fast path.
+            match self.established(side, meta, now) {
+                Ok(()) => return Verdict::Forward(other(side)),
+                Err(looked) => found = looked,
+            }
+        }
         match meta.l4 {
-            L4Meta::Tcp(t) => self.tcp(side, buf, meta, &t, now, out, whole),
+            L4Meta::Tcp(t) => self.tcp(side, buf, meta, &t, now, out, whole, found),
             L4Meta::Icmp { kind, .. } if view::icmp_is_error(meta.proto, kind) => {
                 self.icmp_error(side, buf, meta)
             }
@@ -326,9 +356,6 @@ impl Engine {
                 }
             }
             L4Meta::Udp | L4Meta::Other => {
-                if self.stored_datagram(side, meta, now) {
-                    return Verdict::Forward(other(side));
-                }
                 let init = Initiator {
                     src: meta.src,
                     sport: meta.sport,
@@ -521,8 +548,11 @@ impl Engine {
             (Some(p), IPPROTO_TCP) => Some(Box::new(L7Flow::new(p.clone(), init.side))),
             _ => None,
         };
+        let (key, init_hi) =
+            FlowKey::oriented(&init.src, init.sport, &init.dst, init.dport, init.proto);
         let entry = FlowEntry {
-            key: FlowKey::new(init.src, init.sport, init.dst, init.dport, init.proto),
+            key,
+            init_hi,
             init_src: init.src,
             init_sport: init.sport,
             resp: init.dst,
@@ -600,23 +630,48 @@ impl Engine {
         false
     }
 
-    /// The hot path of UDP (and other port-less protocols): a datagram of a
-    /// stored flow, from its own side, decided under the current policy.
-    /// What `datagram` would do for it, read from the frame in place. False:
-    /// not such a datagram, nothing done.
-    #[inline]
-    fn stored_datagram(&mut self, side: Side, meta: &FrameMeta, now: u64) -> bool {
-        let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, meta.proto);
-        let gen = self.policy_gen;
-        let Some(e) = self.flows.find(&key).and_then(|i| self.flows.get_mut(i)) else {
-            return false;
+    /// The hot path: a frame of a stored L4-only flow, from its own side,
+    /// decided under the current policy, that changes nothing but the idle
+    /// clock and (TCP) the sequence tracking and the handshake's last step:
+    /// a UDP (or other port-less) datagram, a TCP segment without SYN, FIN
+    /// or RST. What `tcp` and `datagram` would do for it, in one look at the
+    /// entry: no checksum (the receiver drops a bad one; nothing here
+    /// changes on it that the receiver's own segments do not also move), no
+    /// re-decision, no stream. Err: not such a frame, nothing done; it
+    /// carries the table's answer for the frame's key when it was asked
+    /// (`tcp` goes on from there), None when not.
+    #[inline(always)]
+    fn established(
+        &mut self,
+        side: Side,
+        meta: &FrameMeta,
+        now: u64,
+    ) -> Result<(), Option<Option<u32>>> {
+        let t = match &meta.l4 {
+            L4Meta::Tcp(t) if t.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 => return Err(None),
+            L4Meta::Tcp(t) => Some(t),
+            L4Meta::Udp | L4Meta::Other => None,
+            L4Meta::Icmp { .. } => return Err(None),
         };
-        if e.policy_gen != gen || !e.on_its_side(e.sent_by(&meta.src, meta.sport), side) {
-            return false;
+        let (key, from_hi) =
+            FlowKey::oriented(&meta.src, meta.sport, &meta.dst, meta.dport, meta.proto);
+        let gen = self.policy_gen;
+        let Some((idx, e)) = self.flows.find_mut(&key) else {
+            return Err(Some(None));
+        };
+        let fwd = from_hi == e.init_hi;
+        if e.l7.is_some() || e.policy_gen != gen || !e.on_its_side(fwd, side) {
+            return Err(Some(Some(idx)));
         }
         e.last_seen = now;
         e.referenced = true;
-        true
+        if let Some(t) = t {
+            // No SYN, so no window-scale option to read; no RST, so
+            // nothing to refuse.
+            let accepted = tcp_l4_segment(e, fwd, t, || None);
+            debug_assert!(accepted);
+        }
+        Ok(())
     }
 
     /// UDP, ICMP and other datagram protocols. `may_create`: this packet can
@@ -671,42 +726,6 @@ impl Engine {
         self.cfg.table_full == TableFullPolicy::RefuseL7 && self.flows.is_full()
     }
 
-    /// The hot path: a segment without SYN, FIN or RST of a stored L4-only
-    /// flow, from its own side, decided under the current policy. Everything
-    /// `tcp` below would do for it, in one look at the entry: no checksum
-    /// (nothing changes but the idle clock, the sequence tracking the RST
-    /// check needs, and the handshake's last step), no re-decision, no
-    /// stream. False: not such a segment, nothing done; `tcp` takes it the
-    /// long way. What `tcp` adds for L4-only segments must be added here too.
-    #[inline]
-    fn established_l4(
-        &mut self,
-        idx: u32,
-        side: Side,
-        meta: &FrameMeta,
-        t: &TcpMeta,
-        now: u64,
-    ) -> bool {
-        let gen = self.policy_gen;
-        let Some(e) = self.flows.get_mut(idx) else {
-            return false;
-        };
-        if e.l7.is_some() || e.policy_gen != gen {
-            return false;
-        }
-        let fwd = e.sent_by(&meta.src, meta.sport);
-        if !e.on_its_side(fwd, side) {
-            return false;
-        }
-        e.last_seen = now;
-        e.referenced = true;
-        // No SYN here, so no window-scale option to read.
-        e.seq
-            .track(usize::from(!fwd), t.seq, t.ack, t.flags, t.window, None);
-        e.state = next_state(e.state, fwd, t.flags);
-        true
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn tcp(
         &mut self,
@@ -717,6 +736,7 @@ impl Engine {
         now: u64,
         out: &mut Output,
         whole: bool,
+        found: Option<Option<u32>>,
     ) -> Verdict {
         let f = t.flags;
         let syn = f & TCP_SYN != 0;
@@ -724,13 +744,12 @@ impl Engine {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
         let syn_only = syn && f & TCP_ACK == 0;
-        let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, IPPROTO_TCP);
-        let mut idx = self.flows.find(&key);
-        if let Some(i) = idx.filter(|_| f & (TCP_SYN | TCP_FIN | TCP_RST) == 0) {
-            if self.established_l4(i, side, meta, t, now) {
-                return Verdict::Forward(other(side));
-            }
-        }
+        // `established` took what it could and asked the table already for
+        // segments without SYN, FIN or RST.
+        let mut idx = found.unwrap_or_else(|| {
+            let key = FlowKey::between(&meta.src, meta.sport, &meta.dst, meta.dport, IPPROTO_TCP);
+            self.flows.find(&key)
+        });
         // One look at the entry: (has L7 state, from the initiator, on its
         // side, adopted mid-stream, closed).
         let found = idx.and_then(|i| self.flows.get(i)).map(|e| {
@@ -817,15 +836,9 @@ impl Engine {
         let fwd = e.from_initiator(meta.src, meta.sport);
         let before = e.state;
         if e.l7.is_none() {
-            // RFC 5961 (an L7 flow's stream judges its RSTs itself).
-            let d = usize::from(!fwd);
-            let syn_sent = before == ConnState::SynSent;
-            if f & TCP_RST != 0 && !e.seq.rst_acceptable(d, t.seq, t.ack, f, syn_sent) {
+            if !tcp_l4_segment(e, fwd, t, || tcp_wscale(buf, meta)) {
                 return Verdict::Drop(DropReason::TcpOutOfWindow);
             }
-            let ws = if syn { tcp_wscale(buf, meta) } else { None };
-            e.seq.track(d, t.seq, t.ack, f, t.window, ws);
-            e.state = next_state(before, fwd, f);
             return Verdict::Forward(other(side));
         }
         e.state = next_state(e.state, fwd, f);
@@ -1044,7 +1057,7 @@ impl Engine {
                 if is_v6_link_control(&m) {
                     self.non_ip(side)
                 } else {
-                    self.l4(side, &mut buf, &m, now, out, false)
+                    self.l4(side, &mut buf, &m, now, out, false, None)
                 }
             }
             Err(_) => Verdict::Drop(DropReason::Malformed),
@@ -1123,8 +1136,35 @@ impl Engine {
     }
 }
 
+/// A TCP segment of a flow without L7 state (an L7 flow's stream judges its
+/// segments itself), from the flow's own side, in direction `fwd` (from the
+/// initiator): the one place its sequence space is followed, for the hot
+/// path (`Engine::established`) and the rest (`Engine::tcp`) alike. An RST
+/// must lie in its receiver's window (RFC 5961, `SeqTrack::rst_acceptable`):
+/// false, and nothing changes. Otherwise the segment's ack and window are
+/// tracked and the connection state moves on. `wscale` reads a SYN's
+/// window-scale option; it is called for SYNs only.
+#[inline(always)]
+fn tcp_l4_segment(
+    e: &mut FlowEntry,
+    fwd: bool,
+    t: &TcpMeta,
+    wscale: impl FnOnce() -> Option<u8>,
+) -> bool {
+    let (f, d) = (t.flags, usize::from(!fwd));
+    let syn_sent = e.state == ConnState::SynSent;
+    if f & TCP_RST != 0 && !e.seq.rst_acceptable(d, t.seq, t.ack, f, syn_sent) {
+        return false;
+    }
+    let ws = if f & TCP_SYN != 0 { wscale() } else { None };
+    e.seq.track(d, t.seq, t.ack, f, t.window, ws);
+    e.state = next_state(e.state, fwd, f);
+    true
+}
+
 /// TCP connection tracking, loose: no window checks, just enough to pick
 /// the idle timeout and to know when a 4-tuple may start over.
+#[inline(always)]
 fn next_state(s: ConnState, fwd: bool, flags: u8) -> ConnState {
     let (syn, ack, fin) = (
         flags & TCP_SYN != 0,
