@@ -7,7 +7,9 @@
 //! connection pays for names only when it logs.
 
 use serde::Serialize;
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,12 +37,13 @@ pub enum Subject {
     /// A new flow judged by L3/L4 policy.
     Flow,
     Http {
-        method: String,
+        /// The standard methods are static: no allocation per request.
+        method: Cow<'static, str>,
         host: String,
         path: String,
     },
     Memcache {
-        command: String,
+        command: &'static str,
         keys: Vec<String>,
     },
 }
@@ -55,11 +58,13 @@ pub struct Event {
     pub subject: Subject,
     pub verdict: Decision,
     /// Which rule matched ("policy-name/ingress[0]/rules[1]") for allows.
+    /// Shared with the compiled policy: an allowed request's event copies
+    /// no name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Why, for denies.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
 }
 
 /// Endpoint names for addresses; the compiled policy is one.

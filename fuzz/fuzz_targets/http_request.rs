@@ -1,6 +1,7 @@
 #![no_main]
 //! HTTP request heads: no panic, head within the input, and a complete head
-//! parses identically when more bytes follow and as NeedMore when cut short.
+//! parses identically when more bytes follow and as NeedMore when cut short;
+//! its header fields read back as names and values.
 
 use enforcer::l7::http::Http;
 use enforcer::l7::{Parse, Protocol};
@@ -15,6 +16,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(p.parse_request(head), full.clone());
         if h.head_len > 0 {
             assert_eq!(p.parse_request(&head[..h.head_len - 1]), Parse::NeedMore);
+        }
+        // Header fields are read again from the stored head when asked.
+        for (name, value) in h.req.headers() {
+            assert!(!name.is_empty() && !name.contains(&b':'));
+            assert!(!value.iter().any(|c| matches!(c, 0 | b'\r' | b'\n')));
         }
         let _ = p.subject(&h.req);
         let _ = p.deny_reply(&h.req, &enforcer::config::DenyReply::default());

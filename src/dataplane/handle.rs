@@ -325,7 +325,12 @@ impl Handle {
             Decision::Deny => "deny",
             Decision::Audit => "audit",
         };
-        let why = ev.rule.clone().or(ev.reason.clone()).unwrap_or_default();
+        let why = ev
+            .rule
+            .as_deref()
+            .or(ev.reason.as_deref())
+            .unwrap_or_default()
+            .to_string();
         *self
             .0
             .tally

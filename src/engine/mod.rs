@@ -399,7 +399,7 @@ impl Engine {
                 subject: Subject::Flow,
                 verdict: Decision::Audit,
                 rule: None,
-                reason: Some(why.to_string()),
+                reason: Some(why.as_str().into()),
             };
         }
         Event {
@@ -412,8 +412,8 @@ impl Engine {
             } else {
                 Decision::Deny
             },
-            rule: d.allowed.then(|| d.detail.clone()),
-            reason: (!d.allowed).then(|| d.detail.clone()),
+            rule: d.allowed.then(|| d.detail.as_str().into()),
+            reason: (!d.allowed).then(|| d.detail.as_str().into()),
         }
     }
 

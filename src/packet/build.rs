@@ -166,6 +166,36 @@ pub fn set_window(frame: &mut [u8], meta: &FrameMeta, window: u16) -> bool {
     }
 }
 
+/// Write `new` (whole 16-bit words) at `at`, an even offset into the TCP
+/// header outside the checksum field, and update the checksum for the
+/// change alone (RFC 1624: HC' = ~(~HC + ~m + m')), so that rewriting a
+/// window or an ack costs the same whatever the payload's size. The frame's
+/// checksum must have been right (the engine checks it on L7 flows).
+pub fn patch_tcp(frame: &mut [u8], meta: &FrameMeta, at: usize, new: &[u8]) -> bool {
+    let l4 = meta.l4_off;
+    let end = at + new.len();
+    let clear_of_checksum = end <= 16 || at >= 18;
+    if !at.is_multiple_of(2)
+        || !new.len().is_multiple_of(2)
+        || !clear_of_checksum
+        || l4 + end.max(18) > frame.len()
+    {
+        return false;
+    }
+    let mut c = u32::from(!u16::from_be_bytes([frame[l4 + 16], frame[l4 + 17]]));
+    for (i, w) in new.chunks_exact(2).enumerate() {
+        let o = l4 + at + 2 * i;
+        let old = u16::from_be_bytes([frame[o], frame[o + 1]]);
+        c += u32::from(!old) + u32::from(u16::from_be_bytes([w[0], w[1]]));
+        frame[o..o + 2].copy_from_slice(w);
+    }
+    while c >> 16 != 0 {
+        c = (c & 0xffff) + (c >> 16);
+    }
+    frame[l4 + 16..l4 + 18].copy_from_slice(&(!(c as u16)).to_be_bytes());
+    true
+}
+
 /// Recompute the TCP checksum of a frame in place.
 pub fn fix_tcp_checksum(frame: &mut [u8], meta: &FrameMeta) {
     let (l3, l4, end) = (meta.l3_off, meta.l4_off, meta.payload_end);
@@ -342,6 +372,27 @@ mod tests {
         };
         assert!(ok, "bad checksum");
         p
+    }
+
+    #[test]
+    fn patched_words_keep_the_checksum_right() {
+        for (mut f, payload) in [(v4_frame(b"hello!"), 6), (v6_frame(&[0xab; 1401]), 1401)] {
+            let m = parse(&f).unwrap();
+            assert_eq!(m.payload_end - m.payload_off, payload);
+            for w in [0u16, 1, 0x7fff, 0xffff, 4096] {
+                assert!(patch_tcp(&mut f, &m, 14, &w.to_be_bytes()));
+                let p = check_valid(&f);
+                let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                    panic!("tcp")
+                };
+                assert_eq!(t.window_size(), w);
+            }
+            assert!(patch_tcp(&mut f, &m, 8, &0xdead_beef_u32.to_be_bytes()));
+            check_valid(&f);
+            // Never the checksum field itself, never an odd offset.
+            assert!(!patch_tcp(&mut f, &m, 16, &[0, 0]));
+            assert!(!patch_tcp(&mut f, &m, 15, &[0, 0]));
+        }
     }
 
     #[test]

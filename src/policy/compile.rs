@@ -239,7 +239,7 @@ fn l7_set<S, R>(
         let rule = (kind.compile)(spec)
             .map_err(|e| err(format!("{pat}.rules.{field}[{k}].{}", e.field), e.message))?;
         rules.push(NamedRule {
-            name: format!("{rule_name}/{pat}/{field}[{k}]"),
+            name: format!("{rule_name}/{pat}/{field}[{k}]").into(),
             rule,
         });
     }
@@ -449,7 +449,7 @@ fn compile_item(
         ));
     }
     Ok(Item {
-        name: format!("{name}/{at}"),
+        name: format!("{name}/{at}").into(),
         peers,
         ports,
         icmps,

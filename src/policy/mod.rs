@@ -16,7 +16,7 @@ pub mod spec;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::config::DenyReplyOverride;
 use crate::l7::http::HttpRule;
@@ -52,7 +52,8 @@ pub enum L7Proto {
 /// logs ("secure-fleet/ingress[0]/l7[1]").
 #[derive(Debug, Clone)]
 pub struct NamedRule<R> {
-    pub name: String,
+    /// Shared with every log event of a request it allowed.
+    pub name: Arc<str>,
     pub rule: R,
 }
 
@@ -159,7 +160,7 @@ impl L7Policy {
 pub struct L7Verdict {
     pub allowed: bool,
     /// Matched rule names (allows) or a reason (denies).
-    pub detail: String,
+    pub detail: Arc<str>,
     /// Allowed only by a stage in audit mode; `detail` says why it would
     /// have been denied.
     pub audit: bool,
@@ -174,8 +175,13 @@ impl<R> RuleSet<R> {
     }
 
     /// Apply `matches` (true when a rule accepts the request) over all stages.
+    /// An allowed request matched by one stage (the common case) costs no
+    /// allocation: its detail is the rule's own shared name.
     pub fn decide(&self, mut matches: impl FnMut(&R) -> bool) -> L7Verdict {
-        let mut names = Vec::new();
+        static NO_MATCH: LazyLock<Arc<str>> = LazyLock::new(|| "no L7 rule matches".into());
+        static ALLOW_ALL: LazyLock<Arc<str>> = LazyLock::new(|| "allow-all".into());
+        let mut first: Option<&Arc<str>> = None;
+        let mut more: Vec<&str> = Vec::new();
         let mut audited = false;
         for st in &self.stages {
             if st.allow_all {
@@ -187,13 +193,14 @@ impl<R> RuleSet<R> {
                 .flat_map(|l| l.iter())
                 .find(|r| matches(&r.rule))
             {
-                Some(r) => names.push(r.name.as_str()),
+                Some(r) if first.is_none() => first = Some(&r.name),
+                Some(r) => more.push(&r.name),
                 // Other stages may still deny it for real.
                 None if st.audit => audited = true,
                 None => {
                     return L7Verdict {
                         allowed: false,
-                        detail: "no L7 rule matches".into(),
+                        detail: NO_MATCH.clone(),
                         audit: false,
                         deny_reply: st.deny_reply.clone(),
                     };
@@ -203,15 +210,22 @@ impl<R> RuleSet<R> {
         if audited {
             return L7Verdict {
                 allowed: true,
-                detail: "no L7 rule matches".into(),
+                detail: NO_MATCH.clone(),
                 audit: true,
                 deny_reply: None,
             };
         }
-        let detail = if names.is_empty() {
-            "allow-all".into()
-        } else {
-            names.join(",")
+        let detail = match first {
+            None => ALLOW_ALL.clone(),
+            Some(n) if more.is_empty() => n.clone(),
+            Some(n) => {
+                let mut all = n.to_string();
+                for m in more {
+                    all.push(',');
+                    all.push_str(m);
+                }
+                all.into()
+            }
         };
         L7Verdict {
             allowed: true,

@@ -95,8 +95,6 @@ pub(super) struct FromClient {
     /// no head held): the head must be complete by
     /// `l7_head_timeout_ns` after it (`Stream::head_timed_out`).
     pub(super) head_since: Option<u64>,
-    /// Times `head_since` started over for the head held now.
-    pub(super) head_restarts: u8,
     /// Client bytes the server never saw.
     pub(super) removed: Removed,
     /// Largest client payload seen: the size of rebuilt segments.
@@ -116,6 +114,8 @@ pub(super) struct FromClient {
     /// judged).
     pub(super) sent: VecDeque<u8>,
     pub(super) sent_base: u64,
+    /// Scratch for the bytes one call releases (empty between calls).
+    pub(super) rel: Vec<u8>,
     /// Client offset up to which the enforcer acknowledged client bytes on
     /// its own (held head bytes, which the server cannot acknowledge before
     /// it has them); only grows, never beyond `next`. Bytes below it that
@@ -205,7 +205,6 @@ impl<P: Protocol> Stream<P> {
                 req: ReqState::Head,
                 scanned: 0,
                 head_since: None,
-                head_restarts: 0,
                 removed: Removed::default(),
                 max_seg: MIN_SEG,
                 win: 0,
@@ -214,6 +213,7 @@ impl<P: Protocol> Stream<P> {
                 tpl: None,
                 sent: VecDeque::new(),
                 sent_base: 0,
+                rel: Vec::new(),
                 own_ack: 0,
                 tx_edge: 0,
                 rtx: None,
@@ -245,6 +245,7 @@ impl<P: Protocol> Stream<P> {
     pub fn held_bytes(&self) -> usize {
         self.cli.buf.capacity()
             + self.cli.sent.capacity()
+            + self.cli.rel.capacity()
             + self.cli.ooo.memory()
             + self.srv.buf.capacity()
             + self
@@ -363,10 +364,9 @@ impl<P: Protocol> Stream<P> {
     pub(super) fn offer_window(&self, frame: &mut [u8], meta: &FrameMeta) {
         let w = self.client_window();
         let at = meta.l4_off + 14;
-        if frame.get(at..at + 2).is_some_and(|f| f != w.to_be_bytes())
-            && build::set_window(frame, meta, w)
-        {
-            build::fix_tcp_checksum(frame, meta);
+        if frame.get(at..at + 2).is_some_and(|f| f != w.to_be_bytes()) {
+            // Incrementally: a bulk reply's every segment gets a new window.
+            build::patch_tcp(frame, meta, 14, &w.to_be_bytes());
         }
     }
 
@@ -467,7 +467,7 @@ impl<P: Protocol> Stream<P> {
         now: u64,
         subject: Subject,
         allowed: bool,
-        detail: String,
+        detail: Arc<str>,
     ) {
         if allowed {
             ctx.counters.l7_requests_allowed += 1;
@@ -475,6 +475,12 @@ impl<P: Protocol> Stream<P> {
             ctx.counters.l7_requests_denied += 1;
             ctx.counters.drop(DropReason::L7Denied);
         }
+        // The detail names the rule (allowed) or the reason: moved, not copied.
+        let (rule, reason) = if allowed {
+            (Some(detail), None)
+        } else {
+            (None, Some(detail))
+        };
         out.events.push(Event {
             time_ns: now,
             worker: ctx.worker,
@@ -485,8 +491,8 @@ impl<P: Protocol> Stream<P> {
             } else {
                 Decision::Deny
             },
-            rule: allowed.then(|| detail.clone()),
-            reason: (!allowed).then_some(detail),
+            rule,
+            reason,
         });
     }
 
@@ -497,7 +503,7 @@ impl<P: Protocol> Stream<P> {
         out: &mut Output,
         now: u64,
         subject: Subject,
-        reason: String,
+        reason: Arc<str>,
     ) {
         ctx.counters.l7_requests_audited += 1;
         out.events.push(Event {

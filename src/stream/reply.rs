@@ -93,7 +93,6 @@ impl<P: Protocol> Stream<P> {
             if advanced {
                 self.srv.ack = a as u64;
                 self.trim_sent(self.srv.ack);
-                self.arm_head_clock(now);
                 let acked = self.cli.removed.to_client_ack(self.srv.ack);
                 self.cli.removed.prune(acked);
             }
@@ -153,7 +152,7 @@ impl<P: Protocol> Stream<P> {
             if self.acks_ahead() {
                 // The client holds our ack of bytes the server has not
                 // acknowledged yet: never show it an older one.
-                build::set_seq_ack(frame, meta, t.seq, self.ack_to_client());
+                build::patch_tcp(frame, meta, 8, &self.ack_to_client().to_be_bytes());
             }
             return Verdict::Forward(to_client);
         }

@@ -39,11 +39,6 @@ pub(super) enum ReqState {
 /// the scale factors in use.
 pub(super) const RST_WINDOW: u64 = 1 << 30;
 
-/// Times a held head's clock may start over on evidence of a lost ACK:
-/// bounded, so that a client resending old bytes holds a head for at most
-/// `HEAD_CLOCK_RESTARTS + 1` head timeouts.
-const HEAD_CLOCK_RESTARTS: u8 = 3;
-
 /// Longest head still held while the worker is over `max_held_total`.
 const BUDGET_HEAD: usize = 1024;
 
@@ -201,6 +196,9 @@ impl<P: Protocol> Stream<P> {
         let next_before = self.cli.next;
         let decided_before = self.decided();
         let out_before = self.c_out();
+        if self.pass_known(ctx, payload, s, fin, modified_before, now) {
+            return Verdict::Forward(fwd);
+        }
 
         // Bytes already decided: resend the kept ones (the server may have
         // lost what we sent), mapped into the server's offsets.
@@ -262,7 +260,9 @@ impl<P: Protocol> Stream<P> {
             ctx.counters.drop(DropReason::L7Duplicate);
         }
 
-        let mut rel = Vec::new();
+        // Reused from call to call: no allocation per segment.
+        let mut rel = std::mem::take(&mut self.cli.rel);
+        rel.clear();
         let mark = out.emits.len();
         let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
@@ -273,6 +273,7 @@ impl<P: Protocol> Stream<P> {
             let resets = out.emits.split_off(mark.min(out.emits.len()));
             self.send_released(ctx, out, cabs, out_before, &rel, false);
             out.emits.extend(resets);
+            self.keep_rel(rel);
             return Verdict::Consumed;
         }
         let fast = !self.modified()
@@ -286,6 +287,7 @@ impl<P: Protocol> Stream<P> {
             && fin == fin_now;
         if fast {
             self.note_tx(out_before, out_before + rel.len() as u64);
+            self.keep_rel(rel);
             return Verdict::Forward(fwd);
         }
         let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
@@ -302,6 +304,7 @@ impl<P: Protocol> Stream<P> {
                 build::strip_sack(frame, meta);
             }
             build::set_seq_ack(frame, meta, seq, ack);
+            self.keep_rel(rel);
             return Verdict::Forward(fwd);
         }
         let mut sent = false;
@@ -340,12 +343,6 @@ impl<P: Protocol> Stream<P> {
             // The ack and window it carried still matter to the server.
             self.ack_server(ctx, out);
         }
-        if len > 0 && s < decided_before as i64 && !resent && !denied {
-            // The client resends bytes the server already acknowledged: it
-            // never got that ACK, and whatever it holds back meanwhile
-            // (the rest of a held head) is loss, not slowness.
-            self.lost_ack_seen(now);
-        }
         let own_before = self.cli.own_ack;
         self.own_held();
         self.arm_owned(ctx, now);
@@ -358,12 +355,72 @@ impl<P: Protocol> Stream<P> {
             self.ack_client(ctx, out);
         } else if len > 0 && s < decided_before as i64 && !resent {
             // A retransmission reaching back into bytes the server already
-            // acknowledged (its ACK was lost): the server sees only bytes it
-            // has and would not answer, so we do, or the client resends it
-            // forever.
+            // acknowledged (its ACK was lost), with new bytes we could not
+            // take (a budget was full): the server sees only bytes it has
+            // and would not answer, so we do, or the client resends the
+            // acknowledged bytes with them until room frees up.
             self.ack_client(ctx, out);
         }
+        self.keep_rel(rel);
         Verdict::Consumed
+    }
+
+    /// Bytes whose framing is already known (the body of an allowed
+    /// request, or a tunnel), in order, on a stream nothing was removed
+    /// from or inserted into, with nothing held: they go on as the client's
+    /// own frame, without reassembly or parsing. The one copy kept is the
+    /// one every released byte has until the server acknowledges it
+    /// (`cli.sent`). Anything else (a segment reaching past the body into
+    /// the next head, a FIN, a budget reached) takes the general path.
+    fn pass_known(
+        &mut self,
+        ctx: &StreamCtx<'_>,
+        payload: &[u8],
+        s: i64,
+        fin: bool,
+        modified: bool,
+        now: u64,
+    ) -> bool {
+        let n = payload.len() as u64;
+        if n == 0
+            || fin
+            || modified
+            || self.closed
+            || s != self.cli.next as i64
+            || !self.cli.buf.is_empty()
+            || self.cli.ooo.memory() != 0
+            || self.cli.fin.is_some()
+            || self.cli.ooo_fin.is_some()
+            || self.draining.is_some()
+        {
+            return false;
+        }
+        // The general path's budgets (`l7-hold-overflow` there).
+        if self.cli.sent.len() >= self.sent_limit()
+            || (ctx.over_budget && !self.cli.sent.is_empty())
+            || (payload.len() > ctx.cfg.max_held_bytes && self.waiting())
+        {
+            return false;
+        }
+        match &mut self.cli.req {
+            ReqState::Body {
+                allowed: true,
+                left,
+            } if *left >= n => {
+                *left -= n;
+                if *left == 0 {
+                    self.cli.req = ReqState::Head;
+                }
+            }
+            ReqState::Pass => {}
+            _ => return false,
+        }
+        let at = self.c_out();
+        self.cli.next += n;
+        self.cli.sent.extend(payload);
+        self.note_tx(at, at + n);
+        self.arm_owned(ctx, now);
+        true
     }
 
     /// A request head is held: acknowledge every byte received, as a proxy
@@ -589,14 +646,13 @@ impl<P: Protocol> Stream<P> {
                                 now,
                                 subj,
                                 false,
-                                format!("invalid request: {why}"),
+                                format!("invalid request: {why}").into(),
                             );
                             self.reset(ctx, out);
                             return true;
                         }
                         Parse::Complete(h) => {
                             self.cli.head_since = None;
-                            self.cli.head_restarts = 0;
                             let head_len = h.head_len.min(avail.len());
                             let proto = &self.proto;
                             let mut v = self.policy.decide(|rule| proto.rule_matches(&h.req, rule));
@@ -606,7 +662,6 @@ impl<P: Protocol> Stream<P> {
                                 // the log says it would not have been, and why.
                                 self.log_audit(ctx, out, now, subject, v.detail);
                                 v.allowed = true;
-                                v.detail = String::new();
                             } else {
                                 self.log(ctx, out, now, subject, v.allowed, v.detail);
                             }
@@ -671,31 +726,20 @@ impl<P: Protocol> Stream<P> {
         denied
     }
 
-    /// The head clock runs from the first held byte of a head, or, when
-    /// bytes released before it still wait for the server's ack, from that
-    /// ack: until then the client may be stalled by a loss ahead of the
-    /// head (its retransmissions back off to a minute or two), not slow.
-    /// The server's acks are not the client's to fake.
-    pub(super) fn arm_head_clock(&mut self, now: u64) {
+    /// The head clock runs from the first held byte of a head. Nothing
+    /// but the client's own pace decides when the head is complete: every
+    /// held byte is acknowledged by us as it arrives (`own_held`), and so
+    /// is everything before it, released bytes included, which we then
+    /// deliver ourselves (`push_owned`). Neither a lost ACK (the client's
+    /// resend is answered at once) nor a slow or lossy server can stall
+    /// the client's sending of the head.
+    fn arm_head_clock(&mut self, now: u64) {
         let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
-        if !held {
-            self.cli.head_restarts = 0;
-        }
         self.cli.head_since = match (held, self.cli.head_since) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
-            (true, None) => self.cli.sent.is_empty().then_some(now),
+            (true, None) => Some(now),
         };
-    }
-
-    /// A held head's clock starts over when the client shows it lost an ACK
-    /// (`HEAD_CLOCK_RESTARTS` times at most per head, since a client can
-    /// resend old bytes at will).
-    fn lost_ack_seen(&mut self, now: u64) {
-        if self.cli.head_since.is_some() && self.cli.head_restarts < HEAD_CLOCK_RESTARTS {
-            self.cli.head_restarts += 1;
-            self.cli.head_since = Some(now);
-        }
     }
 
     /// The held head did not complete within `l7_head_timeout_ns` of its
@@ -748,7 +792,11 @@ impl<P: Protocol> Stream<P> {
             .min(self.cli.sent.len() as u64);
         self.cli.sent.drain(..n as usize);
         self.cli.sent_base += n;
-        if self.cli.sent.is_empty() && self.cli.sent.capacity() > KEEP_CAPACITY {
+        // While a body streams, the server's acks empty this buffer again
+        // and again: freeing it each time would cost an allocation (and a
+        // regrowth) per round trip. It is freed once the body is over.
+        let streaming = matches!(self.cli.req, ReqState::Body { .. });
+        if self.cli.sent.is_empty() && self.cli.sent.capacity() > KEEP_CAPACITY && !streaming {
             self.cli.sent = VecDeque::new();
         }
     }
@@ -788,7 +836,8 @@ impl<P: Protocol> Stream<P> {
             return;
         }
         let out_before = self.c_out();
-        let mut rel = Vec::new();
+        let mut rel = std::mem::take(&mut self.cli.rel);
+        rel.clear();
         let denied = self.decide_queued(ctx, now, out, &mut rel);
         let fin_now = self.fin_ready(ctx, now, out);
         if self.closed {
@@ -804,6 +853,16 @@ impl<P: Protocol> Stream<P> {
         if denied {
             self.ack_client(ctx, out);
         }
+        self.keep_rel(rel);
+    }
+
+    /// The released-bytes scratch goes back for the next call, unless a
+    /// large release grew it (a large head must not keep its memory).
+    fn keep_rel(&mut self, mut rel: Vec<u8>) {
+        if rel.capacity() > KEEP_CAPACITY {
+            rel = Vec::new();
+        }
+        self.cli.rel = rel;
     }
 
     /// Segments carrying released bytes `rel` from server offset `at`.

@@ -57,12 +57,12 @@ fn outcome_of(ev: &Event) -> Outcome {
     if passes(ev.verdict) {
         Outcome {
             verdict: "allow",
-            because: ev.rule.clone().unwrap_or_default(),
+            because: ev.rule.as_deref().unwrap_or_default().to_string(),
         }
     } else {
         Outcome {
             verdict: "deny",
-            because: ev.reason.clone().unwrap_or_default(),
+            because: ev.reason.as_deref().unwrap_or_default().to_string(),
         }
     }
 }
@@ -313,8 +313,8 @@ mod tests {
             },
             subject,
             verdict,
-            rule: passes(verdict).then(|| why.to_string()),
-            reason: (!passes(verdict)).then(|| why.to_string()),
+            rule: passes(verdict).then(|| why.into()),
+            reason: (!passes(verdict)).then(|| why.into()),
         }
     }
 

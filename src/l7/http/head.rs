@@ -1,7 +1,7 @@
 //! Pieces shared by the request and response head parsers: token classes,
 //! header lines and the framing headers (Content-Length, Transfer-Encoding).
 
-use nom::bytes::streaming::{tag, take_while, take_while1};
+use nom::bytes::streaming::{tag, take_while1};
 use nom::error::ErrorKind;
 use nom::IResult;
 
@@ -28,10 +28,39 @@ pub fn lift<'a, T>(r: PResult<'a, T>, what: &'static str) -> Result<(&'a [u8], T
     }
 }
 
-/// RFC 9110 tchar.
+/// RFC 9110 tchar, one table look-up per byte: names and methods are
+/// scanned byte by byte on every request.
 pub fn is_tchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+    TCHAR[usize::from(c)]
 }
+
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        c += 1;
+    }
+    t
+};
 
 /// Field value bytes: VCHAR, SP, HTAB, obs-text. Controls (incl. bare CR/LF) are not.
 pub fn is_value_char(c: u8) -> bool {
@@ -45,8 +74,16 @@ pub fn is_value_char(c: u8) -> bool {
 /// refuses controls, so a control byte never changes what is framed or
 /// routed.
 pub fn is_field_byte(c: u8) -> bool {
-    c != 0 && c != b'\r' && c != b'\n'
+    FIELD[usize::from(c)]
 }
+
+const FIELD: [bool; 256] = {
+    let mut t = [true; 256];
+    t[0] = false;
+    t[b'\r' as usize] = false;
+    t[b'\n' as usize] = false;
+    t
+};
 
 pub fn token(i: &[u8]) -> PResult<'_, &[u8]> {
     take_while1(is_tchar)(i)
@@ -96,9 +133,21 @@ pub fn header_lines<'a>(
         if n > MAX_HEADERS {
             return Err(Stop::Invalid("too many headers"));
         }
-        let (rest, name) = lift(token(i), "bad header name")?;
-        let (rest, _) = lift(tag(&b":"[..])(rest), "bad header name")?;
-        let (rest, value) = lift(take_while(is_field_byte)(rest), "bad header value")?;
+        // Plain scans rather than nom combinators: this loop is most of the
+        // cost of a request head.
+        let name_len = i.iter().position(|&c| !is_tchar(c)).unwrap_or(i.len());
+        let (name, rest) = i.split_at(name_len);
+        match rest.first() {
+            None => return Err(Stop::NeedMore),
+            Some(b':') if name_len > 0 => {}
+            Some(_) => return Err(Stop::Invalid("bad header name")),
+        }
+        let rest = &rest[1..];
+        let value_len = rest
+            .iter()
+            .position(|&c| !is_field_byte(c))
+            .unwrap_or(rest.len());
+        let (value, rest) = rest.split_at(value_len);
         i = crlf(rest)?;
         on(name, trim_ows(value))?;
     }

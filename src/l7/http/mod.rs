@@ -170,8 +170,17 @@ impl Protocol for Http {
 
     fn subject(&self, req: &HttpRequest) -> Subject {
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        // RFC 9110's methods need no copy in the log event.
+        const METHODS: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
+        let m = req.method();
+        let method = match METHODS.iter().find(|k| k.as_bytes() == m) {
+            Some(k) => std::borrow::Cow::Borrowed(*k),
+            None => std::borrow::Cow::Owned(s(m)),
+        };
         Subject::Http {
-            method: s(req.method()),
+            method,
             host: s(req.host()),
             path: s(req.path()),
         }
@@ -179,7 +188,7 @@ impl Protocol for Http {
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Http {
-            method: String::new(),
+            method: "".into(),
             host: String::new(),
             path: String::new(),
         }

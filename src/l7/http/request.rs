@@ -5,7 +5,7 @@
 use nom::bytes::streaming::{tag, take_while1};
 
 use super::head::{
-    content_length, crlf, header_lines, lift, sp, token, transfer_encoding, Stop, TeState,
+    content_length, crlf, header_lines, lift, sp, token, transfer_encoding, trim_ows, Stop, TeState,
 };
 use crate::l7::{Body, Parse, RequestHead};
 
@@ -19,7 +19,9 @@ pub enum Version {
 type Span = (u32, u32);
 
 /// A parsed request head. It owns one copy of the head bytes; attributes are
-/// ranges into it, so a parse costs two allocations whatever the header count.
+/// ranges into it, so a parse costs one allocation whatever the header count.
+/// Header fields are not indexed: few rules test them, so `headers` reads
+/// them again from the (already checked) head when asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     head: Vec<u8>,
@@ -28,7 +30,8 @@ pub struct HttpRequest {
     /// Absolute-form target with an empty path: the path is "/".
     root_path: bool,
     host: Span,
-    headers: Vec<(Span, Span)>,
+    /// Where the first header line starts in `head`.
+    fields: u32,
     pub version: Version,
     /// `Expect: 100-continue`: the client waits for a 100 (or a final reply) before the body.
     pub expect_continue: bool,
@@ -56,10 +59,20 @@ impl HttpRequest {
     pub fn host(&self) -> &[u8] {
         self.get(self.host)
     }
+    /// Header fields in order, as (name, value without surrounding
+    /// whitespace). The parse checked every line from `fields` on: each is
+    /// `token ":" value CRLF` (no CR or LF inside), up to an empty line.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.headers
-            .iter()
-            .map(move |&(n, v)| (self.get(n), self.get(v)))
+        let fields = self.head.get(self.fields as usize..).unwrap_or(&[]);
+        fields
+            .split(|&c| c == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .take_while(|l| !l.is_empty())
+            .map(|l| {
+                let colon = l.iter().position(|&c| c == b':').unwrap_or(l.len());
+                let (name, value) = l.split_at(colon);
+                (name, trim_ows(value.get(1..).unwrap_or(&[])))
+            })
     }
     /// Values of the headers called `name` (ASCII case-insensitive).
     pub fn header_values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -125,15 +138,14 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         i = rest;
     }
     let i = crlf(i)?;
+    let fields = (buf.len() - i.len()) as u32;
 
-    let mut headers = Vec::new();
     let mut host_hdr: Option<&[u8]> = None;
     let mut cl = None;
     let mut te = TeState::default();
     let mut expect_continue = false;
     let mut connection_close = false;
     let rest = header_lines(i, |name, value| {
-        headers.push((span(buf, name), span(buf, value)));
         if name.eq_ignore_ascii_case(b"host") {
             if host_hdr.is_some() {
                 return Err(Stop::Invalid("repeated Host"));
@@ -151,7 +163,7 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection_close |= value
                 .split(|&c| c == b',')
-                .any(|t| super::head::trim_ows(t).eq_ignore_ascii_case(b"close"));
+                .any(|t| trim_ows(t).eq_ignore_ascii_case(b"close"));
         }
         Ok(())
     })?;
@@ -241,7 +253,7 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
             path: span(buf, path),
             root_path,
             host: span(buf, host),
-            headers,
+            fields,
             version,
             expect_continue,
             connection_close,
@@ -537,6 +549,46 @@ mod tests {
             h.req.header_values(b"upgrade").next(),
             Some(&b"websocket"[..])
         );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `headers` reads the fields again from the stored head: it gives
+        /// every field in order, its value without surrounding blanks, also
+        /// with blanks, controls and high bytes inside values.
+        #[test]
+        fn headers_are_read_back_as_sent(
+            lead in 0usize..3,
+            fields in prop::collection::vec(
+                ("[A-Za-z0-9!#$%&'*+.^_`|~-]{1,10}", "[ \t]{0,2}", prop::collection::vec(
+                    prop_oneof![Just(b' '), Just(b'\t'), 0x01u8..0x0a, 0x0bu8..0x0d, 0x0eu8..=0xff], 0..12),
+                 "[ \t]{0,2}"),
+                0..6),
+        ) {
+            let mut head = b"\r\n".repeat(lead);
+            head.extend_from_slice(b"GET /x HTTP/1.0\r\n");
+            let mut want = Vec::new();
+            for (name, pre, value, post) in &fields {
+                let lower = name.to_ascii_lowercase();
+                if ["host", "content-length", "transfer-encoding", "expect", "connection"]
+                    .contains(&lower.as_str())
+                {
+                    continue;
+                }
+                head.extend_from_slice(format!("{name}:{pre}").as_bytes());
+                head.extend_from_slice(value);
+                head.extend_from_slice(format!("{post}\r\n").as_bytes());
+                want.push((name.as_bytes().to_vec(), trim_ows(value).to_vec()));
+            }
+            head.extend_from_slice(b"\r\n");
+            let req = match parse_request(&head) {
+                Parse::Complete(h) => h.req,
+                o => return Err(TestCaseError::fail(format!("{o:?}"))),
+            };
+            let got: Vec<_> = req.headers().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::command::{is_quiet, Command};
 use super::text::MAX_KEY;
-use super::McRequest;
+use super::{Keys, McRequest};
 use crate::l7::{Body, Parse, RequestHead};
 
 pub const HEADER_LEN: usize = 24;
@@ -118,9 +118,9 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
         return Parse::NeedMore;
     };
     let keys = if key.is_empty() {
-        Vec::new()
+        Keys::new()
     } else {
-        vec![key.to_vec()]
+        Keys::one(key)
     };
     Parse::Complete(RequestHead {
         head_len,
@@ -185,7 +185,7 @@ mod tests {
         assert_eq!((h.head_len, h.body), (24 + 11, Body::None));
         assert_eq!(h.req.command, Command::Binary(0));
         assert_eq!((h.req.opaque, h.req.noreply), (7, false));
-        assert_eq!(h.req.keys, vec![b"awing-coord".to_vec()]);
+        assert_eq!(h.req.keys, Keys::one(b"awing-coord"));
         let b = request(0x11, 9, &[0; 8], b"k", b"value");
         let h = ok(&b);
         assert_eq!(

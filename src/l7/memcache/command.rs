@@ -2,99 +2,82 @@
 //! a rule's `command` names, after Cilium's proxylib `MemcacheOpCodeMap`,
 //! with the additions documented in docs/l7.md.
 
-/// A text-protocol command. Meta commands whose mode changes what they do
-/// (`ms` add/append/..., `ma` incr/decr) are split so groups can tell them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum TextCmd {
-    Set,
-    Add,
-    Replace,
-    Append,
-    Prepend,
-    Cas,
-    Get,
-    Gets,
-    Gat,
-    Gats,
-    Delete,
-    Incr,
-    Decr,
-    Touch,
-    Stats,
-    FlushAll,
-    Version,
-    Verbosity,
-    Quit,
-    Shutdown,
-    Slabs,
-    Lru,
-    LruCrawler,
-    Watch,
-    CacheMemlimit,
-    Misbehave,
-    Mg,
-    MsSet,
-    MsAdd,
-    MsReplace,
-    MsAppend,
-    MsPrepend,
-    Md,
-    MaIncr,
-    MaDecr,
-    Mn,
-    Me,
-    Extstore,
-    RefreshCerts,
-    Debugtime,
-    /// A line memcached does not know as a command (it answers `ERROR`):
-    /// an unknown name, a blank line, a one-letter word.
-    Unknown,
+/// Declares `TextCmd` with its names and the list of every known command
+/// from one table, so that no list can miss a variant.
+macro_rules! text_commands {
+    ($($cmd:ident => $name:literal,)*) => {
+        /// A text-protocol command. Meta commands whose mode changes what they do
+        /// (`ms` add/append/..., `ma` incr/decr) are split so groups can tell them apart.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum TextCmd {
+            $($cmd,)*
+            /// A line memcached does not know as a command (it answers `ERROR`):
+            /// an unknown name, a blank line, a one-letter word.
+            Unknown,
+        }
+
+        impl TextCmd {
+            /// Every command memcached knows (all but `Unknown`).
+            pub const KNOWN: &'static [TextCmd] = &[$(TextCmd::$cmd,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(TextCmd::$cmd => $name,)*
+                    TextCmd::Unknown => "unknown",
+                }
+            }
+        }
+    };
 }
 
-impl TextCmd {
-    pub fn name(self) -> &'static str {
-        use TextCmd::*;
-        match self {
-            Set => "set",
-            Add => "add",
-            Replace => "replace",
-            Append => "append",
-            Prepend => "prepend",
-            Cas => "cas",
-            Get => "get",
-            Gets => "gets",
-            Gat => "gat",
-            Gats => "gats",
-            Delete => "delete",
-            Incr => "incr",
-            Decr => "decr",
-            Touch => "touch",
-            Stats => "stats",
-            FlushAll => "flush_all",
-            Version => "version",
-            Verbosity => "verbosity",
-            Quit => "quit",
-            Shutdown => "shutdown",
-            Slabs => "slabs",
-            Lru => "lru",
-            LruCrawler => "lru_crawler",
-            Watch => "watch",
-            CacheMemlimit => "cache_memlimit",
-            Misbehave => "misbehave",
-            Mg => "mg",
-            MsSet | MsAdd | MsReplace | MsAppend | MsPrepend => "ms",
-            Md => "md",
-            MaIncr | MaDecr => "ma",
-            Mn => "mn",
-            Me => "me",
-            Extstore => "extstore",
-            RefreshCerts => "refresh_certs",
-            Debugtime => "debugtime",
-            Unknown => "unknown",
-        }
-    }
+text_commands! {
+    Set => "set",
+    Add => "add",
+    Replace => "replace",
+    Append => "append",
+    Prepend => "prepend",
+    Cas => "cas",
+    Get => "get",
+    Gets => "gets",
+    Gat => "gat",
+    Gats => "gats",
+    Delete => "delete",
+    Incr => "incr",
+    Decr => "decr",
+    Touch => "touch",
+    Stats => "stats",
+    FlushAll => "flush_all",
+    Version => "version",
+    Verbosity => "verbosity",
+    Quit => "quit",
+    Shutdown => "shutdown",
+    Slabs => "slabs",
+    Lru => "lru",
+    LruCrawler => "lru_crawler",
+    Watch => "watch",
+    CacheMemlimit => "cache_memlimit",
+    Misbehave => "misbehave",
+    Mg => "mg",
+    MsSet => "ms",
+    MsAdd => "ms",
+    MsReplace => "ms",
+    MsAppend => "ms",
+    MsPrepend => "ms",
+    Md => "md",
+    MaIncr => "ma",
+    MaDecr => "ma",
+    Mn => "mn",
+    Me => "me",
+    Extstore => "extstore",
+    RefreshCerts => "refresh_certs",
+    Debugtime => "debugtime",
+}
 
+// A command set holds the text commands as bits of one u64.
+const _: () = assert!((TextCmd::Unknown as u8) < 64);
+
+impl TextCmd {
     fn bit(self) -> u64 {
         1u64 << (self as u8)
     }
@@ -283,53 +266,6 @@ impl CmdSet {
     }
 }
 
-/// Every text command (for name look-ups).
-const TEXT_CMDS: &[TextCmd] = {
-    use TextCmd::*;
-    &[
-        Set,
-        Add,
-        Replace,
-        Append,
-        Prepend,
-        Cas,
-        Get,
-        Gets,
-        Gat,
-        Gats,
-        Delete,
-        Incr,
-        Decr,
-        Touch,
-        Stats,
-        FlushAll,
-        Version,
-        Verbosity,
-        Quit,
-        Shutdown,
-        Slabs,
-        Lru,
-        LruCrawler,
-        Watch,
-        CacheMemlimit,
-        Misbehave,
-        Mg,
-        MsSet,
-        MsAdd,
-        MsReplace,
-        MsAppend,
-        MsPrepend,
-        Md,
-        MaIncr,
-        MaDecr,
-        Mn,
-        Me,
-        Extstore,
-        RefreshCerts,
-        Debugtime,
-    ]
-};
-
 /// Group names from narrowest to widest, as `group_of` tries them.
 const GROUPS: &[&str] = &[
     "get",
@@ -371,7 +307,7 @@ const GROUPS: &[&str] = &[
 /// command logged as `name` (a log names `ms` for all of its modes, so
 /// `ms` needs `storage`). None for a name no group covers.
 pub fn group_of(name: &str) -> Option<String> {
-    let mut cmds: Vec<Command> = TEXT_CMDS
+    let mut cmds: Vec<Command> = TextCmd::KNOWN
         .iter()
         .filter(|c| c.name() == name)
         .map(|&c| Command::Text(c))
@@ -445,6 +381,15 @@ mod tests {
     }
 
     #[test]
+    fn known_lists_every_command_but_unknown_once() {
+        for (k, &c) in TextCmd::KNOWN.iter().enumerate() {
+            assert_eq!(c as usize, k, "{c:?}");
+        }
+        assert_eq!(TextCmd::KNOWN.len(), TextCmd::Unknown as usize);
+        assert_eq!(group_of("unknown"), None);
+    }
+
+    #[test]
     fn quiet_opcodes() {
         for op in [
             0x09, 0x0d, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1e, 0x24,
@@ -478,7 +423,7 @@ mod tests {
             assert_eq!(g.as_deref(), Some(group), "{name}");
             // The group it names really allows every command of that name.
             let set = CmdSet::group(group).unwrap();
-            for &c in TEXT_CMDS.iter().filter(|c| c.name() == name) {
+            for &c in TextCmd::KNOWN.iter().filter(|c| c.name() == name) {
                 assert!(set.contains(Command::Text(c)), "{name}");
             }
         }

@@ -32,11 +32,156 @@ pub struct MemcacheRuleSpec {
 pub struct McRequest {
     pub command: Command,
     /// Keys as sent (binary: the key field, if any).
-    pub keys: Vec<Vec<u8>>,
+    pub keys: Keys,
     /// No reply expected: text `noreply`, meta `q`, binary quiet opcodes.
     pub noreply: bool,
     /// Binary only; echoed in the denial.
     pub opaque: u32,
+}
+
+/// Bytes of keys held in a `Keys` value itself (one length byte each).
+const INLINE_KEYS: usize = 62;
+
+/// The keys of one request, back to back in one buffer, each after its
+/// length: one byte below 255, else 255 and eight bytes (little endian).
+/// A request carries one short key or none almost always: up to
+/// `INLINE_KEYS` bytes live in the value itself, so that a request is
+/// parsed without allocating; longer key lists move to the heap whole.
+#[derive(Clone)]
+pub struct Keys {
+    /// Bytes of `inline` in use while `heap` is empty.
+    len: u8,
+    inline: [u8; INLINE_KEYS],
+    heap: Vec<u8>,
+}
+
+impl Keys {
+    pub const fn new() -> Keys {
+        Keys {
+            len: 0,
+            inline: [0; INLINE_KEYS],
+            heap: Vec::new(),
+        }
+    }
+
+    pub fn one(key: &[u8]) -> Keys {
+        let mut k = Keys::new();
+        k.push(key);
+        k
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline[..usize::from(self.len)]
+        } else {
+            &self.heap
+        }
+    }
+
+    pub fn push(&mut self, key: &[u8]) {
+        let mut prefix = [0u8; 9];
+        let plen = match u8::try_from(key.len()) {
+            Ok(n) if n < u8::MAX => {
+                prefix[0] = n;
+                1
+            }
+            _ => {
+                prefix[0] = u8::MAX;
+                prefix[1..].copy_from_slice(&(key.len() as u64).to_le_bytes());
+                9
+            }
+        };
+        let at = usize::from(self.len);
+        let end = at + plen + key.len();
+        if self.heap.is_empty() && end <= INLINE_KEYS {
+            self.inline[at..at + plen].copy_from_slice(&prefix[..plen]);
+            self.inline[at + plen..end].copy_from_slice(key);
+            self.len = end as u8;
+            return;
+        }
+        // The heap is never empty once used: every key adds its length byte.
+        if self.heap.is_empty() {
+            self.heap.reserve(end);
+            self.heap.extend_from_slice(&self.inline[..at]);
+        }
+        self.heap.extend_from_slice(&prefix[..plen]);
+        self.heap.extend_from_slice(key);
+    }
+
+    pub fn iter(&self) -> KeyIter<'_> {
+        KeyIter(self.bytes())
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new()
+    }
+}
+
+/// Equal keys have equal encodings, wherever they are held.
+impl PartialEq for Keys {
+    fn eq(&self, other: &Keys) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Keys {}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|k| k.escape_ascii().to_string()))
+            .finish()
+    }
+}
+
+impl<'a> FromIterator<&'a [u8]> for Keys {
+    fn from_iter<I: IntoIterator<Item = &'a [u8]>>(keys: I) -> Keys {
+        let mut k = Keys::new();
+        for key in keys {
+            k.push(key);
+        }
+        k
+    }
+}
+
+impl<'a> IntoIterator for &'a Keys {
+    type Item = &'a [u8];
+    type IntoIter = KeyIter<'a>;
+    fn into_iter(self) -> KeyIter<'a> {
+        self.iter()
+    }
+}
+
+/// The keys of a `Keys`, in order.
+#[derive(Debug, Clone)]
+pub struct KeyIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for KeyIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (&n, rest) = self.0.split_first()?;
+        let (n, rest) = if n < u8::MAX {
+            (usize::from(n), rest)
+        } else {
+            let (len, rest) = rest.split_at_checked(8)?;
+            (u64::from_le_bytes(len.try_into().ok()?) as usize, rest)
+        };
+        let (key, rest) = rest.split_at_checked(n)?;
+        self.0 = rest;
+        Some(key)
+    }
 }
 
 impl McRequest {
@@ -141,7 +286,7 @@ impl Protocol for Memcache {
 
     fn subject(&self, req: &McRequest) -> Subject {
         Subject::Memcache {
-            command: req.command.name().to_string(),
+            command: req.command.name(),
             keys: req
                 .keys
                 .iter()
@@ -152,7 +297,7 @@ impl Protocol for Memcache {
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Memcache {
-            command: String::new(),
+            command: "",
             keys: Vec::new(),
         }
     }
@@ -523,5 +668,39 @@ mod tests {
             b.parse_reply(b"END\r\n", Some(&bget)),
             Parse::Invalid(_)
         ));
+    }
+
+    /// Keys keep their order and bytes whatever their lengths, inline or
+    /// moved to the heap part-way, and compare by content.
+    #[test]
+    fn keys_hold_any_lengths() {
+        let long = vec![b'x'; 300];
+        let sizes: [&[usize]; 6] = [
+            &[],
+            &[0],
+            &[11],
+            &[INLINE_KEYS - 1],
+            &[INLINE_KEYS],
+            &[20, 20, 20, 254, 255, 256, 0, 3],
+        ];
+        for lens in sizes {
+            let want: Vec<Vec<u8>> = lens
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| long[..n].iter().map(|&b| b + k as u8).collect())
+                .collect();
+            let keys: Keys = want.iter().map(Vec::as_slice).collect();
+            assert_eq!(keys.iter().collect::<Vec<_>>(), want, "{lens:?}");
+            assert_eq!(keys.len(), want.len());
+            assert_eq!(keys.is_empty(), want.is_empty());
+            let mut again = Keys::new();
+            for k in &want {
+                again.push(k);
+            }
+            assert_eq!(again, keys);
+        }
+        assert_ne!(Keys::one(b"ab"), Keys::one(b"a"));
+        assert_ne!(Keys::one(b""), Keys::new());
+        assert_eq!(format!("{:?}", Keys::one(b"a\x90")), "[\"a\\\\x90\"]");
     }
 }

@@ -68,12 +68,12 @@ impl MemcacheRule {
         if !cmds.contains(req.command) {
             return false;
         }
-        let keys = req.keys.iter();
+        let mut keys = req.keys.iter();
         match &self.key {
             KeyTest::Any => true,
-            KeyTest::Exact(k) => keys.into_iter().all(|x| x == k),
-            KeyTest::Prefix(p) => keys.into_iter().all(|x| x.starts_with(p)),
-            KeyTest::Regex(r) => keys.into_iter().all(|x| r.is_match(x)),
+            KeyTest::Exact(k) => keys.all(|x| x == k.as_slice()),
+            KeyTest::Prefix(p) => keys.all(|x| x.starts_with(p)),
+            KeyTest::Regex(r) => keys.all(|x| r.is_match(x)),
         }
     }
 }

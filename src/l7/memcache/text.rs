@@ -15,7 +15,7 @@
 //! know or that end the connection (see docs/l7.md).
 
 use super::command::{Command, TextCmd};
-use super::McRequest;
+use super::{Keys, McRequest};
 use crate::l7::{Body, Parse, RequestHead};
 
 /// memcached closes a connection whose buffered line reaches past 2048 bytes
@@ -45,7 +45,10 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
         [rest @ .., b'\r'] if nl > 1 => rest,
         l => l,
     };
-    if line.len() > MAX_LINE && !multiget(line) {
+    // The bytes before the LF, CR included: had they arrived without the
+    // LF, they would be refused above, so they are refused with it too
+    // (the answer must not depend on how the line was split).
+    if nl > MAX_LINE && !multiget(line) {
         return Parse::Invalid("command line too long");
     }
     // memcached reads the line as a C string: a NUL would end it early.
@@ -73,25 +76,38 @@ fn multiget(line: &[u8]) -> bool {
 /// Tokens split on single spaces as memcached's `tokenize_command` does
 /// (runs of spaces are one separator; tabs and other bytes are part of a
 /// token). `n` is the number of tokens memcached sees before it stops
-/// (at most 23); `all` holds every token (multi-gets read past the stop).
+/// (at most 23), kept in place without allocating; `all` walks every token
+/// of the line (multi-gets read past the stop).
 struct Toks<'a> {
-    all: Vec<&'a [u8]>,
+    line: &'a [u8],
+    toks: [&'a [u8]; MAX_TOKENS - 1],
     n: usize,
 }
 
 impl<'a> Toks<'a> {
     fn new(line: &'a [u8]) -> Self {
-        let all: Vec<&[u8]> = line
-            .split(|&c| c == b' ')
-            .filter(|t| !t.is_empty())
-            .collect();
-        let n = all.len().min(MAX_TOKENS - 1);
-        Toks { all, n }
+        let mut t = Toks {
+            line,
+            toks: [&line[..0]; MAX_TOKENS - 1],
+            n: 0,
+        };
+        for tok in Self::split(line).take(MAX_TOKENS - 1) {
+            t.toks[t.n] = tok;
+            t.n += 1;
+        }
+        t
+    }
+    fn split(line: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        line.split(|&c| c == b' ').filter(|t| !t.is_empty())
+    }
+    /// Every token of the line.
+    fn all(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        Self::split(self.line)
     }
     /// Token `i` as memcached sees it (empty past the end).
     fn get(&self, i: usize) -> &'a [u8] {
         if i < self.n {
-            self.all[i]
+            self.toks[i]
         } else {
             b""
         }
@@ -102,14 +118,14 @@ impl<'a> Toks<'a> {
     }
     /// `set_noreply_maybe`: the last token memcached sees is `noreply`.
     fn noreply(&self) -> bool {
-        self.n > 0 && self.all[self.n - 1] == b"noreply"
+        self.n > 0 && self.toks[self.n - 1] == b"noreply"
     }
     /// Token `i` as a key (for the rule), if memcached sees one there.
-    fn key(&self, i: usize) -> Vec<Vec<u8>> {
+    fn key(&self, i: usize) -> Keys {
         if i < self.n {
-            vec![self.all[i].to_vec()]
+            Keys::one(self.toks[i])
         } else {
-            Vec::new()
+            Keys::new()
         }
     }
 }
@@ -192,7 +208,7 @@ fn data_len(t: &[u8]) -> R<Option<u64>> {
 
 type R<T> = Result<T, &'static str>;
 
-fn req(cmd: TextCmd, keys: Vec<Vec<u8>>, noreply: bool) -> McRequest {
+fn req(cmd: TextCmd, keys: Keys, noreply: bool) -> McRequest {
     McRequest {
         command: Command::Text(cmd),
         keys,
@@ -226,7 +242,7 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
     let wrong_count = |cmd, key_at: usize| Ok((req(cmd, t.key(key_at), false), None));
     let simple = |cmd, keys, noreply| Ok((req(cmd, keys, noreply), None));
     if t.n == 0 || name.len() < 2 {
-        return simple(Unknown, vec![], false);
+        return simple(Unknown, Keys::new(), false);
     }
     if name.len() == 2 && name[0] == b'm' {
         return meta(&t, name[1]);
@@ -263,7 +279,12 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             }
             // Every key of the line, also past memcached's 23-token window
             // (it reads multi-gets in batches).
-            let keys = t.all.iter().skip(first).map(|k| k.to_vec()).collect();
+            // The window holds the whole line unless it is full.
+            let keys = if t.n < MAX_TOKENS - 1 {
+                t.toks[first.min(t.n)..t.n].iter().copied().collect()
+            } else {
+                t.all().skip(first).collect()
+            };
             simple(cmd, keys, false)
         }
         b"set" => update(Set, [6, 7]),
@@ -298,44 +319,44 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             if nt != 3 && nt != 4 {
                 return wrong_count(cmd, usize::MAX);
             }
-            simple(cmd, vec![], t.noreply())
+            simple(cmd, Keys::new(), t.noreply())
         }
         b"flush_all" => {
             if !(2..=4).contains(&nt) {
                 return wrong_count(FlushAll, usize::MAX);
             }
-            simple(FlushAll, vec![], t.noreply())
+            simple(FlushAll, Keys::new(), t.noreply())
         }
         b"lru" | b"extstore" => {
             let cmd = if name == b"lru" { Lru } else { Extstore };
             if nt < 3 {
                 return wrong_count(cmd, usize::MAX);
             }
-            simple(cmd, vec![], t.noreply())
+            simple(cmd, Keys::new(), t.noreply())
         }
-        b"watch" => simple(Watch, vec![], t.noreply()),
-        b"refresh_certs" => simple(RefreshCerts, vec![], t.noreply()),
+        b"watch" => simple(Watch, Keys::new(), t.noreply()),
+        b"refresh_certs" => simple(RefreshCerts, Keys::new(), t.noreply()),
         // Only `slabs automove` reads `noreply`.
         b"slabs" => simple(
             Slabs,
-            vec![],
+            Keys::new(),
             nt >= 4 && t.get(1) == b"automove" && t.noreply(),
         ),
-        b"stats" => simple(Stats, vec![], false),
-        b"shutdown" => simple(Shutdown, vec![], false),
-        b"lru_crawler" => simple(LruCrawler, vec![], false),
-        b"version" => simple(Version, vec![], false),
-        b"quit" => simple(Quit, vec![], false),
+        b"stats" => simple(Stats, Keys::new(), false),
+        b"shutdown" => simple(Shutdown, Keys::new(), false),
+        b"lru_crawler" => simple(LruCrawler, Keys::new(), false),
+        b"version" => simple(Version, Keys::new(), false),
+        b"quit" => simple(Quit, Keys::new(), false),
         // Debug builds only; release builds answer ERROR.
-        b"misbehave" => simple(Misbehave, vec![], false),
-        b"debugtime" => simple(Debugtime, vec![], false),
+        b"misbehave" => simple(Misbehave, Keys::new(), false),
+        b"debugtime" => simple(Debugtime, Keys::new(), false),
         _ => {
             // memcached closes, without a word, on an unknown command whose
             // last token starts with `HTTP/`: an HTTP request line.
             if t.get(t.n - 1).starts_with(b"HTTP/") {
                 return Err("HTTP request line (memcached closes)");
             }
-            simple(Unknown, vec![], false)
+            simple(Unknown, Keys::new(), false)
         }
     }
 }
@@ -344,14 +365,15 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
 /// on the decoded bytes: those are what rules judge. `b64` says whether the
 /// flag is there (as memcached looks for it). Undecodable keys are refused:
 /// judging the raw token would be unsound if memcached decoded it after all.
-fn meta_key(t: &Toks<'_>, b64: bool) -> R<Vec<Vec<u8>>> {
+fn meta_key(t: &Toks<'_>, b64: bool) -> R<Keys> {
     let keys = t.key(1);
     if !b64 {
         return Ok(keys);
     }
-    keys.into_iter()
-        .map(|k| base64_decode(&k).ok_or("bad base64 key"))
-        .collect()
+    keys.iter()
+        .map(|k| base64_decode(k).ok_or("bad base64 key"))
+        .collect::<R<Vec<_>>>()
+        .map(|ks| ks.iter().map(Vec::as_slice).collect())
 }
 
 /// Whether a flag token from `from` on starts with `b` (`_meta_flag_preparse`).
@@ -410,14 +432,14 @@ fn meta(t: &Toks<'_>, c: u8) -> R<(McRequest, Option<u64>)> {
         b'g' => Mg,
         b'd' => Md,
         b'e' => Me,
-        b'n' => return Ok((req(Mn, vec![], false), None)),
+        b'n' => return Ok((req(Mn, Keys::new(), false), None)),
         b'a' => match meta_flags(t, 2).1 {
             Some(b'D' | b'-') => MaDecr,
             // Invalid modes are answered with an error: incr is the default.
             _ => MaIncr,
         },
         b's' => return mset(t),
-        _ => return Ok((req(Unknown, vec![], false), None)),
+        _ => return Ok((req(Unknown, Keys::new(), false), None)),
     };
     let quiet = nt >= 3 && meta_flags(t, 2).0;
     Ok((req(cmd, key, quiet), None))
@@ -595,7 +617,7 @@ mod tests {
         // (memaslap's keys carry control and high bytes).
         assert_eq!(keys("get a\tb\r\n"), ["a\tb"]);
         match parse(b"get \x10\x90k\r\n") {
-            Parse::Complete(h) => assert_eq!(h.req.keys, [b"\x10\x90k".to_vec()]),
+            Parse::Complete(h) => assert_eq!(h.req.keys, Keys::one(b"\x10\x90k")),
             o => panic!("{o:?}"),
         }
         // A key too long, no key: memcached answers an error; judged as get.
@@ -719,6 +741,17 @@ mod tests {
             parse(&long.as_bytes()[..MAX_LINE + 1]),
             Parse::Invalid(_)
         ));
+        // At the limit with its CR: refused whole as when cut before the LF
+        // (found by fuzzing); one byte shorter it is a line like any other.
+        let at_limit = format!("{}\r\n", "x".repeat(MAX_LINE));
+        invalid(&at_limit);
+        assert!(matches!(
+            parse(&at_limit.as_bytes()[..MAX_LINE + 1]),
+            Parse::Invalid(_)
+        ));
+        let below = format!("{}\r\n", "x".repeat(MAX_LINE - 1));
+        assert_eq!(cmd(&below), TextCmd::Unknown);
+        assert_eq!(parse(&below.as_bytes()[..MAX_LINE]), Parse::NeedMore);
         // A multi-get may be longer (the stream's hold bound applies).
         let get = format!("  get {}", "k ".repeat(3 * MAX_LINE));
         assert_eq!(parse(get.as_bytes()), Parse::NeedMore);

@@ -127,13 +127,13 @@ fn from_event(ev: &Event) -> Obs {
         seen: match &ev.subject {
             Subject::Flow => Seen::Flow,
             Subject::Http { method, host, path } => Seen::Http {
-                method: method.clone(),
+                method: method.to_string(),
                 host: host.clone(),
                 path: path.clone(),
                 headers: Vec::new(),
             },
             Subject::Memcache { command, keys } => Seen::Memcache {
-                command: command.clone(),
+                command: command.to_string(),
                 keys: keys.clone(),
             },
         },
