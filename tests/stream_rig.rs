@@ -264,6 +264,11 @@ conversations! {
     fn handshake_under_heavy_loss_regression {
         IN_TURN Default faults(13, 1, 7, 1) seeds([618662890734352118]) &[GetAllowed]
     }
+    fn pipelined_mix_with_a_denial_and_quiet_sets_small_budget_regression {
+        PIPELINED Small faults(12, 1, 1, 12) seeds([9109381907267769226])
+            &[GetAllowed, GetDenied, SetAllowed, GetAllowed, SetQuietAllowed, SetAllowed,
+              SetQuietAllowed, GetAllowed]
+    }
     fn sets_then_quiet_sets_lossy_small_budget_regression {
         IN_TURN Small faults(10, 6, 9, 14) seeds([11015669686455748639])
             &[SetAllowed, GetAllowed, SetAllowed, SetAllowed, SetQuietAllowed, SetQuietAllowed]

@@ -3,6 +3,7 @@
 //! emitters both paths share. The client→server path is in `request.rs`, the
 //! server→client path in `reply.rs`.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -127,6 +128,10 @@ pub(super) struct FromClient {
     /// Retransmission timer for bytes we acknowledged and the server did not
     /// yet: (deadline, current timeout).
     pub(super) rtx: Option<(u64, u64)>,
+    /// The right edge (client offset) of the windows offered to the client so
+    /// far, the SYN-ACK's included. An offer never moves it back: see
+    /// `Stream::client_window`.
+    pub(super) offered: Cell<u64>,
 }
 
 /// What the enforcer knows of the server's segments: the server→client byte
@@ -217,6 +222,7 @@ impl<P: Protocol> Stream<P> {
                 own_ack: 0,
                 tx_edge: 0,
                 rtx: None,
+                offered: Cell::new(0),
             },
             srv: FromServer {
                 abs: None,
@@ -354,10 +360,21 @@ impl<P: Protocol> Stream<P> {
         if matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty() {
             edge = edge.max(self.decided().saturating_add(limit));
         }
-        let offer = edge.saturating_sub(self.client_acked());
+        // Never shrink (RFC 9293 3.8.6.2.2: a receiver SHOULD NOT move its
+        // right edge back). The client may already have sent up to an edge
+        // offered before; some stacks (smoltcp) then stop retransmitting
+        // bytes past a shrunk edge and the connection stalls. Bytes beyond
+        // what the enforcer can hold are dropped and come back by
+        // retransmission instead, within the edge the client was given.
+        let edge = edge.max(self.cli.offered.get());
+        let acked = self.client_acked();
+        let offer = edge.saturating_sub(acked);
         // Round up so that a small offer does not scale down to zero.
-        let field = (offer + (1 << shift) - 1) >> shift;
-        field.min(u64::from(u16::MAX)) as u16
+        let field = ((offer + (1 << shift) - 1) >> shift).min(u64::from(u16::MAX));
+        self.cli
+            .offered
+            .set(self.cli.offered.get().max(acked + (field << shift)));
+        field as u16
     }
 
     /// Put `client_window` on a server frame passed on to the client.

@@ -34,7 +34,7 @@ impl<P: Protocol> Stream<P> {
     /// whose ISN we keep) and carry no data. The first one fixes the
     /// server's sequence space; a retransmission of it passes, any other is
     /// dropped. A bare SYN from the server (simultaneous open) is refused.
-    fn server_syn(&mut self, frame: &[u8], meta: &FrameMeta, t: &TcpMeta) -> Verdict {
+    fn server_syn(&mut self, frame: &mut [u8], meta: &FrameMeta, t: &TcpMeta) -> Verdict {
         let acks_syn = self.cli.abs.is_some_and(|c| t.ack == c.seq(0));
         if t.flags & TCP_ACK == 0 || !acks_syn || meta.payload_end > meta.payload_off {
             return Verdict::Drop(DropReason::TcpInvalid);
@@ -50,6 +50,16 @@ impl<P: Protocol> Stream<P> {
             Some(a) if a.base != isn => return Verdict::Drop(DropReason::TcpInvalid),
             Some(_) => {}
         }
+        // The first window the client sees is already one the enforcer can
+        // honour (a SYN's window is never scaled), so that later offers,
+        // which never shrink, need not start from a larger one.
+        let win = t.window.min(self.limit.min(usize::from(u16::MAX)) as u16);
+        if win != t.window {
+            build::patch_tcp(frame, meta, 14, &win.to_be_bytes());
+        }
+        self.cli
+            .offered
+            .set(self.cli.offered.get().max(u64::from(win)));
         Verdict::Forward(self.client_side)
     }
 

@@ -865,10 +865,11 @@ fn http_upgrade_turns_the_connection_into_a_tunnel() {
 }
 
 #[test]
-fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
+fn server_zero_window_leaves_the_client_its_edge_and_held_bytes_wait_for_retransmission() {
     let mut r = toy();
     r.client_says(b"DENY a\n");
-    // The server closes its window; its ACK reaches the client mapped.
+    // The server closes its window; its ACK reaches the client mapped, with
+    // the right edge the client was given (never shrunk).
     let mut f = r.server.ack();
     let m = parse(&f).unwrap();
     f[m.l4_off + 14] = 0;
@@ -877,9 +878,10 @@ fn zero_window_is_passed_through_and_held_bytes_wait_for_retransmission() {
     r.input(SERVER, f);
     let to_client = r.to_client.last().cloned().unwrap();
     let mc = parse(&to_client).unwrap();
-    assert_eq!(mc.tcp().unwrap().window, 0);
+    // Not zero: the edge the client was given stays (the next test checks it exactly).
+    assert!(mc.tcp().unwrap().window > 0);
     r.deliver();
-    // The client probes anyway; the server drops what does not fit and the
+    // The client sends within the edge it holds; the server drops what does not fit and the
     // client's retransmission gets it there later.
     let probe = r.client_seg(b"ALLOW b\n");
     r.input(CLIENT, probe.clone());
@@ -915,10 +917,11 @@ fn client_is_offered_only_the_window_the_enforcer_can_honour() {
     server_ack(&mut r, 65535);
     assert_eq!(window(r.to_client.last().unwrap()), 64);
     r.deliver();
-    // A 40-byte head held whole while the server offers 16: the enforcer
-    // acknowledges the head at once and offers what the hold has room for.
+    // The server shrinks its window to 16: the client keeps the edge it was
+    // given (a shrunk window stalls some stacks). A 40-byte head, held whole:
+    // the enforcer acknowledges it at once and offers what the hold has room for.
     server_ack(&mut r, 16);
-    assert_eq!(window(r.to_client.last().unwrap()), 16);
+    assert_eq!(window(r.to_client.last().unwrap()), 64);
     r.deliver();
     r.to_client.clear();
     let head = [b"ALLOW ".as_slice(), &[b'x'; 34]].concat();
@@ -931,11 +934,14 @@ fn client_is_offered_only_the_window_the_enforcer_can_honour() {
     assert_eq!(window(update), 64 - 40);
     assert!(r.server.data.is_empty());
     r.deliver();
-    // Once the head is decided and released, the server's window again.
+    // Once the head is decided and released, the server's window again, but
+    // not short of the edge offered before (64, now 41 bytes acknowledged).
     r.client_send(b"\n");
     r.deliver();
     server_ack(&mut r, 16);
-    assert_eq!(window(r.to_client.last().unwrap()), 16);
+    assert_eq!(window(r.to_client.last().unwrap()), 64 - 41);
+    server_ack(&mut r, 60);
+    assert_eq!(window(r.to_client.last().unwrap()), 60);
     r.server_send(b"X\n");
     r.deliver();
     assert_eq!(r.server.data, [head.as_slice(), b"\n"].concat());

@@ -331,12 +331,13 @@ pub fn summary(f: &[u8]) -> String {
     match parse(f) {
         Ok(m) => match m.tcp() {
             Some(t) => format!(
-                "tcp {}->{} flags {:02x} seq {} ack {} len {}",
+                "tcp {}->{} flags {:02x} seq {} ack {} win {} len {}",
                 m.sport,
                 m.dport,
                 t.flags,
                 t.seq,
                 t.ack,
+                t.window,
                 m.payload_end - m.payload_off
             ),
             None => format!("ip proto {}", m.proto),
