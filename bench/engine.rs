@@ -153,28 +153,22 @@ fn bench(c: &mut Criterion) {
     // The same two, timed by the thread's CPU clock instead of the wall
     // clock: on a shared machine a preempted iteration batch counts the
     // other processes' time too, this does not.
-    g.bench_function("established_l4_frame_cpu", |b| {
-        b.iter_custom(|iters| {
-            let t0 = thread_cpu_ns();
-            for _ in 0..iters {
-                now += 1;
-                std::hint::black_box(e.on_frame(0, &mut seg, now, &mut out));
-                out.clear();
-            }
-            Duration::from_nanos(thread_cpu_ns() - t0)
-        })
-    });
-    g.bench_function("established_udp_datagram_cpu", |b| {
-        b.iter_custom(|iters| {
-            let t0 = thread_cpu_ns();
-            for _ in 0..iters {
-                now += 1;
-                std::hint::black_box(e.on_frame(0, &mut dg, now, &mut out));
-                out.clear();
-            }
-            Duration::from_nanos(thread_cpu_ns() - t0)
-        })
-    });
+    for (name, frame) in [
+        ("established_l4_frame_cpu", &mut seg),
+        ("established_udp_datagram_cpu", &mut dg),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let t0 = thread_cpu_ns();
+                for _ in 0..iters {
+                    now += 1;
+                    std::hint::black_box(e.on_frame(0, frame, now, &mut out));
+                    out.clear();
+                }
+                Duration::from_nanos(thread_cpu_ns() - t0)
+            })
+        });
+    }
 
     // Many established connections in turn: the table's cost once the
     // entries are no longer the one just used (hash spread, cache misses).

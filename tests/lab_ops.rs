@@ -397,14 +397,11 @@ fn observe_filters_show_exactly_the_matching_events() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(http(lab, "xwing", "PUT", "/v1/exhaust-port", &[]), "403");
-        let t = Instant::now();
-        while c.try_wait().unwrap().is_none() {
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "observe --count 1 did not end"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        lab::wait_exit(
+            &mut c,
+            Duration::from_secs(5),
+            "observe --count 1 did not end",
+        );
         let line = stdout(&c.wait_with_output().unwrap());
         assert!(
             line.contains("ALLOW x-wing (10.66.0.12:")

@@ -278,14 +278,7 @@ impl Lab {
             "sender failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let t2 = Instant::now();
-        while srv.try_wait().unwrap().is_none() {
-            assert!(
-                t2.elapsed() < Duration::from_secs(30),
-                "receiver did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut srv, Duration::from_secs(30), "receiver did not finish");
         std::thread::sleep(Duration::from_millis(300)); // tee's sha256sum
         let sent = std::fs::read_to_string(dir.path().join("sent.sha")).unwrap();
         let recv = std::fs::read_to_string(dir.path().join("recv.sha")).unwrap();
@@ -633,6 +626,16 @@ impl Drop for Lab {
 
 /// The namespace prefix a test's `prefix` gets in this process: the pid
 /// keeps concurrent test runs (other worktrees, CI) from sharing a lab.
+/// Wait for `child` to end; past `limit` (a hang guard, not a speed
+/// check) fail with `what`.
+pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id())
 }
