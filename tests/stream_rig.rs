@@ -273,6 +273,16 @@ conversations! {
         IN_TURN Small faults(10, 6, 9, 14) seeds([11015669686455748639])
             &[SetAllowed, GetAllowed, SetAllowed, SetAllowed, SetQuietAllowed, SetQuietAllowed]
     }
+    /// The server's first replies were lost and came back in one
+    /// retransmission, which freed the pending budget a held `set` waited
+    /// on. The client's ACK of it then released the `set` into the kept
+    /// copy, but a client segment without data was passed on as a bare ACK
+    /// and the released bytes were never sent; we had acknowledged them, so
+    /// the client never resent them either, and no timer was armed.
+    fn pipelined_sets_released_by_a_bare_ack_small_budget_regression {
+        PIPELINED Small faults(5, 7, 11, 1) seeds([1072980475881516445])
+            &[GetAllowed, SetAllowed, SetQuietAllowed, SetAllowed, SetAllowed, SetAllowed]
+    }
 }
 
 fn req() -> impl Strategy<Value = Req> {

@@ -663,6 +663,11 @@ impl FlowTable {
         None
     }
 
+    /// Every entry (a walk over every slot).
+    pub fn entries(&self) -> impl Iterator<Item = &FlowEntry> {
+        self.slots.iter().flatten()
+    }
+
     /// Sum of the L7 flows' held bytes (a walk over every slot).
     pub fn held_bytes(&self) -> usize {
         self.slots

@@ -468,6 +468,25 @@ impl Engine {
         self.flows.held_bytes()
     }
 
+    /// L7 flows that could stall, each with the reason: a byte the enforcer
+    /// holds that nothing will move (`L7Flow::stall`), or a flow deadline
+    /// missing from the timer queue. A walk over every flow: for tests (the
+    /// rigs check it after every step) and debugging, not per frame.
+    pub fn l7_stalls(&self) -> Vec<(crate::log::FlowTuple, &'static str)> {
+        let mut found = Vec::new();
+        for e in self.flows.entries() {
+            let Some(l7) = e.l7.as_ref() else { continue };
+            if let Some(why) = l7.stall() {
+                found.push((e.tuple(), why));
+            } else if let Some(d) = l7.next_deadline() {
+                if e.l7_timer.is_none_or(|t| t > d) {
+                    found.push((e.tuple(), "the flow's deadline is not queued"));
+                }
+            }
+        }
+        found
+    }
+
     /// The same, as followed call by call (what `max_held_total` is checked
     /// against; equal to `held_bytes`).
     pub fn held_total(&self) -> usize {

@@ -558,6 +558,43 @@ impl<P: Protocol> Stream<P> {
         }
     }
 
+    /// Why this connection could stall, if it could: a byte the enforcer
+    /// holds that nothing will move. Checked by the rigs after every step;
+    /// None means each held byte has a mover. The client and the server
+    /// retransmit what they have not seen acknowledged, so only bytes the
+    /// enforcer took on itself need a timer of ours:
+    ///
+    /// * bytes we acknowledged to the client and the server has not (the
+    ///   client will never resend them) need the owned-bytes timer (`rtx`);
+    /// * a held head must be waiting for something (`waiting`: replies the
+    ///   server owes, a denial to inject, a budget that replies free) or be
+    ///   incomplete (the last parse over exactly these bytes said so; the
+    ///   client owes the rest, and the head clock runs);
+    /// * a denial at the front of the reply order has nothing to wait for:
+    ///   it must already have been injected.
+    ///
+    /// Injected bytes always carry their own deadline (`next_deadline`).
+    pub fn stall(&self) -> Option<&'static str> {
+        if self.closed {
+            return None;
+        }
+        if self.srv.ack < self.owned_end() && self.cli.rtx.is_none() {
+            return Some("bytes we acknowledged to the client wait for the server with no timer");
+        }
+        let held = matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty();
+        if held
+            && self.draining.is_none()
+            && !self.waiting()
+            && self.cli.scanned != self.cli.buf.len()
+        {
+            return Some("a held head waits for nothing and was not judged");
+        }
+        if self.srv.abs.is_some() && matches!(self.queue.front(), Some(Pending::Denial(_))) {
+            return Some("a denial due was not injected");
+        }
+        None
+    }
+
     /// The earliest retransmission due (None when nothing waits).
     pub fn next_deadline(&self) -> Option<u64> {
         if self.closed {

@@ -107,6 +107,16 @@ impl L7Flow {
         }
     }
 
+    /// Why this connection could stall (None: every byte the enforcer
+    /// holds has a timer or a peer's retransmission to move it). For tests
+    /// and debugging; see `Stream::stall`.
+    pub fn stall(&self) -> Option<&'static str> {
+        match &self.inner {
+            Inner::Http(s) => s.stall(),
+            Inner::Memcache(s) => s.stall(),
+        }
+    }
+
     /// When `on_tick` has work next (None: no timer pending).
     pub fn next_deadline(&self) -> Option<u64> {
         match &self.inner {

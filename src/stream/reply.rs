@@ -96,10 +96,11 @@ impl<P: Protocol> Stream<P> {
             self.srv.tpl = Some(Template::of(frame, meta));
         }
         self.srv.win = t.window;
+        let mut advanced = false;
         if t.flags & TCP_ACK != 0 {
             let c_out = self.c_out();
             let a = cabs.abs(t.ack, c_out);
-            let advanced = a > self.srv.ack as i64 && a <= c_out as i64;
+            advanced = a > self.srv.ack as i64 && a <= c_out as i64;
             if advanced {
                 self.srv.ack = a as u64;
                 self.trim_sent(self.srv.ack);
@@ -135,6 +136,14 @@ impl<P: Protocol> Stream<P> {
         }
         if s > self.srv.next as i64 && !matches!(self.srv.reply, ReplyState::Tunnel) {
             // Reply framing needs the bytes in order; the server resends.
+            // What it says of the client's bytes still counts (taken
+            // above): a new ack goes on to the client in a pure ACK of
+            // ours at the client's next expected byte, or the client would
+            // learn of it only once the server's gap is filled (after the
+            // server's timeout, a bare ACK past the gap included).
+            if advanced && !self.acks_ahead() {
+                self.ack_client(ctx, out);
+            }
             return Verdict::Drop(DropReason::L7OutOfWindow);
         }
         if len > 0 && s < self.srv.inserted.floor as i64 {
@@ -164,6 +173,10 @@ impl<P: Protocol> Stream<P> {
                 // acknowledged yet: never show it an older one.
                 build::patch_tcp(frame, meta, 8, &self.ack_to_client().to_be_bytes());
             }
+            // Replies in it may have freed the pending budget a held
+            // request waits on: it goes on now, not at the client's next
+            // segment (which may never come: we acknowledged it already).
+            self.release_held(ctx, now, out);
             return Verdict::Forward(to_client);
         }
         let mut blocks = Vec::with_capacity(inj.len());

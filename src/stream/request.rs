@@ -290,7 +290,10 @@ impl<P: Protocol> Stream<P> {
             self.keep_rel(rel);
             return Verdict::Forward(fwd);
         }
-        let pure = len == 0 && !fin && t.flags & TCP_RST == 0;
+        // A segment without data can still release bytes (a held head whose
+        // wait it ended, e.g. by acknowledging a denial) or a held FIN:
+        // those must go out, so it is a bare ACK only when it moved nothing.
+        let pure = len == 0 && !fin && t.flags & TCP_RST == 0 && rel.is_empty() && !fin_now;
         if pure && self.cli.removed.ends_at(self.decided()) {
             // Only we can acknowledge removed bytes at the end of the
             // stream; our earlier ACK may have been lost.
@@ -440,7 +443,7 @@ impl<P: Protocol> Stream<P> {
 
     /// Server offset up to which released bytes are ours to deliver (we
     /// acknowledged them to the client).
-    fn owned_end(&self) -> u64 {
+    pub(super) fn owned_end(&self) -> u64 {
         let c = self.cli.own_ack.min(self.decided());
         self.cli.removed.to_server(c)
     }

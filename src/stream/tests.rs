@@ -171,6 +171,9 @@ impl<P: Protocol> Middle for Bare<P> {
         if let Verdict::Drop(r) = v {
             self.counters.drop(r);
         }
+        // Every test checks liveness after every segment: nothing held
+        // without a mover (`Stream::stall`).
+        assert_eq!(self.s.stall(), None, "after a segment at {now}");
         v
     }
 
@@ -183,6 +186,7 @@ impl<P: Protocol> Middle for Bare<P> {
             tuple: tuple(cli().ip, srv().ip),
         };
         self.s.on_tick(&mut ctx, now, out);
+        assert_eq!(self.s.stall(), None, "after a tick at {now}");
     }
 }
 
@@ -1256,4 +1260,79 @@ fn acknowledged_head_larger_than_the_server_window_follows_its_acks() {
     r.server_sends(b"A\n");
     assert_eq!(r.client.data, b"A\n");
     r.assert_healthy();
+}
+
+/// Replies that free the pending budget release a held request at once, on
+/// a stream nothing was removed from or inserted into (the server's frame
+/// passes as it came): the client saw the held bytes acknowledged by us
+/// and sends nothing that would release them later.
+#[test]
+fn replies_freeing_the_budget_release_a_held_request_on_an_unmodified_stream() {
+    let cfg = EngineConfig {
+        max_held_bytes: 16,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    r.client_says(b"ALLOW aaaaaaaa\nALLOW b\nALLOW c\n");
+    // a and b await replies: their 23 head bytes fill the budget; c waits,
+    // acknowledged by us.
+    assert_eq!(r.server.data, b"ALLOW aaaaaaaa\nALLOW b\n");
+    assert_eq!(r.client.acked, r.client.snd_nxt);
+    assert!(r.mid.s.stall().is_none());
+    assert_eq!(r.server_says(b"A\nB\n"), Verdict::Forward(CLIENT));
+    assert_eq!(r.server.data, b"ALLOW aaaaaaaa\nALLOW b\nALLOW c\n");
+    r.server_says(b"C\n");
+    assert_eq!(r.client.data, b"A\nB\nC\n");
+    r.assert_healthy();
+    r.healthy();
+}
+
+/// A client segment without data can end a wait (here: it acknowledges
+/// the unacknowledged denials that held later requests back); what it
+/// releases goes to the server, it is not passed on as a bare ACK.
+#[test]
+fn a_bare_ack_that_ends_a_wait_sends_what_it_released() {
+    let mut r = toy();
+    // The client's segments keep acknowledging only what it had before.
+    let old_ack = r.client.rcv_nxt;
+    let says = |r: &mut Rig<Toy>, data: &[u8]| {
+        let mut f = r.client_seg(data);
+        let m = parse(&f).unwrap();
+        f[m.l4_off + 8..m.l4_off + 12].copy_from_slice(&old_ack.to_be_bytes());
+        crate::packet::build::fix_tcp_checksum(&mut f, &m);
+        r.input(CLIENT, f);
+        r.deliver();
+    };
+    for i in 0..256 {
+        says(&mut r, format!("DENY {i}\n").as_bytes());
+    }
+    assert_eq!(r.mid.s.srv.inj.len(), 256);
+    says(&mut r, b"ALLOW x\n");
+    assert!(r.server.data.is_empty(), "held: 256 denials unacknowledged");
+    assert_eq!(r.client.acked, r.client.snd_nxt, "and acknowledged by us");
+    let f = r.client.ack();
+    r.input(CLIENT, f);
+    r.deliver();
+    assert_eq!(r.server.data, b"ALLOW x\n");
+    assert!(r.mid.s.stall().is_none());
+    r.server_says(b"X\n");
+    assert!(r.client.data.ends_with(b"denied 255\nX\n"));
+    r.assert_healthy();
+}
+
+/// A server segment beyond a gap in its own stream is dropped (reply
+/// framing needs its bytes in order), but a new ack it carries reaches the
+/// client at once, in a pure ACK of ours.
+#[test]
+fn a_new_ack_beyond_a_server_gap_reaches_the_client() {
+    let mut r = toy();
+    r.client_send(b"ALLOW a\n");
+    r.deliver();
+    let _lost = r.server_seg(b"A\n");
+    // The server's ACK of the request comes after its lost reply.
+    let f = r.server.ack();
+    assert_eq!(r.input(SERVER, f), Verdict::Drop(DropReason::L7OutOfWindow));
+    r.deliver();
+    assert_eq!(r.client.acked, r.client.snd_nxt, "the client has the ack");
+    assert_eq!(r.client.out_of_order, 0);
 }

@@ -246,6 +246,12 @@ impl Rig {
         self.client_got.extend_from_slice(&got);
         let got = self.read(SERVER);
         self.server_got.extend_from_slice(&got);
+        // Liveness, after every step: whatever the enforcer holds has a
+        // timer or a peer's retransmission that will move it. A stall shows
+        // here, at the step that caused it, not half an hour of simulated
+        // time later as a settle that never comes.
+        let stalls = self.engine.l7_stalls();
+        assert!(stalls.is_empty(), "at {} ms: {stalls:?}", self.now_ms);
         self.now_ms += STEP_MS;
     }
 
