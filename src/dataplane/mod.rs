@@ -254,11 +254,16 @@ fn choose_workers_or(
     }
 }
 
-fn choose_poll(asked: Option<PollMode>) -> (PollMode, usize) {
+/// The poll mode asked for, else the default, and the CPU count. Inline, a
+/// box of 4 or more cores is the enforcer's own: spin. In host mode the
+/// cores belong to the services the enforcer protects, so it never spins
+/// unless told to (an agent that burns a core per worker on an idle host is
+/// the first thing an operator switches off).
+fn choose_poll(asked: Option<PollMode>, host: bool) -> (PollMode, usize) {
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let poll = asked.unwrap_or(if ncpu < 4 {
+    let poll = asked.unwrap_or(if host || ncpu < 4 {
         PollMode::Adaptive
     } else {
         PollMode::Busy
@@ -314,7 +319,7 @@ fn run_inline(
     }
     let queues = a.rx_queues.min(b.rx_queues) as usize;
     let workers = choose_workers(args.workers, queues, "both ports have")?;
-    let (poll, _) = choose_poll(args.poll);
+    let (poll, _) = choose_poll(args.poll, false);
     let plan = assign_queues(&[&a, &b], workers);
     let socks_per_worker = plan.iter().map(|q| q.len()).max().unwrap_or(2) as u32;
     let plan = Plan {
@@ -451,7 +456,7 @@ fn run_host(
         println!("mounted bpffs on /sys/fs/bpf");
     }
     let queues = a.rx_queues as usize;
-    let (poll, ncpu) = choose_poll(args.poll);
+    let (poll, ncpu) = choose_poll(args.poll, true);
     let workers = choose_workers_or(
         args.workers,
         host_default_workers(queues, ncpu),
@@ -580,7 +585,7 @@ fn serve(
     ready_line: &str,
     on_ready: OnReady<'_>,
 ) -> Result<(), String> {
-    let ncpu = choose_poll(Some(poll)).1;
+    let ncpu = choose_poll(Some(poll), false).1;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<worker::Logged>(65_536);
     let events = Some(events_tx);
     let wakers = (0..workers)
