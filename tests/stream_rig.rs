@@ -283,6 +283,20 @@ conversations! {
         PIPELINED Small faults(5, 7, 11, 1) seeds([1072980475881516445])
             &[GetAllowed, SetAllowed, SetQuietAllowed, SetAllowed, SetAllowed, SetAllowed]
     }
+    /// A reply let a denial out, which ended the wait of held quiet
+    /// requests and opened the window the enforcer had closed (its hold
+    /// was full). The reply and the denial still carried the closed
+    /// window, the ACK after them the open one; the link delivered the
+    /// denial last, and smoltcp took its zero window (it applies any
+    /// segment's window, without RFC 9293's SND.WL1/WL2 check). With its
+    /// last 8 bytes in flight and our two ACKs of them lost, it then
+    /// neither retransmitted nor probed. Every frame of one call now
+    /// offers the window as of the call's end.
+    fn reordered_closed_window_after_a_denial_small_budget_regression {
+        PIPELINED Small faults(10, 1, 15, 1) seeds([4636235014930291274])
+            &[SetAllowed, SetQuietDenied, SetQuietDenied, SetDenied, SetDenied, GetAllowed,
+              SetDenied, SetQuietDenied, SetQuietDenied]
+    }
 }
 
 fn req() -> impl Strategy<Value = Req> {

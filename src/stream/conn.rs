@@ -349,6 +349,12 @@ impl<P: Protocol> Stream<P> {
     /// held head is released into a smaller server window the offer is
     /// zero until the server's acks catch up with ours.
     pub(super) fn client_window(&self) -> u16 {
+        self.client_window_at(self.client_acked())
+    }
+
+    /// `client_window` for a segment carrying ack `acked` (a client
+    /// offset): the same right edge, seen from that ack.
+    pub(super) fn client_window_at(&self, acked: u64) -> u16 {
         // The server's field is scaled only when both SYNs carried the option.
         let shift = match (self.cli.wscale, self.srv.wscale) {
             (Some(_), Some(s)) => u32::from(s),
@@ -367,7 +373,6 @@ impl<P: Protocol> Stream<P> {
         // what the enforcer can hold are dropped and come back by
         // retransmission instead, within the edge the client was given.
         let edge = edge.max(self.cli.offered.get());
-        let acked = self.client_acked();
         let offer = edge.saturating_sub(acked);
         // Round up so that a small offer does not scale down to zero.
         let field = ((offer + (1 << shift) - 1) >> shift).min(u64::from(u16::MAX));

@@ -167,18 +167,22 @@ impl<P: Protocol> Stream<P> {
             self.srv.fin = Some(self.srv.next);
         }
         if !modified_before && inj.is_empty() {
+            // Replies in it may have freed the pending budget a held
+            // request waits on: it goes on now, not at the client's next
+            // segment (which may never come: we acknowledged it already).
+            // First, so that the frame carries the window as it is after.
+            let mark = out.emits.len();
+            self.release_held(ctx, now, out);
             self.offer_window(frame, meta);
             if self.acks_ahead() {
                 // The client holds our ack of bytes the server has not
                 // acknowledged yet: never show it an older one.
                 build::patch_tcp(frame, meta, 8, &self.ack_to_client().to_be_bytes());
             }
-            // Replies in it may have freed the pending budget a held
-            // request waits on: it goes on now, not at the client's next
-            // segment (which may never come: we acknowledged it already).
-            self.release_held(ctx, now, out);
+            self.restamp_window(out, mark);
             return Verdict::Forward(to_client);
         }
+        let mark = out.emits.len();
         let mut blocks = Vec::with_capacity(inj.len());
         for (pos, bytes) in inj {
             let view_start = self.srv.inserted.add(pos, bytes.len() as u64);
@@ -266,7 +270,55 @@ impl<P: Protocol> Stream<P> {
         // Held requests go on once their wait is over (a denial injected,
         // or replies freed room in the pending budget).
         self.release_held(ctx, now, out);
+        if matches!(verdict, Verdict::Forward(_)) {
+            self.stamp_window(frame, meta);
+        }
+        self.restamp_window(out, mark);
         verdict
+    }
+
+    /// Every frame towards the client from one call carries the window as
+    /// of the end of the call (a release at the end may open it). A client
+    /// takes the window of whichever segment it processes last, and links
+    /// reorder: an older, smaller window arriving after the one that
+    /// opened it would close it again. Some stacks (smoltcp) do so even
+    /// without the RFC 9293 check (SND.WL1/WL2) that would ignore it, and
+    /// then, with data in flight and the opening ACK lost, retransmit
+    /// nothing and probe nothing: the connection stalls.
+    fn restamp_window(&self, out: &mut Output, mark: usize) {
+        if out.emits.len() <= mark {
+            return;
+        }
+        for e in out.emits[mark..].iter_mut() {
+            if e.side != self.client_side {
+                continue;
+            }
+            if let Ok(m) = crate::packet::view::parse(&e.frame) {
+                self.stamp_window(&mut e.frame, &m);
+            }
+        }
+    }
+
+    /// Put the window as of now on a frame towards the client, seen from
+    /// the frame's own ack (the right edge is what must not move back).
+    fn stamp_window(&self, frame: &mut [u8], m: &FrameMeta) {
+        let Some(cabs) = self.cli.abs else { return };
+        // From the bytes: `m` may be the frame's meta from before its seq
+        // and ack were rewritten.
+        let Some(h) = frame.get(m.l4_off..m.l4_off + 16) else {
+            return;
+        };
+        if m.tcp().is_none() || h[13] & TCP_RST != 0 {
+            return;
+        }
+        let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        let acked = self.client_acked();
+        let a = cabs.abs(ack, acked).clamp(0, acked as i64) as u64;
+        let w = self.client_window_at(a).to_be_bytes();
+        let at = m.l4_off + 14;
+        if frame.get(at..at + 2).is_some_and(|f| f != w) {
+            build::patch_tcp(frame, m, 14, &w);
+        }
     }
 
     /// Follow reply framing over new server bytes starting at offset `start`.

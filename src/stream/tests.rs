@@ -1336,3 +1336,42 @@ fn a_new_ack_beyond_a_server_gap_reaches_the_client() {
     assert_eq!(r.client.acked, r.client.snd_nxt, "the client has the ack");
     assert_eq!(r.client.out_of_order, 0);
 }
+
+/// Every frame towards the client from one call offers the same right
+/// edge, the one as of the end of the call: here a reply lets a denial out,
+/// which ends the wait of a held quiet request, whose removal opens the
+/// window. A client that takes the window of whichever segment it reads
+/// last (links reorder) must not see the older, closed one last.
+#[test]
+fn frames_of_one_call_offer_the_window_as_of_its_end() {
+    let cfg = EngineConfig {
+        max_held_bytes: 16,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    r.client_says(b"ALLOW a\nDENY b\n");
+    r.client_says(b"QDENY ccccccccc\n");
+    assert_eq!(r.client.acked, r.client.snd_nxt, "held, acknowledged by us");
+    let edge = |f: &Vec<u8>| {
+        let t = *parse(f).unwrap().tcp().unwrap();
+        t.ack.wrapping_add(u32::from(t.window))
+    };
+    let before: Vec<u32> = r.to_client.iter().map(edge).collect();
+    assert!(before.is_empty());
+    r.server_send(b"A\n");
+    let edges: Vec<u32> = r.to_client.iter().map(edge).collect();
+    assert!(
+        edges.len() >= 2,
+        "the reply, the denial and an ACK: {edges:?}"
+    );
+    assert!(
+        edges.iter().all(|e| *e == edges[edges.len() - 1]),
+        "{edges:?}"
+    );
+    // The window opened: the held request went away (quiet, denied).
+    assert_eq!(edges[0], r.client.snd_nxt + 16);
+    r.deliver();
+    assert_eq!(r.client.data, b"A\ndenied b\n");
+    assert_eq!(r.server.data, b"ALLOW a\n");
+    r.assert_healthy();
+}
