@@ -13,13 +13,22 @@ pub type Mac = [u8; 6];
 /// Bounded: a full table is cleared wholesale (it refills from traffic).
 const MAX_LEARNED: usize = 65_536;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Neighbors {
     pub by_ip: HashMap<IpAddr, Mac>,
     pub gateway: Option<Mac>,
     /// Prefixes on `--iface`: an unknown next hop inside them is resolved by
     /// the kernel (ARP/ND), never sent to the gateway.
     pub onlink: Vec<ipnet::IpNet>,
+}
+
+impl Neighbors {
+    /// Whether a frame to `dst` can be addressed with this snapshot alone
+    /// (as `L2::to_wire` decides, without learned MACs).
+    pub fn resolves(&self, dst: &IpAddr) -> bool {
+        self.by_ip.contains_key(dst)
+            || (self.gateway.is_some() && !self.onlink.iter().any(|n| n.contains(dst)))
+    }
 }
 
 pub struct L2 {
@@ -102,10 +111,11 @@ impl L2 {
 
     /// Address a frame the host sent to its next hop on `--iface`. Err when
     /// none is known: with the destination when the kernel should resolve it
-    /// (on-link, not yet in its neighbour table), None when it cannot be
-    /// addressed at all (not IP, multicast, no gateway). The frame is then
-    /// dropped and counted; TCP retransmits, and by then the neighbour
-    /// snapshot usually has it.
+    /// (on-link, not yet in its neighbour table, or off-link with no gateway
+    /// resolved yet), None when it cannot be addressed at all (not IP,
+    /// multicast). The link holds a frame of the first kind until the
+    /// neighbour snapshot has its next hop (see `unresolved`), and drops
+    /// one of the second.
     pub fn to_wire(&self, frame: &mut [u8], neighbors: &Neighbors) -> Result<(), Option<IpAddr>> {
         let Some(dst) = dst_ip(frame) else {
             return Err(None);
