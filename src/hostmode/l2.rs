@@ -267,6 +267,35 @@ mod tests {
         assert_eq!(l2.to_wire(&mut mc, &n), Err(None));
     }
 
+    /// The control thread's test of a snapshot agrees with `to_wire`.
+    #[test]
+    fn a_snapshot_resolves_what_to_wire_can_address() {
+        let l2 = L2::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut n = Neighbors {
+            onlink: vec!["10.0.0.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        for (dst, in_table) in [
+            ([10, 0, 0, 7], true),
+            ([10, 0, 0, 8], false),
+            ([192, 0, 2, 1], false),
+        ] {
+            let ip = IpAddr::from(dst);
+            if in_table {
+                n.by_ip.insert(ip, [2, 0, 0, 0, 0, 7]);
+            }
+            for gw in [None, Some([2, 0, 0, 0, 0, 0xfe])] {
+                n.gateway = gw;
+                let mut f = frame([0; 6], [0; 6], [10, 0, 0, 1], dst);
+                assert_eq!(
+                    n.resolves(&ip),
+                    l2.to_wire(&mut f, &n).is_ok(),
+                    "{ip} {gw:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn garbage_frames_are_ignored() {
         let mut l2 = L2::new([0; 6], [0; 6]);

@@ -245,6 +245,7 @@ fn add_rule6(addr: Ipv6Addr) -> Result<(), String> {
     msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel's
+    msg.extend_from_slice(&body);
     match netlink_request(&msg) {
         Ok(0) => Ok(()),
         Ok(errno) => Err(format!(

@@ -288,7 +288,7 @@ mod tests {
                 Some(f)
             }
         });
-        assert_eq!((n, sent), (1, vec!["syn-b"]));
+        assert_eq!((n, sent.as_slice()), (1, &["syn-b"][..]));
         assert!(p.holds(a) && !p.holds(b));
         // Then a resolves too.
         let n = p.retry(|_, f| {
