@@ -88,7 +88,8 @@ pub fn render(h: &Handle) -> String {
     let mut l7 = Vec::new();
     let mut flows = Vec::new();
     for ((kind, verdict, rule), n) in &tally {
-        if kind == "flow" {
+        let rule = rule.as_deref().unwrap_or_default();
+        if *kind == "flow" {
             flows.push((labels(&[("verdict", verdict), ("rule", rule)]), *n));
         } else {
             l7.push((

@@ -32,6 +32,12 @@ const MAX_META_TOKENS: usize = 20;
 
 /// Parse one request from the start of `buf`.
 pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
+    // Nearly always the first NUL-or-LF is the line's LF: one scan finds
+    // the line and proves it free of NULs.
+    let first = crate::l7::scan::nul_or_lf(buf);
+    if buf.get(first) == Some(&b'\n') {
+        return complete(buf, first);
+    }
     let Some(nl) = buf.iter().position(|&c| c == b'\n') else {
         return if buf.len() > MAX_LINE && !multiget(buf) {
             Parse::Invalid("command line too long")
@@ -39,21 +45,33 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
             Parse::NeedMore
         };
     };
-    // memcached drops one CR before the LF (a bare LF ends a line too),
-    // but only when the line has more than that CR.
-    let line = match &buf[..nl] {
+    // memcached reads the line as a C string: a NUL would end it early
+    // (a line too long is refused as that first, in `complete`).
+    let l = line(buf, nl);
+    if l.contains(&0) && (nl <= MAX_LINE || multiget(l)) {
+        return Parse::Invalid("NUL in command line");
+    }
+    complete(buf, nl)
+}
+
+/// The command line of a request whose LF is at `nl`: memcached drops one
+/// CR before the LF (a bare LF ends a line too), but only when the line
+/// has more than that CR.
+fn line(buf: &[u8], nl: usize) -> &[u8] {
+    match &buf[..nl] {
         [rest @ .., b'\r'] if nl > 1 => rest,
         l => l,
-    };
+    }
+}
+
+/// The request whose line ends with the LF at `nl`, which holds no NUL.
+fn complete(buf: &[u8], nl: usize) -> Parse<RequestHead<McRequest>> {
+    let line = line(buf, nl);
     // The bytes before the LF, CR included: had they arrived without the
     // LF, they would be refused above, so they are refused with it too
     // (the answer must not depend on how the line was split).
     if nl > MAX_LINE && !multiget(line) {
         return Parse::Invalid("command line too long");
-    }
-    // memcached reads the line as a C string: a NUL would end it early.
-    if line.contains(&0) {
-        return Parse::Invalid("NUL in command line");
     }
     match parse_line(line) {
         Ok((req, data)) => Parse::Complete(RequestHead {
@@ -181,7 +199,12 @@ fn num(t: &[u8]) -> Num {
 /// or `safe_strtoull` (u64): Ok(true) accepted, Ok(false) rejected,
 /// Err when the outcome is one we cannot be sure of.
 fn field(t: &[u8], lo: i128, hi: i128) -> R<bool> {
-    match num(t) {
+    accepted(num(t), lo, hi)
+}
+
+/// `field` for a number already read.
+fn accepted(n: Num, lo: i128, hi: i128) -> R<bool> {
+    match n {
         Num::Bad => Ok(false),
         Num::Odd => Err("number memcached versions read differently"),
         // Negative for an unsigned field: rejected (strtoul sees the sign).
@@ -197,10 +220,11 @@ const U64: (i128, i128) = (0, u64::MAX as i128);
 /// A data block length (`safe_strtol` into an int, then `0..=INT_MAX-2`):
 /// Some(n) a block of n bytes (+ CRLF) follows, None: rejected, no block.
 fn data_len(t: &[u8]) -> R<Option<u64>> {
-    if !field(t, I32.0, I32.1)? {
+    let n = num(t);
+    if !accepted(n, I32.0, I32.1)? {
         return Ok(None);
     }
-    match num(t) {
+    match n {
         Num::Val(v) if (0..=i128::from(i32::MAX) - 2).contains(&v) => Ok(Some(v as u64)),
         _ => Ok(None),
     }
