@@ -75,9 +75,25 @@ fn scan(
         at += 8;
     }
     let r = chunks.remainder();
-    let mut w = [pad; 8];
-    w[..r.len()].copy_from_slice(r);
-    let x = u64::from_le_bytes(w);
+    if r.is_empty() {
+        return at;
+    }
+    let x = match s.len().checked_sub(8) {
+        // The last eight bytes as one load, moved down to the remainder,
+        // the lanes above it padded. Bytes copied into a buffer and read
+        // back as a word wait for each store to retire (a store-forwarding
+        // stall that cost more than the scan: a memcached line's LF is
+        // usually in its tail).
+        Some(last) => {
+            let k = 8 * r.len() as u32;
+            (word(&s[last..]) >> (64 - k)) | (splat(pad) << k)
+        }
+        None => {
+            let mut w = [pad; 8];
+            w[..r.len()].copy_from_slice(r);
+            u64::from_le_bytes(w)
+        }
+    };
     let m = stop(x);
     *seen |= mark(x) & before(m);
     at + ((m.trailing_zeros() / 8) as usize).min(r.len())

@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(
             m.subject(&r),
             Subject::Memcache {
-                command: "get".into(),
+                command: "get",
                 keys: vec!["awing-coord".into(), "xwing-coord".into()]
             }
         );
@@ -567,14 +567,14 @@ mod tests {
         assert_eq!(
             m.subject(&b),
             Subject::Memcache {
-                command: "getkq".into(),
+                command: "getkq",
                 keys: vec!["k\u{fffd}".into()]
             }
         );
         assert_eq!(
             m.subject(&treq("ms k 1 MA\r\n")),
             Subject::Memcache {
-                command: "ms".into(),
+                command: "ms",
                 keys: vec!["k".into()]
             }
         );
