@@ -213,10 +213,12 @@ struct RunOpts {
     /// Policy file or directory (default: /etc/enforcer).
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Worker threads (default: number of queues).
+    /// Worker threads (default: inline, the number of queues; host mode,
+    /// half the CPUs, at most the queues).
     #[arg(long)]
     workers: Option<usize>,
-    /// Poll mode (default: adaptive below 4 cores, busy otherwise).
+    /// Poll mode (default: adaptive in host mode; inline, adaptive below 4
+    /// cores, busy otherwise).
     #[arg(long, value_enum)]
     poll: Option<PollMode>,
     /// Verdict log (JSON lines).

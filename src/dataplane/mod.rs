@@ -254,16 +254,24 @@ fn choose_workers_or(
     }
 }
 
-fn choose_poll(asked: Option<PollMode>) -> (PollMode, usize) {
+/// The poll mode asked for, else the default, and the CPU count. Inline, a
+/// box of 4 or more cores is the enforcer's own: spin. In host mode the
+/// cores belong to the services the enforcer protects, so it never spins
+/// unless told to (an agent that burns a core per worker on an idle host is
+/// the first thing an operator switches off).
+fn choose_poll(asked: Option<PollMode>, host: bool) -> (PollMode, usize) {
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let poll = asked.unwrap_or(if ncpu < 4 {
+    (asked.unwrap_or(default_poll(host, ncpu)), ncpu)
+}
+
+fn default_poll(host: bool, ncpu: usize) -> PollMode {
+    if host || ncpu < 4 {
         PollMode::Adaptive
     } else {
         PollMode::Busy
-    });
-    (poll, ncpu)
+    }
 }
 
 /// What runs once the workers are ready, before `ready` is printed: a
@@ -314,7 +322,7 @@ fn run_inline(
     }
     let queues = a.rx_queues.min(b.rx_queues) as usize;
     let workers = choose_workers(args.workers, queues, "both ports have")?;
-    let (poll, _) = choose_poll(args.poll);
+    let (poll, _) = choose_poll(args.poll, false);
     let plan = assign_queues(&[&a, &b], workers);
     let socks_per_worker = plan.iter().map(|q| q.len()).max().unwrap_or(2) as u32;
     let plan = Plan {
@@ -451,7 +459,7 @@ fn run_host(
         println!("mounted bpffs on /sys/fs/bpf");
     }
     let queues = a.rx_queues as usize;
-    let (poll, ncpu) = choose_poll(args.poll);
+    let (poll, ncpu) = choose_poll(args.poll, true);
     let workers = choose_workers_or(
         args.workers,
         host_default_workers(queues, ncpu),
@@ -580,7 +588,7 @@ fn serve(
     ready_line: &str,
     on_ready: OnReady<'_>,
 ) -> Result<(), String> {
-    let ncpu = choose_poll(Some(poll)).1;
+    let ncpu = choose_poll(Some(poll), false).1;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<worker::Logged>(65_536);
     let events = Some(events_tx);
     let wakers = (0..workers)
@@ -738,6 +746,16 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_mode_never_spins_unless_asked() {
+        for ncpu in [1, 2, 4, 64] {
+            assert_eq!(default_poll(true, ncpu), PollMode::Adaptive, "{ncpu}");
+        }
+        assert_eq!(default_poll(false, 2), PollMode::Adaptive);
+        assert_eq!(default_poll(false, 4), PollMode::Busy);
+        assert_eq!(choose_poll(Some(PollMode::Busy), true).0, PollMode::Busy);
+    }
 
     #[test]
     fn policy_path_resolution() {
