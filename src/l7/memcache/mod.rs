@@ -66,7 +66,16 @@ impl Keys {
 
     pub fn one(key: &[u8]) -> Keys {
         let mut k = Keys::new();
-        k.push(key);
+        // The usual request: one short key, its length byte and bytes
+        // written straight in (what `push` does, without its general case).
+        match k.inline.get_mut(..key.len() + 1) {
+            Some(dst) if key.len() < usize::from(u8::MAX) => {
+                dst[0] = key.len() as u8;
+                dst[1..].copy_from_slice(key);
+                k.len = dst.len() as u8;
+            }
+            _ => k.push(key),
+        }
         k
     }
 

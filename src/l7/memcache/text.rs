@@ -323,7 +323,10 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             // (it reads multi-gets in batches).
             // The window holds the whole line unless it is full.
             let keys = if t.n < MAX_TOKENS - 1 {
-                (first.min(t.n)..t.n).map(|i| t.tok(i)).collect()
+                match t.n.saturating_sub(first) {
+                    1 => Keys::one(t.tok(first)),
+                    _ => (first.min(t.n)..t.n).map(|i| t.tok(i)).collect(),
+                }
             } else {
                 t.all().skip(first).collect()
             };
