@@ -267,10 +267,6 @@ impl Engine {
     }
 
     /// A frame `established` declined; `found` is what it learnt (see `l4`).
-    /// Never inlined: `on_frame` is then the fast path alone, whose few
-    /// registers need no large frame to save and spill (inlined, this
-    /// path's stack frame of ~500 bytes was set up for every frame).
-    #[inline(never)]
     fn classify(
         &mut self,
         side: Side,
