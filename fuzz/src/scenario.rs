@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 // The test kit's frame builders, so that fuzz seeds and tests build frames one way.
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../../tests/kit/frames.rs"]
 mod frames;
 use frames::fragments;

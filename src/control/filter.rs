@@ -166,7 +166,7 @@ mod tests {
         let e = obs(get("/v1/"), Decision::Allow, &[("org", "alliance")]);
         let mc = obs(
             Subject::Memcache {
-                command: "get".into(),
+                command: "get",
                 keys: vec!["awing-coord".into()],
             },
             Decision::Deny,

@@ -263,12 +263,15 @@ fn choose_poll(asked: Option<PollMode>, host: bool) -> (PollMode, usize) {
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let poll = asked.unwrap_or(if host || ncpu < 4 {
+    (asked.unwrap_or(default_poll(host, ncpu)), ncpu)
+}
+
+fn default_poll(host: bool, ncpu: usize) -> PollMode {
+    if host || ncpu < 4 {
         PollMode::Adaptive
     } else {
         PollMode::Busy
-    });
-    (poll, ncpu)
+    }
 }
 
 /// What runs once the workers are ready, before `ready` is printed: a
@@ -743,6 +746,16 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_mode_never_spins_unless_asked() {
+        for ncpu in [1, 2, 4, 64] {
+            assert_eq!(default_poll(true, ncpu), PollMode::Adaptive, "{ncpu}");
+        }
+        assert_eq!(default_poll(false, 2), PollMode::Adaptive);
+        assert_eq!(default_poll(false, 4), PollMode::Busy);
+        assert_eq!(choose_poll(Some(PollMode::Busy), true).0, PollMode::Busy);
+    }
 
     #[test]
     fn policy_path_resolution() {

@@ -449,7 +449,7 @@ fn compile_item(
         ));
     }
     Ok(Item {
-        name: format!("{name}/{at}").into(),
+        name: format!("{name}/{at}"),
         peers,
         ports,
         icmps,
