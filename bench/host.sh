@@ -87,8 +87,15 @@ perf_end() { # TAG
   [ -n "${PERF:-}" ] || return 0
   wait "$PERF_PID" || true
   mkdir -p bench/results
-  perf report -i "$STATE/perf-$1.data" --no-children --stdio --sort comm,dso,symbol 2>/dev/null |
-    grep -E '^ +[0-9]' | head -60 >"bench/results/host-perf-$1.txt" || true
+  # Shares by command (others' builds show up here too: a shared machine),
+  # then the top symbols of each command.
+  {
+    perf report -i "$STATE/perf-$1.data" --no-children --stdio -g none --sort comm 2>/dev/null |
+      grep -E '^ +[0-9]' | head -20
+    echo
+    perf report -i "$STATE/perf-$1.data" --no-children --stdio -g none --sort comm,symbol \
+      --percent-limit 0.2 2>/dev/null | grep -E '^ +[0-9]' | sed 's/  */ /g' | head -150
+  } >"bench/results/host-perf-$1.txt" || true
   rm -f "$STATE/perf-$1.data"
 }
 ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
