@@ -491,6 +491,7 @@ mod tests {
     #[test]
     fn buffer_ring_layout_is_the_kernels() {
         let mut r = BufRing::new(4).expect("mmap");
+        // SAFETY: slots 0..4 lie inside the ring's live mapping.
         let read = |r: &BufRing, slot: usize| unsafe {
             let p = r.base.add(slot * 16);
             (
@@ -499,8 +500,11 @@ mod tests {
                 (p.add(12) as *const u16).read_unaligned(),
             )
         };
+        // SAFETY: as above (the first slot's last two bytes).
         let tail = |r: &BufRing| unsafe { (r.base.add(14) as *const u16).read_unaligned() };
         for i in 0..5u16 {
+            // SAFETY: no kernel reads this ring (never registered): the
+            // addresses are only numbers here.
             unsafe {
                 r.add(
                     (0x1000 * (i as usize + 1)) as *mut u8,
