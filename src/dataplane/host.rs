@@ -9,14 +9,13 @@
 //! kernel directly again), then the rules (the host's replies leave
 //! directly), and the workers last, so that no frame in between is lost.
 
-use std::collections::HashMap;
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
@@ -25,13 +24,9 @@ use crate::hostmode::l2::{self, Mac};
 use crate::hostmode::routes::{self, HostRouting};
 use crate::hostmode::steer::{self, Attached, FailMode, Steering};
 use crate::hostmode::tap::Tap;
+use crate::hostmode::unresolved::Resolver;
 
 const STATE_DIR: &str = "/run/enforcer";
-/// How often the neighbour snapshot is read again without a reason (a miss
-/// reads it at once): next hops are mostly learned from the wire's frames.
-const NEIGH_REFRESH: Duration = Duration::from_secs(5);
-/// After a miss: give the kernel this long to resolve before re-reading.
-const NEIGH_SETTLE: Duration = Duration::from_millis(100);
 
 /// The global addresses of `iface` (link-local ones stay the kernel's: ND
 /// and DHCP need them, and nothing is served there).
@@ -232,9 +227,9 @@ pub struct HostMode {
     steering: Steering,
     routing: Option<HostRouting>,
     misses: Receiver<IpAddr>,
-    asked: HashMap<IpAddr, Instant>,
-    last_read: Instant,
-    read_at: Option<Instant>,
+    /// When to ask the kernel and read its neighbours (times since `t0`).
+    resolver: Resolver,
+    t0: Instant,
 }
 
 impl HostMode {
@@ -279,9 +274,8 @@ impl HostMode {
                 steering,
                 routing: Some(routing),
                 misses,
-                asked: HashMap::new(),
-                last_read: Instant::now() - NEIGH_REFRESH,
-                read_at: None,
+                resolver: Resolver::new(),
+                t0: Instant::now(),
             },
             taps,
         ))
@@ -297,35 +291,32 @@ impl HostMode {
     }
 
     /// Control-thread duty, every few tens of ms: have the kernel resolve
-    /// next hops the workers missed, and hand them fresh neighbours.
+    /// next hops the workers missed, read its neighbours until they show up
+    /// (see `Resolver`), and hand workers each snapshot that differs: a new
+    /// generation wakes them, and they send the frames they held for it.
     pub fn tick(&mut self, shared: &Shared) {
-        let now = Instant::now();
+        let now = self.t0.elapsed().as_nanos() as u64;
         for ip in self.misses.try_iter() {
-            // One request per address per second is plenty.
-            if self
-                .asked
-                .get(&ip)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
-            {
-                continue;
-            }
-            if self.asked.len() > 4096 {
-                self.asked.clear();
-            }
-            self.asked.insert(ip, now);
-            routes::resolve(&self.iface, ip);
-            self.read_at.get_or_insert(now + NEIGH_SETTLE);
+            self.resolver.miss(ip, now);
         }
-        let due = self.read_at.is_some_and(|t| now >= t)
-            || now.duration_since(self.last_read) >= NEIGH_REFRESH;
-        if due {
-            self.read_at = None;
-            self.last_read = now;
-            let n = l2::read_neighbors(&self.iface);
-            *shared.neighbors.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(n);
-            shared.neighbors_gen.fetch_add(1, Ordering::Release);
-            shared.wake_all();
+        let due = self.resolver.due(now);
+        for ip in &due.ask {
+            routes::resolve(&self.iface, *ip);
         }
+        if !due.read {
+            return;
+        }
+        let n = l2::read_neighbors(&self.iface);
+        self.resolver
+            .read(self.t0.elapsed().as_nanos() as u64, |ip| n.resolves(ip));
+        let mut cur = shared.neighbors.lock().unwrap_or_else(|p| p.into_inner());
+        if **cur == n && shared.neighbors_gen.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        *cur = Arc::new(n);
+        drop(cur);
+        shared.neighbors_gen.fetch_add(1, Ordering::Release);
+        shared.wake_all();
     }
 
     /// Stop enforcing: inbound frames and the host's replies go directly.

@@ -7,7 +7,9 @@
 //! In host mode each link also rewrites L2 on the way out (the engine never
 //! sees MAC addresses change): frames into the TAP get its MAC as
 //! destination, frames onto the wire get `--iface`'s MAC as source and the
-//! next hop's as destination, learned from the wire's own frames.
+//! next hop's as destination, learned from the wire's own frames. A frame
+//! whose next hop is not resolved yet waits in the link (`Parked`) until a
+//! neighbour snapshot has it.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,6 +22,7 @@ use super::stats::DpCounters;
 use super::xsk::{Xsk, BATCH};
 use crate::hostmode::l2::{Mac, Neighbors, L2};
 use crate::hostmode::tap::{Done, Tap, TapRing};
+use crate::hostmode::unresolved::Parked;
 use crate::verdict::Side;
 
 enum Io {
@@ -169,8 +172,23 @@ pub enum Rewrite {
     /// Into the host through the TAP: destination = the TAP's MAC.
     ToHost(Mac),
     /// Onto `--iface` in host mode: learned next hops, else the kernel's
-    /// neighbours (a snapshot the control thread refreshes).
-    ToWire { l2: L2, neighbors: Arc<Neighbors> },
+    /// neighbours (a snapshot the control thread refreshes); frames waiting
+    /// for a next hop to resolve.
+    ToWire {
+        l2: L2,
+        neighbors: Arc<Neighbors>,
+        parked: Parked<FrameDesc>,
+    },
+}
+
+impl Rewrite {
+    pub fn to_wire(l2: L2, neighbors: Arc<Neighbors>) -> Rewrite {
+        Rewrite::ToWire {
+            l2,
+            neighbors,
+            parked: Parked::default(),
+        }
+    }
 }
 
 pub struct Link {
@@ -359,14 +377,52 @@ impl Link {
         }
     }
 
-    pub fn set_neighbors(&mut self, n: Arc<Neighbors>) {
-        if let Rewrite::ToWire { neighbors, .. } = &mut self.rewrite {
+    /// A fresh neighbour snapshot. Held frames whose next hop it resolves
+    /// move to `out` (this link's pending frames, sent this turn); the rest
+    /// stay held.
+    pub fn set_neighbors(
+        &mut self,
+        n: Arc<Neighbors>,
+        umem: &Umem,
+        out: &mut Vec<FrameDesc>,
+        dp: &mut DpCounters,
+    ) {
+        if let Rewrite::ToWire {
+            l2,
+            neighbors,
+            parked,
+        } = &mut self.rewrite
+        {
             *neighbors = n;
+            if parked.is_empty() {
+                return;
+            }
+            let sent = parked.retry(|_, mut d| {
+                // SAFETY: a held frame is referenced by no ring.
+                let mut data = unsafe { umem.data_mut(&mut d) };
+                match l2.to_wire(data.contents_mut(), neighbors) {
+                    Ok(()) => {
+                        out.push(d);
+                        None
+                    }
+                    Err(_) => Some(d),
+                }
+            });
+            dp.next_hop_sent_late += sent as u64;
         }
     }
 
-    /// Send `frames` (all of them leave the vector: sent, or freed and
-    /// counted). Next hops that cannot be addressed go to `misses`.
+    /// Held frames whose next hop did not resolve in time are dropped.
+    pub fn expire_held(&mut self, now: u64, free: &mut Vec<FrameDesc>, dp: &mut DpCounters) {
+        if let Rewrite::ToWire { parked, .. } = &mut self.rewrite {
+            dp.next_hop_dropped += parked.expire(now, |d| free.push(d)) as u64;
+        }
+    }
+
+    /// Send `frames` (all of them leave the vector: sent, held for a next
+    /// hop, or freed and counted). A next hop not resolved yet goes to
+    /// `misses` (the control thread has the kernel resolve it). `now`: the
+    /// worker's clock (ns), for how long a frame is held.
     pub fn send(
         &mut self,
         umem: &Umem,
@@ -374,8 +430,9 @@ impl Link {
         free: &mut Vec<FrameDesc>,
         dp: &mut DpCounters,
         misses: Option<&Sender<IpAddr>>,
+        now: u64,
     ) -> usize {
-        match &self.rewrite {
+        match &mut self.rewrite {
             Rewrite::None => {}
             Rewrite::ToHost(mac) => {
                 for d in frames.iter_mut() {
@@ -384,7 +441,11 @@ impl Link {
                     L2::address_to(data.contents_mut(), mac);
                 }
             }
-            Rewrite::ToWire { l2, neighbors } => {
+            Rewrite::ToWire {
+                l2,
+                neighbors,
+                parked,
+            } => {
                 let mut kept = 0;
                 for i in 0..frames.len() {
                     let mut d = frames[i];
@@ -398,11 +459,24 @@ impl Link {
                             frames[kept] = d;
                             kept += 1;
                         }
-                        Err(miss) => {
-                            dp.no_next_hop += 1;
-                            if let (Some(ip), Some(tx)) = (miss, misses) {
+                        Err(Some(ip)) => {
+                            // Held, as the kernel holds a packet for an
+                            // INCOMPLETE neighbour: the first SYN to a new
+                            // next hop leaves when it resolves, not a
+                            // retransmission timer later.
+                            dp.next_hop_held += 1;
+                            if let Some(old) = parked.hold(ip, d, now) {
+                                dp.next_hop_dropped += 1;
+                                free.push(old);
+                            }
+                            // Every miss: the control thread keeps only the
+                            // first of an address until it resolves.
+                            if let Some(tx) = misses {
                                 let _ = tx.try_send(ip);
                             }
+                        }
+                        Err(None) => {
+                            dp.no_next_hop += 1;
                             free.push(d);
                         }
                     }
@@ -502,7 +576,11 @@ impl Link {
     }
 
     /// At exit: frames still on this link's rings (after letting TX finish).
+    /// Held frames go back to `free`.
     pub fn settle(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> u64 {
+        if let Rewrite::ToWire { parked, .. } = &mut self.rewrite {
+            free.extend(parked.drain());
+        }
         match &mut self.io {
             Io::Xsk(x) => x.settle(free, scratch),
             Io::Tap(..) => 0,

@@ -25,9 +25,16 @@ pub struct DpCounters {
     pub handoff_full: u64,
     /// Verdict events dropped because the logger fell behind.
     pub events_dropped: u64,
-    /// Host mode: frames towards the wire whose next hop's MAC is not known
-    /// yet (dropped; the kernel is asked to resolve it, TCP retransmits).
+    /// Host mode: frames towards the wire that cannot be addressed at all
+    /// (not IP, multicast, no gateway known); dropped at once.
     pub no_next_hop: u64,
+    /// Host mode: frames towards the wire held because their on-link next
+    /// hop is not resolved yet (the kernel is asked to), then either sent
+    /// once it resolves or dropped (held too long, or pushed out of a full
+    /// queue). held = sent_late + dropped + those held now.
+    pub next_hop_held: u64,
+    pub next_hop_sent_late: u64,
+    pub next_hop_dropped: u64,
     /// Kernel-side AF_XDP statistics, summed over this worker's sockets.
     pub xdp_rx_dropped: u64,
     pub xdp_rx_ring_full: u64,
@@ -57,6 +64,9 @@ impl DpCounters {
         self.handoff_full += o.handoff_full;
         self.events_dropped += o.events_dropped;
         self.no_next_hop += o.no_next_hop;
+        self.next_hop_held += o.next_hop_held;
+        self.next_hop_sent_late += o.next_hop_sent_late;
+        self.next_hop_dropped += o.next_hop_dropped;
         self.xdp_rx_dropped += o.xdp_rx_dropped;
         self.xdp_rx_ring_full += o.xdp_rx_ring_full;
         self.xdp_fill_ring_empty += o.xdp_fill_ring_empty;

@@ -256,10 +256,9 @@ fn open_links(
                 let busy = spec.poll == PollMode::Busy;
                 let x = Xsk::open(&spec.umem, &q, spec.steer, busy, free, share)?;
                 let rewrite = match spec.host {
-                    Some(m) if q.side == 0 => Rewrite::ToWire {
-                        l2: L2::new(m.iface, m.tap),
-                        neighbors: neighbors.clone(),
-                    },
+                    Some(m) if q.side == 0 => {
+                        Rewrite::to_wire(L2::new(m.iface, m.tap), neighbors.clone())
+                    }
                     _ => Rewrite::None,
                 };
                 links.push(Link::xsk(q.side, x, rewrite));
@@ -372,10 +371,11 @@ pub fn run(
         if now_i.duration_since(last_tick) >= TICK {
             last_tick = now_i;
             w.follow_control(&shared);
+            w.expire_held(now);
             w.judge.tick(now, &mut w.out);
             w.drain_out();
         }
-        work += w.transmit();
+        work += w.transmit(now);
         w.refill();
         w.rebalance();
         if now_i.duration_since(last_publish) >= PUBLISH {
@@ -581,14 +581,22 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
+            // Frames held for a next hop it resolves go out this turn.
             for l in self.links.iter_mut() {
-                l.set_neighbors(n.clone());
+                let out = &mut self.pending[l.side as usize & 1];
+                l.set_neighbors(n.clone(), &self.umem, out, &mut self.dp);
             }
         }
     }
 
+    fn expire_held(&mut self, now: u64) {
+        for l in self.links.iter_mut() {
+            l.expire_held(now, &mut self.free, &mut self.dp);
+        }
+    }
+
     /// Send what is pending on each side's link; kick copy-mode TX.
-    fn transmit(&mut self) -> usize {
+    fn transmit(&mut self, now: u64) -> usize {
         let mut work = 0;
         for p in 0..2 {
             if self.pending[p].is_empty() {
@@ -605,6 +613,7 @@ impl Worker {
                 &mut self.free,
                 &mut self.dp,
                 self.ch.misses.as_ref(),
+                now,
             );
         }
         // Copy mode transmits only when kicked; kick while anything is in flight.

@@ -13,13 +13,22 @@ pub type Mac = [u8; 6];
 /// Bounded: a full table is cleared wholesale (it refills from traffic).
 const MAX_LEARNED: usize = 65_536;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Neighbors {
     pub by_ip: HashMap<IpAddr, Mac>,
     pub gateway: Option<Mac>,
     /// Prefixes on `--iface`: an unknown next hop inside them is resolved by
     /// the kernel (ARP/ND), never sent to the gateway.
     pub onlink: Vec<ipnet::IpNet>,
+}
+
+impl Neighbors {
+    /// Whether a frame to `dst` can be addressed with this snapshot alone
+    /// (as `L2::to_wire` decides, without learned MACs).
+    pub fn resolves(&self, dst: &IpAddr) -> bool {
+        self.by_ip.contains_key(dst)
+            || (self.gateway.is_some() && !self.onlink.iter().any(|n| n.contains(dst)))
+    }
 }
 
 pub struct L2 {
@@ -102,10 +111,11 @@ impl L2 {
 
     /// Address a frame the host sent to its next hop on `--iface`. Err when
     /// none is known: with the destination when the kernel should resolve it
-    /// (on-link, not yet in its neighbour table), None when it cannot be
-    /// addressed at all (not IP, multicast, no gateway). The frame is then
-    /// dropped and counted; TCP retransmits, and by then the neighbour
-    /// snapshot usually has it.
+    /// (on-link, not yet in its neighbour table, or off-link with no gateway
+    /// resolved yet), None when it cannot be addressed at all (not IP,
+    /// multicast). The link holds a frame of the first kind until the
+    /// neighbour snapshot has its next hop (see `unresolved`), and drops
+    /// one of the second.
     pub fn to_wire(&self, frame: &mut [u8], neighbors: &Neighbors) -> Result<(), Option<IpAddr>> {
         let Some(dst) = dst_ip(frame) else {
             return Err(None);
@@ -255,6 +265,35 @@ mod tests {
         // Multicast never leaves through a unicast next hop.
         let mut mc = frame([0; 6], [0; 6], [10, 0, 0, 1], [224, 0, 0, 22]);
         assert_eq!(l2.to_wire(&mut mc, &n), Err(None));
+    }
+
+    /// The control thread's test of a snapshot agrees with `to_wire`.
+    #[test]
+    fn a_snapshot_resolves_what_to_wire_can_address() {
+        let l2 = L2::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut n = Neighbors {
+            onlink: vec!["10.0.0.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        for (dst, in_table) in [
+            ([10, 0, 0, 7], true),
+            ([10, 0, 0, 8], false),
+            ([192, 0, 2, 1], false),
+        ] {
+            let ip = IpAddr::from(dst);
+            if in_table {
+                n.by_ip.insert(ip, [2, 0, 0, 0, 0, 7]);
+            }
+            for gw in [None, Some([2, 0, 0, 0, 0, 0xfe])] {
+                n.gateway = gw;
+                let mut f = frame([0; 6], [0; 6], [10, 0, 0, 1], dst);
+                assert_eq!(
+                    n.resolves(&ip),
+                    l2.to_wire(&mut f, &n).is_ok(),
+                    "{ip} {gw:?}"
+                );
+            }
+        }
     }
 
     #[test]

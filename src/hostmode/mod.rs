@@ -9,3 +9,4 @@ pub mod l2;
 pub mod routes;
 pub mod steer;
 pub mod tap;
+pub mod unresolved;

@@ -204,15 +204,17 @@ pub fn starwars(lab: &Lab) {
 /// PUT, GET /v1/ again. Three answers (200, 403, 200) and one connect: a
 /// denial keeps the connection.
 pub fn denial_keeps_the_connection(lab: &Lab) {
+    denial_keeps_the_connection_at(lab, "http://10.66.0.2");
+}
+
+/// `denial_keeps_the_connection` towards `base` (`http://[fd66::2]` too).
+pub fn denial_keeps_the_connection_at(lab: &Lab, base: &str) {
     let w = "%{http_code} %{num_connects}\\n";
+    let (get, put) = (format!("{base}/v1/"), format!("{base}/v1/exhaust-port"));
     let mut a = vec!["curl", "-s", "-m", "5", "-g"];
-    for (i, (method, url)) in [
-        ("GET", "http://10.66.0.2/v1/"),
-        ("PUT", "http://10.66.0.2/v1/exhaust-port"),
-        ("GET", "http://10.66.0.2/v1/"),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (method, url)) in [("GET", &get), ("PUT", &put), ("GET", &get)]
+        .into_iter()
+        .enumerate()
     {
         if i > 0 {
             a.push("--next");
@@ -226,6 +228,6 @@ pub fn denial_keeps_the_connection(lab: &Lab) {
     assert_eq!(
         lines,
         ["200 1", "403 0", "200 0"],
-        "one TCP connection, three answers"
+        "one TCP connection, three answers ({base})"
     );
 }

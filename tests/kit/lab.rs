@@ -161,6 +161,9 @@ pub struct Lab {
     pub control: PathBuf,
     /// Host mode: no wire namespace; the enforcer runs on the server's eth0.
     pub host_mode: bool,
+    /// Arguments every `start` adds (a walk that starts the enforcer
+    /// itself, run with `--workers 2`).
+    pub start_args: Vec<String>,
 }
 
 fn lab_sh(prefix: &str, queues: u32, args: &[&str]) -> Output {
@@ -213,6 +216,7 @@ impl Lab {
             log: PathBuf::from(format!("/run/enforcer-lab/{prefix}/verdicts.jsonl")),
             control: PathBuf::from(format!("/run/enforcer-lab/{prefix}/enforcer.sock")),
             host_mode,
+            start_args: Vec::new(),
         })
     }
 
@@ -380,6 +384,7 @@ impl Lab {
         if !extra.contains(&"--control") {
             cmd.arg("--control").arg(&self.control);
         }
+        cmd.args(&self.start_args);
         cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::null())
