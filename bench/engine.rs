@@ -3,7 +3,6 @@
 //! handshakes and data, denied SYNs, UDP, ICMP).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use enforcer::config::EngineConfig;
@@ -11,66 +10,30 @@ use enforcer::engine::Engine;
 use enforcer::policy::Policy;
 use enforcer::verdict::{Output, Verdict};
 
+#[path = "clock.rs"]
+mod clock;
 #[path = "../tests/kit/frames.rs"]
 mod frames;
+#[path = "../tests/kit/policy.rs"]
+mod policy;
 #[path = "../tests/kit/tcp.rs"]
 mod tcp;
+use clock::wall_and_cpu;
 use frames::*;
+use policy::{compile, one_server_yaml, ping_yaml};
 use tcp::Conn;
 
-const POLICY: &str = r#"
-kind: Endpoints
-endpoints:
-- name: server
-  labels: {app: server}
-  addresses: ["10.66.0.2", "fd66::2"]
-- name: clients
-  labels: {app: client}
-  addresses: ["10.66.1.0/24"]
----
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "bench"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: server
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "8080"
-        protocol: TCP
-      - port: "53"
-        protocol: UDP
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    icmps:
-    - fields:
-      - type: 8
-        family: IPv4
-"#;
-
+/// The server open to its clients on TCP 8080 and UDP 53, and to their pings.
 fn policy() -> Arc<Policy> {
-    match Policy::from_str("bench.yaml", POLICY) {
-        Ok(p) => Arc::new(p),
-        Err(e) => panic!("bench policy: {e:?}"),
-    }
-}
-
-/// This thread's CPU time, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let ports = [(8080, "TCP"), (53, "UDP")];
+    let yaml = one_server_yaml(
+        "server",
+        &["10.66.0.2", "fd66::2"],
+        &["10.66.1.0/24"],
+        &ports,
+        "",
+    );
+    compile("bench.yaml", &(yaml + &ping_yaml("server")))
 }
 
 fn client(i: usize) -> String {
@@ -127,13 +90,12 @@ fn bench(c: &mut Criterion) {
     let mut now = 1u64;
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("established_l4_frame", |b| {
-        b.iter(|| {
-            now += 1;
-            let v = e.on_frame(0, &mut seg, now, &mut out);
-            out.clear();
-            v
-        })
+    // Timed by the wall clock and by the thread's CPU clock (`clock`).
+    wall_and_cpu(&mut g, "established_l4_frame", || {
+        now += 1;
+        let v = e.on_frame(0, &mut seg, now, &mut out);
+        out.clear();
+        v
     });
 
     // The same for UDP: a datagram of a stored flow (the 64 B lab load).
@@ -141,34 +103,12 @@ fn bench(c: &mut Criterion) {
     assert_eq!(e.on_frame(0, &mut dg, now, &mut out), Verdict::Forward(1));
     assert_eq!(e.flow_count(), 2);
     out.clear();
-    g.bench_function("established_udp_datagram", |b| {
-        b.iter(|| {
-            now += 1;
-            let v = e.on_frame(0, &mut dg, now, &mut out);
-            out.clear();
-            v
-        })
+    wall_and_cpu(&mut g, "established_udp_datagram", || {
+        now += 1;
+        let v = e.on_frame(0, &mut dg, now, &mut out);
+        out.clear();
+        v
     });
-
-    // The same two, timed by the thread's CPU clock instead of the wall
-    // clock: on a shared machine a preempted iteration batch counts the
-    // other processes' time too, this does not.
-    for (name, frame) in [
-        ("established_l4_frame_cpu", &mut seg),
-        ("established_udp_datagram_cpu", &mut dg),
-    ] {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let t0 = thread_cpu_ns();
-                for _ in 0..iters {
-                    now += 1;
-                    std::hint::black_box(e.on_frame(0, frame, now, &mut out));
-                    out.clear();
-                }
-                Duration::from_nanos(thread_cpu_ns() - t0)
-            })
-        });
-    }
 
     // Many established connections in turn: the table's cost once the
     // entries are no longer the one just used (hash spread, cache misses).
@@ -188,14 +128,12 @@ fn bench(c: &mut Criterion) {
     assert_eq!(many.flow_count(), 1000);
     out.clear();
     let mut next = 0usize;
-    g.bench_function("established_l4_1k_flows", |b| {
-        b.iter(|| {
-            now += 1;
-            next = if next + 1 == segs.len() { 0 } else { next + 1 };
-            let v = many.on_frame(0, &mut segs[next], now, &mut out);
-            out.clear();
-            v
-        })
+    wall_and_cpu(&mut g, "established_l4_1k_flows", || {
+        now += 1;
+        next = if next + 1 == segs.len() { 0 } else { next + 1 };
+        let v = many.on_frame(0, &mut segs[next], now, &mut out);
+        out.clear();
+        v
     });
 
     let trace = mixed_trace(200);

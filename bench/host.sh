@@ -19,7 +19,13 @@
 # HTTP: wrk from a-wing to nginx on the server (GET /v1/, allowed by the
 # Star Wars rules). memcached: bench/loadgen.rs from a-wing (get
 # awing-coord, allowed by the seed policy), 4 connections x 8 pipelined
-# requests. Enforcer CPU per request comes from /proc (utime+stime).
+# requests. Enforcer CPU per request comes from /proc (utime+stime), the
+# whole machine's per request from /proc/stat (busy time of every CPU:
+# client, server, kernel and enforcer).
+#   PERF=1  profiles the whole machine (perf record -a -g) during each HTTP
+#           load: top symbols in bench/results/host-perf-CONFIG-REP.txt
+#           (CONFIG: kernel, or the build's index). The profiler costs CPU:
+#           no figures from such a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -33,38 +39,13 @@ for b in "${BINS[@]}"; do [ -x "$b" ] || { echo "host.sh: $b is not an executabl
 LOADGEN=target/release/examples/loadgen
 
 P=${BENCH_PREFIX:-hbench$$}
-STATE=/run/enforcer-lab/$P
-lab() { bash scripts/lab.sh -p "$P" -q 2 "$@"; }
-nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
-ENF_PID=""
+Q=2
+source bench/lib.sh
 OUT=$(mktemp)
-cleanup() {
-  rm -f "$OUT"
-  [ -n "$ENF_PID" ] && kill "$ENF_PID" 2>/dev/null && wait "$ENF_PID" 2>/dev/null || true
-  lab down >/dev/null 2>&1 || true
-}
-trap cleanup EXIT INT TERM
+bench_cleanup_extra() { rm -f "$OUT"; }
 
 lab up --host-mode >/dev/null
-# nginx takes port 80 from the deathstar app: a Python server would be the bottleneck.
-for pid in $(nsx server ss -ltnpH 'sport = :80' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
-sleep 0.3
-cat > "$STATE/nginx.conf" <<NGINX
-worker_processes 1;
-daemon on;
-pid $STATE/nginx.pid;
-error_log $STATE/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 80 reuseport;
-    listen [::]:80 reuseport;
-    location / { return 200 "ok\n"; }
-  }
-}
-NGINX
-nsx server nginx -c "$STATE/nginx.conf"
+start_nginx
 
 http_rps() { # prints "req/s errors"
   local out rps err
@@ -78,19 +59,18 @@ mc_ops() { # prints "ops/s errors"
   out=$(nsx awing "$LOADGEN" 10.66.0.2:11211 --conns 4 --depth 8 --seconds "$DUR")
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["ops_per_s"], d["errors"])' "$out"
 }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # Times the enforcer's threads went to sleep (poll, futex): each costs a wake-up.
 sleeps() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
-# With perf: the enforcer's read/write/poll/sendto calls during one load
-# (the TAP costs a read or write per frame; counts do not depend on load).
-SYSCALLS=(read write poll sendto)
+# With perf: the enforcer's read/write/poll/sendto/io_uring_enter calls during one load
+# (the TAP costs a read or write per frame without io_uring; counts do not depend on load).
+SYSCALLS=(read write poll sendto io_uring_enter)
 count_syscalls() { # PID SECONDS FILE
   if command -v perf >/dev/null; then
     perf stat -x, -e "$(printf 'syscalls:sys_enter_%s,' "${SYSCALLS[@]}" | sed 's/,$//')" \
       -p "$1" -o "$3" -- sleep "$2" >/dev/null 2>&1 || true
   fi
 }
-syscall_counts() { # FILE -> "read write poll sendto" (0 without perf)
+syscall_counts() { # FILE -> one count per SYSCALLS entry (0 without perf)
   local f=$1 out="" n c
   for c in "${SYSCALLS[@]}"; do
     n=$(awk -F, -v e="syscalls:sys_enter_$c" '$3 == e {print $1}' "$f" 2>/dev/null)
@@ -98,22 +78,55 @@ syscall_counts() { # FILE -> "read write poll sendto" (0 without perf)
   done
   echo "$out"
 }
+perf_start() { # TAG
+  [ -n "${PERF:-}" ] || return 0
+  perf record -q -a -g -F 999 -o "$STATE/perf-$1.data" -- sleep "$DUR" >/dev/null 2>&1 &
+  PERF_PID=$!
+}
+perf_end() { # TAG
+  [ -n "${PERF:-}" ] || return 0
+  wait "$PERF_PID" || true
+  mkdir -p bench/results
+  # Shares by command (others' builds show up here too: a shared machine),
+  # then the top symbols of each command.
+  {
+    perf report -i "$STATE/perf-$1.data" --no-children --stdio -g none --sort comm 2>/dev/null |
+      grep -E '^ +[0-9]' | head -20
+    echo
+    perf report -i "$STATE/perf-$1.data" --no-children --stdio -g none --sort comm,symbol \
+      --percent-limit 0.2 2>/dev/null | grep -E '^ +[0-9]' | sed 's/  */ /g' | head -150
+  } >"bench/results/host-perf-$1.txt" || true
+  rm -f "$STATE/perf-$1.data"
+}
 ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
   nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
 }
-
-stop_enforcer() {
-  kill "$ENF_PID" 2>/dev/null || true
-  wait "$ENF_PID" 2>/dev/null || true
-  ENF_PID=""
+# One load against the enforcer: "result errors ticks_before sleeps_before
+# machine_before" and its syscalls into FILE (the ticks after are the next
+# load's "before").
+measure() { # LOAD_FN FILE
+  local t s m r
+  t=$(cpu_ticks "$MB_PID")
+  s=$(sleeps "$MB_PID")
+  m=$(machine_busy)
+  count_syscalls "$MB_PID" "$DUR" "$2" &
+  local sys_pid=$!
+  r=$($1)
+  wait "$sys_pid"
+  echo "$r $t $s $m"
 }
-HZ=$(getconf CLK_TCK)
-printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
+
+seed_awing_key
 for rep in $(seq "$REPS"); do
   echo "repetition $rep/$REPS: the kernel alone" >&2
   L0=$(cut -d' ' -f1 /proc/loadavg)
+  M0=$(machine_busy)
+  perf_start "kernel-$rep"
   read -r B_HTTP B_HTTP_ERR < <(http_rps)
+  perf_end "kernel-$rep"
+  M1=$(machine_busy)
   read -r B_MC B_MC_ERR < <(mc_ops)
+  M2=$(machine_busy)
   B_PING=$(ping_avg_us)
   # Odd repetitions take the builds in order, even ones in reverse: none is
   # always the one measured furthest from the kernel-alone figures.
@@ -123,34 +136,23 @@ for rep in $(seq "$REPS"); do
     BIN=${BINS[$bi]}
     echo "repetition $rep/$REPS: host mode on the server's eth0 ($BIN), adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
     # shellcheck disable=SC2086
-    ip netns exec "$P-server" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-} \
-      >"$STATE/enforcer.out" 2>"$STATE/enforcer.err" &
-    ENF_PID=$!
-    for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
-    grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
+    ENF_ERR=$STATE/enforcer.err enf_launch server "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-}
     READY=$(grep '^ready ' "$STATE/enforcer.out")
-    T0=$(cpu_ticks "$ENF_PID")
-    S0=$(sleeps "$ENF_PID")
-    count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-http" &
-    SYS_PID=$!
-    read -r E_HTTP E_HTTP_ERR < <(http_rps)
-    wait "$SYS_PID"
-    T1=$(cpu_ticks "$ENF_PID")
-    S1=$(sleeps "$ENF_PID")
-    count_syscalls "$ENF_PID" "$DUR" "$STATE/sys-mc" &
-    SYS_PID=$!
-    read -r E_MC E_MC_ERR < <(mc_ops)
-    wait "$SYS_PID"
-    T2=$(cpu_ticks "$ENF_PID")
-    S2=$(sleeps "$ENF_PID")
+    perf_start "$bi-$rep"
+    read -r E_HTTP E_HTTP_ERR T0 S0 N0 < <(measure http_rps "$STATE/sys-http")
+    perf_end "$bi-$rep"
+    read -r E_MC E_MC_ERR T1 S1 N1 < <(measure mc_ops "$STATE/sys-mc")
+    T2=$(cpu_ticks "$MB_PID")
+    S2=$(sleeps "$MB_PID")
+    N2=$(machine_busy)
     E_PING=$(ping_avg_us)
     L1=$(cut -d' ' -f1 /proc/loadavg)
-    kill -USR1 "$ENF_PID"
+    kill -USR1 "$MB_PID"
     sleep 0.3
-    COUNTERS=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 || true)
-    stop_enforcer
+    COUNTERS=$(enf_counters)
+    stop_mb
     W=$(grep -o 'workers=[0-9]*' <<<"$READY" | cut -d= -f2)
-    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")" >>"$OUT"
+    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $M0 $M1 $M2 $N0 $N1 $N2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")" >>"$OUT"
   done
 done
 
@@ -164,8 +166,9 @@ for line in open(sys.argv[3]):
     build, workers, v = int(v[0]), int(v[1]), v[2:]
     reps = per_build[build]
     bh, bhe, eh, ehe, bm, bme, em, eme, t0, t1, t2, bp, ep, l0, l1, s0, s1, s2 = v[:18]
-    sys_http, sys_mc = v[18:22], v[22:26]
-    names = ("read", "write", "poll", "sendto")
+    m0, m1, m2, n0, n1, n2 = v[18:24]
+    names = ("read", "write", "poll", "sendto", "io_uring_enter")
+    sys_http, sys_mc = v[24:24 + len(names)], v[24 + len(names):24 + 2 * len(names)]
     per = lambda counts, n: {k: round(c / max(n, 1), 2) for k, c in zip(names, counts)} if any(counts) else None
     reps.append({
         "workers": workers,
@@ -175,6 +178,12 @@ for line in open(sys.argv[3]):
         "mc_ops": {"no_enforcer": bm, "host_mode": em},
         "mc_ratio": round(em / bm, 3) if bm else None,
         "mc_enforcer_cpu_us_per_op": round((t2 - t1) / hz / max(em * dur, 1) * 1e6, 2),
+        # The whole machine's busy CPU (/proc/stat) per request: everything
+        # the request cost, client and server included.
+        "http_machine_cpu_us_per_req": {"no_enforcer": round((m1 - m0) / hz / max(bh * dur, 1) * 1e6, 2),
+                                        "host_mode": round((n1 - n0) / hz / max(eh * dur, 1) * 1e6, 2)},
+        "mc_machine_cpu_us_per_op": {"no_enforcer": round((m2 - m1) / hz / max(bm * dur, 1) * 1e6, 2),
+                                     "host_mode": round((n2 - n1) / hz / max(em * dur, 1) * 1e6, 2)},
         "http_enforcer_sleeps_per_req": round((s1 - s0) / max(eh * dur, 1), 3),
         "mc_enforcer_sleeps_per_op": round((s2 - s1) / max(em * dur, 1), 3),
         "http_enforcer_syscalls_per_req": per(sys_http, eh * dur),
@@ -192,8 +201,8 @@ def summary(reps):
                                    "http_enforcer_sleeps_per_req", "mc_ratio",
                                    "mc_enforcer_cpu_us_per_op", "mc_enforcer_sleeps_per_op")}
     for load, key in (("http", "http_enforcer_syscalls_per_req"), ("mc", "mc_enforcer_syscalls_per_op")):
-        m[key] = {c: med(reps, key, c) for c in ("read", "write", "poll", "sendto")}
-    for load in ("http_rps", "mc_ops"):
+        m[key] = {c: med(reps, key, c) for c in ("read", "write", "poll", "sendto", "io_uring_enter")}
+    for load in ("http_rps", "mc_ops", "http_machine_cpu_us_per_req", "mc_machine_cpu_us_per_op"):
         m[load] = {k: med(reps, load, k) for k in ("no_enforcer", "host_mode")}
     return m
 r = {

@@ -18,6 +18,9 @@
 # the profiler slows it: no figures from such a run). Writes bench/results/large.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+P=${BENCH_PREFIX:-cp}$$ # BENCH_PREFIX keeps concurrent labs apart
+Q=1
+source bench/lib.sh
 ROUNDS=5
 REPS=${REPS:-5}
 CFGS=${CFGS:-enforcer}
@@ -26,60 +29,26 @@ while [ $# -gt 0 ]; do
   case $1 in
     --args) ARGS=$2; shift ;;
     [0-9]*) ROUNDS=$1 ;;
-    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+    *) usage 2 15 ;;
   esac
   shift
 done
-[ "$(id -u)" -eq 0 ] || { echo "bench/large.sh: needs root (namespaces, AF_XDP)" >&2; exit 1; }
+need_root
 cargo build --release -q --bin enforcer
 BIN=target/release/enforcer
-HZ=$(getconf CLK_TCK)
-
-P=cp$$
-STATE=/run/enforcer-lab/$P
 OUT=bench/results
 mkdir -p "$OUT"
 RES=$OUT/large.jsonl
 : >"$RES"
-lab() { bash scripts/lab.sh -p "$P" -q 1 "$@"; }
-nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
-MB_PID=""
-cleanup() {
-  [ -n "$MB_PID" ] && kill "$MB_PID" 2>/dev/null && wait "$MB_PID" 2>/dev/null || true
-  lab down >/dev/null 2>&1 || true
-}
-trap cleanup EXIT INT TERM
 
 LAB_OWNER=$$ lab up >/dev/null
 # memcached with a 16 MB item limit and nginx, in place of the lab's.
-for port in 11211 80; do
-  for pid in $(nsx server ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
-done
-listening() { nsx server ss -ltnH "sport = :$1" | grep -q .; }
-for port in 11211 80; do
-  for _ in $(seq 50); do listening $port || break; sleep 0.1; done
-done
+free_port 11211
 nsx server memcached -u nobody -p 11211 -U 0 -l 0.0.0.0 -I 16m -m 512 -d
+wait_listening 11211
 head -c 8388608 /dev/urandom >"$STATE/big.bin"
 head -c 8388608 /dev/urandom >"$STATE/up.bin"
-cat >"$STATE/nginx.conf" <<NGINX
-user root;
-worker_processes 1;
-daemon on;
-pid $STATE/nginx.pid;
-error_log $STATE/nginx.err;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_max_body_size 64m;
-  server { listen 80; root $STATE; location /upload { return 200 "got it\n"; } }
-}
-NGINX
-nsx server nginx -c "$STATE/nginx.conf"
-for port in 11211 80; do
-  for _ in $(seq 50); do listening $port && break; sleep 0.1; done
-  listening $port || { echo "bench/large.sh: nothing listens on $port" >&2; exit 1; }
-done
+start_nginx files
 mkdir -p "$STATE/pol"
 cp policies/endpoints.yaml tests/fixtures/compat.yaml "$STATE/pol/"
 WANT_SHA=$(sha256sum <"$STATE/big.bin" | cut -d' ' -f1)
@@ -115,26 +84,18 @@ loads() { # CFG ROUND
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS: bridge" >&2
-  nsx enf ip link add br0 type bridge stp_state 0 forward_delay 0
-  nsx enf ip link set cli0 master br0
-  nsx enf ip link set srv0 master br0
-  nsx enf ip link set br0 up
-  sleep 1
+  bridge_up
   loads bridge "$round"
-  nsx enf ip link del br0
-  sleep 0.3
+  bridge_down
 
   for cfg in $CFGS; do
     echo "round $round/$ROUNDS: $cfg" >&2
     env=()
     [ "$cfg" = forwarder ] && env=(env ENFORCER_PASSTHROUGH=1)
     # shellcheck disable=SC2086
-    ip netns exec "$P-enf" "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$STATE/pol" $ARGS >"$STATE/enforcer.out" 2>&1 &
-    MB_PID=$!
-    for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
-    grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
+    enf_launch enf "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$STATE/pol" $ARGS
     sleep 0.5
-    t0=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
+    t0=$(cpu_ticks "$MB_PID")
     perf_pid=""
     if [ -n "${PERF:-}" ] && [ "$cfg" = enforcer ]; then
       perf record -q -F 2000 -g -p "$MB_PID" -o "$STATE/perf-$round.data" 2>/dev/null &
@@ -148,12 +109,12 @@ for round in $(seq 1 "$ROUNDS"); do
       perf report -i "$STATE/perf-$round.data" --no-children --stdio --sort dso,symbol 2>/dev/null |
         grep -E '^ +[0-9]' | head -25 >"$OUT/large-perf-$round.txt" || true
     fi
-    t1=$(awk '{print $14+$15}' "/proc/$MB_PID/stat")
+    t1=$(cpu_ticks "$MB_PID")
     echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"cpu\",\"cpu_s\":$(((t1 - t0) * 1000 / HZ))e-3}" >>"$RES"
     kill -INT "$MB_PID"
     wait "$MB_PID" || true
     MB_PID=""
-    c=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -1 || true)
+    c=$(enf_counters)
     [ -n "$c" ] && echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"counters\",\"counters\":$c}" >>"$RES"
   done
 done

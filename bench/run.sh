@@ -22,6 +22,9 @@
 # Writes bench/results/results.jsonl, results.md (the table) and *.png.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+P=${BENCH_PREFIX:-bench}$$ # BENCH_PREFIX keeps concurrent labs apart
+Q=1 # the lab's queues: the most workers asked for (below)
+source bench/lib.sh
 DUR=10
 QUICK=0
 WORKERS="1 2"
@@ -32,57 +35,29 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift ;;
     --poll) POLLS=$2; shift ;;
     [0-9]*) DUR=$1 ;;
-    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
+    *) usage 2 21 ;;
   esac
   shift
 done
-[ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (namespaces, AF_XDP)" >&2; exit 1; }
+need_root
 source scripts/lib/deps.sh
 install_bench_deps
 cargo build --release -q --bin enforcer --bin enforcer-pktgen --example loadgen
 BIN=target/release/enforcer
 PKTGEN=target/release/enforcer-pktgen
 LOADGEN=target/release/examples/loadgen
+for w in $WORKERS; do if ((w > Q)); then Q=$w; fi; done
+MAXW=$Q
 if [ $QUICK = 1 ]; then RATES="100000 200000 400000"; BULK_MB=64; else RATES="50000 100000 200000 300000 400000 600000"; BULK_MB=256; fi
-MAXW=1
-for w in $WORKERS; do if ((w > MAXW)); then MAXW=$w; fi; done
-
-P=${BENCH_PREFIX:-bench}$$ # BENCH_PREFIX keeps concurrent labs apart
-STATE=/run/enforcer-lab/$P
 OUT=bench/results
 mkdir -p "$OUT"
 RES=$OUT/results.jsonl
 : >"$RES"
-lab() { bash scripts/lab.sh -p "$P" -q "$MAXW" "$@"; }
-nsx() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
-MB_PID="" # the middlebox process being measured (enforcer, haproxy)
-cleanup() {
-  [ -n "$MB_PID" ] && kill "$MB_PID" 2>/dev/null && wait "$MB_PID" 2>/dev/null || true
-  lab down >/dev/null 2>&1 || true
-}
-trap cleanup EXIT INT TERM
 # Under set -e a failing command ends the run; name it rather than exit silently.
 trap 'echo "bench/run.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 
 LAB_OWNER=$$ lab up >/dev/null
-for pid in $(nsx server ss -ltnpH 'sport = :80' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill "$pid"; done
-sleep 0.3
-cat >"$STATE/nginx.conf" <<NGINX
-worker_processes 1;
-daemon on;
-pid $STATE/nginx.pid;
-error_log $STATE/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 80 reuseport;
-    listen [::]:80 reuseport;
-    location / { return 200 "ok\n"; }
-  }
-}
-NGINX
-nsx server nginx -c "$STATE/nginx.conf"
+start_nginx
 nsx server iperf3 -s -D -p 5201 --pidfile "$STATE/iperf3.pid" >/dev/null
 head -c "${BULK_MB}M" /dev/urandom >"$STATE/bulk"
 BULK_SHA=$(sha256sum <"$STATE/bulk" | cut -d' ' -f1)
@@ -94,9 +69,7 @@ mkdir -p "$STATE/pol-l7" "$STATE/pol-any"
 cp policies/*.yaml bench/policies/*.yaml "$STATE/pol-l7/"
 cp policies/endpoints.yaml bench/policies-anykey/*.yaml "$STATE/pol-any/"
 
-HZ=$(getconf CLK_TCK)
-mb_ticks() { [ -n "$MB_PID" ] && awk '{print $14+$15}' "/proc/$MB_PID/stat" || echo 0; }
-machine_busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
+mb_ticks() { [ -n "$MB_PID" ] && cpu_ticks "$MB_PID" || echo 0; }
 # mark · the load · stop · rec CFG TEST JSON: one result line, with the CPU
 # used between mark and stop (stop is implied when not called).
 mark() { T_MB=$(mb_ticks); T_M=$(machine_busy); T_S=$(date +%s.%N); E_MB=""; }
@@ -177,25 +150,14 @@ mc_memaslap() { # CFG
   rec "$1" mc_memaslap "{\"ops\":${ops:-0}}"
 }
 
-bridge_up() {
-  nsx enf ip link add br0 type bridge stp_state 0 forward_delay 0
-  nsx enf ip link set cli0 master br0
-  nsx enf ip link set srv0 master br0
-  nsx enf ip link set br0 up
-  sleep 1
-}
-bridge_down() { nsx enf ip link del br0; sleep 0.3; }
 enf_start() { # POLICY_DIR|pass WORKERS POLL
   local env=()
   [ "$1" = pass ] && env=(env ENFORCER_PASSTHROUGH=1)
   local pol=$1
   [ "$pol" = pass ] && pol=$STATE/pol-l7
   # shellcheck disable=SC2086
-  ip netns exec "$P-enf" "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$pol" \
-    --workers "$2" --poll "$3" ${ENFORCER_ARGS:-} >"$STATE/enforcer.out" 2>&1 &
-  MB_PID=$!
-  for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
-  grep -q '^ready ' "$STATE/enforcer.out" || { cat "$STATE/enforcer.out" >&2; exit 1; }
+  enf_launch enf "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$pol" \
+    --workers "$2" --poll "$3" ${ENFORCER_ARGS:-}
   sleep 0.5
 }
 enf_stop() { # CFG: the counters line joins the results
@@ -205,7 +167,7 @@ enf_stop() { # CFG: the counters line joins the results
   MB_PID=""
   # A run without its counters line is a dead or hung enforcer: say so and
   # show its last words, instead of ending the whole run without a message.
-  c=$(grep '^{"counters"' "$STATE/enforcer.out" | tail -1 || true)
+  c=$(enf_counters)
   if [ -n "$c" ]; then
     echo "{\"cfg\":\"$1\",\"test\":\"counters\",\"counters\":$c}" >>"$RES"
   else
@@ -226,7 +188,7 @@ echo "{\"test\":\"machine\",\"cpus\":$(nproc),\"kernel\":\"$(uname -r)\",\"loada
 
 echo "(a) kernel bridge" >&2
 bridge_up
-printf 'set awing-coord 0 0 16\r\n4309.432,918.980\r\n' | nsx awing nc -N -w 3 10.66.0.2 11211 >/dev/null
+seed_awing_key
 udp_set bridge curve
 iperf bridge 1
 iperf bridge 4

@@ -42,36 +42,8 @@ fn policy() -> Arc<Policy> {
 /// with `rules` (YAML under the port, at its indentation; empty for an L4
 /// port): a policy for what the shipped ones do not have.
 fn one_port_policy(app: &str, port: u16, rules: &str) -> Arc<Policy> {
-    let yaml = format!(
-        r#"
-kind: Endpoints
-endpoints:
-- name: server
-  labels: {{app: {app}}}
-  addresses: ["{SERVER}"]
-- name: client
-  labels: {{app: client}}
-  addresses: ["{AWING}"]
----
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "{app}"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: {app}
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "{port}"
-        protocol: TCP
-{rules}"#
-    );
-    Arc::new(Policy::from_str(&format!("{app}.yaml"), &yaml).expect("policy"))
+    let yaml = kit::policy::one_server_yaml(app, &[SERVER], &[AWING], &[(port, "TCP")], rules);
+    kit::policy::compile(&format!("{app}.yaml"), &yaml)
 }
 
 // ---------------------------------------------------------------- receivers

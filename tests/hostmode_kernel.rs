@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use enforcer::hostmode::routes::{self, HostRouting, TABLE};
-use enforcer::hostmode::tap::Tap;
+use enforcer::hostmode::tap::{Done, Tap, TapRing};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
 fn root_or_skip() -> bool {
@@ -43,12 +43,15 @@ fn enter(ns: &str) {
     assert_eq!(rc, 0, "setns");
 }
 
-#[test]
-fn tap_reentry_and_policy_routing() {
-    if !root_or_skip() {
-        return;
-    }
-    let ns = Netns(name("srv"));
+const TAP_MAC: [u8; 6] = [0x02, 0xe7, 0, 0, 0, 1];
+const GW_MAC: [u8; 6] = [0x02, 0xe7, 0, 0, 0, 2];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 3];
+
+/// A namespace with the host's `eth0` (10.78.0.2) and a listener on 8080;
+/// `f` runs on a thread inside it and the namespace goes afterwards, also
+/// when `f` panics.
+fn in_host_ns(base: &str, f: impl FnOnce() + Send + 'static) {
+    let ns = Netns(name(base));
     let n = ns.0.clone();
     let _ = Command::new("ip").args(["netns", "del", &n]).status();
     sh(&format!("ip netns add {n}"));
@@ -64,58 +67,83 @@ fn tap_reentry_and_policy_routing() {
     let t = std::thread::spawn(move || {
         enter(&n);
         let listener = TcpListener::bind("10.78.0.2:8080").expect("listen");
-        let tap_mac = [0x02, 0xe7, 0, 0, 0, 1];
-        let gw_mac = [0x02, 0xe7, 0, 0, 0, 2];
-        let client_mac = [0x02, 0xc1, 0, 0, 0, 3];
+        f();
+        drop(listener);
+    });
+    let r = t.join();
+    drop(ns);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A client's SYN to the host's 8080, addressed to the TAP.
+fn syn_to_host() -> Vec<u8> {
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, TAP_MAC)
+        .ipv4([10, 78, 0, 1], [10, 78, 0, 2], 64)
+        .tcp(40000, 8080, 1000, 64240)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    syn
+}
+
+/// (destination MAC, source MAC, ack) of the host's SYN-ACK to that SYN.
+fn synack(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>, u32)> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    match &p.transport {
+        Some(TransportSlice::Tcp(tcp))
+            if tcp.syn() && tcp.ack() && tcp.destination_port() == 40000 =>
+        {
+            Some((
+                frame[..6].to_vec(),
+                frame[6..12].to_vec(),
+                tcp.acknowledgment_number(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn assert_routed_back(got: Option<(Vec<u8>, Vec<u8>, u32)>) {
+    let (dst, src, ack) = got.expect("SYN-ACK routed back into the TAP");
+    assert_eq!(
+        dst,
+        GW_MAC.to_vec(),
+        "towards the fake gateway (the enforcer)"
+    );
+    assert_eq!(src, TAP_MAC.to_vec());
+    assert_eq!(ack, 1001);
+}
+
+#[test]
+fn tap_reentry_and_policy_routing() {
+    if !root_or_skip() {
+        return;
+    }
+    in_host_ns("srv", || {
         let mut tap = Tap::create("enf-hmk0").expect("tap");
         let host: IpAddr = "10.78.0.2".parse().unwrap();
         let mut routing =
-            HostRouting::setup(tap.name(), tap_mac, gw_mac, &[host]).expect("routing");
+            HostRouting::setup(tap.name(), TAP_MAC, GW_MAC, &[host]).expect("routing");
         let rules = Command::new("ip").args(["rule", "show"]).output().unwrap();
         assert!(
             String::from_utf8_lossy(&rules.stdout).contains("10.78.0.2"),
             "rule installed"
         );
-
-        let mut syn = Vec::new();
-        PacketBuilder::ethernet2(client_mac, tap_mac)
-            .ipv4([10, 78, 0, 1], [10, 78, 0, 2], 64)
-            .tcp(40000, 8080, 1000, 64240)
-            .syn()
-            .write(&mut syn, &[])
-            .unwrap();
-        tap.send(&syn).expect("write syn");
+        tap.send(&syn_to_host()).expect("write syn");
 
         let mut buf = [0u8; 2048];
         let deadline = Instant::now() + Duration::from_secs(3);
-        let mut synack = None;
-        while Instant::now() < deadline && synack.is_none() {
+        let mut got = None;
+        while Instant::now() < deadline && got.is_none() {
             match tap.recv(&mut buf).expect("read tap") {
-                Some(n) => {
-                    let Ok(p) = SlicedPacket::from_ethernet(&buf[..n]) else {
-                        continue;
-                    };
-                    if let Some(TransportSlice::Tcp(tcp)) = &p.transport {
-                        if tcp.syn() && tcp.ack() && tcp.destination_port() == 40000 {
-                            synack = Some((
-                                buf[..6].to_vec(),
-                                buf[6..12].to_vec(),
-                                tcp.acknowledgment_number(),
-                            ));
-                        }
-                    }
-                }
+                Some(n) => got = synack(&buf[..n]),
                 None => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        let (dst, src, ack) = synack.expect("SYN-ACK routed back into the TAP");
-        assert_eq!(
-            dst,
-            gw_mac.to_vec(),
-            "towards the fake gateway (the enforcer)"
-        );
-        assert_eq!(src, tap_mac.to_vec());
-        assert_eq!(ack, 1001);
+        assert_routed_back(got);
 
         routing.teardown();
         let rules = Command::new("ip")
@@ -133,13 +161,84 @@ fn tap_reentry_and_policy_routing() {
             .output()
             .unwrap();
         assert!(!link.status.success(), "TAP gone with its fd");
-        drop(listener);
     });
-    let r = t.join();
-    drop(ns);
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
+}
+
+/// The same round trip through the TAP's io_uring: the SYN goes out in a
+/// submit, the SYN-ACK comes back through the multishot read into a buffer
+/// we gave, an idle ring needs no syscall to say so, and `settle` returns
+/// every buffer it still holds.
+#[test]
+fn tap_ring_round_trip() {
+    if !root_or_skip() {
+        return;
     }
+    in_host_ns("ring", || {
+        let tap = Tap::create("enf-hmk1").expect("tap");
+        let host: IpAddr = "10.78.0.2".parse().unwrap();
+        let mut routing =
+            HostRouting::setup(tap.name(), TAP_MAC, GW_MAC, &[host]).expect("routing");
+        let mut ring: TapRing<usize> = TapRing::new(&tap, 8).expect("io_uring on this kernel");
+        // Buffer 0 holds the SYN; 1..=8 are given to the read.
+        let mut bufs: Vec<Vec<u8>> = (0..9).map(|_| vec![0u8; 2048]).collect();
+        let syn = syn_to_host();
+        bufs[0][..syn.len()].copy_from_slice(&syn);
+        for (i, b) in bufs.iter_mut().enumerate().skip(1) {
+            // SAFETY: `bufs` outlives the ring's use of them (settle below).
+            unsafe { ring.give(i, b.as_mut_ptr(), b.len() as u32) };
+        }
+        assert_eq!(ring.wants(), 0);
+        // SAFETY: as above.
+        assert!(unsafe { ring.write(0, bufs[0].as_ptr(), syn.len() as u32) });
+        let (mut wrote, mut reads) = (None, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && (wrote.is_none() || reads.is_empty()) {
+            ring.turn(&mut |d| match d {
+                Done::Wrote(t, r) => wrote = Some((t, r.expect("write"))),
+                Done::Read(t, n) => reads.push((t, n)),
+            })
+            .expect("turn");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(wrote, Some((0, syn.len())), "the SYN written whole");
+        let got = reads.iter().find_map(|&(t, n)| synack(&bufs[t][..n]));
+        assert_routed_back(got);
+        assert_eq!(ring.in_flight(), 0);
+        assert_eq!(
+            ring.wants(),
+            reads.len(),
+            "read buffers come back to be given again"
+        );
+
+        // Nothing more from the host (the SYN-ACK is not answered for 1 s):
+        // the ring turns idle, and says so without entering the kernel.
+        let mut idle = false;
+        for _ in 0..20 {
+            ring.turn(&mut |d| {
+                if let Done::Read(t, n) = d {
+                    reads.push((t, n));
+                }
+            })
+            .expect("turn");
+            if !ring.has_work() {
+                idle = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(idle, "an idle ring still reports work");
+
+        let mut back = Vec::new();
+        ring.settle(&mut |_| {}, &mut |t| back.push(t));
+        back.sort();
+        let want: Vec<usize> = (1..=8)
+            .filter(|t| !reads.iter().any(|r| r.0 == *t))
+            .collect();
+        assert_eq!(back, want, "settle returns the buffers the read still held");
+        assert!(ring.broken().is_none());
+        drop(ring);
+        routing.teardown();
+    });
 }
 
 fn ping(ns: &str, dst: &str) -> bool {

@@ -52,17 +52,66 @@ fn memcached_guide_in_host_mode() {
     });
 }
 
+/// Whether this kernel gives the TAP io_uring (6.7 for the multishot
+/// read, io_uring not disabled): then the enforcer must use it.
+fn kernel_has_tap_ring() -> bool {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(false);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|x| x.parse::<u32>().ok());
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    !disabled && (major, minor) >= (6, 7)
+}
+
+/// The enforcer's stderr says `what` (its reader thread may be a moment
+/// behind the ready line).
+fn assert_stderr_says(lab: &Lab, what: &str) {
+    let t = Instant::now();
+    while !lab.enforcer_stderr().contains(what) && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = lab.enforcer_stderr();
+    assert!(err.contains(what), "{what:?} expected on stderr: {err}");
+}
+
 #[test]
 fn starwars_in_host_mode_over_ipv4_and_ipv6() {
     lab::with_host_lab("hmsw", |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
         assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
+        let want = if kernel_has_tap_ring() {
+            "TAP I/O: io_uring"
+        } else {
+            "TAP I/O: read/write"
+        };
+        assert_stderr_says(lab, want);
         guide::starwars(lab);
         guide::denial_keeps_the_connection(lab);
         assert!(lab.ping("xwing", SERVER4), "the x-wing's radar ping");
         lab.stop_clean();
         // The host answers directly again.
         assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
+    });
+}
+
+/// The fallback TAP I/O (plain read/write, as on kernels without the
+/// io_uring it needs) carries the same guide, denials included.
+#[test]
+fn starwars_in_host_mode_with_the_tap_on_read_write() {
+    lab::with_host_lab("hmpl", |lab| {
+        lab.start_with_env(
+            Mode::Policy(&repo("policies")),
+            &[],
+            &[("ENFORCER_TAP_IO", "plain")],
+        )
+        .unwrap();
+        assert_stderr_says(lab, "TAP I/O: read/write (ENFORCER_TAP_IO=plain)");
+        guide::starwars(lab);
+        guide::denial_keeps_the_connection(lab);
+        lab.stop_clean();
     });
 }
 

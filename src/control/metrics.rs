@@ -88,7 +88,8 @@ pub fn render(h: &Handle) -> String {
     let mut l7 = Vec::new();
     let mut flows = Vec::new();
     for ((kind, verdict, rule), n) in &tally {
-        if kind == "flow" {
+        let rule = rule.as_deref().unwrap_or_default();
+        if *kind == "flow" {
             flows.push((labels(&[("verdict", verdict), ("rule", rule)]), *n));
         } else {
             l7.push((
@@ -228,6 +229,18 @@ pub fn render(h: &Handle) -> String {
         "no_free_frame",
         "Frames dropped for want of a free UMEM frame",
         snap.dp.no_free_frame,
+    );
+    // Host mode: frames towards the wire whose next hop was not known yet.
+    counters(
+        &mut reg,
+        "next_hop_frames",
+        "Host mode: frames whose next hop was unresolved, by outcome (held waiting for it, sent once it resolved, dropped after waiting, not addressable at all)",
+        &[
+            (labels(&[("outcome", "held")]), snap.dp.next_hop_held),
+            (labels(&[("outcome", "sent_late")]), snap.dp.next_hop_sent_late),
+            (labels(&[("outcome", "dropped")]), snap.dp.next_hop_dropped),
+            (labels(&[("outcome", "unaddressable")]), snap.dp.no_next_hop),
+        ],
     );
     counter(
         &mut reg,

@@ -69,7 +69,9 @@ struct PolicyState {
 }
 
 /// Decisions by (kind, verdict, rule or reason), counted as they are made.
-pub type Tally = BTreeMap<(String, String, String), u64>;
+/// Kinds and verdicts are static, rules and reasons shared with the event
+/// (and the compiled policy): counting an event copies no string.
+pub type Tally = BTreeMap<(&'static str, &'static str, Option<Arc<str>>), u64>;
 
 /// An event as observers get it: the event, with its endpoints' names and
 /// labels looked up under the policy it was decided in.
@@ -325,18 +327,13 @@ impl Handle {
             Decision::Deny => "deny",
             Decision::Audit => "audit",
         };
-        let why = ev
-            .rule
-            .as_deref()
-            .or(ev.reason.as_deref())
-            .unwrap_or_default()
-            .to_string();
+        let why = ev.rule.as_ref().or(ev.reason.as_ref()).cloned();
         *self
             .0
             .tally
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((kind.into(), verdict.into(), why))
+            .entry((kind, verdict, why))
             .or_default() += 1;
         if let Some(w) = log {
             let _ = w.write_all(ev.to_json_line(policy).as_bytes());

@@ -21,13 +21,100 @@ use xsk_rs::{FrameDesc, Umem};
 use super::stats::DpCounters;
 use super::xsk::{Xsk, BATCH};
 use crate::hostmode::l2::{Mac, Neighbors, L2};
-use crate::hostmode::tap::Tap;
+use crate::hostmode::tap::{Done, Tap, TapRing};
 use crate::hostmode::unresolved::Parked;
 use crate::verdict::Side;
 
 enum Io {
     Xsk(Xsk),
+    /// The TAP by `read`/`write`, one syscall per frame (the fallback).
     Tap(Tap, Probe),
+    /// The TAP through io_uring (see `TapRing`): one enter per busy turn.
+    TapRing(Box<Uring>),
+}
+
+/// Setting `ENFORCER_TAP_IO=plain` keeps the TAP on `read`/`write` even where
+/// io_uring works (to compare the two, or to rule the ring out).
+pub const TAP_IO_ENV: &str = "ENFORCER_TAP_IO";
+/// Read buffers (UMEM frames) a TAP ring holds: a burst the host sends
+/// between two turns beyond this waits on the TAP's queue.
+const TAP_RING_BUFFERS: u16 = 64;
+
+struct Uring {
+    tap: Tap,
+    ring: TapRing<FrameDesc>,
+    /// Frames read (length set), for the next `recv`.
+    ready: Vec<FrameDesc>,
+    /// Frames whose write completed, for the free list.
+    written: Vec<FrameDesc>,
+    wrote_ok: u64,
+    wrote_err: u64,
+}
+
+impl Uring {
+    /// Give the read free frames (whole data room) up to what it takes.
+    fn give(&mut self, umem: &Umem, free: &mut Vec<FrameDesc>) {
+        while self.ring.wants() > 0 {
+            let Some(mut d) = free.pop() else { break };
+            let (ptr, len) = {
+                // SAFETY: a free frame is referenced by no ring.
+                let mut data = unsafe { umem.data_mut(&mut d) };
+                // The whole data room; the read's length trims it.
+                let mut c = data.cursor();
+                let room = c.buf_len();
+                c.set_pos(room);
+                let buf = data.contents_mut();
+                (buf.as_mut_ptr(), buf.len() as u32)
+            };
+            // SAFETY: the frame is the ring's, untouched here, until it comes
+            // back read or `settle` returns it.
+            unsafe { self.ring.give(d, ptr, len) };
+        }
+    }
+
+    /// Run the ring (`TapRing::turn`); sort what came back.
+    fn turn(&mut self, umem: &Umem) {
+        let Uring {
+            ring,
+            ready,
+            written,
+            wrote_ok,
+            wrote_err,
+            ..
+        } = self;
+        let r = ring.turn(&mut |done| match done {
+            Done::Read(mut d, len) => {
+                // SAFETY: the kernel handed the frame back; only we refer to it.
+                unsafe { umem.data_mut(&mut d) }.cursor().set_pos(len);
+                ready.push(d);
+            }
+            Done::Wrote(d, r) => {
+                match r {
+                    Ok(_) => *wrote_ok += 1,
+                    Err(_) => *wrote_err += 1,
+                }
+                written.push(d);
+            }
+        });
+        if let Err(e) = r {
+            // Not expected on a ring that started; counted as lost writes
+            // rather than taking the worker down.
+            *wrote_err += 1;
+            tap_io_note(&format!("io_uring on the TAP failed: {e}"));
+        }
+    }
+}
+
+/// Which TAP I/O this process uses, said once at start (and a ring
+/// failure, once).
+fn tap_io_note(msg: &str) {
+    use std::sync::Mutex;
+    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.iter().any(|m| m == msg) {
+        eprintln!("enforcer: {msg}");
+        said.push(msg.to_string());
+    }
 }
 
 /// When to read a TAP next. An AF_XDP ring shows frames with a memory load;
@@ -119,12 +206,33 @@ impl Link {
         }
     }
 
+    /// A TAP link: io_uring where the kernel has what it needs, else plain
+    /// `read`/`write`. Called on the worker's own thread (the ring's issuer).
     pub fn tap(side: Side, t: Tap, rewrite: Rewrite) -> Link {
-        Link {
-            side,
-            io: Io::Tap(t, Probe::default()),
-            rewrite,
-        }
+        let plain = std::env::var(TAP_IO_ENV).is_ok_and(|v| v == "plain");
+        let io = if plain {
+            tap_io_note(&format!("TAP I/O: read/write ({TAP_IO_ENV}=plain)"));
+            Io::Tap(t, Probe::default())
+        } else {
+            match TapRing::new(&t, TAP_RING_BUFFERS) {
+                Ok(ring) => {
+                    tap_io_note("TAP I/O: io_uring (multishot read, one submit per turn)");
+                    Io::TapRing(Box::new(Uring {
+                        tap: t,
+                        ring,
+                        ready: Vec::with_capacity(TAP_RING_BUFFERS as usize),
+                        written: Vec::with_capacity(BATCH * 2),
+                        wrote_ok: 0,
+                        wrote_err: 0,
+                    }))
+                }
+                Err(e) => {
+                    tap_io_note(&format!("TAP I/O: read/write (io_uring unavailable: {e})"));
+                    Io::Tap(t, Probe::default())
+                }
+            }
+        };
+        Link { side, io, rewrite }
     }
 
     /// The fd to sleep on in poll() (readable when frames wait).
@@ -132,6 +240,9 @@ impl Link {
         match &self.io {
             Io::Xsk(x) => x.fd(),
             Io::Tap(t, _) => t.as_raw_fd(),
+            // Readable while frames wait: the ring's read takes them only
+            // in our next enter.
+            Io::TapRing(u) => u.tap.as_raw_fd(),
         }
     }
 
@@ -141,6 +252,11 @@ impl Link {
         match &mut self.io {
             Io::Xsk(x) => x.reclaim(free, scratch),
             Io::Tap(..) => 0,
+            Io::TapRing(u) => {
+                let n = u.written.len();
+                free.append(&mut u.written);
+                n
+            }
         }
     }
 
@@ -201,6 +317,24 @@ impl Link {
                 probe.got(n, now);
                 n
             }
+            Io::TapRing(u) if u.ring.broken().is_some() => {
+                self.fall_back(free);
+                return 0;
+            }
+            Io::TapRing(u) => {
+                u.give(umem, free);
+                // A memory load when idle: the ring says whether the kernel
+                // deferred reads to us.
+                if u.ready.is_empty() && u.ring.has_work() {
+                    u.turn(umem);
+                }
+                free.append(&mut u.written);
+                let n = u.ready.len().min(into.len());
+                for (slot, d) in into.iter_mut().zip(u.ready.drain(..n)) {
+                    *slot = d;
+                }
+                n
+            }
         };
         if let Rewrite::ToWire { l2, .. } = &mut self.rewrite {
             for d in into.iter().take(n) {
@@ -210,6 +344,29 @@ impl Link {
             }
         }
         n
+    }
+
+    /// A ring whose read broke: its frames back to the free list, and the
+    /// TAP on plain `read`/`write` from now on (a dup of its fd: the ring's
+    /// own closes with it).
+    fn fall_back(&mut self, free: &mut Vec<FrameDesc>) {
+        let mut scratch = [];
+        let Io::TapRing(u) = &mut self.io else { return };
+        let why = u.ring.broken().map(|e| e.to_string()).unwrap_or_default();
+        let t = match u.tap.try_clone() {
+            Ok(t) => t,
+            Err(e) => {
+                tap_io_note(&format!(
+                    "io_uring on the TAP failed ({why}) and its fd cannot be kept: {e}"
+                ));
+                return;
+            }
+        };
+        self.settle(free, &mut scratch);
+        tap_io_note(&format!(
+            "TAP I/O: read/write from now on (io_uring read failed: {why})"
+        ));
+        self.io = Io::Tap(t, Probe::default());
     }
 
     /// Remember the sender of a frame of this side that another worker
@@ -350,12 +507,49 @@ impl Link {
                 dp.tx_frames += sent as u64;
                 sent
             }
+            Io::TapRing(u) => {
+                let mut queued = 0;
+                for mut d in frames.drain(..) {
+                    let (ptr, len) = {
+                        // SAFETY: pending frames are ours.
+                        let data = unsafe { umem.data_mut(&mut d) };
+                        let f = data.contents();
+                        (f.as_ptr(), f.len() as u32)
+                    };
+                    // SAFETY: the ring holds the frame until its write
+                    // completes; nothing else refers to it meanwhile.
+                    let mut ok = unsafe { u.ring.write(d, ptr, len) };
+                    if !ok {
+                        // Every write slot taken: submit those (they complete
+                        // inside the submit) and try again.
+                        u.turn(umem);
+                        // SAFETY: as above.
+                        ok = unsafe { u.ring.write(d, ptr, len) };
+                    }
+                    if ok {
+                        queued += 1;
+                    } else {
+                        dp.tx_ring_full += 1;
+                        free.push(d);
+                    }
+                }
+                // The writes, and the reads of what the host sent meanwhile
+                // (or in answer, inside our writes), in one enter.
+                u.give(umem, free);
+                u.turn(umem);
+                free.append(&mut u.written);
+                queued
+            }
         }
     }
 
-    pub fn kick(&mut self) {
-        if let Io::Xsk(x) = &mut self.io {
-            x.kick();
+    pub fn kick(&mut self, umem: &Umem) {
+        match &mut self.io {
+            Io::Xsk(x) => x.kick(),
+            // A write that could not complete inside its submit ends in a
+            // deferred completion: collect it.
+            Io::TapRing(u) if u.ring.in_flight() > 0 => u.turn(umem),
+            _ => {}
         }
     }
 
@@ -364,6 +558,7 @@ impl Link {
         match &mut self.io {
             Io::Xsk(x) => x.tx_unsent(),
             Io::Tap(..) => 0,
+            Io::TapRing(u) => u.ring.in_flight(),
         }
     }
 
@@ -389,6 +584,26 @@ impl Link {
         match &mut self.io {
             Io::Xsk(x) => x.settle(free, scratch),
             Io::Tap(..) => 0,
+            Io::TapRing(u) => {
+                let Uring {
+                    ring,
+                    ready,
+                    written,
+                    ..
+                } = &mut **u;
+                let mut back = Vec::new();
+                ring.settle(
+                    &mut |done| match done {
+                        Done::Read(d, _) => ready.push(d),
+                        Done::Wrote(d, _) => written.push(d),
+                    },
+                    &mut |d| back.push(d),
+                );
+                free.append(ready);
+                free.append(written);
+                free.append(&mut back);
+                0
+            }
         }
     }
 
@@ -396,13 +611,19 @@ impl Link {
     pub fn queue_stats(&self) -> Option<super::stats::QueueStats> {
         match &self.io {
             Io::Xsk(x) => Some(x.queue_stats()),
-            Io::Tap(..) => None,
+            Io::Tap(..) | Io::TapRing(_) => None,
         }
     }
 
     pub fn stats(&self, dp: &mut DpCounters) {
-        if let Io::Xsk(x) = &self.io {
-            x.stats(dp);
+        match &self.io {
+            Io::Xsk(x) => x.stats(dp),
+            // Writes are counted as they complete, which may be in `recv`.
+            Io::TapRing(u) => {
+                dp.tx_frames += u.wrote_ok;
+                dp.tx_ring_full += u.wrote_err;
+            }
+            Io::Tap(..) => {}
         }
     }
 }

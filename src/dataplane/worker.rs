@@ -618,7 +618,7 @@ impl Worker {
         }
         // Copy mode transmits only when kicked; kick while anything is in flight.
         for l in self.links.iter_mut() {
-            l.kick();
+            l.kick(&self.umem);
         }
         work
     }

@@ -6,6 +6,7 @@ pub mod http;
 pub mod memcache;
 #[cfg(test)]
 mod props;
+mod scan;
 
 /// Result of an incremental parse over the bytes available so far.
 #[derive(Debug, Clone, PartialEq, Eq)]

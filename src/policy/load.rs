@@ -22,9 +22,8 @@ fn split_docs<'a>(file: &'a str, text: &'a str) -> Vec<Doc<'a>> {
     let mut docs = Vec::new();
     let mut start = 0usize;
     let mut start_line = 1usize;
-    let mut line_no = 1usize;
     let mut off = 0usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         let t = line.trim_end_matches(['\n', '\r']);
         let sep = t == "---" || t.starts_with("--- ") || t == "...";
         if sep {
@@ -37,7 +36,6 @@ fn split_docs<'a>(file: &'a str, text: &'a str) -> Vec<Doc<'a>> {
             start_line = line_no + 1;
         }
         off += line.len();
-        line_no += 1;
     }
     docs.push(Doc {
         file,

@@ -352,8 +352,19 @@ impl Lab {
     /// Start the enforcer (inline: on cli0/srv0; host mode: on the server's
     /// eth0) and wait for its `ready` line.
     pub fn start(&mut self, mode: Mode<'_>, extra: &[&str]) -> Result<(), String> {
+        self.start_with_env(mode, extra, &[])
+    }
+
+    /// `start` with environment variables for the enforcer.
+    pub fn start_with_env(
+        &mut self,
+        mode: Mode<'_>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
         assert!(self.enforcer.is_none(), "enforcer already running");
         let mut cmd = Command::new("ip");
+        cmd.envs(env.iter().copied());
         cmd.args(["netns", "exec", &self.ns(self.enforcer_host()), BIN]);
         if self.host_mode {
             cmd.args(["--iface", "eth0"]);

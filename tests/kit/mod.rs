@@ -11,6 +11,7 @@ pub mod frames;
 pub mod guide;
 pub mod lab;
 pub mod pair;
+pub mod policy;
 pub mod replay;
 pub mod rig;
 pub mod tcp;

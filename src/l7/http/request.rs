@@ -2,7 +2,7 @@
 //! that let two parsers disagree about where a request ends (smuggling) are
 //! refused rather than guessed.
 
-use nom::bytes::streaming::{tag, take_while1};
+use nom::bytes::streaming::tag;
 
 use super::head::{
     content_length, crlf, header_lines, lift, sp, token, transfer_encoding, trim_ows, Stop, TeState,
@@ -88,11 +88,6 @@ impl HttpRequest {
     }
 }
 
-/// Characters allowed in a request-target (visible ASCII; `#` is checked later).
-fn is_target_char(c: u8) -> bool {
-    (0x21..=0x7e).contains(&c)
-}
-
 fn span(base: &[u8], part: &[u8]) -> Span {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
     (start as u32, (start + part.len()) as u32)
@@ -119,7 +114,12 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
     }
     let (i, method) = lift(token(i), "bad method")?;
     let (i, _) = lift(sp(i), "bad request line")?;
-    let (i, target) = lift(take_while1(is_target_char)(i), "bad request-target")?;
+    let scanned = crate::l7::scan::target(i);
+    let (target, i) = match scanned.len {
+        n if n == i.len() => return Err(Stop::NeedMore),
+        0 => return Err(Stop::Invalid("bad request-target")),
+        n => i.split_at(n),
+    };
     let (i, _) = lift(sp(i), "bad request line")?;
     let (i, _) = lift(tag(&b"HTTP/1."[..])(i), "unsupported HTTP version")?;
     // RFC 9110 §2.5: a later minor version is processed as the highest one
@@ -146,11 +146,16 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
     let mut expect_continue = false;
     let mut connection_close = false;
     let rest = header_lines(i, |name, value| {
+        // Only these five names matter here, and no two share a length:
+        // most headers are passed over by one compare.
+        if !matches!(name.len(), 4 | 6 | 10 | 14 | 17) {
+            return Ok(());
+        }
         if name.eq_ignore_ascii_case(b"host") {
             if host_hdr.is_some() {
                 return Err(Stop::Invalid("repeated Host"));
             }
-            if value.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'@') {
+            if crate::l7::scan::bad_host(value) {
                 return Err(Stop::Invalid("bad Host"));
             }
             host_hdr = Some(value);
@@ -170,7 +175,7 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
     let head_len = buf.len() - rest.len();
 
     // Request-target forms (RFC 9112 §3.2).
-    if target.contains(&b'#') {
+    if scanned.fragment {
         return Err(Stop::Invalid("fragment in request-target"));
     }
     let mut path = target;
@@ -197,8 +202,8 @@ fn parse(buf: &[u8]) -> Result<RequestHead<HttpRequest>, Stop> {
     // Dot-segments: a server that normalises "/a/../b" to "/b" would serve
     // another path than the one judged. Clients normalise them before
     // sending; one that does not is refused (percent-encoded dots too).
-    let path_only = path.split(|&c| c == b'?').next().unwrap_or_default();
-    if path_only.split(|&c| c == b'/').any(is_dot_segment) {
+    let path_only = || path.split(|&c| c == b'?').next().unwrap_or_default();
+    if scanned.dots && path_only().split(|&c| c == b'/').any(is_dot_segment) {
         return Err(Stop::Invalid("dot-segment in path"));
     }
 

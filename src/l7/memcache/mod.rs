@@ -66,7 +66,16 @@ impl Keys {
 
     pub fn one(key: &[u8]) -> Keys {
         let mut k = Keys::new();
-        k.push(key);
+        // The usual request: one short key, its length byte and bytes
+        // written straight in (what `push` does, without its general case).
+        match k.inline.get_mut(..key.len() + 1) {
+            Some(dst) if key.len() < usize::from(u8::MAX) => {
+                dst[0] = key.len() as u8;
+                dst[1..].copy_from_slice(key);
+                k.len = dst.len() as u8;
+            }
+            _ => k.push(key),
+        }
         k
     }
 
@@ -559,7 +568,7 @@ mod tests {
         assert_eq!(
             m.subject(&r),
             Subject::Memcache {
-                command: "get".into(),
+                command: "get",
                 keys: vec!["awing-coord".into(), "xwing-coord".into()]
             }
         );
@@ -567,14 +576,14 @@ mod tests {
         assert_eq!(
             m.subject(&b),
             Subject::Memcache {
-                command: "getkq".into(),
+                command: "getkq",
                 keys: vec!["k\u{fffd}".into()]
             }
         );
         assert_eq!(
             m.subject(&treq("ms k 1 MA\r\n")),
             Subject::Memcache {
-                command: "ms".into(),
+                command: "ms",
                 keys: vec!["k".into()]
             }
         );

@@ -32,6 +32,12 @@ const MAX_META_TOKENS: usize = 20;
 
 /// Parse one request from the start of `buf`.
 pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
+    // Nearly always the first NUL-or-LF is the line's LF: one scan finds
+    // the line and proves it free of NULs.
+    let first = crate::l7::scan::nul_or_lf(buf);
+    if buf.get(first) == Some(&b'\n') {
+        return complete(buf, first);
+    }
     let Some(nl) = buf.iter().position(|&c| c == b'\n') else {
         return if buf.len() > MAX_LINE && !multiget(buf) {
             Parse::Invalid("command line too long")
@@ -39,21 +45,33 @@ pub fn parse(buf: &[u8]) -> Parse<RequestHead<McRequest>> {
             Parse::NeedMore
         };
     };
-    // memcached drops one CR before the LF (a bare LF ends a line too),
-    // but only when the line has more than that CR.
-    let line = match &buf[..nl] {
+    // memcached reads the line as a C string: a NUL would end it early
+    // (a line too long is refused as that first, in `complete`).
+    let l = line(buf, nl);
+    if l.contains(&0) && (nl <= MAX_LINE || multiget(l)) {
+        return Parse::Invalid("NUL in command line");
+    }
+    complete(buf, nl)
+}
+
+/// The command line of a request whose LF is at `nl`: memcached drops one
+/// CR before the LF (a bare LF ends a line too), but only when the line
+/// has more than that CR.
+fn line(buf: &[u8], nl: usize) -> &[u8] {
+    match &buf[..nl] {
         [rest @ .., b'\r'] if nl > 1 => rest,
         l => l,
-    };
+    }
+}
+
+/// The request whose line ends with the LF at `nl`, which holds no NUL.
+fn complete(buf: &[u8], nl: usize) -> Parse<RequestHead<McRequest>> {
+    let line = line(buf, nl);
     // The bytes before the LF, CR included: had they arrived without the
     // LF, they would be refused above, so they are refused with it too
     // (the answer must not depend on how the line was split).
     if nl > MAX_LINE && !multiget(line) {
         return Parse::Invalid("command line too long");
-    }
-    // memcached reads the line as a C string: a NUL would end it early.
-    if line.contains(&0) {
-        return Parse::Invalid("NUL in command line");
     }
     match parse_line(line) {
         Ok((req, data)) => Parse::Complete(RequestHead {
@@ -80,7 +98,10 @@ fn multiget(line: &[u8]) -> bool {
 /// of the line (multi-gets read past the stop).
 struct Toks<'a> {
     line: &'a [u8],
-    toks: [&'a [u8]; MAX_TOKENS - 1],
+    /// Token `i` is `line[toks[i][0]..toks[i][1]]`. Offsets, not slices:
+    /// zeros are set up with a few wide stores, where 23 slices of `line`
+    /// took as long as the rest of a `get`'s parse.
+    toks: [[usize; 2]; MAX_TOKENS - 1],
     n: usize,
 }
 
@@ -88,14 +109,29 @@ impl<'a> Toks<'a> {
     fn new(line: &'a [u8]) -> Self {
         let mut t = Toks {
             line,
-            toks: [&line[..0]; MAX_TOKENS - 1],
+            toks: [[0; 2]; MAX_TOKENS - 1],
             n: 0,
         };
-        for tok in Self::split(line).take(MAX_TOKENS - 1) {
-            t.toks[t.n] = tok;
+        let mut at = 0;
+        while t.n < MAX_TOKENS - 1 {
+            while line.get(at) == Some(&b' ') {
+                at += 1;
+            }
+            if at == line.len() {
+                break;
+            }
+            let start = at;
+            while line.get(at).is_some_and(|&c| c != b' ') {
+                at += 1;
+            }
+            t.toks[t.n] = [start, at];
             t.n += 1;
         }
         t
+    }
+    fn tok(&self, i: usize) -> &'a [u8] {
+        let [a, b] = self.toks[i];
+        self.line.get(a..b).unwrap_or_default()
     }
     fn split(line: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         line.split(|&c| c == b' ').filter(|t| !t.is_empty())
@@ -107,7 +143,7 @@ impl<'a> Toks<'a> {
     /// Token `i` as memcached sees it (empty past the end).
     fn get(&self, i: usize) -> &'a [u8] {
         if i < self.n {
-            self.toks[i]
+            self.tok(i)
         } else {
             b""
         }
@@ -118,12 +154,12 @@ impl<'a> Toks<'a> {
     }
     /// `set_noreply_maybe`: the last token memcached sees is `noreply`.
     fn noreply(&self) -> bool {
-        self.n > 0 && self.toks[self.n - 1] == b"noreply"
+        self.n > 0 && self.tok(self.n - 1) == b"noreply"
     }
     /// Token `i` as a key (for the rule), if memcached sees one there.
     fn key(&self, i: usize) -> Keys {
         if i < self.n {
-            Keys::one(self.toks[i])
+            Keys::one(self.tok(i))
         } else {
             Keys::new()
         }
@@ -181,7 +217,12 @@ fn num(t: &[u8]) -> Num {
 /// or `safe_strtoull` (u64): Ok(true) accepted, Ok(false) rejected,
 /// Err when the outcome is one we cannot be sure of.
 fn field(t: &[u8], lo: i128, hi: i128) -> R<bool> {
-    match num(t) {
+    accepted(num(t), lo, hi)
+}
+
+/// `field` for a number already read.
+fn accepted(n: Num, lo: i128, hi: i128) -> R<bool> {
+    match n {
         Num::Bad => Ok(false),
         Num::Odd => Err("number memcached versions read differently"),
         // Negative for an unsigned field: rejected (strtoul sees the sign).
@@ -197,10 +238,11 @@ const U64: (i128, i128) = (0, u64::MAX as i128);
 /// A data block length (`safe_strtol` into an int, then `0..=INT_MAX-2`):
 /// Some(n) a block of n bytes (+ CRLF) follows, None: rejected, no block.
 fn data_len(t: &[u8]) -> R<Option<u64>> {
-    if !field(t, I32.0, I32.1)? {
+    let n = num(t);
+    if !accepted(n, I32.0, I32.1)? {
         return Ok(None);
     }
-    match num(t) {
+    match n {
         Num::Val(v) if (0..=i128::from(i32::MAX) - 2).contains(&v) => Ok(Some(v as u64)),
         _ => Ok(None),
     }
@@ -281,7 +323,10 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             // (it reads multi-gets in batches).
             // The window holds the whole line unless it is full.
             let keys = if t.n < MAX_TOKENS - 1 {
-                t.toks[first.min(t.n)..t.n].iter().copied().collect()
+                match t.n.saturating_sub(first) {
+                    1 => Keys::one(t.tok(first)),
+                    _ => (first.min(t.n)..t.n).map(|i| t.tok(i)).collect(),
+                }
             } else {
                 t.all().skip(first).collect()
             };
@@ -384,7 +429,7 @@ fn b_flag(t: &Toks<'_>, from: usize) -> bool {
 /// Standard base64 with padding, as memcached decodes keys (it refuses
 /// unpadded input).
 fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 4 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
         return None;
     }
     let pad = s.iter().rev().take_while(|&&c| c == b'=').count();

@@ -49,6 +49,9 @@ pub struct ExprError {
     pub message: String,
 }
 
+/// A parser of one operand of a `chain`: the rest of the input and the node.
+type Operand<'a, S> = fn(&S, &'a str) -> Result<(&'a str, Expr), ExprError>;
+
 struct P<'a> {
     full: &'a str,
 }
@@ -97,7 +100,7 @@ impl<'a> P<'a> {
         &self,
         i: &'a str,
         op: &'static str,
-        operand: fn(&Self, &'a str) -> Result<(&'a str, Expr), ExprError>,
+        operand: Operand<'a, Self>,
         node: fn(Vec<Expr>) -> Expr,
     ) -> Result<(&'a str, Expr), ExprError> {
         let (mut i, first) = operand(self, i)?;
