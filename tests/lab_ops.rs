@@ -299,6 +299,8 @@ fn sig(v: &serde_json::Value) -> String {
 fn observe_filters_show_exactly_the_matching_events() {
     lab::with_lab("opsobs", |lab| {
         let dir = lab::policy_dir(&[]);
+        // No --log: the observers alone must make the workers send events.
+        lab.with_log = false;
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         let filters: &[&[&str]] = &[
             &[],
@@ -432,6 +434,8 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> u64 {
 fn metrics_count_what_was_sent() {
     lab::with_lab("opsmet", |lab| {
         let dir = lab::policy_dir(&[]);
+        // No --log: workers count decisions whether or not events flow.
+        lab.with_log = false;
         lab.start(Mode::Policy(dir.path()), &["--metrics", "127.0.0.1:9464"])
             .unwrap();
         for _ in 0..5 {

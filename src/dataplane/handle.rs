@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
+pub use super::stats::Tally;
 use super::stats::{DpCounters, QueueStats, SideCount, WorkerStats};
 use super::worker::{Logged, Shared};
 use crate::counters::Counters;
-use crate::log::{Decision, Event, Subject};
+use crate::log::Event;
 use crate::policy::{load, Policy};
 
 /// What does not change while the dataplane runs.
@@ -68,11 +69,6 @@ struct PolicyState {
     failed: u64,
 }
 
-/// Decisions by (kind, verdict, rule or reason), counted as they are made.
-/// Kinds and verdicts are static, rules and reasons shared with the event
-/// (and the compiled policy): counting an event copies no string.
-pub type Tally = BTreeMap<(&'static str, &'static str, Option<Arc<str>>), u64>;
-
 /// An event as observers get it: the event, with its endpoints' names and
 /// labels looked up under the policy it was decided in.
 #[derive(Debug, Serialize)]
@@ -100,7 +96,6 @@ struct Inner {
     /// One reload at a time (SIGHUP, control clients, the watcher).
     reloading: Mutex<()>,
     observers: Mutex<Vec<Observer>>,
-    tally: Mutex<Tally>,
     undelivered: AtomicU64,
 }
 
@@ -162,7 +157,6 @@ impl Handle {
             }),
             reloading: Mutex::new(()),
             observers: Mutex::new(Vec::new()),
-            tally: Mutex::new(Tally::new()),
             undelivered: AtomicU64::new(0),
         }))
     }
@@ -287,12 +281,16 @@ impl Handle {
         s
     }
 
+    /// Decisions so far, summed over workers (each publishes every 100 ms).
     pub fn tally(&self) -> Tally {
-        self.0
-            .tally
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let mut t = Tally::new();
+        for w in &self.0.shared.stats {
+            let g = w.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, n) in &g.tally {
+                *t.entry(k.clone()).or_default() += n;
+            }
+        }
+        t
     }
 
     /// Events offered to observers that they could not take, over all.
@@ -305,41 +303,27 @@ impl Handle {
     pub fn observe(&self, capacity: usize) -> (Receiver<Arc<Observed>>, Arc<AtomicU64>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let lost = Arc::new(AtomicU64::new(0));
-        self.0
-            .observers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Observer {
-                tx,
-                lost: lost.clone(),
-            });
+        let mut obs = self.0.observers.lock().unwrap_or_else(|p| p.into_inner());
+        obs.push(Observer {
+            tx,
+            lost: lost.clone(),
+        });
+        // Under the observers' lock, so that dispatch, which clears it when
+        // the last observer left, cannot clear it after this.
+        self.0.shared.listening.store(true, Ordering::Relaxed);
         (rx, lost)
     }
 
     fn dispatch(&self, ev: Event, policy: &Policy, log: &mut Option<BufWriter<std::fs::File>>) {
-        let kind = match &ev.subject {
-            Subject::Flow => "flow",
-            Subject::Http { .. } => "http",
-            Subject::Memcache { .. } => "memcache",
-        };
-        let verdict = match ev.verdict {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-            Decision::Audit => "audit",
-        };
-        let why = ev.rule.as_ref().or(ev.reason.as_ref()).cloned();
-        *self
-            .0
-            .tally
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((kind, verdict, why))
-            .or_default() += 1;
         if let Some(w) = log {
             let _ = w.write_all(ev.to_json_line(policy).as_bytes());
         }
         let mut obs = self.0.observers.lock().unwrap_or_else(|p| p.into_inner());
         if obs.is_empty() {
+            if log.is_none() {
+                // Nobody reads events: workers stop sending them.
+                self.0.shared.listening.store(false, Ordering::Relaxed);
+            }
             return;
         }
         let labels = |ip| {
@@ -375,8 +359,8 @@ impl Handle {
     }
 }
 
-/// The dispatch thread: events from the workers to the log, the tally and
-/// the observers, until every worker has dropped its sender.
+/// The dispatch thread: events from the workers to the log and the
+/// observers, until every worker has dropped its sender.
 pub(super) fn spawn_dispatch(
     handle: Handle,
     log: Option<&Path>,

@@ -604,6 +604,7 @@ fn serve(
         policy_gen: std::sync::atomic::AtomicU64::new(0),
         neighbors: Mutex::new(Arc::new(Default::default())),
         neighbors_gen: std::sync::atomic::AtomicU64::new(0),
+        listening: AtomicBool::new(args.log.is_some()),
     });
     let info = Info {
         mode: if plan.host.is_some() {

@@ -1,9 +1,35 @@
 //! Dataplane counters of one worker (the engine counts its own) and what a
 //! worker publishes for the control thread.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::counters::Counters;
+use crate::log::{Decision, Event, Subject};
+
+/// Decisions by (kind, verdict, rule or reason), counted as they are made.
+/// Kinds and verdicts are static, rules and reasons shared with the event
+/// (and the compiled policy): counting an event copies no string.
+pub type Tally = BTreeMap<(&'static str, &'static str, Option<Arc<str>>), u64>;
+
+/// Count `ev` in `t`. Workers count their own decisions: the event thread
+/// sees events only while something reads them (a log, an observer).
+pub fn tally_event(t: &mut Tally, ev: &Event) {
+    let kind = match &ev.subject {
+        Subject::Flow => "flow",
+        Subject::Http { .. } => "http",
+        Subject::Memcache { .. } => "memcache",
+    };
+    let verdict = match ev.verdict {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::Audit => "audit",
+    };
+    let why = ev.rule.as_ref().or(ev.reason.as_ref()).cloned();
+    *t.entry((kind, verdict, why)).or_default() += 1;
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DpCounters {
@@ -95,6 +121,8 @@ pub struct WorkerStats {
     /// at 100% CPU whatever this says).
     pub busy_ns: u64,
     pub run_ns: u64,
+    /// This worker's decisions so far.
+    pub tally: Tally,
 }
 
 /// What became of the frames received on one side.

@@ -164,6 +164,9 @@ pub struct Lab {
     /// Arguments every `start` adds (a walk that starts the enforcer
     /// itself, run with `--workers 2`).
     pub start_args: Vec<String>,
+    /// Start the enforcer with `--log` (the default; `verdicts` reads it).
+    /// Off, events flow only while an observer reads them.
+    pub with_log: bool,
 }
 
 fn lab_sh(prefix: &str, queues: u32, args: &[&str]) -> Output {
@@ -217,6 +220,7 @@ impl Lab {
             control: PathBuf::from(format!("/run/enforcer-lab/{prefix}/enforcer.sock")),
             host_mode,
             start_args: Vec::new(),
+            with_log: true,
         })
     }
 
@@ -380,7 +384,9 @@ impl Lab {
                 cmd.env("ENFORCER_PASSTHROUGH", "1");
             }
         }
-        cmd.arg("--log").arg(&self.log);
+        if self.with_log {
+            cmd.arg("--log").arg(&self.log);
+        }
         if !extra.contains(&"--control") {
             cmd.arg("--control").arg(&self.control);
         }
