@@ -96,14 +96,14 @@ impl Protocol for Toy {
 
     fn subject(&self, req: &ToyReq) -> Subject {
         Subject::Memcache {
-            command: "toy".into(),
+            command: "toy",
             keys: vec![req.name.clone()],
         }
     }
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Memcache {
-            command: "toy".into(),
+            command: "toy",
             keys: Vec::new(),
         }
     }
