@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -331,8 +331,36 @@ impl HostMode {
 impl Drop for HostMode {
     fn drop(&mut self) {
         self.stop();
+        // The TAP goes with its last file reference, and with the TAP on
+        // io_uring that reference is the ring's: the kernel releases it from
+        // a work queue after the ring's fd is closed, a moment after the
+        // workers are gone. Wait for it, so that a clean stop returns with
+        // nothing left (scripts check at once); delete it if it lingers.
+        if !wait_gone(&self.tap, Duration::from_secs(2)) {
+            let _ = routes::ip(&["link", "del", "dev", &self.tap]);
+            if !wait_gone(&self.tap, Duration::from_secs(1)) {
+                eprintln!("enforcer: the TAP {} is still there after stop", self.tap);
+            }
+        }
         let _ = fs::remove_file(state_file(&self.iface));
     }
+}
+
+/// Whether device `name` is gone within `limit` (asked of this network
+/// namespace's kernel, not of a sysfs that may belong to another).
+fn wait_gone(name: &str, limit: Duration) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return true;
+    };
+    let t = Instant::now();
+    // SAFETY: a valid NUL-terminated string.
+    while unsafe { libc::if_nametoindex(c.as_ptr()) } != 0 {
+        if t.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 #[cfg(test)]
