@@ -347,7 +347,7 @@ pub fn run(
     }
 
     // Ready once the control plane can see this worker's sockets.
-    w.publish(&shared);
+    w.publish();
     let _ = ready.send(Ok(()));
     let t0 = Instant::now();
     let mut last_tick = t0;
@@ -373,11 +373,11 @@ pub fn run(
         }
         let mut work = w.reclaim();
         work += w.receive(now);
-        w.wake_owners(&shared);
+        w.wake_owners();
         work += w.take_handoffs(now);
         if now_i.duration_since(last_tick) >= TICK {
             last_tick = now_i;
-            w.follow_control(&shared);
+            w.follow_control();
             w.expire_held(now);
             w.judge.tick(now, &mut w.out);
             w.drain_out();
@@ -387,7 +387,7 @@ pub fn run(
         w.rebalance();
         if now_i.duration_since(last_publish) >= PUBLISH {
             last_publish = now_i;
-            w.publish(&shared);
+            w.publish();
         }
 
         last_turn = (now_i, work > 0);
@@ -445,7 +445,7 @@ pub fn run(
         }
     }
     let held = w.settle();
-    w.publish(&shared);
+    w.publish();
     if let Some(slot) = shared.stats.get(w.id as usize) {
         slot.lock().unwrap_or_else(|p| p.into_inner()).frames_held = held;
     }
@@ -570,11 +570,12 @@ impl Worker {
     }
 
     /// On ticks: a reloaded policy, a fresher neighbour snapshot.
-    fn follow_control(&mut self, shared: &Shared) {
-        let g = shared.policy_gen.load(Ordering::Acquire);
+    fn follow_control(&mut self) {
+        let g = self.shared.policy_gen.load(Ordering::Acquire);
         if g != self.policy_gen {
             self.policy_gen = g;
-            let p = shared
+            let p = self
+                .shared
                 .policy
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -583,10 +584,11 @@ impl Worker {
                 engine.set_policy(p);
             }
         }
-        let g = shared.neighbors_gen.load(Ordering::Acquire);
+        let g = self.shared.neighbors_gen.load(Ordering::Acquire);
         if g != self.neighbors_gen {
             self.neighbors_gen = g;
-            let n = shared
+            let n = self
+                .shared
                 .neighbors
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -646,11 +648,11 @@ impl Worker {
         }
     }
 
-    fn wake_owners(&mut self, shared: &Shared) {
+    fn wake_owners(&mut self) {
         while self.to_wake != 0 {
             let i = self.to_wake.trailing_zeros() as usize;
             self.to_wake &= self.to_wake - 1;
-            for wk in shared.wakers.iter().skip(i).step_by(64) {
+            for wk in self.shared.wakers.iter().skip(i).step_by(64) {
                 wk.wake();
             }
         }
@@ -769,13 +771,13 @@ impl Worker {
         }
     }
 
-    fn publish(&mut self, shared: &Shared) {
+    fn publish(&mut self) {
         let mut dp = self.dp.clone();
         dp.engine_panics = self.judge.panics();
         for l in &self.links {
             l.stats(&mut dp);
         }
-        if let Some(slot) = shared.stats.get(self.id as usize) {
+        if let Some(slot) = self.shared.stats.get(self.id as usize) {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
             g.dp = dp;
             g.engine = self.judge.counters();
