@@ -36,11 +36,24 @@ endpoints:
 - name: client
   labels: {{app: client}}
   addresses: [{clients}]
----
+{head}    toPorts:
+    - ports:
+{ports}{rules}"#,
+        server = list(server),
+        clients = list(clients),
+        head = from_clients(app, app),
+    )
+}
+
+/// A policy document named `name` for the server `app: {app}` whose one
+/// ingress rule admits `app: client`, up to the rule's own clauses.
+fn from_clients(name: &str, app: &str) -> String {
+    format!(
+        r#"---
 apiVersion: "cilium.io/v2"
 kind: CiliumNetworkPolicy
 metadata:
-  name: "{app}"
+  name: "{name}"
 spec:
   endpointSelector:
     matchLabels:
@@ -49,11 +62,7 @@ spec:
   - fromEndpoints:
     - matchLabels:
         app: client
-    toPorts:
-    - ports:
-{ports}{rules}"#,
-        server = list(server),
-        clients = list(clients),
+"#
     )
 }
 
@@ -62,24 +71,12 @@ spec:
 pub fn ping_yaml(app: &str) -> String {
     format!(
         r#"
----
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "{app}-ping"
-spec:
-  endpointSelector:
-    matchLabels:
-      app: {app}
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    icmps:
+{head}    icmps:
     - fields:
       - type: 8
         family: IPv4
-"#
+"#,
+        head = from_clients(&format!("{app}-ping"), app),
     )
 }
 
