@@ -370,3 +370,75 @@ fn a_policy_reload_applies_to_the_next_request_of_a_live_connection() {
     );
     p.healthy();
 }
+
+/// A pure ACK from the memcached server of everything it read, offering
+/// `win` bytes (the kit's handshake has no window scaling).
+fn server_offers(p: &Pair<Engine>, client: [u8; 4], win: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4([10, 66, 0, 2], client, 64)
+        .tcp(11211, 40_000, p.server.snd_nxt, win)
+        .ack(p.server.rcv_nxt)
+        .write(&mut f, &[])
+        .unwrap();
+    f
+}
+
+/// Sequence number one past the last payload byte of a frame.
+fn seq_end(f: &[u8]) -> u32 {
+    let m = enforcer::packet::view::parse(f).expect("a frame the engine built");
+    let t = m.tcp().expect("TCP");
+    t.seq.wrapping_add(m.payload(f).len() as u32)
+}
+
+#[test]
+fn renumbered_value_past_the_server_window_waits_for_it() {
+    // The lab's stall (a 2 MB memcached set on a connection a denial had
+    // renumbered): the client was offered an edge beyond the server's
+    // window, every one of its segments was rebuilt and forwarded at once,
+    // and the server dropped what lay past its window, silently. The
+    // client then resent one segment per timeout. Bytes past the server's
+    // window must wait for it in the enforcer, which has them anyway.
+    let mut p = conn("10.66.0.12", 11211, EngineConfig::default());
+    p.client_sends(b"get awing-coord\r\n", 1500);
+    assert_eq!(p.client.got(), "CLIENT_ERROR access denied\r\n");
+    // A head held across segments: acknowledged by the enforcer, which
+    // offers the hold's edge, past the server's.
+    p.client_sends(b"get xwing-", 1500);
+    p.client_sends(b"coord\r\n", 1500);
+    p.server_sends(b"END\r\n");
+    // The server reads slowly: its window closes to 4 KB.
+    let f = server_offers(&p, [10, 66, 0, 12], 4096);
+    p.input(SERVER, f);
+    let to_client = p.to_client.last().expect("the ACK goes on").clone();
+    let m = enforcer::packet::view::parse(&to_client).unwrap();
+    let offered = m
+        .tcp()
+        .unwrap()
+        .ack
+        .wrapping_add(u32::from(m.tcp().unwrap().window));
+    p.deliver();
+    let edge = p.server.rcv_nxt.wrapping_add(4096);
+
+    let mut set = b"set xwing-coord 0 0 50000\r\n".to_vec();
+    set.extend(std::iter::repeat_n(b'v', 50_000));
+    set.extend(b"\r\n");
+    let end = p.client.snd_nxt.wrapping_add(set.len() as u32);
+    assert!(
+        (offered.wrapping_sub(end) as i32) >= 0,
+        "the client stays within the window it was offered"
+    );
+    for chunk in set.chunks(1448) {
+        p.client_send(chunk);
+    }
+    // What reaches the server past its window is dropped there (as Linux
+    // does, without a count); the kit's client never retransmits.
+    p.to_server
+        .retain(|f| (edge.wrapping_sub(seq_end(f)) as i32) >= 0);
+    p.run();
+    let mut want = b"get xwing-coord\r\n".to_vec();
+    want.extend(&set);
+    assert!(p.server.data == want, "the server read the whole value");
+    p.assert_healthy();
+    p.healthy();
+}

@@ -120,7 +120,7 @@ pub(super) struct FromClient {
     /// Client offset up to which the enforcer acknowledged client bytes on
     /// its own (held head bytes, which the server cannot acknowledge before
     /// it has them); only grows, never beyond `next`. Bytes below it that
-    /// went to the server are ours to deliver (`request.rs`, `push_owned`).
+    /// went to the server are ours to deliver (`request.rs`, `push_kept`).
     pub(super) own_ack: u64,
     /// Server offset: released bytes below it went to the server while
     /// inside its window (so only a loss keeps them from it).
@@ -318,6 +318,36 @@ impl<P: Protocol> Stream<P> {
         u64::from(self.srv.win) << shift
     }
 
+    /// Server offset one past the last byte the server's latest ack and
+    /// window let us send: released bytes beyond it wait in `cli.sent`.
+    pub(super) fn server_edge(&self) -> u64 {
+        self.srv.ack.saturating_add(self.server_window())
+    }
+
+    /// Server offset one past the released bytes kept in `cli.sent`.
+    pub(super) fn sent_end(&self) -> u64 {
+        self.cli.sent_base + self.cli.sent.len() as u64
+    }
+
+    /// Server offset of the first released byte not yet sent to the server
+    /// (every one before it went out, inside the server's window).
+    pub(super) fn unsent_from(&self) -> u64 {
+        self.cli.tx_edge.max(self.srv.ack)
+    }
+
+    /// Sequence (server offset) for our segments without data towards the
+    /// server: the next byte we send, which is not `c_out` while released
+    /// bytes wait for the server's window (a seq past its window would be
+    /// dropped, and the ack and window it carries with it).
+    pub(super) fn c_next(&self) -> u64 {
+        let from = self.unsent_from();
+        if from < self.sent_end() {
+            from
+        } else {
+            self.c_out()
+        }
+    }
+
     /// Ack (server seq space) to put on segments towards the server.
     pub(super) fn ack_to_server(&self) -> u32 {
         let Some(s) = self.srv.abs else { return 0 };
@@ -452,7 +482,7 @@ impl<P: Protocol> Stream<P> {
 
     pub(super) fn ack_server(&self, ctx: &mut StreamCtx<'_>, out: &mut Output) {
         let Some(c) = self.cli.abs else { return };
-        let f = self.seg(true, c.seq(self.c_out()), 0, &[]);
+        let f = self.seg(true, c.seq(self.c_next()), 0, &[]);
         self.emit(ctx, out, true, f);
     }
 
@@ -462,7 +492,7 @@ impl<P: Protocol> Stream<P> {
             return;
         }
         if let Some(c) = self.cli.abs {
-            let f = self.seg(true, c.seq(self.c_out()), TCP_RST, &[]);
+            let f = self.seg(true, c.seq(self.c_next()), TCP_RST, &[]);
             self.emit(ctx, out, true, f);
         }
         if let Some(s) = self.srv.abs {

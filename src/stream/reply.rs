@@ -108,7 +108,7 @@ impl<P: Protocol> Stream<P> {
                 self.cli.removed.prune(acked);
             }
             if t.flags & TCP_RST == 0 {
-                self.push_owned(ctx, now, out, advanced);
+                self.push_kept(ctx, now, out, advanced);
             }
         }
         let modified_before = self.modified();

@@ -284,7 +284,8 @@ impl<P: Protocol> Stream<P> {
             && self.decided() as i64 == e
             && old.is_empty()
             && rel.len() == payload.len()
-            && fin == fin_now;
+            && fin == fin_now
+            && self.fits_window(out_before, rel.len() as u64);
         if fast {
             self.note_tx(out_before, out_before + rel.len() as u64);
             self.keep_rel(rel);
@@ -301,7 +302,7 @@ impl<P: Protocol> Stream<P> {
         }
         if pure {
             // A bare ACK / window update: rewrite in place.
-            let seq = cabs.seq(self.c_out());
+            let seq = cabs.seq(self.c_next());
             let ack = self.ack_to_server();
             if self.modified() {
                 build::strip_sack(frame, meta);
@@ -312,9 +313,10 @@ impl<P: Protocol> Stream<P> {
         }
         let mut sent = false;
         for (at, _, n) in old {
-            // Only what we released, as we released it.
+            // Only what we released, as we released it; bytes still waiting
+            // for the server's window go in order below (`send_new`).
             let lo = at.max(self.cli.sent_base);
-            let hi = (at + n as u64).min(self.cli.sent_base + self.cli.sent.len() as u64);
+            let hi = (at + n as u64).min(self.unsent_from());
             if lo >= hi {
                 continue;
             }
@@ -329,14 +331,14 @@ impl<P: Protocol> Stream<P> {
             sent = true;
         }
         let resent = sent;
-        sent |= self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
-        self.note_tx(out_before, out_before + rel.len() as u64);
+        sent |= self.send_new(ctx, out, cabs, fin_now);
         self.arm_owned(ctx, now);
-        if fin_now && rel.is_empty() {
-            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
-            self.emit(ctx, out, true, f);
-            sent = true;
-        } else if fin && self.cli.fin_sent && !fin_now && e <= decided_before as i64 {
+        if fin
+            && self.cli.fin_sent
+            && !fin_now
+            && e <= decided_before as i64
+            && self.unsent_from() >= self.sent_end()
+        {
             // Retransmitted FIN.
             let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
             self.emit(ctx, out, true, f);
@@ -405,6 +407,10 @@ impl<P: Protocol> Stream<P> {
         {
             return false;
         }
+        if !self.fits_window(self.c_out(), n) {
+            // Past the server's window: the general path keeps it for later.
+            return false;
+        }
         match &mut self.cli.req {
             ReqState::Body {
                 allowed: true,
@@ -467,15 +473,61 @@ impl<P: Protocol> Stream<P> {
         }
     }
 
+    /// Released bytes `[at, at + n)` (server offsets) may go out as they
+    /// are, in the client's own frame: nothing released before them waits
+    /// for the server's window, and they fit in it.
+    fn fits_window(&self, at: u64, n: u64) -> bool {
+        self.unsent_from() >= at && at.saturating_add(n) <= self.server_edge()
+    }
+
+    /// Send what was released and not sent yet, in order, as far as the
+    /// server's window reaches; the rest waits in `cli.sent` for the
+    /// server's next ACK or window update (`push_kept`). Why: the client
+    /// may be offered more than the server's window (the edge offered
+    /// never moves back, and a held head offers the hold's edge), and the
+    /// server drops, without a count on either side, what arrives past its
+    /// window. On a renumbered connection our rebuilt segments carry no
+    /// SACK and no timestamps, so the client's recovery of such a loss
+    /// crawled at one segment per retransmission timeout (a 2 MB memcached
+    /// set stalled for seconds). With nothing sent unacknowledged, one
+    /// segment goes even into a closed window, as a window probe: the
+    /// server's answer says when it opens. The client's FIN follows the
+    /// last released byte (returns true when something went out).
+    fn send_new(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        cabs: Abs,
+        fin: bool,
+    ) -> bool {
+        let from = self.unsent_from();
+        let sent = self.send_kept(ctx, out, from, from <= self.srv.ack);
+        if fin && !sent && self.unsent_from() >= self.sent_end() {
+            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
+            self.emit(ctx, out, true, f);
+            return true;
+        }
+        sent
+    }
+
     /// Send kept bytes from server offset `from` up to the server's window
     /// (at least one segment when `probe`: a zero window is answered with
-    /// an ACK that tells us when it opens).
-    fn send_kept(&mut self, ctx: &mut StreamCtx<'_>, out: &mut Output, from: u64, probe: bool) {
-        let Some(cabs) = self.cli.abs else { return };
-        let end = self.cli.sent_base + self.cli.sent.len() as u64;
+    /// an ACK that tells us when it opens). The last kept byte carries the
+    /// client's FIN once it was passed. True when something went out.
+    fn send_kept(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        from: u64,
+        probe: bool,
+    ) -> bool {
+        let Some(cabs) = self.cli.abs else {
+            return false;
+        };
+        let end = self.sent_end();
         let from = from.max(self.cli.sent_base);
         let chunk = self.cli.max_seg.max(MIN_SEG) as u64;
-        let mut to = end.min(self.srv.ack + self.server_window());
+        let mut to = end.min(self.server_edge());
         if probe {
             to = to.max(from.saturating_add(chunk).min(end));
         }
@@ -484,33 +536,42 @@ impl<P: Protocol> Stream<P> {
             let n = chunk.min(to - at);
             let i = (at - self.cli.sent_base) as usize;
             let bytes: Vec<u8> = self.cli.sent.range(i..i + n as usize).copied().collect();
-            let f = self.seg(true, cabs.seq(at), TCP_PSH, &bytes);
+            let flags = if self.cli.fin_sent && at + n == end {
+                TCP_PSH | TCP_FIN
+            } else {
+                TCP_PSH
+            };
+            let f = self.seg(true, cabs.seq(at), flags, &bytes);
             self.emit(ctx, out, true, f);
             at += n;
         }
         self.cli.tx_edge = self.cli.tx_edge.max(to);
+        at > from
     }
 
-    /// A server segment moved its ack or window (`advanced`: its ack grew).
-    /// While bytes we acknowledged are not acknowledged by the server, we
-    /// are their sender: send what its window now takes, and keep a
-    /// retransmission timer running (reset by every advance).
-    pub(super) fn push_owned(
+    /// A server segment moved its ack or window (`advanced`: its ack grew):
+    /// released bytes that waited for its window go now. While bytes we
+    /// acknowledged are not acknowledged by the server, we are their
+    /// sender and keep a retransmission timer running (reset by every
+    /// advance); the client's own retransmissions cover the others.
+    pub(super) fn push_kept(
         &mut self,
         ctx: &mut StreamCtx<'_>,
         now: u64,
         out: &mut Output,
         advanced: bool,
     ) {
-        if self.closed || self.srv.ack >= self.owned_end() {
+        if self.closed {
             self.cli.rtx = None;
             return;
         }
-        let rto = ctx.cfg.inject_rto_ns;
-        if advanced || self.cli.rtx.is_none() {
+        if self.srv.ack >= self.owned_end() {
+            self.cli.rtx = None;
+        } else if advanced || self.cli.rtx.is_none() {
+            let rto = ctx.cfg.inject_rto_ns;
             self.cli.rtx = Some((now.saturating_add(rto), rto));
         }
-        let from = self.cli.tx_edge.max(self.srv.ack);
+        let from = self.unsent_from();
         self.send_kept(ctx, out, from, false);
     }
 
@@ -733,7 +794,7 @@ impl<P: Protocol> Stream<P> {
     /// but the client's own pace decides when the head is complete: every
     /// held byte is acknowledged by us as it arrives (`own_held`), and so
     /// is everything before it, released bytes included, which we then
-    /// deliver ourselves (`push_owned`). Neither a lost ACK (the client's
+    /// deliver ourselves (`push_kept`). Neither a lost ACK (the client's
     /// resend is answered at once) nor a slow or lossy server can stall
     /// the client's sending of the head.
     fn arm_head_clock(&mut self, now: u64) {
@@ -838,7 +899,6 @@ impl<P: Protocol> Stream<P> {
         if self.cli.buf.is_empty() || self.closed {
             return;
         }
-        let out_before = self.c_out();
         let mut rel = std::mem::take(&mut self.cli.rel);
         rel.clear();
         let denied = self.decide_queued(ctx, now, out, &mut rel);
@@ -846,13 +906,8 @@ impl<P: Protocol> Stream<P> {
         if self.closed {
             return;
         }
-        self.send_released(ctx, out, cabs, out_before, &rel, fin_now);
-        self.note_tx(out_before, out_before + rel.len() as u64);
+        self.send_new(ctx, out, cabs, fin_now);
         self.arm_owned(ctx, now);
-        if fin_now && rel.is_empty() {
-            let f = self.seg(true, cabs.seq(self.c_out() - 1), TCP_FIN, &[]);
-            self.emit(ctx, out, true, f);
-        }
         if denied {
             self.ack_client(ctx, out);
         }
