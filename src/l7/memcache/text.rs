@@ -585,7 +585,7 @@ mod tests {
             let line: Vec<u8> = (0..len)
                 .map(|i| {
                     let r = (x.rotate_left(i as u32 % 64) as usize).wrapping_add(i * 31);
-                    if r % dense == 0 {
+                    if r.is_multiple_of(dense) {
                         b' '
                     } else {
                         b'a' + (r % 26) as u8
