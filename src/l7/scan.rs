@@ -99,41 +99,6 @@ fn scan(
     at + ((m.trailing_zeros() / 8) as usize).min(r.len())
 }
 
-/// Bit i set where `s[i]` is a space, for the first 64 bytes of `s`; the
-/// bits past its end are set too (the end separates as a space does).
-/// Unlike the scans, every lane is needed here, so the lane test is the
-/// exact one: a byte is zero after the xor when adding 0x7f to its low
-/// seven bits carries nothing into its high bit, and its high bit is clear.
-pub fn spaces(s: &[u8]) -> u64 {
-    const LOW7: u64 = !HI;
-    let lanes = |x: u64| {
-        let y = x ^ splat(b' ');
-        let zero = !(((y & LOW7).wrapping_add(LOW7)) | y | LOW7);
-        // The high bit of lane k moved to bit k: every product term lands
-        // on its own bit, so nothing carries.
-        (zero >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
-    };
-    let s = &s[..s.len().min(64)];
-    let mut m = 0u64;
-    let mut chunks = s.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut chunks {
-        m |= lanes(word(c)) << at;
-        at += 8;
-    }
-    let r = chunks.remainder();
-    if !r.is_empty() {
-        let mut w = [b' '; 8];
-        w[..r.len()].copy_from_slice(r);
-        m |= lanes(u64::from_le_bytes(w)) << at;
-        at += 8;
-    }
-    if at < 64 {
-        m |= !0u64 << at;
-    }
-    m
-}
-
 /// The position of the first NUL or LF in `s`, or `s.len()`.
 pub fn nul_or_lf(s: &[u8]) -> usize {
     scan(s, 0, |x| below(x, 1) | equal(x, b'\n'), |_| 0, &mut 0)
@@ -189,28 +154,6 @@ pub fn target(s: &[u8]) -> Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The space mask agrees with a byte-by-byte look at every length up
-    /// to past 64, with spaces, neighbours of the space byte (0x1f, 0x21,
-    /// 0xa0) and high bytes anywhere.
-    #[test]
-    fn space_mask_is_exact_in_every_lane() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let alphabet = [b' ', b' ', b'a', 0x1f, 0x21, 0xa0, 0xff, 0x00, b'\r'];
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let len = (x % 80) as usize;
-            let s: Vec<u8> = (0..len)
-                .map(|i| alphabet[((x >> (i % 60)) as usize + i * 7) % alphabet.len()])
-                .collect();
-            let want = (0..64).fold(0u64, |m, i| {
-                m | (u64::from(s.get(i).is_none_or(|&c| c == b' ')) << i)
-            });
-            assert_eq!(spaces(&s), want, "{:?}", s.escape_ascii().to_string());
-        }
-    }
 
     fn slow_target(s: &[u8]) -> Target {
         let len = s

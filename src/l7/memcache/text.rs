@@ -106,52 +106,25 @@ struct Toks<'a> {
 }
 
 impl<'a> Toks<'a> {
-    /// Tokens are runs of clear bits in a mask of the line's spaces, 64
-    /// bytes at a time (`scan::spaces`): a few bit operations per token
-    /// where a loop per byte cost most of a `set` line's parse.
     fn new(line: &'a [u8]) -> Self {
         let mut t = Toks {
             line,
             toks: [[0; 2]; MAX_TOKENS - 1],
             n: 0,
         };
-        // Where the token being read started, when one is.
-        let mut start = None;
-        for (k, block) in line.chunks(64).enumerate() {
-            let base = 64 * k;
-            // Set past the line's end: the last token ends there.
-            let sp = crate::l7::scan::spaces(block);
-            let mut i = 0;
-            while i < 64 {
-                let from = !0u64 << i;
-                match start {
-                    None => {
-                        let word = !sp & from;
-                        if word == 0 {
-                            break;
-                        }
-                        i = word.trailing_zeros();
-                        start = Some(base + i as usize);
-                    }
-                    Some(s) => {
-                        let end = sp & from;
-                        if end == 0 {
-                            break;
-                        }
-                        i = end.trailing_zeros();
-                        t.toks[t.n] = [s, base + i as usize];
-                        t.n += 1;
-                        start = None;
-                        if t.n == MAX_TOKENS - 1 {
-                            return t;
-                        }
-                    }
-                }
+        let mut at = 0;
+        while t.n < MAX_TOKENS - 1 {
+            while line.get(at) == Some(&b' ') {
+                at += 1;
             }
-        }
-        // A token up to the end of a line of whole 64-byte blocks.
-        if let Some(s) = start {
-            t.toks[t.n] = [s, line.len()];
+            if at == line.len() {
+                break;
+            }
+            let start = at;
+            while line.get(at).is_some_and(|&c| c != b' ') {
+                at += 1;
+            }
+            t.toks[t.n] = [start, at];
             t.n += 1;
         }
         t
@@ -230,18 +203,9 @@ fn num(t: &[u8]) -> Num {
     if len > 30 {
         return Num::Odd;
     }
-    // 19 digits always fit 64 bits, whose arithmetic is the cheaper.
-    let v = if len <= 19 {
-        i128::from(
-            digits[..len]
-                .iter()
-                .fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')),
-        )
-    } else {
-        digits[..len]
-            .iter()
-            .fold(0i128, |a, &d| a * 10 + i128::from(d - b'0'))
-    };
+    let v = digits[..len]
+        .iter()
+        .fold(0i128, |a, &d| a * 10 + i128::from(d - b'0'));
     match (neg, v) {
         (true, 0) => Num::Odd,
         (true, v) => Num::Val(-v),
@@ -550,57 +514,6 @@ fn mset(t: &Toks<'_>) -> R<(McRequest, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The tokenizer splits as memcached's `tokenize_command` does, one
-    /// byte at a time, and stops at the same token, on lines of every
-    /// length around the 64-byte blocks it reads.
-    #[test]
-    fn tokens_are_memcacheds() {
-        let slow = |line: &[u8]| -> Vec<[usize; 2]> {
-            let (mut v, mut at) = (Vec::new(), 0);
-            while v.len() < MAX_TOKENS - 1 {
-                while line.get(at) == Some(&b' ') {
-                    at += 1;
-                }
-                if at == line.len() {
-                    break;
-                }
-                let start = at;
-                while line.get(at).is_some_and(|&c| c != b' ') {
-                    at += 1;
-                }
-                v.push([start, at]);
-            }
-            v
-        };
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let len = (x % 200) as usize;
-            // Spaces more or less dense, so that some lines hit the
-            // 23-token stop and some have tokens across a block edge.
-            let dense = 2 + (x >> 60) as usize;
-            let line: Vec<u8> = (0..len)
-                .map(|i| {
-                    let r = (x.rotate_left(i as u32 % 64) as usize).wrapping_add(i * 31);
-                    if r.is_multiple_of(dense) {
-                        b' '
-                    } else {
-                        b'a' + (r % 26) as u8
-                    }
-                })
-                .collect();
-            let t = Toks::new(&line);
-            assert_eq!(
-                &t.toks[..t.n],
-                &slow(&line)[..],
-                "{:?}",
-                line.escape_ascii().to_string()
-            );
-        }
-    }
 
     #[test]
     fn base64_keys_are_judged_decoded() {
