@@ -952,6 +952,48 @@ fn client_is_offered_only_the_window_the_enforcer_can_honour() {
     r.assert_healthy();
 }
 
+/// While an allowed body streams, its bytes are released as they arrive
+/// and kept only until the server acknowledges them: the client is offered
+/// the in-flight budget of released bytes (4 x `max_held_bytes`), not the
+/// hold's, and once the body is over keeps the edge it was given.
+#[test]
+fn a_streaming_body_is_offered_the_in_flight_budget() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    let window = |f: &[u8]| parse(f).unwrap().tcp().unwrap().window;
+    let server_ack = |r: &mut Rig<Toy>| {
+        let mut f = r.server.ack();
+        let m = parse(&f).unwrap();
+        f[m.l4_off + 14..m.l4_off + 16].copy_from_slice(&65535u16.to_be_bytes());
+        crate::packet::build::fix_tcp_checksum(&mut f, &m);
+        r.input(SERVER, f);
+        window(r.to_client.last().unwrap())
+    };
+    assert_eq!(server_ack(&mut r), 64, "between requests: the hold");
+    r.deliver();
+    r.client_send(b"BODY 1000\n");
+    r.deliver();
+    for k in 0..10 {
+        assert_eq!(server_ack(&mut r), 256, "chunk {k}: the body's budget");
+        r.deliver();
+        r.client_send(&[b'0' + k; 100]);
+        r.deliver();
+    }
+    // The body is over: back to the hold, but the edge given stays
+    // (256 past the ack before the last chunk, 100 of it now acknowledged).
+    assert_eq!(server_ack(&mut r), 156);
+    r.deliver();
+    r.client_says(b"ALLOW z\n");
+    r.server_says(b"B\nZ\n");
+    assert_eq!(r.server.data.len(), 10 + 1000 + 8);
+    assert_eq!(r.client.data, b"B\nZ\n");
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 0);
+    r.assert_healthy();
+}
+
 const SEC: u64 = 1_000_000_000;
 
 #[test]
