@@ -994,6 +994,57 @@ fn a_streaming_body_is_offered_the_in_flight_budget() {
     r.assert_healthy();
 }
 
+/// A loss inside a streaming body: the bytes after the hole, as far as the
+/// window offered reaches, wait in the ring (none dropped as
+/// `l7-hold-overflow`, though they are more than the hold's budget) and go
+/// on when the hole fills.
+#[test]
+fn a_hole_in_a_streaming_body_keeps_the_window_behind_it() {
+    let cfg = EngineConfig {
+        max_held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(Toy, toy_policy(), cfg);
+    r.client_send(b"BODY 300\n");
+    r.deliver();
+    let lost = r.client_seg(&[b'a'; 50]);
+    let after: Vec<Vec<u8>> = (0..4).map(|k| r.client_seg(&[b'b' + k; 50])).collect();
+    for f in after.into_iter().rev() {
+        r.input(CLIENT, f);
+    }
+    r.deliver();
+    assert_eq!(r.server.data, b"BODY 300\n");
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 0);
+    assert!(r.mid.s.held_bytes() >= 200, "the ring holds them");
+    r.input(CLIENT, lost);
+    r.deliver();
+    let body: Vec<u8> = (0..5u8).flat_map(|k| [b'a' + k; 50]).collect();
+    assert_eq!(r.server.data, [b"BODY 300\n".as_slice(), &body].concat());
+    // The server acknowledges them: the in-flight budget is free again.
+    let ack = r.server.ack();
+    r.input(SERVER, ack);
+    r.deliver();
+    // 50 body bytes are left: beyond them only the hold's budget (64) is
+    // kept out of order.
+    let mut gap = vec![b'f'; 50];
+    gap.extend_from_slice(&[b"ALLOW ".as_slice(), &[b'z'; 53], b"\n"].concat());
+    let gap = r.client_seg(&gap);
+    let past = r.client_seg(b"ALLOW q\n");
+    r.input(CLIENT, past.clone());
+    assert_eq!(r.mid.counters.dropped(DropReason::L7HoldOverflow), 1);
+    r.input(CLIENT, gap);
+    r.input(CLIENT, past);
+    r.deliver();
+    assert!(r.server.data.ends_with(b"zzz\n"));
+    // The pending budget (64 bytes of heads awaiting replies) holds the
+    // last request until the body's reply frees it.
+    r.server_says(b"B\n");
+    assert!(r.server.data.ends_with(b"zzz\nALLOW q\n"));
+    r.server_says(b"Z\nQ\n");
+    assert_eq!(r.client.data, b"B\nZ\nQ\n");
+    r.assert_healthy();
+}
+
 const SEC: u64 = 1_000_000_000;
 
 #[test]
