@@ -88,9 +88,10 @@ loads() { # CFG ROUND
   done
 }
 
-# The order rotates from round to round: whichever middlebox comes first
-# after a change of path did worse (an 8 MB set at half the rate of the
-# same binary run second), and a fixed order put that on one column.
+# The order rotates from round to round: whichever build came first after
+# the bridge had the worse 8 MB set (in four runs of a fixed order; one
+# build at 0.41 of the bridge first, 0.97 second), and a fixed order put
+# that on one column.
 # shellcheck disable=SC2206
 ORDER=(bridge $CFGS)
 for round in $(seq 1 "$ROUNDS"); do
