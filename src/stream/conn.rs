@@ -339,8 +339,7 @@ impl<P: Protocol> Stream<P> {
     /// a larger server window would let an honest client send more than
     /// that, and the excess would be dropped (`l7-hold-overflow`) and crawl
     /// back by retransmission: so the offer never reaches beyond the
-    /// server's ack plus `stream_room` (`max_held_bytes`, or while an
-    /// allowed body streams, the in-flight budget of released bytes).
+    /// server's ack plus `max_held_bytes`.
     ///
     /// The offer is a right edge, in client offsets, minus the ack the
     /// client holds (`client_acked`): the server's edge (its ack mapped
@@ -363,7 +362,7 @@ impl<P: Protocol> Stream<P> {
         };
         let limit = self.limit as u64;
         let mapped = self.cli.removed.to_client_ack(self.srv.ack);
-        let mut edge = mapped.saturating_add(self.server_window().min(self.stream_room()));
+        let mut edge = mapped.saturating_add(self.server_window().min(limit));
         if matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty() {
             edge = edge.max(self.decided().saturating_add(limit));
         }
@@ -381,27 +380,6 @@ impl<P: Protocol> Stream<P> {
             .offered
             .set(self.cli.offered.get().max(acked + (field << shift)));
         field as u16
-    }
-
-    /// How many client bytes past the server's ack the enforcer takes in
-    /// order. Between requests the hold's budget (`max_held_bytes`): a
-    /// head is held whole, out-of-order bytes wait in a ring of that size.
-    /// While an allowed body (or a tunnel) streams, its bytes are released
-    /// as they arrive and kept only until the server acknowledges them,
-    /// within `sent_limit` (4 x the hold): so much may be in flight. A
-    /// 256 KB offer (the hold) capped a bulk upload at 256 KB per round
-    /// trip through the enforcer, below what the server's own window
-    /// allows through a bridge (a 1 MB memcached set ran at 0.7 of the
-    /// bridge's rate). After the body the edge stays where it was (it
-    /// never moves back); what a client then sends beyond the hold is
-    /// dropped (`l7-hold-overflow`) and retransmitted, as after a shrink.
-    pub(super) fn stream_room(&self) -> u64 {
-        match self.cli.req {
-            ReqState::Body { allowed: true, .. } | ReqState::Pass if self.cli.buf.is_empty() => {
-                self.sent_limit() as u64
-            }
-            _ => self.limit as u64,
-        }
     }
 
     /// Put `client_window` on a server frame passed on to the client.

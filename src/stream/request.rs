@@ -227,15 +227,18 @@ impl<P: Protocol> Stream<P> {
                     self.cli.next += n as u64;
                 }
             } else {
-                // Out of order: kept in the ring only within `ooo_room`
+                // Out of order: kept in the ring only within the hold budget
                 // counted from the next expected byte, so that the bytes
-                // held once the hole fills stay within the budgets too.
+                // held once the hole fills stay within it too.
                 let off = (s - self.cli.next as i64) as usize;
-                let cap = self.ooo_room();
-                let room = cap.saturating_sub(self.cli.buf.len());
+                let room = ctx.cfg.max_held_bytes.saturating_sub(self.cli.buf.len());
                 overflow = off + payload.len() > room
                     || (ctx.over_budget && self.cli.ooo.memory() == 0)
-                    || self.cli.ooo.insert(off, payload, cap).is_err();
+                    || self
+                        .cli
+                        .ooo
+                        .insert(off, payload, ctx.cfg.max_held_bytes)
+                        .is_err();
             }
         }
         if fin && !overflow {
@@ -777,31 +780,6 @@ impl<P: Protocol> Stream<P> {
         self.draining = Some(now.saturating_add(self.head_timeout));
         self.flush_denials(ctx, now, out);
         self.ack_client(ctx, out);
-    }
-
-    /// How far past the next expected byte out-of-order client bytes are
-    /// kept (and the ring's size when a hole opens now). Between requests
-    /// the hold's budget: once the hole fills they are undecided bytes. While
-    /// an allowed body (or a tunnel) streams, the client is offered the
-    /// in-flight budget (`stream_room`), and a loss must not turn the rest
-    /// of that window into `l7-hold-overflow` drops: the body's remaining
-    /// bytes (released at once when the hole fills) plus the hold for what
-    /// follows them, within the in-flight budget.
-    pub(super) fn ooo_room(&self) -> usize {
-        if !self.cli.buf.is_empty() {
-            return self.limit;
-        }
-        match self.cli.req {
-            ReqState::Body {
-                allowed: true,
-                left,
-            } => usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .saturating_add(self.limit)
-                .min(self.sent_limit()),
-            ReqState::Pass => self.sent_limit(),
-            _ => self.limit,
-        }
     }
 
     /// Bytes in flight to the server, at most: beyond it new client data is
