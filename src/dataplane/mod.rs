@@ -556,6 +556,9 @@ impl Hooks for host::HostMode {
     fn ready(&mut self) -> Result<(), String> {
         self.attach()
     }
+    fn wait(&mut self, limit: Duration) {
+        host::HostMode::wait(self, limit)
+    }
     fn tick(&mut self, shared: &Shared) {
         host::HostMode::tick(self, shared)
     }
@@ -568,6 +571,11 @@ impl Hooks for host::HostMode {
 /// control thread's turns, and when stopping (before workers stop).
 trait Hooks {
     fn ready(&mut self) -> Result<(), String>;
+    /// Between the control thread's turns: at most `limit`, less when the
+    /// mode has news (host mode: the kernel announced a change).
+    fn wait(&mut self, limit: Duration) {
+        std::thread::sleep(limit);
+    }
     fn tick(&mut self, shared: &Shared);
     fn stop(&mut self);
 }
@@ -699,7 +707,7 @@ fn serve(
         println!("{ready_line}");
         let _ = std::io::stdout().flush();
         while !STOP.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
+            hooks.wait(Duration::from_millis(20));
             hooks.tick(&shared);
             if RELOAD.swap(false, Ordering::Relaxed) {
                 reload(&handle);
