@@ -19,7 +19,7 @@ use xsk_rs::{FrameDesc, Umem};
 
 use super::handoff::{rebalance, Channels, Handoff, Waker};
 use super::link::{Link, Rewrite};
-use super::stats::{tally_event, DpCounters, SideCount, Tally, WorkerStats};
+use super::stats::{DpCounters, SideCount, TallyBook, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
 use super::PollMode;
 use crate::config::EngineConfig;
@@ -300,7 +300,7 @@ pub fn run(
     let tx_link: [Option<usize>; 2] = [0u8, 1].map(|p| links.iter().position(|l| l.side == p));
     let mut w = Worker {
         shared: shared.clone(),
-        tally: Tally::new(),
+        tally: TallyBook::default(),
         id: spec.id,
         workers: spec.workers,
         umem: spec.umem.clone(),
@@ -455,7 +455,7 @@ pub fn run(
 struct Worker {
     shared: Arc<Shared>,
     /// Decisions counted here, published with the counters.
-    tally: Tally,
+    tally: TallyBook,
     id: u16,
     workers: usize,
     umem: Umem,
@@ -759,7 +759,7 @@ impl Worker {
         };
         let listening = self.shared.listening.load(Ordering::Relaxed);
         for ev in self.out.events.drain(..) {
-            tally_event(&mut self.tally, &ev);
+            self.tally.count(&ev);
             if !listening {
                 continue;
             }
@@ -785,7 +785,7 @@ impl Worker {
             g.queues = self.links.iter().filter_map(|l| l.queue_stats()).collect();
             g.held_bytes = self.judge.held_bytes();
             g.busy_ns = self.busy_ns;
-            g.tally.clone_from(&self.tally);
+            self.tally.publish(&mut g);
             g.run_ns = self.run_ns;
         }
     }
