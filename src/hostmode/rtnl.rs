@@ -327,7 +327,9 @@ impl Rtnl {
     fn recv(&mut self, seq: u32) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
         loop {
             self.buf.clear();
-            let n = self.sock.recv(&mut self.buf, 0)?;
+            // MSG_TRUNC: the length returned is the datagram's, so that one
+            // cut short by the buffer is seen, not parsed in part.
+            let n = self.sock.recv(&mut self.buf, libc::MSG_TRUNC)?;
             if n > self.buf.len() {
                 return Err(io::Error::other("netlink answer larger than the buffer"));
             }
@@ -569,7 +571,9 @@ impl Watch {
         let mut c = Changes::default();
         loop {
             self.buf.clear();
-            match self.sock.recv(&mut self.buf, 0) {
+            match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
+                // An event cut short by the buffer: read everything again.
+                Ok(n) if n > self.buf.len() => c.reread = true,
                 Ok(_) => {
                     for m in decode(&self.buf) {
                         if let NetlinkPayload::InnerMessage(i) = &m.payload {
