@@ -63,14 +63,14 @@ pub const INLINE_IDLE: Idle = Idle {
 /// (a few µs) paid a wake-up for nearly every answer, and on a VM's idle
 /// vCPU a wake-up costs more than the work. So it stays awake 100 µs after
 /// the last work; an idle host still sleeps (the wait counts from the last
-/// work, not from a wake-up). It spins rather than yields: under EEVDF
-/// each `sched_yield` pushes the caller's deadline a slice further, so a
-/// worker yielding on every empty turn can fall far behind a busy process
-/// on its core (docs/dataplane.md, Host mode, has the figures).
+/// work, not from a wake-up). Each empty turn gives the core away
+/// (`sched_yield`), so that the services it waits for run first when they
+/// share its core; a plain spin did worse in `bench/host.sh` (figures in
+/// docs/dataplane.md, Host mode).
 pub const HOST_IDLE: Idle = Idle {
     turns: 16,
     linger_ns: 100_000,
-    yield_core: false,
+    yield_core: true,
 };
 
 /// Host mode's idle wait, with private overrides for measuring others:
