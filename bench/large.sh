@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Large transfers through the kernel bridge and through the enforcer (L7
 # rules on both ports, default settings), in one run, interleaved round by
-# round so that the machine's noise falls on both alike:
+# round (in an order that rotates) so that the machine's noise falls on all alike:
 #
-#   sudo [REPS=5] [CFGS="enforcer forwarder"] bash bench/large.sh [ROUNDS] [--args "ENFORCER ARGS"]
+#   sudo [REPS=5] [CFGS="enforcer forwarder base"] [BASE_BIN=PATH] [BASE_ARGS=".."] bash bench/large.sh [ROUNDS] [--args "ENFORCER ARGS"]
 #
 # Per round and middlebox, REPS times each: memcached (`-I 16m`) set and get of an 8 MB and
 # a 1 MB value (pymemcache, byte-exact check), curl GET of an 8 MB file and
@@ -11,10 +11,14 @@
 # each middlebox and enforcer/bridge as a rate ratio (bridge time /
 # enforcer time: 1.0 = as fast as the bridge), the same for the best
 # sample of each, and the enforcer's drop counters. CFGS adds the bare AF_XDP forwarder (`forwarder`, the
-# dataplane with no engine: ENFORCER_PASSTHROUGH=1) as a third column.
+# dataplane with no engine: ENFORCER_PASSTHROUGH=1) as a third column;
+# `base` is the enforcer binary BASE_BIN (another commit's build, e.g.
+# `git worktree add /tmp/old OLD && cargo build --release
+# --manifest-path /tmp/old/Cargo.toml`; default: this build) with the same
+# arguments plus BASE_ARGS: before and after, or two settings, in one run.
 # Also the middlebox process's CPU per round (less noisy than wall time on
 # a shared machine: what the engine costs beyond the bare dataplane).
-# PERF=1 profiles the enforcer per round (top symbols: bench/results/large-perf-N.txt;
+# PERF=1 profiles each enforcer build per round (top symbols: bench/results/large-perf-CFG-N.txt;
 # the profiler slows it: no figures from such a run). Writes bench/results/large.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +40,8 @@ done
 need_root
 cargo build --release -q --bin enforcer
 BIN=target/release/enforcer
+BASE_BIN=${BASE_BIN:-$BIN}
+[ -x "$BASE_BIN" ] || { echo "$0: BASE_BIN=$BASE_BIN is not an executable" >&2; exit 2; }
 OUT=bench/results
 mkdir -p "$OUT"
 RES=$OUT/large.jsonl
@@ -82,22 +88,37 @@ loads() { # CFG ROUND
   done
 }
 
+# The order rotates from round to round: whichever build came first after
+# the bridge had the worse 8 MB set (in four runs of a fixed order; one
+# build at 0.41 of the bridge first, 0.97 second), and a fixed order put
+# that on one column.
+# shellcheck disable=SC2206
+ORDER=(bridge $CFGS)
 for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round/$ROUNDS: bridge" >&2
-  bridge_up
-  loads bridge "$round"
-  bridge_down
-
-  for cfg in $CFGS; do
+  for k in $(seq 0 $((${#ORDER[@]} - 1))); do
+    cfg=${ORDER[$(((k + round - 1) % ${#ORDER[@]}))]}
     echo "round $round/$ROUNDS: $cfg" >&2
+    if [ "$cfg" = bridge ]; then
+      bridge_up
+      loads bridge "$round"
+      bridge_down
+      continue
+    fi
     env=()
-    [ "$cfg" = forwarder ] && env=(env ENFORCER_PASSTHROUGH=1)
+    bin=$BIN
+    args=$ARGS
+    case $cfg in
+      enforcer) ;;
+      forwarder) env=(env ENFORCER_PASSTHROUGH=1) ;;
+      base) bin=$BASE_BIN args="$ARGS ${BASE_ARGS:-}" ;;
+      *) echo "$0: unknown CFGS entry $cfg (enforcer, forwarder, base)" >&2; exit 2 ;;
+    esac
     # shellcheck disable=SC2086
-    enf_launch enf "${env[@]}" "$BIN" --iface cli0 --peer srv0 --policy "$STATE/pol" $ARGS
+    enf_launch enf "${env[@]}" "$bin" --iface cli0 --peer srv0 --policy "$STATE/pol" $args
     sleep 0.5
     t0=$(cpu_ticks "$MB_PID")
     perf_pid=""
-    if [ -n "${PERF:-}" ] && [ "$cfg" = enforcer ]; then
+    if [ -n "${PERF:-}" ] && [ "$cfg" != forwarder ]; then
       perf record -q -F 2000 -g -p "$MB_PID" -o "$STATE/perf-$round.data" 2>/dev/null &
       perf_pid=$!
       sleep 0.5
@@ -107,7 +128,7 @@ for round in $(seq 1 "$ROUNDS"); do
       kill -INT "$perf_pid"
       wait "$perf_pid" || true
       perf report -i "$STATE/perf-$round.data" --no-children --stdio --sort dso,symbol 2>/dev/null |
-        grep -E '^ +[0-9]' | head -25 >"$OUT/large-perf-$round.txt" || true
+        grep -E '^ +[0-9]' | head -40 >"$OUT/large-perf-$cfg-$round.txt" || true
     fi
     t1=$(cpu_ticks "$MB_PID")
     echo "{\"cfg\":\"$cfg\",\"round\":$round,\"load\":\"cpu\",\"cpu_s\":$(((t1 - t0) * 1000 / HZ))e-3}" >>"$RES"
