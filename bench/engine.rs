@@ -73,6 +73,35 @@ fn mixed_trace(rounds: usize) -> Vec<(u8, Vec<u8>)> {
     t
 }
 
+/// Where the kit's IPv4 frames carry the L4 source port.
+const SPORT_AT: usize = 14 + 20;
+
+/// An engine holding `n` established flows from one client, source ports
+/// 20 000.., to the server (TCP 8080 after its handshake, or UDP 53), and
+/// the frame of the first; the others differ only in the source port.
+fn many_flows(policy: &Arc<Policy>, n: usize, tcp: bool) -> (Engine, Vec<u8>) {
+    let mut e = Engine::new(policy.clone(), EngineConfig::default(), 0);
+    let mut out = Output::default();
+    let mut first = None;
+    for i in 0..n {
+        let client = ep("10.66.1.7", 20_000 + i as u16);
+        let mut f = if tcp {
+            let mut conn = Conn::new(client, ep("10.66.0.2", 8080));
+            for (k, f) in conn.handshake().iter_mut().enumerate() {
+                e.on_frame((k % 2) as u8, f, 0, &mut out);
+            }
+            conn.client_data(&[0x61; 64])
+        } else {
+            udp(client, ep("10.66.0.2", 53), &[0x61; 18])
+        };
+        assert_eq!(e.on_frame(0, &mut f, 1, &mut out), Verdict::Forward(1));
+        out.clear();
+        first.get_or_insert(f);
+    }
+    assert_eq!(e.flow_count(), n);
+    (e, first.unwrap_or_default())
+}
+
 fn bench(c: &mut Criterion) {
     let policy = policy();
 
@@ -134,6 +163,35 @@ fn bench(c: &mut Criterion) {
         let v = many.on_frame(0, &mut segs[next], now, &mut out);
         out.clear();
         v
+    });
+
+    // One hot frame whose source port picks one of `n` established flows,
+    // visited in a scattered order: the table's own cost as it grows (hash
+    // spread, entry layout, cache misses), without a cold frame each time
+    // (a NIC's frame arrives freshly written). Neither path checks the L4
+    // checksum of an established L4-only flow, so the rewrite stays valid.
+    for (n, proto) in [(1000, "udp"), (10_000, "udp"), (10_000, "l4")] {
+        let (mut e, mut frame) = many_flows(&policy, n, proto == "l4");
+        let mut next = 0usize;
+        let name = format!("established_{proto}_{}k_flows_hot_frame", n / 1000);
+        wall_and_cpu(&mut g, &name, || {
+            now += 1;
+            // 7919 is prime: the walk visits every flow once per n frames.
+            next = (next + 7919) % n;
+            frame[SPORT_AT..SPORT_AT + 2].copy_from_slice(&(20_000 + next as u16).to_be_bytes());
+            let v = e.on_frame(0, &mut frame, now, &mut out);
+            out.clear();
+            v
+        });
+    }
+
+    // What a shell with several workers computes before the engine sees a
+    // frame: which worker owns it.
+    wall_and_cpu(&mut g, "steering_hash_udp", || {
+        enforcer::engine::steering_hash(std::hint::black_box(&dg))
+    });
+    wall_and_cpu(&mut g, "steering_hash_tcp", || {
+        enforcer::engine::steering_hash(std::hint::black_box(&seg))
     });
 
     let trace = mixed_trace(200);

@@ -31,21 +31,255 @@ pub struct FlowTuple {
 }
 
 /// What the decision was about.
+///
+/// Every L7 request makes one, whether or not anything writes the log, so
+/// its strings live in the value itself up to a size that holds what most
+/// requests send (`Text`, `Texts`): an event costs no allocation then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Subject {
     /// A new flow judged by L3/L4 policy.
     Flow,
     Http {
-        /// The standard methods are static: no allocation per request.
+        /// The standard methods are static.
         method: Cow<'static, str>,
-        host: String,
-        path: String,
+        host: Text,
+        path: Text,
     },
     Memcache {
         command: &'static str,
-        keys: Vec<String>,
+        keys: Texts,
     },
+}
+
+/// Bytes of a `Text` held in the value itself.
+const TEXT_INLINE: usize = 46;
+
+/// A string of a log event: up to `TEXT_INLINE` bytes in place, longer on
+/// the heap. Bytes off the wire are taken as UTF-8 with invalid sequences
+/// replaced (`from_lossy`), as the log has always shown them.
+#[derive(Clone)]
+pub struct Text {
+    /// Bytes of `inline` in use when `heap` is None.
+    len: u8,
+    inline: [u8; TEXT_INLINE],
+    heap: Option<Box<str>>,
+}
+
+impl Text {
+    pub fn new(s: &str) -> Text {
+        let mut t = Text {
+            len: 0,
+            inline: [0; TEXT_INLINE],
+            heap: None,
+        };
+        match t.inline.get_mut(..s.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(s.as_bytes());
+                t.len = s.len() as u8;
+            }
+            None => t.heap = Some(s.into()),
+        }
+        t
+    }
+
+    /// `bytes` as UTF-8, invalid sequences replaced by U+FFFD.
+    pub fn from_lossy(bytes: &[u8]) -> Text {
+        Text::new(&String::from_utf8_lossy(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.heap {
+            Some(h) => h,
+            // Only ever filled from a whole `&str` (`new`).
+            None => std::str::from_utf8(&self.inline[..usize::from(self.len)]).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::new(s)
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, o: &Text) -> bool {
+        self.as_str() == o.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Bytes of a `Texts` held in the value itself.
+const TEXTS_INLINE: usize = 62;
+
+/// A list of log strings (a request's keys) back to back in one buffer,
+/// each after its length (one byte below 255, else 255 and eight bytes,
+/// little endian): up to `TEXTS_INLINE` bytes in place, longer lists move
+/// to the heap whole. Serialized as a list of strings.
+#[derive(Clone)]
+pub struct Texts {
+    /// Bytes of `inline` in use while `heap` is empty.
+    len: u8,
+    inline: [u8; TEXTS_INLINE],
+    heap: Vec<u8>,
+}
+
+impl Texts {
+    pub const fn new() -> Texts {
+        Texts {
+            len: 0,
+            inline: [0; TEXTS_INLINE],
+            heap: Vec::new(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline[..usize::from(self.len)]
+        } else {
+            &self.heap
+        }
+    }
+
+    pub fn push(&mut self, s: &str) {
+        let mut prefix = [0u8; 9];
+        let plen = match u8::try_from(s.len()) {
+            Ok(n) if n < u8::MAX => {
+                prefix[0] = n;
+                1
+            }
+            _ => {
+                prefix[0] = u8::MAX;
+                prefix[1..].copy_from_slice(&(s.len() as u64).to_le_bytes());
+                9
+            }
+        };
+        let at = usize::from(self.len);
+        let end = at + plen + s.len();
+        if self.heap.is_empty() && end <= TEXTS_INLINE {
+            self.inline[at..at + plen].copy_from_slice(&prefix[..plen]);
+            self.inline[at + plen..end].copy_from_slice(s.as_bytes());
+            self.len = end as u8;
+            return;
+        }
+        // The heap is never empty once used: every string adds its length byte.
+        if self.heap.is_empty() {
+            self.heap.reserve(end);
+            self.heap.extend_from_slice(&self.inline[..at]);
+        }
+        self.heap.extend_from_slice(&prefix[..plen]);
+        self.heap.extend_from_slice(s.as_bytes());
+    }
+
+    /// `bytes` as UTF-8 (invalid sequences replaced), appended.
+    pub fn push_lossy(&mut self, bytes: &[u8]) {
+        self.push(&String::from_utf8_lossy(bytes));
+    }
+
+    pub fn iter(&self) -> TextsIter<'_> {
+        TextsIter(self.bytes())
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+}
+
+impl Default for Texts {
+    fn default() -> Texts {
+        Texts::new()
+    }
+}
+
+impl PartialEq for Texts {
+    fn eq(&self, o: &Texts) -> bool {
+        self.bytes() == o.bytes()
+    }
+}
+
+impl Eq for Texts {}
+
+impl std::fmt::Debug for Texts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Texts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Texts {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(items: I) -> Texts {
+        let mut t = Texts::new();
+        for s in items {
+            t.push(s);
+        }
+        t
+    }
+}
+
+impl<'a> IntoIterator for &'a Texts {
+    type Item = &'a str;
+    type IntoIter = TextsIter<'a>;
+    fn into_iter(self) -> TextsIter<'a> {
+        self.iter()
+    }
+}
+
+/// The strings of a `Texts`, in order.
+#[derive(Debug, Clone)]
+pub struct TextsIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for TextsIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (&n, rest) = self.0.split_first()?;
+        let (n, rest) = if n < u8::MAX {
+            (usize::from(n), rest)
+        } else {
+            let (len, rest) = rest.split_at_checked(8)?;
+            (u64::from_le_bytes(len.try_into().ok()?) as usize, rest)
+        };
+        let (s, rest) = rest.split_at_checked(n)?;
+        self.0 = rest;
+        // Only ever filled from whole `&str`s (`push`).
+        Some(std::str::from_utf8(s).unwrap_or_default())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,6 +333,60 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Strings of any length read back as given, in place or on the heap,
+    /// and write as JSON strings and lists of strings.
+    #[test]
+    fn texts_hold_any_lengths_and_write_as_strings() {
+        let long = "é".repeat(200);
+        for n in [
+            0,
+            1,
+            TEXT_INLINE - 1,
+            TEXT_INLINE,
+            TEXT_INLINE + 1,
+            255,
+            256,
+            400,
+        ] {
+            let s = &long[..n - n % 2];
+            let t = Text::new(s);
+            assert_eq!(t.as_str(), s);
+            assert_eq!(t.heap.is_some(), s.len() > TEXT_INLINE);
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
+        assert_eq!(Text::from_lossy(b"a\xffb").as_str(), "a\u{fffd}b");
+        for lens in [
+            &[][..],
+            &[0],
+            &[11],
+            &[61],
+            &[62],
+            &[20, 20, 20],
+            &[254, 255, 256, 0, 3],
+        ] {
+            let want: Vec<String> = lens.iter().map(|&n| "k".repeat(n)).collect();
+            let t: Texts = want.iter().map(String::as_str).collect();
+            assert_eq!(t.iter().collect::<Vec<_>>(), want, "{lens:?}");
+            assert_eq!((t.len(), t.is_empty()), (want.len(), want.is_empty()));
+            assert_eq!(serde_json::to_value(&t).unwrap(), serde_json::json!(want));
+        }
+        let mut t = Texts::new();
+        t.push_lossy(b"k\xff");
+        assert_eq!(t.iter().collect::<Vec<_>>(), ["k\u{fffd}"]);
+        let http = Subject::Http {
+            method: "GET".into(),
+            host: "deathstar".into(),
+            path: "/v1/".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&http).unwrap(),
+            serde_json::json!({"kind": "http", "method": "GET", "host": "deathstar", "path": "/v1/"})
+        );
+    }
 
     #[test]
     fn flow_event_is_one_flat_json_line() {

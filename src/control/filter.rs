@@ -167,7 +167,7 @@ mod tests {
         let mc = obs(
             Subject::Memcache {
                 command: "get",
-                keys: vec!["awing-coord".into()],
+                keys: ["awing-coord"].into_iter().collect(),
             },
             Decision::Deny,
             &[("org", "alliance")],

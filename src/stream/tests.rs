@@ -97,14 +97,14 @@ impl Protocol for Toy {
     fn subject(&self, req: &ToyReq) -> Subject {
         Subject::Memcache {
             command: "toy",
-            keys: vec![req.name.clone()],
+            keys: [req.name.as_str()].into_iter().collect(),
         }
     }
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Memcache {
             command: "toy",
-            keys: Vec::new(),
+            keys: Default::default(),
         }
     }
 
@@ -228,8 +228,8 @@ fn decisions<P: Protocol>(r: &Rig<P>) -> Vec<(Decision, String)> {
         .iter()
         .map(|e| {
             let name = match &e.subject {
-                Subject::Memcache { keys, .. } => keys.join(","),
-                Subject::Http { path, .. } => path.clone(),
+                Subject::Memcache { keys, .. } => keys.iter().collect::<Vec<_>>().join(","),
+                Subject::Http { path, .. } => path.to_string(),
                 Subject::Flow => String::new(),
             };
             (e.verdict, name)

@@ -16,7 +16,7 @@ pub use rule::HttpRule;
 
 use crate::config::DenyReply;
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
-use crate::log::Subject;
+use crate::log::{Subject, Text};
 
 /// `rules.http[]` item as written in a CiliumNetworkPolicy.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -169,7 +169,6 @@ impl Protocol for Http {
     }
 
     fn subject(&self, req: &HttpRequest) -> Subject {
-        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         // RFC 9110's methods need no copy in the log event.
         const METHODS: [&str; 9] = [
             "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -177,20 +176,20 @@ impl Protocol for Http {
         let m = req.method();
         let method = match METHODS.iter().find(|k| k.as_bytes() == m) {
             Some(k) => std::borrow::Cow::Borrowed(*k),
-            None => std::borrow::Cow::Owned(s(m)),
+            None => std::borrow::Cow::Owned(String::from_utf8_lossy(m).into_owned()),
         };
         Subject::Http {
             method,
-            host: s(req.host()),
-            path: s(req.path()),
+            host: Text::from_lossy(req.host()),
+            path: Text::from_lossy(req.path()),
         }
     }
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Http {
             method: "".into(),
-            host: String::new(),
-            path: String::new(),
+            host: "".into(),
+            path: "".into(),
         }
     }
 

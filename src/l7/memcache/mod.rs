@@ -15,7 +15,7 @@ pub use rule::MemcacheRule;
 
 use crate::config::DenyReply;
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
-use crate::log::Subject;
+use crate::log::{Subject, Texts};
 
 /// `rules.l7[]` item under `l7proto: memcache`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -296,18 +296,20 @@ impl Protocol for Memcache {
     fn subject(&self, req: &McRequest) -> Subject {
         Subject::Memcache {
             command: req.command.name(),
-            keys: req
-                .keys
-                .iter()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .collect(),
+            keys: {
+                let mut keys = Texts::new();
+                for k in &req.keys {
+                    keys.push_lossy(k);
+                }
+                keys
+            },
         }
     }
 
     fn unparsed_subject(&self) -> Subject {
         Subject::Memcache {
             command: "",
-            keys: Vec::new(),
+            keys: Texts::new(),
         }
     }
 
@@ -569,7 +571,7 @@ mod tests {
             m.subject(&r),
             Subject::Memcache {
                 command: "get",
-                keys: vec!["awing-coord".into(), "xwing-coord".into()]
+                keys: ["awing-coord", "xwing-coord"].into_iter().collect()
             }
         );
         let b = breq(0x0d, b"k\xff", &[], &[]);
@@ -577,14 +579,14 @@ mod tests {
             m.subject(&b),
             Subject::Memcache {
                 command: "getkq",
-                keys: vec!["k\u{fffd}".into()]
+                keys: ["k\u{fffd}"].into_iter().collect()
             }
         );
         assert_eq!(
             m.subject(&treq("ms k 1 MA\r\n")),
             Subject::Memcache {
                 command: "ms",
-                keys: vec!["k".into()]
+                keys: ["k"].into_iter().collect()
             }
         );
         let get = rule("get", "awing-coord");

@@ -128,13 +128,13 @@ fn from_event(ev: &Event) -> Obs {
             Subject::Flow => Seen::Flow,
             Subject::Http { method, host, path } => Seen::Http {
                 method: method.to_string(),
-                host: host.clone(),
-                path: path.clone(),
+                host: host.to_string(),
+                path: path.to_string(),
                 headers: Vec::new(),
             },
             Subject::Memcache { command, keys } => Seen::Memcache {
                 command: command.to_string(),
-                keys: keys.clone(),
+                keys: keys.iter().map(String::from).collect(),
             },
         },
     }
