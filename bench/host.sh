@@ -8,7 +8,13 @@
 #                           with several (e.g. an earlier commit's and this
 #                           one's), each repetition measures each of them
 #                           right after the kernel alone, and the report
-#                           gives medians per build
+#                           gives medians per build. An entry may start
+#                           with environment for that run, VAR=VALUE[+...]:
+#                           (e.g. ENFORCER_TAP_IO=plain:target/release/enforcer)
+#   FLOOR=1                 adds the last build with ENFORCER_PASSTHROUGH=1:
+#                           host mode with no engine (every frame forwarded),
+#                           the re-entry path's own cost (AF_XDP copy mode,
+#                           TAP, wake-ups) apart from the engine's
 #
 # Each repetition measures the kernel alone, then a fresh enforcer, back to
 # back, so the two see the same machine; the report gives medians over the
@@ -35,7 +41,12 @@ install_deps
 command -v nginx >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 cargo build --release -q --bin enforcer --example loadgen
 read -r -a BINS <<<"${ENFORCER_BIN:-target/release/enforcer}"
-for b in "${BINS[@]}"; do [ -x "$b" ] || { echo "host.sh: $b is not an executable" >&2; exit 1; }; done
+[ -n "${FLOOR:-}" ] && BINS+=("ENFORCER_PASSTHROUGH=1:${BINS[-1]##*:}")
+bin_path() { echo "${1##*:}"; }
+bin_env() { [[ $1 == *:* ]] && tr + ' ' <<<"${1%%:*}"; true; }
+for b in "${BINS[@]}"; do
+  [ -x "$(bin_path "$b")" ] || { echo "host.sh: $(bin_path "$b") is not an executable" >&2; exit 1; }
+done
 LOADGEN=target/release/examples/loadgen
 
 P=${BENCH_PREFIX:-hbench$$}
@@ -106,6 +117,7 @@ ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's
 # load's "before").
 measure() { # LOAD_FN FILE
   local t s m r
+  [ -d "/proc/$MB_PID" ] || { echo "host.sh: the enforcer exited:" >&2; cat "$STATE/enforcer.out" "$STATE/enforcer.err" >&2; exit 1; }
   t=$(cpu_ticks "$MB_PID")
   s=$(sleeps "$MB_PID")
   m=$(machine_busy)
@@ -133,10 +145,11 @@ for rep in $(seq "$REPS"); do
   ORDER=("${!BINS[@]}")
   ((rep % 2 == 0)) && mapfile -t ORDER < <(printf '%s\n' "${ORDER[@]}" | tac)
   for bi in "${ORDER[@]}"; do
-    BIN=${BINS[$bi]}
-    echo "repetition $rep/$REPS: host mode on the server's eth0 ($BIN), adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
+    BIN=$(bin_path "${BINS[$bi]}")
+    read -r -a BENV < <(bin_env "${BINS[$bi]}") || true
+    echo "repetition $rep/$REPS: host mode on the server's eth0 (${BINS[$bi]}), adaptive poll, policies/ ${ENFORCER_ARGS:-}" >&2
     # shellcheck disable=SC2086
-    ENF_ERR=$STATE/enforcer.err enf_launch server "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-}
+    ENF_ERR=$STATE/enforcer.err enf_launch server env "${BENV[@]}" "$BIN" --iface eth0 --policy policies --poll adaptive ${ENFORCER_ARGS:-}
     READY=$(grep '^ready ' "$STATE/enforcer.out")
     perf_start "$bi-$rep"
     read -r E_HTTP E_HTTP_ERR T0 S0 N0 < <(measure http_rps "$STATE/sys-http")

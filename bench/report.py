@@ -66,7 +66,7 @@ def main():
     lines.append(
         f"Machine: {meta.get('cpus')} CPUs, kernel {meta.get('kernel')}, load average "
         f"{meta.get('loadavg_start')} at start, {meta.get('loadavg_end')} at end; "
-        f"{meta.get('seconds')} s per load{' (--quick)' if meta.get('quick') else ''}. "
+        f"{meta.get('seconds')} s per load{' (--smoke: checks the runner, measures nothing)' if meta.get('smoke') else ' (--quick)' if meta.get('quick') else ''}. "
         "Ratios are to the kernel bridge in the same run.\n"
     )
     lines.append("### 64-byte UDP, full speed of one generator core\n")

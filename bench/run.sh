@@ -5,8 +5,12 @@
 # that every figure is a ratio against a baseline measured minutes apart.
 #
 #   sudo bash bench/run.sh [--quick] [--workers "1 2"] [--poll "adaptive busy"] [SECONDS]
+#   sudo bash bench/run.sh --smoke DIR
 #
 # SECONDS per load (default 10; --quick: 2, fewer loss-curve points).
+# --smoke: every configuration and load for 1 s, small transfers, results
+# into DIR instead of bench/results; checks that the runner works (CI),
+# measures nothing.
 # Loads, each through every middlebox it applies to:
 #   udp64   64-byte UDP frames from bench/pktgen.rs (AF_XDP TX on a-wing,
 #           AF_XDP sink on the server), 1 and 1000 flows at full speed, and a
@@ -27,11 +31,14 @@ Q=1 # the lab's queues: the most workers asked for (below)
 source bench/lib.sh
 DUR=10
 QUICK=0
+SMOKE=0
+OUT=bench/results
 WORKERS="1 2"
 POLLS="adaptive busy"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; DUR=2 ;;
+    --smoke) QUICK=1; SMOKE=1; DUR=1; OUT=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
     --poll) POLLS=$2; shift ;;
     [0-9]*) DUR=$1 ;;
@@ -42,14 +49,26 @@ done
 need_root
 source scripts/lib/deps.sh
 install_bench_deps
-cargo build --release -q --bin enforcer --bin enforcer-pktgen --example loadgen
-BIN=target/release/enforcer
-PKTGEN=target/release/enforcer-pktgen
-LOADGEN=target/release/examples/loadgen
+# ENFORCER_BIN, PKTGEN_BIN, LOADGEN_BIN: builds to use instead of this
+# tree's release build (the smoke test passes its own).
+if [ -z "${ENFORCER_BIN:-}" ] || [ -z "${PKTGEN_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
+  cargo build --release -q --bin enforcer --bin enforcer-pktgen --example loadgen
+fi
+BIN=${ENFORCER_BIN:-target/release/enforcer}
+PKTGEN=${PKTGEN_BIN:-target/release/enforcer-pktgen}
+LOADGEN=${LOADGEN_BIN:-target/release/examples/loadgen}
 for w in $WORKERS; do if ((w > Q)); then Q=$w; fi; done
 MAXW=$Q
-if [ $QUICK = 1 ]; then RATES="100000 200000 400000"; BULK_MB=64; else RATES="50000 100000 200000 300000 400000 600000"; BULK_MB=256; fi
-OUT=bench/results
+if [ $SMOKE = 1 ]; then
+  RATES="100000 200000"
+  BULK_MB=4
+elif [ $QUICK = 1 ]; then
+  RATES="100000 200000 400000"
+  BULK_MB=64
+else
+  RATES="50000 100000 200000 300000 400000 600000"
+  BULK_MB=256
+fi
 mkdir -p "$OUT"
 RES=$OUT/results.jsonl
 : >"$RES"
@@ -184,7 +203,7 @@ udp_set() { # CFG [curve]
 }
 
 echo "bench: $(nproc) CPUs, $(uptime | sed 's/.*load/load/'), ${DUR}s per load" >&2
-echo "{\"test\":\"machine\",\"cpus\":$(nproc),\"kernel\":\"$(uname -r)\",\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"seconds\":$DUR,\"quick\":$QUICK}" >>"$RES"
+echo "{\"test\":\"machine\",\"cpus\":$(nproc),\"kernel\":\"$(uname -r)\",\"loadavg_start\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"seconds\":$DUR,\"quick\":$QUICK,\"smoke\":$SMOKE}" >>"$RES"
 
 echo "(a) kernel bridge" >&2
 bridge_up

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/lib/deps.sh
-install_deps
+# The benchmark runner's tools too: tests/bench_smoke.rs runs it.
+install_bench_deps
 
 # Benchmarks once each in test mode: they must build and run, not be timed.
 cargo test --benches --no-fail-fast

@@ -9,7 +9,9 @@ use std::net::{IpAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use enforcer::hostmode::l2;
 use enforcer::hostmode::routes::{self, HostRouting, TABLE};
+use enforcer::hostmode::rtnl::{self, Rtnl, Watch};
 use enforcer::hostmode::tap::{Done, Tap, TapRing};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
@@ -29,6 +31,17 @@ fn name(base: &str) -> String {
 }
 
 struct Netns(String);
+impl Netns {
+    /// A new, empty namespace (one of the same name left by a killed run
+    /// goes first).
+    fn add(name: String) -> Netns {
+        if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+        sh(&format!("ip netns add {name}"));
+        Netns(name)
+    }
+}
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -51,10 +64,8 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 3];
 /// `f` runs on a thread inside it and the namespace goes afterwards, also
 /// when `f` panics.
 fn in_host_ns(base: &str, f: impl FnOnce() + Send + 'static) {
-    let ns = Netns(name(base));
+    let ns = Netns::add(name(base));
     let n = ns.0.clone();
-    let _ = Command::new("ip").args(["netns", "del", &n]).status();
-    sh(&format!("ip netns add {n}"));
     sh(&format!("ip -n {n} link set lo up"));
     sh(&format!(
         "ip -n {n} link add eth0 type veth peer name eth0p"
@@ -154,7 +165,7 @@ fn tap_reentry_and_policy_routing() {
             String::from_utf8_lossy(&rules.stdout).trim().is_empty(),
             "rules removed"
         );
-        assert_eq!(routes::remove_stale(), 0);
+        assert_eq!(routes::remove_stale().unwrap(), 0);
         drop(tap);
         let link = Command::new("ip")
             .args(["link", "show", "enf-hmk0"])
@@ -260,13 +271,9 @@ fn steering_fallback_follows_fail_mode_and_stale_programs_are_removed() {
     if !root_or_skip() {
         return;
     }
-    let a = Netns(name("a"));
-    let b = Netns(name("b"));
+    let a = Netns::add(name("a"));
+    let b = Netns::add(name("b"));
     let (na, nb) = (a.0.clone(), b.0.clone());
-    for n in [&na, &nb] {
-        let _ = Command::new("ip").args(["netns", "del", n]).status();
-        sh(&format!("ip netns add {n}"));
-    }
     sh(&format!(
         "ip -n {na} link add a0 type veth peer name b0 netns {nb}"
     ));
@@ -320,6 +327,150 @@ fn steering_fallback_follows_fail_mode_and_stale_programs_are_removed() {
     });
     let r = t.join();
     drop((a, b));
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn out(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(o.status.success(), "failed: {cmd}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The kernel's state over rtnetlink: the neighbour snapshot, its default
+/// gateway and prefixes; a next hop asked to resolve arrives on the
+/// subscription; rules and routes a dead run left are removed by table;
+/// errors name what was asked and the kernel's answer.
+#[test]
+fn rtnetlink_reads_follows_and_cleans_up() {
+    if !root_or_skip() {
+        return;
+    }
+    let h = Netns::add(name("nlh"));
+    let p = Netns::add(name("nlp"));
+    let (nh, np) = (h.0.clone(), p.0.clone());
+    sh(&format!(
+        "ip -n {nh} link add eth0 type veth peer name p0 netns {np}"
+    ));
+    sh(&format!(
+        "ip -n {nh} addr add 10.78.1.2/24 dev eth0 && ip -n {nh} addr add fd78::2/64 dev eth0 nodad \
+         && ip -n {nh} link set eth0 up && ip -n {nh} route add default via 10.78.1.1"
+    ));
+    sh(&format!(
+        "ip -n {np} addr add 10.78.1.1/24 dev p0 && ip -n {np} link set p0 up"
+    ));
+    let peer_mac =
+        l2::parse_mac(out(&format!("ip netns exec {np} cat /sys/class/net/p0/address")).trim())
+            .expect("peer MAC");
+
+    let t = std::thread::spawn(move || {
+        enter(&nh);
+        let idx = rtnl::ifindex("eth0").unwrap();
+        let gw: IpAddr = "10.78.1.1".parse().unwrap();
+        let mut watch = Watch::open().unwrap();
+        let mut nl = Rtnl::open().unwrap();
+
+        let n = l2::read_neighbors(&mut nl, idx).unwrap();
+        assert_eq!(n.gateway_ip, Some(gw));
+        assert_eq!(n.gateway, None, "not resolved yet");
+        for net in ["10.78.1.0/24", "fd78::/64"] {
+            assert!(
+                n.onlink.contains(&net.parse().unwrap()),
+                "{net} in {:?}",
+                n.onlink
+            );
+        }
+        let global: Vec<IpAddr> = nl
+            .addresses(idx)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.2)
+            .map(|a| a.0)
+            .collect();
+        assert_eq!(
+            global,
+            [
+                "10.78.1.2".parse::<IpAddr>().unwrap(),
+                "fd78::2".parse().unwrap()
+            ]
+        );
+
+        // Ask; the answer comes as an event, with no read of the table.
+        let _ = watch.changes(idx);
+        routes::resolve(&mut nl, idx, gw).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut seen = None;
+        while seen.is_none() && Instant::now() < deadline {
+            let mut pfd = libc::pollfd {
+                fd: watch.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
+            seen = watch
+                .changes(idx)
+                .neighbours
+                .into_iter()
+                .find(|(ip, mac)| *ip == gw && mac.is_some());
+        }
+        assert_eq!(seen, Some((gw, Some(peer_mac))), "resolution announced");
+        let mut n2 = n.clone();
+        assert!(n2.update(gw, Some(peer_mac)));
+        assert_eq!(n2.gateway, Some(peer_mac));
+        // A read agrees (it may know more: the peer's IPv6 link-local
+        // address, learned from its router solicitations meanwhile).
+        let read = l2::read_neighbors(&mut nl, idx).unwrap();
+        assert_eq!(read.gateway, n2.gateway, "as a read says");
+        assert_eq!(read.gateway_ip, n2.gateway_ip);
+        assert_eq!(read.onlink, n2.onlink);
+        for (ip, mac) in &n2.by_ip {
+            assert_eq!(read.by_ip.get(ip), Some(mac), "{ip}");
+        }
+
+        // A run that died: its rules and routes stay until a restart.
+        let tap = Tap::create("enf-hmk2").expect("tap");
+        let addrs: Vec<IpAddr> = vec!["10.78.1.2".parse().unwrap(), "fd78::2".parse().unwrap()];
+        let dead = HostRouting::setup(tap.name(), TAP_MAC, GW_MAC, &addrs).expect("routing");
+        std::mem::forget(dead);
+        let table = TABLE.to_string();
+        for fam in ["-4", "-6"] {
+            assert!(!out(&format!("ip {fam} rule show table {table}"))
+                .trim()
+                .is_empty());
+            assert!(!out(&format!("ip {fam} route show table {table}"))
+                .trim()
+                .is_empty());
+        }
+        // A second setup over them is refused, naming the rule and the error.
+        let e = HostRouting::setup(tap.name(), TAP_MAC, GW_MAC, &addrs)
+            .err()
+            .expect("refused");
+        assert!(
+            e.contains("rule from 10.78.1.2 lookup 59376 priority 90") && e.contains("exists"),
+            "{e}"
+        );
+        // Its failed setup already took them away; leave them again and
+        // remove them as a restart does.
+        std::mem::forget(HostRouting::setup(tap.name(), TAP_MAC, GW_MAC, &addrs).unwrap());
+        assert_eq!(routes::remove_stale().unwrap(), 2, "one rule per address");
+        for fam in ["-4", "-6"] {
+            assert_eq!(out(&format!("ip {fam} rule show table {table}")).trim(), "");
+            assert_eq!(
+                out(&format!("ip {fam} route show table {table}")).trim(),
+                ""
+            );
+        }
+        assert_eq!(routes::remove_stale().unwrap(), 0);
+        let e = HostRouting::setup("enf-nosuch", TAP_MAC, GW_MAC, &addrs)
+            .err()
+            .expect("no such device");
+        assert!(e.contains("enf-nosuch"), "{e}");
+        drop(tap);
+    });
+    let r = t.join();
+    drop((h, p));
     if let Err(e) = r {
         std::panic::resume_unwind(e);
     }

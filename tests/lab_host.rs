@@ -115,6 +115,39 @@ fn starwars_in_host_mode_with_the_tap_on_read_write() {
     });
 }
 
+/// Host mode with no engine (`ENFORCER_PASSTHROUGH=1`, the benchmarks'
+/// floor): every frame crosses the re-entry path, nothing is judged. What
+/// the seed policy forbids (the PUT, the tracker's connection) is answered,
+/// over IPv4 and IPv6, and every frame was forwarded.
+#[test]
+fn pass_through_in_host_mode_forwards_everything() {
+    lab::with_host_lab("hmpt", |lab| {
+        lab.start(Mode::PassThrough, &[]).unwrap();
+        assert!(
+            lab.ready_line().contains("host=(pass-through)"),
+            "{}",
+            lab.ready_line()
+        );
+        for base in ["http://10.66.0.2", "http://[fd66::2]"] {
+            let port = stdout(&lab.curl(
+                "xwing",
+                &format!("{base}/v1/exhaust-port"),
+                &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"],
+            ));
+            assert_eq!(port, "503", "the PUT reaches the deathstar ({base})");
+            let api = stdout(&lab.curl("tracker", &format!("{base}/v1/"), &[]));
+            assert!(api.contains("\"name\": \"Death Star\""), "{base}: {api}");
+        }
+        assert!(lab.ping("xwing", SERVER4), "the x-wing's ping");
+        let c = lab.stop_clean();
+        let (eng, dp) = (&c["engine"], &c["dataplane"]);
+        let n = eng["frames_in"].as_u64().unwrap_or(0);
+        assert!(n > 20, "{c}");
+        assert_eq!(eng["frames_forwarded"].as_u64(), Some(n), "{c}");
+        assert!(dp["tx_frames"].as_u64().unwrap_or(0) >= n, "{c}");
+    });
+}
+
 /// Two workers, each with a queue of eth0 and a queue of the TAP: a flow's
 /// frames arrive on either worker's links and are judged by the worker that
 /// owns the flow (hand-off), inbound and from the host, IPv4 and IPv6.

@@ -361,6 +361,13 @@ impl Handle {
 
 /// The dispatch thread: events from the workers to the log and the
 /// observers, until every worker has dropped its sender.
+///
+/// It runs even when nothing listens (no `--log`, no observer yet), on
+/// purpose: an observer can attach at any moment through the control API,
+/// and a thread started then would have to hand every worker a sender it
+/// did not have at start, which is state on the workers' hot path for no
+/// gain. Idle, it costs nothing: it sleeps in `recv`, and workers send no
+/// event while `listening` is false (they still tally their decisions).
 pub(super) fn spawn_dispatch(
     handle: Handle,
     log: Option<&Path>,

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::worker::{HostMacs, Shared};
-use crate::hostmode::l2::{self, Mac};
+use crate::hostmode::l2::{self, Mac, Neighbors};
 use crate::hostmode::routes::{self, HostRouting};
+use crate::hostmode::rtnl::{self, Rtnl, Watch};
 use crate::hostmode::steer::{self, Attached, FailMode, Steering};
 use crate::hostmode::tap::Tap;
 use crate::hostmode::unresolved::Resolver;
@@ -31,28 +32,14 @@ const STATE_DIR: &str = "/run/enforcer";
 /// The global addresses of `iface` (link-local ones stay the kernel's: ND
 /// and DHCP need them, and nothing is served there).
 pub fn addresses(iface: &str) -> Result<Vec<IpAddr>, String> {
-    let out = routes::ip(&["-j", "addr", "show", "dev", iface])?;
-    let v: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| format!("ip -j addr: {e}"))?;
-    let mut addrs = Vec::new();
-    for info in v
-        .as_array()
+    let idx = rtnl::ifindex(iface)?;
+    let addrs: Vec<IpAddr> = Rtnl::open()?
+        .addresses(idx)
+        .map_err(|e| format!("read the addresses of {iface}: {e}"))?
         .into_iter()
-        .flatten()
-        .filter_map(|l| l.get("addr_info").and_then(|a| a.as_array()))
-        .flatten()
-    {
-        if info.get("scope").and_then(|s| s.as_str()) != Some("global") {
-            continue;
-        }
-        if let Some(a) = info
-            .get("local")
-            .and_then(|s| s.as_str())
-            .and_then(|s| s.parse::<IpAddr>().ok())
-        {
-            addrs.push(a);
-        }
-    }
+        .filter(|(_, _, global)| *global)
+        .map(|(a, _, _)| a)
+        .collect();
     if addrs.is_empty() {
         return Err(format!(
             "interface {iface} has no global address: host mode protects the addresses of \
@@ -200,7 +187,7 @@ pub fn claim(iface: &str, ifindex: u32) -> Result<Leftovers, String> {
             ))
         }
     }
-    left.rules = routes::remove_stale();
+    left.rules = routes::remove_stale()?;
     for (k, v) in sysctls {
         if routes::write_sysctl(&k, &v).is_ok() {
             left.sysctls += 1;
@@ -227,9 +214,17 @@ pub struct HostMode {
     steering: Steering,
     routing: Option<HostRouting>,
     misses: Receiver<IpAddr>,
-    /// When to ask the kernel and read its neighbours (times since `t0`).
+    /// When to ask the kernel to resolve a next hop, and to read the whole
+    /// table (times since `t0`).
     resolver: Resolver,
     t0: Instant,
+    /// Requests (resolve, read), and the changes the kernel announces.
+    nl: Rtnl,
+    watch: Watch,
+    /// The kernel's neighbours of `--iface` as last handed to workers.
+    neighbors: Neighbors,
+    /// A failing read or request is said once, not every tick.
+    complained: bool,
 }
 
 impl HostMode {
@@ -250,8 +245,11 @@ impl HostMode {
         };
         let tap = tap_name(ifindex);
         let taps = Tap::create_queues(&tap, workers)?;
+        // Subscribed before the first read: no change between is missed.
+        let watch = Watch::open()?;
+        let mut nl = Rtnl::open()?;
         if let Some(mtu) = iface_mtu(iface) {
-            routes::ip(&["link", "set", "dev", &tap, "mtu", &mtu.to_string()])?;
+            routes::set_mtu(&mut nl, &tap, mtu)?;
         }
         let steering = Steering::load(fail)?;
         for a in &addrs {
@@ -276,6 +274,10 @@ impl HostMode {
                 misses,
                 resolver: Resolver::new(),
                 t0: Instant::now(),
+                nl,
+                watch,
+                neighbors: Neighbors::default(),
+                complained: false,
             },
             taps,
         ))
@@ -290,10 +292,24 @@ impl HostMode {
         self.steering.attach(self.ifindex as i32)
     }
 
-    /// Control-thread duty, every few tens of ms: have the kernel resolve
-    /// next hops the workers missed, read its neighbours until they show up
-    /// (see `Resolver`), and hand workers each snapshot that differs: a new
-    /// generation wakes them, and they send the frames they held for it.
+    /// Until the kernel announces a change on the subscription, at most
+    /// `limit`: a next hop that resolves reaches the workers at once.
+    pub fn wait(&self, limit: Duration) {
+        let mut p = libc::pollfd {
+            fd: self.watch.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, limit.as_millis() as libc::c_int) };
+    }
+
+    /// Control-thread duty, after each `wait`: have the kernel resolve next
+    /// hops the workers missed (see `Resolver`), fold the neighbour changes
+    /// it announced into the snapshot (or read the whole table, when routes
+    /// or addresses changed, events were lost, or the slow refresh is due),
+    /// and hand workers each snapshot that differs: a new generation wakes
+    /// them, and they send the frames they held for it.
     pub fn tick(&mut self, shared: &Shared) {
         let now = self.t0.elapsed().as_nanos() as u64;
         for ip in self.misses.try_iter() {
@@ -301,22 +317,44 @@ impl HostMode {
         }
         let due = self.resolver.due(now);
         for ip in &due.ask {
-            routes::resolve(&self.iface, *ip);
+            if let Err(e) = routes::resolve(&mut self.nl, self.ifindex, *ip) {
+                self.complain(&e);
+            }
         }
-        if !due.read {
+        let changes = self.watch.changes(self.ifindex);
+        let mut changed = false;
+        if due.read || changes.reread {
+            match l2::read_neighbors(&mut self.nl, self.ifindex) {
+                Ok(n) => {
+                    self.resolver.read(now, |ip| n.resolves(ip));
+                    changed = n != self.neighbors;
+                    self.neighbors = n;
+                }
+                Err(e) => self.complain(&e),
+            }
+        } else {
+            for (ip, mac) in changes.neighbours {
+                changed |= self.neighbors.update(ip, mac);
+            }
+            if changed {
+                let n = &self.neighbors;
+                self.resolver.known(|ip| n.resolves(ip));
+            }
+        }
+        if !changed && shared.neighbors_gen.load(Ordering::Acquire) > 0 {
             return;
         }
-        let n = l2::read_neighbors(&self.iface);
-        self.resolver
-            .read(self.t0.elapsed().as_nanos() as u64, |ip| n.resolves(ip));
-        let mut cur = shared.neighbors.lock().unwrap_or_else(|p| p.into_inner());
-        if **cur == n && shared.neighbors_gen.load(Ordering::Acquire) > 0 {
-            return;
-        }
-        *cur = Arc::new(n);
-        drop(cur);
+        *shared.neighbors.lock().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(self.neighbors.clone());
         shared.neighbors_gen.fetch_add(1, Ordering::Release);
         shared.wake_all();
+    }
+
+    fn complain(&mut self, e: &str) {
+        if !self.complained {
+            self.complained = true;
+            eprintln!("enforcer: {e} (said once)");
+        }
     }
 
     /// Stop enforcing: inbound frames and the host's replies go directly.
@@ -337,7 +375,9 @@ impl Drop for HostMode {
         // workers are gone. Wait for it, so that a clean stop returns with
         // nothing left (scripts check at once); delete it if it lingers.
         if !wait_gone(&self.tap, Duration::from_secs(2)) {
-            let _ = routes::ip(&["link", "del", "dev", &self.tap]);
+            if let Ok(idx) = rtnl::ifindex(&self.tap) {
+                let _ = self.nl.delete_link(idx);
+            }
             if !wait_gone(&self.tap, Duration::from_secs(1)) {
                 eprintln!("enforcer: the TAP {} is still there after stop", self.tap);
             }

@@ -100,21 +100,31 @@ impl Uring {
             // Not expected on a ring that started; counted as lost writes
             // rather than taking the worker down.
             *wrote_err += 1;
-            tap_io_note(&format!("io_uring on the TAP failed: {e}"));
+            tap_io_note(
+                Note::RingFailed,
+                &format!("io_uring on the TAP failed: {e}"),
+            );
         }
     }
 }
 
+/// What `tap_io_note` says, each kind once per process (the workers'
+/// links all make the same choice, and a failing ring fails alike).
+#[derive(Clone, Copy)]
+enum Note {
+    Plain,
+    Ring,
+    NoRing,
+    RingFailed,
+    FellBack,
+}
+
 /// Which TAP I/O this process uses, said once at start (and a ring
 /// failure, once).
-fn tap_io_note(msg: &str) {
-    use std::sync::Mutex;
-    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
-    if !said.iter().any(|m| m == msg) {
-        eprintln!("enforcer: {msg}");
-        said.push(msg.to_string());
-    }
+fn tap_io_note(kind: Note, msg: &str) {
+    use std::sync::Once;
+    static SAID: [Once; 5] = [const { Once::new() }; 5];
+    SAID[kind as usize].call_once(|| eprintln!("enforcer: {msg}"));
 }
 
 /// When to read a TAP next. An AF_XDP ring shows frames with a memory load;
@@ -211,12 +221,18 @@ impl Link {
     pub fn tap(side: Side, t: Tap, rewrite: Rewrite) -> Link {
         let plain = std::env::var(TAP_IO_ENV).is_ok_and(|v| v == "plain");
         let io = if plain {
-            tap_io_note(&format!("TAP I/O: read/write ({TAP_IO_ENV}=plain)"));
+            tap_io_note(
+                Note::Plain,
+                &format!("TAP I/O: read/write ({TAP_IO_ENV}=plain)"),
+            );
             Io::Tap(t, Probe::default())
         } else {
             match TapRing::new(&t, TAP_RING_BUFFERS) {
                 Ok(ring) => {
-                    tap_io_note("TAP I/O: io_uring (multishot read, one submit per turn)");
+                    tap_io_note(
+                        Note::Ring,
+                        "TAP I/O: io_uring (multishot read, one submit per turn)",
+                    );
                     Io::TapRing(Box::new(Uring {
                         tap: t,
                         ring,
@@ -227,7 +243,10 @@ impl Link {
                     }))
                 }
                 Err(e) => {
-                    tap_io_note(&format!("TAP I/O: read/write (io_uring unavailable: {e})"));
+                    tap_io_note(
+                        Note::NoRing,
+                        &format!("TAP I/O: read/write (io_uring unavailable: {e})"),
+                    );
                     Io::Tap(t, Probe::default())
                 }
             }
@@ -356,16 +375,18 @@ impl Link {
         let t = match u.tap.try_clone() {
             Ok(t) => t,
             Err(e) => {
-                tap_io_note(&format!(
-                    "io_uring on the TAP failed ({why}) and its fd cannot be kept: {e}"
-                ));
+                tap_io_note(
+                    Note::RingFailed,
+                    &format!("io_uring on the TAP failed ({why}) and its fd cannot be kept: {e}"),
+                );
                 return;
             }
         };
         self.settle(free, &mut scratch);
-        tap_io_note(&format!(
-            "TAP I/O: read/write from now on (io_uring read failed: {why})"
-        ));
+        tap_io_note(
+            Note::FellBack,
+            &format!("TAP I/O: read/write from now on (io_uring read failed: {why})"),
+        );
         self.io = Io::Tap(t, Probe::default());
     }
 

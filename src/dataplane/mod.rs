@@ -196,7 +196,7 @@ struct Plan {
     links: Vec<Vec<LinkSpec>>,
     steer: Steer,
     host: Option<HostMacs>,
-    idle_spins: u32,
+    idle: worker::Idle,
 }
 
 /// Load the policy `--policy` names, or the default directory.
@@ -332,7 +332,7 @@ fn run_inline(
             .collect(),
         steer: Steer::Libxdp,
         host: None,
-        idle_spins: worker::IDLE_SPINS,
+        idle: worker::INLINE_IDLE,
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
 
@@ -424,6 +424,7 @@ fn run_host(
     let max_frame = xsk::FRAME_DATA;
     let a = iface::inspect(&args.iface, max_frame)?;
     let addrs = host::addresses(&a.name)?;
+    let idle = worker::host_idle()?;
     let policy = load_policy(policy_path, Some(&addrs), passthrough)?;
     let host_name = match &policy {
         None => "(pass-through)".to_string(),
@@ -493,7 +494,10 @@ fn run_host(
                 return Err(e);
             }
         };
-    if let Some(mask) = host::spare_cpu_mask(workers, ncpu) {
+    // `ENFORCER_HOST_RPS=off` (private): the worker's core runs the host's
+    // receive, to measure what RPS costs or saves.
+    let rps = !std::env::var("ENFORCER_HOST_RPS").is_ok_and(|v| v == "off");
+    if let Some(mask) = host::spare_cpu_mask(workers, ncpu).filter(|_| rps) {
         // Best effort: without it the worker's core runs the host's receive.
         if let Err(e) = host::spread_tap_receive(&hm.tap, &mask) {
             eprintln!("enforcer: warning: RPS on {}: {e}", hm.tap);
@@ -511,7 +515,7 @@ fn run_host(
         links,
         steer: Steer::XskMap(hm.xsk_map()),
         host: Some(hm.macs),
-        idle_spins: worker::HOST_IDLE_SPINS,
+        idle,
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
     let ready = format!(
@@ -556,6 +560,9 @@ impl Hooks for host::HostMode {
     fn ready(&mut self) -> Result<(), String> {
         self.attach()
     }
+    fn wait(&mut self, limit: Duration) {
+        host::HostMode::wait(self, limit)
+    }
     fn tick(&mut self, shared: &Shared) {
         host::HostMode::tick(self, shared)
     }
@@ -568,6 +575,11 @@ impl Hooks for host::HostMode {
 /// control thread's turns, and when stopping (before workers stop).
 trait Hooks {
     fn ready(&mut self) -> Result<(), String>;
+    /// Between the control thread's turns: at most `limit`, less when the
+    /// mode has news (host mode: the kernel announced a change).
+    fn wait(&mut self, limit: Duration) {
+        std::thread::sleep(limit);
+    }
     fn tick(&mut self, shared: &Shared);
     fn stop(&mut self);
 }
@@ -656,7 +668,7 @@ fn serve(
             engine: args.engine.clone(),
             steer: plan.steer,
             host: plan.host,
-            idle_spins: plan.idle_spins,
+            idle: plan.idle,
         };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
         let h = std::thread::Builder::new()
@@ -699,7 +711,7 @@ fn serve(
         println!("{ready_line}");
         let _ = std::io::stdout().flush();
         while !STOP.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
+            hooks.wait(Duration::from_millis(20));
             hooks.tick(&shared);
             if RELOAD.swap(false, Ordering::Relaxed) {
                 reload(&handle);

@@ -31,6 +31,31 @@ pub fn tally_event(t: &mut Tally, ev: &Event) {
     *t.entry((kind, verdict, why)).or_default() += 1;
 }
 
+/// A worker's tally, with a generation that moves with every count: its
+/// stats slot is refreshed every 100 ms, and the tally (the one part that
+/// grows with the policy, a tree of shared strings) is copied there only
+/// when it changed since the last copy.
+#[derive(Debug, Default)]
+pub struct TallyBook {
+    counts: Tally,
+    generation: u64,
+}
+
+impl TallyBook {
+    pub fn count(&mut self, ev: &Event) {
+        tally_event(&mut self.counts, ev);
+        self.generation += 1;
+    }
+
+    /// Bring `slot`'s copy up to date (nothing to do when it is).
+    pub fn publish(&self, slot: &mut WorkerStats) {
+        if slot.tally_generation != self.generation {
+            slot.tally.clone_from(&self.counts);
+            slot.tally_generation = self.generation;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DpCounters {
     pub rx_frames: u64,
@@ -121,8 +146,10 @@ pub struct WorkerStats {
     /// at 100% CPU whatever this says).
     pub busy_ns: u64,
     pub run_ns: u64,
-    /// This worker's decisions so far.
+    /// This worker's decisions so far, as of `TallyBook` generation
+    /// `tally_generation`.
     pub tally: Tally,
+    pub tally_generation: u64,
 }
 
 /// What became of the frames received on one side.
@@ -162,4 +189,49 @@ pub struct QueueStats {
     pub rx_fill_ring_empty: u64,
     pub rx_invalid_descs: u64,
     pub tx_invalid_descs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::FlowTuple;
+
+    fn flow_event() -> Event {
+        Event {
+            time_ns: 0,
+            worker: 0,
+            flow: FlowTuple {
+                src: [10, 0, 0, 1].into(),
+                dst: [10, 0, 0, 2].into(),
+                proto: 6,
+                sport: 40000,
+                dport: 80,
+            },
+            subject: Subject::Flow,
+            verdict: Decision::Allow,
+            rule: Some("p/ingress[0]".into()),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_tally_is_copied_only_when_it_changed() {
+        let mut book = TallyBook::default();
+        let mut slot = WorkerStats::default();
+        book.publish(&mut slot);
+        assert!(slot.tally.is_empty());
+        let ev = flow_event();
+        book.count(&ev);
+        book.count(&ev);
+        book.publish(&mut slot);
+        assert_eq!(slot.tally.values().sum::<u64>(), 2);
+        // A reader's changes to the copy stand until the next count: the
+        // copy was not redone.
+        slot.tally.clear();
+        book.publish(&mut slot);
+        assert!(slot.tally.is_empty(), "unchanged: not copied again");
+        book.count(&ev);
+        book.publish(&mut slot);
+        assert_eq!(slot.tally.values().sum::<u64>(), 3);
+    }
 }

@@ -19,7 +19,7 @@ use xsk_rs::{FrameDesc, Umem};
 
 use super::handoff::{rebalance, Channels, Handoff, Waker};
 use super::link::{Link, Rewrite};
-use super::stats::{tally_event, DpCounters, SideCount, Tally, WorkerStats};
+use super::stats::{DpCounters, SideCount, TallyBook, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
 use super::PollMode;
 use crate::config::EngineConfig;
@@ -38,17 +38,69 @@ const PUBLISH: Duration = Duration::from_millis(100);
 /// wake it at once (fds and its waker); the engine's own timers (an owned
 /// retransmission, a head timeout) set a shorter sleep.
 const MAX_SLEEP_MS: u64 = 100;
-/// Idle loop turns before an adaptive worker sleeps in poll(), inline: its
-/// cores are the enforcer's, and a spinning worker sees the next frame
-/// without a wake-up.
-pub const IDLE_SPINS: u32 = 200;
-/// The same in host mode, where the worker shares its cores with the
-/// services it protects: the frame it waits for is mostly their reply, which
-/// needs the CPU a spinning worker takes. A few turns (microseconds)
-/// catch what the host sends at once (a SYN-ACK, an ACK, run
-/// inside our own write into the TAP); then the worker sleeps until poll()
-/// says a socket or the TAP is readable.
-pub const HOST_IDLE_SPINS: u32 = 16;
+/// How an adaptive worker waits for more work before it sleeps in poll():
+/// at least `turns` empty loop turns and at least `linger_ns` since the last
+/// turn that found work; `yield_core` gives the core away on each empty turn
+/// (`sched_yield`) to whatever else is runnable on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    pub turns: u32,
+    pub linger_ns: u64,
+    pub yield_core: bool,
+}
+
+/// Inline: the worker's cores are the enforcer's, and a spinning worker sees
+/// the next frame without a wake-up.
+pub const INLINE_IDLE: Idle = Idle {
+    turns: 200,
+    linger_ns: 0,
+    yield_core: false,
+};
+/// Host mode: the worker shares its cores with the services it protects,
+/// and what it waits for is mostly their answer to a frame it just wrote
+/// into the TAP, which comes back some tens of µs later from the host's
+/// stack on another core (RPS). A worker that slept after 16 empty turns
+/// (a few µs) paid a wake-up for nearly every answer, and on a VM's idle
+/// vCPU a wake-up costs more than the work. So it stays awake 100 µs after
+/// the last work; an idle host still sleeps (the wait counts from the last
+/// work, not from a wake-up). Each empty turn gives the core away
+/// (`sched_yield`), so that the services it waits for run first when they
+/// share its core; a plain spin did worse in `bench/host.sh` (figures in
+/// docs/dataplane.md, Host mode).
+pub const HOST_IDLE: Idle = Idle {
+    turns: 16,
+    linger_ns: 100_000,
+    yield_core: true,
+};
+
+/// Host mode's idle wait, with private overrides for measuring others:
+/// `ENFORCER_HOST_IDLE=TURNS,LINGER_US,yield|spin`.
+pub const HOST_IDLE_ENV: &str = "ENFORCER_HOST_IDLE";
+
+pub fn host_idle() -> Result<Idle, String> {
+    match std::env::var(HOST_IDLE_ENV) {
+        Ok(v) => parse_idle(&v).ok_or_else(|| {
+            format!("{HOST_IDLE_ENV}={v:?}: want TURNS,LINGER_US,yield|spin (e.g. 16,100,yield)")
+        }),
+        Err(_) => Ok(HOST_IDLE),
+    }
+}
+
+fn parse_idle(v: &str) -> Option<Idle> {
+    let f: Vec<&str> = v.split(',').map(str::trim).collect();
+    let [turns, linger, how] = f[..] else {
+        return None;
+    };
+    Some(Idle {
+        turns: turns.parse().ok()?,
+        linger_ns: linger.parse::<u64>().ok()?.checked_mul(1_000)?,
+        yield_core: match how {
+            "yield" => true,
+            "spin" => false,
+            _ => return None,
+        },
+    })
+}
 
 pub enum LinkSpec {
     Queue(QueueSpec),
@@ -76,8 +128,8 @@ pub struct WorkerSpec {
     pub engine: EngineConfig,
     pub steer: Steer,
     pub host: Option<HostMacs>,
-    /// Idle turns before sleeping (adaptive poll).
-    pub idle_spins: u32,
+    /// How long to wait, idle, before sleeping (adaptive poll).
+    pub idle: Idle,
 }
 
 /// An event on its way to the log writer, with the policy it was decided
@@ -300,7 +352,7 @@ pub fn run(
     let tx_link: [Option<usize>; 2] = [0u8, 1].map(|p| links.iter().position(|l| l.side == p));
     let mut w = Worker {
         shared: shared.clone(),
-        tally: Tally::new(),
+        tally: TallyBook::default(),
         id: spec.id,
         workers: spec.workers,
         umem: spec.umem.clone(),
@@ -354,8 +406,10 @@ pub fn run(
     let mut last_publish = t0;
     let mut idle = 0u32;
     let mut last_turn = (t0, false);
+    let mut last_work = t0;
     // At least one: `idle_spins * 16` bounds the wait for an unsent TX ring.
-    let idle_spins = spec.idle_spins.max(1);
+    let idle_spins = spec.idle.turns.max(1);
+    let linger = Duration::from_nanos(spec.idle.linger_ns);
     while !shared.stop.load(Ordering::Relaxed) {
         let now_i = Instant::now();
         let now = now_i.duration_since(t0).as_nanos() as u64;
@@ -393,9 +447,11 @@ pub fn run(
         last_turn = (now_i, work > 0);
         if work > 0 {
             idle = 0;
+            last_work = now_i;
             continue;
         }
         idle += 1;
+        let lingering = now_i.duration_since(last_work) < linger;
         match spec.poll {
             PollMode::Busy => {}
             // Never asleep with frames still on a TX ring: copy mode sends
@@ -403,7 +459,9 @@ pub fn run(
             // (Bounded: a TX ring the kernel does not take, a link down,
             // must not keep the worker spinning.)
             PollMode::Adaptive
-                if idle >= idle_spins && (idle >= idle_spins * 16 || !w.tx_unsent()) =>
+                if idle >= idle_spins
+                    && !lingering
+                    && (idle >= idle_spins * 16 || !w.tx_unsent()) =>
             {
                 // Sleep until a frame arrives or is handed over, the control
                 // plane wakes us (stop, reload), or the core's next timer.
@@ -441,6 +499,10 @@ pub fn run(
                 }
                 idle = 0;
             }
+            // SAFETY: no arguments; it only gives up the rest of the slice.
+            PollMode::Adaptive if spec.idle.yield_core => unsafe {
+                libc::sched_yield();
+            },
             PollMode::Adaptive => std::hint::spin_loop(),
         }
     }
@@ -455,7 +517,7 @@ pub fn run(
 struct Worker {
     shared: Arc<Shared>,
     /// Decisions counted here, published with the counters.
-    tally: Tally,
+    tally: TallyBook,
     id: u16,
     workers: usize,
     umem: Umem,
@@ -759,7 +821,7 @@ impl Worker {
         };
         let listening = self.shared.listening.load(Ordering::Relaxed);
         for ev in self.out.events.drain(..) {
-            tally_event(&mut self.tally, &ev);
+            self.tally.count(&ev);
             if !listening {
                 continue;
             }
@@ -785,7 +847,7 @@ impl Worker {
             g.queues = self.links.iter().filter_map(|l| l.queue_stats()).collect();
             g.held_bytes = self.judge.held_bytes();
             g.busy_ns = self.busy_ns;
-            g.tally.clone_from(&self.tally);
+            self.tally.publish(&mut g);
             g.run_ns = self.run_ns;
         }
     }
@@ -801,5 +863,41 @@ impl Worker {
             held += l.settle(&mut self.free, &mut self.cq_descs);
         }
         held + self.free.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_idle_override_parses_or_is_refused() {
+        assert_eq!(
+            parse_idle("16,100,yield"),
+            Some(Idle {
+                turns: 16,
+                linger_ns: 100_000,
+                yield_core: true
+            })
+        );
+        assert_eq!(
+            parse_idle(" 200 , 0 , spin "),
+            Some(Idle {
+                turns: 200,
+                linger_ns: 0,
+                yield_core: false
+            })
+        );
+        for bad in [
+            "",
+            "16",
+            "16,100",
+            "16,100,nap",
+            "x,100,yield",
+            "16,-1,spin",
+            "1,2,yield,4",
+        ] {
+            assert_eq!(parse_idle(bad), None, "{bad:?}");
+        }
     }
 }

@@ -2,11 +2,13 @@
 //! MAC as destination; frames the host sends get `--iface`'s MAC as source
 //! and the next hop's MAC as destination: learned from the peer's own frames
 //! (the client of an inbound connection), else the kernel's neighbour table
-//! (a snapshot refreshed by the control thread), else the default gateway's
-//! for destinations that are not on the link.
+//! (a snapshot the control thread keeps current from rtnetlink), else the
+//! default gateway's for destinations that are not on the link.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+use super::rtnl::Rtnl;
 
 pub type Mac = [u8; 6];
 
@@ -20,6 +22,8 @@ pub struct Neighbors {
     /// Prefixes on `--iface`: an unknown next hop inside them is resolved by
     /// the kernel (ARP/ND), never sent to the gateway.
     pub onlink: Vec<ipnet::IpNet>,
+    /// The default gateway's address, to follow its MAC as it changes.
+    pub gateway_ip: Option<IpAddr>,
 }
 
 impl Neighbors {
@@ -28,6 +32,19 @@ impl Neighbors {
     pub fn resolves(&self, dst: &IpAddr) -> bool {
         self.by_ip.contains_key(dst)
             || (self.gateway.is_some() && !self.onlink.iter().any(|n| n.contains(dst)))
+    }
+
+    /// The kernel says `ip` is at `mac` now, or (None) no longer trusts
+    /// what it had. Whether that changed anything.
+    pub fn update(&mut self, ip: IpAddr, mac: Option<Mac>) -> bool {
+        let before = match mac {
+            Some(m) => self.by_ip.insert(ip, m),
+            None => self.by_ip.remove(&ip),
+        };
+        if self.gateway_ip == Some(ip) {
+            self.gateway = mac;
+        }
+        before != mac
     }
 }
 
@@ -142,61 +159,26 @@ impl L2 {
     }
 }
 
-/// Read the kernel's neighbours and default gateway of `iface` (control
-/// thread only: it runs iproute2).
-pub fn read_neighbors(iface: &str) -> Neighbors {
+/// Read the kernel's neighbours, default gateway and prefixes of link
+/// `ifindex` (control thread only: a few dumps over rtnetlink).
+pub fn read_neighbors(nl: &mut Rtnl, ifindex: u32) -> Result<Neighbors, String> {
+    let e = |what: &str, err: std::io::Error| format!("read the {what} of link {ifindex}: {err}");
     let mut n = Neighbors::default();
-    let run = |args: &[&str]| -> Option<serde_json::Value> {
-        let out = std::process::Command::new("ip").args(args).output().ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let mut gw_ip = None;
-    for fam in ["-4", "-6"] {
-        if let Some(serde_json::Value::Array(list)) =
-            run(&["-j", fam, "neigh", "show", "dev", iface])
-        {
-            for e in list {
-                let ip = e
-                    .get("dst")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| s.parse::<IpAddr>().ok());
-                let mac = e.get("lladdr").and_then(|v| v.as_str()).and_then(parse_mac);
-                if let (Some(ip), Some(mac)) = (ip, mac) {
-                    n.by_ip.insert(ip, mac);
-                }
-            }
-        }
-        if gw_ip.is_none() {
-            if let Some(serde_json::Value::Array(list)) =
-                run(&["-j", fam, "route", "show", "default", "dev", iface])
-            {
-                gw_ip = list
-                    .first()
-                    .and_then(|e| e.get("gateway"))
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| s.parse::<IpAddr>().ok());
-            }
+    for (ip, mac) in nl.neighbours(ifindex).map_err(|x| e("neighbours", x))? {
+        if let Some(mac) = mac {
+            n.by_ip.insert(ip, mac);
         }
     }
-    n.gateway = gw_ip.and_then(|g| n.by_ip.get(&g).copied());
-    if let Some(serde_json::Value::Array(list)) = run(&["-j", "addr", "show", "dev", iface]) {
-        for info in list
-            .iter()
-            .filter_map(|l| l.get("addr_info").and_then(|a| a.as_array()))
-            .flatten()
-        {
-            let (Some(a), Some(len)) = (
-                info.get("local").and_then(|v| v.as_str()),
-                info.get("prefixlen").and_then(|v| v.as_u64()),
-            ) else {
-                continue;
-            };
-            if let Ok(net) = format!("{a}/{len}").parse::<ipnet::IpNet>() {
-                n.onlink.push(net.trunc());
-            }
+    n.gateway_ip = nl
+        .default_gateway(ifindex)
+        .map_err(|x| e("default route", x))?;
+    n.gateway = n.gateway_ip.and_then(|g| n.by_ip.get(&g).copied());
+    for (a, len, _) in nl.addresses(ifindex).map_err(|x| e("addresses", x))? {
+        if let Ok(net) = ipnet::IpNet::new(a, len) {
+            n.onlink.push(net.trunc());
         }
     }
-    n
+    Ok(n)
 }
 
 pub fn parse_mac(s: &str) -> Option<Mac> {
@@ -252,7 +234,7 @@ mod tests {
         let mut n = Neighbors {
             by_ip: HashMap::new(),
             gateway: Some([2, 0, 0, 0, 0, 0xfe]),
-            onlink: Vec::new(),
+            ..Default::default()
         };
         assert_eq!(l2.to_wire(&mut f, &n), Ok(()));
         assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 0xfe]);
@@ -294,6 +276,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn events_keep_the_snapshot_and_the_gateway_current() {
+        let gw: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut n = Neighbors {
+            gateway_ip: Some(gw),
+            ..Default::default()
+        };
+        assert!(n.update(other, Some([2, 0, 0, 0, 0, 7])));
+        assert_eq!(n.gateway, None);
+        assert!(n.update(gw, Some([2, 0, 0, 0, 0, 1])));
+        assert_eq!(n.gateway, Some([2, 0, 0, 0, 0, 1]));
+        assert!(!n.update(gw, Some([2, 0, 0, 0, 0, 1])), "the same again");
+        assert!(n.update(gw, Some([2, 0, 0, 0, 0, 2])), "a new MAC");
+        assert_eq!(n.gateway, Some([2, 0, 0, 0, 0, 2]));
+        assert!(n.update(gw, None));
+        assert_eq!(n.gateway, None);
+        assert!(!n.by_ip.contains_key(&gw));
+        assert!(!n.update("10.0.0.9".parse().unwrap(), None), "never known");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod l2;
 pub mod routes;
+pub mod rtnl;
 pub mod steer;
 pub mod tap;
 pub mod unresolved;

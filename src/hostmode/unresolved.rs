@@ -1,6 +1,6 @@
 //! Next hops the kernel has not resolved yet, in host mode: what a worker
 //! does with a frame whose next hop's MAC it does not know, and when the
-//! control thread asks the kernel and reads its neighbours again. Both are
+//! control thread asks the kernel to resolve it. Both are
 //! plain state machines over times passed in (ns), so they are tested
 //! without a kernel; `dataplane` drives them.
 //!
@@ -136,46 +136,44 @@ impl<T> Parked<T> {
     }
 }
 
-/// How soon the control thread reads the kernel's neighbours after a miss,
-/// then the gap doubles (a next hop that answers at all answers within
-/// milliseconds; one that does not must not cost a read every tick).
-pub const READ_FIRST_NS: u64 = 10_000_000;
-pub const READ_MAX_GAP_NS: u64 = 500_000_000;
 /// The kernel is asked again this often while an address stays unresolved
 /// (its own probes of an INCOMPLETE entry end in FAILED).
 pub const ASK_AGAIN_NS: u64 = 1_000_000_000;
 /// An address is given up after this long (its held frames are gone by
 /// then); the next miss starts over.
 pub const GIVE_UP_NS: u64 = HOLD_NS;
-/// Read anyway this often: next hops change without a miss (a new MAC).
-pub const REFRESH_NS: u64 = 5_000_000_000;
+/// Read the whole table anyway this often. The subscription carries every
+/// neighbour change, and the control thread reads again after any change
+/// of `--iface`'s routes or addresses and after lost events, but the kernel
+/// does not announce everything: IPv4 drops the routes of a link that goes
+/// down, or of an address that goes, without a message (so the default
+/// gateway can change unannounced). A few dumps every 10 s bound that.
+pub const REFRESH_NS: u64 = 10_000_000_000;
 /// Addresses tracked at once.
 const MAX_PENDING: usize = 4096;
-
-struct Pending {
-    first: u64,
-    asked: u64,
-}
 
 /// What the control thread does now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Due {
     /// Ask the kernel to resolve these (ARP/ND).
     pub ask: Vec<IpAddr>,
-    /// Read the neighbour table and hand workers the snapshot.
+    /// Read the whole neighbour table and hand workers the snapshot.
     pub read: bool,
 }
 
 /// The control thread's side: which missed addresses the kernel is asked
-/// to resolve, and when the neighbour table is read again. While any
-/// address is unresolved it is read again and again (10 ms after the miss,
-/// then every 20, 40 … ms, at most every 500 ms) until the address shows up
-/// or `GIVE_UP_NS` passes; a retransmitted miss never silences that.
+/// to resolve (at once, then every second until the address resolves or
+/// `GIVE_UP_NS` passes; a retransmitted miss never silences that), and
+/// when the whole table is read. An answer needs no read: it arrives as a
+/// neighbour event, and the snapshot it updates says the address resolved.
 pub struct Resolver {
     pending: HashMap<IpAddr, Pending>,
-    next_read: Option<u64>,
-    gap: u64,
     last_read: Option<u64>,
+}
+
+struct Pending {
+    first: u64,
+    asked: u64,
 }
 
 impl Default for Resolver {
@@ -188,8 +186,6 @@ impl Resolver {
     pub fn new() -> Resolver {
         Resolver {
             pending: HashMap::new(),
-            next_read: None,
-            gap: READ_FIRST_NS,
             last_read: None,
         }
     }
@@ -217,10 +213,6 @@ impl Resolver {
                 asked: u64::MAX,
             },
         );
-        // A new address reads soon, even during a long gap for older ones.
-        self.gap = READ_FIRST_NS;
-        let soon = now + READ_FIRST_NS;
-        self.next_read = Some(self.next_read.map_or(soon, |t| t.min(soon)));
     }
 
     /// What to do at `now`.
@@ -235,29 +227,22 @@ impl Resolver {
             }
         }
         d.ask.sort();
-        if self.pending.is_empty() {
-            self.next_read = None;
-        }
-        d.read = self.next_read.is_some_and(|t| now >= t)
-            || self
-                .last_read
-                .is_none_or(|t| now.saturating_sub(t) >= REFRESH_NS);
+        d.read = self
+            .last_read
+            .is_none_or(|t| now.saturating_sub(t) >= REFRESH_NS);
         d
     }
 
-    /// The neighbour table as read at `now`: `known` tells whether an
-    /// address resolved. Those that did are done; for the rest the next read
-    /// comes after a longer gap.
+    /// The snapshot changed: `known` tells whether an address resolves in
+    /// it now. Those that do are done.
+    pub fn known(&mut self, known: impl Fn(&IpAddr) -> bool) {
+        self.pending.retain(|ip, _| !known(ip));
+    }
+
+    /// The whole table was read at `now` (see `known`).
     pub fn read(&mut self, now: u64, known: impl Fn(&IpAddr) -> bool) {
         self.last_read = Some(now);
-        self.pending.retain(|ip, _| !known(ip));
-        if self.pending.is_empty() {
-            self.next_read = None;
-            self.gap = READ_FIRST_NS;
-        } else {
-            self.gap = (self.gap * 2).min(READ_MAX_GAP_NS);
-            self.next_read = Some(now + self.gap);
-        }
+        self.known(known);
     }
 }
 
@@ -352,11 +337,8 @@ mod tests {
         assert!(p.is_empty());
     }
 
-    /// The flaky run: the first read after the miss came before the kernel
-    /// resolved, and the retransmitted miss 1 s later was ignored, so nothing
-    /// read again for 5 s. Now reads go on until the address shows up.
     #[test]
-    fn reads_go_on_until_the_missed_address_resolves() {
+    fn a_missed_address_is_asked_at_once_and_done_when_it_resolves() {
         let mut r = Resolver::new();
         let a = ip("fd66::11");
         // Start: one read for the first snapshot.
@@ -365,36 +347,24 @@ mod tests {
         assert_eq!(r.due(MS), Due::default());
 
         r.miss(a, 100 * MS);
-        let d = r.due(100 * MS);
-        assert_eq!(d.ask, [a], "asked at once");
-        assert!(!d.read);
-        // Read 10 ms later: not resolved yet.
-        let mut reads = Vec::new();
-        let mut now = 100 * MS;
-        let resolved_at = 1_400 * MS;
-        while now < 3_000 * MS {
-            let d = r.due(now);
-            if d.read {
-                reads.push(now);
-                r.read(now, |x| *x == a && now >= resolved_at);
-            }
-            // A retransmitted SYN misses again: no new asks, no silence.
-            if now == 1_100 * MS {
-                r.miss(a, now);
-            }
-            now += 10 * MS;
-        }
-        let rel: Vec<u64> = reads.iter().map(|t| (t - 100 * MS) / MS).collect();
-        assert_eq!(&rel[..5], &[10, 30, 70, 150, 310], "{rel:?}");
-        assert!(
-            reads
-                .iter()
-                .any(|&t| (resolved_at..resolved_at + 510 * MS).contains(&t)),
-            "read within 500 ms of resolving: {rel:?}"
+        assert_eq!(
+            r.due(100 * MS),
+            Due {
+                ask: vec![a],
+                read: false
+            },
+            "asked at once, and no read: the answer comes as an event"
         );
-        assert_eq!(r.pending(), 0, "resolved: no more reads");
-        let last = *reads.last().unwrap();
-        assert!(last < 2_000 * MS, "{rel:?}");
+        // A retransmitted SYN misses again: not asked again before its time.
+        r.miss(a, 600 * MS);
+        assert_eq!(r.due(600 * MS), Due::default());
+        // An event resolves another address only.
+        r.known(|x| *x == ip("10.0.0.1"));
+        assert_eq!(r.pending(), 1);
+        assert_eq!(r.due(1_100 * MS).ask, [a], "asked again a second later");
+        r.known(|x| *x == a);
+        assert_eq!(r.pending(), 0);
+        assert_eq!(r.due(2_100 * MS), Due::default(), "resolved: no more asks");
     }
 
     #[test]
@@ -423,8 +393,7 @@ mod tests {
             [0, 1_000, 2_000],
             "once a second while it may resolve"
         );
-        // 3 s of backed-off reads (about 10), then only the 5 s refresh.
-        assert!((8..=13).contains(&reads), "{reads}");
+        assert_eq!(reads, 0, "no polling of the table for it");
         assert_eq!(r.pending(), 0);
         // A miss after giving up starts over.
         r.miss(a, now);
@@ -438,30 +407,5 @@ mod tests {
         r.read(0, |_| true);
         assert!(!r.due(REFRESH_NS - 1).read);
         assert!(r.due(REFRESH_NS).read);
-    }
-
-    #[test]
-    fn a_new_miss_reads_soon_during_a_long_gap() {
-        let mut r = Resolver::new();
-        let (a, b) = (ip("10.0.0.7"), ip("10.0.0.8"));
-        r.due(0);
-        r.read(0, |_| false);
-        r.miss(a, 0);
-        let mut now = 0;
-        // Back off to a long gap for `a`.
-        while now < 1_000 * MS {
-            if r.due(now).read {
-                r.read(now, |_| false);
-            }
-            now += 10 * MS;
-        }
-        r.miss(b, now);
-        let d = r.due(now);
-        assert!(d.ask.contains(&b), "{d:?}");
-        assert!(!d.read);
-        assert!(
-            r.due(now + READ_FIRST_NS).read,
-            "b read 10 ms after its miss"
-        );
     }
 }
