@@ -2,6 +2,7 @@
 //!
 //! Layers depend downward only (`tests/layering.rs` keeps it so):
 //!
+//! 0. `packed`: short byte strings held in place, for every layer above;
 //! 1. leaves, the vocabulary every layer shares: `verdict` (the wire side a
 //!    frame came in on, what happens to it, the frames emitted), `counters`
 //!    (and drop reasons), `config`, `log` (verdict log events), `packet`
@@ -28,6 +29,7 @@ extern crate self as enforcer;
 pub mod config;
 pub mod counters;
 pub mod log;
+pub mod packed;
 pub mod packet;
 pub mod verdict;
 

@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::packed::{Inline, Packed, PackedIter};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
@@ -58,29 +60,12 @@ const TEXT_INLINE: usize = 46;
 /// A string of a log event: up to `TEXT_INLINE` bytes in place, longer on
 /// the heap. Bytes off the wire are taken as UTF-8 with invalid sequences
 /// replaced (`from_lossy`), as the log has always shown them.
-#[derive(Clone)]
-pub struct Text {
-    /// Bytes of `inline` in use when `heap` is None.
-    len: u8,
-    inline: [u8; TEXT_INLINE],
-    heap: Option<Box<str>>,
-}
+#[derive(Clone, PartialEq, Eq)]
+pub struct Text(Inline<TEXT_INLINE>);
 
 impl Text {
     pub fn new(s: &str) -> Text {
-        let mut t = Text {
-            len: 0,
-            inline: [0; TEXT_INLINE],
-            heap: None,
-        };
-        match t.inline.get_mut(..s.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(s.as_bytes());
-                t.len = s.len() as u8;
-            }
-            None => t.heap = Some(s.into()),
-        }
-        t
+        Text(Inline::new(s.as_bytes()))
     }
 
     /// `bytes` as UTF-8, invalid sequences replaced by U+FFFD.
@@ -89,11 +74,8 @@ impl Text {
     }
 
     pub fn as_str(&self) -> &str {
-        match &self.heap {
-            Some(h) => h,
-            // Only ever filled from a whole `&str` (`new`).
-            None => std::str::from_utf8(&self.inline[..usize::from(self.len)]).unwrap_or_default(),
-        }
+        // Only ever filled from a whole `&str` (`new`).
+        std::str::from_utf8(self.0.bytes()).unwrap_or_default()
     }
 }
 
@@ -109,14 +91,6 @@ impl From<&str> for Text {
         Text::new(s)
     }
 }
-
-impl PartialEq for Text {
-    fn eq(&self, o: &Text) -> bool {
-        self.as_str() == o.as_str()
-    }
-}
-
-impl Eq for Text {}
 
 impl std::fmt::Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,63 +113,19 @@ impl Serialize for Text {
 /// Bytes of a `Texts` held in the value itself.
 const TEXTS_INLINE: usize = 62;
 
-/// A list of log strings (a request's keys) back to back in one buffer,
-/// each after its length (one byte below 255, else 255 and eight bytes,
-/// little endian): up to `TEXTS_INLINE` bytes in place, longer lists move
-/// to the heap whole. Serialized as a list of strings.
-#[derive(Clone)]
-pub struct Texts {
-    /// Bytes of `inline` in use while `heap` is empty.
-    len: u8,
-    inline: [u8; TEXTS_INLINE],
-    heap: Vec<u8>,
-}
+/// A list of log strings (a request's keys): up to `TEXTS_INLINE` bytes of
+/// their encoding (`Packed`) in place, longer lists on the heap. Serialized
+/// as a list of strings.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Texts(Packed<TEXTS_INLINE>);
 
 impl Texts {
     pub const fn new() -> Texts {
-        Texts {
-            len: 0,
-            inline: [0; TEXTS_INLINE],
-            heap: Vec::new(),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.heap.is_empty() {
-            &self.inline[..usize::from(self.len)]
-        } else {
-            &self.heap
-        }
+        Texts(Packed::new())
     }
 
     pub fn push(&mut self, s: &str) {
-        let mut prefix = [0u8; 9];
-        let plen = match u8::try_from(s.len()) {
-            Ok(n) if n < u8::MAX => {
-                prefix[0] = n;
-                1
-            }
-            _ => {
-                prefix[0] = u8::MAX;
-                prefix[1..].copy_from_slice(&(s.len() as u64).to_le_bytes());
-                9
-            }
-        };
-        let at = usize::from(self.len);
-        let end = at + plen + s.len();
-        if self.heap.is_empty() && end <= TEXTS_INLINE {
-            self.inline[at..at + plen].copy_from_slice(&prefix[..plen]);
-            self.inline[at + plen..end].copy_from_slice(s.as_bytes());
-            self.len = end as u8;
-            return;
-        }
-        // The heap is never empty once used: every string adds its length byte.
-        if self.heap.is_empty() {
-            self.heap.reserve(end);
-            self.heap.extend_from_slice(&self.inline[..at]);
-        }
-        self.heap.extend_from_slice(&prefix[..plen]);
-        self.heap.extend_from_slice(s.as_bytes());
+        self.0.push(s.as_bytes())
     }
 
     /// `bytes` as UTF-8 (invalid sequences replaced), appended.
@@ -204,31 +134,17 @@ impl Texts {
     }
 
     pub fn iter(&self) -> TextsIter<'_> {
-        TextsIter(self.bytes())
+        TextsIter(self.0.iter())
     }
 
     pub fn len(&self) -> usize {
-        self.iter().count()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
+        self.0.is_empty()
     }
 }
-
-impl Default for Texts {
-    fn default() -> Texts {
-        Texts::new()
-    }
-}
-
-impl PartialEq for Texts {
-    fn eq(&self, o: &Texts) -> bool {
-        self.bytes() == o.bytes()
-    }
-}
-
-impl Eq for Texts {}
 
 impl std::fmt::Debug for Texts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -262,23 +178,16 @@ impl<'a> IntoIterator for &'a Texts {
 
 /// The strings of a `Texts`, in order.
 #[derive(Debug, Clone)]
-pub struct TextsIter<'a>(&'a [u8]);
+pub struct TextsIter<'a>(PackedIter<'a>);
 
 impl<'a> Iterator for TextsIter<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let (&n, rest) = self.0.split_first()?;
-        let (n, rest) = if n < u8::MAX {
-            (usize::from(n), rest)
-        } else {
-            let (len, rest) = rest.split_at_checked(8)?;
-            (u64::from_le_bytes(len.try_into().ok()?) as usize, rest)
-        };
-        let (s, rest) = rest.split_at_checked(n)?;
-        self.0 = rest;
         // Only ever filled from whole `&str`s (`push`).
-        Some(std::str::from_utf8(s).unwrap_or_default())
+        self.0
+            .next()
+            .map(|s| std::str::from_utf8(s).unwrap_or_default())
     }
 }
 
@@ -352,7 +261,7 @@ mod tests {
             let s = &long[..n - n % 2];
             let t = Text::new(s);
             assert_eq!(t.as_str(), s);
-            assert_eq!(t.heap.is_some(), s.len() > TEXT_INLINE);
+            assert_eq!(t.0.spilled(), s.len() > TEXT_INLINE);
             assert_eq!(
                 serde_json::to_string(&t).unwrap(),
                 serde_json::to_string(s).unwrap()

@@ -8,6 +8,7 @@ use super::head::{
     content_length, crlf, header_lines, lift, sp, token, transfer_encoding, trim_ows, Stop, TeState,
 };
 use crate::l7::{Body, Parse, RequestHead};
+use crate::packed::Inline;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -24,56 +25,7 @@ type Span = (u32, u32);
 const HEAD_INLINE: usize = 200;
 
 /// The bytes of one request head, in place or on the heap.
-#[derive(Clone)]
-struct HeadBytes {
-    /// Bytes of `inline` in use when `heap` is empty.
-    len: u8,
-    inline: [u8; HEAD_INLINE],
-    heap: Vec<u8>,
-}
-
-// `len` counts the inline bytes.
-const _: () = assert!(HEAD_INLINE <= u8::MAX as usize);
-
-impl HeadBytes {
-    fn new(b: &[u8]) -> HeadBytes {
-        let mut h = HeadBytes {
-            len: 0,
-            inline: [0; HEAD_INLINE],
-            heap: Vec::new(),
-        };
-        match h.inline.get_mut(..b.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(b);
-                h.len = b.len() as u8;
-            }
-            _ => h.heap = b.to_vec(),
-        }
-        h
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.heap.is_empty() {
-            &self.inline[..usize::from(self.len)]
-        } else {
-            &self.heap
-        }
-    }
-}
-
-impl PartialEq for HeadBytes {
-    fn eq(&self, o: &HeadBytes) -> bool {
-        self.bytes() == o.bytes()
-    }
-}
-
-impl Eq for HeadBytes {}
-
-impl std::fmt::Debug for HeadBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.bytes().escape_ascii().to_string())
-    }
-}
+type HeadBytes = Inline<HEAD_INLINE>;
 
 /// A parsed request head. It owns one copy of the head bytes (`HeadBytes`:
 /// a usual head costs no allocation); attributes are ranges into it.
@@ -631,7 +583,7 @@ mod tests {
             let s = format!("GET /v1/x HTTP/1.1\r\nHost: deathstar\r\nX-Pad: {pad}\r\n\r\n");
             let h = ok(&s);
             assert_eq!(h.head_len, s.len());
-            assert_eq!(h.req.head.heap.is_empty(), s.len() <= HEAD_INLINE, "{n}");
+            assert_eq!(!h.req.head.spilled(), s.len() <= HEAD_INLINE, "{n}");
             assert_eq!((h.req.method(), h.req.path()), (&b"GET"[..], &b"/v1/x"[..]));
             assert_eq!(h.req.host(), b"deathstar");
             assert_eq!(h.req.header_values(b"x-pad").next(), Some(pad.as_bytes()));

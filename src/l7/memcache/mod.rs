@@ -16,6 +16,7 @@ pub use rule::MemcacheRule;
 use crate::config::DenyReply;
 use crate::l7::{Parse, Protocol, ReplyHead, RequestHead};
 use crate::log::{Subject, Texts};
+use crate::packed::{Packed, PackedIter};
 
 /// `rules.l7[]` item under `l7proto: memcache`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -42,109 +43,43 @@ pub struct McRequest {
 /// Bytes of keys held in a `Keys` value itself (one length byte each).
 const INLINE_KEYS: usize = 62;
 
-/// The keys of one request, back to back in one buffer, each after its
-/// length: one byte below 255, else 255 and eight bytes (little endian).
-/// A request carries one short key or none almost always: up to
-/// `INLINE_KEYS` bytes live in the value itself, so that a request is
-/// parsed without allocating; longer key lists move to the heap whole.
-#[derive(Clone)]
-pub struct Keys {
-    /// Bytes of `inline` in use while `heap` is empty.
-    len: u8,
-    inline: [u8; INLINE_KEYS],
-    heap: Vec<u8>,
-}
+/// The keys of one request. A request carries one short key or none almost
+/// always: up to `INLINE_KEYS` bytes live in the value itself, so that a
+/// request is parsed without allocating; longer key lists move to the heap.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Keys(Packed<INLINE_KEYS>);
+
+/// The keys of a `Keys`, in order.
+pub type KeyIter<'a> = PackedIter<'a>;
 
 impl Keys {
     pub const fn new() -> Keys {
-        Keys {
-            len: 0,
-            inline: [0; INLINE_KEYS],
-            heap: Vec::new(),
-        }
+        Keys(Packed::new())
     }
 
     pub fn one(key: &[u8]) -> Keys {
         let mut k = Keys::new();
-        // The usual request: one short key, its length byte and bytes
-        // written straight in (what `push` does, without its general case).
-        match k.inline.get_mut(..key.len() + 1) {
-            Some(dst) if key.len() < usize::from(u8::MAX) => {
-                dst[0] = key.len() as u8;
-                dst[1..].copy_from_slice(key);
-                k.len = dst.len() as u8;
-            }
-            _ => k.push(key),
-        }
+        k.push(key);
         k
     }
 
-    fn bytes(&self) -> &[u8] {
-        if self.heap.is_empty() {
-            &self.inline[..usize::from(self.len)]
-        } else {
-            &self.heap
-        }
-    }
-
     pub fn push(&mut self, key: &[u8]) {
-        let mut prefix = [0u8; 9];
-        let plen = match u8::try_from(key.len()) {
-            Ok(n) if n < u8::MAX => {
-                prefix[0] = n;
-                1
-            }
-            _ => {
-                prefix[0] = u8::MAX;
-                prefix[1..].copy_from_slice(&(key.len() as u64).to_le_bytes());
-                9
-            }
-        };
-        let at = usize::from(self.len);
-        let end = at + plen + key.len();
-        if self.heap.is_empty() && end <= INLINE_KEYS {
-            self.inline[at..at + plen].copy_from_slice(&prefix[..plen]);
-            self.inline[at + plen..end].copy_from_slice(key);
-            self.len = end as u8;
-            return;
-        }
-        // The heap is never empty once used: every key adds its length byte.
-        if self.heap.is_empty() {
-            self.heap.reserve(end);
-            self.heap.extend_from_slice(&self.inline[..at]);
-        }
-        self.heap.extend_from_slice(&prefix[..plen]);
-        self.heap.extend_from_slice(key);
+        self.0.push(key)
     }
 
     pub fn iter(&self) -> KeyIter<'_> {
-        KeyIter(self.bytes())
+        self.0.iter()
     }
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.iter().count()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
+        self.0.is_empty()
     }
 }
-
-impl Default for Keys {
-    fn default() -> Keys {
-        Keys::new()
-    }
-}
-
-/// Equal keys have equal encodings, wherever they are held.
-impl PartialEq for Keys {
-    fn eq(&self, other: &Keys) -> bool {
-        self.bytes() == other.bytes()
-    }
-}
-
-impl Eq for Keys {}
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,27 +104,6 @@ impl<'a> IntoIterator for &'a Keys {
     type IntoIter = KeyIter<'a>;
     fn into_iter(self) -> KeyIter<'a> {
         self.iter()
-    }
-}
-
-/// The keys of a `Keys`, in order.
-#[derive(Debug, Clone)]
-pub struct KeyIter<'a>(&'a [u8]);
-
-impl<'a> Iterator for KeyIter<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let (&n, rest) = self.0.split_first()?;
-        let (n, rest) = if n < u8::MAX {
-            (usize::from(n), rest)
-        } else {
-            let (len, rest) = rest.split_at_checked(8)?;
-            (u64::from_le_bytes(len.try_into().ok()?) as usize, rest)
-        };
-        let (key, rest) = rest.split_at_checked(n)?;
-        self.0 = rest;
-        Some(key)
     }
 }
 
