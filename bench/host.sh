@@ -21,7 +21,8 @@
 # repetitions, each repetition's figures, and the load average beside them
 # (a shared machine: the enforcer's CPU per request, from /proc, is the
 # figure that other load disturbs least, with its sleeps and syscalls per
-# request: counts that other load disturbs even less).
+# request, and with perf its syscalls and the IPIs it sends per request:
+# counts that other load disturbs even less).
 # HTTP: wrk from a-wing to nginx on the server (GET /v1/, allowed by the
 # Star Wars rules). memcached: bench/loadgen.rs from a-wing (get
 # awing-coord, allowed by the seed policy), 4 connections x 8 pipelined
@@ -73,11 +74,13 @@ mc_ops() { # prints "ops/s errors"
 # Times the enforcer's threads went to sleep (poll, futex): each costs a wake-up.
 sleeps() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
 # With perf: the enforcer's read/write/poll/sendto/io_uring_enter calls during one load
-# (the TAP costs a read or write per frame without io_uring; counts do not depend on load).
+# (the TAP costs a read or write per frame without io_uring; counts do not depend on load),
+# and the IPIs its threads send (RPS hand-offs of what it writes into the TAP, wake-ups):
+# on a VM each is an MSR write and an exit, the largest single cost in the worker's profile.
 SYSCALLS=(read write poll sendto io_uring_enter)
 count_syscalls() { # PID SECONDS FILE
   if command -v perf >/dev/null; then
-    perf stat -x, -e "$(printf 'syscalls:sys_enter_%s,' "${SYSCALLS[@]}" | sed 's/,$//')" \
+    perf stat -x, -e "$(printf 'syscalls:sys_enter_%s,' "${SYSCALLS[@]}")ipi:ipi_send_cpu" \
       -p "$1" -o "$3" -- sleep "$2" >/dev/null 2>&1 || true
   fi
 }
@@ -88,6 +91,11 @@ syscall_counts() { # FILE -> one count per SYSCALLS entry (0 without perf)
     out+="${n:-0} "
   done
   echo "$out"
+}
+ipi_count() { # FILE -> IPIs the enforcer sent (0 without perf)
+  local n
+  n=$(awk -F, '$3 == "ipi:ipi_send_cpu" {print $1}' "$1" 2>/dev/null)
+  echo "${n:-0}"
 }
 perf_start() { # TAG
   [ -n "${PERF:-}" ] || return 0
@@ -110,7 +118,9 @@ perf_end() { # TAG
   rm -f "$STATE/perf-$1.data"
 }
 ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
-  nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
+  # ping exits 1 when a reply is lost; under pipefail and set -e that ended
+  # the whole run (after its last load, with no report). The average stands.
+  { nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 || true; } | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
 }
 # One load against the enforcer: "result errors ticks_before sleeps_before
 # machine_before" and its syscalls into FILE (the ticks after are the next
@@ -165,7 +175,7 @@ for rep in $(seq "$REPS"); do
     COUNTERS=$(enf_counters)
     stop_mb
     W=$(grep -o 'workers=[0-9]*' <<<"$READY" | cut -d= -f2)
-    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $M0 $M1 $M2 $N0 $N1 $N2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")" >>"$OUT"
+    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $M0 $M1 $M2 $N0 $N1 $N2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")$(ipi_count "$STATE/sys-http") $(ipi_count "$STATE/sys-mc")" >>"$OUT"
   done
 done
 
@@ -182,6 +192,7 @@ for line in open(sys.argv[3]):
     m0, m1, m2, n0, n1, n2 = v[18:24]
     names = ("read", "write", "poll", "sendto", "io_uring_enter")
     sys_http, sys_mc = v[24:24 + len(names)], v[24 + len(names):24 + 2 * len(names)]
+    ipi_http, ipi_mc = v[24 + 2 * len(names):26 + 2 * len(names)]
     per = lambda counts, n: {k: round(c / max(n, 1), 2) for k, c in zip(names, counts)} if any(counts) else None
     reps.append({
         "workers": workers,
@@ -201,6 +212,8 @@ for line in open(sys.argv[3]):
         "mc_enforcer_sleeps_per_op": round((s2 - s1) / max(em * dur, 1), 3),
         "http_enforcer_syscalls_per_req": per(sys_http, eh * dur),
         "mc_enforcer_syscalls_per_op": per(sys_mc, em * dur),
+        "http_enforcer_ipis_per_req": round(ipi_http / max(eh * dur, 1), 3),
+        "mc_enforcer_ipis_per_op": round(ipi_mc / max(em * dur, 1), 3),
         "errors": int(bhe + ehe + bme + eme),
         "ping_rtt_avg_us": {"no_enforcer": int(bp), "host_mode": int(ep)},
         "loadavg_1m": {"before": l0, "after": l1},
@@ -212,7 +225,8 @@ def med(reps, key, sub=None):
 def summary(reps):
     m = {k: med(reps, k) for k in ("http_ratio", "http_enforcer_cpu_us_per_req",
                                    "http_enforcer_sleeps_per_req", "mc_ratio",
-                                   "mc_enforcer_cpu_us_per_op", "mc_enforcer_sleeps_per_op")}
+                                   "mc_enforcer_cpu_us_per_op", "mc_enforcer_sleeps_per_op",
+                                   "http_enforcer_ipis_per_req", "mc_enforcer_ipis_per_op")}
     for load, key in (("http", "http_enforcer_syscalls_per_req"), ("mc", "mc_enforcer_syscalls_per_op")):
         m[key] = {c: med(reps, key, c) for c in ("read", "write", "poll", "sendto", "io_uring_enter")}
     for load in ("http_rps", "mc_ops", "http_machine_cpu_us_per_req", "mc_machine_cpu_us_per_op"):
