@@ -117,10 +117,13 @@ perf_end() { # TAG
   } >"bench/results/host-perf-$1.txt" || true
   rm -f "$STATE/perf-$1.data"
 }
-ping_avg_us() { # 200 pings, 5 ms apart: average RTT in µs (the re-entry path's latency)
+ping_stats() { # 200 pings, 5 ms apart: "average RTT in µs, replies lost" (the re-entry path's latency)
   # ping exits 1 when a reply is lost; under pipefail and set -e that ended
-  # the whole run (after its last load, with no report). The average stands.
-  { nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 || true; } | awk -F/ '/^rtt/ {printf "%d\n", $5 * 1000}'
+  # the whole run (after its last load, with no report). Losses are reported.
+  { nsx xwing ping -q -c 200 -i 0.005 10.66.0.2 || true; } | awk -F'[/ ]+' '
+    / packets transmitted/ {lost = $1 - $4}
+    /^rtt/ {avg = $8 * 1000}
+    END {printf "%d %d\n", avg, lost}'
 }
 # One load against the enforcer: "result errors ticks_before sleeps_before
 # machine_before" and its syscalls into FILE (the ticks after are the next
@@ -149,7 +152,7 @@ for rep in $(seq "$REPS"); do
   M1=$(machine_busy)
   read -r B_MC B_MC_ERR < <(mc_ops)
   M2=$(machine_busy)
-  B_PING=$(ping_avg_us)
+  read -r B_PING B_PING_LOST < <(ping_stats)
   # Odd repetitions take the builds in order, even ones in reverse: none is
   # always the one measured furthest from the kernel-alone figures.
   ORDER=("${!BINS[@]}")
@@ -168,14 +171,14 @@ for rep in $(seq "$REPS"); do
     T2=$(cpu_ticks "$MB_PID")
     S2=$(sleeps "$MB_PID")
     N2=$(machine_busy)
-    E_PING=$(ping_avg_us)
+    read -r E_PING E_PING_LOST < <(ping_stats)
     L1=$(cut -d' ' -f1 /proc/loadavg)
     kill -USR1 "$MB_PID"
     sleep 0.3
     COUNTERS=$(enf_counters)
     stop_mb
     W=$(grep -o 'workers=[0-9]*' <<<"$READY" | cut -d= -f2)
-    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $M0 $M1 $M2 $N0 $N1 $N2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")$(ipi_count "$STATE/sys-http") $(ipi_count "$STATE/sys-mc")" >>"$OUT"
+    echo "$bi ${W:-0} $B_HTTP $B_HTTP_ERR $E_HTTP $E_HTTP_ERR $B_MC $B_MC_ERR $E_MC $E_MC_ERR $T0 $T1 $T2 ${B_PING:-0} ${E_PING:-0} $L0 $L1 $S0 $S1 $S2 $M0 $M1 $M2 $N0 $N1 $N2 $(syscall_counts "$STATE/sys-http")$(syscall_counts "$STATE/sys-mc")$(ipi_count "$STATE/sys-http") $(ipi_count "$STATE/sys-mc") ${B_PING_LOST:-0} ${E_PING_LOST:-0}" >>"$OUT"
   done
 done
 
@@ -192,7 +195,7 @@ for line in open(sys.argv[3]):
     m0, m1, m2, n0, n1, n2 = v[18:24]
     names = ("read", "write", "poll", "sendto", "io_uring_enter")
     sys_http, sys_mc = v[24:24 + len(names)], v[24 + len(names):24 + 2 * len(names)]
-    ipi_http, ipi_mc = v[24 + 2 * len(names):26 + 2 * len(names)]
+    ipi_http, ipi_mc, bpl, epl = v[24 + 2 * len(names):28 + 2 * len(names)]
     per = lambda counts, n: {k: round(c / max(n, 1), 2) for k, c in zip(names, counts)} if any(counts) else None
     reps.append({
         "workers": workers,
@@ -216,6 +219,7 @@ for line in open(sys.argv[3]):
         "mc_enforcer_ipis_per_op": round(ipi_mc / max(em * dur, 1), 3),
         "errors": int(bhe + ehe + bme + eme),
         "ping_rtt_avg_us": {"no_enforcer": int(bp), "host_mode": int(ep)},
+        "ping_lost_of_200": {"no_enforcer": int(bpl), "host_mode": int(epl)},
         "loadavg_1m": {"before": l0, "after": l1},
     })
 def med(reps, key, sub=None):
