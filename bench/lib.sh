@@ -55,8 +55,20 @@ enf_launch() { # NS ARGS...
     ip netns exec "$P-$ns" "$@" >"$STATE/enforcer.out" 2>&1 &
   fi
   MB_PID=$!
-  for _ in $(seq 100); do grep -q '^ready ' "$STATE/enforcer.out" && break; sleep 0.1; done
+  # 30 s: a loaded 2-core machine (builds beside the run) has taken over 10 s
+  # to bring AF_XDP sockets up; stop early if the enforcer already exited.
+  local i
+  for i in $(seq 300); do
+    grep -q '^ready ' "$STATE/enforcer.out" && break
+    kill -0 "$MB_PID" 2>/dev/null || break
+    sleep 0.1
+  done
   grep -q '^ready ' "$STATE/enforcer.out" || {
+    if kill -0 "$MB_PID" 2>/dev/null; then
+      echo "bench: the enforcer in $P-$ns printed no ready line in 30 s; its output:" >&2
+    else
+      echo "bench: the enforcer in $P-$ns exited before its ready line; its output:" >&2
+    fi
     cat "$STATE/enforcer.out" ${ENF_ERR:+"$ENF_ERR"} >&2
     exit 1
   }
