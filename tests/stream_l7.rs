@@ -37,7 +37,7 @@ fn conn_with<M: Middle>(
         "10.66.0.2"
     };
     let policy = Policy::load(std::path::Path::new("policies")).expect("shipped policies load");
-    let engine = Engine::new(Arc::new(policy), cfg, 0);
+    let engine = Engine::new(Arc::new(policy), kit::pair::kernel_path_cfg(cfg), 0);
     let mut p = Pair::new(
         wrap(engine),
         ep(client, 40_000),
