@@ -191,7 +191,8 @@ fn large_values_take_the_kernel_path() {
             used = (used.0 + r, used.1 + t);
         }
     }
-    assert!(used.0 >= 8, "ranges published: {}", used.0);
+    // More than the eight of the large sets alone: replies too.
+    assert!(used.0 > 8, "ranges published: {}", used.0);
     assert!(used.1 > 0, "no frame took a range");
 }
 
