@@ -254,6 +254,11 @@ pub struct EngineConfig {
     pub audit: bool,
     /// The denial's contents, unless the denying policy sets its own.
     pub deny_reply: DenyReply,
+    /// Publish ranges of known bytes (`Output::ranges`) for a shell that
+    /// forwards them itself (docs/stream.md, "A kernel path for known bytes").
+    pub kernel_path: bool,
+    /// Bodies with fewer bytes still to come are not worth a range.
+    pub kernel_path_min: u64,
 }
 
 const SEC: u64 = 1_000_000_000;
@@ -291,6 +296,8 @@ impl Default for EngineConfig {
             fail: FailMode::Closed,
             audit: false,
             deny_reply: DenyReply::default(),
+            kernel_path: false,
+            kernel_path_min: 64 * 1024,
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct Counters {
     /// Retransmissions towards the server of client bytes the enforcer had
     /// acknowledged itself (held request heads; docs/stream.md).
     pub l7_owned_retransmits: u64,
+    /// Ranges of known body bytes published to the shell (docs/stream.md,
+    /// "A kernel path for known bytes").
+    pub l7_ranges: u64,
     /// Bytes the worker's L7 flows hold now (a gauge; see `max_held_total`).
     pub l7_held_bytes: u64,
     /// L7 flows whose stream state hit an internal error (see `FailMode`).
@@ -111,6 +114,7 @@ impl Counters {
         self.l7_head_parses += o.l7_head_parses;
         self.l7_head_timeouts += o.l7_head_timeouts;
         self.l7_owned_retransmits += o.l7_owned_retransmits;
+        self.l7_ranges += o.l7_ranges;
         self.l7_internal_errors += o.l7_internal_errors;
         self.l7_held_bytes += o.l7_held_bytes;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

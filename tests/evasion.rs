@@ -185,12 +185,15 @@ struct Wire {
     /// Frames the engine let out, per side.
     to_server: Vec<Vec<u8>>,
     to_client: Vec<Vec<u8>>,
+    /// Honours published ranges (`KIT_KERNEL_PATH`).
+    shortcut: Option<kit::pair::Shortcut>,
 }
 
 impl Wire {
     fn new(cfg: EngineConfig) -> Wire {
         Wire {
-            engine: Engine::new(policy(), cfg, 0),
+            engine: Engine::new(policy(), kit::pair::kernel_path_cfg(cfg), 0),
+            shortcut: kit::pair::Shortcut::from_env(7),
             out: Output::default(),
             now: 1_000_000_000,
             client: Host::default(),
@@ -214,9 +217,18 @@ impl Wire {
     fn send(&mut self, side: u8, mut frame: Vec<u8>) -> Verdict {
         self.now += 1_000_000;
         self.out.clear();
+        if let Some(sc) = self.shortcut.as_mut() {
+            if sc.take(side, &mut frame) {
+                self.deliver(side ^ 1, frame);
+                return Verdict::Forward(side ^ 1);
+            }
+        }
         let v = self
             .engine
             .on_frame(side, &mut frame, self.now, &mut self.out);
+        if let Some(sc) = self.shortcut.as_mut() {
+            sc.apply(&mut self.out);
+        }
         let emits = std::mem::take(&mut self.out.emits);
         if let Verdict::Forward(p) = v {
             self.deliver(p, frame);
@@ -239,6 +251,9 @@ impl Wire {
         self.now += dt;
         self.out.clear();
         self.engine.tick(self.now, &mut self.out);
+        if let Some(sc) = self.shortcut.as_mut() {
+            sc.apply(&mut self.out);
+        }
         for e in std::mem::take(&mut self.out.emits) {
             self.deliver(e.side, e.frame);
         }

@@ -37,7 +37,7 @@ fn conn_with<M: Middle>(
         "10.66.0.2"
     };
     let policy = Policy::load(std::path::Path::new("policies")).expect("shipped policies load");
-    let engine = Engine::new(Arc::new(policy), cfg, 0);
+    let engine = Engine::new(Arc::new(policy), kit::pair::kernel_path_cfg(cfg), 0);
     let mut p = Pair::new(
         wrap(engine),
         ep(client, 40_000),
@@ -441,4 +441,47 @@ fn renumbered_value_past_the_server_window_waits_for_it() {
     assert!(p.server.data == want, "the server read the whole value");
     p.assert_healthy();
     p.healthy();
+}
+
+/// A range lives as long as its flow: published for the rest of an allowed
+/// value, honoured for a segment inside it, and withdrawn when the engine
+/// forgets the idle flow (its stream never sees that).
+#[test]
+fn a_forgotten_flow_takes_its_range_with_it() {
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        tcp_established_timeout_ns: 5_000_000_000,
+        ..EngineConfig::default()
+    };
+    let mut p = conn("10.66.0.12", 11211, cfg);
+    p.shortcut = Some(kit::pair::Shortcut::new(100, 1));
+    let mut set = b"set xwing-coord 0 0 4000\r\n".to_vec();
+    set.extend(vec![b'x'; 1000]);
+    assert_eq!(
+        p.client_says(&set),
+        enforcer::verdict::Verdict::Forward(SERVER)
+    );
+    let sc = p.shortcut.as_ref().expect("shortcut");
+    assert_eq!(sc.len(), 1, "the rest of the value is a range");
+    assert_eq!(p.mid.counters().l7_ranges, 1);
+    let frames_in = p.mid.counters().frames_in;
+    p.client_says(&[b'y'; 1000]);
+    assert_eq!(p.shortcut.as_ref().unwrap().taken, 1);
+    assert_eq!(
+        p.mid.counters().frames_in,
+        frames_in,
+        "not through the engine"
+    );
+    let mut want = set.clone();
+    want.extend([b'y'; 1000]);
+    assert_eq!(p.server.data, want, "the server got every byte");
+    p.tick(60_000_000_000);
+    p.tick(1_000_000_000);
+    assert_eq!(p.mid.flow_count(), 0, "the idle flow expired");
+    assert_eq!(
+        p.shortcut.as_ref().unwrap().len(),
+        0,
+        "its range went with it"
+    );
 }

@@ -22,6 +22,38 @@ enum Req {
     SetDenied,
     SetQuietAllowed,
     SetQuietDenied,
+    /// A value of `LARGE` bytes: with ranges published (`KIT_KERNEL_PATH`,
+    /// `large_values_take_the_kernel_path`), its body is a range.
+    SetLarge,
+    /// Two keys: the toy server answers each with a value of `LARGE` bytes.
+    GetLarge,
+}
+
+const LARGE: usize = 3000;
+
+fn large(what: u8) -> &'static [u8] {
+    use std::sync::OnceLock;
+    static SET: OnceLock<Vec<u8>> = OnceLock::new();
+    static GOT: OnceLock<Vec<u8>> = OnceLock::new();
+    let value = |seed: u8| -> Vec<u8> { (0..LARGE).map(|i| seed ^ (i % 251) as u8).collect() };
+    match what {
+        0 => SET.get_or_init(|| {
+            let mut r = format!("set xwing-coord 0 0 {LARGE}\r\n").into_bytes();
+            r.extend(value(b'a'));
+            r.extend_from_slice(b"\r\n");
+            r
+        }),
+        _ => GOT.get_or_init(|| {
+            let mut r = Vec::new();
+            for _ in 0..2 {
+                r.extend(format!("VALUE xwing-coord 0 {LARGE}\r\n").into_bytes());
+                r.extend(value(b'z'));
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"END\r\n");
+            r
+        }),
+    }
 }
 
 impl Request for Req {
@@ -33,19 +65,26 @@ impl Request for Req {
             Req::SetDenied => b"set awing-coord 0 0 5\r\nhello\r\n",
             Req::SetQuietAllowed => b"set xwing-coord 0 0 3 noreply\r\nabc\r\n",
             Req::SetQuietDenied => b"set awing-coord 0 0 3 noreply\r\nabc\r\n",
+            Req::SetLarge => large(0),
+            Req::GetLarge => b"get xwing-coord xwing-coord\r\n",
         }
     }
     fn allowed(self) -> bool {
         matches!(
             self,
-            Req::GetAllowed | Req::SetAllowed | Req::SetQuietAllowed
+            Req::GetAllowed
+                | Req::SetAllowed
+                | Req::SetQuietAllowed
+                | Req::SetLarge
+                | Req::GetLarge
         )
     }
     /// What the client reads for it.
     fn reply(self) -> &'static [u8] {
         match self {
             Req::GetAllowed => b"VALUE xwing-coord 0 1\r\nv\r\nEND\r\n",
-            Req::SetAllowed => b"STORED\r\n",
+            Req::SetAllowed | Req::SetLarge => b"STORED\r\n",
+            Req::GetLarge => large(1),
             Req::GetDenied | Req::SetDenied => DENIAL,
             Req::SetQuietAllowed | Req::SetQuietDenied => b"",
         }
@@ -62,6 +101,7 @@ fn serve(rig: &mut Rig, done: &mut usize) {
         let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
         let words: Vec<&str> = line.split(' ').collect();
         let (used, reply): (usize, Vec<u8>) = match words.first().copied() {
+            Some("get") if words.len() == 3 => (nl + 2, large(1).to_vec()),
             Some("get") => {
                 let mut r = Vec::new();
                 for k in &words[1..] {
@@ -94,7 +134,12 @@ fn serve(rig: &mut Rig, done: &mut usize) {
 }
 
 fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: EngineConfig) {
-    let mut rig = Rig::new(XWING, 11211, cfg, faults, seed);
+    run_rig(Rig::new(XWING, 11211, cfg, faults, seed), reqs, pipelined);
+}
+
+/// Ranges published and frames that took them.
+fn run_rig(mut rig: Rig, reqs: &[Req], pipelined: bool) -> (u64, u64) {
+    let faults = rig.link.faults;
     let mut served = rig.converse(reqs, pipelined, serve);
     // Still usable after everything: one more allowed round trip.
     let before = rig.client_got.len();
@@ -121,6 +166,34 @@ fn run_with(reqs: &[Req], pipelined: bool, faults: Faults, seed: u64, cfg: Engin
             c.to_json()
         );
     }
+    (c.l7_ranges, rig.shortcut.as_ref().map_or(0, |s| s.taken))
+}
+
+/// Large values with a shell that honours ranges on half the frames they
+/// cover, over a clean and a lossy link: byte-exact both ways, each
+/// request decided once, and the ranges were used.
+#[test]
+fn large_values_take_the_kernel_path() {
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        ..EngineConfig::default()
+    };
+    let reqs = [
+        SetLarge, GetLarge, SetAllowed, SetLarge, GetLarge, GetAllowed,
+    ];
+    let mut used = (0, 0);
+    for (seed, faults) in [(1, Faults::default()), (2, Faults::new(5, 3, 5, 5))] {
+        for pipelined in [false, true] {
+            let mut rig = Rig::new(XWING, 11211, cfg.clone(), faults, seed);
+            rig.shortcut = Some(kit::pair::Shortcut::new(50, seed));
+            let (r, t) = run_rig(rig, &reqs, pipelined);
+            used = (used.0 + r, used.1 + t);
+        }
+    }
+    // More than the eight of the large sets alone: replies too.
+    assert!(used.0 > 8, "ranges published: {}", used.0);
+    assert!(used.1 > 0, "no frame took a range");
 }
 
 use Req::*;
@@ -307,6 +380,8 @@ fn req() -> impl Strategy<Value = Req> {
         Just(SetDenied),
         Just(SetQuietAllowed),
         Just(SetQuietDenied),
+        Just(SetLarge),
+        Just(GetLarge),
     ]
 }
 

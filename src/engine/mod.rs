@@ -53,7 +53,7 @@ pub mod frag;
 
 use crate::config::{EngineConfig, FailMode, SynDenyAction, TableFullPolicy};
 use crate::counters::{Counters, DropReason};
-use crate::verdict::{other, Emit, Output, Side, Verdict};
+use crate::verdict::{other, Emit, Output, Range, RangeOp, Side, Verdict};
 use flow::{ConnState, FlowEntry, FlowKey, FlowTable, Timeouts};
 use frag::{FragKey, FragOutcome, Reassembler};
 
@@ -120,6 +120,9 @@ pub struct Engine {
     held_total: usize,
     /// When the idle sweep last ran (`FlowTable::sweep_due`).
     swept_at: u64,
+    /// Ranges of flows that left the table, withdrawn in the next call's
+    /// `Output::ranges`.
+    withdrawn: Vec<Range>,
     #[cfg(test)]
     decide_override: Option<Box<DecideFn>>,
     /// The next L7 segment's stream call panics (tests of `FailMode`).
@@ -207,6 +210,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             held_total: 0,
             swept_at: 0,
+            withdrawn: Vec::new(),
             #[cfg(test)]
             decide_override: None,
             #[cfg(test)]
@@ -272,6 +276,9 @@ impl Engine {
         }
         let emits_before = out.emits.len();
         let v = self.classify(side, frame, now_ns, out, found);
+        if !self.withdrawn.is_empty() {
+            out.ranges.append(&mut self.withdrawn);
+        }
         match v {
             Verdict::Forward(_) => self.counters.frames_forwarded += 1,
             Verdict::Drop(r) => self.counters.drop(r),
@@ -438,6 +445,7 @@ impl Engine {
         if let Some(l7) = &e.l7 {
             self.held_total = self.held_total.saturating_sub(l7.held_bytes());
             self.counters.l7_held_bytes = self.held_total as u64;
+            withdraw(&mut self.withdrawn, e, l7);
         }
         self.counters.flows_active = self.flows.len() as u64;
     }
@@ -1125,9 +1133,13 @@ impl Engine {
         let due = self.flows.sweep_due(now_ns.saturating_sub(self.swept_at));
         if due > 0 {
             self.swept_at = now_ns;
+            let withdrawn = &mut self.withdrawn;
             self.flows.expire_some(now_ns, &self.timeouts, due, |_, e| {
                 gone += 1;
                 held_gone += e.l7.as_ref().map_or(0, |l| l.held_bytes());
+                if let Some(l7) = &e.l7 {
+                    withdraw(withdrawn, &e, l7);
+                }
             });
         }
         self.counters.flows_expired += gone;
@@ -1171,7 +1183,21 @@ impl Engine {
             self.held_moved(held_before, held_after);
             self.schedule(idx);
         }
+        if !self.withdrawn.is_empty() {
+            out.ranges.append(&mut self.withdrawn);
+        }
         self.counters.frames_emitted += out.emits.len().saturating_sub(emits_before) as u64;
+    }
+}
+
+/// A flow leaves the table: the ranges its stream published go with it.
+fn withdraw(to: &mut Vec<Range>, e: &FlowEntry, l7: &L7Flow) {
+    for dir in l7.published().into_iter().flatten() {
+        to.push(Range {
+            flow: e.tuple(),
+            dir,
+            op: RangeOp::Unbypass,
+        });
     }
 }
 

@@ -132,6 +132,13 @@ pub(super) struct FromClient {
     /// far, the SYN-ACK's included. An offer never moves it back: see
     /// `Stream::client_window`.
     pub(super) offered: Cell<u64>,
+    /// Server offsets `[lo, hi)` taken as released without a copy: bytes of
+    /// an allowed body a shell may forward itself (`bypass.rs`). `cli.sent`
+    /// holds the kept bytes below `lo` and from `hi` on (`sent_idx`). Gone
+    /// once the server acknowledged `hi`.
+    pub(super) unkept: Option<(u64, u64)>,
+    /// The ack and window fields of the published range (None: none).
+    pub(super) published: Option<(u32, u16)>,
 }
 
 /// What the enforcer knows of the server's segments: the server→client byte
@@ -168,6 +175,11 @@ pub(super) struct FromServer {
     pub(super) inj: VecDeque<Injected>,
     /// Headers of a server frame, to build segments towards the client from.
     pub(super) tpl: Option<Template>,
+    /// Server offsets `[lo, hi)` of a reply body counted as passed ahead of
+    /// its frames (`bypass.rs`); gone once the client acknowledged `hi`.
+    pub(super) ahead: Option<(u64, u64)>,
+    /// The ack, window and window-out fields of the published range.
+    pub(super) published: Option<(u32, u16, u16)>,
 }
 
 pub(crate) struct Stream<P: Protocol> {
@@ -223,6 +235,8 @@ impl<P: Protocol> Stream<P> {
                 tx_edge: 0,
                 rtx: None,
                 offered: Cell::new(0),
+                unkept: None,
+                published: None,
             },
             srv: FromServer {
                 abs: None,
@@ -237,6 +251,8 @@ impl<P: Protocol> Stream<P> {
                 inserted: Inserted::default(),
                 inj: VecDeque::new(),
                 tpl: None,
+                ahead: None,
+                published: None,
             },
             queue: VecDeque::new(),
             pending_bytes: 0,
@@ -326,7 +342,53 @@ impl<P: Protocol> Stream<P> {
 
     /// Server offset one past the released bytes kept in `cli.sent`.
     pub(super) fn sent_end(&self) -> u64 {
-        self.cli.sent_base + self.cli.sent.len() as u64
+        let n = self.cli.sent.len() as u64;
+        match self.cli.unkept {
+            // The kept bytes below the range, then those from its end on.
+            Some((lo, hi)) if self.cli.sent_base <= lo => {
+                hi + n.saturating_sub(lo - self.cli.sent_base)
+            }
+            _ => self.cli.sent_base + n,
+        }
+    }
+
+    /// Where the kept byte at server offset `off` is in `cli.sent` (None:
+    /// not kept: acknowledged, unkept, or not released yet).
+    pub(super) fn sent_idx(&self, off: u64) -> Option<usize> {
+        let b = self.cli.sent_base;
+        let i = match self.cli.unkept {
+            Some((lo, hi)) if b <= lo => {
+                if off < lo {
+                    off.checked_sub(b)?
+                } else if off >= hi {
+                    (lo - b) + (off - hi)
+                } else {
+                    return None;
+                }
+            }
+            _ => off.checked_sub(b)?,
+        };
+        (i < self.cli.sent.len() as u64).then_some(i as usize)
+    }
+
+    /// Kept bytes of server offsets `[lo, hi)`, as runs (offset, bytes):
+    /// an unkept range in between is left out.
+    pub(super) fn kept_runs(&self, lo: u64, hi: u64) -> Vec<(u64, Vec<u8>)> {
+        let spans = match self.cli.unkept {
+            Some((a, b)) => [(lo, hi.min(a)), (lo.max(b), hi)],
+            None => [(lo, hi), (0, 0)],
+        };
+        let mut runs = Vec::new();
+        for (x, y) in spans {
+            if x >= y {
+                continue;
+            }
+            let (Some(i), Some(j)) = (self.sent_idx(x), self.sent_idx(y - 1)) else {
+                continue;
+            };
+            runs.push((x, self.cli.sent.range(i..=j).copied().collect()));
+        }
+        runs
     }
 
     /// Server offset of the first released byte not yet sent to the server
@@ -508,6 +570,8 @@ impl<P: Protocol> Stream<P> {
         self.queue.clear();
         self.pending_bytes = 0;
         self.cli.sent = VecDeque::new();
+        self.cli.unkept = None;
+        self.srv.ahead = None;
         self.cli.rtx = None;
         self.srv.inj.clear();
     }
@@ -586,11 +650,13 @@ impl<P: Protocol> Stream<P> {
         }
         self.limit = ctx.cfg.max_held_bytes;
         self.head_timeout = ctx.cfg.l7_head_timeout_ns;
-        if in_side == self.client_side {
+        let v = if in_side == self.client_side {
             self.client_segment(ctx, frame, meta, &t, now, out)
         } else {
             self.server_segment(ctx, frame, meta, &t, now, out)
-        }
+        };
+        self.ranges(ctx, out);
+        v
     }
 
     /// Why this connection could stall, if it could: a byte the enforcer
@@ -653,6 +719,11 @@ impl<P: Protocol> Stream<P> {
     /// injected bytes the client has not acknowledged, and of client bytes
     /// we acknowledged that the server has not.
     pub fn on_tick(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
+        self.tick_inner(ctx, now, out);
+        self.ranges(ctx, out);
+    }
+
+    fn tick_inner(&mut self, ctx: &mut StreamCtx<'_>, now: u64, out: &mut Output) {
         if self.closed {
             return;
         }

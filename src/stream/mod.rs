@@ -7,6 +7,7 @@
 //! The engine hands every TCP segment of such a flow, both directions, to
 //! `L7Flow::on_segment`. See docs/stream.md.
 
+mod bypass;
 mod conn;
 mod reassembly;
 mod reply;
@@ -114,6 +115,15 @@ impl L7Flow {
         match &self.inner {
             Inner::Http(s) => s.stall(),
             Inner::Memcache(s) => s.stall(),
+        }
+    }
+
+    /// The sides whose frames a published range covers now: the engine
+    /// withdraws them when it forgets the flow.
+    pub fn published(&self) -> [Option<Side>; 2] {
+        match &self.inner {
+            Inner::Http(s) => s.published(),
+            Inner::Memcache(s) => s.published(),
         }
     }
 

@@ -103,7 +103,17 @@ impl<P: Protocol> Stream<P> {
             advanced = a > self.srv.ack as i64 && a <= c_out as i64;
             if advanced {
                 self.srv.ack = a as u64;
+                let unkept = self.cli.unkept.is_some();
                 self.trim_sent(self.srv.ack);
+                if unkept && self.cli.unkept.is_none() {
+                    // The server has the unkept range: a head held after it
+                    // is ours to acknowledge now (`own_held`).
+                    let before = self.cli.own_ack;
+                    self.own_held();
+                    if self.cli.own_ack > before {
+                        self.ack_client(ctx, out);
+                    }
+                }
                 let acked = self.cli.removed.to_client_ack(self.srv.ack);
                 self.cli.removed.prune(acked);
             }

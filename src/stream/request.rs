@@ -199,6 +199,9 @@ impl<P: Protocol> Stream<P> {
         if self.pass_known(ctx, payload, s, fin, modified_before, now) {
             return Verdict::Forward(fwd);
         }
+        if let Some(v) = self.pass_unkept(s, e, fin, modified_before) {
+            return v;
+        }
 
         // Bytes already decided: resend the kept ones (the server may have
         // lost what we sent), mapped into the server's offsets.
@@ -312,23 +315,29 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Forward(fwd);
         }
         let mut sent = false;
-        for (at, _, n) in old {
+        for (at, off, n) in old {
+            let end = at + n as u64;
+            if let Some((ulo, uhi)) = self.cli.unkept {
+                // Unkept bytes have no copy: they go on as the client sent
+                // them (nothing in them was judged, see `bypass.rs`).
+                let a = at.max(ulo).max(self.srv.ack);
+                let b = end.min(uhi);
+                if a < b {
+                    let p = &payload[off + (a - at) as usize..off + (b - at) as usize];
+                    let f = self.seg(true, cabs.seq(a), TCP_PSH, p);
+                    self.emit(ctx, out, true, f);
+                    sent = true;
+                }
+            }
             // Only what we released, as we released it; bytes still waiting
             // for the server's window go in order below (`send_new`).
             let lo = at.max(self.cli.sent_base);
-            let hi = (at + n as u64).min(self.unsent_from());
-            if lo >= hi {
-                continue;
+            let hi = end.min(self.unsent_from());
+            for (from, bytes) in self.kept_runs(lo, hi) {
+                let f = self.seg(true, cabs.seq(from), TCP_PSH, &bytes);
+                self.emit(ctx, out, true, f);
+                sent = true;
             }
-            let bytes: Vec<u8> = self
-                .cli
-                .sent
-                .range((lo - self.cli.sent_base) as usize..(hi - self.cli.sent_base) as usize)
-                .copied()
-                .collect();
-            let f = self.seg(true, cabs.seq(lo), TCP_PSH, &bytes);
-            self.emit(ctx, out, true, f);
-            sent = true;
         }
         let resent = sent;
         sent |= self.send_new(ctx, out, cabs, fin_now);
@@ -440,8 +449,17 @@ impl<P: Protocol> Stream<P> {
     /// segments after a timeout cut the window to one) would wait for
     /// retransmission timeouts that never end it. From here on these bytes
     /// are ours to deliver: the client will not send them again.
-    fn own_held(&mut self) {
-        if self.closed || !matches!(self.cli.req, ReqState::Head) || self.cli.buf.is_empty() {
+    ///
+    /// Not while an unkept range is not acknowledged by the server: we
+    /// could not deliver its bytes (we have no copy). Until the server's
+    /// ack passes it (`server_segment` then owns the head), the client's
+    /// own retransmission moves the head.
+    pub(super) fn own_held(&mut self) {
+        if self.closed
+            || !matches!(self.cli.req, ReqState::Head)
+            || self.cli.buf.is_empty()
+            || self.cli.unkept.is_some()
+        {
             return;
         }
         self.cli.own_ack = self.cli.own_ack.max(self.cli.next);
@@ -533,8 +551,18 @@ impl<P: Protocol> Stream<P> {
         }
         let mut at = from;
         while at < to {
-            let n = chunk.min(to - at);
-            let i = (at - self.cli.sent_base) as usize;
+            let mut n = chunk.min(to - at);
+            if let Some((ulo, uhi)) = self.cli.unkept {
+                // Unkept bytes are the client's to send.
+                if at >= ulo && at < uhi {
+                    at = uhi;
+                    continue;
+                }
+                if at < ulo {
+                    n = n.min(ulo - at);
+                }
+            }
+            let Some(i) = self.sent_idx(at) else { break };
             let bytes: Vec<u8> = self.cli.sent.range(i..i + n as usize).copied().collect();
             let flags = if self.cli.fin_sent && at + n == end {
                 TCP_PSH | TCP_FIN
@@ -851,6 +879,18 @@ impl<P: Protocol> Stream<P> {
 
     /// The server acknowledged up to server offset `acked`.
     pub(super) fn trim_sent(&mut self, acked: u64) {
+        if let Some((lo, hi)) = self.cli.unkept {
+            if self.cli.sent_base <= lo && acked > lo {
+                // The kept bytes below the range are all acknowledged: the
+                // next kept byte is at its end.
+                let pre = (lo - self.cli.sent_base).min(self.cli.sent.len() as u64);
+                self.cli.sent.drain(..pre as usize);
+                self.cli.sent_base = hi;
+            }
+            if acked >= hi {
+                self.cli.unkept = None;
+            }
+        }
         let n = acked
             .saturating_sub(self.cli.sent_base)
             .min(self.cli.sent.len() as u64);

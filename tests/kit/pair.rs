@@ -8,10 +8,13 @@
 
 use std::collections::VecDeque;
 
-use enforcer::log::Event;
-use enforcer::verdict::{Output, Side, Verdict};
+use enforcer::config::EngineConfig;
+use enforcer::log::{Event, FlowTuple};
+use enforcer::packet::build::patch_tcp;
+use enforcer::packet::view::parse;
+use enforcer::verdict::{other, Output, Range, RangeOp, Side, Verdict};
 
-use super::frames::{tcp, Ep, ACK, SYN};
+use super::frames::{tcp, Ep, ACK, PSH, SYN};
 use super::tcp::Endpoint;
 
 pub const CLIENT: Side = 0;
@@ -48,6 +51,8 @@ pub struct Pair<M> {
     pub verdicts: Vec<Verdict>,
     pub events: Vec<Event>,
     pub emitted: usize,
+    /// Honours published ranges (`KIT_KERNEL_PATH`), if set.
+    pub shortcut: Option<Shortcut>,
     out: Output,
 }
 
@@ -70,6 +75,7 @@ impl<M: Middle> Pair<M> {
             verdicts: Vec::new(),
             events: Vec::new(),
             emitted: 0,
+            shortcut: Shortcut::from_env(u64::from(isn.0)),
             out: Output::default(),
         }
     }
@@ -109,6 +115,15 @@ impl<M: Middle> Pair<M> {
     /// One frame into the middle on `side`; what comes out is queued.
     pub fn input(&mut self, side: Side, mut f: Vec<u8>) -> Verdict {
         self.now += self.step_ns;
+        if let Some(sc) = self.shortcut.as_mut() {
+            if sc.take(side, &mut f) {
+                // Not through the middle: forwarded as it would be.
+                let to = other(side);
+                self.route(to, f);
+                self.verdicts.push(Verdict::Forward(to));
+                return Verdict::Forward(to);
+            }
+        }
         let v = self.mid.on_frame(side, &mut f, self.now, &mut self.out);
         if let Verdict::Forward(to) = v {
             self.route(to, f);
@@ -119,6 +134,10 @@ impl<M: Middle> Pair<M> {
     }
 
     fn drain(&mut self) {
+        match self.shortcut.as_mut() {
+            Some(sc) => sc.apply(&mut self.out),
+            None => self.out.ranges.clear(),
+        }
         self.emitted += self.out.emits.len();
         for e in std::mem::take(&mut self.out.emits) {
             self.route(e.side, e.frame);
@@ -254,5 +273,133 @@ impl<M: Middle> Pair<M> {
             "server saw a seq it did not expect"
         );
         assert!(!self.client.rst && !self.server.rst, "no reset");
+    }
+}
+
+/// What a kernel path does with the ranges the engine publishes
+/// (`Output::ranges`, docs/stream.md "A kernel path for known bytes"): a
+/// segment a range covers goes on to the other side without the engine,
+/// its window field replaced. Honoured on a random subset of frames only:
+/// an entry written late, deleted early or never honoured must all be safe,
+/// so the stream has to cope with any mix of frames that took either path.
+pub struct Shortcut {
+    /// The `Bypass` in force per flow and side; a handful at most.
+    ranges: Vec<Range>,
+    rng: u64,
+    /// Percent of covered frames that take the shortcut.
+    pub pct: u64,
+    /// Frames that took it.
+    pub taken: u64,
+}
+
+/// `KIT_KERNEL_PATH=<percent>`: the kit's middles honour published ranges
+/// on that share of the frames they cover (and the engine publishes them
+/// for bodies from 512 bytes on). Unset: no ranges, as without a shell
+/// that honours them.
+pub fn kernel_path_pct() -> Option<u64> {
+    std::env::var("KIT_KERNEL_PATH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// `cfg` with ranges published when the kit honours them.
+pub fn kernel_path_cfg(cfg: EngineConfig) -> EngineConfig {
+    match kernel_path_pct() {
+        Some(_) => EngineConfig {
+            kernel_path: true,
+            kernel_path_min: 512,
+            ..cfg
+        },
+        None => cfg,
+    }
+}
+
+impl Shortcut {
+    pub fn new(pct: u64, seed: u64) -> Shortcut {
+        Shortcut {
+            ranges: Default::default(),
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            pct,
+            taken: 0,
+        }
+    }
+
+    /// From the environment (`kernel_path_pct`), or None.
+    pub fn from_env(seed: u64) -> Option<Shortcut> {
+        kernel_path_pct().map(|p| Shortcut::new(p, seed))
+    }
+
+    /// Take in the changes one call published, in order.
+    pub fn apply(&mut self, out: &mut Output) {
+        for r in out.ranges.drain(..) {
+            self.ranges.retain(|k| (k.flow, k.dir) != (r.flow, r.dir));
+            if matches!(r.op, RangeOp::Bypass { .. }) {
+                self.ranges.push(r);
+            }
+        }
+    }
+
+    /// Ranges in force now.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The XDP program's test: true when `frame`, arriving on `side`, goes
+    /// straight to the other side (its window already replaced).
+    pub fn take(&mut self, side: Side, frame: &mut [u8]) -> bool {
+        let Ok(m) = parse(frame) else { return false };
+        let Some(t) = m.tcp().copied() else {
+            return false;
+        };
+        if m.fragment.is_some() || t.flags & !(ACK | PSH) != 0 || t.flags & ACK == 0 {
+            return false;
+        }
+        let len = (m.payload_end - m.payload_off) as u32;
+        if len == 0 {
+            return false;
+        }
+        let fwd = FlowTuple {
+            src: m.src,
+            dst: m.dst,
+            proto: m.proto,
+            sport: m.sport,
+            dport: m.dport,
+        };
+        let rev = FlowTuple {
+            src: m.dst,
+            dst: m.src,
+            proto: m.proto,
+            sport: m.dport,
+            dport: m.sport,
+        };
+        let Some(RangeOp::Bypass {
+            lo,
+            hi,
+            ack,
+            win,
+            win_out,
+        }) = self
+            .ranges
+            .iter()
+            .find(|k| k.dir == side && (k.flow == fwd || k.flow == rev))
+            .map(|k| k.op)
+        else {
+            return false;
+        };
+        let span = hi.wrapping_sub(lo);
+        if len > span || t.seq.wrapping_sub(lo) > span - len || t.ack != ack || t.window != win {
+            return false;
+        }
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        if self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % 100 >= self.pct {
+            return false;
+        }
+        if win_out != win {
+            patch_tcp(frame, &m, 14, &win_out.to_be_bytes());
+        }
+        self.taken += 1;
+        true
     }
 }
