@@ -73,11 +73,22 @@ fn complete(buf: &[u8], nl: usize) -> Parse<RequestHead<McRequest>> {
     if nl > MAX_LINE && !multiget(line) {
         return Parse::Invalid("command line too long");
     }
-    match parse_line(line) {
-        Ok((req, data)) => Parse::Complete(RequestHead {
+    let t = Toks::new(line);
+    match parse_line(&t) {
+        // The request is assembled here, once, from the few words
+        // `parse_line` returns: built inside it and moved out, its fresh
+        // narrow stores (the key's bytes, the command) were read back in
+        // wide loads at each move, a store-forwarding stall each time
+        // (perf showed them as the hottest instructions of a `set`).
+        Ok((l, data)) => Parse::Complete(RequestHead {
             head_len: nl + 1,
             body: data.map_or(Body::None, |n| Body::Length(n + 2)),
-            req,
+            req: McRequest {
+                command: Command::Text(l.cmd),
+                keys: l.keys.build(&t),
+                noreply: l.noreply,
+                opaque: 0,
+            },
         }),
         Err(why) => Parse::Invalid(why),
     }
@@ -181,6 +192,7 @@ enum Num {
     Odd,
 }
 
+#[inline]
 fn num(t: &[u8]) -> Num {
     let (neg, digits) = match t.split_first() {
         Some((b'-', rest)) => (true, rest),
@@ -203,9 +215,17 @@ fn num(t: &[u8]) -> Num {
     if len > 30 {
         return Num::Odd;
     }
-    let v = digits[..len]
-        .iter()
-        .fold(0i128, |a, &d| a * 10 + i128::from(d - b'0'));
+    // 19 digits fit a u64: 128-bit steps only for longer numbers.
+    let v = if len <= 19 {
+        let v = digits[..len]
+            .iter()
+            .fold(0u64, |a, &d| a * 10 + u64::from(d - b'0'));
+        i128::from(v)
+    } else {
+        digits[..len]
+            .iter()
+            .fold(0i128, |a, &d| a * 10 + i128::from(d - b'0'))
+    };
     match (neg, v) {
         (true, 0) => Num::Odd,
         (true, v) => Num::Val(-v),
@@ -250,13 +270,42 @@ fn data_len(t: &[u8]) -> R<Option<u64>> {
 
 type R<T> = Result<T, &'static str>;
 
-fn req(cmd: TextCmd, keys: Keys, noreply: bool) -> McRequest {
-    McRequest {
-        command: Command::Text(cmd),
-        keys,
-        noreply,
-        opaque: 0,
+/// A parsed line: the request, its keys still in the line's tokens.
+#[derive(Clone, Copy)]
+struct Line {
+    cmd: TextCmd,
+    keys: KeySrc,
+    noreply: bool,
+}
+
+/// Which tokens of the line are the request's keys.
+#[derive(Clone, Copy)]
+enum KeySrc {
+    None,
+    /// Token `i`, if memcached sees one there.
+    Tok(usize),
+    /// Tokens from `i` to the end of memcached's window.
+    Window(usize),
+    /// Every token of the line from `i` on (multi-gets read past the window).
+    All(usize),
+    /// Token 1 decoded from base64 (`meta_key` checked that it decodes).
+    Base64,
+}
+
+impl KeySrc {
+    fn build(self, t: &Toks<'_>) -> Keys {
+        match self {
+            KeySrc::None => Keys::new(),
+            KeySrc::Tok(i) => t.key(i),
+            KeySrc::Window(first) => (first.min(t.n)..t.n).map(|i| t.tok(i)).collect(),
+            KeySrc::All(first) => t.all().skip(first).collect(),
+            KeySrc::Base64 => Keys::one(&base64_decode(t.get(1)).unwrap_or_default()),
+        }
     }
+}
+
+fn req(cmd: TextCmd, keys: KeySrc, noreply: bool) -> Line {
+    Line { cmd, keys, noreply }
 }
 
 /// Meta flags (memcached's `_meta_flag_preparse`): whether `q` was given and
@@ -274,27 +323,26 @@ fn meta_flags(t: &Toks<'_>, from: usize) -> (bool, Option<u8>) {
 }
 
 /// The request and the length of its data block, if it has one.
-fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
+fn parse_line(t: &Toks<'_>) -> R<(Line, Option<u64>)> {
     use TextCmd::*;
-    let t = Toks::new(line);
     let nt = t.ntokens();
     let name = t.get(0);
     // memcached answers ERROR (always, whatever `noreply` says) when the
     // argument count is wrong for the command: judged as that command.
-    let wrong_count = |cmd, key_at: usize| Ok((req(cmd, t.key(key_at), false), None));
+    let wrong_count = |cmd, key_at: usize| Ok((req(cmd, KeySrc::Tok(key_at), false), None));
     let simple = |cmd, keys, noreply| Ok((req(cmd, keys, noreply), None));
     if t.n == 0 || name.len() < 2 {
-        return simple(Unknown, Keys::new(), false);
+        return simple(Unknown, KeySrc::None, false);
     }
     if name.len() == 2 && name[0] == b'm' {
-        return meta(&t, name[1]);
+        return meta(t, name[1]);
     }
-    let update = |cmd, counts: [usize; 2]| -> R<(McRequest, Option<u64>)> {
+    let update = |cmd, counts: [usize; 2]| -> R<(Line, Option<u64>)> {
         if !counts.contains(&nt) {
             return wrong_count(cmd, 1);
         }
         let noreply = t.noreply();
-        let r = req(cmd, t.key(1), noreply);
+        let r = req(cmd, KeySrc::Tok(1), noreply);
         // Every check memcached makes before it reads the data block; any
         // failure answers CLIENT_ERROR and leaves the block to be read as
         // commands.
@@ -324,11 +372,11 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             // The window holds the whole line unless it is full.
             let keys = if t.n < MAX_TOKENS - 1 {
                 match t.n.saturating_sub(first) {
-                    1 => Keys::one(t.tok(first)),
-                    _ => (first.min(t.n)..t.n).map(|i| t.tok(i)).collect(),
+                    1 => KeySrc::Tok(first),
+                    _ => KeySrc::Window(first),
                 }
             } else {
-                t.all().skip(first).collect()
+                KeySrc::All(first)
             };
             simple(cmd, keys, false)
         }
@@ -347,13 +395,13 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             if nt != 4 && nt != 5 {
                 return wrong_count(cmd, 1);
             }
-            simple(cmd, t.key(1), t.noreply())
+            simple(cmd, KeySrc::Tok(1), t.noreply())
         }
         b"delete" => {
             if !(3..=5).contains(&nt) {
                 return wrong_count(Delete, 1);
             }
-            simple(Delete, t.key(1), nt > 3 && t.noreply())
+            simple(Delete, KeySrc::Tok(1), nt > 3 && t.noreply())
         }
         b"verbosity" | b"cache_memlimit" => {
             let cmd = if name == b"verbosity" {
@@ -364,44 +412,44 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
             if nt != 3 && nt != 4 {
                 return wrong_count(cmd, usize::MAX);
             }
-            simple(cmd, Keys::new(), t.noreply())
+            simple(cmd, KeySrc::None, t.noreply())
         }
         b"flush_all" => {
             if !(2..=4).contains(&nt) {
                 return wrong_count(FlushAll, usize::MAX);
             }
-            simple(FlushAll, Keys::new(), t.noreply())
+            simple(FlushAll, KeySrc::None, t.noreply())
         }
         b"lru" | b"extstore" => {
             let cmd = if name == b"lru" { Lru } else { Extstore };
             if nt < 3 {
                 return wrong_count(cmd, usize::MAX);
             }
-            simple(cmd, Keys::new(), t.noreply())
+            simple(cmd, KeySrc::None, t.noreply())
         }
-        b"watch" => simple(Watch, Keys::new(), t.noreply()),
-        b"refresh_certs" => simple(RefreshCerts, Keys::new(), t.noreply()),
+        b"watch" => simple(Watch, KeySrc::None, t.noreply()),
+        b"refresh_certs" => simple(RefreshCerts, KeySrc::None, t.noreply()),
         // Only `slabs automove` reads `noreply`.
         b"slabs" => simple(
             Slabs,
-            Keys::new(),
+            KeySrc::None,
             nt >= 4 && t.get(1) == b"automove" && t.noreply(),
         ),
-        b"stats" => simple(Stats, Keys::new(), false),
-        b"shutdown" => simple(Shutdown, Keys::new(), false),
-        b"lru_crawler" => simple(LruCrawler, Keys::new(), false),
-        b"version" => simple(Version, Keys::new(), false),
-        b"quit" => simple(Quit, Keys::new(), false),
+        b"stats" => simple(Stats, KeySrc::None, false),
+        b"shutdown" => simple(Shutdown, KeySrc::None, false),
+        b"lru_crawler" => simple(LruCrawler, KeySrc::None, false),
+        b"version" => simple(Version, KeySrc::None, false),
+        b"quit" => simple(Quit, KeySrc::None, false),
         // Debug builds only; release builds answer ERROR.
-        b"misbehave" => simple(Misbehave, Keys::new(), false),
-        b"debugtime" => simple(Debugtime, Keys::new(), false),
+        b"misbehave" => simple(Misbehave, KeySrc::None, false),
+        b"debugtime" => simple(Debugtime, KeySrc::None, false),
         _ => {
             // memcached closes, without a word, on an unknown command whose
             // last token starts with `HTTP/`: an HTTP request line.
             if t.get(t.n - 1).starts_with(b"HTTP/") {
                 return Err("HTTP request line (memcached closes)");
             }
-            simple(Unknown, Keys::new(), false)
+            simple(Unknown, KeySrc::None, false)
         }
     }
 }
@@ -410,15 +458,17 @@ fn parse_line(line: &[u8]) -> R<(McRequest, Option<u64>)> {
 /// on the decoded bytes: those are what rules judge. `b64` says whether the
 /// flag is there (as memcached looks for it). Undecodable keys are refused:
 /// judging the raw token would be unsound if memcached decoded it after all.
-fn meta_key(t: &Toks<'_>, b64: bool) -> R<Keys> {
-    let keys = t.key(1);
+fn meta_key(t: &Toks<'_>, b64: bool) -> R<KeySrc> {
     if !b64 {
-        return Ok(keys);
+        return Ok(KeySrc::Tok(1));
     }
-    keys.iter()
-        .map(|k| base64_decode(k).ok_or("bad base64 key"))
-        .collect::<R<Vec<_>>>()
-        .map(|ks| ks.iter().map(Vec::as_slice).collect())
+    if t.n < 2 {
+        return Ok(KeySrc::None);
+    }
+    // Decoded again where the request is built (`KeySrc::build`).
+    base64_decode(t.get(1))
+        .map(|_| KeySrc::Base64)
+        .ok_or("bad base64 key")
 }
 
 /// Whether a flag token from `from` on starts with `b` (`_meta_flag_preparse`).
@@ -463,7 +513,7 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
 
 /// Meta commands (two letters starting with `m`). Their errors are always
 /// answered (`q` hides only success codes), and only `ms` has a data block.
-fn meta(t: &Toks<'_>, c: u8) -> R<(McRequest, Option<u64>)> {
+fn meta(t: &Toks<'_>, c: u8) -> R<(Line, Option<u64>)> {
     use TextCmd::*;
     let nt = t.ntokens();
     // `me` decodes only when its second argument is exactly `b`.
@@ -477,14 +527,14 @@ fn meta(t: &Toks<'_>, c: u8) -> R<(McRequest, Option<u64>)> {
         b'g' => Mg,
         b'd' => Md,
         b'e' => Me,
-        b'n' => return Ok((req(Mn, Keys::new(), false), None)),
+        b'n' => return Ok((req(Mn, KeySrc::None, false), None)),
         b'a' => match meta_flags(t, 2).1 {
             Some(b'D' | b'-') => MaDecr,
             // Invalid modes are answered with an error: incr is the default.
             _ => MaIncr,
         },
         b's' => return mset(t),
-        _ => return Ok((req(Unknown, Keys::new(), false), None)),
+        _ => return Ok((req(Unknown, KeySrc::None, false), None)),
     };
     let quiet = nt >= 3 && meta_flags(t, 2).0;
     Ok((req(cmd, key, quiet), None))
@@ -492,7 +542,7 @@ fn meta(t: &Toks<'_>, c: u8) -> R<(McRequest, Option<u64>)> {
 
 /// `ms <key> <datalen> <flags>*`: memcached reads (swallows) the data block
 /// whenever the length parsed, even when it then rejects a flag or the mode.
-fn mset(t: &Toks<'_>) -> R<(McRequest, Option<u64>)> {
+fn mset(t: &Toks<'_>) -> R<(Line, Option<u64>)> {
     use TextCmd::*;
     let nt = t.ntokens();
     let (quiet, mode) = meta_flags(t, 3);
