@@ -13,3 +13,7 @@ install_bench_deps
 cargo test --benches --no-fail-fast
 # Lab tests bring up namespaces and the enforcer: one at a time.
 cargo test --lib --bins --tests --no-fail-fast -- --test-threads=1
+# The stream's rigs again with the kit honouring published ranges of known
+# bytes on half the frames, as the kernel path would (docs/stream.md).
+KIT_KERNEL_PATH=50 cargo test --no-fail-fast --test stream_rig --test stream_rig_http \
+  --test stream_l7 --test evasion
