@@ -74,21 +74,16 @@ impl<P: Protocol> Stream<P> {
         let plain = !self.closed && !self.modified() && self.draining.is_none();
         // The fields the client's segments carry while it only sends.
         let fields = (sabs.seq(self.cli.ack_view), self.cli.win);
-        if let Some(p) = self.cli.published {
-            match self.cli.unkept {
-                Some((lo, hi)) if plain => {
-                    if p != fields {
-                        // The client acknowledged new bytes or moved its
-                        // window: the same range, for its new fields.
-                        self.cli.published = Some(fields);
-                        let op = self.client_op(cabs.seq(lo), cabs.seq(hi), fields);
-                        self.push_range(ctx, out, dir, op);
-                    }
-                }
-                _ => {
-                    self.cli.published = None;
-                    self.push_range(ctx, out, dir, RangeOp::Unbypass);
-                }
+        if self.cli.published.is_some() {
+            // The client acknowledged new bytes or moved its window: the
+            // same range, for its new fields.
+            let live = self.cli.unkept.filter(|_| plain);
+            let (a, b) = (fields.0, fields.1);
+            let op = renew(&mut self.cli.published, live, fields, |lo, hi| {
+                bypass(cabs.seq(lo), cabs.seq(hi), a, b, b)
+            });
+            if let Some(op) = op {
+                self.push_range(ctx, out, dir, op);
             }
             return;
         }
@@ -128,19 +123,14 @@ impl<P: Protocol> Stream<P> {
         self.cli.tx_edge = self.cli.tx_edge.max(hi);
         self.cli.published = Some(fields);
         ctx.counters.l7_ranges += 1;
-        let op = self.client_op(cabs.seq(lo), cabs.seq(hi), fields);
-        self.push_range(ctx, out, dir, op);
-    }
-
-    fn client_op(&self, lo: u32, hi: u32, (ack, win): (u32, u16)) -> RangeOp {
         // Towards the server the client's window goes as it is.
-        RangeOp::Bypass {
-            lo,
-            hi,
-            ack,
-            win,
-            win_out: win,
-        }
+        let (ack, win) = fields;
+        self.push_range(
+            ctx,
+            out,
+            dir,
+            bypass(cabs.seq(lo), cabs.seq(hi), ack, win, win),
+        );
     }
 
     /// Server→client: the rest of a reply body.
@@ -157,20 +147,15 @@ impl<P: Protocol> Stream<P> {
         // Server frames are passed with only their window replaced while
         // nothing is mapped and we acknowledge nothing ahead of the server.
         let plain = !self.closed && !self.modified() && !self.acks_ahead();
-        if let Some(p) = self.srv.published {
-            match self.srv.ahead {
-                Some((lo, hi)) if plain => {
-                    let fields = self.server_fields(cabs);
-                    if p != fields {
-                        self.srv.published = Some(fields);
-                        let op = server_op(sabs.seq(lo), sabs.seq(hi), fields);
-                        self.push_range(ctx, out, dir, op);
-                    }
-                }
-                _ => {
-                    self.srv.published = None;
-                    self.push_range(ctx, out, dir, RangeOp::Unbypass);
-                }
+        if self.srv.published.is_some() {
+            let live = self.srv.ahead.filter(|_| plain);
+            let fields = self.server_fields(cabs);
+            let (a, w, wo) = fields;
+            let op = renew(&mut self.srv.published, live, fields, |lo, hi| {
+                bypass(sabs.seq(lo), sabs.seq(hi), a, w, wo)
+            });
+            if let Some(op) = op {
+                self.push_range(ctx, out, dir, op);
             }
             return;
         }
@@ -195,7 +180,13 @@ impl<P: Protocol> Stream<P> {
         let fields = self.server_fields(cabs);
         self.srv.published = Some(fields);
         ctx.counters.l7_ranges += 1;
-        self.push_range(ctx, out, dir, server_op(sabs.seq(lo), sabs.seq(hi), fields));
+        let (ack, win, win_out) = fields;
+        self.push_range(
+            ctx,
+            out,
+            dir,
+            bypass(sabs.seq(lo), sabs.seq(hi), ack, win, win_out),
+        );
     }
 
     /// The server's ack and window fields, and the window the client is
@@ -219,7 +210,28 @@ impl<P: Protocol> Stream<P> {
     }
 }
 
-fn server_op(lo: u32, hi: u32, (ack, win, win_out): (u32, u16, u16)) -> RangeOp {
+/// A published range after a call: the same range again when the fields
+/// its segments carry changed, withdrawn once it is over or the stream no
+/// longer allows it (`live` None), else nothing to say.
+fn renew<F: PartialEq + Copy>(
+    published: &mut Option<F>,
+    live: Option<(u64, u64)>,
+    fields: F,
+    op: impl FnOnce(u64, u64) -> RangeOp,
+) -> Option<RangeOp> {
+    match live {
+        Some((lo, hi)) => (*published != Some(fields)).then(|| {
+            *published = Some(fields);
+            op(lo, hi)
+        }),
+        None => {
+            *published = None;
+            Some(RangeOp::Unbypass)
+        }
+    }
+}
+
+fn bypass(lo: u32, hi: u32, ack: u32, win: u16, win_out: u16) -> RangeOp {
     RangeOp::Bypass {
         lo,
         hi,
