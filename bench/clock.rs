@@ -23,9 +23,35 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// `BENCH_COUNT=NAME:N`: instead of timing, run bench NAME's routine N times
+/// inside `counted` and nothing else, for an instruction count that the
+/// machine's load does not move:
+/// `valgrind --tool=callgrind --toggle-collect='*clock*counted*' BENCH -- --bench`
+/// (instructions per iteration: the total over N).
+pub const COUNT_ENV: &str = "BENCH_COUNT";
+
+/// `Some(n)` for the bench `BENCH_COUNT` names, `Some(0)` for the others
+/// while it is set, `None` when it is not set.
+fn count_for(name: &str) -> Option<u64> {
+    let v = std::env::var(COUNT_ENV).ok()?;
+    let (want, n) = v.rsplit_once(':')?;
+    Some(if want == name { n.parse().unwrap_or(0) } else { 0 })
+}
+
+#[inline(never)]
+pub fn counted<O>(n: u64, f: &mut impl FnMut() -> O) {
+    for _ in 0..n {
+        black_box(f());
+    }
+}
+
 /// `name` (wall clock) and `name_cpu` (thread CPU clock), both running `f`
 /// once per iteration.
 pub fn wall_and_cpu<O>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut f: impl FnMut() -> O) {
+    if let Some(n) = count_for(name) {
+        counted(n, &mut f);
+        return;
+    }
     g.bench_function(name, |b| b.iter(&mut f));
     g.bench_function(format!("{name}_cpu"), |b| {
         b.iter_custom(|iters| {
@@ -51,6 +77,13 @@ pub fn wall_and_cpu_batched<I, O>(
     mut setup: impl FnMut() -> I,
     mut routine: impl FnMut(I) -> O,
 ) {
+    if let Some(n) = count_for(name) {
+        // Inputs made ahead, outside the counted loop.
+        let mut inputs = (0..n).map(|_| setup()).collect::<Vec<I>>().into_iter();
+        let mut next = || routine(inputs.next().expect("one input per iteration"));
+        counted(n, &mut next);
+        return;
+    }
     g.bench_function(name, |b| {
         b.iter_batched(&mut setup, &mut routine, BatchSize::SmallInput)
     });
