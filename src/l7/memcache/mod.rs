@@ -58,9 +58,7 @@ impl Keys {
     }
 
     pub fn one(key: &[u8]) -> Keys {
-        let mut k = Keys::new();
-        k.push(key);
-        k
+        Keys(Packed::one(key))
     }
 
     pub fn push(&mut self, key: &[u8]) {

@@ -73,6 +73,10 @@ fn complete(buf: &[u8], nl: usize) -> Parse<RequestHead<McRequest>> {
     if nl > MAX_LINE && !multiget(line) {
         return Parse::Invalid("command line too long");
     }
+    // Token offsets are u32 (`Toks`).
+    if u32::try_from(line.len()).is_err() {
+        return Parse::Invalid("command line too long");
+    }
     let t = Toks::new(line);
     match parse_line(&t) {
         // The request is assembled here, once, from the few words
@@ -112,7 +116,9 @@ struct Toks<'a> {
     /// Token `i` is `line[toks[i][0]..toks[i][1]]`. Offsets, not slices:
     /// zeros are set up with a few wide stores, where 23 slices of `line`
     /// took as long as the rest of a `get`'s parse.
-    toks: [[usize; 2]; MAX_TOKENS - 1],
+    /// u32: half the zeroing of usize (a line is never 4 GiB: held bytes
+    /// are bounded far below that).
+    toks: [[u32; 2]; MAX_TOKENS - 1],
     n: usize,
 }
 
@@ -135,14 +141,14 @@ impl<'a> Toks<'a> {
             while line.get(at).is_some_and(|&c| c != b' ') {
                 at += 1;
             }
-            t.toks[t.n] = [start, at];
+            t.toks[t.n] = [start as u32, at as u32];
             t.n += 1;
         }
         t
     }
     fn tok(&self, i: usize) -> &'a [u8] {
         let [a, b] = self.toks[i];
-        self.line.get(a..b).unwrap_or_default()
+        self.line.get(a as usize..b as usize).unwrap_or_default()
     }
     fn split(line: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         line.split(|&c| c == b' ').filter(|t| !t.is_empty())
@@ -192,6 +198,22 @@ enum Num {
     Odd,
 }
 
+/// 1 to 9 plain digits, the usual field: a value below 10^9, which every
+/// field reads as itself (`num` gives `Val` of it), in one pass.
+#[inline(always)]
+fn small(t: &[u8]) -> Option<u32> {
+    if t.is_empty() || t.len() > 9 {
+        return None;
+    }
+    let (mut v, mut digits) = (0u32, true);
+    for &c in t {
+        let d = c.wrapping_sub(b'0');
+        digits &= d < 10;
+        v = v.wrapping_mul(10).wrapping_add(u32::from(d));
+    }
+    digits.then_some(v)
+}
+
 #[inline]
 fn num(t: &[u8]) -> Num {
     let (neg, digits) = match t.split_first() {
@@ -237,6 +259,9 @@ fn num(t: &[u8]) -> Num {
 /// or `safe_strtoull` (u64): Ok(true) accepted, Ok(false) rejected,
 /// Err when the outcome is one we cannot be sure of.
 fn field(t: &[u8], lo: i128, hi: i128) -> R<bool> {
+    if small(t).is_some() && lo <= 0 && hi >= 999_999_999 {
+        return Ok(true);
+    }
     accepted(num(t), lo, hi)
 }
 
@@ -258,6 +283,9 @@ const U64: (i128, i128) = (0, u64::MAX as i128);
 /// A data block length (`safe_strtol` into an int, then `0..=INT_MAX-2`):
 /// Some(n) a block of n bytes (+ CRLF) follows, None: rejected, no block.
 fn data_len(t: &[u8]) -> R<Option<u64>> {
+    if let Some(v) = small(t) {
+        return Ok(Some(u64::from(v)));
+    }
     let n = num(t);
     if !accepted(n, I32.0, I32.1)? {
         return Ok(None);
@@ -564,6 +592,49 @@ fn mset(t: &Toks<'_>) -> R<(Line, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_digit_fields_decide_as_the_general_path() {
+        let mut cases: Vec<Vec<u8>> = [
+            "0", "7", "007", "16", "1200", "4294967295", "4294967296", "9223372036854775807",
+            "9999999999999999999", "18446744073709551615", "18446744073709551616",
+            "00000000000000000001", "-1", "-0", "+5", " 5", "5 ", "5\t", "1a", "a1", "", "-",
+            "12:3", "1/2",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        // Every byte after a digit and in front of one (the fast path's
+        // digit test wraps below '0').
+        for c in 0..=255u8 {
+            cases.push(vec![b'1', c]);
+            cases.push(vec![c, b'1']);
+            cases.push([&b"123456789012345678"[..], &[c]].concat());
+        }
+        for t in cases {
+            let what = t.escape_ascii().to_string();
+            if let Some(v) = small(&t) {
+                assert_eq!(num(&t), Num::Val(i128::from(v)), "{what}");
+            }
+            // What the fields decide, with and without the short cut.
+            for (lo, hi) in [U32, I32, U64] {
+                assert_eq!(field(&t, lo, hi), accepted(num(&t), lo, hi), "{what}");
+            }
+            let n = num(&t);
+            let general = match accepted(n, I32.0, I32.1) {
+                Ok(true) => Ok(match n {
+                    Num::Val(v) if (0..=i128::from(i32::MAX) - 2).contains(&v) => Some(v as u64),
+                    _ => None,
+                }),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            };
+            assert_eq!(data_len(&t), general, "{what}");
+        }
+        assert_eq!(small(b"1200"), Some(1200));
+        assert_eq!(small(b"999999999"), Some(999_999_999));
+        assert_eq!(small(b"1000000000"), None);
+    }
 
     #[test]
     fn base64_keys_are_judged_decoded() {
