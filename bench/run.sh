@@ -4,13 +4,13 @@
 # (HTTP, ACLs equal to the Star Wars rules), in one run on one machine, so
 # that every figure is a ratio against a baseline measured minutes apart.
 #
-#   sudo bash bench/run.sh [--quick] [--workers "1 2"] [--poll "adaptive busy"] [SECONDS]
+#   sudo bash bench/run.sh [--quick] [--workers "1 2"] [--poll "adaptive busy"] [--out DIR] [SECONDS]
 #   sudo bash bench/run.sh --smoke DIR
 #
 # SECONDS per load (default 10; --quick: 2, fewer loss-curve points).
 # --smoke: every configuration and load for 1 s, small transfers, results
 # into DIR instead of bench/results; checks that the runner works (CI),
-# measures nothing.
+# measures nothing. --out DIR: results there instead of bench/results.
 # Loads, each through every middlebox it applies to:
 #   udp64   64-byte UDP frames from bench/pktgen.rs (AF_XDP TX on a-wing,
 #           AF_XDP sink on the server), 1 and 1000 flows at full speed, and a
@@ -41,6 +41,7 @@ while [ $# -gt 0 ]; do
     --smoke) QUICK=1; SMOKE=1; DUR=1; OUT=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
     --poll) POLLS=$2; shift ;;
+    --out) OUT=$2; shift ;;
     [0-9]*) DUR=$1 ;;
     *) usage 2 21 ;;
   esac

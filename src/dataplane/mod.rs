@@ -332,7 +332,7 @@ fn run_inline(
             .collect(),
         steer: Steer::Libxdp,
         host: None,
-        idle: worker::INLINE_IDLE,
+        idle: worker::inline_idle()?,
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
 
