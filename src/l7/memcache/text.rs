@@ -327,7 +327,12 @@ impl KeySrc {
             KeySrc::Tok(i) => t.key(i),
             KeySrc::Window(first) => (first.min(t.n)..t.n).map(|i| t.tok(i)).collect(),
             KeySrc::All(first) => t.all().skip(first).collect(),
-            KeySrc::Base64 => Keys::one(&base64_decode(t.get(1)).unwrap_or_default()),
+            KeySrc::Base64 => {
+                // Decoded once, here: `meta_key` only checked that it decodes.
+                let mut key = smallvec::SmallVec::<[u8; 192]>::new();
+                base64_each(t.get(1), |b| key.push(b));
+                Keys::one(&key)
+            }
         }
     }
 }
@@ -493,10 +498,12 @@ fn meta_key(t: &Toks<'_>, b64: bool) -> R<KeySrc> {
     if t.n < 2 {
         return Ok(KeySrc::None);
     }
-    // Decoded again where the request is built (`KeySrc::build`).
-    base64_decode(t.get(1))
-        .map(|_| KeySrc::Base64)
-        .ok_or("bad base64 key")
+    // Decoded where the request is built (`KeySrc::build`).
+    if base64_each(t.get(1), |_| {}) {
+        Ok(KeySrc::Base64)
+    } else {
+        Err("bad base64 key")
+    }
 }
 
 /// Whether a flag token from `from` on starts with `b` (`_meta_flag_preparse`).
@@ -505,8 +512,13 @@ fn b_flag(t: &Toks<'_>, from: usize) -> bool {
 }
 
 /// Standard base64 with padding, as memcached decodes keys (it refuses
-/// unpadded input).
-fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+/// unpadded input): each decoded byte to `out`, in order; false (after
+/// some bytes, maybe) when `s` does not decode.
+fn base64_each(s: &[u8], mut out: impl FnMut(u8)) -> bool {
+    base64_decode_with(s, &mut out).is_some()
+}
+
+fn base64_decode_with(s: &[u8], out: &mut impl FnMut(u8)) -> Option<()> {
     if s.is_empty() || !s.len().is_multiple_of(4) {
         return None;
     }
@@ -525,18 +537,17 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
         } as u32)
     };
     let body = &s[..s.len() - pad];
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0);
     for &c in body {
         acc = (acc << 6) | val(c)?;
         bits += 6;
         if bits >= 8 {
             bits -= 8;
-            out.push((acc >> bits) as u8);
+            out((acc >> bits) as u8);
             acc &= (1 << bits) - 1;
         }
     }
-    Some(out)
+    Some(())
 }
 
 /// Meta commands (two letters starting with `m`). Their errors are always
