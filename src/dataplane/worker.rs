@@ -18,6 +18,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use xsk_rs::{FrameDesc, Umem};
 
 use super::handoff::{rebalance, Channels, Handoff, Waker};
+use super::kpath::Ranges;
 use super::link::{Link, Rewrite};
 use super::stats::{DpCounters, SideCount, TallyBook, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
@@ -130,6 +131,15 @@ pub struct WorkerSpec {
     pub host: Option<HostMacs>,
     /// How long to wait, idle, before sleeping (adaptive poll).
     pub idle: Idle,
+    /// Inline with the kernel path: the range map this worker writes, and
+    /// (one worker only) the program's counters to publish.
+    pub kpath: Option<KpathFds>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KpathFds {
+    pub ranges: std::os::fd::RawFd,
+    pub stats: Option<std::os::fd::RawFd>,
 }
 
 /// An event on its way to the log writer, with the policy it was decided
@@ -378,6 +388,9 @@ pub fn run(
         cq_descs: vec![FrameDesc::default(); RING_SIZE as usize],
         policy_gen: 0,
         neighbors_gen: shared.neighbors_gen.load(Ordering::Acquire),
+        ranges: spec.kpath.map(|k| Ranges::new(k.ranges)),
+        kpath_stats: spec.kpath.and_then(|k| k.stats),
+        panics_seen: 0,
     };
 
     let mut pollfds: Vec<libc::pollfd> = w
@@ -506,6 +519,10 @@ pub fn run(
             PollMode::Adaptive => std::hint::spin_loop(),
         }
     }
+    // The program forwards none of our flows' segments once we are gone.
+    if let Some(r) = w.ranges.as_mut() {
+        r.clear();
+    }
     let held = w.settle();
     w.publish();
     if let Some(slot) = shared.stats.get(w.id as usize) {
@@ -542,6 +559,12 @@ struct Worker {
     cq_descs: Vec<FrameDesc>,
     policy_gen: u64,
     neighbors_gen: u64,
+    /// The kernel path's range map, as this worker wrote it.
+    ranges: Option<Ranges>,
+    kpath_stats: Option<std::os::fd::RawFd>,
+    /// Engine panics already seen: a replaced engine forgot its flows
+    /// without withdrawing their ranges, so this worker withdraws them all.
+    panics_seen: u64,
 }
 
 impl Worker {
@@ -805,7 +828,29 @@ impl Worker {
         self.pending[side as usize].push(d);
     }
 
+    /// Ranges the engine published go to the map as they come: one per
+    /// large body and a renewal when its segments' ack or window moves, a
+    /// syscall each, never one per frame.
+    fn apply_ranges(&mut self) {
+        let panics = self.judge.panics();
+        match self.ranges.as_mut() {
+            Some(m) => {
+                if panics != self.panics_seen {
+                    self.panics_seen = panics;
+                    m.clear();
+                }
+                for r in self.out.ranges.drain(..) {
+                    m.apply(&r);
+                }
+            }
+            None => self.out.ranges.clear(),
+        }
+    }
+
     fn drain_out(&mut self) {
+        if !self.out.ranges.is_empty() || self.panics_seen != self.judge.panics() {
+            self.apply_ranges();
+        }
         if self.out.emits.is_empty() && self.out.events.is_empty() {
             return;
         }
@@ -838,6 +883,14 @@ impl Worker {
         dp.engine_panics = self.judge.panics();
         for l in &self.links {
             l.stats(&mut dp);
+        }
+        if let Some(r) = &self.ranges {
+            dp.kpath_map_writes = r.writes;
+            dp.kpath_map_failed = r.failed;
+            dp.kpath_ranges = r.len() as u64;
+        }
+        if let Some(fd) = self.kpath_stats {
+            (dp.kpath_frames, dp.kpath_bytes) = super::kpath::forwarded(fd);
         }
         if let Some(slot) = self.shared.stats.get(self.id as usize) {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
