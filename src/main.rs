@@ -244,8 +244,9 @@ struct RunOpts {
     no_watch: bool,
     /// Inline mode: forward the rest of an allowed large body in the XDP
     /// program, without the engine (docs/stream.md, "A kernel path for
-    /// known bytes"). Host mode ignores it.
-    #[arg(long, value_enum, default_value = "off")]
+    /// known bytes"); paused while a port cannot take redirected frames.
+    /// Host mode ignores it.
+    #[arg(long, value_enum, default_value = "on")]
     kernel_path: OnOff,
     #[command(flatten)]
     engine: EngineOpts,

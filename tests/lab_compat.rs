@@ -570,6 +570,33 @@ fn large_values_take_the_kernel_path() {
         assert_eq!(st["kernel_path"], true, "{st}");
         let frames = st["counters"]["kernel_path_frames"].as_u64().unwrap();
         assert!(frames > 0, "{st}");
+        // A port that cannot take redirected frames (its veth peer without
+        // GRO) pauses the kernel path: values still flow, through the engine.
+        let gro = |on: &str| {
+            let r = lab.exec("server", &["ethtool", "-K", "eth0", "gro", on]);
+            assert!(r.status.success(), "{r:?}");
+        };
+        let said = |what: &str| {
+            let t = std::time::Instant::now();
+            while !lab.enforcer_stderr().contains(what) {
+                assert!(t.elapsed().as_secs() < 5, "{}", lab.enforcer_stderr());
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+        let into_srv0 = veth_tx_stat(lab, "srv0", "xdp_xmit");
+        gro("off");
+        said("kernel path paused: srv0");
+        for (size, ok, ..) in big_values(lab, &[1_000_000]) {
+            assert!(ok, "{size} B value not read back byte-exact while paused");
+        }
+        assert_eq!(veth_tx_stat(lab, "srv0", "xdp_xmit"), into_srv0);
+        assert_eq!(veth_tx_stat(lab, "srv0", "xdp_xmit_errors"), 0);
+        gro("on");
+        said("kernel path on");
+        for (size, ok, ..) in big_values(lab, &[1_000_000]) {
+            assert!(ok, "{size} B value not read back byte-exact");
+        }
+        assert!(veth_tx_stat(lab, "srv0", "xdp_xmit") > into_srv0);
         let c = lab.stop_clean();
         let dp = &c["dataplane"];
         // Each value once each way: most of its bytes never reached a worker.
@@ -589,7 +616,11 @@ fn large_values_take_the_kernel_path() {
             assert!(veth_tx_stat(lab, dev, "xdp_xmit") > 0, "{dev}");
             assert_eq!(veth_tx_stat(lab, dev, "xdp_xmit_errors"), 0, "{dev}");
         }
-        // Off again: libxdp's program, nothing forwarded in XDP.
+        // On by default.
+        lab.start(Mode::Policy(_pol.path()), &[]).unwrap();
+        assert!(lab.ready_line().contains("kernel-path=on"));
+        lab.stop_clean();
+        // Off: libxdp's program, nothing forwarded in XDP.
         lab.start(Mode::Policy(_pol.path()), &["--kernel-path", "off"])
             .unwrap();
         assert!(lab.ready_line().contains("kernel-path=off"));

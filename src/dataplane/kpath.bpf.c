@@ -72,6 +72,15 @@ struct {
 	__type(value, struct range_val);
 } ranges SEC(".maps");
 
+// [0]: 1 while both ports take redirected frames (the shell checks their
+// XDP features); 0: every frame goes to the sockets.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} config SEC(".maps");
+
 struct kstat {
 	__u64 frames;
 	__u64 bytes;
@@ -185,6 +194,9 @@ int enforcer_kpath(struct xdp_md *ctx)
 		k.pa = s.pb;
 		k.pb = s.pa;
 	}
+	__u32 *on = bpf_map_lookup_elem(&config, &zero);
+	if (!on || !*on)
+		return to_socket(ctx, side);
 	k.dir = side;
 	struct range_val *r = bpf_map_lookup_elem(&ranges, &k);
 	if (!r)

@@ -91,8 +91,11 @@ pub struct KernelPath {
     xsks_fd: RawFd,
     ranges_fd: RawFd,
     stats_fd: RawFd,
+    config_fd: RawFd,
     ifindex: [u32; 2],
     links: Vec<OwnedFd>,
+    /// Whether the program forwards ranges now (`follow_ports`).
+    enabled: bool,
 }
 
 impl KernelPath {
@@ -104,14 +107,24 @@ impl KernelPath {
             xsks_fd: obj.map_fd("xsks"),
             ranges_fd: obj.map_fd("ranges"),
             stats_fd: obj.map_fd("stats"),
+            config_fd: obj.map_fd("config"),
             obj,
             ifindex,
             links: Vec::new(),
+            enabled: false,
         };
         let (ports, sides) = (k.obj.map_fd("ports"), k.obj.map_fd("sides"));
-        if [k.prog_fd, k.xsks_fd, k.ranges_fd, k.stats_fd, ports, sides]
-            .iter()
-            .any(|&fd| fd < 0)
+        if [
+            k.prog_fd,
+            k.xsks_fd,
+            k.ranges_fd,
+            k.stats_fd,
+            k.config_fd,
+            ports,
+            sides,
+        ]
+        .iter()
+        .any(|&fd| fd < 0)
         {
             return Err("kernel-path program is missing a map or its entry point".into());
         }
@@ -149,6 +162,42 @@ impl KernelPath {
         self.links.clear();
     }
 
+    /// Forward ranges only while both ports take redirected frames: a port
+    /// whose driver cannot (a veth whose peer has neither GRO nor an XDP
+    /// program) would lose them, and their retransmissions too, as they
+    /// match the same range. Checked at start and on the control thread's
+    /// turns; returns what changed, for a message.
+    pub fn follow_ports(&mut self) -> Option<Result<(), String>> {
+        let unable: Vec<u32> = self
+            .ifindex
+            .iter()
+            .copied()
+            .filter(|&ix| takes_redirects(ix) == Some(false))
+            .collect();
+        let on = unable.is_empty();
+        if on == self.enabled {
+            return None;
+        }
+        let rc = bpfobj::update(self.config_fd, &0u32, &u32::from(on));
+        if rc != 0 {
+            return Some(Err(os_err("cannot switch the kernel path", rc)));
+        }
+        self.enabled = on;
+        Some(match on {
+            true => Ok(()),
+            false => Err(format!(
+                "kernel path paused: {} cannot take redirected frames (a veth needs GRO on, \
+                 or an XDP program, on its peer: ethtool -K PEER gro on); every frame goes \
+                 through the engine until it can",
+                unable
+                    .iter()
+                    .map(|&ix| ifname(ix))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        })
+    }
+
     pub fn xsks_fd(&self) -> RawFd {
         self.xsks_fd
     }
@@ -168,6 +217,37 @@ impl Drop for KernelPath {
         // Before the object closes (a field, dropped after this).
         self.detach();
     }
+}
+
+/// `NETDEV_XDP_ACT_NDO_XMIT`: the driver takes frames redirected to it.
+const XDP_ACT_NDO_XMIT: u64 = 1 << 2;
+
+/// Whether `ifindex` takes redirected frames (its XDP features), None when
+/// the kernel does not say (older than 6.3): then it is assumed to.
+fn takes_redirects(ifindex: u32) -> Option<bool> {
+    // SAFETY: the options struct is plain old data with its size set; the
+    // call only writes into it.
+    unsafe {
+        let mut opts: libbpf_sys::bpf_xdp_query_opts = std::mem::zeroed();
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _;
+        if libbpf_sys::bpf_xdp_query(ifindex as i32, 0, &mut opts) != 0 || opts.feature_flags == 0 {
+            return None;
+        }
+        Some(opts.feature_flags & XDP_ACT_NDO_XMIT != 0)
+    }
+}
+
+fn ifname(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("ifindex {ifindex}");
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Frames and bytes the program forwarded, summed over CPUs.

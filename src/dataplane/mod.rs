@@ -370,17 +370,42 @@ fn run_inline(
             }
         }
     }
-    struct Inline<'a>(&'a IfaceInfo, &'a IfaceInfo, Option<kpath::KernelPath>);
+    struct Inline<'a>(
+        &'a IfaceInfo,
+        &'a IfaceInfo,
+        Option<kpath::KernelPath>,
+        std::time::Instant,
+    );
+    impl Inline<'_> {
+        /// Whether both ports still take redirected frames (a change is said).
+        fn follow_ports(&mut self) {
+            if let Some(change) = self.2.as_mut().and_then(|k| k.follow_ports()) {
+                match change {
+                    Ok(()) => eprintln!("enforcer: kernel path on"),
+                    Err(e) => eprintln!("enforcer: {e}"),
+                }
+            }
+        }
+    }
     impl Hooks for Inline<'_> {
         fn ready(&mut self) -> Result<(), String> {
             // Once every socket is in the XSKMAP: no frame meets the
             // program before its queue's socket is there.
-            match self.2.as_mut() {
-                Some(k) => k.attach(),
-                None => Ok(()),
+            if let Some(k) = self.2.as_mut() {
+                k.attach()?;
+                if let Some(Err(e)) = k.follow_ports() {
+                    eprintln!("enforcer: {e}");
+                }
+            }
+            Ok(())
+        }
+        fn tick(&mut self, _: &Shared) {
+            // A port's features change with its peer (a veth's GRO): once a second.
+            if self.2.is_some() && self.3.elapsed() >= Duration::from_secs(1) {
+                self.3 = std::time::Instant::now();
+                self.follow_ports();
             }
         }
-        fn tick(&mut self, _: &Shared) {}
         fn stop(&mut self) {
             // Before the workers stop: from here on every frame reaches
             // them (or, once their sockets close, the kernel).
@@ -399,7 +424,7 @@ fn run_inline(
         }
     }
     let kernel_path = if kp.is_some() { "on" } else { "off" };
-    let mut hooks = Inline(&a, &b, kp);
+    let mut hooks = Inline(&a, &b, kp, std::time::Instant::now());
     let ready = format!(
         "ready iface={} peer={} queues={}/{} workers={workers} poll={} kernel-path={kernel_path} policy={origin}{}",
         a.name,
