@@ -95,8 +95,11 @@ struct {
 
 static __always_inline int to_socket(struct xdp_md *ctx, __u32 side)
 {
-	return bpf_redirect_map(&xsks, side * MAX_QUEUES + (ctx->rx_queue_index & (MAX_QUEUES - 1)),
-				XDP_PASS);
+	__u32 q = ctx->rx_queue_index;
+	// No socket of ours serves such a queue (the shell refuses to start).
+	if (q >= MAX_QUEUES)
+		return XDP_PASS;
+	return bpf_redirect_map(&xsks, side * MAX_QUEUES + q, XDP_PASS);
 }
 
 // (x, px) < (y, py), addresses compared as big-endian numbers.
