@@ -390,6 +390,7 @@ pub fn run(
         neighbors_gen: shared.neighbors_gen.load(Ordering::Acquire),
         ranges: spec.kpath.map(|k| Ranges::new(k.ranges)),
         kpath_stats: spec.kpath.and_then(|k| k.stats),
+        backlog: false,
         panics_seen: 0,
     };
 
@@ -450,6 +451,7 @@ pub fn run(
             w.drain_out();
         }
         work += w.transmit(now);
+        w.arm_ranges();
         w.refill();
         w.rebalance();
         if now_i.duration_since(last_publish) >= PUBLISH {
@@ -562,6 +564,8 @@ struct Worker {
     /// The kernel path's range map, as this worker wrote it.
     ranges: Option<Ranges>,
     kpath_stats: Option<std::os::fd::RawFd>,
+    /// The last receive left frames on a ring (`arm_ranges` waits).
+    backlog: bool,
     /// Engine panics already seen: a replaced engine forgot its flows
     /// without withdrawing their ranges, so this worker withdraws them all.
     panics_seen: u64,
@@ -581,10 +585,13 @@ impl Worker {
     /// worker that owns its flow.
     fn receive(&mut self, now: u64) -> usize {
         let mut work = 0;
+        self.backlog = false;
         for li in 0..self.links.len() {
             let side = self.links[li].side;
             let n = self.links[li].recv(&self.umem, &mut self.free, &mut self.rx_descs, now);
             work += n;
+            // A full batch: the ring may hold more.
+            self.backlog |= n == BATCH;
             self.dp.rx_frames += n as u64;
             for i in 0..n {
                 let mut d = self.rx_descs[i];
@@ -844,6 +851,20 @@ impl Worker {
                 }
             }
             None => self.out.ranges.clear(),
+        }
+    }
+
+    /// Ranges go into the map once nothing older of theirs can be
+    /// overtaken: no full batch was left on an RX ring this turn, and TX
+    /// took everything we forwarded.
+    fn arm_ranges(&mut self) {
+        if !self.ranges.as_ref().is_some_and(|r| r.waiting()) {
+            return;
+        }
+        if !self.backlog && !self.tx_unsent() {
+            if let Some(r) = self.ranges.as_mut() {
+                r.arm();
+            }
         }
     }
 
