@@ -16,7 +16,8 @@
 # `git worktree add /tmp/old OLD && cargo build --release
 # --manifest-path /tmp/old/Cargo.toml`; default: this build) with the same
 # arguments plus BASE_ARGS: before and after, or two settings, in one run
-# (ENF_ARGS: arguments for this build only, e.g. "--kernel-path off").
+# (ENF_ARGS: arguments for this build only, e.g. "--kernel-path off";
+# BASE_ENV: environment for `base` only, e.g. "ENFORCER_KPATH_ARM_NOW=1").
 # Also the middlebox process's CPU per round (less noisy than wall time on
 # a shared machine: what the engine costs beyond the bare dataplane).
 # PERF=1 profiles each enforcer build per round (top symbols: bench/results/large-perf-CFG-N.txt;
@@ -111,7 +112,8 @@ for round in $(seq 1 "$ROUNDS"); do
     case $cfg in
       enforcer) args="$ARGS ${ENF_ARGS:-}" ;;
       forwarder) env=(env ENFORCER_PASSTHROUGH=1) ;;
-      base) bin=$BASE_BIN args="$ARGS ${BASE_ARGS:-}" ;;
+      # shellcheck disable=SC2206
+      base) bin=$BASE_BIN args="$ARGS ${BASE_ARGS:-}" env=(env ${BASE_ENV:-}) ;;
       *) echo "$0: unknown CFGS entry $cfg (enforcer, forwarder, base)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086

@@ -391,6 +391,8 @@ pub fn run(
         ranges: spec.kpath.map(|k| Ranges::new(k.ranges)),
         kpath_stats: spec.kpath.and_then(|k| k.stats),
         backlog: false,
+        // Private switch, to measure what waiting for the backlog costs.
+        arm_now: std::env::var_os("ENFORCER_KPATH_ARM_NOW").is_some_and(|v| v == "1"),
         panics_seen: 0,
     };
 
@@ -566,6 +568,8 @@ struct Worker {
     kpath_stats: Option<std::os::fd::RawFd>,
     /// The last receive left frames on a ring (`arm_ranges` waits).
     backlog: bool,
+    /// `ENFORCER_KPATH_ARM_NOW=1`: ranges are written at once.
+    arm_now: bool,
     /// Engine panics already seen: a replaced engine forgot its flows
     /// without withdrawing their ranges, so this worker withdraws them all.
     panics_seen: u64,
@@ -861,7 +865,7 @@ impl Worker {
         if !self.ranges.as_ref().is_some_and(|r| r.waiting()) {
             return;
         }
-        if !self.backlog && !self.tx_unsent() {
+        if self.arm_now || (!self.backlog && !self.tx_unsent()) {
             if let Some(r) = self.ranges.as_mut() {
                 r.arm();
             }
