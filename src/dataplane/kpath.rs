@@ -285,8 +285,7 @@ fn possible_cpus() -> usize {
 /// has no backlog: segments of the body already on its RX ring, or
 /// forwarded but not yet transmitted, would otherwise be overtaken by the
 /// ones the program forwards, and the receiver would see them out of order
-/// (spurious fast retransmits, a halved window: measured as OFO queueing
-/// at the client and SACK reordering at the server on every body).
+/// (spurious fast retransmits, a halved window).
 pub struct Ranges {
     fd: RawFd,
     mine: HashSet<Key>,
