@@ -1,14 +1,23 @@
-//! Compiles the host-mode XDP steering program (src/hostmode/steer.bpf.c)
-//! with clang into OUT_DIR; the binary embeds the object.
+//! Compiles our XDP programs with clang into OUT_DIR (the binary embeds the
+//! objects): host mode's steering program (src/hostmode/steer.bpf.c) and
+//! inline mode's kernel path (src/dataplane/kpath.bpf.c).
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let src = "src/hostmode/steer.bpf.c";
+    for (src, obj) in [
+        ("src/hostmode/steer.bpf.c", "steer.bpf.o"),
+        ("src/dataplane/kpath.bpf.c", "kpath.bpf.o"),
+    ] {
+        compile(src, obj);
+    }
+}
+
+fn compile(src: &str, obj: &str) {
     println!("cargo:rerun-if-changed={src}");
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("steer.bpf.o");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join(obj);
     // libbpf-sys exports the directory holding <bpf/bpf_helpers.h>.
     let bpf_inc = env::var("DEP_BPF_INCLUDE").expect("libbpf-sys include directory");
     let mut cmd = Command::new(env::var("BPF_CLANG").unwrap_or_else(|_| "clang".into()));

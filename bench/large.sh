@@ -3,7 +3,7 @@
 # rules on both ports, default settings), in one run, interleaved round by
 # round (in an order that rotates) so that the machine's noise falls on all alike:
 #
-#   sudo [REPS=5] [CFGS="enforcer forwarder base"] [BASE_BIN=PATH] [BASE_ARGS=".."] bash bench/large.sh [ROUNDS] [--args "ENFORCER ARGS"]
+#   sudo [REPS=5] [CFGS="enforcer forwarder base"] [BASE_BIN=PATH] [BASE_ARGS=".."] [ENF_ARGS=".."] bash bench/large.sh [ROUNDS] [--args "ENFORCER ARGS"]
 #
 # Per round and middlebox, REPS times each: memcached (`-I 16m`) set and get of an 8 MB and
 # a 1 MB value (pymemcache, byte-exact check), curl GET of an 8 MB file and
@@ -15,7 +15,9 @@
 # `base` is the enforcer binary BASE_BIN (another commit's build, e.g.
 # `git worktree add /tmp/old OLD && cargo build --release
 # --manifest-path /tmp/old/Cargo.toml`; default: this build) with the same
-# arguments plus BASE_ARGS: before and after, or two settings, in one run.
+# arguments plus BASE_ARGS: before and after, or two settings, in one run
+# (ENF_ARGS: arguments for this build only, e.g. "--kernel-path off";
+# BASE_ENV: environment for `base` only, e.g. "ENFORCER_KPATH_ARM_NOW=1").
 # Also the middlebox process's CPU per round (less noisy than wall time on
 # a shared machine: what the engine costs beyond the bare dataplane).
 # PERF=1 profiles each enforcer build per round (top symbols: bench/results/large-perf-CFG-N.txt;
@@ -108,9 +110,10 @@ for round in $(seq 1 "$ROUNDS"); do
     bin=$BIN
     args=$ARGS
     case $cfg in
-      enforcer) ;;
+      enforcer) args="$ARGS ${ENF_ARGS:-}" ;;
       forwarder) env=(env ENFORCER_PASSTHROUGH=1) ;;
-      base) bin=$BASE_BIN args="$ARGS ${BASE_ARGS:-}" ;;
+      # shellcheck disable=SC2206
+      base) bin=$BASE_BIN args="$ARGS ${BASE_ARGS:-}" env=(env ${BASE_ENV:-}) ;;
       *) echo "$0: unknown CFGS entry $cfg (enforcer, forwarder, base)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086

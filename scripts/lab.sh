@@ -116,6 +116,21 @@ up() {
     link sw p-enf enf cli0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
     link enf srv0 server eth0 numrxqueues "$QUEUES" numtxqueues "$QUEUES"
     nsx sw ip link set p-enf master br0 up
+    # The kernel path (--kernel-path on) redirects frames from one port
+    # into the other in XDP; a veth takes a redirected frame only when its
+    # peer runs NAPI (GRO on, or an XDP program there), else the frame is
+    # lost. So the ends facing the ports have GRO on (docs/dataplane.md).
+    nsx sw ethtool -K p-enf gro on >/dev/null
+    nsx server ethtool -K eth0 gro on >/dev/null
+    # The clients' ends too: a veth receiver without NAPI takes frames on
+    # the sending CPU's backlog, and a sender whose NAPI moves between CPUs
+    # (the port's, forwarding in XDP) then delivers them out of order
+    # (measured: OFO queueing and spurious fast retransmits on every large
+    # get through the kernel path).
+    for c in "${CLIENTS[@]}"; do
+      nsx "$c" ethtool -K eth0 gro on >/dev/null
+      nsx sw ethtool -K "p-$c" gro on >/dev/null
+    done
     for d in cli0 srv0; do
       # A wire, not a host: no addresses, no IPv6 chatter of its own.
       nsx enf sysctl -qw "net.ipv6.conf.$d.disable_ipv6=1"

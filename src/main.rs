@@ -242,8 +242,20 @@ struct RunOpts {
     /// `enforcer policy` still do).
     #[arg(long)]
     no_watch: bool,
+    /// Inline mode: forward the rest of an allowed large body in the XDP
+    /// program, without the engine (docs/stream.md, "A kernel path for
+    /// known bytes"); paused while a port cannot take redirected frames.
+    /// Host mode ignores it.
+    #[arg(long, value_enum, default_value = "on")]
+    kernel_path: OnOff,
     #[command(flatten)]
     engine: EngineOpts,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -474,7 +486,10 @@ fn main() -> ExitCode {
                     log: cli.run.log.clone(),
                     umem_frames: cli.run.umem_frames,
                     fail: cli.run.fail,
-                    engine: cli.run.engine.config(),
+                    engine: EngineConfig {
+                        kernel_path: cli.run.kernel_path == OnOff::On,
+                        ..cli.run.engine.config()
+                    },
                 },
                 &mut |h| {
                     running = Some(control::start(h, &opts)?);

@@ -116,8 +116,16 @@ fn restart_and_crash_recovery_keep_links_working() {
             assert_eq!(st.status.code(), Some(0), "round {round}: {st:?}");
             assert!(lab.xdp_links().is_empty());
         }
-        // A crash leaves the XDP program behind; the next start removes it.
-        lab.start(Mode::PassThrough, &[]).unwrap();
+        // The kernel path's program is attached through links that go
+        // with the process, also when it is killed.
+        lab.start(Mode::PassThrough, &["--kernel-path", "on"])
+            .unwrap();
+        assert_eq!(lab.xdp_links().len(), 2, "{:?}", lab.xdp_links());
+        lab.kill().unwrap();
+        assert!(lab.xdp_links().is_empty(), "{:?}", lab.xdp_links());
+        // libxdp's program stays after a crash; the next start removes it.
+        lab.start(Mode::PassThrough, &["--kernel-path", "off"])
+            .unwrap();
         lab.kill().unwrap();
         assert_eq!(
             lab.xdp_links().len(),

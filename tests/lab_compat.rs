@@ -495,6 +495,144 @@ fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
     });
 }
 
+/// memcached in the lab's server with a 16 MB item limit, in place of the lab's.
+fn memcached_16m(lab: &Lab) {
+    kill_in(lab, "server", "memcached", 11211);
+    let mc = lab.exec(
+        "server",
+        &[
+            "memcached",
+            "-u",
+            "nobody",
+            "-p",
+            "11211",
+            "-U",
+            "0",
+            "-l",
+            "0.0.0.0,::",
+            "-I",
+            "16m",
+            "-m",
+            "512",
+            "-d",
+        ],
+    );
+    assert!(mc.status.success(), "{mc:?}");
+    lab.wait_listen("server", 11211);
+}
+
+/// A veth's TX queue counter of `ethtool -S` (`tx_queue_N_<name>`),
+/// summed over its queues, in the enforcer's namespace.
+fn veth_tx_stat(lab: &Lab, dev: &str, name: &str) -> u64 {
+    let out = stdout(&lab.exec("enf", &["ethtool", "-S", dev]));
+    out.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(": ")?;
+            let q = k.strip_prefix("tx_queue_")?;
+            let (n, rest) = q.split_once('_')?;
+            (n.parse::<u32>().is_ok() && rest == name).then(|| v.trim().parse::<u64>().unwrap_or(0))
+        })
+        .sum()
+}
+
+/// The kernel path (docs/stream.md, "A kernel path for known bytes"): with
+/// `--kernel-path on` the XDP program forwards most bytes of a 1 MB and an
+/// 8 MB value itself, in both directions (set: the request body; get: the
+/// reply body), and every value comes back byte-exact. No redirected frame
+/// is lost on the veths, and the workers leave no range in the map.
+#[test]
+fn large_values_take_the_kernel_path() {
+    lab::with_lab("cmpkp", |lab| {
+        memcached_16m(lab);
+        let _pol = lab::dir_with(&["tests/fixtures/compat.yaml"]);
+        lab.start(Mode::Policy(_pol.path()), &["--kernel-path", "on"])
+            .unwrap();
+        assert!(
+            lab.ready_line().contains("kernel-path=on"),
+            "{}",
+            lab.ready_line()
+        );
+        assert!(
+            lab.xdp_links().iter().all(|l| l.contains("enforcer_kpath")),
+            "{:?}",
+            lab.xdp_links()
+        );
+        let sizes = [1_000_000, 8_000_000];
+        let values: usize = sizes.iter().sum();
+        for (size, ok, set, get) in big_values(lab, &sizes) {
+            eprintln!("kernel path: {size} B set {set:.4} s get {get:.4} s");
+            assert!(ok, "{size} B value not read back byte-exact");
+        }
+        // Status shows what the program forwarded (published every 100 ms).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let st: serde_json::Value =
+            serde_json::from_str(&stdout(&lab.ctl(&["status", "-o", "json"]))).unwrap();
+        assert_eq!(st["kernel_path"], true, "{st}");
+        let frames = st["counters"]["kernel_path_frames"].as_u64().unwrap();
+        assert!(frames > 0, "{st}");
+        // A port that cannot take redirected frames (its veth peer without
+        // GRO) pauses the kernel path: values still flow, through the engine.
+        let gro = |on: &str| {
+            let r = lab.exec("server", &["ethtool", "-K", "eth0", "gro", on]);
+            assert!(r.status.success(), "{r:?}");
+        };
+        let said = |what: &str| {
+            let t = std::time::Instant::now();
+            while !lab.enforcer_stderr().contains(what) {
+                assert!(t.elapsed().as_secs() < 5, "{}", lab.enforcer_stderr());
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+        let into_srv0 = veth_tx_stat(lab, "srv0", "xdp_xmit");
+        gro("off");
+        said("kernel path paused: srv0");
+        for (size, ok, ..) in big_values(lab, &[1_000_000]) {
+            assert!(ok, "{size} B value not read back byte-exact while paused");
+        }
+        assert_eq!(veth_tx_stat(lab, "srv0", "xdp_xmit"), into_srv0);
+        assert_eq!(veth_tx_stat(lab, "srv0", "xdp_xmit_errors"), 0);
+        gro("on");
+        said("kernel path on");
+        for (size, ok, ..) in big_values(lab, &[1_000_000]) {
+            assert!(ok, "{size} B value not read back byte-exact");
+        }
+        assert!(veth_tx_stat(lab, "srv0", "xdp_xmit") > into_srv0);
+        let c = lab.stop_clean();
+        let dp = &c["dataplane"];
+        // Each value once each way: most of its bytes never reached a worker.
+        let bypassed = dp["kpath_bytes"].as_u64().unwrap();
+        assert!(
+            bypassed as usize > values,
+            "{bypassed} bytes took the kernel path of {} sent: {c}",
+            2 * values
+        );
+        assert!(dp["kpath_frames"].as_u64().unwrap() >= frames, "{c}");
+        assert_eq!(dp["kpath_map_failed"], 0, "{c}");
+        assert_eq!(dp["kpath_ranges"], 0, "ranges left in the map: {c}");
+        assert!(engine(&c, "l7_ranges") >= 4, "{c}");
+        assert_eq!(engine(&c, "drops/l7-hold-overflow"), 0, "{c}");
+        // Redirected frames all made it into the peers (their NAPI, GRO on).
+        for dev in ["cli0", "srv0"] {
+            assert!(veth_tx_stat(lab, dev, "xdp_xmit") > 0, "{dev}");
+            assert_eq!(veth_tx_stat(lab, dev, "xdp_xmit_errors"), 0, "{dev}");
+        }
+        // On by default.
+        lab.start(Mode::Policy(_pol.path()), &[]).unwrap();
+        assert!(lab.ready_line().contains("kernel-path=on"));
+        lab.stop_clean();
+        // Off: libxdp's program, nothing forwarded in XDP.
+        lab.start(Mode::Policy(_pol.path()), &["--kernel-path", "off"])
+            .unwrap();
+        assert!(lab.ready_line().contains("kernel-path=off"));
+        for (size, ok, ..) in big_values(lab, &[1_000_000]) {
+            assert!(ok, "{size} B value not read back byte-exact");
+        }
+        let c = lab.stop_clean();
+        assert_eq!(c["dataplane"]["kpath_frames"], 0, "{c}");
+        assert_eq!(engine(&c, "l7_ranges"), 0, "{c}");
+    });
+}
+
 /// The 15 shapes a public desync corpus (aws/http-desync-guardian) rates
 /// "Acceptable", against nginx directly and through the enforcer: what
 /// nginx serves passes and gets nginx's own answer, except the documented

@@ -485,3 +485,63 @@ fn a_forgotten_flow_takes_its_range_with_it() {
         "its range went with it"
     );
 }
+
+/// The reply side's accounting ahead: once the rest of a reply body is a
+/// range, the stream counts it as passed, so the server segment after the
+/// range (the body's last byte and `END`), arriving when every segment
+/// inside took the kernel path, is in order for it and goes on; the reply
+/// order stays right for a denial pipelined after it.
+#[test]
+fn the_reply_after_a_bypassed_body_is_in_order() {
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        ..EngineConfig::default()
+    };
+    let mut p = conn("10.66.0.12", 11211, cfg);
+    p.shortcut = Some(kit::pair::Shortcut::new(100, 1));
+    assert_eq!(
+        p.client_says(b"get xwing-coord\r\n"),
+        enforcer::verdict::Verdict::Forward(SERVER)
+    );
+    let mut head = b"VALUE xwing-coord 0 4000\r\n".to_vec();
+    head.extend([b'a'; 1000]);
+    assert_eq!(
+        p.server_says(&head),
+        enforcer::verdict::Verdict::Forward(CLIENT)
+    );
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "the rest is a range");
+    let frames_in = p.mid.counters().frames_in;
+    p.server_says(&[b'b'; 1500]);
+    p.server_says(&[b'c'; 1400]);
+    assert_eq!(p.shortcut.as_ref().unwrap().taken, 2);
+    assert_eq!(
+        p.mid.counters().frames_in,
+        frames_in,
+        "not through the engine"
+    );
+    // The last 100 bytes, CRLF and END: past the range, so through the
+    // stream, which must take it as the next bytes of the reply.
+    let mut tail = vec![b'd'; 100];
+    tail.extend(b"\r\nEND\r\n");
+    assert_eq!(
+        p.server_says(&tail),
+        enforcer::verdict::Verdict::Forward(CLIENT)
+    );
+    // A denied request after it is answered by us, in its turn.
+    assert_eq!(
+        p.client_says(b"get awing-coord\r\n"),
+        enforcer::verdict::Verdict::Consumed
+    );
+    let mut want = head.clone();
+    want.extend([b'b'; 1500]);
+    want.extend([b'c'; 1400]);
+    want.extend(&tail);
+    want.extend(b"CLIENT_ERROR access denied\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&p.client.data),
+        String::from_utf8_lossy(&want)
+    );
+    p.run();
+    p.assert_healthy();
+}

@@ -244,6 +244,18 @@ pub fn render(h: &Handle) -> String {
     );
     counter(
         &mut reg,
+        "kernel_path_frames",
+        "Frames the XDP program forwarded itself, inside a published range (--kernel-path on)",
+        snap.dp.kpath_frames,
+    );
+    counter(
+        &mut reg,
+        "kernel_path_bytes",
+        "Bytes of the frames the XDP program forwarded itself",
+        snap.dp.kpath_bytes,
+    );
+    counter(
+        &mut reg,
         "handoff_full",
         "Frames for another worker dropped because its channel was full",
         snap.dp.handoff_full,

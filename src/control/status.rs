@@ -21,6 +21,7 @@ pub fn json(h: &Handle) -> serde_json::Value {
         "poll": info.poll,
         "passthrough": info.passthrough,
         "audit": info.audit,
+        "kernel_path": info.kernel_path,
         "queues": snap.queues,
         "policy": {
             "path": info.policy_path,
@@ -42,6 +43,9 @@ pub fn json(h: &Handle) -> serde_json::Value {
             "l7_requests_denied": e.l7_requests_denied,
             "l7_requests_audited": e.l7_requests_audited,
             "events_dropped": snap.dp.events_dropped,
+            "kernel_path_frames": snap.dp.kpath_frames,
+            "kernel_path_bytes": snap.dp.kpath_bytes,
+            "kernel_path_ranges": snap.dp.kpath_ranges,
             "events_undelivered": h.undelivered(),
             "drops": e.to_json().get("drops").cloned().unwrap_or_default(),
         },

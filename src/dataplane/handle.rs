@@ -39,6 +39,8 @@ pub struct Info {
     pub passthrough: bool,
     /// Audit mode (`--audit`): would-be denials forwarded and logged.
     pub audit: bool,
+    /// `--kernel-path on` in inline mode: our XDP program forwards ranges.
+    pub kernel_path: bool,
     /// Host mode: this host's addresses (the policy is loaded against them).
     #[serde(skip)]
     pub host: Option<Vec<std::net::IpAddr>>,

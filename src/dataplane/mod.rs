@@ -5,6 +5,7 @@ mod handle;
 mod handoff;
 mod host;
 mod iface;
+mod kpath;
 mod link;
 mod stats;
 mod worker;
@@ -25,7 +26,7 @@ use handoff::Waker;
 use iface::IfaceInfo;
 use stats::{DpCounters, WorkerStats};
 pub use stats::{QueueStats, SideCount};
-use worker::{HostMacs, LinkSpec, Shared, WorkerSpec};
+use worker::{HostMacs, KpathFds, LinkSpec, Shared, WorkerSpec};
 use xsk::{QueueSpec, Steer};
 
 /// Where policies and endpoints are read from when `--policy` is not given.
@@ -197,6 +198,8 @@ struct Plan {
     steer: Steer,
     host: Option<HostMacs>,
     idle: worker::Idle,
+    /// Inline with the kernel path: the maps workers write and read.
+    kpath: Option<KpathFds>,
 }
 
 /// Load the policy `--policy` names, or the default directory.
@@ -325,14 +328,27 @@ fn run_inline(
     let (poll, _) = choose_poll(args.poll, false);
     let plan = assign_queues(&[&a, &b], workers);
     let socks_per_worker = plan.iter().map(|q| q.len()).max().unwrap_or(2) as u32;
+    // Our own program in place of libxdp's, with the range map.
+    let kp = if args.engine.kernel_path {
+        Some(kpath::KernelPath::load([a.ifindex, b.ifindex])?)
+    } else {
+        None
+    };
     let plan = Plan {
         links: plan
             .into_iter()
             .map(|qs| qs.into_iter().map(LinkSpec::Queue).collect())
             .collect(),
-        steer: Steer::Libxdp,
+        steer: match &kp {
+            Some(k) => Steer::Kpath(k.xsks_fd()),
+            None => Steer::Libxdp,
+        },
         host: None,
         idle: worker::inline_idle()?,
+        kpath: kp.as_ref().map(|k| KpathFds {
+            ranges: k.ranges_fd(),
+            stats: Some(k.stats_fd()),
+        }),
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
 
@@ -354,13 +370,49 @@ fn run_inline(
             }
         }
     }
-    struct Inline<'a>(&'a IfaceInfo, &'a IfaceInfo);
+    struct Inline<'a>(
+        &'a IfaceInfo,
+        &'a IfaceInfo,
+        Option<kpath::KernelPath>,
+        std::time::Instant,
+    );
+    impl Inline<'_> {
+        /// Whether both ports still take redirected frames (a change is said).
+        fn follow_ports(&mut self) {
+            if let Some(change) = self.2.as_mut().and_then(|k| k.follow_ports()) {
+                match change {
+                    Ok(()) => eprintln!("enforcer: kernel path on"),
+                    Err(e) => eprintln!("enforcer: {e}"),
+                }
+            }
+        }
+    }
     impl Hooks for Inline<'_> {
         fn ready(&mut self) -> Result<(), String> {
+            // Once every socket is in the XSKMAP: no frame meets the
+            // program before its queue's socket is there.
+            if let Some(k) = self.2.as_mut() {
+                k.attach()?;
+                if let Some(Err(e)) = k.follow_ports() {
+                    eprintln!("enforcer: {e}");
+                }
+            }
             Ok(())
         }
-        fn tick(&mut self, _: &Shared) {}
-        fn stop(&mut self) {}
+        fn tick(&mut self, _: &Shared) {
+            // A port's features change with its peer (a veth's GRO): once a second.
+            if self.2.is_some() && self.3.elapsed() >= Duration::from_secs(1) {
+                self.3 = std::time::Instant::now();
+                self.follow_ports();
+            }
+        }
+        fn stop(&mut self) {
+            // Before the workers stop: from here on every frame reaches
+            // them (or, once their sockets close, the kernel).
+            if let Some(k) = self.2.as_mut() {
+                k.detach();
+            }
+        }
     }
     impl Drop for Inline<'_> {
         fn drop(&mut self) {
@@ -371,9 +423,10 @@ fn run_inline(
             }
         }
     }
-    let mut hooks = Inline(&a, &b);
+    let kernel_path = if kp.is_some() { "on" } else { "off" };
+    let mut hooks = Inline(&a, &b, kp, std::time::Instant::now());
     let ready = format!(
-        "ready iface={} peer={} queues={}/{} workers={workers} poll={} policy={origin}{}",
+        "ready iface={} peer={} queues={}/{} workers={workers} poll={} kernel-path={kernel_path} policy={origin}{}",
         a.name,
         b.name,
         a.rx_queues,
@@ -516,6 +569,7 @@ fn run_host(
         steer: Steer::XskMap(hm.xsk_map()),
         host: Some(hm.macs),
         idle,
+        kpath: None,
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
     let ready = format!(
@@ -631,6 +685,7 @@ fn serve(
         policy_path: src.path.clone(),
         passthrough: src.passthrough,
         audit: args.engine.audit,
+        kernel_path: plan.kpath.is_some(),
         host: src.host.clone(),
     };
     let sources = handle::read_sources(&src.path).unwrap_or_default();
@@ -665,10 +720,19 @@ fn serve(
             poll,
             cpu: Some(id % ncpu),
             policy: policy.clone(),
-            engine: args.engine.clone(),
+            engine: crate::config::EngineConfig {
+                // Ranges only where a program honours them.
+                kernel_path: args.engine.kernel_path && plan.kpath.is_some(),
+                ..args.engine.clone()
+            },
             steer: plan.steer,
             host: plan.host,
             idle: plan.idle,
+            // The program's counters are read by one worker.
+            kpath: plan.kpath.map(|k| KpathFds {
+                stats: k.stats.filter(|_| id == 0),
+                ..k
+            }),
         };
         let (sh, rt) = (shared.clone(), ready_tx.clone());
         let h = std::thread::Builder::new()

@@ -99,6 +99,15 @@ pub struct DpCounters {
     pub engine_panics: u64,
     /// At exit: UMEM frames neither free nor on a ring (a leak if not 0).
     pub umem_frames_unaccounted: u64,
+    /// Inline with `--kernel-path on`: frames and bytes the XDP program
+    /// forwarded itself (they never reach a worker), the range map's
+    /// entries now, the writes and deletes workers made, and writes the
+    /// kernel refused (their segments then go through the engine).
+    pub kpath_frames: u64,
+    pub kpath_bytes: u64,
+    pub kpath_ranges: u64,
+    pub kpath_map_writes: u64,
+    pub kpath_map_failed: u64,
 }
 
 impl DpCounters {
@@ -126,6 +135,11 @@ impl DpCounters {
         self.frames_from_spare += o.frames_from_spare;
         self.engine_panics += o.engine_panics;
         self.umem_frames_unaccounted += o.umem_frames_unaccounted;
+        self.kpath_frames += o.kpath_frames;
+        self.kpath_bytes += o.kpath_bytes;
+        self.kpath_ranges += o.kpath_ranges;
+        self.kpath_map_writes += o.kpath_map_writes;
+        self.kpath_map_failed += o.kpath_map_failed;
     }
 }
 

@@ -18,6 +18,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use xsk_rs::{FrameDesc, Umem};
 
 use super::handoff::{rebalance, Channels, Handoff, Waker};
+use super::kpath::Ranges;
 use super::link::{Link, Rewrite};
 use super::stats::{DpCounters, SideCount, TallyBook, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
@@ -143,6 +144,15 @@ pub struct WorkerSpec {
     pub host: Option<HostMacs>,
     /// How long to wait, idle, before sleeping (adaptive poll).
     pub idle: Idle,
+    /// Inline with the kernel path: the range map this worker writes, and
+    /// (one worker only) the program's counters to publish.
+    pub kpath: Option<KpathFds>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KpathFds {
+    pub ranges: std::os::fd::RawFd,
+    pub stats: Option<std::os::fd::RawFd>,
 }
 
 /// An event on its way to the log writer, with the policy it was decided
@@ -391,6 +401,12 @@ pub fn run(
         cq_descs: vec![FrameDesc::default(); RING_SIZE as usize],
         policy_gen: 0,
         neighbors_gen: shared.neighbors_gen.load(Ordering::Acquire),
+        ranges: spec.kpath.map(|k| Ranges::new(k.ranges)),
+        kpath_stats: spec.kpath.and_then(|k| k.stats),
+        backlog: false,
+        // Private switch, to measure what waiting for the backlog costs.
+        arm_now: std::env::var_os("ENFORCER_KPATH_ARM_NOW").is_some_and(|v| v == "1"),
+        panics_seen: 0,
     };
 
     let mut pollfds: Vec<libc::pollfd> = w
@@ -450,6 +466,7 @@ pub fn run(
             w.drain_out();
         }
         work += w.transmit(now);
+        w.arm_ranges();
         w.refill();
         w.rebalance();
         if now_i.duration_since(last_publish) >= PUBLISH {
@@ -519,6 +536,10 @@ pub fn run(
             PollMode::Adaptive => std::hint::spin_loop(),
         }
     }
+    // The program forwards none of our flows' segments once we are gone.
+    if let Some(r) = w.ranges.as_mut() {
+        r.clear();
+    }
     let held = w.settle();
     w.publish();
     if let Some(slot) = shared.stats.get(w.id as usize) {
@@ -555,6 +576,16 @@ struct Worker {
     cq_descs: Vec<FrameDesc>,
     policy_gen: u64,
     neighbors_gen: u64,
+    /// The kernel path's range map, as this worker wrote it.
+    ranges: Option<Ranges>,
+    kpath_stats: Option<std::os::fd::RawFd>,
+    /// The last receive left frames on a ring (`arm_ranges` waits).
+    backlog: bool,
+    /// `ENFORCER_KPATH_ARM_NOW=1`: ranges are written at once.
+    arm_now: bool,
+    /// Engine panics already seen: a replaced engine forgot its flows
+    /// without withdrawing their ranges, so this worker withdraws them all.
+    panics_seen: u64,
 }
 
 impl Worker {
@@ -571,10 +602,13 @@ impl Worker {
     /// worker that owns its flow.
     fn receive(&mut self, now: u64) -> usize {
         let mut work = 0;
+        self.backlog = false;
         for li in 0..self.links.len() {
             let side = self.links[li].side;
             let n = self.links[li].recv(&self.umem, &mut self.free, &mut self.rx_descs, now);
             work += n;
+            // A full batch: the ring may hold more.
+            self.backlog |= n == BATCH;
             self.dp.rx_frames += n as u64;
             for i in 0..n {
                 let mut d = self.rx_descs[i];
@@ -818,7 +852,43 @@ impl Worker {
         self.pending[side as usize].push(d);
     }
 
+    /// Ranges the engine published go to the map as they come: one per
+    /// large body and a renewal when its segments' ack or window moves, a
+    /// syscall each, never one per frame.
+    fn apply_ranges(&mut self) {
+        let panics = self.judge.panics();
+        match self.ranges.as_mut() {
+            Some(m) => {
+                if panics != self.panics_seen {
+                    self.panics_seen = panics;
+                    m.clear();
+                }
+                for r in self.out.ranges.drain(..) {
+                    m.apply(&r);
+                }
+            }
+            None => self.out.ranges.clear(),
+        }
+    }
+
+    /// Ranges go into the map once nothing older of theirs can be
+    /// overtaken: no full batch was left on an RX ring this turn, and TX
+    /// took everything we forwarded.
+    fn arm_ranges(&mut self) {
+        if !self.ranges.as_ref().is_some_and(|r| r.waiting()) {
+            return;
+        }
+        if self.arm_now || (!self.backlog && !self.tx_unsent()) {
+            if let Some(r) = self.ranges.as_mut() {
+                r.arm();
+            }
+        }
+    }
+
     fn drain_out(&mut self) {
+        if !self.out.ranges.is_empty() || self.panics_seen != self.judge.panics() {
+            self.apply_ranges();
+        }
         if self.out.emits.is_empty() && self.out.events.is_empty() {
             return;
         }
@@ -851,6 +921,14 @@ impl Worker {
         dp.engine_panics = self.judge.panics();
         for l in &self.links {
             l.stats(&mut dp);
+        }
+        if let Some(r) = &self.ranges {
+            dp.kpath_map_writes = r.writes;
+            dp.kpath_map_failed = r.failed;
+            dp.kpath_ranges = r.len() as u64;
+        }
+        if let Some(fd) = self.kpath_stats {
+            (dp.kpath_frames, dp.kpath_bytes) = super::kpath::forwarded(fd);
         }
         if let Some(slot) = self.shared.stats.get(self.id as usize) {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());

@@ -121,11 +121,14 @@ pub struct Xsk {
 }
 
 /// How a socket gets its frames: libxdp's default program (inline), or our
-/// own steering program's XSKMAP (host mode; libxdp must not load its own).
+/// own steering program's XSKMAP (host mode; libxdp must not load its own),
+/// or inline mode's kernel-path program (its XSKMAP is keyed by side and
+/// queue, `kpath::MAX_QUEUES`).
 #[derive(Debug, Clone, Copy)]
 pub enum Steer {
     Libxdp,
     XskMap(RawFd),
+    Kpath(RawFd),
 }
 
 impl Xsk {
@@ -144,7 +147,7 @@ impl Xsk {
         b.rx_queue_size(ring)
             .tx_queue_size(ring)
             .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP);
-        if matches!(steer, Steer::XskMap(_)) {
+        if !matches!(steer, Steer::Libxdp) {
             b.libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD);
         }
         let cfg = b.build();
@@ -167,10 +170,19 @@ impl Xsk {
                 q.iface
             );
         }
-        if let Steer::XskMap(map) = steer {
-            crate::hostmode::steer::bind(map, q.queue, rx.fd().as_raw_fd())
-                .map_err(|e| socket_err(q, e))?;
-        }
+        let bound = match steer {
+            Steer::Libxdp => Ok(()),
+            Steer::XskMap(map) => crate::hostmode::steer::bind(map, q.queue, rx.fd().as_raw_fd()),
+            Steer::Kpath(map) if q.queue < super::kpath::MAX_QUEUES => {
+                let key = u32::from(q.side) * super::kpath::MAX_QUEUES + q.queue;
+                crate::hostmode::steer::bind(map, key, rx.fd().as_raw_fd())
+            }
+            Steer::Kpath(_) => Err(format!(
+                "the kernel path serves queues below {}",
+                super::kpath::MAX_QUEUES
+            )),
+        };
+        bound.map_err(|e| socket_err(q, e))?;
         let bound = Box::new(QueueStats {
             iface: q.iface.clone(),
             queue: q.queue,

@@ -5,6 +5,7 @@
 //! policy-routed into the same TAP, so both directions of every flow pass
 //! the engine, then leave on `--iface` with the flow's MAC addresses.
 
+pub mod bpfobj;
 pub mod l2;
 pub mod routes;
 pub mod rtnl;

@@ -6,12 +6,13 @@
 //! so the program outlives the process and, with no socket bound, drops the
 //! host's IP traffic until a restart cleans it up.
 
-use std::ffi::CString;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use libbpf_sys as bpf;
+
+use super::bpfobj::{self, os_err, Object};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 /// The kernel keeps the first 15 bytes of a program's name.
@@ -26,7 +27,7 @@ pub enum FailMode {
 }
 
 pub struct Steering {
-    obj: *mut bpf::bpf_object,
+    obj: Object,
     prog_fd: RawFd,
     xsks_fd: RawFd,
     v4_fd: RawFd,
@@ -37,76 +38,34 @@ pub struct Steering {
     netlink_flags: Option<u32>,
 }
 
-// SAFETY: the object is only touched from the thread that owns `Steering`;
-// libbpf objects have no thread affinity.
-unsafe impl Send for Steering {}
-
-fn os_err(what: &str, rc: i32) -> String {
-    let e = std::io::Error::from_raw_os_error(rc.abs());
-    format!("{what}: {e}")
-}
-
 impl Steering {
     /// Load the program (not yet attached).
     pub fn load(fail: FailMode) -> Result<Steering, String> {
-        // SAFETY: OBJECT outlives the call (static); each libbpf pointer is
-        // checked for null before use; the object is closed on every error path
-        // (by hand, or by `Steering`'s Drop once `s` exists).
-        unsafe {
-            let obj =
-                bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, ptr::null());
-            if obj.is_null() {
-                return Err("cannot open the steering program".into());
-            }
-            let rc = bpf::bpf_object__load(obj);
-            if rc != 0 {
-                bpf::bpf_object__close(obj);
-                return Err(os_err(
-                    "cannot load the steering program (is bpffs mounted, are we root?)",
-                    rc,
-                ));
-            }
-            let name = CString::new(PROG_NAME).unwrap_or_default();
-            let prog = bpf::bpf_object__find_program_by_name(obj, name.as_ptr());
-            let map = |n: &str| {
-                let c = CString::new(n).unwrap_or_default();
-                bpf::bpf_object__find_map_fd_by_name(obj, c.as_ptr())
-            };
-            let s = Steering {
-                obj,
-                prog_fd: if prog.is_null() {
-                    -1
-                } else {
-                    bpf::bpf_program__fd(prog)
-                },
-                xsks_fd: map("xsks"),
-                v4_fd: map("host_v4"),
-                v6_fd: map("host_v6"),
-                ifindex: 0,
-                fail,
-                link: None,
-                netlink_flags: None,
-            };
-            let cfg_fd = map("config");
-            if s.prog_fd < 0 || s.xsks_fd < 0 || s.v4_fd < 0 || s.v6_fd < 0 || cfg_fd < 0 {
-                return Err("steering program is missing a map or its entry point".into());
-            }
-            let fallback: u32 = match fail {
-                FailMode::Open => bpf::XDP_PASS,
-                FailMode::Closed => bpf::XDP_DROP,
-            };
-            let key = 0u32;
-            let rc = bpf::bpf_map_update_elem(
-                cfg_fd,
-                (&key as *const u32).cast(),
-                (&fallback as *const u32).cast(),
-                0,
-            );
-            if rc != 0 {
-                return Err(os_err("cannot configure the steering program", rc));
-            }
-            Ok(s)
+        let obj = Object::load(OBJECT, "the steering program")?;
+        let s = Steering {
+            prog_fd: obj.prog_fd(PROG_NAME),
+            xsks_fd: obj.map_fd("xsks"),
+            v4_fd: obj.map_fd("host_v4"),
+            v6_fd: obj.map_fd("host_v6"),
+            obj,
+            ifindex: 0,
+            fail,
+            link: None,
+            netlink_flags: None,
+        };
+        let cfg_fd = s.obj.map_fd("config");
+        if s.prog_fd < 0 || s.xsks_fd < 0 || s.v4_fd < 0 || s.v6_fd < 0 || cfg_fd < 0 {
+            return Err("steering program is missing a map or its entry point".into());
         }
+        let fallback: u32 = match fail {
+            FailMode::Open => bpf::XDP_PASS,
+            FailMode::Closed => bpf::XDP_DROP,
+        };
+        let rc = bpfobj::update(cfg_fd, &0u32, &fallback);
+        if rc != 0 {
+            return Err(os_err("cannot configure the steering program", rc));
+        }
+        Ok(s)
     }
 
     /// The addresses whose IP frames go to the enforcer.
@@ -154,34 +113,22 @@ impl Steering {
     /// Attach to `ifindex`: native mode when the driver has it, else generic.
     pub fn attach(&mut self, ifindex: i32) -> Result<(), String> {
         self.ifindex = ifindex;
+        if self.fail == FailMode::Open {
+            let fd = bpfobj::attach_link(self.prog_fd, ifindex)
+                .map_err(|rc| os_err("cannot attach the steering program", rc))?;
+            self.link = Some(fd);
+            return Ok(());
+        }
         let mut last = 0;
         for mode in [bpf::XDP_FLAGS_DRV_MODE, bpf::XDP_FLAGS_SKB_MODE] {
             let flags = mode | bpf::XDP_FLAGS_UPDATE_IF_NOEXIST;
-            // SAFETY: the options struct is plain old data (zeros = defaults) and
-            // `prog_fd` is this object's loaded program.
-            unsafe {
-                match self.fail {
-                    FailMode::Open => {
-                        let mut opts: bpf::bpf_link_create_opts = std::mem::zeroed();
-                        opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
-                        opts.flags = mode;
-                        let fd = bpf::bpf_link_create(self.prog_fd, ifindex, bpf::BPF_XDP, &opts);
-                        if fd >= 0 {
-                            self.link = Some(OwnedFd::from_raw_fd(fd));
-                            return Ok(());
-                        }
-                        last = fd;
-                    }
-                    FailMode::Closed => {
-                        let rc = bpf::bpf_xdp_attach(ifindex, self.prog_fd, flags, ptr::null());
-                        if rc == 0 {
-                            self.netlink_flags = Some(mode);
-                            return Ok(());
-                        }
-                        last = rc;
-                    }
-                }
+            // SAFETY: `prog_fd` is this object's loaded program; null opts.
+            let rc = unsafe { bpf::bpf_xdp_attach(ifindex, self.prog_fd, flags, ptr::null()) };
+            if rc == 0 {
+                self.netlink_flags = Some(mode);
+                return Ok(());
             }
+            last = rc;
         }
         Err(os_err("cannot attach the steering program", last))
     }
@@ -203,9 +150,8 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
+        // Before the object closes (a field, dropped after this).
         self.detach();
-        // SAFETY: `obj` was opened by `load` and is closed only here.
-        unsafe { bpf::bpf_object__close(self.obj) };
     }
 }
 

@@ -121,6 +121,14 @@ fn run_in(lab: Option<Lab>, prefix: &str, test: impl FnOnce(&mut Lab)) {
 }
 
 /// How the enforcer decides frames.
+/// `LAB_ENFORCER_ARGS="--kernel-path on"`: arguments every lab test's
+/// enforcer gets (a whole suite under other settings).
+fn start_args_from_env() -> Vec<String> {
+    std::env::var("LAB_ENFORCER_ARGS")
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
 pub enum Mode<'a> {
     /// The real engine with this policy file or directory.
     Policy(&'a Path),
@@ -219,7 +227,7 @@ impl Lab {
             log: PathBuf::from(format!("/run/enforcer-lab/{prefix}/verdicts.jsonl")),
             control: PathBuf::from(format!("/run/enforcer-lab/{prefix}/enforcer.sock")),
             host_mode,
-            start_args: Vec::new(),
+            start_args: start_args_from_env(),
             with_log: true,
         })
     }
