@@ -16,6 +16,9 @@ use libbpf_sys as bpf;
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 /// The kernel keeps the first 15 bytes of a program's name.
 const PROG_NAME: &str = "enforcer_steer";
+/// The program on the far end of the re-entry veth (everything to the
+/// socket of its queue).
+const REENTRY_PROG: &str = "enforcer_reent";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FailMode {
@@ -49,6 +52,17 @@ fn os_err(what: &str, rc: i32) -> String {
 impl Steering {
     /// Load the program (not yet attached).
     pub fn load(fail: FailMode) -> Result<Steering, String> {
+        Steering::load_prog(fail, PROG_NAME)
+    }
+
+    /// The far end's program of the re-entry veth, with an XSKMAP of its
+    /// own. Attached through a link: it goes with the process (and the far
+    /// end with the process's namespace).
+    pub fn load_reentry() -> Result<Steering, String> {
+        Steering::load_prog(FailMode::Open, REENTRY_PROG)
+    }
+
+    fn load_prog(fail: FailMode, entry: &str) -> Result<Steering, String> {
         // SAFETY: OBJECT outlives the call (static); each libbpf pointer is
         // checked for null before use; the object is closed on every error path
         // (by hand, or by `Steering`'s Drop once `s` exists).
@@ -66,7 +80,7 @@ impl Steering {
                     rc,
                 ));
             }
-            let name = CString::new(PROG_NAME).unwrap_or_default();
+            let name = CString::new(entry).unwrap_or_default();
             let prog = bpf::bpf_object__find_program_by_name(obj, name.as_ptr());
             let map = |n: &str| {
                 let c = CString::new(n).unwrap_or_default();
