@@ -11,7 +11,7 @@
 #                           gives medians per build. An entry may start
 #                           with environment for that run, VAR=VALUE[+...]:
 #                           (e.g. ENFORCER_TAP_IO=plain:target/release/enforcer)
-#   FLOOR=1                 adds the last build with ENFORCER_PASSTHROUGH=1:
+#   FLOOR=1                 adds the last build (with its environment) and ENFORCER_PASSTHROUGH=1:
 #                           host mode with no engine (every frame forwarded),
 #                           the re-entry path's own cost (AF_XDP copy mode,
 #                           TAP, wake-ups) apart from the engine's
@@ -42,7 +42,11 @@ install_deps
 command -v nginx >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 cargo build --release -q --bin enforcer --example loadgen
 read -r -a BINS <<<"${ENFORCER_BIN:-target/release/enforcer}"
-[ -n "${FLOOR:-}" ] && BINS+=("ENFORCER_PASSTHROUGH=1:${BINS[-1]##*:}")
+# The floor keeps the last build's environment (its re-entry device, say).
+if [ -n "${FLOOR:-}" ]; then
+  LAST=${BINS[-1]}
+  if [[ $LAST == *:* ]]; then BINS+=("ENFORCER_PASSTHROUGH=1+${LAST%%:*}:${LAST##*:}"); else BINS+=("ENFORCER_PASSTHROUGH=1:$LAST"); fi
+fi
 bin_path() { echo "${1##*:}"; }
 bin_env() { [[ $1 == *:* ]] && tr + ' ' <<<"${1%%:*}"; true; }
 for b in "${BINS[@]}"; do

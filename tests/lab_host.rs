@@ -77,24 +77,85 @@ fn assert_stderr_says(lab: &Lab, what: &str) {
     assert!(err.contains(what), "{what:?} expected on stderr: {err}");
 }
 
-#[test]
-fn starwars_in_host_mode_over_ipv4_and_ipv6() {
-    lab::with_host_lab("hmsw", |lab| {
-        lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
-        assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
+/// The re-entry device in the server's namespace: `ip -d link` of every
+/// `enf…` there (the veth's far end lives in a namespace of its own and
+/// must not show here).
+fn reentry_devices(lab: &Lab) -> Vec<String> {
+    stdout(&lab.sh(
+        "server",
+        "ip -d -o link | grep -E ': enf[0-9a-z]*[:@]' ; true",
+    ))
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
+/// Every start of this lab's enforcer re-enters through the veth
+/// (`ENFORCER_HOST_REENTRY=veth`; the TAP is the default).
+fn through_the_veth(lab: &mut Lab) {
+    lab.start_env = vec![("ENFORCER_HOST_REENTRY".into(), "veth".into())];
+}
+
+/// The enforcer runs with the re-entry device `veth` asks for: a TAP, or
+/// a veth whose peer (the workers' sockets) is in another namespace.
+fn assert_reentry(lab: &Lab, veth: bool) {
+    let devs = reentry_devices(lab);
+    assert_eq!(devs.len(), 1, "one re-entry device here: {devs:?}");
+    if veth {
+        assert_stderr_says(lab, "re-entry: veth");
+        assert!(
+            lab.ready_line().contains(" reentry=veth:enf"),
+            "{}",
+            lab.ready_line()
+        );
+        assert!(
+            devs[0].contains(" veth ") && devs[0].contains("link-netnsid"),
+            "a veth whose peer is in another namespace: {devs:?}"
+        );
+    } else {
         let want = if kernel_has_tap_ring() {
             "TAP I/O: io_uring"
         } else {
             "TAP I/O: read/write"
         };
         assert_stderr_says(lab, want);
+        assert!(
+            lab.ready_line().contains(" reentry=tap:enf"),
+            "{}",
+            lab.ready_line()
+        );
+        assert!(devs[0].contains(" tun "), "a TAP: {devs:?}");
+    }
+}
+
+fn starwars_over_ipv4_and_ipv6(prefix: &str, veth: bool) {
+    lab::with_host_lab(prefix, |lab| {
+        if veth {
+            through_the_veth(lab);
+        }
+        lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
+        assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
+        assert_reentry(lab, veth);
         guide::starwars(lab);
         guide::denial_keeps_the_connection(lab);
         assert!(lab.ping("xwing", SERVER4), "the x-wing's radar ping");
+        // Every UMEM frame accounted for, nothing left (`stop_clean`).
         lab.stop_clean();
         // The host answers directly again.
         assert_eq!(http_code(lab, "tracker", &["http://10.66.0.2/v1/"]), "200");
     });
+}
+
+#[test]
+fn starwars_in_host_mode_over_ipv4_and_ipv6() {
+    starwars_over_ipv4_and_ipv6("hmsw", false);
+}
+
+/// The same through the re-entry veth: frames both ways through AF_XDP
+/// rings on its far end, denials and IPv6 included.
+#[test]
+fn starwars_in_host_mode_through_the_veth() {
+    starwars_over_ipv4_and_ipv6("hmsv", true);
 }
 
 /// The fallback TAP I/O (plain read/write, as on kernels without the
@@ -153,10 +214,25 @@ fn pass_through_in_host_mode_forwards_everything() {
 /// owns the flow (hand-off), inbound and from the host, IPv4 and IPv6.
 #[test]
 fn two_workers_in_host_mode() {
-    lab::with_host_lab("hm2w", |lab| {
+    two_workers("hm2w", false);
+}
+
+/// Two workers on the veth: two queues on both of its ends, a socket on
+/// each far-end queue; the host picks the queue, so hand-offs again.
+#[test]
+fn two_workers_in_host_mode_through_the_veth() {
+    two_workers("hm2v", true);
+}
+
+fn two_workers(prefix: &str, veth: bool) {
+    lab::with_host_lab(prefix, |lab| {
+        if veth {
+            through_the_veth(lab);
+        }
         lab.start_args = vec!["--workers".into(), "2".into()];
         let mc = guide::memcached(lab);
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
+        assert_reentry(lab, veth);
         assert!(
             lab.ready_line().contains("workers=2"),
             "{}",
@@ -180,8 +256,19 @@ fn two_workers_in_host_mode() {
 
 #[test]
 fn egress_l7_rule_judges_connections_the_host_opens() {
-    let prefix = "hmeg";
+    egress_l7("hmeg", false);
+}
+
+#[test]
+fn egress_l7_rule_judges_connections_the_host_opens_through_the_veth() {
+    egress_l7("hmev", true);
+}
+
+fn egress_l7(prefix: &str, veth: bool) {
     lab::with_host_lab(prefix, |lab| {
+        if veth {
+            through_the_veth(lab);
+        }
         // An HTTP service on the a-wing for the server to call.
         let log = format!("/run/enforcer-lab/{}/awing-http.log", lab.prefix);
         let deathstar = repo("scripts/deathstar.py");
@@ -203,6 +290,7 @@ fn egress_l7_rule_judges_connections_the_host_opens() {
             "tests/fixtures/host-egress.yaml",
         ]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert_reentry(lab, veth);
         for base in ["http://10.66.0.11:8080", "http://[fd66::11]:8080"] {
             // The server's first packets to a next hop its kernel has not
             // resolved yet: the case a flaky run hit.
@@ -350,7 +438,21 @@ fn within_seconds(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn stop_kill_and_restart_with_a_connection_open() {
-    lab::with_host_lab("hmlc", |lab| {
+    life_cycle("hmlc", false);
+}
+
+/// The veth goes with the namespace of its far end, which only the
+/// enforcer held: after kill -9, a moment after the death.
+#[test]
+fn stop_kill_and_restart_through_the_veth() {
+    life_cycle("hmlv", true);
+}
+
+fn life_cycle(prefix: &str, veth: bool) {
+    lab::with_host_lab(prefix, |lab| {
+        if veth {
+            through_the_veth(lab);
+        }
         let dir = dir_with(&[
             "policies/sw-deathstar-http.yaml",
             "tests/fixtures/bulk-l4.yaml",
@@ -358,6 +460,7 @@ fn stop_kill_and_restart_with_a_connection_open() {
         let put =
             |lab: &Lab| http_code(lab, "xwing", &["-XPUT", "http://10.66.0.2/v1/exhaust-port"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert_reentry(lab, veth);
         assert_eq!(put(lab), "403", "enforced");
         let echo = Echo::start(lab);
 
@@ -378,10 +481,15 @@ fn stop_kill_and_restart_with_a_connection_open() {
         within_seconds("reachable after kill -9", || put(lab) == "503");
         assert!(lab.ping("tracker", SERVER4), "not black-holed");
         echo.advances("after kill -9");
+        // A veth goes when the kernel removes the dead process's namespace
+        // for it, a moment after the death.
+        within_seconds("no re-entry device after kill -9", || {
+            reentry_devices(lab).is_empty()
+        });
         let left = lab.host_leftovers();
         assert!(
             !left.iter().any(|l| l.contains("xdp") || l.contains("enf")),
-            "fail open: program and TAP went with the process: {left:?}"
+            "fail open: program and re-entry device went with the process: {left:?}"
         );
 
         // Restart: what the dead run left goes, enforcement within seconds.
@@ -537,9 +645,22 @@ fn host_firewall_form_and_refusals() {
 
 #[test]
 fn one_gib_arrives_byte_exact_in_host_mode() {
-    lab::with_host_lab("hmgb", |lab| {
+    one_gib("hmgb", false);
+}
+
+#[test]
+fn one_gib_arrives_byte_exact_through_the_veth() {
+    one_gib("hmgv", true);
+}
+
+fn one_gib(prefix: &str, veth: bool) {
+    lab::with_host_lab(prefix, |lab| {
+        if veth {
+            through_the_veth(lab);
+        }
         let dir = dir_with(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
+        assert_reentry(lab, veth);
         lab.bulk(1 << 30);
         let c = lab.stop_clean();
         assert!(

@@ -26,6 +26,7 @@ use crate::hostmode::rtnl::{self, Rtnl, Watch};
 use crate::hostmode::steer::{self, Attached, FailMode, Steering};
 use crate::hostmode::tap::Tap;
 use crate::hostmode::unresolved::Resolver;
+use crate::hostmode::veth::{self, HostRx, Veth};
 
 const STATE_DIR: &str = "/run/enforcer";
 
@@ -65,6 +66,62 @@ pub fn iface_mtu(iface: &str) -> Option<u32> {
 /// The TAP's name: `enf` + the interface's index (unique, short enough).
 pub fn tap_name(ifindex: u32) -> String {
     format!("enf{ifindex}")
+}
+
+/// The veth's far end (in a namespace of its own; the name is only seen
+/// in this one while the pair is made).
+pub fn far_name(ifindex: u32) -> String {
+    format!("enfx{ifindex}")
+}
+
+/// How frames re-enter the host: a TAP (the default), or a veth pair with
+/// AF_XDP sockets on its far end (`ENFORCER_HOST_REENTRY=tap|veth`). The
+/// veth stays the option until it measures better (docs/dataplane.md,
+/// Host mode, *The re-entry veth*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reentry {
+    Tap,
+    Veth(HostRx),
+}
+
+pub const REENTRY_ENV: &str = "ENFORCER_HOST_REENTRY";
+
+impl Reentry {
+    pub fn from_env() -> Result<Reentry, String> {
+        let var = |k| std::env::var(k).ok();
+        Reentry::parse(
+            var(REENTRY_ENV).as_deref(),
+            var(veth::HOST_RX_ENV).as_deref(),
+        )
+    }
+
+    fn parse(reentry: Option<&str>, rx: Option<&str>) -> Result<Reentry, String> {
+        match reentry {
+            None | Some("tap") => Ok(Reentry::Tap),
+            Some("veth") => Ok(Reentry::Veth(HostRx::parse(rx)?)),
+            Some(v) => Err(format!("{REENTRY_ENV}={v:?}: want tap or veth")),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reentry::Tap => "tap",
+            Reentry::Veth(_) => "veth",
+        }
+    }
+}
+
+/// What the workers get of the re-entry device.
+pub enum Back {
+    /// One TAP queue per worker.
+    Taps(Vec<Tap>),
+    /// Sockets to open on `far`, queue `w` for worker `w`, from inside
+    /// the namespace `netns`, bound into the XSKMAP `map`.
+    Veth {
+        far: String,
+        netns: std::os::fd::RawFd,
+        map: std::os::fd::RawFd,
+    },
 }
 
 /// Locally administered MACs, distinct per interface: the TAP's, and the
@@ -136,13 +193,15 @@ fn pid_alive(pid: i32) -> bool {
 #[derive(Debug, Default)]
 pub struct Leftovers {
     pub program: bool,
+    /// A re-entry veth whose namespace the kernel had not removed yet.
+    pub device: bool,
     pub rules: usize,
     pub sysctls: usize,
 }
 
 impl Leftovers {
     pub fn any(&self) -> bool {
-        self.program || self.rules > 0 || self.sysctls > 0
+        self.program || self.device || self.rules > 0 || self.sysctls > 0
     }
 }
 
@@ -187,6 +246,11 @@ pub fn claim(iface: &str, ifindex: u32) -> Result<Leftovers, String> {
             ))
         }
     }
+    // A TAP never outlives its process; a veth pair outlives it until the
+    // kernel has removed its namespace (owner checked dead above).
+    if let Ok(mut nl) = Rtnl::open() {
+        left.device = veth::remove_stale(&mut nl, &tap_name(ifindex), &far_name(ifindex));
+    }
     left.rules = routes::remove_stale()?;
     for (k, v) in sysctls {
         if routes::write_sysctl(&k, &v).is_ok() {
@@ -211,8 +275,11 @@ pub struct HostMode {
     pub addrs: Vec<IpAddr>,
     pub macs: HostMacs,
     pub tap: String,
+    pub reentry: Reentry,
     steering: Steering,
     routing: Option<HostRouting>,
+    /// The re-entry veth and its far end's program (veth re-entry only).
+    veth: Option<(Veth, Steering)>,
     misses: Receiver<IpAddr>,
     /// When to ask the kernel to resolve a next hop, and to read the whole
     /// table (times since `t0`).
@@ -228,27 +295,42 @@ pub struct HostMode {
 }
 
 impl HostMode {
-    /// The TAP (one queue per worker), its routes, the loaded (not yet
-    /// attached) steering program. Returns the TAP queues for the workers.
+    /// The re-entry device (one queue per worker), its routes, the loaded
+    /// (not yet attached) steering program. Returns what the workers open
+    /// of the device.
     pub fn setup(
         iface: &str,
         ifindex: u32,
         addrs: Vec<IpAddr>,
         workers: usize,
         fail: FailMode,
+        reentry: Reentry,
         misses: Receiver<IpAddr>,
-    ) -> Result<(HostMode, Vec<Tap>), String> {
+    ) -> Result<(HostMode, Back), String> {
         let (tap_mac, gw_mac) = macs(ifindex);
         let macs = HostMacs {
             iface: iface_mac(iface)?,
             tap: tap_mac,
         };
         let tap = tap_name(ifindex);
-        let taps = Tap::create_queues(&tap, workers)?;
+        let (back, veth) = match reentry {
+            Reentry::Tap => (Back::Taps(Tap::create_queues(&tap, workers)?), None),
+            Reentry::Veth(rx) => {
+                let far = far_name(ifindex);
+                let v = Veth::create(&tap, &far, workers, iface_mtu(iface), rx)?;
+                let prog = Steering::load_reentry()?;
+                let back = Back::Veth {
+                    far: far.clone(),
+                    netns: v.netns(),
+                    map: prog.xsks_fd(),
+                };
+                (back, Some((v, prog)))
+            }
+        };
         // Subscribed before the first read: no change between is missed.
         let watch = Watch::open()?;
         let mut nl = Rtnl::open()?;
-        if let Some(mtu) = iface_mtu(iface) {
+        if let (Some(mtu), Reentry::Tap) = (iface_mtu(iface), reentry) {
             routes::set_mtu(&mut nl, &tap, mtu)?;
         }
         let steering = Steering::load(fail)?;
@@ -269,8 +351,10 @@ impl HostMode {
                 addrs,
                 macs,
                 tap,
+                reentry,
                 steering,
                 routing: Some(routing),
+                veth,
                 misses,
                 resolver: Resolver::new(),
                 t0: Instant::now(),
@@ -279,7 +363,7 @@ impl HostMode {
                 neighbors: Neighbors::default(),
                 complained: false,
             },
-            taps,
+            back,
         ))
     }
 
@@ -287,8 +371,16 @@ impl HostMode {
         self.steering.xsks_fd()
     }
 
-    /// Start steering: every worker's socket is in the XSKMAP by now.
+    /// Start steering: every worker's socket is in the XSKMAPs by now. The
+    /// far end first, so that what the host answers finds its way.
     pub fn attach(&mut self) -> Result<(), String> {
+        if let Some((v, prog)) = &mut self.veth {
+            let far = v.far.clone();
+            veth::within(v.netns(), || {
+                let idx = rtnl::ifindex(&far)?;
+                prog.attach(idx as i32)
+            })??;
+        }
         self.steering.attach(self.ifindex as i32)
     }
 
@@ -369,6 +461,14 @@ impl HostMode {
 impl Drop for HostMode {
     fn drop(&mut self) {
         self.stop();
+        if let Some((v, prog)) = self.veth.take() {
+            // Deleted now (both ends at once), not when the kernel gets to
+            // the namespace: a clean stop returns with nothing left.
+            drop(prog);
+            drop(v);
+            let _ = fs::remove_file(state_file(&self.iface));
+            return;
+        }
         // The TAP goes with its last file reference, and with the TAP on
         // io_uring that reference is the ring's: the kernel releases it from
         // a work queue after the ring's fd is closed, a moment after the
@@ -406,6 +506,22 @@ fn wait_gone(name: &str, limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reentry_is_the_tap_unless_asked_for_the_veth() {
+        assert_eq!(Reentry::parse(None, Some("local")), Ok(Reentry::Tap));
+        assert_eq!(Reentry::parse(Some("tap"), None), Ok(Reentry::Tap));
+        assert_eq!(
+            Reentry::parse(Some("veth"), None),
+            Ok(Reentry::Veth(HostRx::Rps))
+        );
+        assert_eq!(
+            Reentry::parse(Some("veth"), Some("threaded")),
+            Ok(Reentry::Veth(HostRx::Threaded))
+        );
+        assert!(Reentry::parse(Some("tun"), None).is_err());
+        assert!(Reentry::parse(Some("veth"), Some("fast")).is_err());
+    }
 
     #[test]
     fn spare_cpus_are_those_without_a_worker() {

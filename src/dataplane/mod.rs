@@ -478,6 +478,7 @@ fn run_host(
     let a = iface::inspect(&args.iface, max_frame)?;
     let addrs = host::addresses(&a.name)?;
     let idle = worker::host_idle()?;
+    let reentry = host::Reentry::from_env()?;
     let policy = load_policy(policy_path, Some(&addrs), passthrough)?;
     let host_name = match &policy {
         None => "(pass-through)".to_string(),
@@ -527,10 +528,15 @@ fn run_host(
     let left = host::claim(&a.name, a.ifindex)?;
     if left.any() {
         println!(
-            "removed what an earlier run left on {}: {}{} rule(s), {} sysctl(s) restored",
+            "removed what an earlier run left on {}: {}{}{} rule(s), {} sysctl(s) restored",
             a.name,
             if left.program {
                 "its XDP program, "
+            } else {
+                ""
+            },
+            if left.device {
+                "its re-entry veth, "
             } else {
                 ""
             },
@@ -539,8 +545,8 @@ fn run_host(
         );
     }
     let (misses_tx, misses_rx) = crossbeam_channel::bounded(1024);
-    let (mut hm, taps) =
-        match host::HostMode::setup(&a.name, a.ifindex, addrs, workers, fail, misses_rx) {
+    let (mut hm, back) =
+        match host::HostMode::setup(&a.name, a.ifindex, addrs, workers, fail, reentry, misses_rx) {
             Ok(x) => x,
             Err(e) => {
                 host::release(&a.name);
@@ -549,19 +555,46 @@ fn run_host(
         };
     // `ENFORCER_HOST_RPS=off` (private): the worker's core runs the host's
     // receive, to measure what RPS costs or saves.
-    let rps = !std::env::var("ENFORCER_HOST_RPS").is_ok_and(|v| v == "off");
+    let rps = !std::env::var("ENFORCER_HOST_RPS").is_ok_and(|v| v == "off")
+        && matches!(
+            reentry,
+            host::Reentry::Tap | host::Reentry::Veth(crate::hostmode::veth::HostRx::Rps)
+        );
     if let Some(mask) = host::spare_cpu_mask(workers, ncpu).filter(|_| rps) {
         // Best effort: without it the worker's core runs the host's receive.
         if let Err(e) = host::spread_tap_receive(&hm.tap, &mask) {
             eprintln!("enforcer: warning: RPS on {}: {e}", hm.tap);
         }
     }
+    if let host::Reentry::Veth(rx) = reentry {
+        eprintln!(
+            "enforcer: re-entry: veth {} (AF_XDP sockets on its far end, in a namespace of \
+             their own; host receive: {rx:?})",
+            hm.tap
+        );
+    }
     let mut links: Vec<Vec<LinkSpec>> = (0..workers).map(|_| Vec::new()).collect();
+    // Queues of `--iface` first: a worker's first socket is never the far
+    // end's (see `LinkSpec::Veth`).
     for (w, qs) in assign_queues(&[&a], workers).into_iter().enumerate() {
         links[w].extend(qs.into_iter().map(LinkSpec::Queue));
     }
-    for (w, t) in taps.into_iter().enumerate() {
-        links[w % workers].push(LinkSpec::Tap(t));
+    match back {
+        host::Back::Taps(taps) => {
+            for (w, t) in taps.into_iter().enumerate() {
+                links[w % workers].push(LinkSpec::Tap(t));
+            }
+        }
+        host::Back::Veth { far, netns, map } => {
+            for (w, l) in links.iter_mut().enumerate() {
+                let q = QueueSpec {
+                    side: 1,
+                    iface: far.clone(),
+                    queue: w as u32,
+                };
+                l.push(LinkSpec::Veth { q, netns, map });
+            }
+        }
     }
     let socks_per_worker = links.iter().map(|l| l.len()).max().unwrap_or(2).max(2) as u32;
     let plan = Plan {
@@ -573,7 +606,7 @@ fn run_host(
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
     let ready = format!(
-        "ready iface={} mode=host host={host_name} addresses={} tap={} queues={} workers={workers} \
+        "ready iface={} mode=host host={host_name} addresses={} reentry={}:{} queues={} workers={workers} \
          poll={} fail={} policy={origin}{}",
         a.name,
         hm.addrs
@@ -581,6 +614,7 @@ fn run_host(
             .map(|x| x.to_string())
             .collect::<Vec<_>>()
             .join(","),
+        hm.reentry.name(),
         hm.tap,
         a.rx_queues,
         poll.name(),

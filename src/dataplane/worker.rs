@@ -120,6 +120,13 @@ pub enum LinkSpec {
     Queue(QueueSpec),
     /// Host mode: this worker's queue of the re-entry TAP (side 1).
     Tap(Tap),
+    /// Host mode: this worker's queue of the re-entry veth's far end (side
+    /// 1), opened from inside its namespace `netns`, bound into `map`.
+    Veth {
+        q: QueueSpec,
+        netns: std::os::fd::RawFd,
+        map: std::os::fd::RawFd,
+    },
 }
 
 /// Host mode's MAC addresses: `--iface`'s and the TAP's.
@@ -321,7 +328,7 @@ fn open_links(
     let queues = spec
         .links
         .iter()
-        .filter(|l| matches!(l, LinkSpec::Queue(_)))
+        .filter(|l| matches!(l, LinkSpec::Queue(_) | LinkSpec::Veth { .. }))
         .count();
     let share = (free.len() / (queues * 2).max(1)).min(RING_SIZE as usize);
     let neighbors = shared
@@ -346,6 +353,17 @@ fn open_links(
             LinkSpec::Tap(t) => {
                 let mac = spec.host.map(|m| m.tap).unwrap_or([0xff; 6]);
                 links.push(Link::tap(1, t, Rewrite::ToHost(mac)));
+            }
+            LinkSpec::Veth { q, netns, map } => {
+                let busy = spec.poll == PollMode::Busy;
+                // This worker's first socket (on `--iface`) is open by now:
+                // the UMEM's own fd, made in this namespace, is never the
+                // one bound to the far end.
+                let x = crate::hostmode::veth::within(netns, || {
+                    Xsk::open(&spec.umem, &q, Steer::XskMap(map), busy, free, share)
+                })??;
+                let mac = spec.host.map(|m| m.tap).unwrap_or([0xff; 6]);
+                links.push(Link::xsk(1, x, Rewrite::ToHost(mac)));
             }
         }
     }

@@ -252,6 +252,29 @@ pub fn link(ifindex: u32, up: bool, attributes: Vec<LinkAttribute>) -> LinkMessa
     m
 }
 
+/// A veth pair `name` / `peer`, both with `queues` RX and TX queues (a
+/// socket on a veth needs its peer to have no more TX queues than it has
+/// RX queues). Created down, in this namespace.
+pub fn veth(name: &str, peer: &str, queues: u32) -> LinkMessage {
+    use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkInfo};
+    let q = |n: &str| {
+        vec![
+            LinkAttribute::IfName(n.to_string()),
+            LinkAttribute::NumTxQueues(queues),
+            LinkAttribute::NumRxQueues(queues),
+        ]
+    };
+    let mut far = LinkMessage::default();
+    far.attributes = q(peer);
+    let mut m = LinkMessage::default();
+    m.attributes = q(name);
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(far))),
+    ]));
+    m
+}
+
 /// No IPv6 link-local address (so no DAD, no router solicitations).
 pub fn no_addrgen(ifindex: u32) -> LinkMessage {
     link(
@@ -445,6 +468,11 @@ impl Rtnl {
 
     pub fn set_link(&mut self, m: LinkMessage) -> io::Result<()> {
         self.request(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Create a link; it must not exist yet.
+    pub fn new_link(&mut self, m: LinkMessage) -> io::Result<()> {
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
     }
 
     pub fn delete_link(&mut self, ifindex: u32) -> io::Result<()> {
@@ -653,6 +681,25 @@ mod tests {
 
     /// struct rtmsg: family, dst_len, src_len, tos, table, protocol,
     /// scope, type, flags; then RTA_TABLE (15), RTA_GATEWAY (5), RTA_OIF (4).
+    /// A veth pair: the host end's name and queues, and inside
+    /// IFLA_LINKINFO (18) the kind and VETH_INFO_PEER with the far end's
+    /// name and the same queues.
+    #[test]
+    fn a_veth_pair_names_both_ends_and_their_queues() {
+        let b = encode(RouteNetlinkMessage::NewLink(veth("enf2", "enfx2", 3)), 0, 1);
+        let find = |needle: &[u8]| b.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(find(b"enf2\0"), 1);
+        assert_eq!(find(b"enfx2\0"), 1);
+        assert_eq!(find(b"veth\0"), 1);
+        // IFLA_NUM_TX_QUEUES (31) and IFLA_NUM_RX_QUEUES (32), both ends.
+        for t in [31u16, 32] {
+            let mut attr = vec![8u8, 0];
+            attr.extend(t.to_ne_bytes());
+            attr.extend(3u32.to_ne_bytes());
+            assert_eq!(find(&attr), 2, "attribute {t}");
+        }
+    }
+
     #[test]
     fn the_default_route_into_the_tap() {
         let got = encode(

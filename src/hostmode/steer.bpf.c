@@ -114,4 +114,13 @@ int enforcer_steer(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+// The re-entry veth's far end (host mode with a veth instead of the TAP):
+// everything the host sends into the pair goes to the worker's socket of
+// its queue; nothing else listens in the far end's namespace.
+SEC("xdp")
+int enforcer_reent(struct xdp_md *ctx)
+{
+	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
+}
+
 char _license[] SEC("license") = "Dual BSD/GPL";

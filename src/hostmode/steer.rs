@@ -17,6 +17,9 @@ use super::bpfobj::{self, os_err, Object};
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 /// The kernel keeps the first 15 bytes of a program's name.
 const PROG_NAME: &str = "enforcer_steer";
+/// The program on the far end of the re-entry veth (everything to the
+/// socket of its queue).
+const REENTRY_PROG: &str = "enforcer_reent";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FailMode {
@@ -41,9 +44,20 @@ pub struct Steering {
 impl Steering {
     /// Load the program (not yet attached).
     pub fn load(fail: FailMode) -> Result<Steering, String> {
+        Steering::load_prog(fail, PROG_NAME)
+    }
+
+    /// The far end's program of the re-entry veth, with an XSKMAP of its
+    /// own. Attached through a link: it goes with the process (and the far
+    /// end with the process's namespace).
+    pub fn load_reentry() -> Result<Steering, String> {
+        Steering::load_prog(FailMode::Open, REENTRY_PROG)
+    }
+
+    fn load_prog(fail: FailMode, entry: &str) -> Result<Steering, String> {
         let obj = Object::load(OBJECT, "the steering program")?;
         let s = Steering {
-            prog_fd: obj.prog_fd(PROG_NAME),
+            prog_fd: obj.prog_fd(entry),
             xsks_fd: obj.map_fd("xsks"),
             v4_fd: obj.map_fd("host_v4"),
             v6_fd: obj.map_fd("host_v6"),

@@ -172,6 +172,8 @@ pub struct Lab {
     /// Arguments every `start` adds (a walk that starts the enforcer
     /// itself, run with `--workers 2`).
     pub start_args: Vec<String>,
+    /// Environment every start gives the enforcer (before a start's own).
+    pub start_env: Vec<(String, String)>,
     /// Start the enforcer with `--log` (the default; `verdicts` reads it).
     /// Off, events flow only while an observer reads them.
     pub with_log: bool,
@@ -228,6 +230,7 @@ impl Lab {
             control: PathBuf::from(format!("/run/enforcer-lab/{prefix}/enforcer.sock")),
             host_mode,
             start_args: start_args_from_env(),
+            start_env: Vec::new(),
             with_log: true,
         })
     }
@@ -376,6 +379,7 @@ impl Lab {
     ) -> Result<(), String> {
         assert!(self.enforcer.is_none(), "enforcer already running");
         let mut cmd = Command::new("ip");
+        cmd.envs(self.start_env.iter().map(|(k, v)| (k, v)));
         cmd.envs(env.iter().copied());
         cmd.args(["netns", "exec", &self.ns(self.enforcer_host()), BIN]);
         if self.host_mode {
