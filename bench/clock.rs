@@ -35,7 +35,11 @@ pub const COUNT_ENV: &str = "BENCH_COUNT";
 fn count_for(name: &str) -> Option<u64> {
     let v = std::env::var(COUNT_ENV).ok()?;
     let (want, n) = v.rsplit_once(':')?;
-    Some(if want == name { n.parse().unwrap_or(0) } else { 0 })
+    Some(if want == name {
+        n.parse().unwrap_or(0)
+    } else {
+        0
+    })
 }
 
 #[inline(never)]
