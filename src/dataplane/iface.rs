@@ -8,6 +8,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::hostmode::ethtool;
+
 /// Name of the XDP program libxdp loads for AF_XDP sockets.
 const XSK_PROG: &str = "xsk_def_prog";
 /// Name of libxdp's multi-program dispatcher.
@@ -78,75 +80,26 @@ pub fn inspect(name: &str, max_frame: u32) -> Result<IfaceInfo, String> {
     })
 }
 
-// Legacy ethtool commands: `struct ethtool_value { u32 cmd; u32 data; }`.
-const ETHTOOL_GTXCSUM: u32 = 0x16;
-const ETHTOOL_GTSO: u32 = 0x1e;
-const ETHTOOL_GGSO: u32 = 0x23;
-const ETHTOOL_GFLAGS: u32 = 0x25;
-const ETHTOOL_GGRO: u32 = 0x2b;
-const ETH_FLAG_LRO: u32 = 1 << 15;
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    data: *mut libc::c_void,
-    _pad: [u8; 16],
-}
-
-fn ethtool_get(fd: libc::c_int, name: &str, cmd: u32) -> Option<u32> {
-    let mut val = EthtoolValue { cmd, data: 0 };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut val as *mut _ as *mut libc::c_void,
-        _pad: [0; 16],
-    };
-    for (d, s) in req
-        .name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: `req` is a valid `ifreq` whose data pointer targets `val`, both live across the call.
-    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
-    (r == 0).then_some(val.data)
-}
-
 /// Offloads that make the kernel hand AF_XDP copy mode frames larger than a
 /// UMEM frame (GRO/LRO aggregates, TSO/GSO super-frames) or frames with a
 /// checksum left for hardware to fill in. Refused with the command that fixes it.
 pub fn check_offloads(name: &str) -> Result<(), String> {
-    // SAFETY: plain syscall with constant arguments; the fd is checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "cannot open a socket to query offloads: {}",
-            io::Error::last_os_error()
-        ));
-    }
+    let sock =
+        ethtool::socket().map_err(|e| format!("cannot open a socket to query offloads: {e}"))?;
     let mut on = Vec::new();
     for (cmd, what) in [
-        (ETHTOOL_GTXCSUM, "tx-checksumming"),
-        (ETHTOOL_GTSO, "tcp-segmentation-offload"),
-        (ETHTOOL_GGSO, "generic-segmentation-offload"),
-        (ETHTOOL_GGRO, "generic-receive-offload"),
+        (ethtool::GTXCSUM, "tx-checksumming"),
+        (ethtool::GTSO, "tcp-segmentation-offload"),
+        (ethtool::GGSO, "generic-segmentation-offload"),
+        (ethtool::GGRO, "generic-receive-offload"),
     ] {
-        if ethtool_get(fd, name, cmd).unwrap_or(0) != 0 {
+        if ethtool::get(&sock, name, cmd).unwrap_or(0) != 0 {
             on.push(what);
         }
     }
-    if ethtool_get(fd, name, ETHTOOL_GFLAGS).unwrap_or(0) & ETH_FLAG_LRO != 0 {
+    if ethtool::get(&sock, name, ethtool::GFLAGS).unwrap_or(0) & ethtool::FLAG_LRO != 0 {
         on.push("large-receive-offload");
     }
-    // SAFETY: `fd` is the socket opened above, closed once here.
-    unsafe { libc::close(fd) };
     if on.is_empty() {
         Ok(())
     } else {

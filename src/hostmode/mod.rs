@@ -7,6 +7,7 @@
 //! the engine, then leave on `--iface` with the flow's MAC addresses.
 
 pub mod bpfobj;
+pub mod ethtool;
 pub mod l2;
 pub mod routes;
 pub mod rtnl;

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use netlink_packet_route::link::LinkAttribute;
 
+use super::ethtool;
 use super::rtnl::{self, Rtnl};
 
 /// Run `f` with the calling thread in the network namespace `ns`, then
@@ -160,12 +161,12 @@ impl Veth {
         // header gets both done for it).
         let gro = matches!(rx, HostRx::Napi | HostRx::Threaded);
         for (cmd, on, what) in [
-            (ETHTOOL_STXCSUM, false, "tx"),
-            (ETHTOOL_STSO, false, "tso"),
-            (ETHTOOL_SGSO, false, "gso"),
-            (ETHTOOL_SGRO, gro, "gro"),
+            (ethtool::STXCSUM, false, "tx"),
+            (ethtool::STSO, false, "tso"),
+            (ethtool::SGSO, false, "gso"),
+            (ethtool::SGRO, gro, "gro"),
         ] {
-            ethtool_set(name, cmd, on as u32).map_err(|e| {
+            ethtool::set(name, cmd, on as u32).map_err(|e| {
                 format!(
                     "ethtool -K {name} {what} {}: {e}",
                     if on { "on" } else { "off" }
@@ -205,53 +206,4 @@ pub fn remove_stale(nl: &mut Rtnl, name: &str, far: &str) -> bool {
         }
     }
     gone
-}
-
-// Legacy ethtool set commands: `struct ethtool_value { u32 cmd; u32 data; }`.
-const ETHTOOL_STXCSUM: u32 = 0x17;
-const ETHTOOL_STSO: u32 = 0x1f;
-const ETHTOOL_SGSO: u32 = 0x24;
-const ETHTOOL_SGRO: u32 = 0x2c;
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    data: *mut libc::c_void,
-    _pad: [u8; 16],
-}
-
-fn ethtool_set(name: &str, cmd: u32, data: u32) -> io::Result<()> {
-    // SAFETY: a plain datagram socket for the ioctl, closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket we own.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut val = EthtoolValue { cmd, data };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut val as *mut _ as *mut libc::c_void,
-        _pad: [0; 16],
-    };
-    for (d, s) in req
-        .name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: `req` is a valid `ifreq` whose data pointer targets `val`, both live across the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
