@@ -416,29 +416,7 @@ fn big_values(lab: &Lab, sizes: &[usize]) -> Vec<(usize, bool, f64, f64)> {
 fn large_values_and_bodies_flow_byte_exact_with_default_settings() {
     let prefix = "cmpbig";
     lab::with_lab(prefix, |lab| {
-        // memcached with a 16 MB item limit, in place of the lab's.
-        kill_in(lab, "server", "memcached", 11211);
-        let mc = lab.exec(
-            "server",
-            &[
-                "memcached",
-                "-u",
-                "nobody",
-                "-p",
-                "11211",
-                "-U",
-                "0",
-                "-l",
-                "0.0.0.0,::",
-                "-I",
-                "16m",
-                "-m",
-                "512",
-                "-d",
-            ],
-        );
-        assert!(mc.status.success(), "{mc:?}");
-        lab.wait_listen("server", 11211);
+        memcached_16m(lab);
         // nginx in place of the deathstar app: an 8 MB file to read, and a
         // location that takes (and discards) an 8 MB upload.
         let www = tempfile::tempdir().expect("tempdir");

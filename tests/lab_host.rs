@@ -90,10 +90,15 @@ fn reentry_devices(lab: &Lab) -> Vec<String> {
     .collect()
 }
 
-/// Every start of this lab's enforcer re-enters through the veth
-/// (`ENFORCER_HOST_REENTRY=veth`; the TAP is the default).
-fn through_the_veth(lab: &mut Lab) {
-    lab.start_env = vec![("ENFORCER_HOST_REENTRY".into(), "veth".into())];
+/// A host lab whose every enforcer start re-enters through the veth
+/// (`ENFORCER_HOST_REENTRY=veth`) when `veth`, else the TAP (the default).
+fn with_reentry_lab(prefix: &str, veth: bool, test: impl FnOnce(&mut Lab)) {
+    lab::with_host_lab(prefix, |lab| {
+        if veth {
+            lab.start_env = vec![("ENFORCER_HOST_REENTRY".into(), "veth".into())];
+        }
+        test(lab)
+    })
 }
 
 /// The enforcer runs with the re-entry device `veth` asks for: a TAP, or
@@ -129,10 +134,7 @@ fn assert_reentry(lab: &Lab, veth: bool) {
 }
 
 fn starwars_over_ipv4_and_ipv6(prefix: &str, veth: bool) {
-    lab::with_host_lab(prefix, |lab| {
-        if veth {
-            through_the_veth(lab);
-        }
+    with_reentry_lab(prefix, veth, |lab| {
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
         assert_eq!(lab.xdp_links().len(), 1, "steering program on eth0");
         assert_reentry(lab, veth);
@@ -225,10 +227,7 @@ fn two_workers_in_host_mode_through_the_veth() {
 }
 
 fn two_workers(prefix: &str, veth: bool) {
-    lab::with_host_lab(prefix, |lab| {
-        if veth {
-            through_the_veth(lab);
-        }
+    with_reentry_lab(prefix, veth, |lab| {
         lab.start_args = vec!["--workers".into(), "2".into()];
         let mc = guide::memcached(lab);
         lab.start(Mode::Policy(&repo("policies")), &[]).unwrap();
@@ -265,10 +264,7 @@ fn egress_l7_rule_judges_connections_the_host_opens_through_the_veth() {
 }
 
 fn egress_l7(prefix: &str, veth: bool) {
-    lab::with_host_lab(prefix, |lab| {
-        if veth {
-            through_the_veth(lab);
-        }
+    with_reentry_lab(prefix, veth, |lab| {
         // An HTTP service on the a-wing for the server to call.
         let log = format!("/run/enforcer-lab/{}/awing-http.log", lab.prefix);
         let deathstar = repo("scripts/deathstar.py");
@@ -449,10 +445,7 @@ fn stop_kill_and_restart_through_the_veth() {
 }
 
 fn life_cycle(prefix: &str, veth: bool) {
-    lab::with_host_lab(prefix, |lab| {
-        if veth {
-            through_the_veth(lab);
-        }
+    with_reentry_lab(prefix, veth, |lab| {
         let dir = dir_with(&[
             "policies/sw-deathstar-http.yaml",
             "tests/fixtures/bulk-l4.yaml",
@@ -654,10 +647,7 @@ fn one_gib_arrives_byte_exact_through_the_veth() {
 }
 
 fn one_gib(prefix: &str, veth: bool) {
-    lab::with_host_lab(prefix, |lab| {
-        if veth {
-            through_the_veth(lab);
-        }
+    with_reentry_lab(prefix, veth, |lab| {
         let dir = dir_with(&["tests/fixtures/bulk-l4.yaml"]);
         lab.start(Mode::Policy(dir.path()), &[]).unwrap();
         assert_reentry(lab, veth);
