@@ -17,7 +17,7 @@
 # --manifest-path /tmp/old/Cargo.toml`; default: this build) with the same
 # arguments plus BASE_ARGS: before and after, or two settings, in one run
 # (ENF_ARGS: arguments for this build only, e.g. "--kernel-path off";
-# BASE_ENV: environment for `base` only, e.g. "ENFORCER_KPATH_ARM_NOW=1").
+# BASE_ENV: environment for `base` only, e.g. "ENFORCER_INLINE_IDLE=...").
 # Also the middlebox process's CPU per round (less noisy than wall time on
 # a shared machine: what the engine costs beyond the bare dataplane).
 # PERF=1 profiles each enforcer build per round (top symbols: bench/results/large-perf-CFG-N.txt;

@@ -501,6 +501,22 @@ fn memcached_16m(lab: &Lab) {
 
 /// A veth's TX queue counter of `ethtool -S` (`tx_queue_N_<name>`),
 /// summed over its queues, in the enforcer's namespace.
+/// A TcpExt counter of namespace `ns` (/proc/net/netstat: a line of names,
+/// then a line of values).
+fn tcp_ext(lab: &Lab, ns: &str, name: &str) -> u64 {
+    let out = stdout(&lab.exec(ns, &["cat", "/proc/net/netstat"]));
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = rows[..] else {
+        panic!("no TcpExt in /proc/net/netstat of {ns}: {out}")
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name} in {ns}"))
+}
+
 fn veth_tx_stat(lab: &Lab, dev: &str, name: &str) -> u64 {
     let out = stdout(&lab.exec("enf", &["ethtool", "-S", dev]));
     out.lines()
@@ -535,12 +551,28 @@ fn large_values_take_the_kernel_path() {
             "{:?}",
             lab.xdp_links()
         );
-        let sizes = [1_000_000, 8_000_000];
+        // Warm 1 MB values after an 8 MB one: the sender puts much of each
+        // on the wire before its head is judged, so the first segments are
+        // still with the worker when the range is written.
+        let sizes = [8_000_000, 1_000_000, 1_000_000, 1_000_000, 1_000_000];
         let values: usize = sizes.iter().sum();
+        let ooo = |lab: &Lab| ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPOFOQueue"));
+        let fast = |lab: &Lab| ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPFastRetrans"));
+        let (ooo0, fast0) = (ooo(lab), fast(lab));
         for (size, ok, set, get) in big_values(lab, &sizes) {
             eprintln!("kernel path: {size} B set {set:.4} s get {get:.4} s");
             assert!(ok, "{size} B value not read back byte-exact");
         }
+        // None of them overtook the worker's: no segment queued out of order
+        // at either end, no retransmission for it (hundreds without the
+        // fence; a stray one is the lab's).
+        let (ooo1, fast1) = (ooo(lab), fast(lab));
+        let reordered: u64 = (0..2).map(|i| ooo1[i] - ooo0[i]).sum();
+        let retransmitted: u64 = (0..2).map(|i| fast1[i] - fast0[i]).sum();
+        assert!(
+            reordered <= 2 && retransmitted <= 2,
+            "out of order {reordered}, fast retransmits {retransmitted}"
+        );
         // Status shows what the program forwarded (published every 100 ms).
         std::thread::sleep(std::time::Duration::from_millis(300));
         let st: serde_json::Value =
@@ -548,6 +580,12 @@ fn large_values_take_the_kernel_path() {
         assert_eq!(st["kernel_path"], true, "{st}");
         let frames = st["counters"]["kernel_path_frames"].as_u64().unwrap();
         assert!(frames > 0, "{st}");
+        // Warm values start behind the fence (their first segments reach
+        // the worker), and it opens again.
+        assert!(
+            st["counters"]["kernel_path_fenced"].as_u64().unwrap() > 0,
+            "{st}"
+        );
         // A port that cannot take redirected frames (its veth peer without
         // GRO) pauses the kernel path: values still flow, through the engine.
         let gro = |on: &str| {

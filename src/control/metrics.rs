@@ -256,6 +256,12 @@ pub fn render(h: &Handle) -> String {
     );
     counter(
         &mut reg,
+        "kernel_path_fenced",
+        "Segments inside a range sent to a worker instead, as earlier frames of their queue were still with it (the ordering fence)",
+        snap.dp.kpath_fenced,
+    );
+    counter(
+        &mut reg,
         "handoff_full",
         "Frames for another worker dropped because its channel was full",
         snap.dp.handoff_full,

@@ -46,6 +46,7 @@ pub fn json(h: &Handle) -> serde_json::Value {
             "kernel_path_frames": snap.dp.kpath_frames,
             "kernel_path_bytes": snap.dp.kpath_bytes,
             "kernel_path_ranges": snap.dp.kpath_ranges,
+            "kernel_path_fenced": snap.dp.kpath_fenced,
             "events_undelivered": h.undelivered(),
             "drops": e.to_json().get("drops").cloned().unwrap_or_default(),
         },

@@ -81,9 +81,35 @@ struct {
 	__type(value, __u32);
 } config SEC(".maps");
 
+// Ordering fence, one per side and queue (key as in `xsks`): `in` counts
+// the frames this program gave that queue's socket, `done` (written by the
+// worker that owns the socket, through an mmap, no syscall) the frames it
+// has taken from the ring and finished with: transmitted, dropped or kept.
+// While done < in, frames of this queue still wait in the worker, and a
+// segment of a range forwarded here would overtake them: the receiver would
+// see the body out of order (SACK, spurious fast retransmits, a halved
+// window). So a covered segment is forwarded here only when done == in,
+// and goes to the socket like any other frame until then. One cache line
+// each, so that this program's writes and the worker's do not share one.
+struct fence {
+	__u64 in;
+	__u64 pad0[7];
+	__u64 done;
+	__u64 pad1[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * MAX_QUEUES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fence);
+} fences SEC(".maps");
+
 struct kstat {
 	__u64 frames;
 	__u64 bytes;
+	__u64 fenced; // covered segments sent to the socket: fence shut
 };
 
 struct {
@@ -99,7 +125,26 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 side)
 	// No socket of ours serves such a queue (the shell refuses to start).
 	if (q >= MAX_QUEUES)
 		return XDP_PASS;
-	return bpf_redirect_map(&xsks, side * MAX_QUEUES + q, XDP_PASS);
+	__u32 key = side * MAX_QUEUES + q;
+	int act = bpf_redirect_map(&xsks, key, XDP_PASS);
+	if (act == XDP_REDIRECT) {
+		struct fence *f = bpf_map_lookup_elem(&fences, &key);
+		// Atomic: generic XDP may run one queue on two CPUs at once.
+		if (f)
+			__sync_fetch_and_add(&f->in, 1);
+	}
+	return act;
+}
+
+// Nothing this program gave the queue's socket is still with the worker.
+static __always_inline int fence_open(struct xdp_md *ctx, __u32 side)
+{
+	__u32 key = side * MAX_QUEUES + ctx->rx_queue_index;
+	struct fence *f = bpf_map_lookup_elem(&fences, &key);
+	if (!f)
+		return 0;
+	__u64 done = *(volatile __u64 *)&f->done;
+	return done >= *(volatile __u64 *)&f->in;
 }
 
 // (x, px) < (y, py), addresses compared as big-endian numbers.
@@ -211,6 +256,12 @@ int enforcer_kpath(struct xdp_md *ctx)
 	    bpf_ntohs(tcp->window) != r->win)
 		return to_socket(ctx, side);
 	__u16 win_out = r->win_out;
+	struct kstat *st = bpf_map_lookup_elem(&stats, &zero);
+	if (!fence_open(ctx, side)) {
+		if (st)
+			st->fenced += 1;
+		return to_socket(ctx, side);
+	}
 
 	other = side ^ 1;
 	// Only records the target; the frame may still be changed below.
@@ -223,7 +274,6 @@ int enforcer_kpath(struct xdp_md *ctx)
 		tcp->window = new;
 		csum_replace2(&tcp->check, old, new);
 	}
-	struct kstat *st = bpf_map_lookup_elem(&stats, &zero);
 	if (st) {
 		st->frames += 1;
 		st->bytes += (long)end - (long)data;

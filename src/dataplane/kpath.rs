@@ -11,6 +11,8 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::hostmode::bpfobj::{self, os_err, Object};
 use crate::log::FlowTuple;
@@ -50,6 +52,7 @@ struct Val {
 struct Stat {
     frames: u64,
     bytes: u64,
+    fenced: u64,
 }
 
 impl Key {
@@ -84,6 +87,152 @@ impl Key {
     }
 }
 
+/// `struct fence` of kpath.bpf.c: one cache line for the program's count,
+/// one for the worker's.
+#[repr(C, align(64))]
+struct Fence {
+    given: AtomicU64,
+    _p0: [u64; 7],
+    done: AtomicU64,
+    _p1: [u64; 7],
+}
+
+/// The program's `fences` array, mapped into this process: each worker
+/// tells the program, by a store, how far it got with each of its
+/// sockets' rings (kpath.bpf.c, `struct fence`).
+pub struct Fences {
+    base: *mut Fence,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory of atomics; every access goes
+// through `AtomicU64`.
+unsafe impl Send for Fences {}
+unsafe impl Sync for Fences {}
+
+impl Fences {
+    fn map(fd: RawFd) -> Result<Fences, String> {
+        let entries = 2 * MAX_QUEUES as usize;
+        // SAFETY: no arguments.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (entries * std::mem::size_of::<Fence>()).div_ceil(page) * page;
+        // SAFETY: a shared mapping of an mmapable array map, of its whole
+        // (page-rounded) size; checked for failure below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "cannot map the kernel path's fences: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Fences {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    fn get(&self, key: u32) -> Option<&Fence> {
+        let i = key as usize;
+        // SAFETY: within the mapping (checked), which lives as long as self.
+        (i < 2 * MAX_QUEUES as usize).then(|| unsafe { &*self.base.add(i) })
+    }
+}
+
+impl Drop for Fences {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One socket's fence: the worker that owns the socket counts the frames
+/// it took from the RX ring and, once everything it forwarded of them is
+/// with the kernel, publishes that count (`sync`). The program forwards a
+/// range's segment on that queue only when every frame it gave the socket
+/// is accounted for (kpath.bpf.c, `struct fence`): so a segment it forwards
+/// never overtakes one still waiting in the worker.
+pub struct FenceSlot {
+    fences: Arc<Fences>,
+    key: u32,
+    /// Frames taken from the RX ring.
+    taken: u64,
+    /// Frames the kernel dropped after the program gave them to the socket
+    /// (ring full, no fill frame), as last read from `XDP_STATISTICS`.
+    dropped: u64,
+    /// Frames given and lost where no counter saw them (`check`).
+    lost: u64,
+    /// `given` and `taken` at the last check.
+    seen: (u64, u64),
+    pub resyncs: u64,
+}
+
+impl FenceSlot {
+    pub fn new(fences: Arc<Fences>, side: Side, queue: u32) -> Option<FenceSlot> {
+        let key = u32::from(side) * MAX_QUEUES + queue;
+        fences.get(key)?;
+        Some(FenceSlot {
+            fences,
+            key,
+            taken: 0,
+            dropped: 0,
+            lost: 0,
+            seen: (u64::MAX, u64::MAX),
+            resyncs: 0,
+        })
+    }
+
+    fn fence(&self) -> &Fence {
+        // The key was checked in `new`.
+        self.fences.get(self.key).expect("fence key in range")
+    }
+
+    pub fn took(&mut self, n: usize) {
+        self.taken += n as u64;
+    }
+
+    /// The kernel's drop total for this socket now.
+    pub fn dropped(&mut self, total: u64) {
+        self.dropped = total;
+    }
+
+    fn accounted(&self) -> u64 {
+        self.taken + self.dropped + self.lost
+    }
+
+    /// Everything taken so far is dealt with: transmitted (the TX ring is
+    /// empty), dropped or kept.
+    pub fn sync(&self) {
+        self.fence().done.store(self.accounted(), Ordering::Release);
+    }
+
+    /// On the worker's publishing turns, with its TX rings empty: counts
+    /// that stayed apart, with the RX ring empty and nothing given or taken
+    /// since the last check, mean frames lost where no counter saw them;
+    /// without this the fence would stay shut for good (the kernel path off
+    /// for this queue: safe, but slow). Returns whether it resynced.
+    pub fn check(&mut self, rx_empty: bool) -> bool {
+        let given = self.fence().given.load(Ordering::Acquire);
+        let now = (given, self.taken);
+        let stuck = rx_empty && given > self.accounted() && self.seen == now;
+        self.seen = now;
+        if stuck {
+            self.lost += given - self.accounted();
+            self.resyncs += 1;
+            self.sync();
+        }
+        stuck
+    }
+}
+
 /// The loaded program and its maps; detached when dropped or `detach`ed.
 pub struct KernelPath {
     obj: Object,
@@ -92,6 +241,7 @@ pub struct KernelPath {
     ranges_fd: RawFd,
     stats_fd: RawFd,
     config_fd: RawFd,
+    fences: Arc<Fences>,
     ifindex: [u32; 2],
     links: Vec<OwnedFd>,
     /// Whether the program forwards ranges now (`follow_ports`).
@@ -102,7 +252,13 @@ impl KernelPath {
     /// Load the program for ports `ifindex` (side 0, side 1); not attached yet.
     pub fn load(ifindex: [u32; 2]) -> Result<KernelPath, String> {
         let obj = Object::load(OBJECT, "the kernel-path program")?;
+        let fences_fd = obj.map_fd("fences");
+        if fences_fd < 0 {
+            return Err("kernel-path program is missing its fences map".into());
+        }
+        let fences = Arc::new(Fences::map(fences_fd)?);
         let k = KernelPath {
+            fences,
             prog_fd: obj.prog_fd(PROG_NAME),
             xsks_fd: obj.map_fd("xsks"),
             ranges_fd: obj.map_fd("ranges"),
@@ -210,6 +366,10 @@ impl KernelPath {
     pub fn stats_fd(&self) -> RawFd {
         self.stats_fd
     }
+
+    pub fn fences(&self) -> Arc<Fences> {
+        self.fences.clone()
+    }
 }
 
 impl Drop for KernelPath {
@@ -250,8 +410,9 @@ fn ifname(ifindex: u32) -> String {
         .into_owned()
 }
 
-/// Frames and bytes the program forwarded, summed over CPUs.
-pub fn forwarded(stats_fd: RawFd) -> (u64, u64) {
+/// Frames and bytes the program forwarded, and the covered segments it
+/// sent to a socket as its fence was shut, summed over CPUs.
+pub fn forwarded(stats_fd: RawFd) -> (u64, u64, u64) {
     let n = possible_cpus();
     let mut vals = vec![Stat::default(); n];
     let key = 0u32;
@@ -265,10 +426,11 @@ pub fn forwarded(stats_fd: RawFd) -> (u64, u64) {
         )
     };
     if rc != 0 {
-        return (0, 0);
+        return (0, 0, 0);
     }
-    vals.iter()
-        .fold((0, 0), |(f, b), s| (f + s.frames, b + s.bytes))
+    vals.iter().fold((0, 0, 0), |(f, b, x), s| {
+        (f + s.frames, b + s.bytes, x + s.fenced)
+    })
 }
 
 fn possible_cpus() -> usize {
@@ -281,15 +443,12 @@ fn possible_cpus() -> usize {
 /// publishes and remembers its keys, to delete them when it stops or its
 /// engine is replaced. A worker writes only its own flows' keys.
 ///
-/// A withdrawal is written at once. A range waits (`arm`) until the worker
-/// has no backlog: segments of the body already on its RX ring, or
-/// forwarded but not yet transmitted, would otherwise be overtaken by the
-/// ones the program forwards, and the receiver would see them out of order
-/// (spurious fast retransmits, a halved window).
+/// Every change is written at once: segments of the body still on the
+/// worker's ring are not overtaken, as the program forwards a segment only
+/// once its queue's fence is open (`FenceSlot`).
 pub struct Ranges {
     fd: RawFd,
     mine: HashSet<Key>,
-    pending: Vec<(Key, Val)>,
     /// Map writes and deletes made, and those the kernel refused.
     pub writes: u64,
     pub failed: u64,
@@ -300,7 +459,6 @@ impl Ranges {
         Ranges {
             fd,
             mine: HashSet::new(),
-            pending: Vec::new(),
             writes: 0,
             failed: 0,
         }
@@ -312,7 +470,6 @@ impl Ranges {
         let Some(key) = Key::new(&r.flow, r.dir) else {
             return;
         };
-        self.pending.retain(|(k, _)| *k != key);
         match r.op {
             RangeOp::Bypass {
                 lo,
@@ -328,27 +485,15 @@ impl Ranges {
                     win,
                     win_out,
                 };
-                self.pending.push((key, v));
+                self.writes += 1;
+                if bpfobj::update(self.fd, &key, &v) == 0 {
+                    self.mine.insert(key);
+                } else {
+                    self.failed += 1;
+                    self.remove(&key);
+                }
             }
             RangeOp::Unbypass => self.remove(&key),
-        }
-    }
-
-    /// Ranges waiting for the worker's backlog to drain.
-    pub fn waiting(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Write the waiting ranges (the worker has nothing older in flight).
-    pub fn arm(&mut self) {
-        for (key, v) in std::mem::take(&mut self.pending) {
-            self.writes += 1;
-            if bpfobj::update(self.fd, &key, &v) == 0 {
-                self.mine.insert(key);
-            } else {
-                self.failed += 1;
-                self.remove(&key);
-            }
         }
     }
 
@@ -362,7 +507,6 @@ impl Ranges {
 
     /// Delete every entry this worker wrote.
     pub fn clear(&mut self) {
-        self.pending.clear();
         for k in self.mine.drain() {
             let _ = bpfobj::delete(self.fd, &k);
             self.writes += 1;
@@ -412,5 +556,6 @@ mod tests {
         assert_eq!((v6.v6, v6.a[15], v6.b[15]), (1, 1, 2));
         assert_eq!(std::mem::size_of::<Key>(), 40);
         assert_eq!(std::mem::size_of::<Val>(), 16);
+        assert_eq!(std::mem::size_of::<Fence>(), 128);
     }
 }

@@ -205,6 +205,8 @@ pub struct Link {
     pub side: Side,
     io: Io,
     rewrite: Rewrite,
+    /// Inline with the kernel path: this socket's ordering fence.
+    fence: Option<super::kpath::FenceSlot>,
 }
 
 impl Link {
@@ -213,6 +215,7 @@ impl Link {
             side,
             io: Io::Xsk(x),
             rewrite,
+            fence: None,
         }
     }
 
@@ -251,7 +254,12 @@ impl Link {
                 }
             }
         };
-        Link { side, io, rewrite }
+        Link {
+            side,
+            io,
+            rewrite,
+            fence: None,
+        }
     }
 
     /// The fd to sleep on in poll() (readable when frames wait).
@@ -303,7 +311,13 @@ impl Link {
         now: u64,
     ) -> usize {
         let n = match &mut self.io {
-            Io::Xsk(x) => x.recv(into),
+            Io::Xsk(x) => {
+                let n = x.recv(into);
+                if let Some(f) = &mut self.fence {
+                    f.took(n);
+                }
+                n
+            }
             Io::Tap(t, probe) => {
                 if !probe.due(now) {
                     return 0;
@@ -626,6 +640,30 @@ impl Link {
                 0
             }
         }
+    }
+
+    pub fn set_fence(&mut self, f: super::kpath::FenceSlot) {
+        self.fence = Some(f);
+    }
+
+    /// Everything taken from the ring is dealt with (the worker's TX rings
+    /// are empty): the program may forward this queue's ranges again.
+    pub fn sync_fence(&self) {
+        if let Some(f) = &self.fence {
+            f.sync();
+        }
+    }
+
+    /// Now and then: the kernel's drops into the fence's count, and a count
+    /// gone astray put right (`FenceSlot::check`). Returns resyncs so far.
+    pub fn check_fence(&mut self) -> u64 {
+        let (Io::Xsk(x), Some(f)) = (&mut self.io, &mut self.fence) else {
+            return 0;
+        };
+        let (dropped, rx_empty) = x.fence_view();
+        f.dropped(dropped);
+        f.check(rx_empty);
+        f.resyncs
     }
 
     /// AF_XDP links: the socket's binding and kernel statistics.

@@ -348,6 +348,7 @@ fn run_inline(
         kpath: kp.as_ref().map(|k| KpathFds {
             ranges: k.ranges_fd(),
             stats: Some(k.stats_fd()),
+            fences: k.fences(),
         }),
     };
     let umem_frames = umem_quota(args, socks_per_worker)?;
@@ -763,7 +764,7 @@ fn serve(
             host: plan.host,
             idle: plan.idle,
             // The program's counters are read by one worker.
-            kpath: plan.kpath.map(|k| KpathFds {
+            kpath: plan.kpath.clone().map(|k| KpathFds {
                 stats: k.stats.filter(|_| id == 0),
                 ..k
             }),

@@ -105,6 +105,11 @@ pub struct DpCounters {
     /// kernel refused (their segments then go through the engine).
     pub kpath_frames: u64,
     pub kpath_bytes: u64,
+    /// Covered segments the program sent to a socket, as frames of their
+    /// queue were still with the worker (kpath.bpf.c, `struct fence`).
+    pub kpath_fenced: u64,
+    /// Fence counts put right after frames lost uncounted.
+    pub kpath_fence_resyncs: u64,
     pub kpath_ranges: u64,
     pub kpath_map_writes: u64,
     pub kpath_map_failed: u64,
@@ -137,6 +142,8 @@ impl DpCounters {
         self.umem_frames_unaccounted += o.umem_frames_unaccounted;
         self.kpath_frames += o.kpath_frames;
         self.kpath_bytes += o.kpath_bytes;
+        self.kpath_fenced += o.kpath_fenced;
+        self.kpath_fence_resyncs += o.kpath_fence_resyncs;
         self.kpath_ranges += o.kpath_ranges;
         self.kpath_map_writes += o.kpath_map_writes;
         self.kpath_map_failed += o.kpath_map_failed;

@@ -18,7 +18,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use xsk_rs::{FrameDesc, Umem};
 
 use super::handoff::{rebalance, Channels, Handoff, Waker};
-use super::kpath::Ranges;
+use super::kpath::{FenceSlot, Ranges};
 use super::link::{Link, Rewrite};
 use super::stats::{DpCounters, SideCount, TallyBook, WorkerStats};
 use super::xsk::{QueueSpec, Steer, Xsk, BATCH, FRAME_DATA, RING_SIZE};
@@ -156,10 +156,12 @@ pub struct WorkerSpec {
     pub kpath: Option<KpathFds>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct KpathFds {
     pub ranges: std::os::fd::RawFd,
     pub stats: Option<std::os::fd::RawFd>,
+    /// The program's ordering fences, one per socket (`kpath::FenceSlot`).
+    pub fences: Arc<super::kpath::Fences>,
 }
 
 /// An event on its way to the log writer, with the policy it was decided
@@ -348,7 +350,13 @@ fn open_links(
                     }
                     _ => Rewrite::None,
                 };
-                links.push(Link::xsk(q.side, x, rewrite));
+                let mut link = Link::xsk(q.side, x, rewrite);
+                if let Some(k) = &spec.kpath {
+                    if let Some(f) = FenceSlot::new(k.fences.clone(), q.side, q.queue) {
+                        link.set_fence(f);
+                    }
+                }
+                links.push(link);
             }
             LinkSpec::Tap(t) => {
                 let mac = spec.host.map(|m| m.tap).unwrap_or([0xff; 6]);
@@ -419,11 +427,9 @@ pub fn run(
         cq_descs: vec![FrameDesc::default(); RING_SIZE as usize],
         policy_gen: 0,
         neighbors_gen: shared.neighbors_gen.load(Ordering::Acquire),
-        ranges: spec.kpath.map(|k| Ranges::new(k.ranges)),
-        kpath_stats: spec.kpath.and_then(|k| k.stats),
-        backlog: false,
-        // Private switch, to measure what waiting for the backlog costs.
-        arm_now: std::env::var_os("ENFORCER_KPATH_ARM_NOW").is_some_and(|v| v == "1"),
+        ranges: spec.kpath.as_ref().map(|k| Ranges::new(k.ranges)),
+        kpath_stats: spec.kpath.as_ref().and_then(|k| k.stats),
+        fence_resyncs: 0,
         panics_seen: 0,
     };
 
@@ -484,7 +490,7 @@ pub fn run(
             w.drain_out();
         }
         work += w.transmit(now);
-        w.arm_ranges();
+        w.sync_fences();
         w.refill();
         w.rebalance();
         if now_i.duration_since(last_publish) >= PUBLISH {
@@ -597,10 +603,8 @@ struct Worker {
     /// The kernel path's range map, as this worker wrote it.
     ranges: Option<Ranges>,
     kpath_stats: Option<std::os::fd::RawFd>,
-    /// The last receive left frames on a ring (`arm_ranges` waits).
-    backlog: bool,
-    /// `ENFORCER_KPATH_ARM_NOW=1`: ranges are written at once.
-    arm_now: bool,
+    /// Fence counts put right (`FenceSlot::check`), over all links.
+    fence_resyncs: u64,
     /// Engine panics already seen: a replaced engine forgot its flows
     /// without withdrawing their ranges, so this worker withdraws them all.
     panics_seen: u64,
@@ -620,13 +624,10 @@ impl Worker {
     /// worker that owns its flow.
     fn receive(&mut self, now: u64) -> usize {
         let mut work = 0;
-        self.backlog = false;
         for li in 0..self.links.len() {
             let side = self.links[li].side;
             let n = self.links[li].recv(&self.umem, &mut self.free, &mut self.rx_descs, now);
             work += n;
-            // A full batch: the ring may hold more.
-            self.backlog |= n == BATCH;
             self.dp.rx_frames += n as u64;
             for i in 0..n {
                 let mut d = self.rx_descs[i];
@@ -889,17 +890,19 @@ impl Worker {
         }
     }
 
-    /// Ranges go into the map once nothing older of theirs can be
-    /// overtaken: no full batch was left on an RX ring this turn, and TX
-    /// took everything we forwarded.
-    fn arm_ranges(&mut self) {
-        if !self.ranges.as_ref().is_some_and(|r| r.waiting()) {
+    /// Tell the kernel path how far we got with each socket's ring, once
+    /// everything we forwarded is with the kernel (nothing pending, TX
+    /// rings empty): a segment it forwards itself then overtakes nothing of
+    /// ours (kpath.bpf.c, `struct fence`). Frames handed to another worker
+    /// count as dealt with when handed over: with several workers and no
+    /// symmetric RSS a range's first segments may still overtake a few
+    /// handed ones (docs/dataplane.md, Kernel path).
+    fn sync_fences(&mut self) {
+        if self.ranges.is_none() || self.pending.iter().any(|p| !p.is_empty()) || self.tx_unsent() {
             return;
         }
-        if self.arm_now || (!self.backlog && !self.tx_unsent()) {
-            if let Some(r) = self.ranges.as_mut() {
-                r.arm();
-            }
+        for l in &self.links {
+            l.sync_fence();
         }
     }
 
@@ -935,7 +938,11 @@ impl Worker {
     }
 
     fn publish(&mut self) {
+        if self.ranges.is_some() && self.pending.iter().all(|p| p.is_empty()) && !self.tx_unsent() {
+            self.fence_resyncs = self.links.iter_mut().map(|l| l.check_fence()).sum();
+        }
         let mut dp = self.dp.clone();
+        dp.kpath_fence_resyncs = self.fence_resyncs;
         dp.engine_panics = self.judge.panics();
         for l in &self.links {
             l.stats(&mut dp);
@@ -946,7 +953,7 @@ impl Worker {
             dp.kpath_ranges = r.len() as u64;
         }
         if let Some(fd) = self.kpath_stats {
-            (dp.kpath_frames, dp.kpath_bytes) = super::kpath::forwarded(fd);
+            (dp.kpath_frames, dp.kpath_bytes, dp.kpath_fenced) = super::kpath::forwarded(fd);
         }
         if let Some(slot) = self.shared.stats.get(self.id as usize) {
             let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());

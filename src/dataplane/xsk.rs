@@ -330,6 +330,19 @@ impl Xsk {
             + self.rx.nb_avail_exact() as u64
     }
 
+    /// For the kernel path's fence: frames the kernel dropped after they
+    /// were given to this socket (ring full, no fill frame), and whether the
+    /// RX ring is empty now.
+    pub fn fence_view(&mut self) -> (u64, bool) {
+        let dropped = self
+            .rx
+            .fd()
+            .xdp_statistics()
+            .map(|st| st.rx_dropped() + st.rx_ring_full())
+            .unwrap_or(0);
+        (dropped, self.rx.nb_avail_exact() == 0)
+    }
+
     /// The socket's binding and its kernel statistics now.
     pub fn queue_stats(&self) -> QueueStats {
         let mut q = (*self.bound).clone();
