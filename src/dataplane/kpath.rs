@@ -108,6 +108,7 @@ pub struct Fences {
 // SAFETY: the mapping is shared memory of atomics; every access goes
 // through `AtomicU64`.
 unsafe impl Send for Fences {}
+// SAFETY: as for Send: no access but through atomics.
 unsafe impl Sync for Fences {}
 
 impl Fences {
