@@ -88,8 +88,9 @@ struct {
 // While done < in, frames of this queue still wait in the worker, and a
 // segment of a range forwarded here would overtake them: the receiver would
 // see the body out of order (SACK, spurious fast retransmits, a halved
-// window). So a covered segment is forwarded here only when done == in,
-// and goes to the socket like any other frame until then. One cache line
+// window). So a covered segment is forwarded here only once done has
+// caught up with in, and goes to the socket like any other frame until
+// then. One cache line
 // each, so that this program's writes and the worker's do not share one.
 struct fence {
 	__u64 in;

@@ -23,6 +23,11 @@ const PROG_NAME: &str = "enforcer_kpath";
 /// As in kpath.bpf.c: XSKMAP key = side * MAX_QUEUES + queue.
 pub const MAX_QUEUES: u32 = 64;
 
+/// The key of a socket's XSKMAP entry and of its fence.
+pub fn socket_key(side: Side, queue: u32) -> u32 {
+    u32::from(side) * MAX_QUEUES + queue
+}
+
 /// `struct range_key` of kpath.bpf.c.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -173,12 +178,15 @@ pub struct FenceSlot {
     lost: u64,
     /// `given` and `taken` at the last check.
     seen: (u64, u64),
+    /// The count last stored: a store only when it moved, so that idle
+    /// turns do not write the line the program reads on every segment.
+    stored: u64,
     pub resyncs: u64,
 }
 
 impl FenceSlot {
     pub fn new(fences: Arc<Fences>, side: Side, queue: u32) -> Option<FenceSlot> {
-        let key = u32::from(side) * MAX_QUEUES + queue;
+        let key = socket_key(side, queue);
         fences.get(key)?;
         Some(FenceSlot {
             fences,
@@ -187,6 +195,7 @@ impl FenceSlot {
             dropped: 0,
             lost: 0,
             seen: (u64::MAX, u64::MAX),
+            stored: 0,
             resyncs: 0,
         })
     }
@@ -211,16 +220,20 @@ impl FenceSlot {
 
     /// Everything taken so far is dealt with: transmitted (the TX ring is
     /// empty), dropped or kept.
-    pub fn sync(&self) {
-        self.fence().done.store(self.accounted(), Ordering::Release);
+    pub fn sync(&mut self) {
+        let n = self.accounted();
+        if n != self.stored {
+            self.stored = n;
+            self.fence().done.store(n, Ordering::Release);
+        }
     }
 
     /// On the worker's publishing turns, with its TX rings empty: counts
     /// that stayed apart, with the RX ring empty and nothing given or taken
     /// since the last check, mean frames lost where no counter saw them;
     /// without this the fence would stay shut for good (the kernel path off
-    /// for this queue: safe, but slow). Returns whether it resynced.
-    pub fn check(&mut self, rx_empty: bool) -> bool {
+    /// for this queue: safe, but slow).
+    pub fn check(&mut self, rx_empty: bool) {
         let given = self.fence().given.load(Ordering::Acquire);
         let now = (given, self.taken);
         let stuck = rx_empty && given > self.accounted() && self.seen == now;
@@ -230,7 +243,6 @@ impl FenceSlot {
             self.resyncs += 1;
             self.sync();
         }
-        stuck
     }
 }
 

@@ -648,8 +648,8 @@ impl Link {
 
     /// Everything taken from the ring is dealt with (the worker's TX rings
     /// are empty): the program may forward this queue's ranges again.
-    pub fn sync_fence(&self) {
-        if let Some(f) = &self.fence {
+    pub fn sync_fence(&mut self) {
+        if let Some(f) = &mut self.fence {
             f.sync();
         }
     }

@@ -898,12 +898,17 @@ impl Worker {
     /// symmetric RSS a range's first segments may still overtake a few
     /// handed ones (docs/dataplane.md, Kernel path).
     fn sync_fences(&mut self) {
-        if self.ranges.is_none() || self.pending.iter().any(|p| !p.is_empty()) || self.tx_unsent() {
-            return;
+        if self.all_sent() {
+            for l in self.links.iter_mut() {
+                l.sync_fence();
+            }
         }
-        for l in &self.links {
-            l.sync_fence();
-        }
+    }
+
+    /// With the kernel path: nothing we forwarded waits on our side (none
+    /// pending, the TX rings empty), the fences' condition.
+    fn all_sent(&mut self) -> bool {
+        self.ranges.is_some() && self.pending.iter().all(|p| p.is_empty()) && !self.tx_unsent()
     }
 
     fn drain_out(&mut self) {
@@ -938,7 +943,7 @@ impl Worker {
     }
 
     fn publish(&mut self) {
-        if self.ranges.is_some() && self.pending.iter().all(|p| p.is_empty()) && !self.tx_unsent() {
+        if self.all_sent() {
             self.fence_resyncs = self.links.iter_mut().map(|l| l.check_fence()).sum();
         }
         let mut dp = self.dp.clone();

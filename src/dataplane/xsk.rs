@@ -174,7 +174,7 @@ impl Xsk {
             Steer::Libxdp => Ok(()),
             Steer::XskMap(map) => crate::hostmode::steer::bind(map, q.queue, rx.fd().as_raw_fd()),
             Steer::Kpath(map) if q.queue < super::kpath::MAX_QUEUES => {
-                let key = u32::from(q.side) * super::kpath::MAX_QUEUES + q.queue;
+                let key = super::kpath::socket_key(q.side, q.queue);
                 crate::hostmode::steer::bind(map, key, rx.fd().as_raw_fd())
             }
             Steer::Kpath(_) => Err(format!(
