@@ -20,6 +20,8 @@
 # BASE_ENV: environment for `base` only, e.g. "ENFORCER_INLINE_IDLE=...").
 # Also the middlebox process's CPU per round (less noisy than wall time on
 # a shared machine: what the engine costs beyond the bare dataplane).
+# LAB_THREADED_ENDS=1: the lab's far ends run NAPI in threads (scripts/lab.sh;
+# docs/dataplane.md, "Lab shapes"), bridge and enforcer alike.
 # PERF=1 profiles each enforcer build per round (top symbols: bench/results/large-perf-CFG-N.txt;
 # the profiler slows it: no figures from such a run). Writes bench/results/large.jsonl.
 set -euo pipefail

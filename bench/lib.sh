@@ -65,13 +65,28 @@ enf_launch() { # NS ARGS...
   done
   grep -q '^ready ' "$STATE/enforcer.out" || {
     if kill -0 "$MB_PID" 2>/dev/null; then
-      echo "bench: the enforcer in $P-$ns printed no ready line in 30 s; its output:" >&2
+      echo "bench: the enforcer in $P-$ns printed no ready line in 30 s; where its threads wait:" >&2
+      enf_stacks "$MB_PID" >&2
+      echo "bench: its output:" >&2
     else
       echo "bench: the enforcer in $P-$ns exited before its ready line; its output:" >&2
     fi
     cat "$STATE/enforcer.out" ${ENF_ERR:+"$ENF_ERR"} >&2
     exit 1
   }
+}
+# Where each thread of PID and of its children waits: state, wait channel
+# and kernel stack (a start that hangs under load prints nothing of its own).
+enf_stacks() { # PID
+  local p t
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    for t in /proc/"$p"/task/*; do
+      [ -r "$t/stat" ] || continue
+      echo "-- pid $p tid ${t##*/} $(cat "$t/comm" 2>/dev/null) state $(awk '{print $3}' "$t/stat" 2>/dev/null) wchan $(cat "$t/wchan" 2>/dev/null)"
+      echo "   syscall: $(cat "$t/syscall" 2>/dev/null)"
+      sed 's/^/   /' "$t/stack" 2>/dev/null || true
+    done
+  done
 }
 # The last counters line the enforcer printed (SIGUSR1 or exit), or nothing.
 enf_counters() { grep '^{"counters"' "$STATE/enforcer.out" | tail -n 1 || true; }

@@ -17,6 +17,10 @@
 #   PREFIX (default: $LAB_PREFIX or "lab") prefixes every namespace name
 #   (PREFIX-awing, ..., PREFIX-enf, PREFIX-server), so labs never collide.
 #   QUEUES (default: $LAB_QUEUES or 2) RX/TX queues of the enforcer's ports.
+#   LAB_THREADED_ENDS=1 (inline mode): the ends facing the ports run NAPI in
+#   a kernel thread, so that a receiver's stack runs in its own context, as
+#   on another machine, not inside the sender's transmit (docs/dataplane.md,
+#   "Lab shapes"). Off by default.
 #   gc removes every lab whose owner (the process that ran `up`) is gone.
 # Needs root, iproute2, ethtool, memcached, python3.
 set -euo pipefail
@@ -28,7 +32,7 @@ while getopts "p:q:" o; do
   case $o in
     p) PREFIX=$OPTARG ;;
     q) QUEUES=$OPTARG ;;
-    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -141,6 +145,17 @@ up() {
   nsx server ip addr add 10.66.0.2/24 dev eth0
   nsx server ip addr add fd66::2/64 dev eth0 nodad
   nsx server ip link set eth0 up
+  if [ $host_mode = 0 ] && [ "${LAB_THREADED_ENDS:-0}" = 1 ]; then
+    # Copy-mode AF_XDP TX on a veth runs the peer's NAPI, and with it the
+    # receiver's TCP, inside the enforcer's sendto, one frame at a time;
+    # a wire would not. A NAPI thread takes that work elsewhere. Only now:
+    # a NAPI thread needs the NAPI that an up device has.
+    local h
+    nsx sw sh -c "echo 1 > /sys/class/net/p-enf/threaded"
+    for h in server "${CLIENTS[@]}"; do
+      nsx "$h" sh -c "echo 1 > /sys/class/net/eth0/threaded"
+    done
+  fi
 
   nsx server memcached -u nobody -p 11211 -U 0 -l 0.0.0.0,:: -d -P "$STATE/memcached.pid"
   nsx server python3 "$HERE/deathstar.py" --port 80 --log "$STATE/deathstar.log" \
@@ -200,5 +215,5 @@ case "$cmd" in
     [[ " ${HOSTS[*]} " == *" $h "* ]] || { echo "lab: unknown host $h (${HOSTS[*]})" >&2; exit 2; }
     nsx "$h" "$@"
     ;;
-  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac

@@ -534,6 +534,47 @@ fn veth_tx_stat(lab: &Lab, dev: &str, name: &str) -> u64 {
 /// 8 MB value itself, in both directions (set: the request body; get: the
 /// reply body), and every value comes back byte-exact. No redirected frame
 /// is lost on the veths, and the workers leave no range in the map.
+/// The lab's other shape (docs/dataplane.md, "Lab shapes"): the ends facing
+/// the ports run NAPI in threads, and large values still take the kernel
+/// path and come back byte-exact. Not asserted: its order. A NAPI thread
+/// behind its ring makes the veth refuse redirected frames (no backpressure
+/// on that path: `xdp_xmit_errors`), and TCP recovers them by
+/// retransmission; printed for the record.
+#[test]
+fn large_values_on_a_lab_with_threaded_ends() {
+    lab::with_lab_env("cmpth", 1, &[("LAB_THREADED_ENDS", "1")], |lab| {
+        for (ns, dev) in [("sw", "p-enf"), ("server", "eth0"), ("awing", "eth0")] {
+            let path = format!("/sys/class/net/{dev}/threaded");
+            let r = lab.exec(ns, &["cat", &path]);
+            assert_eq!(stdout(&r).trim(), "1", "{ns} {dev}: {r:?}");
+        }
+        memcached_16m(lab);
+        let _pol = lab::dir_with(&["tests/fixtures/compat.yaml"]);
+        lab.start(Mode::Policy(_pol.path()), &[]).unwrap();
+        let fast0 = ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPFastRetrans"));
+        for (size, ok, set, get) in big_values(lab, &[8_000_000, 1_000_000, 1_000_000]) {
+            eprintln!("threaded ends: {size} B set {set:.4} s get {get:.4} s");
+            assert!(ok, "{size} B value not read back byte-exact");
+        }
+        let fast1 = ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPFastRetrans"));
+        let refused: u64 = ["cli0", "srv0"]
+            .map(|d| veth_tx_stat(lab, d, "xdp_xmit_errors"))
+            .iter()
+            .sum();
+        eprintln!(
+            "threaded ends: fast retransmits {}, redirected frames refused {refused}",
+            (0..2).map(|i| fast1[i] - fast0[i]).sum::<u64>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let st: serde_json::Value =
+            serde_json::from_str(&stdout(&lab.ctl(&["status", "-o", "json"]))).unwrap();
+        assert!(
+            st["counters"]["kernel_path_frames"].as_u64().unwrap() > 0,
+            "{st}"
+        );
+    });
+}
+
 #[test]
 fn large_values_take_the_kernel_path() {
     // One queue: on a veth with several, XDP_REDIRECT picks the peer's RX

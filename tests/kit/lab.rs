@@ -105,6 +105,12 @@ pub fn with_lab_queues(prefix: &str, queues: u32, test: impl FnOnce(&mut Lab)) {
     run_in(Lab::up_with(prefix, queues), prefix, test)
 }
 
+/// `with_lab_queues` with `scripts/lab.sh`'s environment settings
+/// (`LAB_THREADED_ENDS=1`, ...).
+pub fn with_lab_env(prefix: &str, queues: u32, env: &[(&str, &str)], test: impl FnOnce(&mut Lab)) {
+    run_in(Lab::bring_up(prefix, queues, false, env), prefix, test)
+}
+
 /// `with_lab` for a host-mode lab (`Lab::up_host`).
 pub fn with_host_lab(prefix: &str, test: impl FnOnce(&mut Lab)) {
     run_in(Lab::up_host(prefix), prefix, test)
@@ -180,10 +186,15 @@ pub struct Lab {
 }
 
 fn lab_sh(prefix: &str, queues: u32, args: &[&str]) -> Output {
+    lab_sh_env(prefix, queues, args, &[])
+}
+
+fn lab_sh_env(prefix: &str, queues: u32, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new("bash")
         .arg(repo("scripts/lab.sh"))
         .args(["-p", prefix, "-q", &queues.to_string()])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run scripts/lab.sh")
 }
@@ -195,16 +206,16 @@ impl Lab {
     }
 
     pub fn up_with(prefix: &str, queues: u32) -> Option<Lab> {
-        Lab::bring_up(prefix, queues, false)
+        Lab::bring_up(prefix, queues, false, &[])
     }
 
     /// A host-mode lab (`lab.sh up --host-mode`): the server on the clients'
     /// segment, the enforcer on its own eth0.
     pub fn up_host(prefix: &str) -> Option<Lab> {
-        Lab::bring_up(prefix, 2, true)
+        Lab::bring_up(prefix, 2, true, &[])
     }
 
-    fn bring_up(prefix: &str, queues: u32, host_mode: bool) -> Option<Lab> {
+    fn bring_up(prefix: &str, queues: u32, host_mode: bool, env: &[(&str, &str)]) -> Option<Lab> {
         if !available() {
             return None;
         }
@@ -216,7 +227,7 @@ impl Lab {
         } else {
             &["up"]
         };
-        let out = lab_sh(prefix, queues, up);
+        let out = lab_sh_env(prefix, queues, up, env);
         assert!(
             out.status.success(),
             "lab up failed:\n{}{}",
