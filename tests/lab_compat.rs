@@ -674,10 +674,17 @@ fn large_values_take_the_kernel_path() {
         assert_eq!(dp["kpath_ranges"], 0, "ranges left in the map: {c}");
         assert!(engine(&c, "l7_ranges") >= 4, "{c}");
         assert_eq!(engine(&c, "drops/l7-hold-overflow"), 0, "{c}");
-        // Redirected frames all made it into the peers (their NAPI, GRO on).
+        // Redirected frames made it into the peers (their NAPI, GRO on; a
+        // peer without it refuses every one). A few refused are a loaded
+        // machine's: a peer whose NAPI runs late fills its ring, and
+        // XDP_REDIRECT has no backpressure (docs/dataplane.md, Lab shapes).
         for dev in ["cli0", "srv0"] {
-            assert!(veth_tx_stat(lab, dev, "xdp_xmit") > 0, "{dev}");
-            assert_eq!(veth_tx_stat(lab, dev, "xdp_xmit_errors"), 0, "{dev}");
+            let (sent, refused) = (
+                veth_tx_stat(lab, dev, "xdp_xmit"),
+                veth_tx_stat(lab, dev, "xdp_xmit_errors"),
+            );
+            eprintln!("{dev}: {sent} frames redirected, {refused} refused");
+            assert!(sent > 0 && refused * 100 <= sent, "{dev}: {sent} {refused}");
         }
         // On by default.
         lab.start(Mode::Policy(_pol.path()), &[]).unwrap();
