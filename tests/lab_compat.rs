@@ -503,6 +503,16 @@ fn memcached_16m(lab: &Lab) {
 /// summed over its queues, in the enforcer's namespace.
 /// A TcpExt counter of namespace `ns` (/proc/net/netstat: a line of names,
 /// then a line of values).
+/// `tcp_ext` at both ends of the lab's memcached traffic (client, server).
+fn tcp_ext_ends(lab: &Lab, name: &str) -> [u64; 2] {
+    ["awing", "server"].map(|ns| tcp_ext(lab, ns, name))
+}
+
+/// `enforcer status -o json`.
+fn status_json(lab: &Lab) -> serde_json::Value {
+    serde_json::from_str(&stdout(&lab.ctl(&["status", "-o", "json"]))).unwrap()
+}
+
 fn tcp_ext(lab: &Lab, ns: &str, name: &str) -> u64 {
     let out = stdout(&lab.exec(ns, &["cat", "/proc/net/netstat"]));
     let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("TcpExt:")).collect();
@@ -551,12 +561,12 @@ fn large_values_on_a_lab_with_threaded_ends() {
         memcached_16m(lab);
         let _pol = lab::dir_with(&["tests/fixtures/compat.yaml"]);
         lab.start(Mode::Policy(_pol.path()), &[]).unwrap();
-        let fast0 = ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPFastRetrans"));
+        let fast0 = tcp_ext_ends(lab, "TCPFastRetrans");
         for (size, ok, set, get) in big_values(lab, &[8_000_000, 1_000_000, 1_000_000]) {
             eprintln!("threaded ends: {size} B set {set:.4} s get {get:.4} s");
             assert!(ok, "{size} B value not read back byte-exact");
         }
-        let fast1 = ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPFastRetrans"));
+        let fast1 = tcp_ext_ends(lab, "TCPFastRetrans");
         let refused: u64 = ["cli0", "srv0"]
             .map(|d| veth_tx_stat(lab, d, "xdp_xmit_errors"))
             .iter()
@@ -566,8 +576,7 @@ fn large_values_on_a_lab_with_threaded_ends() {
             (0..2).map(|i| fast1[i] - fast0[i]).sum::<u64>()
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let st: serde_json::Value =
-            serde_json::from_str(&stdout(&lab.ctl(&["status", "-o", "json"]))).unwrap();
+        let st = status_json(lab);
         assert!(
             st["counters"]["kernel_path_frames"].as_u64().unwrap() > 0,
             "{st}"
@@ -601,8 +610,8 @@ fn large_values_take_the_kernel_path() {
         // still with the worker when the range is written.
         let sizes = [8_000_000, 1_000_000, 1_000_000, 1_000_000, 1_000_000];
         let values: usize = sizes.iter().sum();
-        let ooo = |lab: &Lab| ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPOFOQueue"));
-        let fast = |lab: &Lab| ["awing", "server"].map(|ns| tcp_ext(lab, ns, "TCPFastRetrans"));
+        let ooo = |lab: &Lab| tcp_ext_ends(lab, "TCPOFOQueue");
+        let fast = |lab: &Lab| tcp_ext_ends(lab, "TCPFastRetrans");
         let (ooo0, fast0) = (ooo(lab), fast(lab));
         for (size, ok, set, get) in big_values(lab, &sizes) {
             eprintln!("kernel path: {size} B set {set:.4} s get {get:.4} s");
@@ -620,8 +629,7 @@ fn large_values_take_the_kernel_path() {
         );
         // Status shows what the program forwarded (published every 100 ms).
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let st: serde_json::Value =
-            serde_json::from_str(&stdout(&lab.ctl(&["status", "-o", "json"]))).unwrap();
+        let st = status_json(lab);
         assert_eq!(st["kernel_path"], true, "{st}");
         let frames = st["counters"]["kernel_path_frames"].as_u64().unwrap();
         assert!(frames > 0, "{st}");
