@@ -79,13 +79,17 @@ enf_launch() { # NS ARGS...
 # and kernel stack (a start that hangs under load prints nothing of its own).
 enf_stacks() { # PID
   local p t
-  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
     for t in /proc/"$p"/task/*; do
       [ -r "$t/stat" ] || continue
       echo "-- pid $p tid ${t##*/} $(cat "$t/comm" 2>/dev/null) state $(awk '{print $3}' "$t/stat" 2>/dev/null) wchan $(cat "$t/wchan" 2>/dev/null)"
       echo "   syscall: $(cat "$t/syscall" 2>/dev/null)"
       sed 's/^/   /' "$t/stack" 2>/dev/null || true
     done
+    # A thread running in user space has no kernel stack to show: its own.
+    if command -v gdb >/dev/null; then
+      timeout 20 gdb -p "$p" -batch -nx -ex 'thread apply all bt 30' 2>/dev/null | grep -E '^(#|Thread)' | sed 's/^/   /' || true
+    fi
   done
 }
 # The last counters line the enforcer printed (SIGUSR1 or exit), or nothing.

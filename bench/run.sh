@@ -24,6 +24,11 @@
 # CPU of the middlebox: utime+stime of its process from /proc (the kernel
 # bridge has none: it runs in softirqs) and of the whole machine (/proc/stat).
 # Writes bench/results/results.jsonl, results.md (the table) and *.png.
+# PROFILE=1: also profile the whole machine during each load (perf record -a
+# -g at 999 Hz; the recordings stay in OUT/perf) and write profile.md /
+# profile.jsonl (bench/profile.py): CPU per operation by process and, for
+# the middlebox, by call chain. The
+# profiler costs some CPU: read that run's rates as a profiled run's.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 P=${BENCH_PREFIX:-bench}$$ # BENCH_PREFIX keeps concurrent labs apart
@@ -73,6 +78,7 @@ fi
 mkdir -p "$OUT"
 RES=$OUT/results.jsonl
 : >"$RES"
+[ "${PROFILE:-0}" = 1 ] && rm -rf "$OUT/perf"
 # Under set -e a failing command ends the run; name it rather than exit silently.
 trap 'echo "bench/run.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 
@@ -90,13 +96,33 @@ cp policies/*.yaml bench/policies/*.yaml "$STATE/pol-l7/"
 cp policies/endpoints.yaml bench/policies-anykey/*.yaml "$STATE/pol-any/"
 
 mb_ticks() { [ -n "$MB_PID" ] && cpu_ticks "$MB_PID" || echo 0; }
+PROF_N=0 PROF_PID="" PROF_F=""
+prof_start() {
+  [ "${PROFILE:-0}" = 1 ] || return 0
+  PROF_N=$((PROF_N + 1))
+  PROF_F=$(printf 'prof-%03d.data' "$PROF_N")
+  mkdir -p "$OUT/perf"
+  perf record -a -g -F 999 -o "$OUT/perf/$PROF_F" >/dev/null 2>&1 &
+  PROF_PID=$!
+  sleep 0.3 # perf is recording before the load starts
+}
+prof_stop() {
+  [ -n "$PROF_PID" ] || return 0
+  kill -INT "$PROF_PID" 2>/dev/null || true
+  wait "$PROF_PID" 2>/dev/null || true
+  PROF_PID=""
+}
 # mark · the load · stop · rec CFG TEST JSON: one result line, with the CPU
 # used between mark and stop (stop is implied when not called).
-mark() { T_MB=$(mb_ticks); T_M=$(machine_busy); T_S=$(date +%s.%N); E_MB=""; }
-stop() { E_MB=$(mb_ticks); E_M=$(machine_busy); E_S=$(date +%s.%N); }
+mark() { prof_start; T_MB=$(mb_ticks); T_M=$(machine_busy); T_S=$(date +%s.%N); E_MB=""; }
+stop() { E_MB=$(mb_ticks); E_M=$(machine_busy); E_S=$(date +%s.%N); prof_stop; }
 rec() {
   local cfg=$1 test=$2 extra=$3
   [ -n "$E_MB" ] || stop
+  if [ -n "$PROF_F" ]; then
+    extra=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["prof"]=sys.argv[2]; print(json.dumps(d))' "$extra" "$PROF_F")
+    PROF_F=""
+  fi
   python3 - "$cfg" "$test" "$extra" "$T_MB" "$E_MB" "$T_M" "$E_M" "$T_S" "$E_S" "$HZ" "${MB_PID:+1}" >>"$RES" <<'PY'
 import json, sys
 cfg, test, extra, mb0, mb1, m0, m1, s0, s1, hz, has_mb = sys.argv[1:]
@@ -293,4 +319,8 @@ done
 echo "{\"test\":\"machine_end\",\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RES"
 
 python3 bench/report.py "$RES" "$OUT"
+if [ "${PROFILE:-0}" = 1 ]; then
+  python3 bench/profile.py "$RES" "$OUT/perf" "$OUT"
+  echo "bench: wrote $OUT/profile.md" >&2
+fi
 echo "bench: wrote $OUT/results.md and $OUT/*.png" >&2

@@ -45,8 +45,10 @@ BENCH_PIP_PACKAGES=(matplotlib)
 
 install_bench_deps() {
   install_deps
-  local missing=()
-  for p in "${BENCH_APT_PACKAGES[@]}"; do
+  local missing=() pkgs=("${BENCH_APT_PACKAGES[@]}")
+  # PROFILE=1 runs profile with perf.
+  [ "${PROFILE:-0}" = 1 ] && pkgs+=(linux-perf)
+  for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   # nginx from another package is as good as nginx-light.
