@@ -33,7 +33,8 @@ GROUPS = [
     # middlebox's pattern.
     ("client", re.compile(r"^(wrk|loadgen|memcaslap|memaslap|enforcer-pktg|nc|iperf3)")),
     ("middlebox", re.compile(r"^(enforcer|haproxy)")),
-    ("server", re.compile(r"^(nginx|memcached)")),
+    ("server", re.compile(r"^(nginx|memcached|mc-)")),
+    ("scripts, tools", re.compile(r"^(bash|sh|python3|awk|sed|grep|cat|readlink|sleep|pyenv|ip)$|^pyenv")),
     ("softirq threads", re.compile(r"^(ksoftirqd|napi/)")),
     ("profiler", re.compile(r"^perf")),
     ("idle", re.compile(r"^swapper")),
@@ -65,6 +66,9 @@ def group(comm):
     return "other"
 
 
+FAR = "kernel: far end's receive in our send"
+
+
 def bucket(stack):
     """A middlebox sample's bucket. stack: [(sym, dso)] from the leaf up."""
     kernel = [s for s, d in stack if d == "[kernel.kallsyms]"]
@@ -94,7 +98,7 @@ def bucket(stack):
     if call is None:
         return "kernel: softirq, interrupts" if soft else "kernel: other"
     if call in ("sendto", "sendmsg", "write", "writev") and soft:
-        return "kernel: far end's receive in our send"
+        return FAR
     if soft:
         return f"kernel: softirq in {call}"
     if call in ("poll", "ppoll", "epoll_wait", "epoll_pwait", "select", "pselect6"):
@@ -198,19 +202,41 @@ def main():
     md = [
         "CPU per operation by call chain, from `perf record -a -g -F 999` of the whole machine "
         "during each load (`PROFILE=1 bash bench/run.sh`; the profiler's own share is listed). "
-        "µs of CPU per operation; `idle` is CPU time no one used.\n"
+        "µs of CPU per operation; `idle` is CPU time no one used. Through the bridge, each end's "
+        "send runs the other end's receive (the client's and server's columns hold it); through "
+        "a middlebox, the middlebox's sends run it (`far end's receive in our send`), so compare "
+        "`all but idle` between rows, and `middlebox without the far end's receive` for what "
+        "the middlebox itself costs.\n"
     ]
     byload = defaultdict(list)
     for s in summary:
         byload[s["load"]].append(s)
     for load, ss in byload.items():
         md.append(f"### {load} (µs of CPU per {ss[0]['unit']})\n")
-        groups = ["middlebox", "client", "server", "softirq threads", "other", "profiler", "idle"]
-        md.append("| middlebox | " + " | ".join(groups) + " |")
-        md.append("|---" * (len(groups) + 1) + "|")
+        groups = [
+            "middlebox",
+            "client",
+            "server",
+            "softirq threads",
+            "scripts, tools",
+            "other",
+            "profiler",
+            "idle",
+        ]
+        md.append(
+            "| middlebox | "
+            + " | ".join(groups[:1] + ["middlebox without the far end's receive"] + groups[1:])
+            + " | all but idle |"
+        )
+        md.append("|---" * (len(groups) + 3) + "|")
         for s in ss:
-            cells = [fmt(s["who_us"].get(g)) for g in groups]
-            md.append(f"| {s['cfg']} | " + " | ".join(cells) + " |")
+            w = s["who_us"]
+            mb = w.get("middlebox")
+            far = s["middlebox_us"].get(FAR) or 0
+            own = None if mb is None else mb - far
+            busy = sum(v for k, v in w.items() if k != "idle" and v is not None) if w else None
+            cells = [fmt(w.get("middlebox")), fmt(own)] + [fmt(w.get(g)) for g in groups[1:]]
+            md.append(f"| {s['cfg']} | " + " | ".join(cells) + f" | {fmt(busy)} |")
         md.append("")
         notes = [
             f"{s['cfg']}: " + ", ".join(f"{k} {fmt(v)}" for k, v in s["other_comms"].items())

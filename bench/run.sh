@@ -112,6 +112,8 @@ prof_stop() {
   wait "$PROF_PID" 2>/dev/null || true
   PROF_PID=""
 }
+# A run that fails mid-load leaves no recording profiler behind.
+bench_cleanup_extra() { prof_stop; }
 # mark · the load · stop · rec CFG TEST JSON: one result line, with the CPU
 # used between mark and stop (stop is implied when not called).
 mark() { prof_start; T_MB=$(mb_ticks); T_M=$(machine_busy); T_S=$(date +%s.%N); E_MB=""; }
