@@ -72,7 +72,8 @@ pub struct DpCounters {
     /// Channel operations those took (a batch per owner per receive turn).
     pub handoff_batches_out: u64,
     pub handoff_batches_in: u64,
-    /// Frames for another worker dropped because its channel was full.
+    /// Frames for another worker dropped because an RX ring's worth already
+    /// waited for it (its channel full all that time).
     pub handoff_full: u64,
     /// Verdict events dropped because the logger fell behind.
     pub events_dropped: u64,
