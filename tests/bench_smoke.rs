@@ -73,6 +73,8 @@ fn bench_runner_smoke_writes_every_row_and_plot() {
         .arg("--smoke")
         .arg(out.path())
         .env("BENCH_PREFIX", "bsmk")
+        // The whole-machine profile and its summary (bench/profile.py) too.
+        .env("PROFILE", "1")
         .env("ENFORCER_BIN", env!("CARGO_BIN_EXE_enforcer"))
         .env("PKTGEN_BIN", env!("CARGO_BIN_EXE_enforcer-pktgen"))
         .env("LOADGEN_BIN", profile_dir.join("examples/loadgen"))
@@ -126,6 +128,31 @@ fn bench_runner_smoke_writes_every_row_and_plot() {
         of("counters").count(),
         4 + 4 + 1,
         "forwarder, enforcer, any-key"
+    );
+
+    // The profile has every load, and splits the middlebox's time: the
+    // enforcer's sends ran the far end's receive (a veth copy-mode sendto).
+    let prof: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("profile.jsonl"))
+        .expect("profile.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let loads = lines.iter().filter(|l| l.get("prof").is_some()).count();
+    assert!(loads >= 30, "{loads} profiled loads");
+    assert_eq!(prof.len(), loads, "a summary per profiled load");
+    let http = prof
+        .iter()
+        .find(|p| p["cfg"] == "enforcer-w1-adaptive" && p["load"] == "http")
+        .expect("the enforcer's HTTP profile");
+    assert!(http["who_us"]["middlebox"].as_f64() > Some(0.0), "{http}");
+    assert!(
+        http["middlebox_us"]["kernel: far end's receive in our send"].as_f64() > Some(0.0),
+        "{http}"
+    );
+    let pmd = std::fs::read_to_string(out.path().join("profile.md")).expect("profile.md");
+    assert!(
+        rows(&pmd, "### http").contains(&"haproxy".to_string()),
+        "{pmd}"
     );
 
     for png in ["loss.png", "throughput.png", "latency.png"] {
