@@ -30,7 +30,9 @@
 # whole machine's per request from /proc/stat (busy time of every CPU:
 # client, server, kernel and enforcer).
 #   PERF=1  profiles the whole machine (perf record -a -g) during each HTTP
-#           load: top symbols in bench/results/host-perf-CONFIG-REP.txt
+#           load: top symbols, and CPU per request by process and the
+#           enforcer's by call chain (bench/profile.py), in
+#           bench/results/host-perf-CONFIG-REP.txt
 #           (CONFIG: kernel, or the build's index). The profiler costs CPU:
 #           no figures from such a run.
 set -euo pipefail
@@ -106,7 +108,7 @@ perf_start() { # TAG
   perf record -q -a -g -F 999 -o "$STATE/perf-$1.data" -- sleep "$DUR" >/dev/null 2>&1 &
   PERF_PID=$!
 }
-perf_end() { # TAG
+perf_end() { # TAG REQ/S
   [ -n "${PERF:-}" ] || return 0
   wait "$PERF_PID" || true
   mkdir -p bench/results
@@ -118,6 +120,11 @@ perf_end() { # TAG
     echo
     perf report -i "$STATE/perf-$1.data" --no-children --stdio -g none --sort comm,symbol \
       --percent-limit 0.2 2>/dev/null | grep -E '^ +[0-9]' | sed 's/  */ /g' | head -150
+    # CPU per request by process, and the enforcer's by call chain
+    # (bench/profile.py: what its TAP writes and AF_XDP sends ran of the
+    # host's and the client's receive, apart from its own work).
+    echo
+    python3 bench/profile.py --one "$STATE/perf-$1.data" "$(python3 -c "print(float('${2:-0}') * $DUR)")"
   } >"bench/results/host-perf-$1.txt" || true
   rm -f "$STATE/perf-$1.data"
 }
@@ -152,7 +159,7 @@ for rep in $(seq "$REPS"); do
   M0=$(machine_busy)
   perf_start "kernel-$rep"
   read -r B_HTTP B_HTTP_ERR < <(http_rps)
-  perf_end "kernel-$rep"
+  perf_end "kernel-$rep" "$B_HTTP"
   M1=$(machine_busy)
   read -r B_MC B_MC_ERR < <(mc_ops)
   M2=$(machine_busy)
@@ -170,7 +177,7 @@ for rep in $(seq "$REPS"); do
     READY=$(grep '^ready ' "$STATE/enforcer.out")
     perf_start "$bi-$rep"
     read -r E_HTTP E_HTTP_ERR T0 S0 N0 < <(measure http_rps "$STATE/sys-http")
-    perf_end "$bi-$rep"
+    perf_end "$bi-$rep" "$E_HTTP"
     read -r E_MC E_MC_ERR T1 S1 N1 < <(measure mc_ops "$STATE/sys-mc")
     T2=$(cpu_ticks "$MB_PID")
     S2=$(sleeps "$MB_PID")

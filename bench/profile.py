@@ -4,6 +4,7 @@
 per operation, split by who spent it and, for the middlebox, on what.
 
     python3 bench/profile.py RESULTS.jsonl PROFILE_DIR OUT_DIR
+    python3 bench/profile.py --one PERF.DATA OPS   (one recording, as text)
 
 Writes OUT_DIR/profile.md and OUT_DIR/profile.jsonl. An operation is what
 the load counts: a delivered frame (udp64), a request (http), an operation
@@ -97,7 +98,8 @@ def bucket(stack):
     soft = any(s in SOFTIRQ for s in kernel[: depth if depth is not None else len(kernel)])
     if call is None:
         return "kernel: softirq, interrupts" if soft else "kernel: other"
-    if call in ("sendto", "sendmsg", "write", "writev") and soft:
+    # io_uring_enter: host mode's TAP writes go through an io_uring ring.
+    if call in ("sendto", "sendmsg", "write", "writev", "io_uring_enter") and soft:
         return FAR
     if soft:
         return f"kernel: softirq in {call}"
@@ -158,7 +160,51 @@ def label(r):
     return t
 
 
+def split(path, n):
+    """CPU per operation by group, and the middlebox's by bucket."""
+    who, what, total = Counter(), Counter(), 0
+    # What "other" and the unnamed buckets hold, for the reader to check.
+    others, libs = Counter(), Counter()
+    for comm, stack in samples(path):
+        g = group(comm)
+        who[g] += 1
+        total += 1
+        if g == "other":
+            others[comm] += 1
+        if g == "middlebox":
+            b = bucket(stack)
+            what[b] += 1
+            if b == "user: libraries" and stack:
+                libs[f"{stack[0][0]} ({os.path.basename(stack[0][1])})"] += 1
+    us = (lambda k: k * 1e6 / HZ / n) if n else (lambda k: None)
+    return {
+        "samples": total,
+        "who_us": {k: us(v) for k, v in who.most_common()},
+        "middlebox_us": {k: us(v) for k, v in what.most_common()},
+        "other_comms": {k: us(v) for k, v in others.most_common(5)},
+        "library_syms": {k: us(v) for k, v in libs.most_common(5)},
+    }
+
+
+def one(path, n):
+    s = split(path, n)
+    print(f"CPU per operation (µs), {n:.0f} operations, {s['samples']} samples at {HZ} Hz")
+    for k, v in s["who_us"].items():
+        print(f"  {k:<50} {fmt(v)}")
+    mb = s["who_us"].get("middlebox")
+    if mb is not None:
+        far = s["middlebox_us"].get(FAR) or 0
+        print(f"  {'middlebox without the far end’s receive':<50} {fmt(mb - far)}")
+        print("middlebox by call chain:")
+        for k, v in s["middlebox_us"].items():
+            print(f"  {k:<50} {fmt(v)}")
+    for k, v in s["other_comms"].items():
+        print(f"  other: {k:<43} {fmt(v)}")
+
+
 def main():
+    if sys.argv[1] == "--one":
+        return one(sys.argv[2], float(sys.argv[3]))
     res, pdir, out = sys.argv[1:4]
     rows = [json.loads(l) for l in open(res) if l.strip()]
     summary = []
@@ -167,34 +213,9 @@ def main():
         if not f or not os.path.exists(os.path.join(pdir, f)):
             continue
         n, unit = ops(r)
-        who, what, total = Counter(), Counter(), 0
-        # What "other" and the unnamed buckets hold, for the reader to check.
-        others, libs = Counter(), Counter()
-        for comm, stack in samples(os.path.join(pdir, f)):
-            g = group(comm)
-            who[g] += 1
-            total += 1
-            if g == "other":
-                others[comm] += 1
-            if g == "middlebox":
-                b = bucket(stack)
-                what[b] += 1
-                if b == "user: libraries" and stack:
-                    libs[f"{stack[0][0]} ({os.path.basename(stack[0][1])})"] += 1
-        us = (lambda k: k * 1e6 / HZ / n) if n else (lambda k: None)
+        sp = split(os.path.join(pdir, f), n)
         summary.append(
-            {
-                "cfg": r["cfg"],
-                "load": label(r),
-                "unit": unit,
-                "ops": round(n, 1),
-                "samples": total,
-                "seconds": round(total / HZ / max(1, os.cpu_count() or 1), 2),
-                "who_us": {k: us(v) for k, v in who.most_common()},
-                "middlebox_us": {k: us(v) for k, v in what.most_common()},
-                "other_comms": {k: us(v) for k, v in others.most_common(5)},
-                "library_syms": {k: us(v) for k, v in libs.most_common(5)},
-            }
+            {"cfg": r["cfg"], "load": label(r), "unit": unit, "ops": round(n, 1)} | sp
         )
     with open(os.path.join(out, "profile.jsonl"), "w") as fh:
         for s in summary:
