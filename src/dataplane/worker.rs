@@ -411,6 +411,7 @@ pub fn run(
         },
         out: Output::default(),
         pending: [Vec::with_capacity(BATCH * 2), Vec::with_capacity(BATCH * 2)],
+        tx_weight: [0; 2],
         dp: DpCounters::default(),
         sides: [SideCount::default(); 2],
         busy_ns: 0,
@@ -583,6 +584,8 @@ struct Worker {
     out: Output,
     /// Frames to transmit, per side.
     pending: [Vec<FrameDesc>; 2],
+    /// Frames pending per side, a moving sum over turns (`transmit`).
+    tx_weight: [u64; 2],
     dp: DpCounters,
     sides: [SideCount; 2],
     busy_ns: u64,
@@ -745,17 +748,26 @@ impl Worker {
     /// RX at once: ACKs we forward to a sender bring its next segments.
     /// Those may take the kernel path only if X's fence is open then, that
     /// is once every frame we took from X went out on the other side. So
-    /// the side carrying the bulk (more frames pending) goes first, then
-    /// the fences of the RX links whose frames it carried, then the other
-    /// side, then the remaining fences. A fence says how far we got with
-    /// its socket's ring once everything we forwarded of it is with the
-    /// kernel (kpath.bpf.c, `struct fence`). Frames handed to another
-    /// worker count as dealt with when handed over: with several workers
-    /// and no symmetric RSS a range's first segments may still overtake a
-    /// few handed ones (docs/dataplane.md, Kernel path).
+    /// the side carrying the bulk (more frames pending, over the last
+    /// turns) goes first, then the fences of the RX links whose frames it
+    /// carried, then the other side, then the remaining fences. A fence
+    /// says how far we got with its socket's ring once everything we
+    /// forwarded of it is with the kernel (kpath.bpf.c, `struct fence`).
+    /// Frames handed to another worker count as dealt with when handed
+    /// over: with several workers and no symmetric RSS a range's first
+    /// segments may still overtake a few handed ones (docs/dataplane.md,
+    /// Kernel path).
     fn transmit(&mut self, now: u64) -> usize {
         let mut work = 0;
-        let first = usize::from(self.pending[1].len() > self.pending[0].len());
+        // Frames pending per side, smoothed over the turns that send (x 8):
+        // a turn that ends a burst has few frames either way, and should
+        // keep the burst's order.
+        if self.pending.iter().any(|p| !p.is_empty()) {
+            for (w, p) in self.tx_weight.iter_mut().zip(&self.pending) {
+                *w = *w - *w / 8 + p.len() as u64;
+            }
+        }
+        let first = usize::from(self.tx_weight[1] > self.tx_weight[0]);
         for p in [first, first ^ 1] {
             work += self.send_side(p, now);
             // Copy mode transmits only when kicked; kick while anything is
