@@ -584,7 +584,7 @@ struct Worker {
     out: Output,
     /// Frames to transmit, per side.
     pending: [Vec<FrameDesc>; 2],
-    /// Frames pending per side, a moving sum over turns (`transmit`).
+    /// Bytes pending per side, a moving sum over turns (`transmit`).
     tx_weight: [u64; 2],
     dp: DpCounters,
     sides: [SideCount; 2],
@@ -748,7 +748,7 @@ impl Worker {
     /// RX at once: ACKs we forward to a sender bring its next segments.
     /// Those may take the kernel path only if X's fence is open then, that
     /// is once every frame we took from X went out on the other side. So
-    /// the side carrying the bulk (more frames pending, over the last
+    /// the side carrying the bulk (more bytes pending, over the last
     /// turns) goes first, then the fences of the RX links whose frames it
     /// carried, then the other side, then the remaining fences. A fence
     /// says how far we got with its socket's ring once everything we
@@ -759,12 +759,15 @@ impl Worker {
     /// Kernel path).
     fn transmit(&mut self, now: u64) -> usize {
         let mut work = 0;
-        // Frames pending per side, smoothed over the turns that send (x 8):
-        // a turn that ends a burst has few frames either way, and should
-        // keep the burst's order.
+        // Bytes pending per side, smoothed over the turns that send (x 8):
+        // bytes, not frames, since a receiver that acknowledges every
+        // segment sends as many ACKs as it gets data frames; smoothed, since
+        // a turn that ends a burst has little either way, and should keep
+        // the burst's order.
         if self.pending.iter().any(|p| !p.is_empty()) {
             for (w, p) in self.tx_weight.iter_mut().zip(&self.pending) {
-                *w = *w - *w / 8 + p.len() as u64;
+                let bytes: usize = p.iter().map(|d| d.lengths().data()).sum();
+                *w = *w - *w / 8 + bytes as u64;
             }
         }
         let first = usize::from(self.tx_weight[1] > self.tx_weight[0]);
