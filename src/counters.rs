@@ -75,6 +75,11 @@ pub struct Counters {
     /// Ranges of known body bytes published to the shell (docs/stream.md,
     /// "A kernel path for known bytes").
     pub l7_ranges: u64,
+    /// Holds of a sender's right edge while its range's segments still
+    /// reached the engine (docs/stream.md, "Drain, then go live").
+    pub l7_range_holds: u64,
+    /// Window updates sent to a sender when a hold ended.
+    pub l7_window_updates: u64,
     /// Bytes the worker's L7 flows hold now (a gauge; see `max_held_total`).
     pub l7_held_bytes: u64,
     /// L7 flows whose stream state hit an internal error (see `FailMode`).
@@ -115,6 +120,8 @@ impl Counters {
         self.l7_head_timeouts += o.l7_head_timeouts;
         self.l7_owned_retransmits += o.l7_owned_retransmits;
         self.l7_ranges += o.l7_ranges;
+        self.l7_range_holds += o.l7_range_holds;
+        self.l7_window_updates += o.l7_window_updates;
         self.l7_internal_errors += o.l7_internal_errors;
         self.l7_held_bytes += o.l7_held_bytes;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

@@ -545,3 +545,173 @@ fn the_reply_after_a_bypassed_body_is_in_order() {
     p.run();
     p.assert_healthy();
 }
+
+/// The ack and window of a frame, and the right edge they make.
+fn edge_of(f: &[u8]) -> (u32, u16, u32) {
+    let t = *enforcer::packet::view::parse(f)
+        .expect("a frame")
+        .tcp()
+        .expect("tcp");
+    (t.ack, t.window, t.ack.wrapping_add(u32::from(t.window)))
+}
+
+fn payload_len(f: &[u8]) -> usize {
+    let m = enforcer::packet::view::parse(f).expect("a frame");
+    m.payload_end - m.payload_off
+}
+
+/// Drain, then go live (docs/stream.md): covered client segments that
+/// still reach the engine (the shell took none of them; on the lab, its
+/// fence was shut) hold the client's right edge where it was, so that the
+/// client sends only what it was already allowed. Once the engine saw
+/// every byte up to that edge, a window update tells the client of its new
+/// edge at once (no waiting for the server's next ACK), and the server's
+/// acks move it again. Two such holds in a row with nothing taking the
+/// kernel path in between, and the edge moves as without holds.
+#[test]
+fn covered_client_segments_through_the_engine_hold_its_edge_until_drained() {
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        ..EngineConfig::default()
+    };
+    let mut p = conn("10.66.0.12", 11211, cfg);
+    p.auto_ack = false;
+    // Honours nothing: every covered segment reaches the engine.
+    p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
+    let mut set = b"set xwing-coord 0 0 400000\r\n".to_vec();
+    set.extend([b'x'; 1000]);
+    p.client_send(&set);
+    p.deliver();
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    // The server acknowledges: the client's edge is its ack plus the window.
+    let server_ack = |p: &mut Pair<Engine>| {
+        let f = p.server.ack();
+        p.input(SERVER, f);
+        let e = edge_of(p.to_client.last().expect("the ACK, forwarded"));
+        p.deliver();
+        e
+    };
+    let (_, _, e0) = server_ack(&mut p);
+    // Covered segments through the engine: the edge stays at e0 however far
+    // the server acknowledges, until the client sent everything up to it
+    // (the server acknowledges the last few only later, as a receiver that
+    // delays its ACK: the hold ends without waiting for it).
+    let mut edge = e0;
+    for round in 0..2 {
+        loop {
+            let room = edge.wrapping_sub(p.client.snd_nxt) as usize;
+            assert!(room > 0 && room < 1 << 20, "the client has room");
+            let n = room.min(1448);
+            p.client_send(&vec![b'y'; n]);
+            if n == room {
+                break;
+            }
+            p.deliver();
+            if room - n > 3 * 1448 {
+                let (_, _, e) = server_ack(&mut p);
+                assert_eq!(e, edge, "round {round}: held at the edge offered");
+            }
+        }
+        assert_eq!(p.mid.counters().l7_range_holds, round + 1);
+        // Every byte up to the edge came through the engine: a window
+        // update (no payload, no ack the client lacks) moves the edge.
+        let last = p.to_client.last().expect("a window update");
+        assert_eq!(payload_len(last), 0);
+        let (ack, _, e) = edge_of(last);
+        assert!((p.client.snd_nxt.wrapping_sub(ack) as i32) > 0);
+        assert!(
+            (e.wrapping_sub(edge) as i32) > 0,
+            "round {round}: the edge moved on"
+        );
+        assert_eq!(p.mid.counters().l7_window_updates, round + 1);
+        edge = e;
+        p.deliver();
+    }
+    // Two holds in a row and nothing took the kernel path: no more holds,
+    // the server's acks move the edge.
+    for _ in 0..5 {
+        p.client_send(&[b'y'; 1448]);
+        p.deliver();
+        let (_, _, e) = server_ack(&mut p);
+        assert!((e.wrapping_sub(edge) as i32) > 0, "the edge moves");
+        edge = e;
+    }
+    assert_eq!(p.mid.counters().l7_range_holds, 2);
+    // Whatever the holds did, every byte arrived in order.
+    assert_eq!(p.server.out_of_order, 0);
+    p.auto_ack = true;
+    let left = 400_000 - (p.server.data.len() - 28);
+    p.client_sends(&vec![b'z'; left], 1448);
+    p.client_sends(b"\r\n", 1448);
+    assert!(p.server.data.ends_with(b"z\r\n"));
+    p.assert_healthy();
+}
+
+/// The same for a reply body: covered server segments through the engine
+/// hold the server's edge (the client's window towards the server, put
+/// on the client's ACKs as the field that keeps the edge) until the engine
+/// saw every byte up to it; then a window update goes to the server.
+#[test]
+fn covered_server_segments_through_the_engine_hold_its_edge_until_drained() {
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        ..EngineConfig::default()
+    };
+    let mut p = conn("10.66.0.12", 11211, cfg);
+    p.auto_ack = false;
+    p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
+    p.client_send(b"get xwing-coord\r\n");
+    p.deliver();
+    let mut head = b"VALUE xwing-coord 0 400000\r\n".to_vec();
+    head.extend([b'a'; 1000]);
+    p.server_send(&head);
+    p.deliver();
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    let client_ack = |p: &mut Pair<Engine>| {
+        let f = p.client.ack();
+        p.input(CLIENT, f);
+        let e = edge_of(p.to_server.last().expect("the ACK, forwarded"));
+        p.deliver();
+        e
+    };
+    let (_, w0, edge) = client_ack(&mut p);
+    assert_eq!(w0, 64240, "the client's own window, before any hold");
+    loop {
+        let room = edge.wrapping_sub(p.server.snd_nxt) as usize;
+        assert!(room > 0 && room < 1 << 20, "the server has room");
+        let n = room.min(1448);
+        p.server_send(&vec![b'b'; n]);
+        if n == room {
+            break;
+        }
+        p.deliver();
+        if room - n > 3 * 1448 {
+            let (_, w, e) = client_ack(&mut p);
+            assert_eq!(e, edge, "held at the edge offered");
+            assert!(w < 64240, "by a smaller field than the client's");
+        }
+    }
+    assert_eq!(p.mid.counters().l7_range_holds, 1);
+    let last = p.to_server.last().expect("a window update");
+    assert_eq!(payload_len(last), 0);
+    let (_, w, e) = edge_of(last);
+    assert_eq!(w, 64240, "the client's window again");
+    assert!((e.wrapping_sub(edge) as i32) > 0, "the edge moved on");
+    assert_eq!(p.mid.counters().l7_window_updates, 1);
+    p.deliver();
+    let (_, w, _) = client_ack(&mut p);
+    assert_eq!(w, 64240);
+    assert_eq!(p.client.out_of_order, 0);
+    p.auto_ack = true;
+    let left = 400_000 - (p.client.data.len() - 28);
+    let mut rest = vec![b'c'; left];
+    rest.extend(b"\r\nEND\r\n");
+    for chunk in rest.chunks(1448) {
+        p.server_send(chunk);
+    }
+    p.run();
+    assert!(p.client.data.ends_with(b"c\r\nEND\r\n"));
+    p.assert_healthy();
+}

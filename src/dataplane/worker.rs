@@ -415,6 +415,7 @@ pub fn run(
         },
         out: Output::default(),
         pending: [Vec::with_capacity(BATCH * 2), Vec::with_capacity(BATCH * 2)],
+        tx_weight: [0; 2],
         dp: DpCounters::default(),
         sides: [SideCount::default(); 2],
         busy_ns: 0,
@@ -493,8 +494,8 @@ pub fn run(
             w.judge.tick(now, &mut w.out);
             w.drain_out();
         }
+        // Fences are synced side by side inside (`transmit`).
         work += w.transmit(now);
-        w.sync_fences();
         w.refill();
         w.rebalance();
         if now_i.duration_since(last_publish) >= PUBLISH {
@@ -587,6 +588,8 @@ struct Worker {
     out: Output,
     /// Frames to transmit, per side.
     pending: [Vec<FrameDesc>; 2],
+    /// Bytes pending per side, a moving sum over turns (`transmit`).
+    tx_weight: [u64; 2],
     dp: DpCounters,
     sides: [SideCount; 2],
     busy_ns: u64,
@@ -739,32 +742,92 @@ impl Worker {
         }
     }
 
-    /// Send what is pending on each side's link; kick copy-mode TX.
+    /// Send what is pending on each side's link; kick copy-mode TX, one
+    /// side after the other, and open the fences of the frames that side
+    /// carried as soon as it is done.
+    ///
+    /// The order matters on a veth (docs/dataplane.md, "The ordering
+    /// fence"): copy-mode TX runs the far end's receive inside our
+    /// `sendto`, so frames we send on side X make its end answer into X's
+    /// RX at once: ACKs we forward to a sender bring its next segments.
+    /// Those may take the kernel path only if X's fence is open then, that
+    /// is once every frame we took from X went out on the other side. So
+    /// the side carrying the bulk (more bytes pending, over the last
+    /// turns) goes first, then the fences of the RX links whose frames it
+    /// carried, then the other side, then the remaining fences. A fence
+    /// says how far we got with its socket's ring once everything we
+    /// forwarded of it is with the kernel (kpath.bpf.c, `struct fence`).
+    /// Frames handed to another worker count as dealt with when handed
+    /// over: with several workers and no symmetric RSS a range's first
+    /// segments may still overtake a few handed ones (docs/dataplane.md,
+    /// Kernel path).
     fn transmit(&mut self, now: u64) -> usize {
         let mut work = 0;
-        for p in 0..2 {
-            if self.pending[p].is_empty() {
-                continue;
+        // Bytes pending per side, smoothed over the turns that send (x 8):
+        // bytes, not frames, since a receiver that acknowledges every
+        // segment sends as many ACKs as it gets data frames; smoothed, since
+        // a turn that ends a burst has little either way, and should keep
+        // the burst's order.
+        if self.pending.iter().any(|p| !p.is_empty()) {
+            for (w, p) in self.tx_weight.iter_mut().zip(&self.pending) {
+                let bytes: usize = p.iter().map(|d| d.lengths().data()).sum();
+                *w = *w - *w / 8 + bytes as u64;
             }
-            let Some(l) = self.tx_link[p].and_then(|i| self.links.get_mut(i)) else {
-                self.dp.tx_ring_full += self.pending[p].len() as u64;
-                self.free.append(&mut self.pending[p]);
-                continue;
-            };
-            work += l.send(
-                &self.umem,
-                &mut self.pending[p],
-                &mut self.free,
-                &mut self.dp,
-                self.ch.misses.as_ref(),
-                now,
-            );
         }
-        // Copy mode transmits only when kicked; kick while anything is in flight.
-        for l in self.links.iter_mut() {
+        let first = usize::from(self.tx_weight[1] > self.tx_weight[0]);
+        for p in [first, first ^ 1] {
+            work += self.send_side(p, now);
+            // Copy mode transmits only when kicked; kick while anything is
+            // in flight.
+            for l in self.links.iter_mut().filter(|l| usize::from(l.side) == p) {
+                l.kick(&self.umem);
+            }
+            // Every frame towards side p is with the kernel: frames taken
+            // from the other side's rings are dealt with.
+            if self.sent_towards(p) {
+                for l in self.links.iter_mut().filter(|l| usize::from(l.side) != p) {
+                    l.sync_fence();
+                }
+            }
+        }
+        // Links of neither side (none today) are kicked as before.
+        for l in self.links.iter_mut().filter(|l| l.side > 1) {
             l.kick(&self.umem);
         }
         work
+    }
+
+    /// Put side p's pending frames on its TX link.
+    fn send_side(&mut self, p: usize, now: u64) -> usize {
+        if self.pending[p].is_empty() {
+            return 0;
+        }
+        let Some(l) = self.tx_link[p].and_then(|i| self.links.get_mut(i)) else {
+            self.dp.tx_ring_full += self.pending[p].len() as u64;
+            self.free.append(&mut self.pending[p]);
+            return 0;
+        };
+        l.send(
+            &self.umem,
+            &mut self.pending[p],
+            &mut self.free,
+            &mut self.dp,
+            self.ch.misses.as_ref(),
+            now,
+        )
+    }
+
+    /// With the kernel path: nothing we forwarded towards side p waits on
+    /// our side (none pending, its TX rings empty), the condition of the
+    /// fences of the other side's RX rings.
+    fn sent_towards(&mut self, p: usize) -> bool {
+        self.ranges.is_some()
+            && self.pending[p].is_empty()
+            && self
+                .links
+                .iter_mut()
+                .filter(|l| usize::from(l.side) == p)
+                .all(|l| l.tx_unsent() == 0)
     }
 
     fn tx_unsent(&mut self) -> bool {
@@ -907,21 +970,6 @@ impl Worker {
                 }
             }
             None => self.out.ranges.clear(),
-        }
-    }
-
-    /// Tell the kernel path how far we got with each socket's ring, once
-    /// everything we forwarded is with the kernel (nothing pending, TX
-    /// rings empty): a segment it forwards itself then overtakes nothing of
-    /// ours (kpath.bpf.c, `struct fence`). Frames handed to another worker
-    /// count as dealt with when handed over: with several workers and no
-    /// symmetric RSS a range's first segments may still overtake a few
-    /// handed ones (docs/dataplane.md, Kernel path).
-    fn sync_fences(&mut self) {
-        if self.all_sent() {
-            for l in self.links.iter_mut() {
-                l.sync_fence();
-            }
         }
     }
 

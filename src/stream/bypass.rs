@@ -16,6 +16,7 @@
 use super::conn::Stream;
 use super::reply::ReplyState;
 use super::request::ReqState;
+use super::seqmap::Abs;
 use super::StreamCtx;
 use crate::l7::Protocol;
 use crate::verdict::{Output, Range, RangeOp, Verdict};
@@ -46,6 +47,99 @@ impl<P: Protocol> Stream<P> {
             self.closed = true;
         }
         Some(Verdict::Forward(fwd))
+    }
+
+    /// A client segment `[s, e)` went on by `pass_unkept`: if it carries
+    /// the fields its range was published for, the shell did not take it,
+    /// and the client's edge is held until the backlog passed (`Hold`);
+    /// when that ends the hold, the client hears of its new edge at once.
+    pub(super) fn unkept_seen(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        sabs: Abs,
+        (s, e): (i64, i64),
+    ) {
+        let Some(range) = self.cli.unkept else { return };
+        if !ctx.cfg.kernel_path
+            || self.cli.published != Some((sabs.seq(self.cli.ack_view), self.cli.win))
+        {
+            return;
+        }
+        let offered = self.cli.offered.get();
+        let held = self.cli.hold.edge.is_some();
+        let ended = self
+            .cli
+            .hold
+            .saw(s.max(0) as u64, e.max(0) as u64, range, offered);
+        if !held && self.cli.hold.edge.is_some() {
+            ctx.counters.l7_range_holds += 1;
+        }
+        if !ended {
+            return;
+        }
+        // Our pure ACK's seq is the server's next byte: not while a reply
+        // range counts bytes the client may not have yet.
+        if self.srv.ahead.is_none() && !self.closed {
+            self.client_window();
+            if self.cli.offered.get() > offered {
+                ctx.counters.l7_window_updates += 1;
+                self.ack_client(ctx, out);
+            }
+        }
+    }
+
+    /// A server segment `[s, e)` inside its reply range went on: as
+    /// `unkept_seen` for the server's edge (the client's window, towards
+    /// the server).
+    pub(super) fn ahead_seen(
+        &mut self,
+        ctx: &mut StreamCtx<'_>,
+        out: &mut Output,
+        (ack, win): (u32, u16),
+        (s, e): (u64, u64),
+    ) {
+        let Some(range) = self.srv.ahead else { return };
+        if !ctx.cfg.kernel_path
+            || s < range.0
+            || e > range.1
+            || s == e
+            || self.srv.published.map(|p| (p.0, p.1)) != Some((ack, win))
+        {
+            return;
+        }
+        let offered = self.cli.win_edge.get();
+        let held = self.srv.hold.edge.is_some();
+        let ended = self.srv.hold.saw(s, e, range, offered);
+        if !held && self.srv.hold.edge.is_some() {
+            ctx.counters.l7_range_holds += 1;
+        }
+        if !ended {
+            return;
+        }
+        // Our pure ACK's seq is the client's next byte: not while a client
+        // range counts bytes the server may not have yet.
+        if self.cli.unkept.is_none() && !self.closed {
+            self.server_offer();
+            if self.cli.win_edge.get() > offered {
+                ctx.counters.l7_window_updates += 1;
+                self.ack_server(ctx, out);
+            }
+        }
+    }
+
+    /// The client's segments the shell forwards carry its own ack and
+    /// window to the server: that edge counts as offered to the server,
+    /// so that a hold of the server's edge never goes below it.
+    fn note_passed_window(&self) {
+        let shift = match (self.cli.wscale, self.srv.wscale) {
+            (Some(c), Some(_)) => u32::from(c),
+            _ => 0,
+        };
+        let edge = self
+            .server_acked()
+            .saturating_add(u64::from(self.cli.win) << shift);
+        self.cli.win_edge.set(self.cli.win_edge.get().max(edge));
     }
 
     /// Publish, renew or withdraw this connection's ranges after a call.
@@ -82,6 +176,11 @@ impl<P: Protocol> Stream<P> {
             let op = renew(&mut self.cli.published, live, fields, |lo, hi| {
                 bypass(cabs.seq(lo), cabs.seq(hi), a, b, b)
             });
+            if self.cli.published.is_none() {
+                self.cli.hold = Hold::default();
+            } else if op.is_some() {
+                self.note_passed_window();
+            }
             if let Some(op) = op {
                 self.push_range(ctx, out, dir, op);
             }
@@ -122,6 +221,8 @@ impl<P: Protocol> Stream<P> {
         // within the server's window as before.
         self.cli.tx_edge = self.cli.tx_edge.max(hi);
         self.cli.published = Some(fields);
+        self.cli.hold = Hold::default();
+        self.note_passed_window();
         ctx.counters.l7_ranges += 1;
         // Towards the server the client's window goes as it is.
         let (ack, win) = fields;
@@ -154,6 +255,9 @@ impl<P: Protocol> Stream<P> {
             let op = renew(&mut self.srv.published, live, fields, |lo, hi| {
                 bypass(sabs.seq(lo), sabs.seq(hi), a, w, wo)
             });
+            if self.srv.published.is_none() {
+                self.srv.hold = Hold::default();
+            }
             if let Some(op) = op {
                 self.push_range(ctx, out, dir, op);
             }
@@ -179,6 +283,7 @@ impl<P: Protocol> Stream<P> {
         self.srv.ahead = Some((lo, hi));
         let fields = self.server_fields(cabs);
         self.srv.published = Some(fields);
+        self.srv.hold = Hold::default();
         ctx.counters.l7_ranges += 1;
         let (ack, win, win_out) = fields;
         self.push_range(
@@ -207,6 +312,83 @@ impl<P: Protocol> Stream<P> {
             self.cli.published.map(|_| c),
             self.srv.published.map(|_| crate::verdict::other(c)),
         ]
+    }
+}
+
+/// Holds one range may have in a row that ended without a sign of the
+/// kernel path taking any of its segments since: after that the sender's
+/// edge moves as without holds until such a sign comes (a shell that does
+/// not forward, or a queue whose fence stays shut, must not make every
+/// window a stop and go).
+const IDLE_HOLDS: u8 = 2;
+
+/// Drain, then go live (docs/stream.md, "A kernel path for known bytes"):
+/// while a published range's covered segments still reach the stream (the
+/// shell did not take them: on the lab, its ordering fence is shut while
+/// the worker has a backlog of the sender's segments), the right edge
+/// offered to their sender stays where it is. The sender can then send
+/// only what it was already allowed, the backlog drains, and what it sends
+/// once the edge moves again can take the kernel path. The stream knows
+/// nothing of fences: "covered segments reach me" is its own observation.
+/// The hold ends once every byte up to the held edge came through here (a
+/// window update goes to the sender then, so that none waits for the
+/// receiver's delayed ACK), or the receiver acknowledged bytes within two
+/// segments of it (the rest may have taken the kernel path), or with the
+/// range. A hold never moves an edge back: it only stops moving it on.
+#[derive(Default, Clone, Copy, Debug, PartialEq)]
+pub(super) struct Hold {
+    /// One past the highest covered byte that reached the stream (offsets
+    /// of the range's direction; 0: none yet).
+    pub seen: u64,
+    /// The sender's right edge held (None: not held).
+    pub edge: Option<u64>,
+    /// The largest covered segment seen.
+    pub seg: u64,
+    /// Holds in a row that ended without a sign of the kernel path.
+    pub idle: u8,
+}
+
+impl Hold {
+    /// A covered segment `[s, e)` of the range `[lo, hi)`, with the fields
+    /// the range was published for, reached the stream; `offered` is the
+    /// sender's right edge now. True when this ends a hold: every byte up
+    /// to the held edge came through here.
+    pub(super) fn saw(&mut self, s: u64, e: u64, (lo, hi): (u64, u64), offered: u64) -> bool {
+        self.seen = self.seen.max(lo);
+        if s > self.seen {
+            // The bytes before it went by the kernel path.
+            self.idle = 0;
+        }
+        self.seen = self.seen.max(e);
+        self.seg = self.seg.max(e.saturating_sub(s));
+        match self.edge {
+            None if self.idle < IDLE_HOLDS && self.seen < offered.min(hi) => {
+                self.edge = Some(offered);
+                false
+            }
+            Some(h) if self.seen >= h.min(hi) => {
+                self.edge = None;
+                self.idle = self.idle.saturating_add(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The receiver acknowledged up to `ack`: past what came through here,
+    /// those bytes took the kernel path. An ack within two segments of the
+    /// held edge ends the hold (the receiver may delay the ACK of the last
+    /// one, and the sender must not wait for it).
+    pub(super) fn acked(&mut self, ack: u64) {
+        if self.seen > 0 && ack > self.seen {
+            self.idle = 0;
+        }
+        if self
+            .edge
+            .is_some_and(|h| ack.saturating_add(2 * self.seg.max(1)) >= h)
+        {
+            self.edge = None;
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::bypass::Hold;
 use super::reassembly::Ooo;
 use super::request::ReqState;
 use super::seqmap::{Abs, Inserted, Removed};
@@ -139,6 +140,12 @@ pub(super) struct FromClient {
     pub(super) unkept: Option<(u64, u64)>,
     /// The ack and window fields of the published range (None: none).
     pub(super) published: Option<(u32, u16)>,
+    /// The client's right edge held while its range's segments reach us
+    /// (`bypass.rs`, `Hold`): `client_window_at` offers no more.
+    pub(super) hold: Hold,
+    /// The right edge (server offsets) of the windows sent to the server so
+    /// far, at least: a hold of the server's edge never goes below it.
+    pub(super) win_edge: Cell<u64>,
 }
 
 /// What the enforcer knows of the server's segments: the server→client byte
@@ -180,6 +187,9 @@ pub(super) struct FromServer {
     pub(super) ahead: Option<(u64, u64)>,
     /// The ack, window and window-out fields of the published range.
     pub(super) published: Option<(u32, u16, u16)>,
+    /// The server's right edge held while its range's segments reach us
+    /// (`bypass.rs`, `Hold`): `window_to_server` offers no more.
+    pub(super) hold: Hold,
 }
 
 pub(crate) struct Stream<P: Protocol> {
@@ -237,6 +247,8 @@ impl<P: Protocol> Stream<P> {
                 offered: Cell::new(0),
                 unkept: None,
                 published: None,
+                hold: Hold::default(),
+                win_edge: Cell::new(0),
             },
             srv: FromServer {
                 abs: None,
@@ -253,6 +265,7 @@ impl<P: Protocol> Stream<P> {
                 tpl: None,
                 ahead: None,
                 published: None,
+                hold: Hold::default(),
             },
             queue: VecDeque::new(),
             pending_bytes: 0,
@@ -413,13 +426,65 @@ impl<P: Protocol> Stream<P> {
     /// Ack (server seq space) to put on segments towards the server.
     pub(super) fn ack_to_server(&self) -> u32 {
         let Some(s) = self.srv.abs else { return 0 };
+        s.seq(self.server_acked())
+    }
+
+    /// The server offset acknowledged to the server (`ack_to_server`).
+    pub(super) fn server_acked(&self) -> u64 {
         let limit = self.srv.next + u64::from(self.srv.fin.is_some());
-        s.seq(
-            self.srv
-                .inserted
-                .to_server_ack(self.cli.ack_view)
-                .min(limit),
-        )
+        self.srv
+            .inserted
+            .to_server_ack(self.cli.ack_view)
+            .min(limit)
+    }
+
+    /// The window field for our segments towards the server.
+    pub(super) fn server_offer(&self) -> u16 {
+        self.window_to_server(self.server_acked())
+    }
+
+    /// The window field towards the server on a segment acknowledging
+    /// server offset `acked`: the client's own, unless the server's edge is
+    /// held (`bypass.rs`, `Hold`): then the field for the held edge seen
+    /// from that ack, rounded up (so never behind an edge already offered;
+    /// the hold is that edge), and never more than the client's.
+    pub(super) fn window_to_server(&self, acked: u64) -> u16 {
+        // The client's field is scaled only when both SYNs carried the option.
+        let shift = match (self.cli.wscale, self.srv.wscale) {
+            (Some(c), Some(_)) => u32::from(c),
+            _ => 0,
+        };
+        let raw = self.cli.win;
+        let mut field = raw;
+        if let Some(h) = self.srv.hold.edge {
+            if acked.saturating_add(u64::from(raw) << shift) > h {
+                let want = (h.saturating_sub(acked) + (1 << shift) - 1) >> shift;
+                field = want.min(u64::from(raw)) as u16;
+            }
+        }
+        let edge = acked.saturating_add(u64::from(field) << shift);
+        self.cli.win_edge.set(self.cli.win_edge.get().max(edge));
+        field
+    }
+
+    /// Put `window_to_server` on a client frame passed on to the server,
+    /// seen from the frame's own ack (as `stamp_window` towards the client).
+    pub(super) fn stamp_server_window(&self, frame: &mut [u8], m: &FrameMeta) {
+        let Some(sabs) = self.srv.abs else { return };
+        let Some(h) = frame.get(m.l4_off..m.l4_off + 16) else {
+            return;
+        };
+        if m.tcp().is_none() || h[13] & TCP_RST != 0 || h[13] & TCP_ACK == 0 {
+            return;
+        }
+        let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        let limit = self.srv.next + u64::from(self.srv.fin.is_some());
+        let a = sabs.abs(ack, limit).clamp(0, limit as i64) as u64;
+        let w = self.window_to_server(a).to_be_bytes();
+        let at = m.l4_off + 14;
+        if frame.get(at..at + 2).is_some_and(|f| f != w) {
+            build::patch_tcp(frame, m, 14, &w);
+        }
     }
 
     /// The window field offered to the client, in place of the server's.
@@ -458,6 +523,11 @@ impl<P: Protocol> Stream<P> {
         if matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty() {
             edge = edge.max(self.decided().saturating_add(limit));
         }
+        // Held while the client's range still comes through us: no more
+        // than was offered when the hold began (`bypass.rs`, `Hold`).
+        if let Some(h) = self.cli.hold.edge {
+            edge = edge.min(h);
+        }
         // Never shrink (RFC 9293 3.8.6.2.2: a receiver SHOULD NOT move its
         // right edge back). The client may already have sent up to an edge
         // offered before; some stacks (smoltcp) then stop retransmitting
@@ -494,8 +564,8 @@ impl<P: Protocol> Stream<P> {
     ) -> Option<Vec<u8>> {
         let (tpl, reverse, ack, window) = if to_server {
             match (&self.cli.tpl, &self.srv.tpl) {
-                (Some(t), _) => (t, false, self.ack_to_server(), self.cli.win),
-                (None, Some(t)) => (t, true, self.ack_to_server(), self.cli.win),
+                (Some(t), _) => (t, false, self.ack_to_server(), self.server_offer()),
+                (None, Some(t)) => (t, true, self.ack_to_server(), self.server_offer()),
                 _ => return None,
             }
         } else {
@@ -651,7 +721,11 @@ impl<P: Protocol> Stream<P> {
         self.limit = ctx.cfg.max_held_bytes;
         self.head_timeout = ctx.cfg.l7_head_timeout_ns;
         let v = if in_side == self.client_side {
-            self.client_segment(ctx, frame, meta, &t, now, out)
+            let v = self.client_segment(ctx, frame, meta, &t, now, out);
+            if matches!(v, Verdict::Forward(_)) {
+                self.stamp_server_window(frame, meta);
+            }
+            v
         } else {
             self.server_segment(ctx, frame, meta, &t, now, out)
         };

@@ -103,6 +103,8 @@ impl<P: Protocol> Stream<P> {
             advanced = a > self.srv.ack as i64 && a <= c_out as i64;
             if advanced {
                 self.srv.ack = a as u64;
+                // A held client edge the server's acks came near ends.
+                self.cli.hold.acked(self.srv.ack);
                 let unkept = self.cli.unkept.is_some();
                 self.trim_sent(self.srv.ack);
                 if unkept && self.cli.unkept.is_none() {
@@ -177,6 +179,14 @@ impl<P: Protocol> Stream<P> {
             self.srv.fin = Some(self.srv.next);
         }
         if !modified_before && inj.is_empty() {
+            if len > 0 {
+                self.ahead_seen(
+                    ctx,
+                    out,
+                    (t.ack, t.window),
+                    (s.max(0) as u64, e.max(0) as u64),
+                );
+            }
             // Replies in it may have freed the pending budget a held
             // request waits on: it goes on now, not at the client's next
             // segment (which may never come: we acknowledged it already).

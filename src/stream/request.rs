@@ -171,6 +171,9 @@ impl<P: Protocol> Stream<P> {
                     .inj
                     .retain(|b| b.view_start + b.bytes.len() as u64 > acked);
                 self.srv.inserted.prune(acked);
+                // A held server edge the client's acks came near ends.
+                let to_server = self.server_acked();
+                self.srv.hold.acked(to_server);
             }
         }
         if self.draining.is_some() && t.flags & TCP_RST == 0 {
@@ -200,6 +203,9 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Forward(fwd);
         }
         if let Some(v) = self.pass_unkept(s, e, fin, modified_before) {
+            if let Some(sabs) = self.srv.abs {
+                self.unkept_seen(ctx, out, sabs, (s, e));
+            }
             return v;
         }
 
