@@ -823,6 +823,9 @@ impl Worker {
     fn sent_towards(&mut self, p: usize) -> bool {
         self.ranges.is_some()
             && self.pending[p].is_empty()
+            // Frames waiting for another worker's channel are not handed
+            // over yet (`send_handoffs`).
+            && self.outbox.iter().all(|b| b.is_empty())
             && self
                 .links
                 .iter_mut()
