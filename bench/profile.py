@@ -259,13 +259,7 @@ def main():
             cells = [fmt(w.get("middlebox")), fmt(own)] + [fmt(w.get(g)) for g in groups[1:]]
             md.append(f"| {s['cfg']} | " + " | ".join(cells) + f" | {fmt(busy)} |")
         md.append("")
-        notes = [
-            f"{s['cfg']}: " + ", ".join(f"{k} {fmt(v)}" for k, v in s["other_comms"].items())
-            for s in ss
-            if s["other_comms"]
-        ]
-        if notes:
-            md.append("`other`, by command: " + "; ".join(notes) + ".\n")
+        md += listing(ss, "other_comms", "`other`, by command")
         md.append("Middlebox's time by call chain:\n")
         keys = []
         for s in ss:
@@ -283,15 +277,19 @@ def main():
             cells = [fmt(s["middlebox_us"].get(k)) for s in ss if s["middlebox_us"]]
             md.append(f"| {k} | " + " | ".join(cells) + " |")
         md.append("")
-        notes = [
-            f"{s['cfg']}: " + ", ".join(f"`{k}` {fmt(v)}" for k, v in s["library_syms"].items())
-            for s in ss
-            if s["library_syms"]
-        ]
-        if notes:
-            md.append("`user: libraries`, by function: " + "; ".join(notes) + ".\n")
+        md += listing(ss, "library_syms", "`user: libraries`, by function")
     with open(os.path.join(out, "profile.md"), "w") as fh:
         fh.write("\n".join(md) + "\n")
+
+
+def listing(ss, key, title):
+    """A line naming what a catch-all holds per configuration (or none)."""
+    notes = [
+        f"{s['cfg']}: " + ", ".join(f"`{k}` {fmt(v)}" for k, v in s[key].items())
+        for s in ss
+        if s[key]
+    ]
+    return [f"{title}: " + "; ".join(notes) + ".\n"] if notes else []
 
 
 def fmt(v):
