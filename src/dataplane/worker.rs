@@ -768,13 +768,17 @@ impl Worker {
         // segment sends as many ACKs as it gets data frames; smoothed, since
         // a turn that ends a burst has little either way, and should keep
         // the burst's order.
-        if self.pending.iter().any(|p| !p.is_empty()) {
+        // Only the kernel path's fences need the order: elsewhere (host
+        // mode, `--kernel-path off`) the sides go in their fixed order, as
+        // measured before (docs/dataplane.md, Host mode).
+        let ordered = self.ranges.is_some();
+        if ordered && self.pending.iter().any(|p| !p.is_empty()) {
             for (w, p) in self.tx_weight.iter_mut().zip(&self.pending) {
                 let bytes: usize = p.iter().map(|d| d.lengths().data()).sum();
                 *w = *w - *w / 8 + bytes as u64;
             }
         }
-        let first = usize::from(self.tx_weight[1] > self.tx_weight[0]);
+        let first = usize::from(ordered && self.tx_weight[1] > self.tx_weight[0]);
         for p in [first, first ^ 1] {
             work += self.send_side(p, now);
             // Copy mode transmits only when kicked; kick while anything is
