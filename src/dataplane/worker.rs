@@ -794,10 +794,6 @@ impl Worker {
                 }
             }
         }
-        // Links of neither side (none today) are kicked as before.
-        for l in self.links.iter_mut().filter(|l| l.side > 1) {
-            l.kick(&self.umem);
-        }
         work
     }
 

@@ -284,6 +284,9 @@ impl<P: Protocol> Stream<P> {
         let fields = self.server_fields(cabs);
         self.srv.published = Some(fields);
         self.srv.hold = Hold::default();
+        // Client frames are stamped only while a reply range is published
+        // (`stamp_server_window`): the edge they offered before it.
+        self.note_passed_window();
         ctx.counters.l7_ranges += 1;
         let (ack, win, win_out) = fields;
         self.push_range(

@@ -469,7 +469,15 @@ impl<P: Protocol> Stream<P> {
 
     /// Put `window_to_server` on a client frame passed on to the server,
     /// seen from the frame's own ack (as `stamp_window` towards the client).
+    ///
+    /// Only while a reply range is published: a hold exists only then, and
+    /// otherwise every client frame would pay for a field it keeps (the
+    /// edge the client offered before it is taken at publication,
+    /// `note_passed_window`).
     pub(super) fn stamp_server_window(&self, frame: &mut [u8], m: &FrameMeta) {
+        if self.srv.published.is_none() {
+            return;
+        }
         let Some(sabs) = self.srv.abs else { return };
         let Some(h) = frame.get(m.l4_off..m.l4_off + 16) else {
             return;
