@@ -715,3 +715,98 @@ fn covered_server_segments_through_the_engine_hold_its_edge_until_drained() {
     assert!(p.client.data.ends_with(b"c\r\nEND\r\n"));
     p.assert_healthy();
 }
+
+/// The server's edge is capped with the kernel path on: no more than
+/// `max_held_bytes` past the client's ack, however large the client's
+/// window, so that a large reply queues at most that much behind the
+/// worker before its range can go live (docs/stream.md, "The server's
+/// edge"). A hold then binds at the capped edge, the backlog drains, and
+/// the edge moves on with the client's acks, never back.
+#[test]
+fn the_server_edge_is_capped_so_that_a_reply_range_drains_early() {
+    let cap = 16 * 1024;
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        max_held_bytes: cap,
+        ..EngineConfig::default()
+    };
+    let mut p = conn("10.66.0.12", 11211, cfg);
+    p.auto_ack = false;
+    p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
+    let client_ack = |p: &mut Pair<Engine>| {
+        let f = p.client.ack();
+        p.input(CLIENT, f);
+        let e = edge_of(p.to_server.last().expect("the ACK, forwarded"));
+        p.deliver();
+        e
+    };
+    p.client_send(b"get xwing-coord\r\n");
+    // Before any reply, the client's 64240 are offered as the cap.
+    let (_, w, _) = edge_of(p.to_server.last().expect("the request"));
+    assert_eq!(usize::from(w), cap, "the capped field, not the client's");
+    p.deliver();
+    let mut head = b"VALUE xwing-coord 0 400000\r\n".to_vec();
+    head.extend([b'a'; 1000]);
+    p.server_send(&head);
+    p.deliver();
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    let (ack, w, edge) = client_ack(&mut p);
+    assert_eq!(usize::from(w), cap);
+    assert_eq!(edge, ack.wrapping_add(cap as u32));
+    // The server fills the capped edge; covered segments reach the engine,
+    // so the edge is held, and once the engine saw all of it, the window
+    // update offers the cap past the client's latest ack again.
+    let mut last_edge = edge;
+    loop {
+        let room = last_edge.wrapping_sub(p.server.snd_nxt) as usize;
+        assert!(
+            room > 0 && room <= cap,
+            "the server has room, at most the cap"
+        );
+        let n = room.min(1448);
+        p.server_send(&vec![b'b'; n]);
+        if n == room {
+            break;
+        }
+        p.deliver();
+        if room - n > 3 * 1448 {
+            let (_, _, e) = client_ack(&mut p);
+            assert_eq!(e, last_edge, "held at the capped edge");
+        }
+    }
+    assert_eq!(p.mid.counters().l7_range_holds, 1);
+    let update = p.to_server.last().expect("a window update");
+    assert_eq!(payload_len(update), 0);
+    let (_, _, e) = edge_of(update);
+    assert!((e.wrapping_sub(last_edge) as i32) > 0, "the edge moved on");
+    p.deliver();
+    last_edge = e;
+    // From here the client's acks move the edge, a cap past each, never
+    // back, and every byte arrives in order.
+    let value_sent = |p: &Pair<Engine>| p.client.data.len() - 28;
+    for _ in 0..10 {
+        let room = last_edge.wrapping_sub(p.server.snd_nxt) as usize;
+        assert!(room <= cap + 1448, "never more than the cap ahead");
+        for _ in 0..room / 1448 {
+            p.server_send(&[b'c'; 1448]);
+        }
+        p.deliver();
+        let (ack, _, e) = client_ack(&mut p);
+        assert!((e.wrapping_sub(last_edge) as i32) >= 0, "never back");
+        assert!(e.wrapping_sub(ack) as usize <= cap + 1448);
+        last_edge = e;
+    }
+    assert_eq!(p.client.out_of_order, 0);
+    p.auto_ack = true;
+    let left = 400_000 - value_sent(&p);
+    assert!(left > 100_000, "the test sent less than the value");
+    let mut rest = vec![b'd'; left];
+    rest.extend(b"\r\nEND\r\n");
+    for chunk in rest.chunks(1448) {
+        p.server_send(chunk);
+    }
+    p.run();
+    assert!(p.client.data.ends_with(b"d\r\nEND\r\n"));
+    p.assert_healthy();
+}

@@ -130,8 +130,13 @@ impl<P: Protocol> Stream<P> {
 
     /// The client's segments the shell forwards carry its own ack and
     /// window to the server: that edge counts as offered to the server,
-    /// so that a hold of the server's edge never goes below it.
+    /// so that a hold of the server's edge never goes below it. With the
+    /// cap, they carry `window_to_server` instead (`client_out_window`),
+    /// which counts itself.
     fn note_passed_window(&self) {
+        if self.cap_server {
+            return;
+        }
         let shift = match (self.cli.wscale, self.srv.wscale) {
             (Some(c), Some(_)) => u32::from(c),
             _ => 0,
@@ -173,8 +178,9 @@ impl<P: Protocol> Stream<P> {
             // same range, for its new fields.
             let live = self.cli.unkept.filter(|_| plain);
             let (a, b) = (fields.0, fields.1);
+            let out_win = (self.cli.published != Some(fields)).then(|| self.client_out_window());
             let op = renew(&mut self.cli.published, live, fields, |lo, hi| {
-                bypass(cabs.seq(lo), cabs.seq(hi), a, b, b)
+                bypass(cabs.seq(lo), cabs.seq(hi), a, b, out_win.unwrap_or(b))
             });
             if self.cli.published.is_none() {
                 self.cli.hold = Hold::default();
@@ -224,13 +230,13 @@ impl<P: Protocol> Stream<P> {
         self.cli.hold = Hold::default();
         self.note_passed_window();
         ctx.counters.l7_ranges += 1;
-        // Towards the server the client's window goes as it is.
         let (ack, win) = fields;
+        let win_out = self.client_out_window();
         self.push_range(
             ctx,
             out,
             dir,
-            bypass(cabs.seq(lo), cabs.seq(hi), ack, win, win),
+            bypass(cabs.seq(lo), cabs.seq(hi), ack, win, win_out),
         );
     }
 
@@ -295,6 +301,16 @@ impl<P: Protocol> Stream<P> {
             dir,
             bypass(sabs.seq(lo), sabs.seq(hi), ack, win, win_out),
         );
+    }
+
+    /// The window field the shell puts on the client's segments it forwards:
+    /// the client's own, capped (`window_to_server`) with the kernel path.
+    fn client_out_window(&self) -> u16 {
+        if self.cap_server {
+            self.window_to_server(self.server_acked())
+        } else {
+            self.cli.win
+        }
     }
 
     /// The server's ack and window fields, and the window the client is

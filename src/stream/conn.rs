@@ -192,6 +192,12 @@ pub(super) struct FromServer {
     pub(super) hold: Hold,
 }
 
+/// The least the server's edge is capped to (`window_to_server`): with only
+/// a few segments in flight a loss cannot be repaired by fast retransmit,
+/// and a lossy connection crawls from timeout to timeout (the stream rig's
+/// 64-byte `max_held_bytes` did).
+const SERVER_CAP_MIN: u64 = 16 * 1024;
+
 pub(crate) struct Stream<P: Protocol> {
     pub(super) proto: P,
     pub(super) policy: Arc<RuleSet<P::Rule>>,
@@ -206,6 +212,9 @@ pub(crate) struct Stream<P: Protocol> {
     pub(super) pending_bytes: usize,
     /// `max_held_bytes`, as of the latest call.
     pub(super) limit: usize,
+    /// The kernel path is on, as of the latest call: the server's edge is
+    /// capped (`window_to_server`).
+    pub(super) cap_server: bool,
     /// A head timed out and its timeout reply went into the queue: the
     /// connection ends (reset) once the client acknowledged the reply, or
     /// at this deadline. Client data meanwhile is dropped.
@@ -270,6 +279,7 @@ impl<P: Protocol> Stream<P> {
             queue: VecDeque::new(),
             pending_bytes: 0,
             limit: usize::MAX,
+            cap_server: false,
             draining: None,
             head_timeout: u64::MAX,
         }
@@ -444,10 +454,24 @@ impl<P: Protocol> Stream<P> {
     }
 
     /// The window field towards the server on a segment acknowledging
-    /// server offset `acked`: the client's own, unless the server's edge is
-    /// held (`bypass.rs`, `Hold`): then the field for the held edge seen
-    /// from that ack, rounded up (so never behind an edge already offered;
-    /// the hold is that edge), and never more than the client's.
+    /// server offset `acked`: the client's own, but no further than
+    ///
+    /// * with the kernel path on, `max_held_bytes` (at least
+    ///   `SERVER_CAP_MIN`) past that ack, or the edge offered already,
+    ///   whichever is further. The client's window
+    ///   on a warm connection is megabytes, so a server would put a whole
+    ///   large value on the wire before its reply's head is even parsed:
+    ///   all of it then queues behind the worker, the range published for
+    ///   it comes too late, and its hold binds never. With the cap, at
+    ///   most `max_held_bytes` must drain before the rest can take the
+    ///   kernel path. It is far above this lab's bandwidth-delay product,
+    ///   so it costs no throughput;
+    /// * while the server's edge is held (`bypass.rs`, `Hold`), the held
+    ///   edge.
+    ///
+    /// Rounded up, so never behind an edge already offered (the cap keeps
+    /// that edge, and the hold is that edge), and never more than the
+    /// client's.
     pub(super) fn window_to_server(&self, acked: u64) -> u16 {
         // The client's field is scaled only when both SYNs carried the option.
         let shift = match (self.cli.wscale, self.srv.wscale) {
@@ -455,13 +479,21 @@ impl<P: Protocol> Stream<P> {
             _ => 0,
         };
         let raw = self.cli.win;
-        let mut field = raw;
-        if let Some(h) = self.srv.hold.edge {
-            if acked.saturating_add(u64::from(raw) << shift) > h {
-                let want = (h.saturating_sub(acked) + (1 << shift) - 1) >> shift;
-                field = want.min(u64::from(raw)) as u16;
-            }
+        let own = acked.saturating_add(u64::from(raw) << shift);
+        let mut want = own;
+        if self.cap_server {
+            let cap = acked.saturating_add((self.limit as u64).max(SERVER_CAP_MIN));
+            want = want.min(cap.max(self.cli.win_edge.get()));
         }
+        if let Some(h) = self.srv.hold.edge {
+            want = want.min(h);
+        }
+        let field = if want >= own {
+            raw
+        } else {
+            let n = (want.saturating_sub(acked) + (1 << shift) - 1) >> shift;
+            n.min(u64::from(raw)) as u16
+        };
         let edge = acked.saturating_add(u64::from(field) << shift);
         self.cli.win_edge.set(self.cli.win_edge.get().max(edge));
         field
@@ -470,12 +502,12 @@ impl<P: Protocol> Stream<P> {
     /// Put `window_to_server` on a client frame passed on to the server,
     /// seen from the frame's own ack (as `stamp_window` towards the client).
     ///
-    /// Only while a reply range is published: a hold exists only then, and
-    /// otherwise every client frame would pay for a field it keeps (the
-    /// edge the client offered before it is taken at publication,
-    /// `note_passed_window`).
+    /// Only with the cap (the kernel path on) or while a reply range is
+    /// published (a hold exists only then): otherwise every client frame
+    /// would pay for a field it keeps (the edge the client offered before
+    /// a range is taken at publication, `note_passed_window`).
     pub(super) fn stamp_server_window(&self, frame: &mut [u8], m: &FrameMeta) {
-        if self.srv.published.is_none() {
+        if self.srv.published.is_none() && !self.cap_server {
             return;
         }
         let Some(sabs) = self.srv.abs else { return };
@@ -727,6 +759,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Drop(DropReason::L7Denied);
         }
         self.limit = ctx.cfg.max_held_bytes;
+        self.cap_server = ctx.cfg.kernel_path;
         self.head_timeout = ctx.cfg.l7_head_timeout_ns;
         let v = if in_side == self.client_side {
             let v = self.client_segment(ctx, frame, meta, &t, now, out);
