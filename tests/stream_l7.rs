@@ -560,6 +560,41 @@ fn payload_len(f: &[u8]) -> usize {
     m.payload_end - m.payload_off
 }
 
+/// The client acknowledges everything it has: the ack and window the
+/// server gets for it, and their edge.
+fn client_ack(p: &mut Pair<Engine>) -> (u32, u16, u32) {
+    let f = p.client.ack();
+    p.input(CLIENT, f);
+    let e = edge_of(p.to_server.last().expect("the ACK, forwarded"));
+    p.deliver();
+    e
+}
+
+/// The server sends up to the held `edge` (room for at most `most`
+/// bytes), the client acknowledging as it goes: each of its ACKs offers
+/// that same edge. The window fields of those ACKs.
+fn server_fills_held_edge(p: &mut Pair<Engine>, edge: u32, most: usize) -> Vec<u16> {
+    let mut fields = Vec::new();
+    loop {
+        let room = edge.wrapping_sub(p.server.snd_nxt) as usize;
+        assert!(
+            room > 0 && room <= most,
+            "the server has room, at most {most}"
+        );
+        let n = room.min(1448);
+        p.server_send(&vec![b'b'; n]);
+        if n == room {
+            return fields;
+        }
+        p.deliver();
+        if room - n > 3 * 1448 {
+            let (_, w, e) = client_ack(p);
+            assert_eq!(e, edge, "held at the edge offered");
+            fields.push(w);
+        }
+    }
+}
+
 /// Drain, then go live (docs/stream.md): covered client segments that
 /// still reach the engine (the shell took none of them; on the lab, its
 /// fence was shut) hold the client's right edge where it was, so that the
@@ -664,35 +699,15 @@ fn covered_server_segments_through_the_engine_hold_its_edge_until_drained() {
     p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
     p.client_send(b"get xwing-coord\r\n");
     p.deliver();
-    let mut head = b"VALUE xwing-coord 0 400000\r\n".to_vec();
-    head.extend([b'a'; 1000]);
-    p.server_send(&head);
-    p.deliver();
-    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
-    let client_ack = |p: &mut Pair<Engine>| {
-        let f = p.client.ack();
-        p.input(CLIENT, f);
-        let e = edge_of(p.to_server.last().expect("the ACK, forwarded"));
-        p.deliver();
-        e
-    };
+    server_starts_a_large_value(&mut p);
     let (_, w0, edge) = client_ack(&mut p);
     assert_eq!(w0, 64240, "the client's own window, before any hold");
-    loop {
-        let room = edge.wrapping_sub(p.server.snd_nxt) as usize;
-        assert!(room > 0 && room < 1 << 20, "the server has room");
-        let n = room.min(1448);
-        p.server_send(&vec![b'b'; n]);
-        if n == room {
-            break;
-        }
-        p.deliver();
-        if room - n > 3 * 1448 {
-            let (_, w, e) = client_ack(&mut p);
-            assert_eq!(e, edge, "held at the edge offered");
-            assert!(w < 64240, "by a smaller field than the client's");
-        }
-    }
+    let fields = server_fills_held_edge(&mut p, edge, 1 << 20);
+    assert!(!fields.is_empty());
+    assert!(
+        fields.iter().all(|&w| w < 64240),
+        "by a smaller field than the client's"
+    );
     assert_eq!(p.mid.counters().l7_range_holds, 1);
     let last = p.to_server.last().expect("a window update");
     assert_eq!(payload_len(last), 0);
@@ -704,15 +719,34 @@ fn covered_server_segments_through_the_engine_hold_its_edge_until_drained() {
     let (_, w, _) = client_ack(&mut p);
     assert_eq!(w, 64240);
     assert_eq!(p.client.out_of_order, 0);
+    server_ends_the_value(&mut p, 400_000, b'c');
+}
+
+/// The head of a 400 000-byte value and its first 1 000 bytes: the rest
+/// becomes a range.
+fn server_starts_a_large_value(p: &mut Pair<Engine>) {
+    let mut head = b"VALUE xwing-coord 0 400000\r\n".to_vec();
+    head.extend([b'a'; 1000]);
+    p.server_send(&head);
+    p.deliver();
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+}
+
+/// The rest of a value of `len` bytes behind a 28-byte `VALUE` line, and
+/// `END`, with the client acknowledging on its own: all of it arrives.
+fn server_ends_the_value(p: &mut Pair<Engine>, len: usize, byte: u8) {
     p.auto_ack = true;
-    let left = 400_000 - (p.client.data.len() - 28);
-    let mut rest = vec![b'c'; left];
+    let left = len - (p.client.data.len() - 28);
+    let mut rest = vec![byte; left];
     rest.extend(b"\r\nEND\r\n");
     for chunk in rest.chunks(1448) {
         p.server_send(chunk);
     }
     p.run();
-    assert!(p.client.data.ends_with(b"c\r\nEND\r\n"));
+    assert!(p
+        .client
+        .data
+        .ends_with(&[byte, b'\r', b'\n', b'E', b'N', b'D', b'\r', b'\n']));
     p.assert_healthy();
 }
 
@@ -734,23 +768,12 @@ fn the_server_edge_is_capped_so_that_a_reply_range_drains_early() {
     let mut p = conn("10.66.0.12", 11211, cfg);
     p.auto_ack = false;
     p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
-    let client_ack = |p: &mut Pair<Engine>| {
-        let f = p.client.ack();
-        p.input(CLIENT, f);
-        let e = edge_of(p.to_server.last().expect("the ACK, forwarded"));
-        p.deliver();
-        e
-    };
     p.client_send(b"get xwing-coord\r\n");
     // Before any reply, the client's 64240 are offered as the cap.
     let (_, w, _) = edge_of(p.to_server.last().expect("the request"));
     assert_eq!(usize::from(w), cap, "the capped field, not the client's");
     p.deliver();
-    let mut head = b"VALUE xwing-coord 0 400000\r\n".to_vec();
-    head.extend([b'a'; 1000]);
-    p.server_send(&head);
-    p.deliver();
-    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    server_starts_a_large_value(&mut p);
     let (ack, w, edge) = client_ack(&mut p);
     assert_eq!(usize::from(w), cap);
     assert_eq!(edge, ack.wrapping_add(cap as u32));
@@ -758,23 +781,7 @@ fn the_server_edge_is_capped_so_that_a_reply_range_drains_early() {
     // so the edge is held, and once the engine saw all of it, the window
     // update offers the cap past the client's latest ack again.
     let mut last_edge = edge;
-    loop {
-        let room = last_edge.wrapping_sub(p.server.snd_nxt) as usize;
-        assert!(
-            room > 0 && room <= cap,
-            "the server has room, at most the cap"
-        );
-        let n = room.min(1448);
-        p.server_send(&vec![b'b'; n]);
-        if n == room {
-            break;
-        }
-        p.deliver();
-        if room - n > 3 * 1448 {
-            let (_, _, e) = client_ack(&mut p);
-            assert_eq!(e, last_edge, "held at the capped edge");
-        }
-    }
+    server_fills_held_edge(&mut p, last_edge, cap);
     assert_eq!(p.mid.counters().l7_range_holds, 1);
     let update = p.to_server.last().expect("a window update");
     assert_eq!(payload_len(update), 0);
@@ -798,15 +805,9 @@ fn the_server_edge_is_capped_so_that_a_reply_range_drains_early() {
         last_edge = e;
     }
     assert_eq!(p.client.out_of_order, 0);
-    p.auto_ack = true;
-    let left = 400_000 - value_sent(&p);
-    assert!(left > 100_000, "the test sent less than the value");
-    let mut rest = vec![b'd'; left];
-    rest.extend(b"\r\nEND\r\n");
-    for chunk in rest.chunks(1448) {
-        p.server_send(chunk);
-    }
-    p.run();
-    assert!(p.client.data.ends_with(b"d\r\nEND\r\n"));
-    p.assert_healthy();
+    assert!(
+        value_sent(&p) < 300_000,
+        "the test sent less than the value"
+    );
+    server_ends_the_value(&mut p, 400_000, b'd');
 }
