@@ -128,14 +128,14 @@ impl<P: Protocol> Stream<P> {
         }
     }
 
-    /// The client's segments the shell forwards carry its own ack and
-    /// window to the server: that edge counts as offered to the server,
-    /// so that a hold of the server's edge never goes below it. With the
-    /// cap, they carry `window_to_server` instead (`client_out_window`),
-    /// which counts itself.
-    fn note_passed_window(&self) {
+    /// The window field the client's segments carry when the shell forwards
+    /// them (a client range's `win_out`): the client's own, or with the cap
+    /// `window_to_server`. Its edge counts as offered to the server (the
+    /// cap's counts itself), so that a hold of the server's edge never goes
+    /// below it.
+    fn passed_window(&self) -> u16 {
         if self.cap_server {
-            return;
+            return self.window_to_server(self.server_acked());
         }
         let shift = match (self.cli.wscale, self.srv.wscale) {
             (Some(c), Some(_)) => u32::from(c),
@@ -145,6 +145,7 @@ impl<P: Protocol> Stream<P> {
             .server_acked()
             .saturating_add(u64::from(self.cli.win) << shift);
         self.cli.win_edge.set(self.cli.win_edge.get().max(edge));
+        self.cli.win
     }
 
     /// Publish, renew or withdraw this connection's ranges after a call.
@@ -178,14 +179,14 @@ impl<P: Protocol> Stream<P> {
             // same range, for its new fields.
             let live = self.cli.unkept.filter(|_| plain);
             let (a, b) = (fields.0, fields.1);
-            let out_win = (self.cli.published != Some(fields)).then(|| self.client_out_window());
+            // Only when `renew` has something to say.
+            let out_win = (live.is_none() || self.cli.published != Some(fields))
+                .then(|| self.passed_window());
             let op = renew(&mut self.cli.published, live, fields, |lo, hi| {
                 bypass(cabs.seq(lo), cabs.seq(hi), a, b, out_win.unwrap_or(b))
             });
             if self.cli.published.is_none() {
                 self.cli.hold = Hold::default();
-            } else if op.is_some() {
-                self.note_passed_window();
             }
             if let Some(op) = op {
                 self.push_range(ctx, out, dir, op);
@@ -228,10 +229,9 @@ impl<P: Protocol> Stream<P> {
         self.cli.tx_edge = self.cli.tx_edge.max(hi);
         self.cli.published = Some(fields);
         self.cli.hold = Hold::default();
-        self.note_passed_window();
+        let win_out = self.passed_window();
         ctx.counters.l7_ranges += 1;
         let (ack, win) = fields;
-        let win_out = self.client_out_window();
         self.push_range(
             ctx,
             out,
@@ -290,9 +290,10 @@ impl<P: Protocol> Stream<P> {
         let fields = self.server_fields(cabs);
         self.srv.published = Some(fields);
         self.srv.hold = Hold::default();
-        // Client frames are stamped only while a reply range is published
-        // (`stamp_server_window`): the edge they offered before it.
-        self.note_passed_window();
+        // Without the cap, client frames are stamped only while a reply
+        // range is published (`stamp_server_window`): the edge they offered
+        // before it. With the cap, the edge the next stamp gives.
+        self.passed_window();
         ctx.counters.l7_ranges += 1;
         let (ack, win, win_out) = fields;
         self.push_range(
@@ -301,16 +302,6 @@ impl<P: Protocol> Stream<P> {
             dir,
             bypass(sabs.seq(lo), sabs.seq(hi), ack, win, win_out),
         );
-    }
-
-    /// The window field the shell puts on the client's segments it forwards:
-    /// the client's own, capped (`window_to_server`) with the kernel path.
-    fn client_out_window(&self) -> u16 {
-        if self.cap_server {
-            self.window_to_server(self.server_acked())
-        } else {
-            self.cli.win
-        }
     }
 
     /// The server's ack and window fields, and the window the client is

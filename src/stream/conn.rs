@@ -505,7 +505,7 @@ impl<P: Protocol> Stream<P> {
     /// Only with the cap (the kernel path on) or while a reply range is
     /// published (a hold exists only then): otherwise every client frame
     /// would pay for a field it keeps (the edge the client offered before
-    /// a range is taken at publication, `note_passed_window`).
+    /// a range is taken at publication, `passed_window`).
     pub(super) fn stamp_server_window(&self, frame: &mut [u8], m: &FrameMeta) {
         if self.srv.published.is_none() && !self.cap_server {
             return;
