@@ -192,10 +192,11 @@ pub(super) struct FromServer {
     pub(super) hold: Hold,
 }
 
-/// The least the server's edge is capped to (`window_to_server`): with only
-/// a few segments in flight a loss cannot be repaired by fast retransmit,
-/// and a lossy connection crawls from timeout to timeout (the stream rig's
-/// 64-byte `max_held_bytes` did).
+/// The least the server's edge is capped to (`window_to_server`), and the
+/// cap between replies (`server_cap`): with fewer segments in flight a
+/// loss cannot be repaired by fast retransmit, and a lossy connection
+/// crawls from timeout to timeout (the stream rig's 64-byte
+/// `max_held_bytes` did).
 const SERVER_CAP_MIN: u64 = 16 * 1024;
 
 pub(crate) struct Stream<P: Protocol> {
@@ -456,16 +457,14 @@ impl<P: Protocol> Stream<P> {
     /// The window field towards the server on a segment acknowledging
     /// server offset `acked`: the client's own, but no further than
     ///
-    /// * with the kernel path on, `max_held_bytes` (at least
-    ///   `SERVER_CAP_MIN`) past that ack, or the edge offered already,
-    ///   whichever is further. The client's window
+    /// * with the kernel path on, the cap (`server_cap`: 16 KiB past that
+    ///   ack between replies, a published reply range's end plus that,
+    ///   `max_held_bytes` past the ack in a reply without a range), or the
+    ///   edge offered already, whichever is further. The client's window
     ///   on a warm connection is megabytes, so a server would put a whole
     ///   large value on the wire before its reply's head is even parsed:
     ///   all of it then queues behind the worker, the range published for
-    ///   it comes too late, and its hold binds never. With the cap, at
-    ///   most `max_held_bytes` must drain before the rest can take the
-    ///   kernel path. It is far above this lab's bandwidth-delay product,
-    ///   so it costs no throughput;
+    ///   it comes too late, and its hold binds never;
     /// * while the server's edge is held (`bypass.rs`, `Hold`), the held
     ///   edge.
     ///
@@ -482,8 +481,7 @@ impl<P: Protocol> Stream<P> {
         let own = acked.saturating_add(u64::from(raw) << shift);
         let mut want = own;
         if self.cap_server {
-            let cap = acked.saturating_add((self.limit as u64).max(SERVER_CAP_MIN));
-            want = want.min(cap.max(self.cli.win_edge.get()));
+            want = want.min(self.server_cap(acked).max(self.cli.win_edge.get()));
         }
         if let Some(h) = self.srv.hold.edge {
             want = want.min(h);
@@ -497,6 +495,41 @@ impl<P: Protocol> Stream<P> {
         let edge = acked.saturating_add(u64::from(field) << shift);
         self.cli.win_edge.set(self.cli.win_edge.get().max(edge));
         field
+    }
+
+    /// The edge the cap allows the server on a segment acknowledging
+    /// `acked` (`window_to_server`, kernel path on). Three cases, because
+    /// one bound cannot serve both a reply that will get a range and one
+    /// that will not:
+    ///
+    /// * Between replies and in a reply head, only
+    ///   `SERVER_CAP_MIN` past the ack: the head that tells whether a range
+    ///   follows is in the first segment, and whatever the server sends
+    ///   before its range is written queues behind the worker and must
+    ///   drain through it (at a third of the wire's speed on a veth) before
+    ///   the rest can take the kernel path. With 256 KiB there, a 1 MB get
+    ///   spent a millisecond draining.
+    /// * While a reply range is published: its end plus `SERVER_CAP_MIN`,
+    ///   so that the sender never waits for a client ACK, which would come
+    ///   through a worker, to go on (the hold keeps the edge where it was
+    ///   until what was sent before the range drained: `bypass.rs`, `Hold`).
+    /// * In a reply without a range (a body too small for one, chunked, a
+    ///   tunnel, a range withdrawn), `max_held_bytes` past the ack: those
+    ///   bytes all pass through a worker, and a small bound would leave it
+    ///   idle (and asleep) while the sender waits for the next edge.
+    ///
+    /// An edge already offered stays (the caller's `win_edge`), so the
+    /// small bound takes effect from the edge the last reply left.
+    fn server_cap(&self, acked: u64) -> u64 {
+        if let (Some((_, hi)), Some(_)) = (self.srv.ahead, self.srv.published) {
+            return hi.max(acked).saturating_add(SERVER_CAP_MIN);
+        }
+        let cap = if matches!(self.srv.reply, super::reply::ReplyState::Head) {
+            SERVER_CAP_MIN
+        } else {
+            (self.limit as u64).max(SERVER_CAP_MIN)
+        };
+        acked.saturating_add(cap)
     }
 
     /// Put `window_to_server` on a client frame passed on to the server,
