@@ -683,6 +683,56 @@ fn covered_client_segments_through_the_engine_hold_its_edge_until_drained() {
     p.assert_healthy();
 }
 
+/// The client's edge with the kernel path on, as the server's: while a
+/// client range is live, the range's end plus 16 KiB within the server's
+/// own window (not `max_held_bytes` past the server's ack: the range's
+/// bytes are not kept), so that the client never waits on the server's
+/// ACKs through a worker; between requests 16 KiB past the server's ack,
+/// so that a large set's first segments barely queue behind the worker
+/// before its range is written (docs/stream.md, "The client's edge").
+#[test]
+fn the_client_edge_is_small_between_requests_and_opens_with_a_range() {
+    let cfg = EngineConfig {
+        kernel_path: true,
+        kernel_path_min: 512,
+        max_held_bytes: 32 * 1024,
+        ..EngineConfig::default()
+    };
+    let mut p = conn("10.66.0.12", 11211, cfg);
+    p.auto_ack = false;
+    p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
+    let server_ack = |p: &mut Pair<Engine>| {
+        let f = p.server.ack();
+        p.input(SERVER, f);
+        let e = edge_of(p.to_client.last().expect("the ACK, forwarded"));
+        p.deliver();
+        e
+    };
+    let mut set = b"set xwing-coord 0 0 400000\r\n".to_vec();
+    set.extend([b'x'; 1000]);
+    p.client_send(&set);
+    p.deliver();
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    let (_, w, _) = server_ack(&mut p);
+    assert_eq!(w, 64240, "the server's own window, not 32 KiB past its ack");
+    p.auto_ack = true;
+    p.client_sends(&vec![b'y'; 399_000], 1448);
+    p.client_sends(b"\r\n", 1448);
+    p.server_send(b"STORED\r\n");
+    p.run();
+    assert!(p.client.data.ends_with(b"STORED\r\n"));
+    p.auto_ack = false;
+    p.client_send(b"get xwing-coord\r\n");
+    p.deliver();
+    let (_, w, _) = server_ack(&mut p);
+    assert_eq!(usize::from(w), 16 * 1024, "between requests");
+    p.auto_ack = true;
+    p.server_send(b"END\r\n");
+    p.run();
+    assert_eq!(p.server.out_of_order, 0);
+    p.assert_healthy();
+}
+
 /// The same for a reply body: covered server segments through the engine
 /// hold the server's edge (the client's window towards the server, put
 /// on the client's ACKs as the field that keeps the edge) until the engine

@@ -134,7 +134,7 @@ impl<P: Protocol> Stream<P> {
     /// cap's counts itself), so that a hold of the server's edge never goes
     /// below it.
     fn passed_window(&self) -> u16 {
-        if self.cap_server {
+        if self.kernel_path {
             return self.window_to_server(self.server_acked());
         }
         let shift = match (self.cli.wscale, self.srv.wscale) {

@@ -193,11 +193,12 @@ pub(super) struct FromServer {
 }
 
 /// The least the server's edge is capped to (`window_to_server`), and the
-/// cap between replies (`server_cap`): with fewer segments in flight a
-/// loss cannot be repaired by fast retransmit, and a lossy connection
-/// crawls from timeout to timeout (the stream rig's 64-byte
-/// `max_held_bytes` did).
-const SERVER_CAP_MIN: u64 = 16 * 1024;
+/// bound of either edge between units and past a live range's end
+/// (`server_cap`, `client_cap`): with fewer segments in flight a loss
+/// cannot be repaired by fast retransmit, and a lossy connection crawls
+/// from timeout to timeout (the stream rig's 64-byte `max_held_bytes`
+/// did).
+const CAP_MIN: u64 = 16 * 1024;
 
 pub(crate) struct Stream<P: Protocol> {
     pub(super) proto: P,
@@ -213,9 +214,9 @@ pub(crate) struct Stream<P: Protocol> {
     pub(super) pending_bytes: usize,
     /// `max_held_bytes`, as of the latest call.
     pub(super) limit: usize,
-    /// The kernel path is on, as of the latest call: the server's edge is
-    /// capped (`window_to_server`).
-    pub(super) cap_server: bool,
+    /// The kernel path is on, as of the latest call: both edges are shaped
+    /// for it (`server_cap`, `client_cap`).
+    pub(super) kernel_path: bool,
     /// A head timed out and its timeout reply went into the queue: the
     /// connection ends (reset) once the client acknowledged the reply, or
     /// at this deadline. Client data meanwhile is dropped.
@@ -280,7 +281,7 @@ impl<P: Protocol> Stream<P> {
             queue: VecDeque::new(),
             pending_bytes: 0,
             limit: usize::MAX,
-            cap_server: false,
+            kernel_path: false,
             draining: None,
             head_timeout: u64::MAX,
         }
@@ -480,7 +481,7 @@ impl<P: Protocol> Stream<P> {
         let raw = self.cli.win;
         let own = acked.saturating_add(u64::from(raw) << shift);
         let mut want = own;
-        if self.cap_server {
+        if self.kernel_path {
             want = want.min(self.server_cap(acked).max(self.cli.win_edge.get()));
         }
         if let Some(h) = self.srv.hold.edge {
@@ -503,13 +504,13 @@ impl<P: Protocol> Stream<P> {
     /// that will not:
     ///
     /// * Between replies and in a reply head, only
-    ///   `SERVER_CAP_MIN` past the ack: the head that tells whether a range
+    ///   `CAP_MIN` past the ack: the head that tells whether a range
     ///   follows is in the first segment, and whatever the server sends
     ///   before its range is written queues behind the worker and must
     ///   drain through it (at a third of the wire's speed on a veth) before
     ///   the rest can take the kernel path. With 256 KiB there, a 1 MB get
     ///   spent a millisecond draining.
-    /// * While a reply range is published: its end plus `SERVER_CAP_MIN`,
+    /// * While a reply range is published: its end plus `CAP_MIN`,
     ///   so that the sender never waits for a client ACK, which would come
     ///   through a worker, to go on (the hold keeps the edge where it was
     ///   until what was sent before the range drained: `bypass.rs`, `Hold`).
@@ -522,12 +523,12 @@ impl<P: Protocol> Stream<P> {
     /// small bound takes effect from the edge the last reply left.
     fn server_cap(&self, acked: u64) -> u64 {
         if let (Some((_, hi)), Some(_)) = (self.srv.ahead, self.srv.published) {
-            return hi.max(acked).saturating_add(SERVER_CAP_MIN);
+            return hi.max(acked).saturating_add(CAP_MIN);
         }
         let cap = if matches!(self.srv.reply, super::reply::ReplyState::Head) {
-            SERVER_CAP_MIN
+            CAP_MIN
         } else {
-            (self.limit as u64).max(SERVER_CAP_MIN)
+            (self.limit as u64).max(CAP_MIN)
         };
         acked.saturating_add(cap)
     }
@@ -540,7 +541,7 @@ impl<P: Protocol> Stream<P> {
     /// would pay for a field it keeps (the edge the client offered before
     /// a range is taken at publication, `passed_window`).
     pub(super) fn stamp_server_window(&self, frame: &mut [u8], m: &FrameMeta) {
-        if self.srv.published.is_none() && !self.cap_server {
+        if self.srv.published.is_none() && !self.kernel_path {
             return;
         }
         let Some(sabs) = self.srv.abs else { return };
@@ -569,7 +570,8 @@ impl<P: Protocol> Stream<P> {
     /// a larger server window would let an honest client send more than
     /// that, and the excess would be dropped (`l7-hold-overflow`) and crawl
     /// back by retransmission: so the offer never reaches beyond the
-    /// server's ack plus `max_held_bytes`.
+    /// server's ack plus `max_held_bytes`, but over a live range's unkept
+    /// bytes, which are not kept (`client_cap`, kernel path on).
     ///
     /// The offer is a right edge, in client offsets, minus the ack the
     /// client holds (`client_acked`): the server's edge (its ack mapped
@@ -593,6 +595,9 @@ impl<P: Protocol> Stream<P> {
         let limit = self.limit as u64;
         let mapped = self.cli.removed.to_client_ack(self.srv.ack);
         let mut edge = mapped.saturating_add(self.server_window().min(limit));
+        if self.kernel_path {
+            edge = self.client_cap(mapped).unwrap_or(edge);
+        }
         if matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty() {
             edge = edge.max(self.decided().saturating_add(limit));
         }
@@ -615,6 +620,25 @@ impl<P: Protocol> Stream<P> {
             .offered
             .set(self.cli.offered.get().max(acked + (field << shift)));
         field as u16
+    }
+
+    /// With the kernel path on, the client's edge as `server_cap` shapes
+    /// the server's, for the same reasons mirrored (a large set's first
+    /// segments queue behind the worker; a range's sender should not wait
+    /// on the server's ACKs through a worker), from `mapped`, the server's
+    /// ack in client offsets: within the server's own window, a live
+    /// client range's end plus `CAP_MIN`, and `CAP_MIN` past the ack
+    /// between requests. Elsewhere (None) as without the kernel path.
+    /// The unkept bytes of a range are never held here, so the larger
+    /// offer costs no memory; the hold (`bypass.rs`) still binds first.
+    fn client_cap(&self, mapped: u64) -> Option<u64> {
+        let sw = self.server_window();
+        if let (Some((_, hi)), Some(_)) = (self.cli.unkept, self.cli.published) {
+            let end = self.cli.removed.to_client_ack(hi);
+            return Some(mapped.saturating_add(sw).min(end.saturating_add(CAP_MIN)));
+        }
+        let between = matches!(self.cli.req, ReqState::Head) && self.cli.buf.is_empty();
+        between.then(|| mapped.saturating_add(sw.min(self.limit as u64).min(CAP_MIN)))
     }
 
     /// Put `client_window` on a server frame passed on to the client.
@@ -792,7 +816,7 @@ impl<P: Protocol> Stream<P> {
             return Verdict::Drop(DropReason::L7Denied);
         }
         self.limit = ctx.cfg.max_held_bytes;
-        self.cap_server = ctx.cfg.kernel_path;
+        self.kernel_path = ctx.cfg.kernel_path;
         self.head_timeout = ctx.cfg.l7_head_timeout_ns;
         let v = if in_side == self.client_side {
             let v = self.client_segment(ctx, frame, meta, &t, now, out);
