@@ -57,6 +57,25 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// How long a bind refused with EBUSY is retried: 40 × 50 ms.
+const BUSY_RETRIES: u32 = 40;
+const BUSY_WAIT: Duration = Duration::from_millis(50);
+
+/// The error, or one it came from, is EBUSY.
+fn is_busy(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if x.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(libc::EBUSY)
+        {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
 fn socket_err(q: &QueueSpec, what: impl std::fmt::Display) -> String {
     format!("AF_XDP socket on {} queue {}: {what}", q.iface, q.queue)
 }
@@ -152,11 +171,36 @@ impl Xsk {
         }
         let cfg = b.build();
         let ifname: Interface = q.iface.parse().map_err(|e| socket_err(q, e))?;
-        let created = {
-            let _g = SOCKET_SETUP.lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: each (interface, queue) is bound once in the process,
-            // so the shared UMEM is never bound twice to one pair.
-            unsafe { xsk_rs::Socket::new(cfg, umem, &ifname, q.queue) }
+        // A queue whose previous socket is still being torn down refuses
+        // the bind with EBUSY for a moment: the kernel frees a closed
+        // socket's UMEM from a work queue, later than `close` returns. An
+        // enforcer restarted at once (by its supervisor, or after a
+        // `kill -9`) met that; it waits for the queue instead of exiting.
+        let mut busy_tries = BUSY_RETRIES;
+        let created = loop {
+            let r = {
+                let _g = SOCKET_SETUP.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: each (interface, queue) is bound once in the
+                // process, so the shared UMEM is never bound twice to one
+                // pair; a failed bind leaves the UMEM as it was (xsk-rs).
+                unsafe { xsk_rs::Socket::new(cfg, umem, &ifname, q.queue) }
+            };
+            match r {
+                Err(e) if busy_tries > 0 && is_busy(&e) => {
+                    if busy_tries == BUSY_RETRIES {
+                        eprintln!(
+                            "enforcer: {} queue {} is busy (a previous socket is being \
+                             released); waiting up to {} ms",
+                            q.iface,
+                            q.queue,
+                            BUSY_RETRIES * BUSY_WAIT.as_millis() as u32
+                        );
+                    }
+                    busy_tries -= 1;
+                    std::thread::sleep(BUSY_WAIT);
+                }
+                r => break r,
+            }
         };
         let (tx, rx, rings) = created.map_err(|e| socket_err(q, chain(&e)))?;
         let (mut fq, cq) = rings.ok_or_else(|| socket_err(q, "no fill/completion rings"))?;
@@ -363,5 +407,32 @@ impl Xsk {
             dp.xdp_fill_ring_empty += st.rx_fill_ring_empty_descs();
             dp.xdp_invalid_descs += st.rx_invalid_descs() + st.tx_invalid_descs();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_busy;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("creating the socket")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_busy_queue_is_told_from_other_bind_errors() {
+        let busy = Wrapped(std::io::Error::from_raw_os_error(libc::EBUSY));
+        assert!(is_busy(&busy));
+        let other = Wrapped(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(!is_busy(&other));
+        assert!(is_busy(&std::io::Error::from_raw_os_error(libc::EBUSY)));
     }
 }
