@@ -627,15 +627,18 @@ impl<P: Protocol> Stream<P> {
     /// segments queue behind the worker; a range's sender should not wait
     /// on the server's ACKs through a worker), from `mapped`, the server's
     /// ack in client offsets: within the server's own window, a live
-    /// client range's end plus `CAP_MIN`, and `CAP_MIN` past the ack
-    /// between requests. Elsewhere (None) as without the kernel path.
-    /// The unkept bytes of a range are never held here, so the larger
-    /// offer costs no memory; the hold (`bypass.rs`) still binds first.
+    /// client range's end plus `CAP_MIN` (no more than `max_held_bytes`),
+    /// and as much past the ack between requests. Elsewhere (None) as
+    /// without the kernel path. A range's unkept bytes are never kept
+    /// here, so the larger offer costs no memory; a hold (`bypass.rs`)
+    /// still bounds it.
     fn client_cap(&self, mapped: u64) -> Option<u64> {
         let sw = self.server_window();
         if let (Some((_, hi)), Some(_)) = (self.cli.unkept, self.cli.published) {
+            // Bytes past the range's end are kept again: `limit` bounds them.
             let end = self.cli.removed.to_client_ack(hi);
-            return Some(mapped.saturating_add(sw).min(end.saturating_add(CAP_MIN)));
+            let past = CAP_MIN.min(self.limit as u64);
+            return Some(mapped.saturating_add(sw).min(end.saturating_add(past)));
         }
         let between = matches!(self.cli.req, ReqState::Head) && self.cli.buf.is_empty();
         between.then(|| mapped.saturating_add(sw.min(self.limit as u64).min(CAP_MIN)))
