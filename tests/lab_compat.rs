@@ -605,9 +605,9 @@ fn large_values_take_the_kernel_path() {
             "{:?}",
             lab.xdp_links()
         );
-        // Warm 1 MB values after an 8 MB one: the sender puts much of each
-        // on the wire before its head is judged, so the first segments are
-        // still with the worker when the range is written.
+        // Warm 1 MB values after an 8 MB one: the first segments of each
+        // pass the worker before its range is written, the rest take the
+        // kernel path, and none may overtake those.
         let sizes = [8_000_000, 1_000_000, 1_000_000, 1_000_000, 1_000_000];
         let values: usize = sizes.iter().sum();
         let ooo = |lab: &Lab| tcp_ext_ends(lab, "TCPOFOQueue");

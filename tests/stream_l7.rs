@@ -570,6 +570,26 @@ fn client_ack(p: &mut Pair<Engine>) -> (u32, u16, u32) {
     e
 }
 
+/// The head of a 400 000-byte set and its first 1 000 bytes: the rest
+/// becomes a range.
+fn client_starts_a_large_set(p: &mut Pair<Engine>) {
+    let mut set = b"set xwing-coord 0 0 400000\r\n".to_vec();
+    set.extend([b'x'; 1000]);
+    p.client_send(&set);
+    p.deliver();
+    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+}
+
+/// The server acknowledges everything it has: the ack and window the
+/// client gets for it, and their edge.
+fn server_ack(p: &mut Pair<Engine>) -> (u32, u16, u32) {
+    let f = p.server.ack();
+    p.input(SERVER, f);
+    let e = edge_of(p.to_client.last().expect("the ACK, forwarded"));
+    p.deliver();
+    e
+}
+
 /// The server sends up to the held `edge` (room for at most `most`
 /// bytes), the client acknowledging as it goes: each of its ACKs offers
 /// that same edge. The window fields of those ACKs.
@@ -614,19 +634,8 @@ fn covered_client_segments_through_the_engine_hold_its_edge_until_drained() {
     p.auto_ack = false;
     // Honours nothing: every covered segment reaches the engine.
     p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
-    let mut set = b"set xwing-coord 0 0 400000\r\n".to_vec();
-    set.extend([b'x'; 1000]);
-    p.client_send(&set);
-    p.deliver();
-    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    client_starts_a_large_set(&mut p);
     // The server acknowledges: the client's edge is its ack plus the window.
-    let server_ack = |p: &mut Pair<Engine>| {
-        let f = p.server.ack();
-        p.input(SERVER, f);
-        let e = edge_of(p.to_client.last().expect("the ACK, forwarded"));
-        p.deliver();
-        e
-    };
     let (_, _, e0) = server_ack(&mut p);
     // Covered segments through the engine: the edge stays at e0 however far
     // the server acknowledges, until the client sent everything up to it
@@ -701,18 +710,7 @@ fn the_client_edge_is_small_between_requests_and_opens_with_a_range() {
     let mut p = conn("10.66.0.12", 11211, cfg);
     p.auto_ack = false;
     p.shortcut = Some(kit::pair::Shortcut::new(0, 1));
-    let server_ack = |p: &mut Pair<Engine>| {
-        let f = p.server.ack();
-        p.input(SERVER, f);
-        let e = edge_of(p.to_client.last().expect("the ACK, forwarded"));
-        p.deliver();
-        e
-    };
-    let mut set = b"set xwing-coord 0 0 400000\r\n".to_vec();
-    set.extend([b'x'; 1000]);
-    p.client_send(&set);
-    p.deliver();
-    assert_eq!(p.shortcut.as_ref().unwrap().len(), 1, "a range");
+    client_starts_a_large_set(&mut p);
     let (_, w, _) = server_ack(&mut p);
     assert_eq!(w, 64240, "the server's own window, not 32 KiB past its ack");
     p.auto_ack = true;

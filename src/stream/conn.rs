@@ -594,9 +594,10 @@ impl<P: Protocol> Stream<P> {
         };
         let limit = self.limit as u64;
         let mapped = self.cli.removed.to_client_ack(self.srv.ack);
-        let mut edge = mapped.saturating_add(self.server_window().min(limit));
+        let sw = self.server_window();
+        let mut edge = mapped.saturating_add(sw.min(limit));
         if self.kernel_path {
-            edge = self.client_cap(mapped).unwrap_or(edge);
+            edge = self.client_cap(mapped, sw).unwrap_or(edge);
         }
         if matches!(self.cli.req, ReqState::Head) && !self.cli.buf.is_empty() {
             edge = edge.max(self.decided().saturating_add(limit));
@@ -626,14 +627,13 @@ impl<P: Protocol> Stream<P> {
     /// the server's, for the same reasons mirrored (a large set's first
     /// segments queue behind the worker; a range's sender should not wait
     /// on the server's ACKs through a worker), from `mapped`, the server's
-    /// ack in client offsets: within the server's own window, a live
+    /// ack in client offsets: within the server's own window `sw`, a live
     /// client range's end plus `CAP_MIN` (no more than `max_held_bytes`),
     /// and as much past the ack between requests. Elsewhere (None) as
     /// without the kernel path. A range's unkept bytes are never kept
     /// here, so the larger offer costs no memory; a hold (`bypass.rs`)
     /// still bounds it.
-    fn client_cap(&self, mapped: u64) -> Option<u64> {
-        let sw = self.server_window();
+    fn client_cap(&self, mapped: u64, sw: u64) -> Option<u64> {
         if let (Some((_, hi)), Some(_)) = (self.cli.unkept, self.cli.published) {
             // Bytes past the range's end are kept again: `limit` bounds them.
             let end = self.cli.removed.to_client_ack(hi);
